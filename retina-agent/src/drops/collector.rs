@@ -1,0 +1,205 @@
+//! The `drops` collector: reads the probe's maps and keeps one series per drop key.
+
+use std::{collections::HashMap, sync::Arc};
+
+use opentelemetry::{KeyValue, Value};
+use retina_ebpf_common::{DropKey, DropValue};
+
+use super::{
+    probe::{DropProbe, ReadBuffers},
+    reasons::DropReasons,
+};
+use crate::{
+    collectors::{CollectError, Collector},
+    links::Links,
+    metrics::{Kind, Metric, Number, Visitor, attr},
+    netns::NetnsNames,
+};
+
+pub const DROP_COUNT: Metric = Metric {
+    name: "retina.drop.count",
+    unit: "{packet}",
+    description: "Packets the kernel dropped (kfree_skb), by the kernel's drop reason",
+    kind: Kind::Counter,
+};
+pub const DROP_BYTES: Metric = Metric {
+    name: "retina.drop.bytes",
+    unit: "By",
+    description: "Bytes of the packets the kernel dropped (skb->len at the drop point)",
+    kind: Kind::Counter,
+};
+pub const OVERFLOW_COUNT: Metric = Metric {
+    name: "retina.drop.overflow.count",
+    unit: "{packet}",
+    description: "Drops counted without attributes because the drop map was full",
+    kind: Kind::Counter,
+};
+pub const OVERFLOW_BYTES: Metric = Metric {
+    name: "retina.drop.overflow.bytes",
+    unit: "By",
+    description: "Bytes of the drops counted without attributes because the drop map was full",
+    kind: Kind::Counter,
+};
+pub const MAP_ENTRIES: Metric = Metric {
+    name: "retina.drop.map.entries",
+    unit: "{entry}",
+    description: "Distinct drop keys in the kernel map",
+    kind: Kind::Gauge,
+};
+pub const MAP_CAPACITY: Metric = Metric {
+    name: "retina.drop.map.capacity",
+    unit: "{entry}",
+    description: "Capacity of the kernel drop map; at capacity new keys go to the overflow counters",
+    kind: Kind::Gauge,
+};
+
+static METRICS: &[&Metric] = &[
+    &DROP_COUNT,
+    &DROP_BYTES,
+    &OVERFLOW_COUNT,
+    &OVERFLOW_BYTES,
+    &MAP_ENTRIES,
+    &MAP_CAPACITY,
+];
+
+/// The `network.type` of an EtherType: OpenTelemetry's `ipv4`/`ipv6`, `arp`, else hex.
+fn network_type(protocol: u32) -> Option<Value> {
+    match protocol {
+        0 => None,
+        0x0800 => Some(Value::from("ipv4")),
+        0x86dd => Some(Value::from("ipv6")),
+        0x0806 => Some(Value::from("arp")),
+        p => Some(Value::from(format!("0x{p:04x}"))),
+    }
+}
+
+struct Series {
+    attributes: Box<[KeyValue]>,
+    value: DropValue,
+}
+
+pub struct DropCollector {
+    probe: DropProbe,
+    reasons: DropReasons,
+    buffers: ReadBuffers,
+    host_netns: u32,
+    netns: NetnsNames,
+    series: HashMap<DropKey, Series>,
+    overflow: DropValue,
+    entries: u64,
+}
+
+impl DropCollector {
+    pub fn new(probe: DropProbe, reasons: DropReasons, host_netns: u32) -> Self {
+        let buffers = probe.buffers();
+        let capacity = probe.max_entries().min(4096) as usize;
+        DropCollector {
+            probe,
+            reasons,
+            buffers,
+            host_netns,
+            netns: NetnsNames::new(),
+            series: HashMap::with_capacity(capacity),
+            overflow: DropValue::default(),
+            entries: 0,
+        }
+    }
+
+    pub fn probe_mut(&mut self) -> &mut DropProbe {
+        &mut self.probe
+    }
+
+    pub fn reasons(&self) -> &DropReasons {
+        &self.reasons
+    }
+
+    /// Attributes of a new series: resolved once, when the key first appears.
+    fn attributes(&mut self, key: &DropKey, links: &Links) -> Box<[KeyValue]> {
+        let mut attrs = Vec::with_capacity(7);
+        attrs.push(KeyValue::new(
+            attr::DROP_REASON,
+            Value::String(self.reasons.name(key.reason).into()),
+        ));
+        let name = if key.ifindex == 0 {
+            None
+        } else if key.netns == self.host_netns || key.netns == 0 {
+            links.get(key.ifindex).map(|l| l.name.clone())
+        } else {
+            self.netns.interface(key.netns, key.ifindex)
+        };
+        if let Some(name) = name {
+            attrs.push(KeyValue::new(attr::INTERFACE_NAME, Value::String(name.into())));
+        }
+        if key.ifindex != 0 {
+            attrs.push(KeyValue::new(attr::INTERFACE_INDEX, i64::from(key.ifindex)));
+        }
+        if key.netns != 0 {
+            attrs.push(KeyValue::new(attr::NETNS_INODE, i64::from(key.netns)));
+            if key.netns != self.host_netns
+                && let Some(ns) = self.netns.name(key.netns)
+            {
+                attrs.push(KeyValue::new(attr::NETNS_NAME, Value::String(ns.into())));
+            }
+        }
+        if let Some(t) = network_type(key.protocol) {
+            attrs.push(KeyValue::new(attr::NETWORK_TYPE, t));
+        }
+        attrs.into_boxed_slice()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("drop collector: {0}")]
+pub struct DropCollectError(#[from] super::probe::ProbeError);
+
+impl Collector for DropCollector {
+    fn name(&self) -> &'static str {
+        "drops"
+    }
+
+    fn metrics(&self) -> &'static [&'static Metric] {
+        METRICS
+    }
+
+    fn collect(&mut self, links: &Links) -> Result<(), CollectError> {
+        // Keys are never deleted from the map, so values only grow: read them into the
+        // series table, creating series (the only allocation) for new keys.
+        let mut fresh: Vec<(DropKey, DropValue)> = Vec::new();
+        let mut entries = 0u64;
+        let series = &mut self.series;
+        self.probe
+            .read(&mut self.buffers, |key, value| {
+                entries += 1;
+                match series.get_mut(key) {
+                    Some(s) => s.value = value,
+                    None => fresh.push((*key, value)),
+                }
+            })
+            .map_err(DropCollectError)?;
+        for (key, value) in fresh {
+            let attributes = self.attributes(&key, links);
+            self.series.insert(key, Series { attributes, value });
+        }
+        self.entries = entries;
+        self.overflow = self
+            .probe
+            .overflow(&mut self.buffers)
+            .map_err(DropCollectError)?;
+        Ok(())
+    }
+
+    fn visit(&self, visitor: &mut dyn Visitor) {
+        for s in self.series.values() {
+            visitor.point(&DROP_COUNT, &s.attributes, Number::U64(s.value.packets));
+            visitor.point(&DROP_BYTES, &s.attributes, Number::U64(s.value.bytes));
+        }
+        visitor.point(&OVERFLOW_COUNT, &[], Number::U64(self.overflow.packets));
+        visitor.point(&OVERFLOW_BYTES, &[], Number::U64(self.overflow.bytes));
+        visitor.point(&MAP_ENTRIES, &[], Number::U64(self.entries));
+        visitor.point(
+            &MAP_CAPACITY,
+            &[],
+            Number::U64(u64::from(self.probe.max_entries())),
+        );
+    }
+}

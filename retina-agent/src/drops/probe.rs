@@ -1,0 +1,341 @@
+//! Loads and attaches the embedded eBPF program, and reads its maps without allocating.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapFd},
+    programs::RawTracePoint,
+};
+use retina_ebpf_common::{
+    DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP, DropKey, DropValue, OFFSETS_GLOBAL, OFFSETS_HAS_NETNS,
+    OFFSETS_VALID, OVERFLOW_MAP, Offsets, PROGRAM_NAME, REASON_ARG, TRACEPOINT,
+};
+
+use crate::btf::{Btf, BtfError};
+
+/// The eBPF object built by `cargo xtask build`, embedded so the binary is self-contained.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("RETINA_EBPF_OBJECT"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "kernel structure layout: {0} (the drop probe derives sk_buff/net_device offsets from BTF)"
+    )]
+    Layout(#[source] BtfError),
+    #[error(
+        "the kernel's `{TRACEPOINT}` tracepoint has {found} arguments; counting by drop reason needs the `reason` argument (Linux 5.17 or newer)"
+    )]
+    NoReasonArgument { found: u32 },
+    #[error("the kernel's BTF has no `{TRACEPOINT}` tracepoint (btf_trace_{TRACEPOINT})")]
+    NoTracepoint,
+    #[error(
+        "missing capabilities {missing}: loading the drop probe needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); run as root or grant them (see packaging/retina-agent.service)"
+    )]
+    Capabilities { missing: String },
+    #[error("loading eBPF program `{PROGRAM_NAME}`: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("eBPF program `{PROGRAM_NAME}`: {0}")]
+    Program(#[source] aya::programs::ProgramError),
+    #[error("eBPF object has no `{0}` {1}")]
+    Missing(&'static str, &'static str),
+    #[error("eBPF map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading eBPF map `{map}`: {source}")]
+    Read {
+        map: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot count possible CPUs ({path}): {source}")]
+    Cpus {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Derives the offsets the program needs from the running kernel's BTF.
+pub fn offsets_from_btf(btf: &Btf) -> Result<Offsets, ProbeError> {
+    match btf.tracepoint_args(TRACEPOINT) {
+        None => return Err(ProbeError::NoTracepoint),
+        Some(n) if (n as usize) <= REASON_ARG => {
+            return Err(ProbeError::NoReasonArgument { found: n });
+        }
+        Some(_) => {}
+    }
+    let field = |s: &str, f: &str| btf.field_offset(s, f).map_err(ProbeError::Layout);
+    let mut offsets = Offsets {
+        skb_dev: field("sk_buff", "dev")?,
+        skb_sk: field("sk_buff", "sk")?,
+        skb_len: field("sk_buff", "len")?,
+        skb_protocol: field("sk_buff", "protocol")?,
+        dev_ifindex: field("net_device", "ifindex")?,
+        flags: OFFSETS_VALID,
+        ..Offsets::zeroed()
+    };
+    // Without CONFIG_NET_NS, possible_net_t is empty and every drop is in init_net.
+    if let (Ok(dev_net), Ok(sk_net), Ok(net_inum)) = (
+        btf.field_offset("net_device", "nd_net.net"),
+        btf.field_offset("sock", "__sk_common.skc_net.net"),
+        btf.field_offset("net", "ns.inum"),
+    ) {
+        offsets.dev_net = dev_net;
+        offsets.sk_net = sk_net;
+        offsets.net_inum = net_inum;
+        offsets.flags |= OFFSETS_HAS_NETNS;
+    }
+    Ok(offsets)
+}
+
+/// Effective capability bits of this process, from /proc/self/status.
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Fails early, with a message naming what is missing, instead of an EPERM from deep
+/// inside the loader.
+pub fn check_capabilities() -> Result<(), ProbeError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Some(caps) = effective_caps() else {
+        return Ok(()); // Cannot tell: let the kernel decide.
+    };
+    let has = |c: u32| caps & (1 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(c, _)| !has(*c))
+        .map(|(_, n)| n)
+        .collect();
+    Err(ProbeError::Capabilities {
+        missing: missing.join(", "),
+    })
+}
+
+/// Options for loading the probe.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Capacity of the drop map (distinct reason/namespace/interface/protocol keys).
+    pub max_entries: u32,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            max_entries: DEFAULT_DROPS_MAX_ENTRIES,
+        }
+    }
+}
+
+/// The loaded, attached program. Dropping it detaches the program and frees the maps.
+pub struct DropProbe {
+    ebpf: Ebpf,
+    drops: MapFd,
+    overflow: MapFd,
+    ncpus: usize,
+    max_entries: u32,
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// `union bpf_attr` for BPF_MAP_LOOKUP_ELEM.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `union bpf_attr` for BPF_MAP_*_BATCH.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+    // SAFETY: `attr` is a properly laid out bpf_attr variant for `cmd`, and every pointer in
+    // it refers to a live buffer of the size the map needs.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Reusable buffers for reading the per-CPU drop map in batches.
+pub struct ReadBuffers {
+    keys: Vec<DropKey>,
+    values: Vec<DropValue>,
+}
+
+/// Entries fetched per BPF_MAP_LOOKUP_BATCH call.
+const BATCH: usize = 256;
+
+impl DropProbe {
+    /// Derives offsets from `btf`, loads the embedded program with them, and attaches it
+    /// to the `kfree_skb` raw tracepoint (no tracefs needed).
+    pub fn load(btf: &Btf, options: &ProbeOptions) -> Result<Self, ProbeError> {
+        check_capabilities()?;
+        let offsets = offsets_from_btf(btf)?;
+        let ncpus = aya::util::nr_cpus().map_err(|(path, source)| ProbeError::Cpus { path, source })?;
+        let mut ebpf = EbpfLoader::new()
+            .set_global(OFFSETS_GLOBAL, &offsets, true)
+            .set_max_entries(DROPS_MAP, options.max_entries)
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(ProbeError::Missing(PROGRAM_NAME, "program"))?
+            .try_into()
+            .map_err(ProbeError::Program)?;
+        program.load().map_err(ProbeError::Program)?;
+        program.attach(TRACEPOINT).map_err(ProbeError::Program)?;
+        let drops = map_fd(&ebpf, DROPS_MAP)?;
+        let overflow = map_fd(&ebpf, OVERFLOW_MAP)?;
+        Ok(DropProbe {
+            ebpf,
+            drops,
+            overflow,
+            ncpus,
+            max_entries: options.max_entries,
+        })
+    }
+
+    /// The loaded object, e.g. to attach the aya-log reader.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn max_entries(&self) -> u32 {
+        self.max_entries
+    }
+
+    /// Buffers sized for this machine's CPUs, to pass to [`Self::read`] every cycle.
+    pub fn buffers(&self) -> ReadBuffers {
+        ReadBuffers {
+            keys: vec![DropKey::default(); BATCH],
+            values: vec![DropValue::default(); BATCH * self.ncpus],
+        }
+    }
+
+    /// Calls `f` with every key and its value summed over CPUs. Batched lookups into
+    /// `buffers`: no allocation, one syscall per 256 entries.
+    pub fn read(
+        &self,
+        buffers: &mut ReadBuffers,
+        mut f: impl FnMut(&DropKey, DropValue),
+    ) -> Result<(), ProbeError> {
+        let err = |source| ProbeError::Read {
+            map: DROPS_MAP,
+            source,
+        };
+        let mut token = 0u32;
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { &token as *const u32 as u64 },
+                out_batch: &mut token as *mut u32 as u64,
+                keys: buffers.keys.as_mut_ptr() as u64,
+                values: buffers.values.as_mut_ptr() as u64,
+                count: BATCH as u32,
+                map_fd: self.drops.as_fd().as_raw_fd() as u32,
+                elem_flags: 0,
+                flags: 0,
+            };
+            first = false;
+            let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+                Ok(()) => false,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+                Err(e) => return Err(err(e)),
+            };
+            let n = (attr.count as usize).min(BATCH);
+            for (i, key) in buffers.keys[..n].iter().enumerate() {
+                let per_cpu = &buffers.values[i * self.ncpus..(i + 1) * self.ncpus];
+                f(key, sum(per_cpu));
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Drops that found the map full, summed over CPUs.
+    pub fn overflow(&self, buffers: &mut ReadBuffers) -> Result<DropValue, ProbeError> {
+        let key = 0u32;
+        let mut attr = ElemAttr {
+            map_fd: self.overflow.as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: &key as *const u32 as u64,
+            value: buffers.values.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map_err(|source| ProbeError::Read {
+            map: OVERFLOW_MAP,
+            source,
+        })?;
+        Ok(sum(&buffers.values[..self.ncpus]))
+    }
+}
+
+fn sum(per_cpu: &[DropValue]) -> DropValue {
+    per_cpu.iter().fold(DropValue::default(), |acc, v| DropValue {
+        packets: acc.packets.wrapping_add(v.packets),
+        bytes: acc.bytes.wrapping_add(v.bytes),
+    })
+}
+
+fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<MapFd, ProbeError> {
+    let data = match ebpf.map(name) {
+        Some(Map::PerCpuHashMap(data) | Map::PerCpuArray(data)) => data,
+        _ => return Err(ProbeError::Missing(name, "map")),
+    };
+    data.info()
+        .and_then(|info| info.fd())
+        .map_err(|source| ProbeError::Map { map: name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_on_this_kernel() {
+        let btf = Btf::from_sys().unwrap();
+        let o = offsets_from_btf(&btf).unwrap();
+        assert_eq!(o.flags, OFFSETS_VALID | OFFSETS_HAS_NETNS);
+        // Sanity against the layout every 64-bit kernel shares: dev follows next/prev.
+        assert_eq!(o.skb_dev, 16);
+        assert!(o.skb_len > o.skb_dev && o.net_inum > 0 && o.dev_ifindex > 0);
+    }
+}

@@ -1,0 +1,110 @@
+//! Types shared by the `retina-ebpf` program and the `retina-agent` user-space loader.
+//!
+//! Every type here is `#[repr(C)]` and free of implicit padding, so the bytes the kernel
+//! program writes are exactly the bytes user space reads. The `user` feature adds the
+//! `aya::Pod` impls the agent needs; the eBPF side builds without it.
+#![no_std]
+
+/// Name of the eBPF program (and of the raw tracepoint it attaches to).
+pub const PROGRAM_NAME: &str = "kfree_skb";
+/// The raw tracepoint the program attaches to: `trace_kfree_skb()`.
+pub const TRACEPOINT: &str = "kfree_skb";
+/// Per-CPU hash map of [`DropKey`] to [`DropValue`].
+pub const DROPS_MAP: &str = "DROPS";
+/// Per-CPU array with one [`DropValue`]: drops that could not be counted in [`DROPS_MAP`]
+/// because it was full.
+pub const OVERFLOW_MAP: &str = "DROP_OVERFLOW";
+/// The read-only global holding the [`Offsets`] the loader derived from kernel BTF.
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+/// Default capacity of [`DROPS_MAP`]; the loader may change it.
+pub const DEFAULT_DROPS_MAX_ENTRIES: u32 = 16384;
+
+/// Index of the `reason` argument in `TP_PROTO(struct sk_buff *skb, void *location,
+/// enum skb_drop_reason reason, ...)`, the same on every kernel since 5.17.
+pub const REASON_ARG: usize = 2;
+
+/// What one counted drop is aggregated by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DropKey {
+    /// The full 32-bit `enum skb_drop_reason` value (subsystem reasons live above bit 16).
+    pub reason: u32,
+    /// `skb->dev->ifindex`, 0 when the skb has no device.
+    pub ifindex: u32,
+    /// Inode number of the network namespace of the device (or of the socket when there is
+    /// no device); 0 when neither is known.
+    pub netns: u32,
+    /// `skb->protocol` (the L3 EtherType) in host byte order.
+    pub protocol: u32,
+}
+
+/// Packets and bytes counted for one [`DropKey`] on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropValue {
+    pub packets: u64,
+    /// Sum of `skb->len` at the drop point.
+    pub bytes: u64,
+}
+
+/// The `Offsets::flags` bit saying the kernel has network namespaces (`possible_net_t`
+/// holds a pointer); without it every drop reports namespace 0.
+pub const OFFSETS_HAS_NETNS: u32 = 1;
+/// The `Offsets::flags` bit saying the loader filled the offsets in. The program counts
+/// nothing without it, so an object loaded without the loader can never read at offset 0.
+pub const OFFSETS_VALID: u32 = 1 << 1;
+
+/// Byte offsets of the kernel structure fields the program reads, derived from the running
+/// kernel's BTF by the loader and written into the program's read-only data before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `struct sk_buff`: `dev`.
+    pub skb_dev: u32,
+    /// `struct sk_buff`: `sk`.
+    pub skb_sk: u32,
+    /// `struct sk_buff`: `len`.
+    pub skb_len: u32,
+    /// `struct sk_buff`: `protocol` (a `__be16`).
+    pub skb_protocol: u32,
+    /// `struct net_device`: `ifindex`.
+    pub dev_ifindex: u32,
+    /// `struct net_device`: `nd_net.net`.
+    pub dev_net: u32,
+    /// `struct sock`: `__sk_common.skc_net.net`.
+    pub sk_net: u32,
+    /// `struct net`: `ns.inum`.
+    pub net_inum: u32,
+    /// `OFFSETS_*` bits.
+    pub flags: u32,
+}
+
+impl Offsets {
+    pub const fn zeroed() -> Self {
+        Self {
+            skb_dev: 0,
+            skb_sk: 0,
+            skb_len: 0,
+            skb_protocol: 0,
+            dev_ifindex: 0,
+            dev_net: 0,
+            sk_net: 0,
+            net_inum: 0,
+            flags: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all three are #[repr(C)], contain only integers and have no padding (their
+    // sizes are asserted below), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::DropValue {}
+    unsafe impl aya::Pod for super::Offsets {}
+}
+
+// Padding-free layouts: a size that is the sum of the fields proves there is no padding.
+const _: () = assert!(core::mem::size_of::<DropKey>() == 16);
+const _: () = assert!(core::mem::size_of::<DropValue>() == 16);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 9 * 4);

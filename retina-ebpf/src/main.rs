@@ -1,0 +1,157 @@
+//! Counts every packet the kernel drops, by drop reason, network namespace, interface and
+//! L3 protocol, in a per-CPU hash map. Nothing is sent to user space per packet.
+//!
+//! Attached to the `kfree_skb` raw tracepoint: `TP_PROTO(struct sk_buff *skb, void
+//! *location, enum skb_drop_reason reason, ...)`. Raw tracepoints attach by name, so tracefs
+//! need not be mounted. Structure offsets are not compiled in: the loader reads them from
+//! the running kernel's BTF and writes them into [`OFFSETS`] before the program is loaded.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    macros::{map, raw_tracepoint},
+    maps::{PerCpuArray, PerCpuHashMap},
+    programs::RawTracePointContext,
+};
+use aya_log_ebpf::warn;
+use retina_ebpf_common::{
+    DEFAULT_DROPS_MAX_ENTRIES, DropKey, DropValue, OFFSETS_HAS_NETNS, OFFSETS_VALID, Offsets,
+    REASON_ARG,
+};
+
+/// Filled in by the loader from kernel BTF (read-only data, constant once loaded).
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets::zeroed();
+
+#[map]
+static DROPS: PerCpuHashMap<DropKey, DropValue> =
+    PerCpuHashMap::with_max_entries(DEFAULT_DROPS_MAX_ENTRIES, 0);
+
+/// Drops that found `DROPS` full: counted here so none is lost silently.
+#[map]
+static DROP_OVERFLOW: PerCpuArray<DropValue> = PerCpuArray::with_max_entries(1, 0);
+
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
+/// `SKB_NOT_DROPPED_YET` and `SKB_CONSUMED` are not drops; newer kernels never pass them
+/// here, older ones may.
+const FIRST_DROP_REASON: u32 = 2;
+
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
+    // A failed kernel read only loses the attributes it would have given; never the count.
+    try_kfree_skb(&ctx);
+    0
+}
+
+#[inline(always)]
+fn read<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copes with any address and reports failure.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+#[inline(always)]
+fn netns_inum(offsets: &Offsets, net_holder: u64, net_offset: u32) -> u32 {
+    if offsets.flags & OFFSETS_HAS_NETNS == 0 {
+        return 0;
+    }
+    read::<u64>(net_holder, net_offset)
+        .and_then(|net| read::<u32>(net, offsets.net_inum))
+        .unwrap_or(0)
+}
+
+#[inline(always)]
+fn try_kfree_skb(ctx: &RawTracePointContext) {
+    // SAFETY: OFFSETS is only ever written by the loader before load; read_volatile keeps
+    // the compiler from folding the zero initialiser into the code.
+    let offsets = unsafe { core::ptr::read_volatile(&OFFSETS) };
+    if offsets.flags & OFFSETS_VALID == 0 {
+        return;
+    }
+    let skb: u64 = ctx.arg(0);
+    let reason = ctx.arg::<u64>(REASON_ARG) as u32;
+    if reason < FIRST_DROP_REASON {
+        return;
+    }
+
+    let dev: u64 = read(skb, offsets.skb_dev).unwrap_or(0);
+    let (ifindex, netns) = if dev != 0 {
+        (
+            read::<u32>(dev, offsets.dev_ifindex).unwrap_or(0),
+            netns_inum(&offsets, dev, offsets.dev_net),
+        )
+    } else {
+        let sk: u64 = read(skb, offsets.skb_sk).unwrap_or(0);
+        (0, netns_inum(&offsets, sk, offsets.sk_net))
+    };
+    let protocol = u16::from_be(read::<u16>(skb, offsets.skb_protocol).unwrap_or(0));
+    let len = read::<u32>(skb, offsets.skb_len).unwrap_or(0) as u64;
+
+    let key = DropKey {
+        reason,
+        ifindex,
+        netns,
+        protocol: protocol as u32,
+    };
+    if add(&key, len) {
+        return;
+    }
+    let init = DropValue {
+        packets: 1,
+        bytes: len,
+    };
+    match DROPS.insert(&key, &init, BPF_NOEXIST) {
+        Ok(()) => {}
+        // Another CPU created the key between our lookup and insert.
+        Err(e) if e == -EEXIST && add(&key, len) => {}
+        Err(_) => overflow(ctx, len),
+    }
+}
+
+#[inline(always)]
+fn add(key: &DropKey, len: u64) -> bool {
+    match DROPS.get_ptr_mut(key) {
+        Some(value) => {
+            // SAFETY: the pointer is this CPU's slot of the per-CPU value, valid for the
+            // duration of the program, and nothing else on this CPU runs concurrently.
+            unsafe {
+                (*value).packets += 1;
+                (*value).bytes += len;
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn overflow(ctx: &RawTracePointContext, len: u64) {
+    if let Some(value) = DROP_OVERFLOW.get_ptr_mut(0) {
+        // SAFETY: as in `add`.
+        let first = unsafe {
+            (*value).packets += 1;
+            (*value).bytes += len;
+            (*value).packets == 1
+        };
+        if first {
+            warn!(
+                ctx,
+                "drop map full: drops now counted in DROP_OVERFLOW only (this CPU reports once)"
+            );
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,225 @@
+//! Shared helpers for retina-agent's privileged end-to-end tests.
+//!
+//! Every resource a test creates (network namespaces, veth pairs, child processes, mounts)
+//! is owned by an RAII guard that removes it on drop, so a failing assertion still cleans
+//! up. These tests need root and a real kernel: they fail loudly without them.
+
+use std::{
+    ffi::OsStr,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+/// The agent binary under test: `RETINA_AGENT_BIN`, set by `cargo xtask test`.
+pub fn agent_bin() -> PathBuf {
+    let path = std::env::var_os("RETINA_AGENT_BIN").expect(
+        "RETINA_AGENT_BIN is not set: run these tests with `cargo xtask test`, which builds the \
+         agent (with its eBPF object) and points this variable at it",
+    );
+    let path = PathBuf::from(path);
+    assert!(path.is_file(), "RETINA_AGENT_BIN={} is not a file", path.display());
+    path
+}
+
+/// Path of a helper binary of this crate (e.g. `traffic`).
+pub fn helper_bin(name: &str) -> PathBuf {
+    // Integration tests live in target/<profile>/deps; helper binaries one level up.
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "helper binary {} missing: build with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test unless it runs as root: privileged tests must never skip quietly.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this privileged test needs root (it loads eBPF and creates network namespaces); \
+         run it through `cargo xtask test` as root"
+    );
+}
+
+/// Runs a command, failing with its stderr when it exits non-zero.
+pub fn run<I, S>(program: &str, args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let desc = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawning {desc}"))?;
+    if !out.status.success() {
+        bail!(
+            "{desc} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Runs `ip ARGS...`.
+pub fn ip(args: &[&str]) -> Result<Output> {
+    run("ip", args)
+}
+
+static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process, short enough for an interface name (15 bytes).
+pub fn unique_name(prefix: &str) -> String {
+    let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{}{n}", std::process::id() % 100_000);
+    assert!(name.len() <= 15, "name {name} too long for an interface");
+    name
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let name = unique_name(prefix);
+        ip(&["netns", "add", &name])?;
+        let ns = NetNs { name };
+        ns.exec("ip", &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Inode number of the namespace: what the agent reports as `network.namespace.inode`.
+    pub fn inode(&self) -> Result<u64> {
+        let path = format!("/run/netns/{}", self.name);
+        Ok(std::fs::metadata(&path)
+            .with_context(|| format!("stat {path}"))?
+            .ino())
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        run("ip", all)
+    }
+
+    /// `ifindex` of an interface inside the namespace.
+    pub fn ifindex(&self, ifname: &str) -> Result<u32> {
+        let out = self.exec("cat", &[&format!("/sys/class/net/{ifname}/ifindex")])?;
+        Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// A veth pair created in the host namespace, deleted on drop (deleting one end deletes
+/// both, wherever they were moved).
+pub struct Veth {
+    pub host: String,
+    pub peer: String,
+    /// Namespace the `peer` end lives in, if it was moved.
+    peer_ns: Option<String>,
+}
+
+impl Veth {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let host = unique_name(prefix);
+        let peer = format!("{host}p");
+        ensure!(peer.len() <= 15, "veth name {peer} too long");
+        ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
+        Ok(Veth {
+            host,
+            peer,
+            peer_ns: None,
+        })
+    }
+
+    /// Moves the peer end into `ns`.
+    pub fn move_peer(&mut self, ns: &NetNs) -> Result<()> {
+        ip(&["link", "set", &self.peer, "netns", &ns.name])?;
+        self.peer_ns = Some(ns.name.clone());
+        Ok(())
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        // The host end may already be gone with a deleted namespace; only report real
+        // failures.
+        if std::path::Path::new(&format!("/sys/class/net/{}", self.host)).exists()
+            && let Err(e) = ip(&["link", "del", &self.host])
+        {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// Runs `retina-agent snapshot --format json ARGS...` and returns its parsed document.
+pub fn snapshot_json(args: &[&str]) -> Result<Value> {
+    let bin = agent_bin();
+    let mut all = vec!["snapshot", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = run(bin.to_str().context("agent path")?, &all)?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "parsing snapshot output: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The data points of `name` in a snapshot document whose attributes include every
+/// `(key, value)` in `want`.
+pub fn points<'a>(doc: &'a Value, name: &str, want: &[(&str, &str)]) -> Vec<&'a Value> {
+    doc["metrics"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|m| m["name"] == name)
+                .filter(|m| {
+                    want.iter()
+                        .all(|(k, v)| attr_str(m, k).as_deref() == Some(*v))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An attribute of a data point as a string (numbers are rendered in decimal).
+pub fn attr_str(point: &Value, key: &str) -> Option<String> {
+    match &point["attributes"][key] {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Sum of the values of the matching data points.
+pub fn sum(doc: &Value, name: &str, want: &[(&str, &str)]) -> u64 {
+    points(doc, name, want)
+        .iter()
+        .map(|p| p["value"].as_u64().unwrap_or(0))
+        .sum()
+}
