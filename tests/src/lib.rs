@@ -223,3 +223,77 @@ pub fn sum(doc: &Value, name: &str, want: &[(&str, &str)]) -> u64 {
         .map(|p| p["value"].as_u64().unwrap_or(0))
         .sum()
 }
+
+/// Runs `retina-agent ARGS...` without checking its exit status.
+pub fn agent_output(args: &[&str]) -> Result<Output> {
+    let bin = agent_bin();
+    Command::new(&bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", bin.display()))
+}
+
+/// A minimal BTF blob for fixtures: an `int`, and optionally `enum skb_drop_reason` with the
+/// given values. Enough for the agent to parse, never enough to load the probe.
+pub fn fixture_btf(reasons: &[(&str, u32)]) -> Vec<u8> {
+    let mut strings = vec![0u8];
+    let mut name = |s: &str| {
+        let off = strings.len() as u32;
+        strings.extend_from_slice(s.as_bytes());
+        strings.push(0);
+        off
+    };
+    let mut types = Vec::new();
+    // [1] INT 'int' size 4, 32 bits.
+    for v in [name("int"), 1 << 24, 4, 32] {
+        types.extend_from_slice(&u32::to_le_bytes(v));
+    }
+    if !reasons.is_empty() {
+        let enum_name = name("skb_drop_reason");
+        for v in [enum_name, (6 << 24) | reasons.len() as u32, 4] {
+            types.extend_from_slice(&u32::to_le_bytes(v));
+        }
+        for (n, value) in reasons {
+            types.extend_from_slice(&name(n).to_le_bytes());
+            types.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    let mut out = vec![0x9f, 0xeb, 1, 0];
+    for v in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&types);
+    out.extend_from_slice(&strings);
+    out
+}
+
+/// Mounts tracefs at /sys/kernel/tracing unless it already is; unmounts on drop only what
+/// it mounted.
+pub struct TracefsMount {
+    mounted_here: bool,
+}
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+impl TracefsMount {
+    pub fn ensure() -> Result<Self> {
+        if std::path::Path::new(TRACEFS).join("events").is_dir() {
+            return Ok(TracefsMount {
+                mounted_here: false,
+            });
+        }
+        run("mount", ["-t", "tracefs", "tracefs", TRACEFS])?;
+        Ok(TracefsMount { mounted_here: true })
+    }
+}
+
+impl Drop for TracefsMount {
+    fn drop(&mut self) {
+        if self.mounted_here
+            && let Err(e) = run("umount", [TRACEFS])
+        {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The `drops` collector: reads the probe's maps and keeps one series per drop key.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use opentelemetry::{KeyValue, Value};
 use retina_ebpf_common::{DropKey, DropValue};
@@ -128,7 +128,10 @@ impl DropCollector {
             self.netns.interface(key.netns, key.ifindex)
         };
         if let Some(name) = name {
-            attrs.push(KeyValue::new(attr::INTERFACE_NAME, Value::String(name.into())));
+            attrs.push(KeyValue::new(
+                attr::INTERFACE_NAME,
+                Value::String(name.into()),
+            ));
         }
         if key.ifindex != 0 {
             attrs.push(KeyValue::new(attr::INTERFACE_INDEX, i64::from(key.ifindex)));

@@ -208,10 +208,11 @@ impl DropProbe {
     pub fn load(btf: &Btf, options: &ProbeOptions) -> Result<Self, ProbeError> {
         check_capabilities()?;
         let offsets = offsets_from_btf(btf)?;
-        let ncpus = aya::util::nr_cpus().map_err(|(path, source)| ProbeError::Cpus { path, source })?;
+        let ncpus =
+            aya::util::nr_cpus().map_err(|(path, source)| ProbeError::Cpus { path, source })?;
         let mut ebpf = EbpfLoader::new()
-            .set_global(OFFSETS_GLOBAL, &offsets, true)
-            .set_max_entries(DROPS_MAP, options.max_entries)
+            .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .map_max_entries(DROPS_MAP, options.max_entries)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let program: &mut RawTracePoint = ebpf
@@ -264,7 +265,11 @@ impl DropProbe {
         let mut first = true;
         loop {
             let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { &token as *const u32 as u64 },
+                in_batch: if first {
+                    0
+                } else {
+                    &token as *const u32 as u64
+                },
                 out_batch: &mut token as *mut u32 as u64,
                 keys: buffers.keys.as_mut_ptr() as u64,
                 values: buffers.values.as_mut_ptr() as u64,
@@ -309,10 +314,12 @@ impl DropProbe {
 }
 
 fn sum(per_cpu: &[DropValue]) -> DropValue {
-    per_cpu.iter().fold(DropValue::default(), |acc, v| DropValue {
-        packets: acc.packets.wrapping_add(v.packets),
-        bytes: acc.bytes.wrapping_add(v.bytes),
-    })
+    per_cpu
+        .iter()
+        .fold(DropValue::default(), |acc, v| DropValue {
+            packets: acc.packets.wrapping_add(v.packets),
+            bytes: acc.bytes.wrapping_add(v.bytes),
+        })
 }
 
 fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<MapFd, ProbeError> {

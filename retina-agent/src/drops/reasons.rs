@@ -86,7 +86,9 @@ impl DropReasons {
                 if value >> SUBSYS_SHIFT == 0 || v.name.starts_with("__") {
                     continue;
                 }
-                self.names.entry(value).or_insert_with(|| Arc::from(v.name.as_str()));
+                self.names
+                    .entry(value)
+                    .or_insert_with(|| Arc::from(v.name.as_str()));
             }
         }
     }
@@ -140,9 +142,15 @@ mod tests {
             );
             b.enumeration(
                 "ovs_drop_reason",
-                &[("__OVS_DROP_REASON", 2 << 16), ("OVS_DROP_LAST_ACTION", (2 << 16) + 1)],
+                &[
+                    ("__OVS_DROP_REASON", 2 << 16),
+                    ("OVS_DROP_LAST_ACTION", (2 << 16) + 1),
+                ],
             );
-            b.enumeration("mac80211_drop_reason", &[("RX_CONTINUE", 1), ("RX_DROP_MONITOR", 1 << 16)]);
+            b.enumeration(
+                "mac80211_drop_reason",
+                &[("RX_CONTINUE", 1), ("RX_DROP_MONITOR", 1 << 16)],
+            );
         });
         let r = DropReasons::load(&btf, None).unwrap();
         assert_eq!(&*r.name(3), "NO_SOCKET");
@@ -161,6 +169,9 @@ mod tests {
             b.int("int", 4);
         });
         let err = DropReasons::load(&btf, None).unwrap_err().to_string();
-        assert!(err.contains("skb_drop_reason") && err.contains("5.17"), "{err}");
+        assert!(
+            err.contains("skb_drop_reason") && err.contains("5.17"),
+            "{err}"
+        );
     }
 }

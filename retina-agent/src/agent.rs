@@ -1,0 +1,156 @@
+//! Assembles the collectors and runs one collection cycle over all of them.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    btf::Btf,
+    collectors::Collector,
+    drops::{
+        DropCollector,
+        probe::{DropProbe, ProbeOptions},
+        reasons::DropReasons,
+    },
+    links::{LinkError, Links},
+    metrics::Visitor,
+    netns,
+};
+
+/// What the agent could not start, and why; it runs without those parts.
+#[derive(Debug)]
+pub struct Degraded {
+    pub collector: &'static str,
+    pub reason: String,
+}
+
+/// The outcome of one collector in one cycle.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CollectorStats {
+    pub duration: Duration,
+    pub failures: u64,
+    pub last_failed: bool,
+}
+
+pub struct Agent {
+    links: Links,
+    collectors: Vec<Box<dyn Collector>>,
+    stats: Vec<CollectorStats>,
+    degraded: Vec<Degraded>,
+}
+
+/// Options that decide which collectors run.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    pub drops: ProbeOptions,
+    /// Override of the BTF file (tests and diagnostics); default `/sys/kernel/btf/vmlinux`.
+    pub btf_path: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("rtnetlink: {0}")]
+    Links(#[from] LinkError),
+}
+
+impl Agent {
+    /// Starts every collector that can run on this kernel; what cannot is reported in
+    /// [`Agent::degraded`] instead of failing the whole agent.
+    pub fn new(options: &AgentOptions) -> Result<Self, AgentError> {
+        let links = Links::new()?;
+        let mut agent = Agent {
+            links,
+            collectors: Vec::new(),
+            stats: Vec::new(),
+            degraded: Vec::new(),
+        };
+        match Self::drop_collector(options) {
+            Ok(c) => agent.push(Box::new(c)),
+            Err(reason) => agent.degraded.push(Degraded {
+                collector: "drops",
+                reason,
+            }),
+        }
+        Ok(agent)
+    }
+
+    fn drop_collector(options: &AgentOptions) -> Result<DropCollector, String> {
+        let btf = match &options.btf_path {
+            Some(path) => Btf::from_file(path),
+            None => Btf::from_sys(),
+        }
+        .map_err(|e| e.to_string())?;
+        let reasons = DropReasons::load(
+            &btf,
+            options
+                .btf_path
+                .is_none()
+                .then(|| std::path::Path::new("/sys/kernel/btf")),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut probe = DropProbe::load(&btf, &options.drops).map_err(|e| {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                source = s.source();
+            }
+            msg
+        })?;
+        crate::ebpf_log::spawn(probe.ebpf_mut());
+        let host = netns::current_netns_inode().map_err(|e| format!("/proc/self/ns/net: {e}"))?;
+        Ok(DropCollector::new(probe, reasons, host))
+    }
+
+    fn push(&mut self, collector: Box<dyn Collector>) {
+        self.collectors.push(collector);
+        self.stats.push(CollectorStats::default());
+    }
+
+    /// Adds a collector (used to plug in the NIC, netdev and netstat collectors).
+    pub fn add(&mut self, collector: Box<dyn Collector>) {
+        self.push(collector);
+    }
+
+    pub fn degraded(&self) -> &[Degraded] {
+        &self.degraded
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    pub fn collectors(&self) -> impl Iterator<Item = (&dyn Collector, &CollectorStats)> {
+        self.collectors.iter().map(|c| &**c).zip(self.stats.iter())
+    }
+
+    /// One collection cycle: one link dump, then every collector. A failing collector is
+    /// counted and logged; the others still run.
+    pub fn cycle(&mut self) {
+        if let Err(e) = self.links.refresh() {
+            tracing::warn!("rtnetlink link dump failed: {e}");
+        }
+        for (collector, stats) in self.collectors.iter_mut().zip(self.stats.iter_mut()) {
+            let start = Instant::now();
+            let result = collector.collect(&self.links);
+            stats.duration = start.elapsed();
+            match result {
+                Ok(()) => stats.last_failed = false,
+                Err(e) => {
+                    stats.failures += 1;
+                    // Log the first failure of a streak, not every cycle.
+                    if !stats.last_failed {
+                        tracing::warn!(collector = collector.name(), "collection failed: {e}");
+                    }
+                    stats.last_failed = true;
+                }
+            }
+        }
+    }
+
+    /// Visits every data point of every collector.
+    pub fn visit(&self, visitor: &mut dyn Visitor) {
+        for c in &self.collectors {
+            c.visit(visitor);
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Collectors: each reads one kernel source into state it keeps between cycles.
+//!
+//! The contract every collector keeps: after the first few cycles (interfaces discovered,
+//! names fetched, buffers sized), `collect` allocates nothing, and `visit` never does.
+
+pub mod netdev;
+pub mod netstat;
+
+use crate::{
+    links::Links,
+    metrics::{Metric, Visitor},
+};
+
+/// The error a collection cycle can end with. Each collector returns its own typed error
+/// (with the interface, path or program it concerns) behind this box.
+pub type CollectError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+pub trait Collector: Send {
+    /// Short stable name (`drops`, `ethtool`, `netdev`, `netstat`), used in logs and in
+    /// self-telemetry.
+    fn name(&self) -> &'static str;
+
+    /// Every metric this collector can emit, so exporters can register instruments once.
+    fn metrics(&self) -> &'static [&'static Metric];
+
+    /// Reads the kernel's current values into the collector's own state. `links` is the
+    /// host namespace's interface table, refreshed by one rtnetlink dump at the start of
+    /// this cycle.
+    fn collect(&mut self, links: &Links) -> Result<(), CollectError>;
+
+    /// Hands every data point from the last successful `collect` to `visitor`.
+    fn visit(&self, visitor: &mut dyn Visitor);
+}

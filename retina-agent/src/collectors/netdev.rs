@@ -1,0 +1,386 @@
+//! The `netdev` collector: per-interface byte, packet, drop and error counters
+//! (`struct rtnl_link_stats64`) from the cycle's rtnetlink dump ([`Links`]).
+//!
+//! It asks the kernel nothing itself. Each selected interface gets its attribute sets
+//! (`network.interface.name` + `network.io.direction`) built once, when it appears; every
+//! later cycle copies eight counters per interface and allocates nothing.
+//!
+//! Metrics (OpenTelemetry semantic conventions for system metrics), all cumulative sums,
+//! each with attributes `network.interface.name` and `network.io.direction`
+//! (`receive` / `transmit`):
+//!
+//! | name | unit | from `rtnl_link_stats64` |
+//! |---|---|---|
+//! | `system.network.io` | `By` | `rx_bytes` / `tx_bytes` |
+//! | `system.network.packet.count` | `{packet}` | `rx_packets` / `tx_packets` |
+//! | `system.network.packet.dropped` | `{packet}` | `rx_dropped` / `tx_dropped` |
+//! | `system.network.errors` | `{error}` | `rx_errors` / `tx_errors` |
+
+use opentelemetry::KeyValue;
+use serde::Deserialize;
+
+use crate::{
+    collectors::{CollectError, Collector},
+    filter::NameFilter,
+    links::{LinkStats, Links},
+    metrics::{Kind, Metric, Number, Visitor, attr},
+};
+
+pub const NETWORK_IO: Metric = Metric {
+    name: "system.network.io",
+    unit: "By",
+    description: "Bytes received and transmitted by the interface (rtnl_link_stats64 rx_bytes/tx_bytes)",
+    kind: Kind::Counter,
+};
+pub const NETWORK_PACKETS: Metric = Metric {
+    name: "system.network.packet.count",
+    unit: "{packet}",
+    description: "Packets received and transmitted by the interface (rx_packets/tx_packets)",
+    kind: Kind::Counter,
+};
+pub const NETWORK_DROPPED: Metric = Metric {
+    name: "system.network.packet.dropped",
+    unit: "{packet}",
+    description: "Packets the interface dropped on receive or transmit (rx_dropped/tx_dropped)",
+    kind: Kind::Counter,
+};
+pub const NETWORK_ERRORS: Metric = Metric {
+    name: "system.network.errors",
+    unit: "{error}",
+    description: "Receive and transmit errors of the interface (rx_errors/tx_errors)",
+    kind: Kind::Counter,
+};
+
+static METRICS: &[&Metric] = &[
+    &NETWORK_IO,
+    &NETWORK_PACKETS,
+    &NETWORK_DROPPED,
+    &NETWORK_ERRORS,
+];
+
+/// `[collectors.netdev]` configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetdevConfig {
+    /// Whether the collector runs (default `true`).
+    pub enabled: bool,
+    /// Interface names to export (anchored regular expressions); empty = all.
+    pub include: Vec<String>,
+    /// Interface names never exported (anchored regular expressions); wins over `include`.
+    pub exclude: Vec<String>,
+}
+
+impl Default for NetdevConfig {
+    fn default() -> Self {
+        NetdevConfig {
+            enabled: true,
+            include: Vec::new(),
+            exclude: Vec::new(),
+        }
+    }
+}
+
+/// Why the `netdev` collector could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NetdevError {
+    #[error("netdev collector: invalid interface name pattern: {0}")]
+    Filter(#[from] regex::Error),
+}
+
+/// Attribute sets and last counters of one exported interface.
+#[derive(Debug)]
+struct Series {
+    receive: [KeyValue; 2],
+    transmit: [KeyValue; 2],
+    stats: LinkStats,
+}
+
+/// What the collector keeps per ifindex (also for interfaces the filter rejects, so the
+/// filter runs once per interface, not once per cycle).
+#[derive(Debug)]
+struct Iface {
+    ifindex: u32,
+    /// [`Link::instance`](crate::links::Link::instance) the entry was built for.
+    instance: u64,
+    /// Cycle that last saw the interface.
+    seen: u64,
+    /// `None` when the filter rejects the interface.
+    series: Option<Series>,
+}
+
+/// Interface counters from the [`Links`] table.
+#[derive(Debug)]
+pub struct NetdevCollector {
+    filter: NameFilter,
+    /// Sorted by ifindex.
+    ifaces: Vec<Iface>,
+    cycle: u64,
+}
+
+impl NetdevCollector {
+    /// Compiles the interface filter of `config`.
+    pub fn new(config: &NetdevConfig) -> Result<NetdevCollector, NetdevError> {
+        Ok(NetdevCollector::with_filter(NameFilter::new(
+            &config.include,
+            &config.exclude,
+        )?))
+    }
+
+    /// A collector exporting the interfaces `filter` selects.
+    pub fn with_filter(filter: NameFilter) -> NetdevCollector {
+        NetdevCollector {
+            filter,
+            ifaces: Vec::new(),
+            cycle: 0,
+        }
+    }
+
+    /// Copies the counters of every interface in `links`; interfaces no longer there are
+    /// forgotten. Allocates only for an interface that is new (or renamed/recreated).
+    pub fn update(&mut self, links: &Links) {
+        self.cycle += 1;
+        let cycle = self.cycle;
+        for link in links.iter() {
+            let i = match self
+                .ifaces
+                .binary_search_by_key(&link.ifindex, |i| i.ifindex)
+            {
+                Ok(i) if self.ifaces[i].instance == link.instance => i,
+                found => {
+                    let series = self.filter.matches(&link.name).then(|| {
+                        let name = KeyValue::new(attr::INTERFACE_NAME, link.name.clone());
+                        Series {
+                            receive: [name.clone(), KeyValue::new(attr::IO_DIRECTION, "receive")],
+                            transmit: [name, KeyValue::new(attr::IO_DIRECTION, "transmit")],
+                            stats: link.stats,
+                        }
+                    });
+                    let iface = Iface {
+                        ifindex: link.ifindex,
+                        instance: link.instance,
+                        seen: cycle,
+                        series,
+                    };
+                    match found {
+                        Ok(i) => {
+                            self.ifaces[i] = iface;
+                            i
+                        }
+                        Err(i) => {
+                            self.ifaces.insert(i, iface);
+                            i
+                        }
+                    }
+                }
+            };
+            let iface = &mut self.ifaces[i];
+            iface.seen = cycle;
+            if let Some(series) = &mut iface.series {
+                series.stats = link.stats;
+            }
+        }
+        self.ifaces.retain(|i| i.seen == cycle);
+    }
+
+    /// Number of interfaces currently exported.
+    pub fn exported(&self) -> usize {
+        self.ifaces.iter().filter(|i| i.series.is_some()).count()
+    }
+}
+
+impl Collector for NetdevCollector {
+    fn name(&self) -> &'static str {
+        "netdev"
+    }
+
+    fn metrics(&self) -> &'static [&'static Metric] {
+        METRICS
+    }
+
+    fn collect(&mut self, links: &Links) -> Result<(), CollectError> {
+        self.update(links);
+        Ok(())
+    }
+
+    fn visit(&self, visitor: &mut dyn Visitor) {
+        for s in self.ifaces.iter().filter_map(|i| i.series.as_ref()) {
+            let st = &s.stats;
+            let (rx, tx) = (&s.receive[..], &s.transmit[..]);
+            visitor.point(&NETWORK_IO, rx, Number::U64(st.rx_bytes));
+            visitor.point(&NETWORK_IO, tx, Number::U64(st.tx_bytes));
+            visitor.point(&NETWORK_PACKETS, rx, Number::U64(st.rx_packets));
+            visitor.point(&NETWORK_PACKETS, tx, Number::U64(st.tx_packets));
+            visitor.point(&NETWORK_DROPPED, rx, Number::U64(st.rx_dropped));
+            visitor.point(&NETWORK_DROPPED, tx, Number::U64(st.tx_dropped));
+            visitor.point(&NETWORK_ERRORS, rx, Number::U64(st.rx_errors));
+            visitor.point(&NETWORK_ERRORS, tx, Number::U64(st.tx_errors));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::links::Link;
+
+    fn link(ifindex: u32, name: &str, base: u64) -> Link {
+        let mut l = Link::new(ifindex, name);
+        l.stats = LinkStats {
+            rx_packets: base,
+            tx_packets: base + 1,
+            rx_bytes: base + 2,
+            tx_bytes: base + 3,
+            rx_errors: base + 4,
+            tx_errors: base + 5,
+            rx_dropped: base + 6,
+            tx_dropped: base + 7,
+        };
+        l
+    }
+
+    /// (metric, interface, direction) -> value.
+    fn points(c: &NetdevCollector) -> BTreeMap<(&'static str, String, String), u64> {
+        let mut out = BTreeMap::new();
+        c.visit(&mut |m: &'static Metric, attrs: &[KeyValue], v: Number| {
+            assert_eq!(attrs.len(), 2);
+            assert_eq!(attrs[0].key.as_str(), attr::INTERFACE_NAME);
+            assert_eq!(attrs[1].key.as_str(), attr::IO_DIRECTION);
+            let Number::U64(v) = v else { panic!("{v:?}") };
+            let prev = out.insert(
+                (
+                    m.name,
+                    attrs[0].value.to_string(),
+                    attrs[1].value.to_string(),
+                ),
+                v,
+            );
+            assert!(prev.is_none(), "duplicate point");
+        });
+        out
+    }
+
+    fn key(m: &'static str, i: &str, d: &str) -> (&'static str, String, String) {
+        (m, i.to_string(), d.to_string())
+    }
+
+    #[test]
+    fn exports_every_counter_with_direction() {
+        let links = Links::from_links([link(1, "lo", 0), link(2, "eth0", 100)]);
+        let mut c = NetdevCollector::new(&NetdevConfig::default()).unwrap();
+        c.collect(&links).unwrap();
+        let p = points(&c);
+        assert_eq!(p.len(), 16);
+        assert_eq!(
+            p[&key("system.network.packet.count", "eth0", "receive")],
+            100
+        );
+        assert_eq!(
+            p[&key("system.network.packet.count", "eth0", "transmit")],
+            101
+        );
+        assert_eq!(p[&key("system.network.io", "eth0", "receive")], 102);
+        assert_eq!(p[&key("system.network.io", "eth0", "transmit")], 103);
+        assert_eq!(p[&key("system.network.errors", "eth0", "receive")], 104);
+        assert_eq!(p[&key("system.network.errors", "eth0", "transmit")], 105);
+        assert_eq!(
+            p[&key("system.network.packet.dropped", "eth0", "receive")],
+            106
+        );
+        assert_eq!(
+            p[&key("system.network.packet.dropped", "eth0", "transmit")],
+            107
+        );
+        assert_eq!(p[&key("system.network.io", "lo", "receive")], 2);
+        assert_eq!(c.name(), "netdev");
+        assert_eq!(c.metrics().len(), 4);
+    }
+
+    #[test]
+    fn filter_and_churn() {
+        let config = NetdevConfig {
+            enabled: true,
+            include: vec!["eth.*|veth.*".into()],
+            exclude: vec!["veth9".into()],
+        };
+        let mut c = NetdevCollector::new(&config).unwrap();
+        let mut links = Links::from_links([
+            link(1, "lo", 0),
+            link(2, "eth0", 10),
+            link(5, "veth1", 20),
+            link(6, "veth9", 30),
+        ]);
+        c.collect(&links).unwrap();
+        let names = |c: &NetdevCollector| {
+            let n: std::collections::BTreeSet<String> =
+                points(c).keys().map(|k| k.1.clone()).collect();
+            n.into_iter().collect::<Vec<_>>()
+        };
+        assert_eq!(names(&c), ["eth0", "veth1"]);
+        assert_eq!(c.exported(), 2);
+
+        // veth1 deleted, ifindex 2 recreated as "eth7", a new veth appears.
+        links.remove(5);
+        links.upsert(link(2, "eth7", 0));
+        links.upsert(link(8, "veth2", 0));
+        c.collect(&links).unwrap();
+        assert_eq!(names(&c), ["eth7", "veth2"]);
+        // Nothing stale is kept, not even for rejected interfaces.
+        assert_eq!(c.ifaces.len(), 4);
+        assert_eq!(
+            c.ifaces.iter().map(|i| i.ifindex).collect::<Vec<_>>(),
+            [1, 2, 6, 8]
+        );
+
+        // Renamed so the filter now rejects it: ifindex 2 stops being exported.
+        links.upsert(link(2, "wan0", 0));
+        c.collect(&links).unwrap();
+        assert_eq!(names(&c), ["veth2"]);
+    }
+
+    #[test]
+    fn counters_follow_the_table_and_attributes_are_kept() {
+        let mut links = Links::from_links([link(2, "eth0", 10)]);
+        let mut c = NetdevCollector::with_filter(NameFilter::all());
+        c.collect(&links).unwrap();
+        let name_ptr = match &c.ifaces[0].series.as_ref().unwrap().receive[0].value {
+            opentelemetry::Value::String(s) => s.as_str().as_ptr(),
+            v => panic!("{v:?}"),
+        };
+        // Same device (same instance), new counters.
+        let mut l = links.get(2).unwrap().clone();
+        l.stats.rx_bytes = 5000;
+        links.upsert(l);
+        c.collect(&links).unwrap();
+        assert_eq!(
+            points(&c)[&key("system.network.io", "eth0", "receive")],
+            5000
+        );
+        let again = match &c.ifaces[0].series.as_ref().unwrap().receive[0].value {
+            opentelemetry::Value::String(s) => s.as_str().as_ptr(),
+            v => panic!("{v:?}"),
+        };
+        assert_eq!(
+            name_ptr, again,
+            "attributes rebuilt for an unchanged interface"
+        );
+    }
+
+    #[test]
+    fn config_defaults_and_errors() {
+        let c = NetdevConfig::default();
+        assert!(c.enabled);
+        assert!(c.include.is_empty() && c.exclude.is_empty());
+        let bad = NetdevConfig {
+            include: vec!["(".into()],
+            ..NetdevConfig::default()
+        };
+        let err = NetdevCollector::new(&bad).unwrap_err().to_string();
+        assert!(err.contains("netdev") && err.contains('('), "{err}");
+        let c: NetdevConfig = serde_json::from_str(r#"{"exclude": ["veth.*"]}"#).unwrap();
+        assert!(c.enabled);
+        assert_eq!(c.exclude, ["veth.*"]);
+        assert!(serde_json::from_str::<NetdevConfig>(r#"{"inclde": []}"#).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! retina-agent: kernel packet drops by reason, NIC driver statistics, interface and
+//! netstat counters, collected without per-cycle allocation and exported as metrics.
+
+pub mod agent;
+pub mod btf;
+pub mod cli;
+pub mod collectors;
+pub mod daemon;
+pub mod drops;
+pub mod ebpf_log;
+pub mod filter;
+pub mod links;
+pub mod metrics;
+pub mod netns;
+pub mod snapshot;

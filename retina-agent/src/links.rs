@@ -1,0 +1,1740 @@
+//! The host's interfaces and their kernel counters, from one rtnetlink `RTM_GETLINK` dump
+//! per cycle (`IFLA_IFNAME`, `IFLA_STATS64`, ...), parsed into a table reused across cycles.
+//!
+//! Every collector that needs interfaces (driver stats, drop attribution, interface
+//! counters) reads this table instead of asking the kernel again.
+//!
+//! # Allocation
+//!
+//! The table talks to the kernel over a raw `NETLINK_ROUTE` socket and parses the replies in
+//! place, out of one receive buffer reused across cycles. A steady-state [`Links::refresh`]
+//! allocates nothing: known interfaces are updated in place, their names (`Arc<str>`) kept.
+//! Memory is allocated only when an interface appears, is renamed, or when a reply needs a
+//! larger receive buffer (grown once, then kept).
+//!
+//! # Robustness
+//!
+//! Every length the kernel reports is bounds-checked; a malformed reply is a
+//! [`LinkError`] naming the namespace and, where known, the interface. A refresh that fails
+//! never removes interfaces and never stores a partially parsed message: each interface
+//! either keeps its previous values or gets the ones of a fully validated message.
+
+use std::{
+    fs::File,
+    io, mem,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::fs::MetadataExt,
+    },
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+// ---- Kernel UAPI (include/uapi/linux/netlink.h, rtnetlink.h, if_link.h) ----
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_NOOP: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_OVERRUN: u16 = 4;
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const NLM_F_REQUEST: u16 = 0x01;
+const NLM_F_DUMP_INTR: u16 = 0x10;
+const NLM_F_DUMP: u16 = 0x300;
+/// `sizeof(struct ifinfomsg)`.
+const IFINFOMSG_LEN: usize = 16;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_OPERSTATE: u16 = 16;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_STATS64: u16 = 23;
+const IFLA_INFO_KIND: u16 = 1;
+/// Masks `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER` off an attribute type.
+const NLA_TYPE_MASK: u16 = 0x3fff;
+/// The 23 `__u64` fields `struct rtnl_link_stats64` has had since Linux 2.6.35.
+const STATS64_MIN_LEN: usize = 23 * 8;
+
+// ---- Tuning ----
+
+/// Initial receive buffer. The kernel sizes dump datagrams after the largest `recvmsg`
+/// buffer it has seen, capped near 32 KiB, unless one interface's message is bigger.
+const INITIAL_BUF: usize = 64 * 1024;
+/// Upper bound for growing the receive buffer after a truncated datagram.
+const MAX_BUF: usize = 16 * 1024 * 1024;
+/// How long one `recv` may wait for the kernel before the refresh fails.
+const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+/// Dumps tried per refresh (a retry follows a truncated datagram or an interface list that
+/// changed during the dump).
+const MAX_ATTEMPTS: u32 = 4;
+/// Datagrams read at most while discarding the rest of an abandoned dump.
+const MAX_DRAIN: usize = 100_000;
+
+/// Source of [`Link::instance`] ids, unique in the process.
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+fn next_instance() -> u64 {
+    NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed)
+}
+
+/// `struct rtnl_link_stats64` as the kernel reports it (fields the agent exports).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+}
+
+impl LinkStats {
+    /// Whether any counter is lower than in `earlier`: the kernel's counters were reset
+    /// (device recreated, or a driver that clears its statistics).
+    fn went_back_from(&self, earlier: &LinkStats) -> bool {
+        self.rx_packets < earlier.rx_packets
+            || self.tx_packets < earlier.tx_packets
+            || self.rx_bytes < earlier.rx_bytes
+            || self.tx_bytes < earlier.tx_bytes
+            || self.rx_errors < earlier.rx_errors
+            || self.tx_errors < earlier.tx_errors
+            || self.rx_dropped < earlier.rx_dropped
+            || self.tx_dropped < earlier.tx_dropped
+    }
+}
+
+/// The rest of `struct rtnl_link_stats64`: detailed error counters, not exported by the
+/// interface collector but kept for whoever needs them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStatsDetail {
+    pub multicast: u64,
+    pub collisions: u64,
+    pub rx_length_errors: u64,
+    pub rx_over_errors: u64,
+    pub rx_crc_errors: u64,
+    pub rx_frame_errors: u64,
+    pub rx_fifo_errors: u64,
+    pub rx_missed_errors: u64,
+    pub tx_aborted_errors: u64,
+    pub tx_carrier_errors: u64,
+    pub tx_fifo_errors: u64,
+    pub tx_heartbeat_errors: u64,
+    pub tx_window_errors: u64,
+    pub rx_compressed: u64,
+    pub tx_compressed: u64,
+    /// Packets dropped because no protocol handler took them (Linux 4.6+; `None` when the
+    /// kernel does not report it).
+    pub rx_nohandler: Option<u64>,
+    /// Packets dropped because they were addressed to another host (Linux 5.19+).
+    pub rx_otherhost_dropped: Option<u64>,
+}
+
+/// RFC 2863 operational state (`IFLA_OPERSTATE`, `IF_OPER_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OperState {
+    /// `IF_OPER_UNKNOWN`, a value this agent does not know, or no attribute at all.
+    #[default]
+    Unknown,
+    NotPresent,
+    Down,
+    LowerLayerDown,
+    Testing,
+    Dormant,
+    Up,
+}
+
+impl OperState {
+    fn from_u8(v: u8) -> OperState {
+        match v {
+            1 => OperState::NotPresent,
+            2 => OperState::Down,
+            3 => OperState::LowerLayerDown,
+            4 => OperState::Testing,
+            5 => OperState::Dormant,
+            6 => OperState::Up,
+            _ => OperState::Unknown,
+        }
+    }
+
+    /// The name `ip link` prints (`UP`, `DOWN`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperState::Unknown => "UNKNOWN",
+            OperState::NotPresent => "NOTPRESENT",
+            OperState::Down => "DOWN",
+            OperState::LowerLayerDown => "LOWERLAYERDOWN",
+            OperState::Testing => "TESTING",
+            OperState::Dormant => "DORMANT",
+            OperState::Up => "UP",
+        }
+    }
+}
+
+/// One interface of the table's network namespace.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub ifindex: u32,
+    /// Shared so attribute sets can hold it without copying.
+    pub name: Arc<str>,
+    /// `IFF_*` flags from `ifinfomsg`.
+    pub flags: u32,
+    pub stats: LinkStats,
+    /// Identity of the device behind this ifindex, unique in the process. It changes when
+    /// the ifindex (re)appears, when the interface is renamed or its kind changes, and when
+    /// its counters go backwards (device recreated with the same index and name, or
+    /// counters reset). A collector keeping per-interface state keyed by ifindex must reset
+    /// that state (cumulative sums, cached names) when this changes.
+    pub instance: u64,
+    /// Detailed counters from the rest of `rtnl_link_stats64`.
+    pub detail: LinkStatsDetail,
+    pub operstate: OperState,
+    /// `IFLA_MTU`, if the kernel reported it.
+    pub mtu: Option<u32>,
+    /// `IFLA_INFO_KIND` (`veth`, `bridge`, ...); `None` for devices without one (physical
+    /// NICs, `lo`).
+    pub kind: Option<Arc<str>>,
+}
+
+impl Link {
+    /// A link with the given identity and zeroed counters, with a fresh
+    /// [`instance`](Link::instance) (for tests and replays).
+    pub fn new(ifindex: u32, name: &str) -> Link {
+        Link {
+            ifindex,
+            name: Arc::from(name),
+            flags: 0,
+            stats: LinkStats::default(),
+            instance: next_instance(),
+            detail: LinkStatsDetail::default(),
+            operstate: OperState::Unknown,
+            mtu: None,
+            kind: None,
+        }
+    }
+
+    /// `IFF_UP`: administratively up.
+    pub fn is_up(&self) -> bool {
+        self.flags & libc::IFF_UP as u32 != 0
+    }
+
+    /// `IFF_LOOPBACK`.
+    pub fn is_loopback(&self) -> bool {
+        self.flags & libc::IFF_LOOPBACK as u32 != 0
+    }
+}
+
+/// What was wrong with a reply from the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("{left} bytes left after the last message, less than a message header")]
+    TrailingBytes { left: usize },
+    #[error("nlmsg_len {len} is below the header size or beyond the {avail} bytes left")]
+    MessageLength { len: u32, avail: usize },
+    #[error("message payload of {len} bytes is shorter than its fixed header ({need} bytes)")]
+    ShortPayload { len: usize, need: usize },
+    #[error("attribute at payload offset {offset}: rta_len {len} invalid ({avail} bytes left)")]
+    AttributeLength {
+        offset: usize,
+        len: usize,
+        avail: usize,
+    },
+    #[error("ifindex {0} is not positive")]
+    Ifindex(i32),
+    #[error("required attribute {0} missing")]
+    Missing(&'static str),
+    #[error("IFLA_IFNAME is empty")]
+    EmptyName,
+    #[error("IFLA_STATS64 is {0} bytes, expected at least 184")]
+    ShortStats(usize),
+    #[error("attribute {attr} has length {len}, expected {want}")]
+    AttributeSize {
+        attr: &'static str,
+        len: usize,
+        want: usize,
+    },
+}
+
+/// Why opening or refreshing the interface table failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("opening network namespace {}: {source}", path.display())]
+    OpenNetns { path: PathBuf, source: io::Error },
+    #[error("entering network namespace {}: {source}", path.display())]
+    EnterNetns { path: PathBuf, source: io::Error },
+    #[error("thread entering network namespace {} panicked", path.display())]
+    NetnsThread { path: PathBuf },
+    #[error("rtnetlink socket: {op}: {source}")]
+    Socket { op: &'static str, source: io::Error },
+    #[error("rtnetlink link dump (netns inode {netns_inode}): {op}: {source}")]
+    Io {
+        netns_inode: u64,
+        op: &'static str,
+        source: io::Error,
+    },
+    #[error("rtnetlink link dump (netns inode {netns_inode}): no reply within {timeout:?}")]
+    Timeout { netns_inode: u64, timeout: Duration },
+    #[error("rtnetlink link dump (netns inode {netns_inode}): kernel error: {source}")]
+    Kernel { netns_inode: u64, source: io::Error },
+    #[error(
+        "rtnetlink link dump (netns inode {netns_inode}): malformed reply \
+         (message at byte {offset}): {what}"
+    )]
+    Malformed {
+        netns_inode: u64,
+        offset: usize,
+        what: Malformed,
+    },
+    #[error(
+        "rtnetlink link dump (netns inode {netns_inode}): interface {ifindex}{}: \
+         malformed message: {what}",
+        name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+    )]
+    MalformedLink {
+        netns_inode: u64,
+        ifindex: u32,
+        /// The name the table had for this ifindex, if any.
+        name: Option<Arc<str>>,
+        what: Malformed,
+    },
+    #[error(
+        "rtnetlink link dump (netns inode {netns_inode}): a {len}-byte datagram exceeds \
+         the {max}-byte receive buffer limit"
+    )]
+    TooLarge {
+        netns_inode: u64,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "rtnetlink link dump (netns inode {netns_inode}): interfaces kept changing during \
+         {attempts} dumps"
+    )]
+    Inconsistent { netns_inode: u64, attempts: u32 },
+    #[error("interface table has no kernel socket (built with Links::from_links)")]
+    Detached,
+}
+
+/// A table entry: the link and the refresh attempt that last reported it.
+#[derive(Debug)]
+struct Entry {
+    link: Link,
+    seen: u64,
+}
+
+/// The interfaces proper, sorted by ifindex; separate from the socket so dump replies can
+/// be parsed out of the socket's buffer into it.
+#[derive(Debug, Default)]
+struct Table {
+    entries: Vec<Entry>,
+    /// Incremented per dump attempt; entries not stamped with it at the end of a complete
+    /// dump are gone.
+    stamp: u64,
+    generation: u64,
+}
+
+/// One interface message, parsed and validated, borrowing the receive buffer.
+#[derive(Debug)]
+struct LinkMsg<'a> {
+    ifindex: u32,
+    flags: u32,
+    name: &'a [u8],
+    stats: LinkStats,
+    detail: LinkStatsDetail,
+    operstate: Option<u8>,
+    mtu: Option<u32>,
+    kind: Option<&'a [u8]>,
+}
+
+/// State of one dump request while its reply datagrams arrive.
+#[derive(Debug)]
+struct Dump {
+    seq: u32,
+    portid: u32,
+    netns_inode: u64,
+    /// Some message carried `NLM_F_DUMP_INTR`: the list changed while it was dumped.
+    interrupted: bool,
+    /// The first error; the dump is still read to its end.
+    error: Option<LinkError>,
+}
+
+/// What a datagram told about the dump it belongs to.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// More datagrams follow.
+    More,
+    /// `NLMSG_DONE` or the final `NLMSG_ERROR` was seen.
+    Done,
+    /// The datagram could not be walked to its end (its framing is broken), so whether the
+    /// dump ended in it is unknown: discard whatever is still queued.
+    Abort,
+}
+
+/// The interface table of one network namespace, refreshed in place.
+pub struct Links {
+    /// `None` for a table built by [`Links::from_links`].
+    sock: Option<OwnedFd>,
+    portid: u32,
+    netns_inode: u64,
+    seq: u32,
+    buf: Vec<u8>,
+    /// The socket may still hold datagrams of an abandoned dump.
+    dirty: bool,
+    table: Table,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links")
+            .field("netns_inode", &self.netns_inode)
+            .field("links", &self.table.entries.len())
+            .field("generation", &self.table.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Links {
+    /// Opens an rtnetlink socket in the calling thread's network namespace (the host's, for
+    /// the daemon). The table is empty until the first [`refresh`](Links::refresh).
+    pub fn new() -> Result<Links, LinkError> {
+        let path = Path::new("/proc/thread-self/ns/net");
+        let netns_inode = std::fs::metadata(path)
+            .map_err(|source| LinkError::OpenNetns {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .ino();
+        let (sock, portid) = open_socket()?;
+        Ok(Links::with_socket(sock, portid, netns_inode))
+    }
+
+    /// Opens an rtnetlink socket inside the network namespace at `path`
+    /// (`/run/netns/NAME`, `/proc/PID/ns/net`). A short-lived thread enters the namespace
+    /// and creates the socket, which stays bound to that namespace; the calling thread's
+    /// namespace does not change.
+    pub fn open_in_netns(path: &Path) -> Result<Links, LinkError> {
+        let ns = File::open(path).map_err(|source| LinkError::OpenNetns {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let netns_inode = ns
+            .metadata()
+            .map_err(|source| LinkError::OpenNetns {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .ino();
+        let thread_path = path.to_path_buf();
+        let handle = std::thread::Builder::new()
+            .name("retina-netns".into())
+            .spawn(move || {
+                // SAFETY: `ns` is an open file; setns only changes this thread's namespace.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(LinkError::EnterNetns {
+                        path: thread_path,
+                        source: io::Error::last_os_error(),
+                    });
+                }
+                open_socket()
+            })
+            .map_err(|source| LinkError::Socket {
+                op: "spawning the namespace thread",
+                source,
+            })?;
+        let (sock, portid) = handle.join().map_err(|_| LinkError::NetnsThread {
+            path: path.to_path_buf(),
+        })??;
+        Ok(Links::with_socket(sock, portid, netns_inode))
+    }
+
+    /// A fixed table without a kernel socket, for tests and replays:
+    /// [`refresh`](Links::refresh) fails with [`LinkError::Detached`]. Links are sorted by
+    /// ifindex; of duplicates the last one wins.
+    pub fn from_links(links: impl IntoIterator<Item = Link>) -> Links {
+        let mut l = Links {
+            sock: None,
+            portid: 0,
+            netns_inode: 0,
+            seq: 0,
+            buf: Vec::new(),
+            dirty: false,
+            table: Table::default(),
+        };
+        for link in links {
+            l.upsert(link);
+        }
+        l
+    }
+
+    /// Inserts or replaces the link with `link.ifindex` (for tests and replays).
+    pub fn upsert(&mut self, link: Link) {
+        let t = &mut self.table;
+        t.generation += 1;
+        match t
+            .entries
+            .binary_search_by_key(&link.ifindex, |e| e.link.ifindex)
+        {
+            Ok(i) => t.entries[i].link = link,
+            Err(i) => t.entries.insert(i, Entry { link, seen: 0 }),
+        }
+    }
+
+    /// Removes the link with this ifindex (for tests and replays).
+    pub fn remove(&mut self, ifindex: u32) -> Option<Link> {
+        let t = &mut self.table;
+        let i = t
+            .entries
+            .binary_search_by_key(&ifindex, |e| e.link.ifindex)
+            .ok()?;
+        t.generation += 1;
+        Some(t.entries.remove(i).link)
+    }
+
+    fn with_socket(sock: OwnedFd, portid: u32, netns_inode: u64) -> Links {
+        Links {
+            sock: Some(sock),
+            portid,
+            netns_inode,
+            seq: 0,
+            buf: vec![0; INITIAL_BUF],
+            dirty: false,
+            table: Table::default(),
+        }
+    }
+
+    /// Inode number of the network namespace this table describes (what the agent
+    /// exports as `network.namespace.inode`); 0 for a table built by
+    /// [`from_links`](Links::from_links).
+    pub fn netns_inode(&self) -> u64 {
+        self.netns_inode
+    }
+
+    /// Changes whenever an interface appears or disappears or a link's
+    /// [`instance`](Link::instance) changes; a collector caching per-interface state can
+    /// skip reconciling it while this stays the same.
+    pub fn generation(&self) -> u64 {
+        self.table.generation
+    }
+
+    /// The interface with this index, if it existed at the last refresh.
+    pub fn get(&self, ifindex: u32) -> Option<&Link> {
+        let e = &self.table.entries;
+        e.binary_search_by_key(&ifindex, |e| e.link.ifindex)
+            .ok()
+            .map(|i| &e[i].link)
+    }
+
+    /// The interface with this name, if any (a linear search).
+    pub fn get_by_name(&self, name: &str) -> Option<&Link> {
+        self.iter().find(|l| &*l.name == name)
+    }
+
+    /// Every interface seen at the last refresh, in ifindex order.
+    pub fn iter(&self) -> impl Iterator<Item = &Link> {
+        self.table.entries.iter().map(|e| &e.link)
+    }
+
+    /// Number of interfaces.
+    pub fn len(&self) -> usize {
+        self.table.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.entries.is_empty()
+    }
+
+    /// Dumps the namespace's interfaces and updates the table: new interfaces are added,
+    /// vanished ones removed, the rest updated in place.
+    ///
+    /// On error no interface is removed; interfaces whose messages were parsed before the
+    /// error carry their new values, the others keep their previous ones.
+    pub fn refresh(&mut self) -> Result<(), LinkError> {
+        let Some(sock) = &self.sock else {
+            return Err(LinkError::Detached);
+        };
+        let fd = sock.as_raw_fd();
+        let netns_inode = self.netns_inode;
+        if self.dirty {
+            drain(fd, &mut self.buf, None);
+            self.dirty = false;
+        }
+        for _attempt in 0..MAX_ATTEMPTS {
+            self.seq = self.seq.wrapping_add(1);
+            let mut dump = Dump {
+                seq: self.seq,
+                portid: self.portid,
+                netns_inode,
+                interrupted: false,
+                error: None,
+            };
+            self.table.stamp += 1;
+            send_getlink(fd, dump.seq).map_err(|source| LinkError::Io {
+                netns_inode,
+                op: "sending RTM_GETLINK",
+                source,
+            })?;
+            let mut truncated = None;
+            loop {
+                let n = match recv(fd, &mut self.buf, 0) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.dirty = true;
+                        return Err(recv_error(netns_inode, e));
+                    }
+                };
+                if n > self.buf.len() {
+                    // The datagram was cut: its messages are lost. Grow, then redo the dump.
+                    truncated = Some(n);
+                    drain(fd, &mut self.buf, Some(&dump));
+                    break;
+                }
+                match self.table.feed(&mut dump, &self.buf[..n]) {
+                    Step::More => {}
+                    Step::Done => break,
+                    Step::Abort => {
+                        drain(fd, &mut self.buf, Some(&dump));
+                        break;
+                    }
+                }
+            }
+            if let Some(n) = truncated {
+                if n > MAX_BUF {
+                    return Err(LinkError::TooLarge {
+                        netns_inode,
+                        len: n,
+                        max: MAX_BUF,
+                    });
+                }
+                let grown = n.next_power_of_two().clamp(INITIAL_BUF, MAX_BUF);
+                self.buf.resize(grown, 0);
+                continue;
+            }
+            if let Some(e) = dump.error {
+                return Err(e);
+            }
+            if dump.interrupted {
+                continue;
+            }
+            self.table.remove_unseen();
+            return Ok(());
+        }
+        Err(LinkError::Inconsistent {
+            netns_inode,
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+}
+
+impl Table {
+    /// Walks one reply datagram of `dump`, applying every valid interface message.
+    fn feed(&mut self, dump: &mut Dump, data: &[u8]) -> Step {
+        let mut off = 0;
+        while off < data.len() {
+            let left = data.len() - off;
+            if left < NLMSG_HDRLEN {
+                dump.error.get_or_insert(LinkError::Malformed {
+                    netns_inode: dump.netns_inode,
+                    offset: off,
+                    what: Malformed::TrailingBytes { left },
+                });
+                return Step::Abort;
+            }
+            let len = read_u32(data, off);
+            let ty = read_u16(data, off + 4);
+            let flags = read_u16(data, off + 6);
+            let seq = read_u32(data, off + 8);
+            let pid = read_u32(data, off + 12);
+            if (len as usize) < NLMSG_HDRLEN || len as usize > left {
+                dump.error.get_or_insert(LinkError::Malformed {
+                    netns_inode: dump.netns_inode,
+                    offset: off,
+                    what: Malformed::MessageLength { len, avail: left },
+                });
+                return Step::Abort;
+            }
+            let payload = &data[off + NLMSG_HDRLEN..off + len as usize];
+            let at = off;
+            off += align4(len as usize);
+            if seq != dump.seq || pid != dump.portid {
+                // A reply to an earlier, abandoned request.
+                continue;
+            }
+            if flags & NLM_F_DUMP_INTR != 0 {
+                dump.interrupted = true;
+            }
+            match ty {
+                NLMSG_NOOP => {}
+                NLMSG_DONE => {
+                    // A dump that failed half-way reports its error here.
+                    if let Some(err) = payload.get(..4).map(|b| read_i32(b, 0))
+                        && err < 0
+                    {
+                        dump.error.get_or_insert(LinkError::Kernel {
+                            netns_inode: dump.netns_inode,
+                            source: io::Error::from_raw_os_error(-err),
+                        });
+                    }
+                    return Step::Done;
+                }
+                NLMSG_ERROR => {
+                    let err = match payload.get(..4) {
+                        Some(b) => read_i32(b, 0),
+                        None => {
+                            dump.error.get_or_insert(LinkError::Malformed {
+                                netns_inode: dump.netns_inode,
+                                offset: at,
+                                what: Malformed::ShortPayload {
+                                    len: payload.len(),
+                                    need: 4,
+                                },
+                            });
+                            return Step::Done;
+                        }
+                    };
+                    if err != 0 {
+                        dump.error.get_or_insert(LinkError::Kernel {
+                            netns_inode: dump.netns_inode,
+                            source: io::Error::from_raw_os_error(err.saturating_neg()),
+                        });
+                    }
+                    // An error (or an acknowledgement) ends the request.
+                    return Step::Done;
+                }
+                NLMSG_OVERRUN => {
+                    dump.error.get_or_insert(LinkError::Kernel {
+                        netns_inode: dump.netns_inode,
+                        source: io::Error::from_raw_os_error(libc::ENOBUFS),
+                    });
+                    return Step::Abort;
+                }
+                RTM_NEWLINK => match parse_link(payload) {
+                    Ok(msg) => self.apply(&msg),
+                    Err((ifindex, what)) => {
+                        let error = match ifindex {
+                            Some(ifindex) => LinkError::MalformedLink {
+                                netns_inode: dump.netns_inode,
+                                ifindex,
+                                name: self.get(ifindex).map(|l| l.name.clone()),
+                                what,
+                            },
+                            None => LinkError::Malformed {
+                                netns_inode: dump.netns_inode,
+                                offset: at,
+                                what,
+                            },
+                        };
+                        dump.error.get_or_insert(error);
+                    }
+                },
+                _ => {}
+            }
+        }
+        Step::More
+    }
+
+    fn get(&self, ifindex: u32) -> Option<&Link> {
+        self.entries
+            .binary_search_by_key(&ifindex, |e| e.link.ifindex)
+            .ok()
+            .map(|i| &self.entries[i].link)
+    }
+
+    /// Stores one validated message: updates the interface in place (no allocation unless
+    /// its name or kind changed) or inserts it.
+    fn apply(&mut self, m: &LinkMsg<'_>) {
+        let stamp = self.stamp;
+        let operstate = m.operstate.map_or(OperState::Unknown, OperState::from_u8);
+        match self
+            .entries
+            .binary_search_by_key(&m.ifindex, |e| e.link.ifindex)
+        {
+            Ok(i) => {
+                let e = &mut self.entries[i];
+                e.seen = stamp;
+                let l = &mut e.link;
+                let mut changed = m.stats.went_back_from(&l.stats);
+                if !lossy_eq(m.name, &l.name) {
+                    l.name = lossy_arc(m.name);
+                    changed = true;
+                }
+                let same_kind = match (m.kind, &l.kind) {
+                    (None, None) => true,
+                    (Some(raw), Some(kind)) => lossy_eq(raw, kind),
+                    _ => false,
+                };
+                if !same_kind {
+                    l.kind = m.kind.map(lossy_arc);
+                    changed = true;
+                }
+                if changed {
+                    l.instance = next_instance();
+                    self.generation += 1;
+                }
+                l.flags = m.flags;
+                l.stats = m.stats;
+                l.detail = m.detail;
+                l.operstate = operstate;
+                l.mtu = m.mtu;
+            }
+            Err(i) => {
+                let link = Link {
+                    ifindex: m.ifindex,
+                    name: lossy_arc(m.name),
+                    flags: m.flags,
+                    stats: m.stats,
+                    instance: next_instance(),
+                    detail: m.detail,
+                    operstate,
+                    mtu: m.mtu,
+                    kind: m.kind.map(lossy_arc),
+                };
+                self.entries.insert(i, Entry { link, seen: stamp });
+                self.generation += 1;
+            }
+        }
+    }
+
+    /// After a complete dump: drops every interface the dump did not report.
+    fn remove_unseen(&mut self) {
+        let before = self.entries.len();
+        let stamp = self.stamp;
+        self.entries.retain(|e| e.seen == stamp);
+        if self.entries.len() != before {
+            self.generation += 1;
+        }
+    }
+}
+
+/// Parses the payload of an `RTM_NEWLINK` message (`ifinfomsg` + attributes). On error,
+/// returns the ifindex if the fixed header was readable.
+fn parse_link(payload: &[u8]) -> Result<LinkMsg<'_>, (Option<u32>, Malformed)> {
+    if payload.len() < IFINFOMSG_LEN {
+        return Err((
+            None,
+            Malformed::ShortPayload {
+                len: payload.len(),
+                need: IFINFOMSG_LEN,
+            },
+        ));
+    }
+    // struct ifinfomsg { u8 family; u8 pad; u16 type; i32 index; u32 flags; u32 change; }
+    let raw_index = read_i32(payload, 4);
+    let flags = read_u32(payload, 8);
+    let ifindex = match u32::try_from(raw_index) {
+        Ok(i) if i > 0 => i,
+        _ => return Err((None, Malformed::Ifindex(raw_index))),
+    };
+    let fail = |what| (Some(ifindex), what);
+    let mut name = None;
+    let mut stats = None;
+    let mut operstate = None;
+    let mut mtu = None;
+    let mut kind = None;
+    for attr in Attrs::new(&payload[IFINFOMSG_LEN..], IFINFOMSG_LEN) {
+        let (ty, data) = attr.map_err(fail)?;
+        match ty {
+            IFLA_IFNAME => {
+                let n = nul_terminated(data);
+                if n.is_empty() {
+                    return Err(fail(Malformed::EmptyName));
+                }
+                name = Some(n);
+            }
+            IFLA_STATS64 => stats = Some(parse_stats64(data).map_err(fail)?),
+            IFLA_OPERSTATE => match data {
+                [v] => operstate = Some(*v),
+                _ => {
+                    return Err(fail(Malformed::AttributeSize {
+                        attr: "IFLA_OPERSTATE",
+                        len: data.len(),
+                        want: 1,
+                    }));
+                }
+            },
+            IFLA_MTU => match data.len() {
+                4 => mtu = Some(read_u32(data, 0)),
+                len => {
+                    return Err(fail(Malformed::AttributeSize {
+                        attr: "IFLA_MTU",
+                        len,
+                        want: 4,
+                    }));
+                }
+            },
+            IFLA_LINKINFO => {
+                for nested in Attrs::new(data, 0) {
+                    let (nty, ndata) = nested.map_err(fail)?;
+                    if nty == IFLA_INFO_KIND {
+                        let k = nul_terminated(ndata);
+                        if !k.is_empty() {
+                            kind = Some(k);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let name = name.ok_or(fail(Malformed::Missing("IFLA_IFNAME")))?;
+    let (stats, detail) = stats.ok_or(fail(Malformed::Missing("IFLA_STATS64")))?;
+    Ok(LinkMsg {
+        ifindex,
+        flags,
+        name,
+        stats,
+        detail,
+        operstate,
+        mtu,
+        kind,
+    })
+}
+
+/// Parses `struct rtnl_link_stats64` (184 bytes on old kernels, up to 200 today; longer
+/// future versions are accepted and their extra fields ignored).
+fn parse_stats64(data: &[u8]) -> Result<(LinkStats, LinkStatsDetail), Malformed> {
+    if data.len() < STATS64_MIN_LEN {
+        return Err(Malformed::ShortStats(data.len()));
+    }
+    let f = |i: usize| read_u64(data, i * 8);
+    let opt = |i: usize| (data.len() >= (i + 1) * 8).then(|| f(i));
+    let stats = LinkStats {
+        rx_packets: f(0),
+        tx_packets: f(1),
+        rx_bytes: f(2),
+        tx_bytes: f(3),
+        rx_errors: f(4),
+        tx_errors: f(5),
+        rx_dropped: f(6),
+        tx_dropped: f(7),
+    };
+    let detail = LinkStatsDetail {
+        multicast: f(8),
+        collisions: f(9),
+        rx_length_errors: f(10),
+        rx_over_errors: f(11),
+        rx_crc_errors: f(12),
+        rx_frame_errors: f(13),
+        rx_fifo_errors: f(14),
+        rx_missed_errors: f(15),
+        tx_aborted_errors: f(16),
+        tx_carrier_errors: f(17),
+        tx_fifo_errors: f(18),
+        tx_heartbeat_errors: f(19),
+        tx_window_errors: f(20),
+        rx_compressed: f(21),
+        tx_compressed: f(22),
+        rx_nohandler: opt(23),
+        rx_otherhost_dropped: opt(24),
+    };
+    Ok((stats, detail))
+}
+
+/// Iterates over netlink attributes (`struct rtattr`/`nlattr`), bounds-checked. `base` is
+/// the offset of `buf` in its message payload, for error messages.
+struct Attrs<'a> {
+    buf: &'a [u8],
+    off: usize,
+    base: usize,
+}
+
+impl<'a> Attrs<'a> {
+    fn new(buf: &'a [u8], base: usize) -> Attrs<'a> {
+        Attrs { buf, off: 0, base }
+    }
+}
+
+impl<'a> Iterator for Attrs<'a> {
+    type Item = Result<(u16, &'a [u8]), Malformed>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let avail = self.buf.len().checked_sub(self.off).filter(|&a| a > 0)?;
+        let len = if avail >= 4 {
+            usize::from(read_u16(self.buf, self.off))
+        } else {
+            0
+        };
+        if len < 4 || len > avail {
+            let offset = self.base + self.off;
+            self.off = self.buf.len();
+            return Some(Err(Malformed::AttributeLength { offset, len, avail }));
+        }
+        let ty = read_u16(self.buf, self.off + 2) & NLA_TYPE_MASK;
+        let data = &self.buf[self.off + 4..self.off + len];
+        self.off += align4(len);
+        Some(Ok((ty, data)))
+    }
+}
+
+fn align4(n: usize) -> usize {
+    n.saturating_add(3) & !3
+}
+
+/// The bytes before the first NUL (all of them if there is none).
+fn nul_terminated(b: &[u8]) -> &[u8] {
+    b.iter().position(|&c| c == 0).map_or(b, |i| &b[..i])
+}
+
+/// Whether `s` equals `String::from_utf8_lossy(raw)`, without allocating.
+fn lossy_eq(raw: &[u8], s: &str) -> bool {
+    let mut rest = s.as_bytes();
+    for chunk in raw.utf8_chunks() {
+        let Some(r) = rest.strip_prefix(chunk.valid().as_bytes()) else {
+            return false;
+        };
+        rest = r;
+        if !chunk.invalid().is_empty() {
+            let Some(r) = rest.strip_prefix("\u{FFFD}".as_bytes()) else {
+                return false;
+            };
+            rest = r;
+        }
+    }
+    rest.is_empty()
+}
+
+/// Interface names are bytes; the rare non-UTF-8 one is stored lossily.
+fn lossy_arc(raw: &[u8]) -> Arc<str> {
+    Arc::from(String::from_utf8_lossy(raw))
+}
+
+// The callers have checked bounds; these only convert.
+fn read_u16(b: &[u8], off: usize) -> u16 {
+    u16::from_ne_bytes([b[off], b[off + 1]])
+}
+
+fn read_u32(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+fn read_i32(b: &[u8], off: usize) -> i32 {
+    read_u32(b, off) as i32
+}
+
+fn read_u64(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_ne_bytes(a)
+}
+
+// ---- Socket ----
+
+fn socket_err(op: &'static str) -> LinkError {
+    LinkError::Socket {
+        op,
+        source: io::Error::last_os_error(),
+    }
+}
+
+/// Creates and binds a `NETLINK_ROUTE` socket in the calling thread's namespace; returns
+/// it with the port id the kernel assigned.
+fn open_socket() -> Result<(OwnedFd, u32), LinkError> {
+    // SAFETY: plain syscalls on a descriptor we own; the structs are fully initialized.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return Err(socket_err("socket(AF_NETLINK)"));
+        }
+        let sock = OwnedFd::from_raw_fd(fd);
+        let tv = libc::timeval {
+            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        if libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            mem::size_of::<libc::timeval>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(socket_err("setsockopt(SO_RCVTIMEO)"));
+        }
+        let mut addr: libc::sockaddr_nl = mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        let addr_len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        if libc::bind(fd, (&addr as *const libc::sockaddr_nl).cast(), addr_len) != 0 {
+            return Err(socket_err("bind"));
+        }
+        let mut len = addr_len;
+        if libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_nl).cast(), &mut len) != 0 {
+            return Err(socket_err("getsockname"));
+        }
+        Ok((sock, addr.nl_pid))
+    }
+}
+
+/// Sends `RTM_GETLINK` with `NLM_F_DUMP` (all interfaces, default attributes, which include
+/// `IFLA_STATS64`).
+fn send_getlink(fd: RawFd, seq: u32) -> io::Result<()> {
+    const LEN: usize = NLMSG_HDRLEN + IFINFOMSG_LEN;
+    let mut req = [0u8; LEN];
+    req[0..4].copy_from_slice(&(LEN as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // nlmsg_pid 0, ifinfomsg all zero: family AF_UNSPEC, every interface.
+    // SAFETY: sockaddr_nl is plain data; zeroed then filled.
+    let mut kernel: libc::sockaddr_nl = unsafe { mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    loop {
+        // SAFETY: `req` and `kernel` outlive the call; lengths match.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// One `recv` with `MSG_TRUNC`: returns the datagram's real length, which exceeds
+/// `buf.len()` when it was cut. Retries on `EINTR`.
+fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                flags | libc::MSG_TRUNC,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn recv_error(netns_inode: u64, e: io::Error) -> LinkError {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        LinkError::Timeout {
+            netns_inode,
+            timeout: RECV_TIMEOUT,
+        }
+    } else {
+        LinkError::Io {
+            netns_inode,
+            op: "receiving the dump",
+            source: e,
+        }
+    }
+}
+
+/// Discards queued datagrams without waiting: those of `dump` up to its end, or everything
+/// if `dump` is `None`. The kernel queues the next part of a dump while the previous one
+/// is received, so an empty queue means the dump is over.
+fn drain(fd: RawFd, buf: &mut [u8], dump: Option<&Dump>) {
+    for _ in 0..MAX_DRAIN {
+        let Ok(n) = recv(fd, buf, libc::MSG_DONTWAIT) else {
+            return;
+        };
+        let Some(dump) = dump else { continue };
+        let data = &buf[..n.min(buf.len())];
+        let mut off = 0;
+        while data.len() - off >= NLMSG_HDRLEN {
+            let len = read_u32(data, off) as usize;
+            let ty = read_u16(data, off + 4);
+            let seq = read_u32(data, off + 8);
+            if len < NLMSG_HDRLEN {
+                break;
+            }
+            if seq == dump.seq && (ty == NLMSG_DONE || ty == NLMSG_ERROR) {
+                return;
+            }
+            off = off.saturating_add(align4(len));
+            if off > data.len() {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEQ: u32 = 7;
+    const PID: u32 = 4242;
+
+    fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(payload);
+        while !v.len().is_multiple_of(4) {
+            v.push(0);
+        }
+        v
+    }
+
+    fn stats64(vals: &[u64]) -> Vec<u8> {
+        vals.iter().flat_map(|v| v.to_ne_bytes()).collect()
+    }
+
+    /// 25 counters: field i holds base + i.
+    fn stats_attr(base: u64) -> Vec<u8> {
+        let vals: Vec<u64> = (0..25).map(|i| base + i).collect();
+        attr(IFLA_STATS64, &stats64(&vals))
+    }
+
+    fn ifinfo(ifindex: i32, flags: u32, attrs: &[Vec<u8>]) -> Vec<u8> {
+        let mut v = vec![0u8; IFINFOMSG_LEN];
+        v[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        v[8..12].copy_from_slice(&flags.to_ne_bytes());
+        for a in attrs {
+            v.extend_from_slice(a);
+        }
+        v
+    }
+
+    fn link_payload(ifindex: i32, name: &str, stats_base: u64) -> Vec<u8> {
+        let mut n = name.as_bytes().to_vec();
+        n.push(0);
+        ifinfo(
+            ifindex,
+            libc::IFF_UP as u32,
+            &[
+                attr(IFLA_IFNAME, &n),
+                attr(IFLA_MTU, &1500u32.to_ne_bytes()),
+                attr(IFLA_OPERSTATE, &[6]),
+                stats_attr(stats_base),
+            ],
+        )
+    }
+
+    fn nlmsg_full(ty: u16, flags: u16, seq: u32, pid: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(&flags.to_ne_bytes());
+        v.extend_from_slice(&seq.to_ne_bytes());
+        v.extend_from_slice(&pid.to_ne_bytes());
+        v.extend_from_slice(payload);
+        while !v.len().is_multiple_of(4) {
+            v.push(0);
+        }
+        v
+    }
+
+    fn nlmsg(ty: u16, payload: &[u8]) -> Vec<u8> {
+        nlmsg_full(ty, 2, SEQ, PID, payload)
+    }
+
+    fn done() -> Vec<u8> {
+        nlmsg(NLMSG_DONE, &0i32.to_ne_bytes())
+    }
+
+    fn dump() -> Dump {
+        Dump {
+            seq: SEQ,
+            portid: PID,
+            netns_inode: 99,
+            interrupted: false,
+            error: None,
+        }
+    }
+
+    /// Feeds datagrams as one complete dump, like `refresh` does.
+    fn run_dump(t: &mut Table, datagrams: &[Vec<u8>]) -> (Dump, Step) {
+        t.stamp += 1;
+        let mut d = dump();
+        let mut step = Step::More;
+        for dg in datagrams {
+            step = t.feed(&mut d, dg);
+            if step != Step::More {
+                break;
+            }
+        }
+        if step == Step::Done && d.error.is_none() && !d.interrupted {
+            t.remove_unseen();
+        }
+        (d, step)
+    }
+
+    fn names(t: &Table) -> Vec<(u32, String)> {
+        t.entries
+            .iter()
+            .map(|e| (e.link.ifindex, e.link.name.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_a_full_message() {
+        let mut kind = b"veth".to_vec();
+        kind.push(0);
+        let linkinfo = attr(IFLA_LINKINFO | 0x8000, &attr(IFLA_INFO_KIND, &kind));
+        let payload = ifinfo(
+            5,
+            0x1003,
+            &[
+                attr(IFLA_IFNAME, b"veth0\0"),
+                attr(IFLA_OPERSTATE, &[2]),
+                attr(999, b"ignored attribute"),
+                linkinfo,
+                stats_attr(100),
+            ],
+        );
+        let m = parse_link(&payload).unwrap();
+        assert_eq!(m.ifindex, 5);
+        assert_eq!(m.flags, 0x1003);
+        assert_eq!(m.name, b"veth0");
+        assert_eq!(m.kind, Some(&b"veth"[..]));
+        assert_eq!(m.operstate, Some(2));
+        assert_eq!(m.mtu, None);
+        assert_eq!(
+            m.stats,
+            LinkStats {
+                rx_packets: 100,
+                tx_packets: 101,
+                rx_bytes: 102,
+                tx_bytes: 103,
+                rx_errors: 104,
+                tx_errors: 105,
+                rx_dropped: 106,
+                tx_dropped: 107,
+            }
+        );
+        assert_eq!(m.detail.multicast, 108);
+        assert_eq!(m.detail.rx_missed_errors, 115);
+        assert_eq!(m.detail.tx_compressed, 122);
+        assert_eq!(m.detail.rx_nohandler, Some(123));
+        assert_eq!(m.detail.rx_otherhost_dropped, Some(124));
+    }
+
+    #[test]
+    fn old_kernel_stats_have_no_optional_fields() {
+        let vals: Vec<u64> = (0..23).collect();
+        let payload = ifinfo(
+            2,
+            0,
+            &[
+                attr(IFLA_IFNAME, b"eth0\0"),
+                attr(IFLA_STATS64, &stats64(&vals)),
+            ],
+        );
+        let m = parse_link(&payload).unwrap();
+        assert_eq!(m.stats.tx_dropped, 7);
+        assert_eq!(m.detail.rx_nohandler, None);
+        assert_eq!(m.detail.rx_otherhost_dropped, None);
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        // Payload shorter than ifinfomsg.
+        assert_eq!(
+            parse_link(&[0; 10]).unwrap_err(),
+            (None, Malformed::ShortPayload { len: 10, need: 16 })
+        );
+        // Non-positive ifindex.
+        assert_eq!(
+            parse_link(&ifinfo(-3, 0, &[])).unwrap_err(),
+            (None, Malformed::Ifindex(-3))
+        );
+        // Missing attributes.
+        assert_eq!(
+            parse_link(&ifinfo(3, 0, &[stats_attr(0)])).unwrap_err(),
+            (Some(3), Malformed::Missing("IFLA_IFNAME"))
+        );
+        assert_eq!(
+            parse_link(&ifinfo(3, 0, &[attr(IFLA_IFNAME, b"x\0")])).unwrap_err(),
+            (Some(3), Malformed::Missing("IFLA_STATS64"))
+        );
+        // Short stats.
+        let short = attr(IFLA_STATS64, &stats64(&[1, 2, 3, 4, 5, 6, 7, 8]));
+        assert_eq!(
+            parse_link(&ifinfo(3, 0, &[attr(IFLA_IFNAME, b"x\0"), short])).unwrap_err(),
+            (Some(3), Malformed::ShortStats(64))
+        );
+        // Empty name.
+        assert_eq!(
+            parse_link(&ifinfo(3, 0, &[attr(IFLA_IFNAME, b"\0"), stats_attr(0)])).unwrap_err(),
+            (Some(3), Malformed::EmptyName)
+        );
+        // Wrong-size fixed attributes.
+        assert!(matches!(
+            parse_link(&ifinfo(3, 0, &[attr(IFLA_MTU, &[1, 2])])).unwrap_err(),
+            (
+                Some(3),
+                Malformed::AttributeSize {
+                    attr: "IFLA_MTU",
+                    ..
+                }
+            )
+        ));
+        assert!(matches!(
+            parse_link(&ifinfo(3, 0, &[attr(IFLA_OPERSTATE, &[1, 2])])).unwrap_err(),
+            (Some(3), Malformed::AttributeSize { .. })
+        ));
+        // An attribute whose rta_len runs past the message.
+        let mut p = ifinfo(3, 0, &[attr(IFLA_IFNAME, b"x\0")]);
+        p.extend_from_slice(&200u16.to_ne_bytes());
+        p.extend_from_slice(&IFLA_STATS64.to_ne_bytes());
+        p.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            parse_link(&p).unwrap_err(),
+            (
+                Some(3),
+                Malformed::AttributeLength {
+                    offset: 24,
+                    len: 200,
+                    avail: 12
+                }
+            )
+        ));
+        // rta_len below the attribute header size (would loop forever if accepted).
+        let mut p = ifinfo(3, 0, &[]);
+        p.extend_from_slice(&[2, 0, 3, 0]);
+        assert!(matches!(
+            parse_link(&p).unwrap_err(),
+            (Some(3), Malformed::AttributeLength { len: 2, .. })
+        ));
+        // Two stray bytes after the last attribute.
+        let mut p = link_payload(3, "x", 0);
+        p.extend_from_slice(&[1, 2]);
+        assert!(matches!(
+            parse_link(&p).unwrap_err(),
+            (Some(3), Malformed::AttributeLength { avail: 2, .. })
+        ));
+        // Broken nested attribute inside IFLA_LINKINFO.
+        let p = ifinfo(3, 0, &[attr(IFLA_LINKINFO, &[9, 0, 1, 0])]);
+        assert!(matches!(
+            parse_link(&p).unwrap_err(),
+            (Some(3), Malformed::AttributeLength { len: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn every_truncation_of_a_message_is_an_error_not_a_panic() {
+        let full = nlmsg(RTM_NEWLINK, &link_payload(3, "eth0", 10));
+        for cut in 0..full.len() {
+            let mut t = Table::default();
+            let mut d = dump();
+            let step = t.feed(&mut d, &full[..cut]);
+            if cut == 0 {
+                assert_eq!(step, Step::More);
+                continue;
+            }
+            assert_eq!(step, Step::Abort, "cut at {cut}");
+            assert!(d.error.is_some(), "cut at {cut}");
+            assert!(t.entries.is_empty(), "cut at {cut}");
+        }
+        // The same message with nlmsg_len shrunk to each length: the framing is intact, the
+        // payload is cut.
+        for len in NLMSG_HDRLEN..full.len() {
+            let mut m = full[..len].to_vec();
+            m[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+            let mut t = Table::default();
+            let mut d = dump();
+            t.feed(&mut d, &m);
+            assert!(d.error.is_some(), "len {len}");
+            assert!(t.entries.is_empty(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn random_garbage_never_panics() {
+        // A small xorshift generator: deterministic, no dependency.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let good = nlmsg(RTM_NEWLINK, &link_payload(3, "eth0", 10));
+        for _ in 0..20_000 {
+            let mut m = good.clone();
+            for _ in 0..(rnd() % 4 + 1) {
+                let i = (rnd() as usize) % m.len();
+                m[i] = rnd() as u8;
+            }
+            let mut t = Table::default();
+            let mut d = dump();
+            let _ = t.feed(&mut d, &m);
+        }
+    }
+
+    #[test]
+    fn dump_builds_updates_and_prunes_the_table() {
+        let mut t = Table::default();
+        // Two datagrams, the second ending with DONE.
+        let dg1 = [
+            nlmsg(RTM_NEWLINK, &link_payload(1, "lo", 0)),
+            nlmsg(RTM_NEWLINK, &link_payload(3, "eth0", 1000)),
+        ]
+        .concat();
+        let dg2 = [nlmsg(RTM_NEWLINK, &link_payload(2, "eth1", 500)), done()].concat();
+        let (d, step) = run_dump(&mut t, &[dg1.clone(), dg2.clone()]);
+        assert_eq!(step, Step::Done);
+        assert!(d.error.is_none());
+        assert_eq!(
+            names(&t),
+            [(1, "lo".into()), (2, "eth1".into()), (3, "eth0".into())]
+        );
+        let eth0 = &t.get(3).unwrap();
+        assert_eq!(eth0.stats.rx_packets, 1000);
+        assert_eq!(eth0.operstate, OperState::Up);
+        assert_eq!(eth0.mtu, Some(1500));
+        let (inst_lo, inst_eth0) = (t.get(1).unwrap().instance, eth0.instance);
+        let name_ptr = Arc::as_ptr(&eth0.name);
+        let gen1 = t.generation;
+
+        // Same interfaces, counters up: updated in place, same names, same instances.
+        let dg = [
+            nlmsg(RTM_NEWLINK, &link_payload(1, "lo", 5)),
+            nlmsg(RTM_NEWLINK, &link_payload(2, "eth1", 600)),
+            nlmsg(RTM_NEWLINK, &link_payload(3, "eth0", 2000)),
+            done(),
+        ]
+        .concat();
+        run_dump(&mut t, &[dg]);
+        let eth0 = t.get(3).unwrap();
+        assert_eq!(eth0.stats.rx_packets, 2000);
+        assert_eq!(eth0.instance, inst_eth0);
+        assert_eq!(Arc::as_ptr(&eth0.name), name_ptr);
+        assert_eq!(t.get(1).unwrap().instance, inst_lo);
+        assert_eq!(t.generation, gen1);
+
+        // eth1 vanished, eth0 renamed, ifindex 4 appeared.
+        let dg = [
+            nlmsg(RTM_NEWLINK, &link_payload(1, "lo", 6)),
+            nlmsg(RTM_NEWLINK, &link_payload(3, "wan0", 2001)),
+            nlmsg(RTM_NEWLINK, &link_payload(4, "eth2", 0)),
+            done(),
+        ]
+        .concat();
+        run_dump(&mut t, &[dg]);
+        assert_eq!(
+            names(&t),
+            [(1, "lo".into()), (3, "wan0".into()), (4, "eth2".into())]
+        );
+        assert_ne!(t.get(3).unwrap().instance, inst_eth0);
+        assert_eq!(t.get(1).unwrap().instance, inst_lo);
+        assert!(t.generation > gen1);
+
+        // Counters going back mean a new device behind the same index and name.
+        let inst = t.get(4).unwrap().instance;
+        let generation = t.generation;
+        let dg = [
+            nlmsg(RTM_NEWLINK, &link_payload(1, "lo", 6)),
+            nlmsg(RTM_NEWLINK, &link_payload(3, "wan0", 2001)),
+            nlmsg(RTM_NEWLINK, &link_payload(4, "eth2", 0)),
+            done(),
+        ]
+        .concat();
+        run_dump(&mut t, &[dg]);
+        assert_eq!(t.get(4).unwrap().instance, inst);
+        assert_eq!(t.generation, generation);
+        let dg = [
+            nlmsg(RTM_NEWLINK, &link_payload(1, "lo", 0)),
+            nlmsg(RTM_NEWLINK, &link_payload(3, "wan0", 2001)),
+            nlmsg(RTM_NEWLINK, &link_payload(4, "eth2", 0)),
+            done(),
+        ]
+        .concat();
+        run_dump(&mut t, &[dg]);
+        assert_ne!(t.get(1).unwrap().instance, inst_lo);
+
+        // Everything gone.
+        run_dump(&mut t, &[done()]);
+        assert!(t.entries.is_empty());
+    }
+
+    #[test]
+    fn failed_dump_removes_nothing_and_keeps_bad_links_old_values() {
+        let mut t = Table::default();
+        let dg = [
+            nlmsg(RTM_NEWLINK, &link_payload(1, "lo", 0)),
+            nlmsg(RTM_NEWLINK, &link_payload(2, "eth0", 10)),
+            done(),
+        ]
+        .concat();
+        run_dump(&mut t, &[dg]);
+        // eth0's message lacks its stats, and lo is missing from this dump.
+        let dg = [
+            nlmsg(RTM_NEWLINK, &ifinfo(2, 0, &[attr(IFLA_IFNAME, b"eth0\0")])),
+            done(),
+        ]
+        .concat();
+        let (d, step) = run_dump(&mut t, &[dg]);
+        assert_eq!(step, Step::Done);
+        let err = d.error.unwrap();
+        assert!(matches!(
+            err,
+            LinkError::MalformedLink {
+                ifindex: 2,
+                what: Malformed::Missing("IFLA_STATS64"),
+                ..
+            }
+        ));
+        let msg = err.to_string();
+        assert!(msg.contains("interface 2 (eth0)"), "{msg}");
+        assert_eq!(names(&t), [(1, "lo".into()), (2, "eth0".into())]);
+        assert_eq!(t.get(2).unwrap().stats.rx_packets, 10);
+    }
+
+    #[test]
+    fn control_messages() {
+        // Kernel error for our request.
+        let mut t = Table::default();
+        let mut d = dump();
+        let err = nlmsg(
+            NLMSG_ERROR,
+            &[(-libc::EBUSY).to_ne_bytes(), [0; 4]].concat(),
+        );
+        assert_eq!(t.feed(&mut d, &err), Step::Done);
+        match d.error {
+            Some(LinkError::Kernel { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(libc::EBUSY))
+            }
+            other => panic!("{other:?}"),
+        }
+        // DONE carrying an error.
+        let mut d = dump();
+        let m = nlmsg(NLMSG_DONE, &(-libc::EMSGSIZE).to_ne_bytes());
+        assert_eq!(t.feed(&mut d, &m), Step::Done);
+        assert!(matches!(d.error, Some(LinkError::Kernel { .. })));
+        // Truncated NLMSG_ERROR.
+        let mut d = dump();
+        assert_eq!(t.feed(&mut d, &nlmsg(NLMSG_ERROR, &[1, 2])), Step::Done);
+        assert!(matches!(d.error, Some(LinkError::Malformed { .. })));
+        // Overrun.
+        let mut d = dump();
+        assert_eq!(t.feed(&mut d, &nlmsg(NLMSG_OVERRUN, &[])), Step::Abort);
+        // Replies to other requests (stale sequence, other port) are skipped, even DONE.
+        let mut d = dump();
+        let dg = [
+            nlmsg_full(RTM_NEWLINK, 2, SEQ - 1, PID, &link_payload(9, "old", 0)),
+            nlmsg_full(NLMSG_DONE, 2, SEQ - 1, PID, &[0; 4]),
+            nlmsg_full(NLMSG_DONE, 2, SEQ, PID + 1, &[0; 4]),
+            nlmsg(NLMSG_NOOP, &[]),
+            nlmsg(77, b"unknown type"),
+        ]
+        .concat();
+        assert_eq!(t.feed(&mut d, &dg), Step::More);
+        assert!(d.error.is_none());
+        assert!(t.entries.is_empty());
+        // NLM_F_DUMP_INTR marks the dump inconsistent.
+        let mut d = dump();
+        let m = nlmsg_full(
+            RTM_NEWLINK,
+            2 | NLM_F_DUMP_INTR,
+            SEQ,
+            PID,
+            &link_payload(1, "lo", 0),
+        );
+        t.feed(&mut d, &m);
+        assert!(d.interrupted);
+    }
+
+    #[test]
+    fn non_utf8_names_are_stored_lossily_and_compared_without_churn() {
+        let raw = b"et\xffh0";
+        assert!(lossy_eq(raw, "et\u{FFFD}h0"));
+        assert!(!lossy_eq(raw, "et\u{FFFD}h"));
+        assert!(!lossy_eq(raw, "eth0"));
+        assert!(lossy_eq(b"", ""));
+        assert!(!lossy_eq(b"a", ""));
+        let mut t = Table::default();
+        let mut payload = link_payload(2, "xxxxx", 0);
+        // Overwrite the name bytes in place ("xxxxx" -> "et\xffh0").
+        let pos = payload.windows(5).position(|w| w == b"xxxxx").unwrap();
+        payload[pos..pos + 5].copy_from_slice(raw);
+        let dg = [nlmsg(RTM_NEWLINK, &payload), done()].concat();
+        run_dump(&mut t, std::slice::from_ref(&dg));
+        let inst = t.get(2).unwrap().instance;
+        assert_eq!(&*t.get(2).unwrap().name, "et\u{FFFD}h0");
+        run_dump(&mut t, &[dg]);
+        assert_eq!(t.get(2).unwrap().instance, inst);
+    }
+
+    #[test]
+    fn detached_table() {
+        let mut l = Links::from_links([Link::new(3, "b"), Link::new(1, "a")]);
+        assert_eq!(l.iter().map(|l| l.ifindex).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(l.get_by_name("b").unwrap().ifindex, 3);
+        assert!(matches!(l.refresh(), Err(LinkError::Detached)));
+        l.remove(1);
+        assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn host_dump_finds_lo() {
+        let mut links = Links::new().unwrap();
+        assert!(links.is_empty());
+        links.refresh().unwrap();
+        let lo = links.get(1).expect("ifindex 1");
+        assert_eq!(&*lo.name, "lo");
+        assert!(lo.is_loopback());
+        assert_eq!(lo.mtu, Some(65536));
+        let instance = lo.instance;
+        let own_ns = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(links.netns_inode(), own_ns);
+        // A second refresh keeps the identity.
+        links.refresh().unwrap();
+        assert_eq!(links.get(1).unwrap().instance, instance);
+        // Every interface sysfs knows about is there with the same index.
+        for entry in std::fs::read_dir("/sys/class/net").unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            let Ok(idx) = std::fs::read_to_string(entry.path().join("ifindex")) else {
+                continue; // vanished meanwhile (other tests create interfaces)
+            };
+            let idx: u32 = idx.trim().parse().unwrap();
+            if let Some(l) = links.get(idx) {
+                assert_eq!(&*l.name, name);
+            }
+        }
+    }
+
+    #[test]
+    fn tiny_buffer_grows_after_truncation() {
+        let mut links = Links::new().unwrap();
+        links.buf = vec![0; 64];
+        links.refresh().unwrap();
+        assert!(links.buf.len() > 64);
+        assert_eq!(&*links.get(1).unwrap().name, "lo");
+        // A further refresh needs no growth.
+        let len = links.buf.len();
+        links.refresh().unwrap();
+        assert_eq!(links.buf.len(), len);
+    }
+
+    #[test]
+    fn opens_in_own_netns_by_path() {
+        let links = Links::open_in_netns(Path::new("/proc/self/ns/net"));
+        let mut links = links.unwrap();
+        links.refresh().unwrap();
+        assert_eq!(&*links.get(1).unwrap().name, "lo");
+        let err = Links::open_in_netns(Path::new("/nonexistent/ns")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ns"), "{err}");
+        // A file that is not a network namespace.
+        let err = Links::open_in_netns(Path::new("/proc/self/ns/uts")).unwrap_err();
+        assert!(matches!(err, LinkError::EnterNetns { .. }), "{err}");
+    }
+}

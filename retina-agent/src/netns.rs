@@ -1,0 +1,125 @@
+//! Names of network namespaces and of the interfaces inside them.
+//!
+//! A drop counted in another namespace carries that namespace's inode number; an ifindex
+//! there means nothing in the host namespace. Named namespaces (`ip netns add`, CNI
+//! plugins: `/run/netns/NAME`) are resolved to their name, and their interfaces through an
+//! rtnetlink socket opened inside them.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::links::Links;
+
+/// Where `ip netns` and CNI plugins bind named namespaces.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Inode of the namespace this process runs in (the host namespace for the daemon).
+pub fn current_netns_inode() -> std::io::Result<u32> {
+    let ino = std::fs::metadata("/proc/self/ns/net")?.ino();
+    u32::try_from(ino).map_err(|_| std::io::Error::other("netns inode exceeds 32 bits"))
+}
+
+struct Named {
+    name: Arc<str>,
+    path: PathBuf,
+    links: Option<Links>,
+}
+
+/// Resolves namespace inodes to names, and ifindexes inside them to interface names.
+/// Used only when a new drop series appears, never per cycle.
+pub struct NetnsNames {
+    dir: PathBuf,
+    by_inode: HashMap<u32, Named>,
+    last_scan: Option<Instant>,
+}
+
+/// Rescan the directory at most this often when an unknown inode shows up.
+const RESCAN: Duration = Duration::from_secs(1);
+
+impl NetnsNames {
+    pub fn new() -> Self {
+        Self::with_dir(NETNS_RUN_DIR)
+    }
+
+    pub fn with_dir(dir: impl AsRef<Path>) -> Self {
+        NetnsNames {
+            dir: dir.as_ref().to_path_buf(),
+            by_inode: HashMap::new(),
+            last_scan: None,
+        }
+    }
+
+    fn scan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut seen = HashMap::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let (Ok(meta), Some(name)) = (
+                std::fs::metadata(&path),
+                entry.file_name().to_str().map(Arc::<str>::from),
+            ) else {
+                continue;
+            };
+            let Ok(inode) = u32::try_from(meta.ino()) else {
+                continue;
+            };
+            seen.insert(inode, (name, path));
+        }
+        self.by_inode.retain(|inode, _| seen.contains_key(inode));
+        for (inode, (name, path)) in seen {
+            self.by_inode.entry(inode).or_insert(Named {
+                name,
+                path,
+                links: None,
+            });
+        }
+    }
+
+    fn named(&mut self, inode: u32) -> Option<&mut Named> {
+        if !self.by_inode.contains_key(&inode)
+            && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN)
+        {
+            self.scan();
+        }
+        self.by_inode.get_mut(&inode)
+    }
+
+    /// The name of the namespace with this inode, if it is a named one.
+    pub fn name(&mut self, inode: u32) -> Option<Arc<str>> {
+        self.named(inode).map(|n| n.name.clone())
+    }
+
+    /// The name of interface `ifindex` inside namespace `inode`, as it is now.
+    pub fn interface(&mut self, inode: u32, ifindex: u32) -> Option<Arc<str>> {
+        let named = self.named(inode)?;
+        if named.links.is_none() {
+            match Links::open_in_netns(&named.path) {
+                Ok(links) => named.links = Some(links),
+                Err(e) => {
+                    tracing::debug!(netns = %named.name, "cannot open rtnetlink in namespace: {e}");
+                    return None;
+                }
+            }
+        }
+        let links = named.links.as_mut()?;
+        if let Err(e) = links.refresh() {
+            tracing::debug!(netns = %named.name, "link dump in namespace failed: {e}");
+            return None;
+        }
+        links.get(ifindex).map(|l| l.name.clone())
+    }
+}
+
+impl Default for NetnsNames {
+    fn default() -> Self {
+        Self::new()
+    }
+}
