@@ -1,0 +1,72 @@
+//! `cargo xtask clippy` and `cargo xtask fmt`.
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    build, provision,
+    util::{self, Workspace},
+};
+
+/// Clippy with `-D warnings`: the host crates on the default toolchain, the eBPF crate on
+/// nightly for its target. The eBPF object is built first because the agent embeds it.
+pub fn clippy() -> Result<()> {
+    let ws = Workspace::locate()?;
+    util::banner("provisioning: clippy, nightly rust-src + clippy, bpf-linker");
+    provision::rustup_components(None, &["clippy"])?;
+    let toolchain = provision::ebpf_toolchain(&ws, &["clippy"])?;
+    let object = build::ebpf(&ws, &toolchain)?;
+
+    util::banner("clippy: workspace (host)");
+    let mut host = util::cargo();
+    host.current_dir(&ws.root)
+        .env("RETINA_EBPF_OBJECT", &object)
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "retina-ebpf",
+            "--all-targets",
+        ])
+        .args(["--", "-D", "warnings"]);
+    // Run both lints, then fail if either did, so CI shows all findings at once.
+    let host = util::run(&mut host);
+    if let Err(err) = &host {
+        eprintln!("{err:#}");
+    }
+
+    util::banner("clippy: eBPF crate (nightly)");
+    let mut ebpf = build::ebpf_cargo(&ws, &toolchain)?;
+    ebpf.arg("clippy")
+        .args(build::ebpf_target_args())
+        .args(["--", "-D", "warnings"]);
+    let ebpf = util::run(&mut ebpf);
+    if let Err(err) = &ebpf {
+        eprintln!("{err:#}");
+    }
+
+    match (host.is_err(), ebpf.is_err()) {
+        (false, false) => Ok(()),
+        (true, false) => bail!("clippy failed on the host crates"),
+        (false, true) => bail!("clippy failed on the eBPF crate"),
+        (true, true) => bail!("clippy failed on the host crates and the eBPF crate"),
+    }
+}
+
+#[derive(clap::Args)]
+pub struct FmtArgs {
+    /// Rewrite the files instead of only checking them.
+    #[arg(long)]
+    fix: bool,
+}
+
+pub fn fmt(args: &FmtArgs) -> Result<()> {
+    let ws = Workspace::locate()?;
+    provision::rustup_components(None, &["rustfmt"])?;
+    let mut cmd = util::cargo();
+    cmd.current_dir(&ws.root).args(["fmt", "--all"]);
+    if args.fix {
+        return util::run(&mut cmd);
+    }
+    cmd.args(["--", "--check"]);
+    util::run(&mut cmd).context("formatting differs: run `cargo xtask fmt --fix`")
+}
