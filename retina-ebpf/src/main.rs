@@ -104,7 +104,7 @@ fn try_kfree_skb(ctx: &RawTracePointContext) {
         packets: 1,
         bytes: len,
     };
-    match DROPS.insert(&key, &init, BPF_NOEXIST) {
+    match DROPS.insert(key, init, BPF_NOEXIST) {
         Ok(()) => {}
         // Another CPU created the key between our lookup and insert.
         Err(e) if e == -EEXIST && add(&key, len) => {}
