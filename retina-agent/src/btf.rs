@@ -345,7 +345,7 @@ impl Btf {
             bits += off;
             ty = member_ty;
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(self.not_found(format!("byte-aligned field {struct_name}.{path}")));
         }
         Ok(bits / 8)

@@ -551,8 +551,10 @@ impl Links {
     /// Dumps the namespace's interfaces and updates the table: new interfaces are added,
     /// vanished ones removed, the rest updated in place.
     ///
-    /// On error no interface is removed; interfaces whose messages were parsed before the
-    /// error carry their new values, the others keep their previous ones.
+    /// On error no interface is removed; interfaces whose messages were valid carry their
+    /// new values, the others keep their previous ones. A dump the kernel reports as
+    /// interrupted (`NLM_F_DUMP_INTR`: interfaces changed meanwhile) or that overflowed the
+    /// receive buffer is retried, a few times at most.
     pub fn refresh(&mut self) -> Result<(), LinkError> {
         let Some(sock) = &self.sock else {
             return Err(LinkError::Detached);
@@ -1708,6 +1710,72 @@ mod tests {
             let idx: u32 = idx.trim().parse().unwrap();
             if let Some(l) = links.get(idx) {
                 assert_eq!(&*l.name, name);
+            }
+        }
+    }
+
+    /// Every `rtnl_link_stats64` field lands in the right place: each value lies between
+    /// two sysfs reads of the same counter taken around the dump.
+    #[test]
+    fn stats_match_sysfs() {
+        fn fields(l: &Link) -> Vec<(&'static str, u64)> {
+            let (s, d) = (&l.stats, &l.detail);
+            let mut v = vec![
+                ("rx_packets", s.rx_packets),
+                ("tx_packets", s.tx_packets),
+                ("rx_bytes", s.rx_bytes),
+                ("tx_bytes", s.tx_bytes),
+                ("rx_errors", s.rx_errors),
+                ("tx_errors", s.tx_errors),
+                ("rx_dropped", s.rx_dropped),
+                ("tx_dropped", s.tx_dropped),
+                ("multicast", d.multicast),
+                ("collisions", d.collisions),
+                ("rx_length_errors", d.rx_length_errors),
+                ("rx_over_errors", d.rx_over_errors),
+                ("rx_crc_errors", d.rx_crc_errors),
+                ("rx_frame_errors", d.rx_frame_errors),
+                ("rx_fifo_errors", d.rx_fifo_errors),
+                ("rx_missed_errors", d.rx_missed_errors),
+                ("tx_aborted_errors", d.tx_aborted_errors),
+                ("tx_carrier_errors", d.tx_carrier_errors),
+                ("tx_fifo_errors", d.tx_fifo_errors),
+                ("tx_heartbeat_errors", d.tx_heartbeat_errors),
+                ("tx_window_errors", d.tx_window_errors),
+                ("rx_compressed", d.rx_compressed),
+                ("tx_compressed", d.tx_compressed),
+            ];
+            v.extend(d.rx_nohandler.map(|x| ("rx_nohandler", x)));
+            v
+        }
+        let sysfs = |name: &str, field: &str| -> u64 {
+            std::fs::read_to_string(format!("/sys/class/net/{name}/statistics/{field}"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let mut links = Links::new().unwrap();
+        links.refresh().unwrap();
+        let names: Vec<String> = links
+            .iter()
+            .filter(|l| &*l.name == "lo" || &*l.name == "eth0")
+            .map(|l| l.name.to_string())
+            .collect();
+        assert!(names.iter().any(|n| n == "lo"));
+        for name in names {
+            let before: Vec<u64> = fields(links.get_by_name(&name).unwrap())
+                .iter()
+                .map(|(f, _)| sysfs(&name, f))
+                .collect();
+            links.refresh().unwrap();
+            let now = fields(links.get_by_name(&name).unwrap());
+            for ((field, v), b) in now.iter().zip(before) {
+                let after = sysfs(&name, field);
+                assert!(
+                    b <= *v && *v <= after,
+                    "{name} {field}: {b} <= {v} <= {after}"
+                );
             }
         }
     }

@@ -22,7 +22,11 @@ pub fn agent_bin() -> PathBuf {
          agent (with its eBPF object) and points this variable at it",
     );
     let path = PathBuf::from(path);
-    assert!(path.is_file(), "RETINA_AGENT_BIN={} is not a file", path.display());
+    assert!(
+        path.is_file(),
+        "RETINA_AGENT_BIN={} is not a file",
+        path.display()
+    );
     path
 }
 
@@ -260,7 +264,13 @@ pub fn fixture_btf(reasons: &[(&str, u32)]) -> Vec<u8> {
         }
     }
     let mut out = vec![0x9f, 0xeb, 1, 0];
-    for v in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+    for v in [
+        24u32,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out.extend_from_slice(&types);

@@ -20,7 +20,11 @@ fn traffic() -> String {
 /// The drop points of one namespace, as (reason, interface name) → packets.
 fn by_reason(doc: &serde_json::Value, netns: u64) -> BTreeMap<(String, String), u64> {
     let mut out = BTreeMap::new();
-    for p in points(doc, "retina.drop.count", &[("network.namespace.inode", &netns.to_string())]) {
+    for p in points(
+        doc,
+        "retina.drop.count",
+        &[("network.namespace.inode", &netns.to_string())],
+    ) {
         let key = (
             attr_str(p, "drop.reason").unwrap_or_default(),
             attr_str(p, "network.interface.name").unwrap_or_default(),
@@ -36,7 +40,16 @@ fn udp_to_closed_port_counts_no_socket() -> anyhow::Result<()> {
     let ns = NetNs::new("rdrop")?;
     let inode = ns.inode()?;
     let doc = snapshot_json(&[
-        "--", "ip", "netns", "exec", &ns.name, &traffic(), "udp", "127.0.0.1:9", "1000", "32",
+        "--",
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        &traffic(),
+        "udp",
+        "127.0.0.1:9",
+        "1000",
+        "32",
     ])?;
     let inode_s = inode.to_string();
     let want = [
@@ -45,7 +58,11 @@ fn udp_to_closed_port_counts_no_socket() -> anyhow::Result<()> {
         ("network.type", "ipv4"),
     ];
     assert_eq!(sum(&doc, "retina.drop.count", &want), 1000, "{doc:#}");
-    assert_eq!(sum(&doc, "retina.drop.bytes", &want), 1000 * UDP_LEN_AT_DROP, "{doc:#}");
+    assert_eq!(
+        sum(&doc, "retina.drop.bytes", &want),
+        1000 * UDP_LEN_AT_DROP,
+        "{doc:#}"
+    );
     let pts = points(&doc, "retina.drop.count", &want);
     assert_eq!(pts.len(), 1, "one series: {pts:#?}");
     let p = pts[0];
@@ -55,7 +72,10 @@ fn udp_to_closed_port_counts_no_socket() -> anyhow::Result<()> {
     // test namespace, and the name resolved inside it.
     assert_eq!(attr_str(p, "network.interface.name").as_deref(), Some("lo"));
     assert_eq!(attr_str(p, "network.interface.index").as_deref(), Some("1"));
-    assert_eq!(attr_str(p, "network.namespace.name").as_deref(), Some(ns.name.as_str()));
+    assert_eq!(
+        attr_str(p, "network.namespace.name").as_deref(),
+        Some(ns.name.as_str())
+    );
     Ok(())
 }
 
@@ -68,7 +88,16 @@ fn nftables_drop_counts_netfilter_drop() -> anyhow::Result<()> {
         &["add table inet retina_test; add chain inet retina_test input { type filter hook input priority 0; }; add rule inet retina_test input udp dport 9999 drop"],
     )?;
     let doc = snapshot_json(&[
-        "--", "ip", "netns", "exec", &ns.name, &traffic(), "udp", "127.0.0.1:9999", "500", "32",
+        "--",
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        &traffic(),
+        "udp",
+        "127.0.0.1:9999",
+        "500",
+        "32",
     ])?;
     let got = by_reason(&doc, ns.inode()?);
     assert_eq!(
@@ -77,19 +106,34 @@ fn nftables_drop_counts_netfilter_drop() -> anyhow::Result<()> {
         "{got:?}"
     );
     // The filter drops them before any socket lookup: no NO_SOCKET for this traffic.
-    assert_eq!(got.get(&(NO_SOCKET.to_string(), "lo".to_string())), None, "{got:?}");
+    assert_eq!(
+        got.get(&(NO_SOCKET.to_string(), "lo".to_string())),
+        None,
+        "{got:?}"
+    );
     let inode = ns.inode()?.to_string();
-    let want = [("drop.reason", NETFILTER_DROP), ("network.namespace.inode", inode.as_str())];
+    let want = [
+        ("drop.reason", NETFILTER_DROP),
+        ("network.namespace.inode", inode.as_str()),
+    ];
     // The input hook sees the datagram before the IP header is pulled: IPv4 header (20
     // bytes, no options) plus UDP header plus payload.
-    assert_eq!(sum(&doc, "retina.drop.bytes", &want), 500 * (20 + UDP_LEN_AT_DROP));
+    assert_eq!(
+        sum(&doc, "retina.drop.bytes", &want),
+        500 * (20 + UDP_LEN_AT_DROP)
+    );
     Ok(())
 }
 
 /// Sets up `veth` with `a` on one side (host namespace when `a_ns` is None) and `b` in
 /// `b_ns`, addresses 10.x.y.1/24 and .2, IPv6 off and static neighbours so no ARP or IPv6
 /// chatter mixes with the test traffic.
-fn wire(veth: &Veth, a_ns: Option<&NetNs>, b_ns: &NetNs, subnet: u8) -> anyhow::Result<(String, String)> {
+fn wire(
+    veth: &Veth,
+    a_ns: Option<&NetNs>,
+    b_ns: &NetNs,
+    subnet: u8,
+) -> anyhow::Result<(String, String)> {
     let a_ip = format!("10.231.{subnet}.1");
     let b_ip = format!("10.231.{subnet}.2");
     let in_a = |args: &[&str]| match a_ns {
@@ -98,8 +142,15 @@ fn wire(veth: &Veth, a_ns: Option<&NetNs>, b_ns: &NetNs, subnet: u8) -> anyhow::
     };
     let a_if = &veth.host;
     let b_if = &veth.peer;
-    in_a(&["sysctl", "-qw", &format!("net.ipv6.conf.{a_if}.disable_ipv6=1")])?;
-    b_ns.exec("sysctl", &["-qw", &format!("net.ipv6.conf.{b_if}.disable_ipv6=1")])?;
+    in_a(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv6.conf.{a_if}.disable_ipv6=1"),
+    ])?;
+    b_ns.exec(
+        "sysctl",
+        &["-qw", &format!("net.ipv6.conf.{b_if}.disable_ipv6=1")],
+    )?;
     in_a(&["ip", "addr", "add", &format!("{a_ip}/24"), "dev", a_if])?;
     b_ns.exec("ip", &["addr", "add", &format!("{b_ip}/24"), "dev", b_if])?;
     in_a(&["ip", "link", "set", a_if, "up"])?;
@@ -114,8 +165,32 @@ fn wire(veth: &Veth, a_ns: Option<&NetNs>, b_ns: &NetNs, subnet: u8) -> anyhow::
     };
     let a_mac = mac(a_ns, a_if)?;
     let b_mac = mac(Some(b_ns), b_if)?;
-    in_a(&["ip", "neigh", "replace", &b_ip, "lladdr", &b_mac, "dev", a_if, "nud", "permanent"])?;
-    b_ns.exec("ip", &["neigh", "replace", &a_ip, "lladdr", &a_mac, "dev", b_if, "nud", "permanent"])?;
+    in_a(&[
+        "ip",
+        "neigh",
+        "replace",
+        &b_ip,
+        "lladdr",
+        &b_mac,
+        "dev",
+        a_if,
+        "nud",
+        "permanent",
+    ])?;
+    b_ns.exec(
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &a_ip,
+            "lladdr",
+            &a_mac,
+            "dev",
+            b_if,
+            "nud",
+            "permanent",
+        ],
+    )?;
     Ok((a_ip, b_ip))
 }
 
@@ -130,7 +205,16 @@ fn drops_on_one_side_of_a_veth_pair_between_namespaces() -> anyhow::Result<()> {
     let (_, b_ip) = wire(&veth, Some(&a), &b, 1)?;
     let b_ifindex = b.ifindex(&veth.peer)?;
     let doc = snapshot_json(&[
-        "--", "ip", "netns", "exec", &a.name, &traffic(), "udp", &format!("{b_ip}:9"), "700", "32",
+        "--",
+        "ip",
+        "netns",
+        "exec",
+        &a.name,
+        &traffic(),
+        "udp",
+        &format!("{b_ip}:9"),
+        "700",
+        "32",
     ])?;
     let inode_b = b.inode()?.to_string();
     let want = [
@@ -159,7 +243,16 @@ fn host_side_drops_carry_the_host_interface_name() -> anyhow::Result<()> {
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?
         .to_string();
     let doc = snapshot_json(&[
-        "--", "ip", "netns", "exec", &ns.name, &traffic(), "udp", &format!("{host_ip}:9"), "300", "32",
+        "--",
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        &traffic(),
+        "udp",
+        &format!("{host_ip}:9"),
+        "300",
+        "32",
     ])?;
     let want = [
         ("drop.reason", NO_SOCKET),
@@ -182,14 +275,28 @@ fn full_map_counts_overflow_instead_of_losing_drops() -> anyhow::Result<()> {
         b = b.name
     );
     let doc = snapshot_json(&["--drop-map-entries", "1", "--", "sh", "-c", &script])?;
-    let count_a = sum(&doc, "retina.drop.count", &[("network.namespace.inode", &a.inode()?.to_string())]);
-    let count_b = sum(&doc, "retina.drop.count", &[("network.namespace.inode", &b.inode()?.to_string())]);
+    let count_a = sum(
+        &doc,
+        "retina.drop.count",
+        &[("network.namespace.inode", &a.inode()?.to_string())],
+    );
+    let count_b = sum(
+        &doc,
+        "retina.drop.count",
+        &[("network.namespace.inode", &b.inode()?.to_string())],
+    );
     let overflow = sum(&doc, "retina.drop.overflow.count", &[]);
     // One key fits; whichever namespace did not get it went to the overflow counter whole.
     assert!(count_a == 0 || count_a == 300, "a: {count_a}");
     assert!(count_b == 0 || count_b == 200, "b: {count_b}");
-    assert!(count_a == 0 || count_b == 0, "both fit in a one-entry map: {doc:#}");
-    assert!(overflow >= 500 - count_a - count_b, "overflow {overflow}, a {count_a}, b {count_b}");
+    assert!(
+        count_a == 0 || count_b == 0,
+        "both fit in a one-entry map: {doc:#}"
+    );
+    assert!(
+        overflow >= 500 - count_a - count_b,
+        "overflow {overflow}, a {count_a}, b {count_b}"
+    );
     assert_eq!(sum(&doc, "retina.drop.map.capacity", &[]), 1);
     Ok(())
 }
@@ -206,8 +313,12 @@ fn reason_names_from_btf_match_the_tracepoint_format() -> anyhow::Result<()> {
         .expect("kfree_skb format prints reasons symbolically");
     let mut from_format = BTreeMap::new();
     for entry in symbolic.split('{').skip(1) {
-        let Some((value, rest)) = entry.split_once(',') else { continue };
-        let Some(name) = rest.split('"').nth(1) else { continue };
+        let Some((value, rest)) = entry.split_once(',') else {
+            continue;
+        };
+        let Some(name) = rest.split('"').nth(1) else {
+            continue;
+        };
         let value = value.trim();
         let value = match value.strip_prefix("0x") {
             Some(hex) => u32::from_str_radix(hex, 16)?,
@@ -215,15 +326,27 @@ fn reason_names_from_btf_match_the_tracepoint_format() -> anyhow::Result<()> {
         };
         from_format.insert(value, name.to_string());
     }
-    assert!(from_format.len() > 50, "parsed only {} reasons", from_format.len());
+    assert!(
+        from_format.len() > 50,
+        "parsed only {} reasons",
+        from_format.len()
+    );
 
-    let out = run(agent_bin().to_str().unwrap(), ["reasons", "--format", "json"])?;
+    let out = run(
+        agent_bin().to_str().unwrap(),
+        ["reasons", "--format", "json"],
+    )?;
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let ours: BTreeMap<u32, String> = doc["reasons"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["value"].as_u64().unwrap() as u32, r["name"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["value"].as_u64().unwrap() as u32,
+                r["name"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     for (value, name) in &from_format {
         assert_eq!(ours.get(value), Some(name), "reason {value}");
@@ -236,7 +359,13 @@ fn without_capabilities_drops_are_reported_unavailable_not_a_panic() -> anyhow::
     require_root();
     let bin = agent_bin();
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(&bin)
         .args(["snapshot", "--format", "json", "--duration", "100ms"])
         .output()?;
@@ -273,24 +402,54 @@ fn missing_or_broken_btf_gives_a_clear_reason() -> anyhow::Result<()> {
     let no_enum = dir.join("no-enum");
     std::fs::write(&no_enum, fixture_btf(&[]))?;
     let no_tracepoint = dir.join("no-tracepoint");
-    std::fs::write(&no_tracepoint, fixture_btf(&[("SKB_DROP_REASON_NO_SOCKET", 3)]))?;
+    std::fs::write(
+        &no_tracepoint,
+        fixture_btf(&[("SKB_DROP_REASON_NO_SOCKET", 3)]),
+    )?;
     // (BTF file, expected reason, whether `reasons` can still list names from it)
     let cases = [
-        ("/nonexistent/vmlinux".to_string(), "cannot read BTF /nonexistent/vmlinux", false),
+        (
+            "/nonexistent/vmlinux".to_string(),
+            "cannot read BTF /nonexistent/vmlinux",
+            false,
+        ),
         (garbage.display().to_string(), "malformed BTF", false),
-        (no_enum.display().to_string(), "no `enum skb_drop_reason`: drop reasons need Linux 5.17", false),
-        (no_tracepoint.display().to_string(), "no `kfree_skb` tracepoint", true),
+        (
+            no_enum.display().to_string(),
+            "no `enum skb_drop_reason`: drop reasons need Linux 5.17",
+            false,
+        ),
+        (
+            no_tracepoint.display().to_string(),
+            "no `kfree_skb` tracepoint",
+            true,
+        ),
     ];
     for (path, want, names_available) in cases {
-        let out = agent_output(&["--btf", &path, "snapshot", "--format", "json", "--duration", "50ms"])?;
+        let out = agent_output(&[
+            "--btf",
+            &path,
+            "snapshot",
+            "--format",
+            "json",
+            "--duration",
+            "50ms",
+        ])?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{path}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
-        assert!(stderr.contains(want), "{path}: expected {want:?} in {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{path}: expected {want:?} in {stderr}"
+        );
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         assert_eq!(doc["degraded"][0]["collector"], "drops", "{doc:#}");
         let reasons = agent_output(&["--btf", &path, "reasons"])?;
-        assert_eq!(reasons.status.success(), names_available, "`reasons` with {path}");
+        assert_eq!(
+            reasons.status.success(),
+            names_available,
+            "`reasons` with {path}"
+        );
         assert!(!String::from_utf8_lossy(&reasons.stderr).contains("panicked"));
     }
     Ok(())

@@ -186,6 +186,8 @@ enum Format {
 /// One exported field.
 #[derive(Debug)]
 struct Slot {
+    /// `GROUP:FIELD`, for the filter and error messages.
+    name: Box<str>,
     /// `[group, field]`; `None` when the filter rejects the field.
     attrs: Option<[KeyValue; 2]>,
     kind: Kind,
@@ -675,8 +677,10 @@ impl<'f> Builder<'f> {
         } else {
             Kind::Counter
         };
-        let selected = self.filter.is_all() || self.filter.matches(&format!("{group}:{field}"));
+        let name: Box<str> = format!("{group}:{field}").into();
+        let selected = self.filter.matches(&name);
         self.slots.push(Slot {
+            name,
             attrs: selected.then(|| {
                 [
                     KeyValue::new(ATTR_GROUP, group.clone()),
@@ -694,10 +698,7 @@ impl<'f> Builder<'f> {
 fn check_values(slots: &[Slot], values: &[Raw]) -> Result<(), (usize, Problem)> {
     for (slot, raw) in slots.iter().zip(values) {
         if slot.kind == Kind::Counter && raw.value < 0 {
-            let field = slot.attrs.as_ref().map_or_else(
-                || "(filtered field)".to_string(),
-                |[g, f]| format!("{}:{}", g.value, f.value),
-            );
+            let field = slot.name.to_string();
             return Err((
                 raw.line,
                 Problem::NegativeCounter {

@@ -11,7 +11,9 @@ fn main() {
     }
     let dst: SocketAddr = args[2].parse().expect("ADDR:PORT");
     let count: u64 = args[3].parse().expect("COUNT");
-    let size: usize = args.get(4).map_or(32, |s| s.parse().expect("PAYLOAD_BYTES"));
+    let size: usize = args
+        .get(4)
+        .map_or(32, |s| s.parse().expect("PAYLOAD_BYTES"));
     let bind: SocketAddr = if dst.is_ipv4() {
         "0.0.0.0:0".parse().unwrap()
     } else {
