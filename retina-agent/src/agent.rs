@@ -4,7 +4,11 @@ use std::time::{Duration, Instant};
 
 use crate::{
     btf::Btf,
-    collectors::Collector,
+    collectors::{
+        Collector,
+        netdev::{NetdevCollector, NetdevConfig, NetdevError},
+        netstat::{NetstatCollector, NetstatConfig, NetstatError},
+    },
     drops::{
         DropCollector,
         probe::{DropProbe, ProbeOptions},
@@ -37,18 +41,38 @@ pub struct Agent {
     degraded: Vec<Degraded>,
 }
 
-/// Options that decide which collectors run.
-#[derive(Clone, Debug, Default)]
+/// Options that decide which collectors run and how.
+#[derive(Clone, Debug)]
 pub struct AgentOptions {
+    /// Whether to load the kernel drop probe.
+    pub drops_enabled: bool,
     pub drops: ProbeOptions,
     /// Override of the BTF file (tests and diagnostics); default `/sys/kernel/btf/vmlinux`.
     pub btf_path: Option<std::path::PathBuf>,
+    pub netdev: NetdevConfig,
+    pub netstat: NetstatConfig,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            drops_enabled: true,
+            drops: ProbeOptions::default(),
+            btf_path: None,
+            netdev: NetdevConfig::default(),
+            netstat: NetstatConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("rtnetlink: {0}")]
     Links(#[from] LinkError),
+    #[error("netdev collector: {0}")]
+    Netdev(#[from] NetdevError),
+    #[error("netstat collector: {0}")]
+    Netstat(#[from] NetstatError),
 }
 
 impl Agent {
@@ -62,12 +86,20 @@ impl Agent {
             stats: Vec::new(),
             degraded: Vec::new(),
         };
-        match Self::drop_collector(options) {
-            Ok(c) => agent.push(Box::new(c)),
-            Err(reason) => agent.degraded.push(Degraded {
-                collector: "drops",
-                reason,
-            }),
+        if options.drops_enabled {
+            match Self::drop_collector(options) {
+                Ok(c) => agent.push(Box::new(c)),
+                Err(reason) => agent.degraded.push(Degraded {
+                    collector: "drops",
+                    reason,
+                }),
+            }
+        }
+        if options.netdev.enabled {
+            agent.push(Box::new(NetdevCollector::new(&options.netdev)?));
+        }
+        if options.netstat.enabled {
+            agent.push(Box::new(NetstatCollector::new(&options.netstat)?));
         }
         Ok(agent)
     }

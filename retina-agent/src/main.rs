@@ -63,6 +63,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         drops: ProbeOptions {
             max_entries: cli.drop_map_entries,
         },
+        ..AgentOptions::default()
     };
     match cli.command {
         Command::Reasons { format } => reasons(&options, format),

@@ -130,7 +130,7 @@ pub fn render_json(points: &[Point], window: Option<Duration>, agent: &Agent) ->
 pub fn render_table(points: &[Point]) -> String {
     let value = |n: Number| match n {
         Number::U64(v) => v.to_string(),
-        Number::F64(v) => format!("{v:.6}"),
+        Number::F64(v) => v.to_string(),
     };
     let name_w = points
         .iter()
