@@ -6,6 +6,7 @@ use crate::{
     btf::Btf,
     collectors::{
         Collector,
+        ethtool::{EthtoolCollector, EthtoolConfig, EthtoolError, LinkStateCollector},
         netdev::{NetdevCollector, NetdevConfig, NetdevError},
         netstat::{NetstatCollector, NetstatConfig, NetstatError},
     },
@@ -49,6 +50,7 @@ pub struct AgentOptions {
     pub drops: ProbeOptions,
     /// Override of the BTF file (tests and diagnostics); default `/sys/kernel/btf/vmlinux`.
     pub btf_path: Option<std::path::PathBuf>,
+    pub ethtool: EthtoolConfig,
     pub netdev: NetdevConfig,
     pub netstat: NetstatConfig,
 }
@@ -59,6 +61,7 @@ impl Default for AgentOptions {
             drops_enabled: true,
             drops: ProbeOptions::default(),
             btf_path: None,
+            ethtool: EthtoolConfig::default(),
             netdev: NetdevConfig::default(),
             netstat: NetstatConfig::default(),
         }
@@ -69,6 +72,8 @@ impl Default for AgentOptions {
 pub enum AgentError {
     #[error("rtnetlink: {0}")]
     Links(#[from] LinkError),
+    #[error("ethtool collector: {0}")]
+    Ethtool(#[from] EthtoolError),
     #[error("netdev collector: {0}")]
     Netdev(#[from] NetdevError),
     #[error("netstat collector: {0}")]
@@ -93,6 +98,12 @@ impl Agent {
                     collector: "drops",
                     reason,
                 }),
+            }
+        }
+        if options.ethtool.enabled {
+            agent.push(Box::new(EthtoolCollector::new(&options.ethtool)?));
+            if options.ethtool.link_state {
+                agent.push(Box::new(LinkStateCollector::new(&options.ethtool)?));
             }
         }
         if options.netdev.enabled {

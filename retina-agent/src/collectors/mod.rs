@@ -3,6 +3,7 @@
 //! The contract every collector keeps: after the first few cycles (interfaces discovered,
 //! names fetched, buffers sized), `collect` allocates nothing, and `visit` never does.
 
+pub mod ethtool;
 pub mod netdev;
 pub mod netstat;
 
