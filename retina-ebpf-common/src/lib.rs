@@ -16,6 +16,9 @@ pub const DROPS_MAP: &str = "DROPS";
 pub const OVERFLOW_MAP: &str = "DROP_OVERFLOW";
 /// The read-only global holding the [`Offsets`] the loader derived from kernel BTF.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+/// The read-only global holding the bit mask of `enum skb_drop_reason` values that are not
+/// drops (`SKB_NOT_DROPPED_YET`, `SKB_CONSUMED`), which the loader reads from kernel BTF.
+pub const NOT_DROP_REASONS_GLOBAL: &str = "NOT_DROP_REASONS";
 /// Default capacity of [`DROPS_MAP`]; the loader may change it.
 pub const DEFAULT_DROPS_MAX_ENTRIES: u32 = 16384;
 

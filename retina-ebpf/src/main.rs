@@ -32,11 +32,16 @@ static DROPS: PerCpuHashMap<DropKey, DropValue> =
 #[map]
 static DROP_OVERFLOW: PerCpuArray<DropValue> = PerCpuArray::with_max_entries(1, 0);
 
+/// Bit N set: reason value N is not a drop (`SKB_NOT_DROPPED_YET`, `SKB_CONSUMED`). Filled
+/// in by the loader from kernel BTF, like [`OFFSETS`], because the numbers moved: 5.17 has
+/// neither (0 is `NOT_SPECIFIED`), 5.18 to 6.1 have `NOT_DROPPED_YET` = 0 and
+/// `NOT_SPECIFIED` = 1, later kernels add `CONSUMED` = 1 (`NOT_SPECIFIED` = 2). A constant
+/// "below 2" silently lost every `NOT_SPECIFIED` drop on 6.1.
+#[unsafe(no_mangle)]
+static NOT_DROP_REASONS: u32 = 0;
+
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
-/// `SKB_NOT_DROPPED_YET` and `SKB_CONSUMED` are not drops; newer kernels never pass them
-/// here, older ones may.
-const FIRST_DROP_REASON: u32 = 2;
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
@@ -74,7 +79,9 @@ fn try_kfree_skb(ctx: &RawTracePointContext) {
     }
     let skb: u64 = ctx.arg(0);
     let reason = ctx.arg::<u64>(REASON_ARG) as u32;
-    if reason < FIRST_DROP_REASON {
+    // SAFETY: as for OFFSETS.
+    let not_drops = unsafe { core::ptr::read_volatile(&NOT_DROP_REASONS) };
+    if reason < 32 && not_drops & (1 << reason) != 0 {
         return;
     }
 

@@ -11,8 +11,9 @@ use aya::{
     programs::RawTracePoint,
 };
 use retina_ebpf_common::{
-    DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP, DropKey, DropValue, OFFSETS_GLOBAL, OFFSETS_HAS_NETNS,
-    OFFSETS_VALID, OVERFLOW_MAP, Offsets, PROGRAM_NAME, REASON_ARG, TRACEPOINT,
+    DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP, DropKey, DropValue, NOT_DROP_REASONS_GLOBAL,
+    OFFSETS_GLOBAL, OFFSETS_HAS_NETNS, OFFSETS_VALID, OVERFLOW_MAP, Offsets, PROGRAM_NAME,
+    REASON_ARG, TRACEPOINT,
 };
 
 use crate::btf::{Btf, BtfError};
@@ -93,6 +94,20 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<Offsets, ProbeError> {
         offsets.flags |= OFFSETS_HAS_NETNS;
     }
     Ok(offsets)
+}
+
+/// Values of `enum skb_drop_reason` that are not drops, as a bit mask (bit N: value N):
+/// `SKB_NOT_DROPPED_YET` and `SKB_CONSUMED` where this kernel defines them. Their numbers
+/// differ between kernels (6.1: NOT_DROPPED_YET = 0 and NOT_SPECIFIED = 1; 6.2+: CONSUMED =
+/// 1 and NOT_SPECIFIED = 2; 5.17: neither, NOT_SPECIFIED = 0), so they come from BTF like
+/// the reason names.
+pub fn not_drop_reasons(btf: &Btf) -> u32 {
+    btf.enum_values(super::reasons::CORE_ENUM)
+        .unwrap_or_default()
+        .iter()
+        .filter(|v| matches!(v.name.as_str(), "SKB_NOT_DROPPED_YET" | "SKB_CONSUMED"))
+        .filter(|v| v.value < 32)
+        .fold(0, |mask, v| mask | (1 << v.value))
 }
 
 /// Effective capability bits of this process, from /proc/self/status.
@@ -208,10 +223,12 @@ impl DropProbe {
     pub fn load(btf: &Btf, options: &ProbeOptions) -> Result<Self, ProbeError> {
         check_capabilities()?;
         let offsets = offsets_from_btf(btf)?;
+        let not_drops = not_drop_reasons(btf);
         let ncpus =
             aya::util::nr_cpus().map_err(|(path, source)| ProbeError::Cpus { path, source })?;
         let mut ebpf = EbpfLoader::new()
             .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .override_global(NOT_DROP_REASONS_GLOBAL, &not_drops, true)
             .map_max_entries(DROPS_MAP, options.max_entries)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
@@ -335,6 +352,82 @@ fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<MapFd, ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_drop_reasons_follow_the_kernels_numbering() {
+        use crate::btf::tests::Builder;
+        let mask = |values: &[(&str, u32)]| {
+            let mut b = Builder::new();
+            b.enumeration("skb_drop_reason", values);
+            not_drop_reasons(&Btf::parse("fixture".into(), b.build(), None).unwrap())
+        };
+        // 5.17: the enum starts with NOT_SPECIFIED; everything is a drop.
+        assert_eq!(mask(&[("SKB_DROP_REASON_NOT_SPECIFIED", 0)]), 0);
+        // 5.18 to 6.1: NOT_SPECIFIED = 1 must be counted.
+        let v6_1 = [
+            ("SKB_NOT_DROPPED_YET", 0),
+            ("SKB_DROP_REASON_NOT_SPECIFIED", 1),
+            ("SKB_DROP_REASON_NO_SOCKET", 2),
+        ];
+        assert_eq!(mask(&v6_1), 0b01);
+        // 6.2 and later.
+        let v6_18 = [
+            ("SKB_NOT_DROPPED_YET", 0),
+            ("SKB_CONSUMED", 1),
+            ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+        ];
+        assert_eq!(mask(&v6_18), 0b11);
+        // No enum at all: the probe does not load there anyway; nothing is excluded.
+        assert_eq!(
+            not_drop_reasons(&Btf::parse("f".into(), Builder::new().build(), None).unwrap()),
+            0
+        );
+    }
+
+    /// BTF holding only `btf_trace_kfree_skb`: a typedef of a pointer to a function of the
+    /// context plus `args` tracepoint arguments, as vmlinux BTF describes raw tracepoints.
+    fn tracepoint_btf(args: u32) -> Btf {
+        let mut strings = b"\0int\0btf_trace_kfree_skb\0".to_vec();
+        let (int_name, typedef_name) = (1u32, 5u32);
+        let mut types: Vec<u32> = vec![int_name, 1 << 24, 4, 32]; // [1] int
+        types.extend([0, (13 << 24) | (args + 1), 1]); // [2] func_proto returning int
+        for _ in 0..=args {
+            types.extend([0, 1]); // unnamed parameter of type int
+        }
+        types.extend([0, 2 << 24, 2]); // [3] pointer to [2]
+        types.extend([typedef_name, 8 << 24, 3]); // [4] typedef to [3]
+        let types: Vec<u8> = types.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut blob = vec![0x9f, 0xeb, 1, 0];
+        for v in [
+            24,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            blob.extend_from_slice(&v.to_le_bytes());
+        }
+        blob.extend_from_slice(&types);
+        blob.append(&mut strings);
+        Btf::parse("fixture".into(), blob, None).unwrap()
+    }
+
+    #[test]
+    fn kernels_without_the_reason_argument_are_named() {
+        // Before 5.17: trace_kfree_skb(skb, location).
+        let old = offsets_from_btf(&tracepoint_btf(2)).unwrap_err();
+        assert!(
+            matches!(old, ProbeError::NoReasonArgument { found: 2 }),
+            "{old}"
+        );
+        assert!(old.to_string().contains("5.17"), "{old}");
+        // 5.17 to 6.1: (skb, location, reason); 6.11+ adds rx_sk. Both get past the check
+        // (this fixture then lacks struct sk_buff).
+        for args in [3, 4] {
+            let err = offsets_from_btf(&tracepoint_btf(args)).unwrap_err();
+            assert!(matches!(err, ProbeError::Layout(_)), "{args} args: {err}");
+        }
+    }
 
     #[test]
     fn offsets_on_this_kernel() {
