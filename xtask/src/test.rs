@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use crate::{
     build::{self, Profile},
-    provision,
+    provision, test_kernel,
     util::{self, Privilege, Workspace},
 };
 
@@ -18,6 +18,10 @@ pub struct Args {
     /// Build the agent and the tests with the release profile.
     #[arg(long)]
     release: bool,
+    /// Skip the second-kernel run under QEMU (`cargo xtask test-kernel`), which otherwise
+    /// follows the integration tests when no test filter is given.
+    #[arg(long)]
+    skip_kernel: bool,
     /// Extra arguments for the integration test harness, after `--` (e.g. a test name filter).
     #[arg(last = true, value_name = "EXTRA ARGS")]
     extra: Vec<String>,
@@ -79,6 +83,14 @@ pub fn run(args: &Args) -> Result<()> {
     if let Err(err) = util::run(&mut integration) {
         eprintln!("{err:#}");
         failed.push("integration tests");
+    }
+
+    if !args.skip_kernel && args.extra.is_empty() {
+        util::banner("second kernel: Debian 6.1 under QEMU (cargo xtask test-kernel)");
+        if let Err(err) = test_kernel::run(&test_kernel::Args::default()) {
+            eprintln!("{err:#}");
+            failed.push("second-kernel tests");
+        }
     }
 
     if !failed.is_empty() {

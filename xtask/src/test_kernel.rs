@@ -100,6 +100,19 @@ pub struct Args {
     append: Option<String>,
 }
 
+impl Default for Args {
+    /// What `cargo xtask test` runs: the default kernel, automatic acceleration.
+    fn default() -> Self {
+        Args {
+            kernel: None,
+            accel: Accel::Auto,
+            timeout: 900,
+            release: false,
+            append: None,
+        }
+    }
+}
+
 pub fn run(args: &Args) -> Result<()> {
     let started = Instant::now();
     let privilege = util::privilege("`cargo xtask test-kernel` (installs Debian packages)")?;
