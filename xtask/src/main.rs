@@ -9,10 +9,13 @@
 //! eBPF object and the agent binary).
 
 mod build;
+mod install;
 mod lint;
+mod package;
 mod provision;
 mod run;
 mod test;
+mod test_kernel;
 mod util;
 
 use std::process::ExitCode;
@@ -38,10 +41,17 @@ enum Command {
     Run(run::Args),
     /// Install test dependencies, build, then run unit and privileged integration tests.
     Test(test::Args),
+    /// Boot another kernel (default: Debian's 6.1 cloud kernel) under QEMU and run the
+    /// agent's kernel checks inside; see docs/kernels.md.
+    TestKernel(test_kernel::Args),
     /// Clippy with `-D warnings` on the workspace (stable) and on the eBPF crate (nightly).
     Clippy,
     /// Check formatting of the whole workspace (`--fix` to rewrite files).
     Fmt(lint::FmtArgs),
+    /// Build (release) and install the agent, its systemd unit and default configuration.
+    Install(install::Args),
+    /// Build a Debian package: target/debian/retina-agent_<version>_<arch>.deb.
+    Package(package::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,8 +60,11 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::TestKernel(args) => test_kernel::run(&args),
         Command::Clippy => lint::clippy(),
         Command::Fmt(args) => lint::fmt(&args),
+        Command::Install(args) => install::run(&args),
+        Command::Package(args) => package::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
