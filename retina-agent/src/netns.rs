@@ -35,11 +35,16 @@ struct Named {
 pub struct NetnsNames {
     dir: PathBuf,
     by_inode: HashMap<u32, Named>,
-    last_scan: Option<Instant>,
+    /// Inodes a scan did not find, and when: unnamed namespaces (containers) are asked
+    /// about again only after [`RESCAN`], while a namespace never asked about before
+    /// always triggers a scan, so a freshly created named namespace is always found.
+    unnamed: HashMap<u32, Instant>,
 }
 
-/// Rescan the directory at most this often when an unknown inode shows up.
+/// Look an unnamed namespace up again at most this often.
 const RESCAN: Duration = Duration::from_secs(1);
+/// Bound on the negative cache; cleared whole when exceeded (it only saves scans).
+const MAX_UNNAMED: usize = 4096;
 
 impl NetnsNames {
     pub fn new() -> Self {
@@ -50,12 +55,11 @@ impl NetnsNames {
         NetnsNames {
             dir: dir.as_ref().to_path_buf(),
             by_inode: HashMap::new(),
-            last_scan: None,
+            unnamed: HashMap::new(),
         }
     }
 
     fn scan(&mut self) {
-        self.last_scan = Some(Instant::now());
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
@@ -84,10 +88,18 @@ impl NetnsNames {
     }
 
     fn named(&mut self, inode: u32) -> Option<&mut Named> {
-        if !self.by_inode.contains_key(&inode)
-            && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN)
-        {
+        let recently_missed = self
+            .unnamed
+            .get(&inode)
+            .is_some_and(|t| t.elapsed() < RESCAN);
+        if !self.by_inode.contains_key(&inode) && !recently_missed {
             self.scan();
+            if !self.by_inode.contains_key(&inode) {
+                if self.unnamed.len() >= MAX_UNNAMED {
+                    self.unnamed.clear();
+                }
+                self.unnamed.insert(inode, Instant::now());
+            }
         }
         self.by_inode.get_mut(&inode)
     }

@@ -7,7 +7,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapFd},
+    maps::Map,
     programs::RawTracePoint,
 };
 use retina_ebpf_common::{
@@ -43,12 +43,6 @@ pub enum ProbeError {
     Program(#[source] aya::programs::ProgramError),
     #[error("eBPF object has no `{0}` {1}")]
     Missing(&'static str, &'static str),
-    #[error("eBPF map `{map}`: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
     #[error("reading eBPF map `{map}`: {source}")]
     Read {
         map: &'static str,
@@ -158,8 +152,8 @@ impl Default for ProbeOptions {
 /// The loaded, attached program. Dropping it detaches the program and frees the maps.
 pub struct DropProbe {
     ebpf: Ebpf,
-    drops: MapFd,
-    overflow: MapFd,
+    drops: std::os::fd::OwnedFd,
+    overflow: std::os::fd::OwnedFd,
     ncpus: usize,
     max_entries: u32,
 }
@@ -339,14 +333,17 @@ fn sum(per_cpu: &[DropValue]) -> DropValue {
         })
 }
 
-fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<MapFd, ProbeError> {
+fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<std::os::fd::OwnedFd, ProbeError> {
     let data = match ebpf.map(name) {
         Some(Map::PerCpuHashMap(data) | Map::PerCpuArray(data)) => data,
         _ => return Err(ProbeError::Missing(name, "map")),
     };
-    data.info()
-        .and_then(|info| info.fd())
-        .map_err(|source| ProbeError::Map { map: name, source })
+    // Duplicate the map's own descriptor: reopening it by id (`info()?.fd()`,
+    // BPF_MAP_GET_FD_BY_ID) needs CAP_SYS_ADMIN.
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| ProbeError::Read { map: name, source })
 }
 
 #[cfg(test)]
