@@ -1,10 +1,18 @@
 //! Command-line interface.
+//!
+//! Flags override the configuration file and the environment (see [`crate::config`]); a
+//! flag that is not given leaves the configured value alone.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::snapshot::Format;
+pub use crate::config::LogFormat;
+use crate::{
+    config::{self, Overrides},
+    export::Protocol,
+    snapshot::Format,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -13,33 +21,27 @@ use crate::snapshot::Format;
     about = "Kernel packet drops by reason, NIC driver statistics, interface and netstat counters, as metrics"
 )]
 pub struct Cli {
-    /// Log format on stderr: `text` (readable) or `json` (for journald and log shippers).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "RETINA_LOG_FORMAT"
-    )]
-    pub log_format: LogFormat,
+    /// Configuration file [default: /etc/retina-agent/config.toml, used if it exists].
+    #[arg(long, global = true, value_name = "PATH", env = "RETINA_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr: `text` (readable) or `json` (for journald and log shippers)
+    /// [config: log.format; env: RETINA_LOG_FORMAT; default: text].
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
 
     /// Read kernel BTF from this file instead of /sys/kernel/btf/vmlinux (diagnostics).
     #[arg(long, global = true, env = "RETINA_BTF", hide_short_help = true)]
     pub btf: Option<PathBuf>,
 
     /// Capacity of the kernel drop map (distinct reason/namespace/interface/protocol keys);
-    /// drops beyond it are counted in retina.drop.overflow.*.
-    #[arg(long, global = true, default_value_t = retina_ebpf_common::DEFAULT_DROPS_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(1..))]
-    pub drop_map_entries: u32,
+    /// drops beyond it are counted in retina.drop.overflow.* [config: drops.map_entries;
+    /// default: 16384].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub drop_map_entries: Option<u32>,
 
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,27 +55,79 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Check that this machine and the configuration can run the agent (kernel, BTF,
+    /// capabilities, probe load, config, exporter endpoints); exit 1 if a check fails.
+    Check(CheckArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 10s, 500ms, 1m)"))?;
-    if d.is_zero() {
-        return Err("must be greater than zero".into());
-    }
-    Ok(d)
+    config::parse_duration(s)
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    s.parse()
+}
+
+/// Export settings that `run` and `check` share.
+#[derive(Debug, Default, Args)]
+pub struct ExportArgs {
+    /// Serve Prometheus metrics on this address [config: prometheus.listen].
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus_listen: Option<SocketAddr>,
+    /// Do not serve Prometheus metrics [config: prometheus.enabled].
+    #[arg(long, conflicts_with = "prometheus_listen")]
+    pub no_prometheus: bool,
+    /// Export OTLP to this collector endpoint, e.g. http://127.0.0.1:4317 [config:
+    /// export.endpoint; env: OTEL_EXPORTER_OTLP_ENDPOINT].
+    #[arg(long, value_name = "URL", value_parser = config::parse_endpoint)]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport: `grpc` or `http/protobuf` [config: export.protocol; env:
+    /// OTEL_EXPORTER_OTLP_PROTOCOL].
+    #[arg(long, value_name = "PROTOCOL", value_parser = parse_protocol)]
+    pub otlp_protocol: Option<Protocol>,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// How often to collect (and, with an exporter, export).
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    pub interval: Duration,
+    /// How often to collect (and export) [config: interval; env: OTEL_METRIC_EXPORT_INTERVAL
+    /// (ms); default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
     /// Print a summary of new drops by reason and interface every interval (default: when
     /// stdout is a terminal).
     #[arg(long, overrides_with = "no_summary")]
     pub summary: bool,
-    #[arg(long, hide = true)]
+    /// Never print the summary.
+    #[arg(long, overrides_with = "summary")]
     pub no_summary: bool,
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+impl RunArgs {
+    /// `Some(true)` for `--summary`, `Some(false)` for `--no-summary`, `None` for neither.
+    pub fn summary(&self) -> Option<bool> {
+        match (self.summary, self.no_summary) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// Output of `check`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: CheckFormat,
+    #[command(flatten)]
+    pub export: ExportArgs,
 }
 
 #[derive(Debug, Args)]
@@ -92,4 +146,128 @@ pub struct SnapshotArgs {
     /// Command to run while watching; the window is its lifetime.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+impl Cli {
+    /// The flags that override the configuration, for the chosen command.
+    pub fn overrides(&self) -> Overrides {
+        let mut o = Overrides {
+            log_format: self.log_format,
+            drop_map_entries: self.drop_map_entries,
+            ..Overrides::default()
+        };
+        let export = match &self.command {
+            Command::Run(args) => {
+                o.interval = args.interval;
+                Some(&args.export)
+            }
+            Command::Check(args) => Some(&args.export),
+            Command::Snapshot(_) | Command::Reasons { .. } => None,
+        };
+        if let Some(e) = export {
+            o.prometheus_listen = e.prometheus_listen;
+            o.no_prometheus = e.no_prometheus;
+            o.otlp_endpoint = e.otlp_endpoint.clone();
+            o.otlp_protocol = e.otlp_protocol;
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("retina-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_flags_become_overrides() {
+        let c = cli(&[
+            "run",
+            "--config",
+            "/tmp/c.toml",
+            "--interval",
+            "2s",
+            "--prometheus-listen",
+            "127.0.0.1:9999",
+            "--otlp-endpoint",
+            "http://collector:4317",
+            "--otlp-protocol",
+            "http/protobuf",
+            "--log-format",
+            "json",
+            "--drop-map-entries",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.config.as_deref(),
+            Some(std::path::Path::new("/tmp/c.toml"))
+        );
+        let o = c.overrides();
+        assert_eq!(o.interval, Some(Duration::from_secs(2)));
+        assert_eq!(o.prometheus_listen, Some("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(o.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(o.otlp_protocol, Some(Protocol::HttpProtobuf));
+        assert_eq!(o.log_format, Some(LogFormat::Json));
+        assert_eq!(o.drop_map_entries, Some(9));
+        assert!(!o.no_prometheus);
+    }
+
+    #[test]
+    fn nothing_given_overrides_nothing() {
+        let c = cli(&["run"]).unwrap();
+        assert_eq!(c.overrides(), Overrides::default());
+        let Command::Run(args) = &c.command else {
+            panic!()
+        };
+        assert_eq!(args.summary(), None);
+    }
+
+    #[test]
+    fn summary_flags() {
+        let summary = |args: &[&str]| match cli(args).unwrap().command {
+            Command::Run(r) => r.summary(),
+            _ => panic!(),
+        };
+        assert_eq!(summary(&["run", "--summary"]), Some(true));
+        assert_eq!(summary(&["run", "--no-summary"]), Some(false));
+        assert_eq!(summary(&["run", "--summary", "--no-summary"]), Some(false));
+        assert_eq!(summary(&["run", "--no-summary", "--summary"]), Some(true));
+    }
+
+    #[test]
+    fn bad_flag_values_are_usage_errors() {
+        for args in [
+            &["run", "--interval", "10 parsecs"][..],
+            &["run", "--interval", "0s"],
+            &["run", "--prometheus-listen", "localhost"],
+            &["run", "--otlp-endpoint", "ftp://collector:4317"],
+            &["run", "--otlp-protocol", "http"],
+            &[
+                "run",
+                "--no-prometheus",
+                "--prometheus-listen",
+                "127.0.0.1:1",
+            ],
+            &["run", "--drop-map-entries", "0"],
+        ] {
+            assert!(cli(args).is_err(), "{args:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn check_takes_export_flags() {
+        let c = cli(&["check", "--format", "json", "--no-prometheus"]).unwrap();
+        assert!(c.overrides().no_prometheus);
+        assert!(matches!(
+            c.command,
+            Command::Check(CheckArgs {
+                format: CheckFormat::Json,
+                ..
+            })
+        ));
+    }
 }

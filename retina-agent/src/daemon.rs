@@ -1,6 +1,16 @@
-//! `retina-agent run`: the collection loop, until SIGTERM or SIGINT.
+//! `retina-agent run`: the collection loop, until SIGTERM or SIGINT, with the exporters.
+//!
+//! Every `interval` the loop runs one collection cycle, then starts one OTLP export of
+//! its values (skipped and counted if the previous export is still in flight, so a slow
+//! collector never delays collection). The Prometheus endpoint reads the same values when
+//! scraped. On SIGTERM or SIGINT: one last cycle and export, bounded by
+//! [`SHUTDOWN_BUDGET`], then the agent is dropped (the eBPF program detached) and `run`
+//! returns.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use opentelemetry::KeyValue;
 use tokio::signal::unix::{SignalKind, signal};
@@ -8,42 +18,107 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     agent::Agent,
     drops::collector::DROP_COUNT,
+    export::{ConfigError, ExportConfig, ExportError, Exporters, PrometheusConfig, SharedAgent},
     metrics::{Metric, Number, attr},
 };
+
+/// Time the final collection and export may take after a shutdown signal.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("installing the {0} handler: {1}")]
     Signal(&'static str, std::io::Error),
+    #[error(transparent)]
+    Export(#[from] ExportError),
 }
 
-/// Collects every `interval` until a shutdown signal arrives.
-pub async fn run(mut agent: Agent, interval: Duration, summary: bool) -> Result<(), DaemonError> {
+/// What the daemon needs besides the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonSettings {
+    /// How often to collect and export.
+    pub interval: Duration,
+    /// Print new drops to stdout every interval.
+    pub summary: bool,
+    /// OTLP export.
+    pub export: ExportConfig,
+    /// Prometheus scrape endpoint.
+    pub prometheus: PrometheusConfig,
+}
+
+impl DaemonSettings {
+    /// Default export and Prometheus settings with the process's `OTEL_*` environment
+    /// applied (for callers without a configuration file).
+    pub fn from_env(interval: Duration, summary: bool) -> Result<Self, ConfigError> {
+        let env = |k: &str| std::env::var(k).ok();
+        let mut export = ExportConfig::default();
+        export.apply_env(env)?;
+        let mut prometheus = PrometheusConfig::default();
+        prometheus.apply_env(env)?;
+        Ok(DaemonSettings {
+            interval,
+            summary,
+            export,
+            prometheus,
+        })
+    }
+}
+
+/// Collects every `settings.interval` and exports until a shutdown signal arrives.
+pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonError> {
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::Signal("SIGTERM", e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Signal("SIGINT", e))?;
     for d in agent.degraded() {
         tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);
     }
-    tracing::info!(interval = ?interval, "retina-agent running");
+    let interval = settings.interval;
+    let agent = SharedAgent::new(agent);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: HashMap<String, u64> = HashMap::new();
+    // The first tick is immediate: the first cycle runs before the exporters start, so
+    // they are sized from real series.
+    ticker.tick().await;
+    cycle(&agent, settings.summary, &mut last);
+    let mut exporters = match Exporters::start(&agent, &settings.export, &settings.prometheus).await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            drop(agent.take());
+            return Err(e.into());
+        }
+    };
+    exporters.export().await;
+    tracing::info!(interval = ?interval, "retina-agent running");
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                agent.cycle();
-                if summary {
-                    print_summary(&agent, &mut last);
-                }
+                cycle(&agent, settings.summary, &mut last);
+                exporters.export().await;
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
         }
     }
+    let deadline = Instant::now() + SHUTDOWN_BUDGET;
+    cycle(&agent, false, &mut last);
+    exporters.shutdown(deadline).await;
     // Dropping the agent detaches the eBPF program and frees its maps.
-    drop(agent);
+    drop(agent.take());
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// One collection cycle, then the terminal summary if asked for.
+fn cycle(agent: &SharedAgent, summary: bool, last: &mut HashMap<String, u64>) {
+    let mut guard = agent.lock();
+    if let Some(agent) = guard.as_mut() {
+        agent.cycle();
+        if summary {
+            print_summary(agent, last);
+        }
+    }
 }
 
 /// Prints drops by reason and interface that happened since the previous cycle. This is
@@ -82,7 +157,7 @@ fn print_summary(agent: &Agent, last: &mut HashMap<String, u64>) {
     if lines.is_empty() {
         return;
     }
-    lines.sort_by(|a, b| b.0.cmp(&a.0));
+    lines.sort_by_key(|l| std::cmp::Reverse(l.0));
     println!(
         "{:>10}  {:<32} {:<16} NETNS",
         "DROPS", "REASON", "INTERFACE"

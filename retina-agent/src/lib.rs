@@ -3,11 +3,14 @@
 
 pub mod agent;
 pub mod btf;
+pub mod check;
 pub mod cli;
 pub mod collectors;
+pub mod config;
 pub mod daemon;
 pub mod drops;
 pub mod ebpf_log;
+pub mod export;
 pub mod filter;
 pub mod links;
 pub mod metrics;

@@ -5,21 +5,30 @@ use clap::Parser;
 use retina_agent::{
     agent::{Agent, AgentOptions},
     btf::Btf,
-    cli::{Cli, Command, LogFormat, SnapshotArgs},
+    check,
+    cli::{CheckArgs, CheckFormat, Cli, Command, SnapshotArgs},
+    config::{self, Config, ConfigError, LogConfig, LogFormat, Overrides},
     daemon,
     drops::{probe::ProbeOptions, reasons::DropReasons},
     snapshot::{self, Format},
 };
 
-fn init_logging(format: LogFormat) {
+/// Exit status for a configuration that cannot be used (like a usage error), so a service
+/// manager can tell it from a runtime failure (`RestartPreventExitStatus=2`).
+const EXIT_CONFIG: u8 = 2;
+
+/// Logs to stderr, as text or JSON lines, filtered by `log.level` (or `RUST_LOG`, already
+/// folded into it by the configuration).
+fn init_logging(log: &LogConfig) {
     use tracing_subscriber::{EnvFilter, fmt};
-    // The exporter's transport crates log every connection attempt; keep them quiet
-    // unless asked for by name.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off")
+    let directives = config::log_filter(&log.level);
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        // Validated with the configuration; only reachable through a bug.
+        eprintln!("warning: log filter {directives:?}: {e}; logging at info");
+        EnvFilter::new(config::log_filter("info"))
     });
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
+    match log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
@@ -37,7 +46,33 @@ fn emit(text: &str) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let overrides = cli.overrides();
+    let loaded = config::load(cli.config.as_deref(), &config::process_env, &overrides);
+    // The configuration decides how to log, so its errors cannot go through the log: they
+    // are printed as they are, before anything has started.
+    let loaded = match (&cli.command, loaded) {
+        (_, Ok(l)) => Ok(l),
+        // `check` reports a bad configuration as one of its checks.
+        (Command::Check(_), Err(e)) => Err(e),
+        // `reasons` only reads BTF; a broken file must not hide the kernel's reason list.
+        (Command::Reasons { .. }, Err(e)) => {
+            eprintln!("warning: {e} (ignored: `reasons` needs no configuration)");
+            Ok(config::Loaded {
+                config: Config::default(),
+                origin: config::Origin::Defaults {
+                    missing: config::DEFAULT_PATH.into(),
+                },
+            })
+        }
+        (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match &loaded {
+        Ok(l) => init_logging(&l.config.log),
+        Err(_) => init_logging(&fallback_log(&overrides)),
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -48,7 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    match runtime.block_on(dispatch(cli, loaded)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -57,27 +92,83 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<ExitCode> {
-    let options = AgentOptions {
-        btf_path: cli.btf.clone(),
+/// Logging for `check` when the configuration is invalid: flags and environment, else
+/// the defaults.
+fn fallback_log(overrides: &Overrides) -> LogConfig {
+    config::resolve(None, &config::process_env, overrides)
+        .map(|c| c.log)
+        .unwrap_or_else(|_| LogConfig {
+            format: overrides.log_format.unwrap_or_default(),
+            ..LogConfig::default()
+        })
+}
+
+fn agent_options(cli: &Cli, config: &Config) -> AgentOptions {
+    AgentOptions {
+        drops_enabled: config.drops.enabled,
         drops: ProbeOptions {
-            max_entries: cli.drop_map_entries,
+            max_entries: config.drops.map_entries,
         },
-        ..AgentOptions::default()
+        btf_path: cli.btf.clone(),
+        ethtool: config.ethtool.clone(),
+        netdev: config.netdev.clone(),
+        netstat: config.netstat.clone(),
+    }
+}
+
+async fn dispatch(cli: Cli, loaded: Result<config::Loaded, ConfigError>) -> Result<ExitCode> {
+    let loaded = match (&cli.command, loaded) {
+        (Command::Check(args), loaded) => return Ok(check_command(&cli, args, loaded.as_ref())),
+        (_, Ok(l)) => l,
+        (_, Err(e)) => return Err(e.into()),
     };
-    match cli.command {
-        Command::Reasons { format } => reasons(&options, format),
+    let config = &loaded.config;
+    if matches!(cli.command, Command::Run(_)) {
+        tracing::info!(config = %loaded.origin, "configuration");
+    }
+    let options = agent_options(&cli, config);
+    match &cli.command {
+        Command::Reasons { format } => reasons(&options, *format),
         Command::Snapshot(args) => snapshot_command(&options, args).await,
         Command::Run(args) => {
-            let summary = if args.no_summary {
-                false
-            } else {
-                args.summary || std::io::stdout().is_terminal()
-            };
+            let summary = args
+                .summary()
+                .unwrap_or_else(|| std::io::stdout().is_terminal());
             let agent = Agent::new(&options).context("starting the agent")?;
-            daemon::run(agent, args.interval, summary).await?;
+            let settings = daemon::DaemonSettings {
+                interval: config.interval,
+                summary,
+                export: config.export.clone(),
+                prometheus: config.prometheus.clone(),
+            };
+            daemon::run(agent, settings).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check(_) => unreachable!("handled above"),
+    }
+}
+
+fn check_command(
+    cli: &Cli,
+    args: &CheckArgs,
+    loaded: Result<&config::Loaded, &ConfigError>,
+) -> ExitCode {
+    let checks = check::run(&check::Input {
+        config: loaded,
+        btf_path: cli.btf.as_deref(),
+    });
+    let text = match args.format {
+        CheckFormat::Text => check::render_text(&checks),
+        CheckFormat::Json => format!("{}\n", check::render_json(&checks)),
+    };
+    if let Err(e) = emit(&text) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    if check::passed(&checks) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -110,7 +201,7 @@ fn reasons(options: &AgentOptions, format: Format) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn snapshot_command(options: &AgentOptions, args: SnapshotArgs) -> Result<ExitCode> {
+async fn snapshot_command(options: &AgentOptions, args: &SnapshotArgs) -> Result<ExitCode> {
     let mut agent = Agent::new(options).context("starting the agent")?;
     for d in agent.degraded() {
         tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);

@@ -15,11 +15,22 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{self, Privilege, Workspace};
 
 /// Debian packages the tests (and the tools they drive) need. Append here.
-pub const APT_PACKAGES: &[&str] = &["ethtool", "nftables", "iproute2", "bpftool", "util-linux"];
+pub const APT_PACKAGES: &[&str] = &[
+    "ethtool",
+    "nftables",
+    "iproute2",
+    "bpftool",
+    "util-linux",
+    "prometheus",
+    "systemd",
+    "dpkg-dev",
+    "strace",
+    "openssl",
+];
 
 /// PyPI requirements (pip syntax, e.g. `name==1.2.3`) installed into `.tools/venv`, whose
 /// `bin/` is put first on the tests' PATH. Append here.
-pub const PYPI_PACKAGES: &[&str] = &[];
+pub const PYPI_PACKAGES: &[&str] = &["rotel"];
 
 /// Debian packages needed to create the venv, added to [`APT_PACKAGES`] when
 /// [`PYPI_PACKAGES`] is not empty.

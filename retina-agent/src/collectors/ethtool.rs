@@ -79,7 +79,7 @@ pub static NIC_DRIVER_STAT: Metric = Metric {
 
 pub static NIC_INFO: Metric = Metric {
     name: "retina.nic.info",
-    unit: "1",
+    unit: "{info}",
     description: "Driver, version, firmware and bus of a NIC (ethtool -i); always 1",
     kind: Kind::Gauge,
 };
@@ -93,7 +93,7 @@ pub static NIC_LINK_SPEED: Metric = Metric {
 
 pub static NIC_LINK_DUPLEX: Metric = Metric {
     name: "retina.nic.link.duplex",
-    unit: "1",
+    unit: "{duplex}",
     description: "Link duplex: 1 full, 0 half; absent while unknown",
     kind: Kind::Gauge,
 };

@@ -75,7 +75,7 @@ pub const NETSTAT_COUNTER: Metric = Metric {
 };
 pub const NETSTAT_GAUGE: Metric = Metric {
     name: "retina.netstat.gauge",
-    unit: "1",
+    unit: "{value}",
     description: "Kernel protocol states and settings from /proc/net/snmp and \
                   /proc/net/netstat (e.g. Tcp CurrEstab, Tcp MaxConn), by netstat.group and \
                   netstat.field",
