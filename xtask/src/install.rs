@@ -87,7 +87,11 @@ pub fn run(args: &Args) -> Result<()> {
 pub fn agent_binary(ws: &Workspace, given: Option<&Path>) -> Result<PathBuf> {
     match given {
         Some(path) => {
-            ensure!(path.is_file(), "--agent-binary {} is not a file", path.display());
+            ensure!(
+                path.is_file(),
+                "--agent-binary {} is not a file",
+                path.display()
+            );
             Ok(path.to_path_buf())
         }
         None => Ok(build::build(ws, Profile::Release)?.agent),
@@ -115,7 +119,9 @@ pub fn check_prefix(prefix: &Path) -> Result<PathBuf> {
         .to_str()
         .context("--prefix must be valid UTF-8 (it is written into the systemd unit)")?;
     ensure!(
-        !text.chars().any(|c| c.is_whitespace() || "\"'\\%$;".contains(c)),
+        !text
+            .chars()
+            .any(|c| c.is_whitespace() || "\"'\\%$;".contains(c)),
         "--prefix {text:?} contains characters that need quoting in a systemd unit"
     );
     for hidden in ["/home", "/root", "/run/user"] {
@@ -421,14 +427,32 @@ mod tests {
         fs::write(&sources.unit, UNIT).unwrap();
         fs::write(&sources.config, "# default\n").unwrap();
         let agent = src.join("agent");
-        fs::write(&agent, "not an ELF file, so strip fails and it is kept as is").unwrap();
+        fs::write(
+            &agent,
+            "not an ELF file, so strip fails and it is kept as is",
+        )
+        .unwrap();
         let root = dir.0.join("root");
         // Directories the install creates are 0755 whatever the umask.
+        // SAFETY: umask has no preconditions (it is process-wide; no other test here
+        // creates files).
         let umask = unsafe { libc::umask(0o077) };
-        let fresh = install_tree(&sources, &agent, Path::new("/opt/r"), &dir.0.join("fresh"), true);
+        let fresh = install_tree(
+            &sources,
+            &agent,
+            Path::new("/opt/r"),
+            &dir.0.join("fresh"),
+            true,
+        );
+        // SAFETY: as above, restoring the previous mask.
         unsafe { libc::umask(umask) };
         fresh.unwrap();
-        for sub in ["fresh/etc", "fresh/etc/retina-agent", "fresh/opt/r/bin", "fresh/lib/systemd/system"] {
+        for sub in [
+            "fresh/etc",
+            "fresh/etc/retina-agent",
+            "fresh/opt/r/bin",
+            "fresh/lib/systemd/system",
+        ] {
             let mode = fs::metadata(dir.0.join(sub)).unwrap().permissions().mode() & 0o7777;
             assert_eq!(mode, 0o755, "{sub}");
         }
@@ -437,12 +461,21 @@ mod tests {
         fs::write(&config, "# edited by the administrator\n").unwrap();
 
         let done = install_tree(&sources, &agent, Path::new("/usr/local"), &root, true).unwrap();
-        assert_eq!(fs::read_to_string(&config).unwrap(), "# edited by the administrator\n");
+        assert_eq!(
+            fs::read_to_string(&config).unwrap(),
+            "# edited by the administrator\n"
+        );
         assert!(done.iter().any(|line| line.contains("kept")), "{done:?}");
         let bin = root.join("usr/local/bin/retina-agent");
-        assert_eq!(fs::metadata(&bin).unwrap().permissions().mode() & 0o7777, 0o755);
+        assert_eq!(
+            fs::metadata(&bin).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
         let unit = fs::read_to_string(root.join(UNIT_DIR).join(UNIT_NAME)).unwrap();
-        assert!(unit.contains("ExecStart=/usr/local/bin/retina-agent run"), "{unit}");
+        assert!(
+            unit.contains("ExecStart=/usr/local/bin/retina-agent run"),
+            "{unit}"
+        );
 
         install_tree(&sources, &agent, Path::new("/usr"), &root, false).unwrap();
         assert_eq!(fs::read_to_string(&config).unwrap(), "# default\n");

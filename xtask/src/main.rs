@@ -8,6 +8,7 @@
 //! (nightly components, bpf-linker, Debian packages, the Python venv) and [`build`] (the
 //! eBPF object and the agent binary).
 
+mod bench;
 mod build;
 mod install;
 mod lint;
@@ -41,6 +42,9 @@ enum Command {
     Run(run::Args),
     /// Install test dependencies, build, then run unit and privileged integration tests.
     Test(test::Args),
+    /// Build (release), then measure the agent against the kernel floor and node_exporter;
+    /// see docs/performance.md.
+    Bench(bench::Args),
     /// Boot another kernel (default: Debian's 6.1 cloud kernel) under QEMU and run the
     /// agent's kernel checks inside; see docs/kernels.md.
     TestKernel(test_kernel::Args),
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::TestKernel(args) => test_kernel::run(&args),
         Command::Clippy => lint::clippy(),
         Command::Fmt(args) => lint::fmt(&args),

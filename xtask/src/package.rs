@@ -81,12 +81,12 @@ pub fn run(args: &Args) -> Result<()> {
     install::write_file(&debian.join("control"), control.as_bytes(), 0o644)?;
     let conffiles = format!("/{CONFIG_DIR}/{CONFIG_NAME}\n");
     install::write_file(&debian.join("conffiles"), conffiles.as_bytes(), 0o644)?;
-    install::write_file(&debian.join("md5sums"), md5sums(&staging)?.as_bytes(), 0o644)?;
-    for (name, script) in [
-        ("postinst", POSTINST),
-        ("prerm", PRERM),
-        ("postrm", POSTRM),
-    ] {
+    install::write_file(
+        &debian.join("md5sums"),
+        md5sums(&staging)?.as_bytes(),
+        0o644,
+    )?;
+    for (name, script) in [("postinst", POSTINST), ("prerm", PRERM), ("postrm", POSTRM)] {
         install::write_file(&debian.join(name), script.as_bytes(), 0o755)?;
     }
 
@@ -94,8 +94,7 @@ pub fn run(args: &Args) -> Result<()> {
         Some(dir) => dir.clone(),
         None => ws.target_dir.join("debian"),
     };
-    fs::create_dir_all(&out_dir)
-        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let deb = out_dir.join(format!("{PACKAGE}_{version}_{arch}.deb"));
     util::banner(&format!("building {}", deb.display()));
     util::run(
@@ -157,7 +156,10 @@ pub fn debian_version(cargo: &str) -> Result<String> {
         && out
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ".+~".contains(c));
-    ensure!(valid, "cannot express version {cargo:?} as a Debian version");
+    ensure!(
+        valid,
+        "cannot express version {cargo:?} as a Debian version"
+    );
     Ok(out)
 }
 
@@ -355,7 +357,10 @@ mod tests {
     fn cargo_versions_become_debian_versions() {
         assert_eq!(debian_version("0.1.0").unwrap(), "0.1.0");
         assert_eq!(debian_version("1.2.3-rc.1").unwrap(), "1.2.3~rc.1");
-        assert_eq!(debian_version("1.2.3-rc.1+g1234").unwrap(), "1.2.3~rc.1+g1234");
+        assert_eq!(
+            debian_version("1.2.3-rc.1+g1234").unwrap(),
+            "1.2.3~rc.1+g1234"
+        );
         assert!(debian_version("v1").is_err());
     }
 
