@@ -1,0 +1,217 @@
+//! Section 7: the real daemon (`retina-agent run --interval 10s`) next to node_exporter
+//! (same collectors, scraped every 10 s) over the same period: RSS and CPU share of each.
+
+use std::{
+    fs::File,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use super::{
+    node_exporter::{self, NodeExporter},
+    sys::{self, ChildGuard},
+};
+
+pub struct Options<'a> {
+    pub agent_bin: &'a Path,
+    pub node_exporter: &'a Path,
+    pub rotel: Option<&'a Path>,
+    pub window: Duration,
+    pub log: PathBuf,
+}
+
+/// One process's figures over the window.
+struct Proc {
+    pid: u32,
+    ticks0: u64,
+    rss_max: u64,
+    rss_sum: u64,
+    rss_n: u64,
+}
+
+impl Proc {
+    fn new(pid: u32) -> Result<Proc> {
+        Ok(Proc {
+            pid,
+            ticks0: sys::cpu_ticks(pid)?,
+            rss_max: 0,
+            rss_sum: 0,
+            rss_n: 0,
+        })
+    }
+
+    fn sample(&mut self) {
+        if let Ok(r) = sys::status_kib(&self.pid.to_string(), "VmRSS") {
+            self.rss_max = self.rss_max.max(r);
+            self.rss_sum += r;
+            self.rss_n += 1;
+        }
+    }
+
+    fn finish(&self, elapsed: Duration) -> Result<Value> {
+        let ticks = sys::cpu_ticks(self.pid)? - self.ticks0;
+        let cpu_s = ticks as f64 / sys::clk_tck() as f64;
+        Ok(json!({
+            "cpu_seconds": sys::round3(cpu_s),
+            "cpu_share_percent": sys::round3(cpu_s / elapsed.as_secs_f64() * 100.0),
+            "cpu_ms_per_10s": sys::round3(cpu_s * 1000.0 / (elapsed.as_secs_f64() / 10.0)),
+            "rss_kib_end": sys::status_kib(&self.pid.to_string(), "VmRSS").unwrap_or(0),
+            "rss_kib_max": self.rss_max,
+            "rss_kib_mean": self.rss_sum / self.rss_n.max(1),
+            "rss_anon_kib_end": sys::status_kib(&self.pid.to_string(), "RssAnon").unwrap_or(0),
+            "rss_file_kib_end": sys::status_kib(&self.pid.to_string(), "RssFile").unwrap_or(0),
+        }))
+    }
+}
+
+pub fn run(o: &Options) -> Result<Value> {
+    // A collector for the agent's OTLP export, when rotel is available; else the export
+    // fails every interval (connection refused), which costs little.
+    let otlp_port = sys::free_port()?;
+    let _rotel = match o.rotel {
+        Some(bin) => {
+            let mut cmd = Command::new(bin);
+            cmd.args(["start", "--exporter", "blackhole", "--otlp-grpc-endpoint"])
+                .arg(format!("127.0.0.1:{otlp_port}"))
+                .arg("--otlp-http-endpoint")
+                .arg(format!("127.0.0.1:{}", sys::free_port()?))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            Some(ChildGuard::spawn("rotel-agent", &mut cmd)?)
+        }
+        None => None,
+    };
+    // The agent as shipped, and the same with glibc's malloc limited to two arenas (the
+    // exporter's threads otherwise each grow an arena of their own).
+    let mut agents = Vec::new();
+    for (name, arenas) in [("agent", None), ("agent_malloc_arena_max_2", Some("2"))] {
+        let prom: SocketAddr = ([127, 0, 0, 1], sys::free_port()?).into();
+        let log_path = o.log.with_file_name(format!("{name}-run.log"));
+        let log = File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut cmd = Command::new(o.agent_bin);
+        cmd.args(["run", "--interval", "10s"])
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{otlp_port}"),
+            )
+            .env("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1")
+            .env("OTEL_EXPORTER_PROMETHEUS_PORT", prom.port().to_string())
+            .env_remove("RUST_LOG")
+            .env_remove("MALLOC_ARENA_MAX")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(a) = arenas {
+            cmd.env("MALLOC_ARENA_MAX", a);
+        }
+        let child = ChildGuard::spawn("retina-agent", &mut cmd)?;
+        agents.push(Agent {
+            name,
+            env: arenas.map_or(String::new(), |a| format!("MALLOC_ARENA_MAX={a} ")),
+            child,
+            prom,
+            log: log_path,
+            scraped: false,
+            failures: 0,
+            proc: None,
+        });
+    }
+    let ne = NodeExporter::start(o.node_exporter)?;
+
+    // Let the agents load their probes and run their first cycles.
+    let ready = Instant::now() + Duration::from_secs(20);
+    for a in &mut agents {
+        while Instant::now() < ready {
+            sys::check_stop()?;
+            a.alive("at start")?;
+            if node_exporter::scrape(a.prom).is_ok() {
+                a.scraped = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if !a.scraped {
+            eprintln!(
+                "warning: the Prometheus endpoint {} of {} does not answer; measuring without scraping it",
+                a.prom, a.name
+            );
+        }
+    }
+    sys::sleep(Duration::from_secs(2))?;
+
+    for a in &mut agents {
+        a.proc = Some(Proc::new(a.child.pid())?);
+    }
+    let mut n = Proc::new(ne.child.pid())?;
+    let start = Instant::now();
+    let mut next_scrape = start;
+    let mut scrapes = 0u32;
+    while start.elapsed() < o.window {
+        sys::check_stop()?;
+        let scrape_now = Instant::now() >= next_scrape;
+        if scrape_now {
+            node_exporter::scrape(ne.addr)?;
+            scrapes += 1;
+            next_scrape += Duration::from_secs(10);
+        }
+        for a in &mut agents {
+            a.alive("during the run")?;
+            if scrape_now && a.scraped && node_exporter::scrape(a.prom).is_err() {
+                a.failures += 1;
+            }
+            if let Some(p) = &mut a.proc {
+                p.sample();
+            }
+        }
+        n.sample();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let elapsed = start.elapsed();
+    let mut doc = json!({
+        "window_seconds": sys::round3(elapsed.as_secs_f64()),
+        "interval_seconds": 10,
+        "scrapes_each": scrapes,
+        "otlp_collector": if o.rotel.is_some() { "rotel-agent" } else { "none (export fails: connection refused)" },
+        "node_exporter": n.finish(elapsed)?,
+    });
+    for a in &agents {
+        doc[a.name] = json!({
+            "command": format!("{}{} run --interval 10s", a.env, o.agent_bin.display()),
+            "prometheus_scraped_every_10s": a.scraped,
+            "prometheus_scrape_failures": a.failures,
+            "figures": a.proc.as_ref().context("agent figures")?.finish(elapsed)?,
+        });
+    }
+    Ok(doc)
+}
+
+struct Agent {
+    name: &'static str,
+    env: String,
+    child: ChildGuard,
+    prom: SocketAddr,
+    log: PathBuf,
+    scraped: bool,
+    failures: u32,
+    proc: Option<Proc>,
+}
+
+impl Agent {
+    fn alive(&mut self, when: &str) -> Result<()> {
+        if let Some(status) = self.child.exited() {
+            bail!(
+                "retina-agent ({}) exited {when} ({status}); see {}",
+                self.name,
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+}
