@@ -58,7 +58,7 @@ static METRICS: &[&Metric] = &[
     &NETWORK_ERRORS,
 ];
 
-/// `[collectors.netdev]` configuration.
+/// `[netdev]` configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetdevConfig {

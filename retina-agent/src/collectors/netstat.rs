@@ -101,7 +101,7 @@ pub const GAUGES: &[(&str, &str)] = &[
     ("MPTcpExt", "MPCurrEstab"),
 ];
 
-/// `[collectors.netstat]` configuration.
+/// `[netstat]` configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetstatConfig {
