@@ -5,11 +5,7 @@ use std::{
     os::fd::{AsFd, AsRawFd},
 };
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::Map,
-    programs::RawTracePoint,
-};
+use aya::{Ebpf, EbpfLoader, maps::Map, programs::RawTracePoint};
 use retina_ebpf_common::{
     DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP, DropKey, DropValue, NOT_DROP_REASONS_GLOBAL,
     OFFSETS_GLOBAL, OFFSETS_HAS_NETNS, OFFSETS_VALID, OVERFLOW_MAP, Offsets, PROGRAM_NAME,
