@@ -12,6 +12,8 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+pub mod alloc;
+
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
