@@ -18,6 +18,42 @@ use crate::links::Links;
 /// Where `ip netns` and CNI plugins bind named namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
+/// Where other tools bind namespaces that may have no process in them.
+const BIND_DIRS: &[&str] = &[NETNS_RUN_DIR, "/var/run/docker/netns"];
+
+/// Inodes of every network namespace that is still alive as far as this host can tell:
+/// those of all processes, and those bound in the usual directories. Reads /proc, so it is
+/// for occasional housekeeping, not for every cycle.
+pub fn live_netns_inodes() -> std::collections::HashSet<u32> {
+    let mut live = std::collections::HashSet::new();
+    let mut add = |path: &Path| {
+        if let Ok(meta) = std::fs::metadata(path)
+            && let Ok(ino) = u32::try_from(meta.ino())
+        {
+            live.insert(ino);
+        }
+    };
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for entry in procs.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                add(&entry.path().join("ns/net"));
+            }
+        }
+    }
+    for dir in BIND_DIRS {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                add(&entry.path());
+            }
+        }
+    }
+    live
+}
+
 /// Inode of the namespace this process runs in (the host namespace for the daemon).
 pub fn current_netns_inode() -> std::io::Result<u32> {
     let ino = std::fs::metadata("/proc/self/ns/net")?.ino();

@@ -454,3 +454,85 @@ fn missing_or_broken_btf_gives_a_clear_reason() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
+    use retina_agent::{
+        agent::{Agent, AgentOptions},
+        drops::probe::ProbeOptions,
+        metrics::{Metric, Number},
+    };
+    require_root();
+    let options = AgentOptions {
+        drops: ProbeOptions { max_entries: 8 },
+        ..AgentOptions::default()
+    };
+    let mut agent = Agent::new(&options)?;
+    assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
+    let t = traffic();
+    let send = |ns: &NetNs, n: &str| ns.exec(&t, &["udp", "127.0.0.1:9", n, "32"]).map(|_| ());
+    // Read the probe's numbers for one namespace, and the map's housekeeping counters.
+    let read = |agent: &Agent, inode: u64| {
+        let (mut drops, mut pruned, mut overflow) = (0, 0, 0);
+        agent.visit(
+            &mut |m: &'static Metric, attrs: &[opentelemetry::KeyValue], v: Number| {
+                let Number::U64(v) = v else { return };
+                match m.name {
+                    "retina.drop.count"
+                        if attrs.iter().any(|kv| {
+                            kv.key.as_str() == "network.namespace.inode"
+                                && kv.value == opentelemetry::Value::I64(inode as i64)
+                        }) =>
+                    {
+                        drops += v
+                    }
+                    "retina.drop.map.pruned" => pruned = v,
+                    "retina.drop.overflow.count" => overflow = v,
+                    _ => {}
+                }
+            },
+        );
+        (drops, pruned, overflow)
+    };
+
+    // Six namespaces fill 6 of 8 entries (75 %, where housekeeping starts); other drops
+    // on the host can only add to that.
+    let keep = NetNs::new("rpk")?;
+    let gone: Vec<NetNs> = (0..5)
+        .map(|_| NetNs::new("rpg"))
+        .collect::<Result<_, _>>()?;
+    let gone_inodes: Vec<u64> = gone.iter().map(NetNs::inode).collect::<Result<_, _>>()?;
+    send(&keep, "10")?;
+    for ns in &gone {
+        send(ns, "10")?;
+    }
+    drop(gone);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    agent.cycle();
+    for inode in &gone_inodes {
+        assert_eq!(
+            read(&agent, *inode).0,
+            0,
+            "series of a deleted namespace remains"
+        );
+    }
+    assert_eq!(
+        read(&agent, keep.inode()?).0,
+        10,
+        "a live namespace's series was pruned"
+    );
+    let (_, pruned, _) = read(&agent, 0);
+    assert!(pruned >= 5, "pruned {pruned}");
+
+    // The freed room takes new keys with their attributes, not the overflow counter.
+    let d = NetNs::new("rpd")?;
+    let e = NetNs::new("rpe")?;
+    send(&d, "25")?;
+    send(&e, "35")?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    agent.cycle();
+    let (d_drops, _, overflow) = read(&agent, d.inode()?);
+    let (e_drops, _, _) = read(&agent, e.inode()?);
+    assert_eq!((d_drops, e_drops, overflow), (25, 35, 0));
+    Ok(())
+}

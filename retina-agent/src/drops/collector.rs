@@ -1,6 +1,9 @@
 //! The `drops` collector: reads the probe's maps and keeps one series per drop key.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use opentelemetry::{KeyValue, Value};
 use retina_ebpf_common::{DropKey, DropValue};
@@ -53,7 +56,20 @@ pub const MAP_CAPACITY: Metric = Metric {
     kind: Kind::Gauge,
 };
 
+pub const MAP_PRUNED: Metric = Metric {
+    name: "retina.drop.map.pruned",
+    unit: "{entry}",
+    description: "Drop map entries removed because their namespace or interface no longer exists",
+    kind: Kind::Counter,
+};
+
+/// Housekeeping starts when the map is this full (percent)...
+const PRUNE_AT_PERCENT: u64 = 75;
+/// ... and runs at most this often.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
 static METRICS: &[&Metric] = &[
+    &MAP_PRUNED,
     &DROP_COUNT,
     &DROP_BYTES,
     &OVERFLOW_COUNT,
@@ -87,6 +103,8 @@ pub struct DropCollector {
     series: HashMap<DropKey, Series>,
     overflow: DropValue,
     entries: u64,
+    pruned: u64,
+    last_prune: Option<Instant>,
 }
 
 impl DropCollector {
@@ -102,6 +120,8 @@ impl DropCollector {
             series: HashMap::with_capacity(capacity),
             overflow: DropValue::default(),
             entries: 0,
+            pruned: 0,
+            last_prune: None,
         }
     }
 
@@ -151,6 +171,46 @@ impl DropCollector {
     }
 }
 
+impl DropCollector {
+    /// Keys never leave the kernel map on their own, so on a host where pods come and go
+    /// it would fill up with namespaces and interfaces that no longer exist. When it is
+    /// nearly full, remove those (their last counts were exported; nothing can drop on a
+    /// dead device or namespace any more), so new drops keep their attributes instead of
+    /// going to the overflow counter.
+    fn prune(&mut self, links: &Links) -> Result<(), DropCollectError> {
+        self.last_prune = Some(Instant::now());
+        let live = crate::netns::live_netns_inodes();
+        let host = self.host_netns;
+        let dead: Vec<DropKey> = self
+            .series
+            .keys()
+            .filter(|k| {
+                let ns_gone = k.netns != 0 && k.netns != host && !live.contains(&k.netns);
+                let dev_gone = (k.netns == host || k.netns == 0)
+                    && k.ifindex != 0
+                    && links.get(k.ifindex).is_none();
+                ns_gone || dev_gone
+            })
+            .copied()
+            .collect();
+        for key in &dead {
+            if self.probe.remove(key)? {
+                self.pruned += 1;
+            }
+            self.series.remove(key);
+        }
+        if !dead.is_empty() {
+            tracing::info!(
+                removed = dead.len(),
+                capacity = self.probe.max_entries(),
+                "drop map nearly full: removed entries of vanished namespaces and interfaces"
+            );
+            self.entries = self.entries.saturating_sub(dead.len() as u64);
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("drop collector: {0}")]
 pub struct DropCollectError(#[from] super::probe::ProbeError);
@@ -184,6 +244,14 @@ impl Collector for DropCollector {
             self.series.insert(key, Series { attributes, value });
         }
         self.entries = entries;
+        let full = entries * 100 >= u64::from(self.probe.max_entries()) * PRUNE_AT_PERCENT;
+        if full
+            && self
+                .last_prune
+                .is_none_or(|t| t.elapsed() >= PRUNE_INTERVAL)
+        {
+            self.prune(links)?;
+        }
         self.overflow = self
             .probe
             .overflow(&mut self.buffers)
@@ -199,6 +267,7 @@ impl Collector for DropCollector {
         visitor.point(&OVERFLOW_COUNT, &[], Number::U64(self.overflow.packets));
         visitor.point(&OVERFLOW_BYTES, &[], Number::U64(self.overflow.bytes));
         visitor.point(&MAP_ENTRIES, &[], Number::U64(self.entries));
+        visitor.point(&MAP_PRUNED, &[], Number::U64(self.pruned));
         visitor.point(
             &MAP_CAPACITY,
             &[],

@@ -155,6 +155,7 @@ pub struct DropProbe {
 }
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// `union bpf_attr` for BPF_MAP_LOOKUP_ELEM.
@@ -299,6 +300,25 @@ impl DropProbe {
             if done {
                 return Ok(());
             }
+        }
+    }
+
+    /// Removes `key` from the drop map. `Ok(false)` when it was not there.
+    pub fn remove(&self, key: &DropKey) -> Result<bool, ProbeError> {
+        let mut attr = ElemAttr {
+            map_fd: self.drops.as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: key as *const DropKey as u64,
+            value: 0,
+            flags: 0,
+        };
+        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(source) => Err(ProbeError::Read {
+                map: DROPS_MAP,
+                source,
+            }),
         }
     }
 
