@@ -1,5 +1,24 @@
-//! The host's interfaces and their kernel counters, from one rtnetlink `RTM_GETLINK` dump
-//! per cycle (`IFLA_IFNAME`, `IFLA_STATS64`, ...), parsed into a table reused across cycles.
+//! The host's interfaces and their kernel counters from rtnetlink, parsed into a table
+//! reused across cycles.
+//!
+//! # What a refresh asks the kernel
+//!
+//! A full `RTM_GETLINK` dump (`IFLA_IFNAME`, `IFLA_STATS64`, flags, operstate, MTU, kind)
+//! costs about twelve times as much kernel and parsing time as the counters alone, so it
+//! runs only when something other than counters may have changed:
+//!
+//! * on the first refresh;
+//! * when a link notification arrived: a second socket in the same namespace listens to
+//!   the `RTNLGRP_LINK` multicast group and is drained (without waiting) at the start of
+//!   each refresh; any `RTM_NEWLINK`/`RTM_DELLINK` (renames, flag, operstate, MTU changes,
+//!   interfaces added or removed) or a lost notification (`ENOBUFS`) means a full dump;
+//! * when the counters dump disagrees with the table (an ifindex it does not know, one it
+//!   knows missing, counters that went backwards, an interrupted or truncated dump);
+//! * after a failed refresh, and every [`FULL_DUMP_EVERY`] refreshes as a safety net.
+//!
+//! Otherwise a refresh is one `RTM_GETSTATS` dump restricted to `IFLA_STATS_LINK_64`
+//! (`struct rtnl_link_stats64`), which updates [`Link::stats`] and [`Link::detail`] by
+//! ifindex. Kernels without `RTM_GETSTATS` (before 4.7) get a full dump every time.
 //!
 //! Every collector that needs interfaces (driver stats, drop attribution, interface
 //! counters) reads this table instead of asking the kernel again.
@@ -42,7 +61,18 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_OVERRUN: u16 = 4;
 const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
+const RTM_NEWSTATS: u16 = 92;
+const RTM_GETSTATS: u16 = 94;
+/// `RTMGRP_LINK`: the `RTNLGRP_LINK` multicast group as a `nl_groups` bit.
+const RTMGRP_LINK: u32 = 1;
+/// `sizeof(struct if_stats_msg)`: family, pad1, pad2, ifindex, filter_mask.
+const IF_STATS_MSG_LEN: usize = 12;
+/// `IFLA_STATS_LINK_64`: `struct rtnl_link_stats64` in an `RTM_NEWSTATS` message.
+const IFLA_STATS_LINK_64: u16 = 1;
+/// `IFLA_STATS_FILTER_BIT(IFLA_STATS_LINK_64)`.
+const IFLA_STATS_FILTER_LINK_64: u32 = 1 << (IFLA_STATS_LINK_64 - 1);
 const NLM_F_REQUEST: u16 = 0x01;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLM_F_DUMP: u16 = 0x300;
@@ -73,6 +103,9 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ATTEMPTS: u32 = 4;
 /// Datagrams read at most while discarding the rest of an abandoned dump.
 const MAX_DRAIN: usize = 100_000;
+/// Refreshes after which a full `RTM_GETLINK` dump runs even though no notification asked
+/// for one: a safety net against a lost notification the kernel did not report.
+pub const FULL_DUMP_EVERY: u32 = 60;
 
 /// Source of [`Link::instance`] ids, unique in the process.
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
@@ -250,7 +283,7 @@ pub enum Malformed {
     Missing(&'static str),
     #[error("IFLA_IFNAME is empty")]
     EmptyName,
-    #[error("IFLA_STATS64 is {0} bytes, expected at least 184")]
+    #[error("64-bit link statistics are {0} bytes, expected at least 184")]
     ShortStats(usize),
     #[error("attribute {attr} has length {len}, expected {want}")]
     AttributeSize {
@@ -351,9 +384,27 @@ struct LinkMsg<'a> {
     kind: Option<&'a [u8]>,
 }
 
+/// One `RTM_NEWSTATS` message, parsed and validated.
+#[derive(Debug, PartialEq, Eq)]
+struct StatsMsg {
+    ifindex: u32,
+    stats: LinkStats,
+    detail: LinkStatsDetail,
+}
+
+/// What a dump asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DumpKind {
+    /// `RTM_GETLINK`: every attribute of every interface.
+    Links,
+    /// `RTM_GETSTATS` with `IFLA_STATS_LINK_64`: counters only.
+    Stats,
+}
+
 /// State of one dump request while its reply datagrams arrive.
 #[derive(Debug)]
 struct Dump {
+    kind: DumpKind,
     seq: u32,
     portid: u32,
     netns_inode: u64,
@@ -361,6 +412,28 @@ struct Dump {
     interrupted: bool,
     /// The first error; the dump is still read to its end.
     error: Option<LinkError>,
+    /// Stats dump: a message for an ifindex the table does not have.
+    unknown: bool,
+    /// Stats dump: some interface's counters went backwards.
+    went_back: bool,
+    /// A datagram of this length did not fit the receive buffer (its messages are lost).
+    truncated: Option<usize>,
+}
+
+impl Dump {
+    fn new(kind: DumpKind, seq: u32, portid: u32, netns_inode: u64) -> Dump {
+        Dump {
+            kind,
+            seq,
+            portid,
+            netns_inode,
+            interrupted: false,
+            error: None,
+            unknown: false,
+            went_back: false,
+            truncated: None,
+        }
+    }
 }
 
 /// What a datagram told about the dump it belongs to.
@@ -379,12 +452,22 @@ enum Step {
 pub struct Links {
     /// `None` for a table built by [`Links::from_links`].
     sock: Option<OwnedFd>,
+    /// Non-blocking socket subscribed to `RTNLGRP_LINK` in the same namespace.
+    events: Option<OwnedFd>,
     portid: u32,
     netns_inode: u64,
     seq: u32,
     buf: Vec<u8>,
     /// The socket may still hold datagrams of an abandoned dump.
     dirty: bool,
+    /// The next refresh must be a full `RTM_GETLINK` dump.
+    need_full: bool,
+    /// Refreshes since the last full dump.
+    since_full: u32,
+    /// Full dumps done so far.
+    full_dumps: u64,
+    /// The kernel rejected `RTM_GETSTATS`: every refresh is a full dump.
+    no_getstats: bool,
     table: Table,
 }
 
@@ -394,12 +477,13 @@ impl std::fmt::Debug for Links {
             .field("netns_inode", &self.netns_inode)
             .field("links", &self.table.entries.len())
             .field("generation", &self.table.generation)
+            .field("full_dumps", &self.full_dumps)
             .finish_non_exhaustive()
     }
 }
 
 impl Links {
-    /// Opens an rtnetlink socket in the calling thread's network namespace (the host's, for
+    /// Opens the rtnetlink sockets (dumps and link notifications) in the calling thread's network namespace (the host's, for
     /// the daemon). The table is empty until the first [`refresh`](Links::refresh).
     pub fn new() -> Result<Links, LinkError> {
         let path = Path::new("/proc/thread-self/ns/net");
@@ -409,11 +493,11 @@ impl Links {
                 source,
             })?
             .ino();
-        let (sock, portid) = open_socket()?;
-        Ok(Links::with_socket(sock, portid, netns_inode))
+        let (sock, portid, events) = open_sockets()?;
+        Ok(Links::with_sockets(sock, portid, events, netns_inode))
     }
 
-    /// Opens an rtnetlink socket inside the network namespace at `path`
+    /// Opens the rtnetlink sockets (dumps and link notifications) inside the network namespace at `path`
     /// (`/run/netns/NAME`, `/proc/PID/ns/net`). A short-lived thread enters the namespace
     /// and creates the socket, which stays bound to that namespace; the calling thread's
     /// namespace does not change.
@@ -440,16 +524,16 @@ impl Links {
                         source: io::Error::last_os_error(),
                     });
                 }
-                open_socket()
+                open_sockets()
             })
             .map_err(|source| LinkError::Socket {
                 op: "spawning the namespace thread",
                 source,
             })?;
-        let (sock, portid) = handle.join().map_err(|_| LinkError::NetnsThread {
+        let (sock, portid, events) = handle.join().map_err(|_| LinkError::NetnsThread {
             path: path.to_path_buf(),
         })??;
-        Ok(Links::with_socket(sock, portid, netns_inode))
+        Ok(Links::with_sockets(sock, portid, events, netns_inode))
     }
 
     /// A fixed table without a kernel socket, for tests and replays:
@@ -458,11 +542,16 @@ impl Links {
     pub fn from_links(links: impl IntoIterator<Item = Link>) -> Links {
         let mut l = Links {
             sock: None,
+            events: None,
             portid: 0,
             netns_inode: 0,
             seq: 0,
             buf: Vec::new(),
             dirty: false,
+            need_full: true,
+            since_full: 0,
+            full_dumps: 0,
+            no_getstats: false,
             table: Table::default(),
         };
         for link in links {
@@ -495,16 +584,27 @@ impl Links {
         Some(t.entries.remove(i).link)
     }
 
-    fn with_socket(sock: OwnedFd, portid: u32, netns_inode: u64) -> Links {
+    fn with_sockets(sock: OwnedFd, portid: u32, events: OwnedFd, netns_inode: u64) -> Links {
         Links {
             sock: Some(sock),
+            events: Some(events),
             portid,
             netns_inode,
             seq: 0,
             buf: vec![0; INITIAL_BUF],
             dirty: false,
+            need_full: true,
+            since_full: 0,
+            full_dumps: 0,
+            no_getstats: false,
             table: Table::default(),
         }
+    }
+
+    /// Full `RTM_GETLINK` dumps done so far by [`refresh`](Links::refresh) (the others
+    /// only asked for counters); for diagnostics and tests.
+    pub fn full_dumps(&self) -> u64 {
+        self.full_dumps
     }
 
     /// Inode number of the network namespace this table describes (what the agent
@@ -548,72 +648,106 @@ impl Links {
         self.table.entries.is_empty()
     }
 
-    /// Dumps the namespace's interfaces and updates the table: new interfaces are added,
-    /// vanished ones removed, the rest updated in place.
+    /// Updates the table from the kernel: new interfaces are added, vanished ones removed,
+    /// the rest updated in place. Costs one counters-only `RTM_GETSTATS` dump when no link
+    /// notification arrived since the last refresh, a full `RTM_GETLINK` dump otherwise (see
+    /// the [module documentation](self)).
     ///
     /// On error no interface is removed; interfaces whose messages were valid carry their
-    /// new values, the others keep their previous ones. A dump the kernel reports as
-    /// interrupted (`NLM_F_DUMP_INTR`: interfaces changed meanwhile) or that overflowed the
-    /// receive buffer is retried, a few times at most.
+    /// new values, the others keep their previous ones, and the next refresh is a full
+    /// dump. A dump the kernel reports as interrupted (`NLM_F_DUMP_INTR`: interfaces changed
+    /// meanwhile) or that overflowed the receive buffer is retried, a few times at most.
     pub fn refresh(&mut self) -> Result<(), LinkError> {
         let Some(sock) = &self.sock else {
             return Err(LinkError::Detached);
         };
         let fd = sock.as_raw_fd();
-        let netns_inode = self.netns_inode;
         if self.dirty {
             drain(fd, &mut self.buf, None);
             self.dirty = false;
         }
-        for _attempt in 0..MAX_ATTEMPTS {
-            self.seq = self.seq.wrapping_add(1);
-            let mut dump = Dump {
-                seq: self.seq,
-                portid: self.portid,
-                netns_inode,
-                interrupted: false,
-                error: None,
-            };
-            self.table.stamp += 1;
-            send_getlink(fd, dump.seq).map_err(|source| LinkError::Io {
-                netns_inode,
-                op: "sending RTM_GETLINK",
-                source,
-            })?;
-            let mut truncated = None;
-            loop {
-                let n = match recv(fd, &mut self.buf, 0) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.dirty = true;
-                        return Err(recv_error(netns_inode, e));
-                    }
-                };
-                if n > self.buf.len() {
-                    // The datagram was cut: its messages are lost. Grow, then redo the dump.
-                    truncated = Some(n);
-                    drain(fd, &mut self.buf, Some(&dump));
-                    break;
+        // Consumed before the dump: a change made after this point is either in the dump
+        // or queued for the next refresh.
+        if self.link_events() {
+            self.need_full = true;
+        }
+        if !self.need_full && !self.no_getstats && self.since_full < FULL_DUMP_EVERY {
+            match self.stats_dump() {
+                Ok(true) => {
+                    self.since_full += 1;
+                    return Ok(());
                 }
-                match self.table.feed(&mut dump, &self.buf[..n]) {
-                    Step::More => {}
-                    Step::Done => break,
-                    Step::Abort => {
-                        drain(fd, &mut self.buf, Some(&dump));
-                        break;
-                    }
+                Ok(false) => {}
+                Err(e) => {
+                    self.need_full = true;
+                    return Err(e);
                 }
             }
-            if let Some(n) = truncated {
-                if n > MAX_BUF {
-                    return Err(LinkError::TooLarge {
-                        netns_inode,
-                        len: n,
-                        max: MAX_BUF,
-                    });
+        }
+        self.need_full = true;
+        self.full_dumps += 1;
+        self.full_dump()?;
+        self.need_full = false;
+        self.since_full = 0;
+        Ok(())
+    }
+
+    /// Drains the notification socket without waiting; whether any link changed (or
+    /// notifications were lost).
+    fn link_events(&mut self) -> bool {
+        let Some(events) = &self.events else {
+            return false;
+        };
+        let fd = events.as_raw_fd();
+        let mut changed = false;
+        for _ in 0..MAX_DRAIN {
+            match recv(fd, &mut self.buf, libc::MSG_DONTWAIT) {
+                Ok(n) => {
+                    // A cut datagram still had something to say.
+                    if n > self.buf.len() || is_link_event(&self.buf[..n]) {
+                        changed = true;
+                    }
                 }
-                let grown = n.next_power_of_two().clamp(INITIAL_BUF, MAX_BUF);
-                self.buf.resize(grown, 0);
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return changed,
+                // ENOBUFS: the queue overflowed and notifications were lost. Anything else
+                // is unexpected: be safe.
+                Err(_) => changed = true,
+            }
+        }
+        true
+    }
+
+    /// One counters-only dump applied to the table. `Ok(false)` when the table needs a
+    /// full dump: the dump named an unknown interface or missed a known one, counters went
+    /// backwards, or the dump was interrupted, truncated or refused by the kernel.
+    fn stats_dump(&mut self) -> Result<bool, LinkError> {
+        let dump = self.dump_once(DumpKind::Stats)?;
+        if let Some(e) = dump.error {
+            if let LinkError::Kernel { source, .. } = &e
+                && matches!(
+                    source.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
+                )
+            {
+                // No RTM_GETSTATS (or no IFLA_STATS_LINK_64) in this kernel.
+                self.no_getstats = true;
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        if dump.truncated.is_some() || dump.interrupted || dump.unknown || dump.went_back {
+            return Ok(false);
+        }
+        let stamp = self.table.stamp;
+        Ok(self.table.entries.iter().all(|e| e.seen == stamp))
+    }
+
+    /// A full `RTM_GETLINK` dump, retried while truncated or interrupted; prunes vanished
+    /// interfaces when complete.
+    fn full_dump(&mut self) -> Result<(), LinkError> {
+        for _attempt in 0..MAX_ATTEMPTS {
+            let dump = self.dump_once(DumpKind::Links)?;
+            if dump.truncated.is_some() {
                 continue;
             }
             if let Some(e) = dump.error {
@@ -626,10 +760,93 @@ impl Links {
             return Ok(());
         }
         Err(LinkError::Inconsistent {
-            netns_inode,
+            netns_inode: self.netns_inode,
             attempts: MAX_ATTEMPTS,
         })
     }
+
+    /// Sends one dump request and feeds its replies to the table. A datagram that did not
+    /// fit the buffer grows it (the dump is then marked truncated and its rest discarded).
+    fn dump_once(&mut self, kind: DumpKind) -> Result<Dump, LinkError> {
+        let netns_inode = self.netns_inode;
+        let Some(sock) = &self.sock else {
+            return Err(LinkError::Detached);
+        };
+        let fd = sock.as_raw_fd();
+        self.seq = self.seq.wrapping_add(1);
+        let mut dump = Dump::new(kind, self.seq, self.portid, netns_inode);
+        self.table.stamp += 1;
+        let sent = match kind {
+            DumpKind::Links => send_dump_request(fd, RTM_GETLINK, dump.seq, &[0; IFINFOMSG_LEN]),
+            DumpKind::Stats => {
+                let mut body = [0u8; IF_STATS_MSG_LEN];
+                body[8..12].copy_from_slice(&IFLA_STATS_FILTER_LINK_64.to_ne_bytes());
+                send_dump_request(fd, RTM_GETSTATS, dump.seq, &body)
+            }
+        };
+        sent.map_err(|source| LinkError::Io {
+            netns_inode,
+            op: match kind {
+                DumpKind::Links => "sending RTM_GETLINK",
+                DumpKind::Stats => "sending RTM_GETSTATS",
+            },
+            source,
+        })?;
+        loop {
+            let n = match recv(fd, &mut self.buf, 0) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.dirty = true;
+                    return Err(recv_error(netns_inode, e));
+                }
+            };
+            if n > self.buf.len() {
+                // The datagram was cut: its messages are lost. Grow, then redo the dump.
+                drain(fd, &mut self.buf, Some(&dump));
+                if n > MAX_BUF {
+                    return Err(LinkError::TooLarge {
+                        netns_inode,
+                        len: n,
+                        max: MAX_BUF,
+                    });
+                }
+                let grown = n.next_power_of_two().clamp(INITIAL_BUF, MAX_BUF);
+                self.buf.resize(grown, 0);
+                dump.truncated = Some(n);
+                return Ok(dump);
+            }
+            match self.table.feed(&mut dump, &self.buf[..n]) {
+                Step::More => {}
+                Step::Done => return Ok(dump),
+                Step::Abort => {
+                    drain(fd, &mut self.buf, Some(&dump));
+                    return Ok(dump);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a datagram from the notification socket reports a link change (or is too
+/// broken to tell).
+fn is_link_event(data: &[u8]) -> bool {
+    let mut off = 0;
+    while off < data.len() {
+        let left = data.len() - off;
+        if left < NLMSG_HDRLEN {
+            return true;
+        }
+        let len = read_u32(data, off) as usize;
+        if len < NLMSG_HDRLEN || len > left {
+            return true;
+        }
+        match read_u16(data, off + 4) {
+            RTM_NEWLINK | RTM_DELLINK | NLMSG_OVERRUN | NLMSG_ERROR => return true,
+            _ => {}
+        }
+        off += align4(len);
+    }
+    false
 }
 
 impl Table {
@@ -714,7 +931,26 @@ impl Table {
                     });
                     return Step::Abort;
                 }
-                RTM_NEWLINK => match parse_link(payload) {
+                RTM_NEWSTATS if dump.kind == DumpKind::Stats => match parse_stats_msg(payload) {
+                    Ok(msg) => self.apply_stats(dump, &msg),
+                    Err((ifindex, what)) => {
+                        let error = match ifindex {
+                            Some(ifindex) => LinkError::MalformedLink {
+                                netns_inode: dump.netns_inode,
+                                ifindex,
+                                name: self.get(ifindex).map(|l| l.name.clone()),
+                                what,
+                            },
+                            None => LinkError::Malformed {
+                                netns_inode: dump.netns_inode,
+                                offset: at,
+                                what,
+                            },
+                        };
+                        dump.error.get_or_insert(error);
+                    }
+                },
+                RTM_NEWLINK if dump.kind == DumpKind::Links => match parse_link(payload) {
                     Ok(msg) => self.apply(&msg),
                     Err((ifindex, what)) => {
                         let error = match ifindex {
@@ -799,6 +1035,29 @@ impl Table {
                 self.generation += 1;
             }
         }
+    }
+
+    /// Stores the counters of one validated stats message. An unknown ifindex is only
+    /// noted (the table needs a full dump to learn its name); counters going backwards
+    /// give the link a new instance, as in [`apply`](Table::apply).
+    fn apply_stats(&mut self, dump: &mut Dump, m: &StatsMsg) {
+        let Ok(i) = self
+            .entries
+            .binary_search_by_key(&m.ifindex, |e| e.link.ifindex)
+        else {
+            dump.unknown = true;
+            return;
+        };
+        let e = &mut self.entries[i];
+        e.seen = self.stamp;
+        let l = &mut e.link;
+        if m.stats.went_back_from(&l.stats) {
+            l.instance = next_instance();
+            self.generation += 1;
+            dump.went_back = true;
+        }
+        l.stats = m.stats;
+        l.detail = m.detail;
     }
 
     /// After a complete dump: drops every interface the dump did not report.
@@ -893,6 +1152,41 @@ fn parse_link(payload: &[u8]) -> Result<LinkMsg<'_>, (Option<u32>, Malformed)> {
         operstate,
         mtu,
         kind,
+    })
+}
+
+/// Parses the payload of an `RTM_NEWSTATS` message (`if_stats_msg` + attributes) that
+/// must carry `IFLA_STATS_LINK_64`. On error, returns the ifindex if the fixed header was
+/// readable.
+fn parse_stats_msg(payload: &[u8]) -> Result<StatsMsg, (Option<u32>, Malformed)> {
+    if payload.len() < IF_STATS_MSG_LEN {
+        return Err((
+            None,
+            Malformed::ShortPayload {
+                len: payload.len(),
+                need: IF_STATS_MSG_LEN,
+            },
+        ));
+    }
+    // struct if_stats_msg { u8 family; u8 pad1; u16 pad2; u32 ifindex; u32 filter_mask; }
+    let raw_index = read_i32(payload, 4);
+    let ifindex = match u32::try_from(raw_index) {
+        Ok(i) if i > 0 => i,
+        _ => return Err((None, Malformed::Ifindex(raw_index))),
+    };
+    let fail = |what| (Some(ifindex), what);
+    let mut stats = None;
+    for attr in Attrs::new(&payload[IF_STATS_MSG_LEN..], IF_STATS_MSG_LEN) {
+        let (ty, data) = attr.map_err(fail)?;
+        if ty == IFLA_STATS_LINK_64 {
+            stats = Some(parse_stats64(data).map_err(fail)?);
+        }
+    }
+    let (stats, detail) = stats.ok_or(fail(Malformed::Missing("IFLA_STATS_LINK_64")))?;
+    Ok(StatsMsg {
+        ifindex,
+        stats,
+        detail,
     })
 }
 
@@ -1032,14 +1326,22 @@ fn socket_err(op: &'static str) -> LinkError {
     }
 }
 
-/// Creates and binds a `NETLINK_ROUTE` socket in the calling thread's namespace; returns
-/// it with the port id the kernel assigned.
-fn open_socket() -> Result<(OwnedFd, u32), LinkError> {
+/// Creates, in the calling thread's namespace, the dump socket (returned with the port id
+/// the kernel assigned) and the non-blocking socket subscribed to link notifications.
+fn open_sockets() -> Result<(OwnedFd, u32, OwnedFd), LinkError> {
+    let (sock, portid) = open_socket(0, 0)?;
+    let (events, _) = open_socket(libc::SOCK_NONBLOCK, RTMGRP_LINK)?;
+    Ok((sock, portid, events))
+}
+
+/// Creates and binds a `NETLINK_ROUTE` socket in the calling thread's namespace, member of
+/// the multicast `groups`; returns it with the port id the kernel assigned.
+fn open_socket(type_flags: libc::c_int, groups: u32) -> Result<(OwnedFd, u32), LinkError> {
     // SAFETY: plain syscalls on a descriptor we own; the structs are fully initialized.
     unsafe {
         let fd = libc::socket(
             libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | type_flags,
             libc::NETLINK_ROUTE,
         );
         if fd < 0 {
@@ -1062,6 +1364,7 @@ fn open_socket() -> Result<(OwnedFd, u32), LinkError> {
         }
         let mut addr: libc::sockaddr_nl = mem::zeroed();
         addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_groups = groups;
         let addr_len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
         if libc::bind(fd, (&addr as *const libc::sockaddr_nl).cast(), addr_len) != 0 {
             return Err(socket_err("bind"));
@@ -1074,16 +1377,21 @@ fn open_socket() -> Result<(OwnedFd, u32), LinkError> {
     }
 }
 
-/// Sends `RTM_GETLINK` with `NLM_F_DUMP` (all interfaces, default attributes, which include
-/// `IFLA_STATS64`).
-fn send_getlink(fd: RawFd, seq: u32) -> io::Result<()> {
-    const LEN: usize = NLMSG_HDRLEN + IFINFOMSG_LEN;
-    let mut req = [0u8; LEN];
-    req[0..4].copy_from_slice(&(LEN as u32).to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+/// Sends a dump request (`NLM_F_DUMP`) of type `ty` whose fixed header is `body`:
+/// `RTM_GETLINK` with a zeroed `ifinfomsg` (all interfaces, default attributes, which
+/// include `IFLA_STATS64`), or `RTM_GETSTATS` with an `if_stats_msg` (no trailing padding,
+/// which the kernel would try to parse as attributes).
+fn send_dump_request(fd: RawFd, ty: u16, seq: u32, body: &[u8]) -> io::Result<()> {
+    const MAX: usize = NLMSG_HDRLEN + IFINFOMSG_LEN;
+    let len = NLMSG_HDRLEN + body.len();
+    let mut buf = [0u8; MAX];
+    let req = &mut buf[..len];
+    req[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&ty.to_ne_bytes());
     req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     req[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // nlmsg_pid 0, ifinfomsg all zero: family AF_UNSPEC, every interface.
+    // nlmsg_pid 0.
+    req[NLMSG_HDRLEN..].copy_from_slice(body);
     // SAFETY: sockaddr_nl is plain data; zeroed then filled.
     let mut kernel: libc::sockaddr_nl = unsafe { mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -1252,13 +1560,47 @@ mod tests {
     }
 
     fn dump() -> Dump {
-        Dump {
-            seq: SEQ,
-            portid: PID,
-            netns_inode: 99,
-            interrupted: false,
-            error: None,
+        Dump::new(DumpKind::Links, SEQ, PID, 99)
+    }
+
+    fn stats_dump() -> Dump {
+        Dump::new(DumpKind::Stats, SEQ, PID, 99)
+    }
+
+    /// `if_stats_msg` + attributes.
+    fn stats_msg(ifindex: i32, attrs: &[Vec<u8>]) -> Vec<u8> {
+        let mut v = vec![0u8; IF_STATS_MSG_LEN];
+        v[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        v[8..12].copy_from_slice(&IFLA_STATS_FILTER_LINK_64.to_ne_bytes());
+        for a in attrs {
+            v.extend_from_slice(a);
         }
+        v
+    }
+
+    /// An `RTM_NEWSTATS` payload with 25 counters, field i holding base + i.
+    fn stats_payload(ifindex: i32, base: u64) -> Vec<u8> {
+        let vals: Vec<u64> = (0..25).map(|i| base + i).collect();
+        stats_msg(ifindex, &[attr(IFLA_STATS_LINK_64, &stats64(&vals))])
+    }
+
+    /// Feeds datagrams as one stats dump, like `Links::stats_dump` does; whether the
+    /// table is consistent with it.
+    fn run_stats(t: &mut Table, datagrams: &[Vec<u8>]) -> (Dump, bool) {
+        t.stamp += 1;
+        let mut d = stats_dump();
+        for dg in datagrams {
+            if t.feed(&mut d, dg) != Step::More {
+                break;
+            }
+        }
+        let stamp = t.stamp;
+        let ok = d.error.is_none()
+            && !d.unknown
+            && !d.went_back
+            && !d.interrupted
+            && t.entries.iter().all(|e| e.seen == stamp);
+        (d, ok)
     }
 
     /// Feeds datagrams as one complete dump, like `refresh` does.
@@ -1673,6 +2015,333 @@ mod tests {
         assert_eq!(&*t.get(2).unwrap().name, "et\u{FFFD}h0");
         run_dump(&mut t, &[dg]);
         assert_eq!(t.get(2).unwrap().instance, inst);
+    }
+
+    #[test]
+    fn parses_a_stats_message() {
+        let m = parse_stats_msg(&stats_payload(7, 100)).unwrap();
+        assert_eq!(m.ifindex, 7);
+        assert_eq!(m.stats.rx_packets, 100);
+        assert_eq!(m.stats.tx_dropped, 107);
+        assert_eq!(m.detail.multicast, 108);
+        assert_eq!(m.detail.tx_compressed, 122);
+        assert_eq!(m.detail.rx_nohandler, Some(123));
+        assert_eq!(m.detail.rx_otherhost_dropped, Some(124));
+        // The same counters as the IFLA_STATS64 of a link message.
+        let payload = link_payload(7, "x", 100);
+        let l = parse_link(&payload).unwrap();
+        assert_eq!((m.stats, m.detail), (l.stats, l.detail));
+        // A pad attribute before (as on architectures aligning 64-bit attributes) and an
+        // unknown one after are skipped; an old kernel's 23 counters are enough.
+        let vals: Vec<u64> = (0..23).collect();
+        let p = stats_msg(
+            3,
+            &[
+                attr(0, &[]),
+                attr(IFLA_STATS_LINK_64, &stats64(&vals)),
+                attr(5 | 0x8000, &[1, 2, 3, 4]),
+            ],
+        );
+        let m = parse_stats_msg(&p).unwrap();
+        assert_eq!(m.stats.tx_dropped, 7);
+        assert_eq!(m.detail.rx_nohandler, None);
+    }
+
+    #[test]
+    fn malformed_stats_messages_are_errors() {
+        assert_eq!(
+            parse_stats_msg(&[0; 11]).unwrap_err(),
+            (None, Malformed::ShortPayload { len: 11, need: 12 })
+        );
+        assert_eq!(
+            parse_stats_msg(&stats_msg(0, &[])).unwrap_err(),
+            (None, Malformed::Ifindex(0))
+        );
+        assert_eq!(
+            parse_stats_msg(&stats_msg(-5, &[])).unwrap_err(),
+            (None, Malformed::Ifindex(-5))
+        );
+        assert_eq!(
+            parse_stats_msg(&stats_msg(4, &[])).unwrap_err(),
+            (Some(4), Malformed::Missing("IFLA_STATS_LINK_64"))
+        );
+        // Other statistics only (IFLA_STATS_LINK_XSTATS = 2).
+        assert_eq!(
+            parse_stats_msg(&stats_msg(4, &[attr(2, &[0; 8])])).unwrap_err(),
+            (Some(4), Malformed::Missing("IFLA_STATS_LINK_64"))
+        );
+        let short = attr(IFLA_STATS_LINK_64, &stats64(&[1; 22]));
+        assert_eq!(
+            parse_stats_msg(&stats_msg(4, &[short])).unwrap_err(),
+            (Some(4), Malformed::ShortStats(176))
+        );
+        // rta_len past the end, below the header size, stray bytes.
+        let mut p = stats_msg(4, &[]);
+        p.extend_from_slice(&200u16.to_ne_bytes());
+        p.extend_from_slice(&IFLA_STATS_LINK_64.to_ne_bytes());
+        p.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            parse_stats_msg(&p).unwrap_err(),
+            (
+                Some(4),
+                Malformed::AttributeLength {
+                    offset: 12,
+                    len: 200,
+                    avail: 12
+                }
+            )
+        );
+        let mut p = stats_msg(4, &[]);
+        p.extend_from_slice(&[3, 0, 1, 0]);
+        assert!(matches!(
+            parse_stats_msg(&p).unwrap_err(),
+            (Some(4), Malformed::AttributeLength { len: 3, .. })
+        ));
+        let mut p = stats_payload(4, 0);
+        p.push(9);
+        assert!(matches!(
+            parse_stats_msg(&p).unwrap_err(),
+            (Some(4), Malformed::AttributeLength { avail: 1, .. })
+        ));
+        // Every truncation of a valid payload is an error, never a panic.
+        let full = stats_payload(4, 0);
+        for cut in 0..full.len() {
+            assert!(parse_stats_msg(&full[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn truncated_or_garbled_stats_datagrams_never_panic_or_apply() {
+        let mut base = Table::default();
+        run_dump(
+            &mut base,
+            &[[nlmsg(RTM_NEWLINK, &link_payload(4, "eth0", 10)), done()].concat()],
+        );
+        let full = nlmsg(RTM_NEWSTATS, &stats_payload(4, 50));
+        for cut in 1..full.len() {
+            let mut t = Table::default();
+            run_dump(
+                &mut t,
+                &[[nlmsg(RTM_NEWLINK, &link_payload(4, "eth0", 10)), done()].concat()],
+            );
+            let mut d = stats_dump();
+            assert_eq!(t.feed(&mut d, &full[..cut]), Step::Abort, "cut at {cut}");
+            assert!(d.error.is_some(), "cut at {cut}");
+            assert_eq!(t.get(4).unwrap().stats.rx_packets, 10, "cut at {cut}");
+        }
+        // nlmsg_len shrunk: framing intact, payload cut.
+        for len in NLMSG_HDRLEN..full.len() {
+            let mut m = full[..len].to_vec();
+            m[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+            let mut t = Table::default();
+            run_dump(
+                &mut t,
+                &[[nlmsg(RTM_NEWLINK, &link_payload(4, "eth0", 10)), done()].concat()],
+            );
+            let mut d = stats_dump();
+            t.feed(&mut d, &m);
+            assert!(d.error.is_some(), "len {len}");
+            assert_eq!(t.get(4).unwrap().stats.rx_packets, 10, "len {len}");
+        }
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut m = full.clone();
+            for _ in 0..(rnd() % 4 + 1) {
+                let i = (rnd() as usize) % m.len();
+                m[i] = rnd() as u8;
+            }
+            let mut d = stats_dump();
+            let _ = base.feed(&mut d, &m);
+        }
+    }
+
+    #[test]
+    fn stats_dump_updates_counters_and_detects_disagreement() {
+        let mut t = Table::default();
+        run_dump(
+            &mut t,
+            &[[
+                nlmsg(RTM_NEWLINK, &link_payload(1, "lo", 0)),
+                nlmsg(RTM_NEWLINK, &link_payload(3, "eth0", 1000)),
+                done(),
+            ]
+            .concat()],
+        );
+        let (inst_lo, inst_eth0) = (t.get(1).unwrap().instance, t.get(3).unwrap().instance);
+        let name_ptr = Arc::as_ptr(&t.get(3).unwrap().name);
+        let generation = t.generation;
+
+        // Counters up, in two datagrams: updated in place, nothing else touched.
+        let (d, ok) = run_stats(
+            &mut t,
+            &[
+                nlmsg(RTM_NEWSTATS, &stats_payload(1, 5)),
+                [nlmsg(RTM_NEWSTATS, &stats_payload(3, 2000)), done()].concat(),
+            ],
+        );
+        assert!(ok, "{d:?}");
+        let eth0 = t.get(3).unwrap();
+        assert_eq!(eth0.stats.rx_packets, 2000);
+        assert_eq!(eth0.detail.multicast, 2008);
+        assert_eq!(eth0.detail.rx_otherhost_dropped, Some(2024));
+        assert_eq!((eth0.instance, &*eth0.name), (inst_eth0, "eth0"));
+        assert_eq!(Arc::as_ptr(&eth0.name), name_ptr);
+        assert_eq!(eth0.mtu, Some(1500));
+        assert_eq!(eth0.operstate, OperState::Up);
+        assert_eq!(t.get(1).unwrap().instance, inst_lo);
+        assert_eq!(t.generation, generation);
+
+        // RTM_NEWLINK messages in a stats dump (and vice versa) are ignored.
+        let (_, ok) = run_stats(
+            &mut t,
+            &[[
+                nlmsg(RTM_NEWSTATS, &stats_payload(1, 5)),
+                nlmsg(RTM_NEWLINK, &link_payload(3, "evil", 1)),
+                nlmsg(RTM_NEWSTATS, &stats_payload(3, 2000)),
+                done(),
+            ]
+            .concat()],
+        );
+        assert!(ok);
+        assert_eq!(&*t.get(3).unwrap().name, "eth0");
+        assert_eq!(t.get(3).unwrap().stats.rx_packets, 2000);
+
+        // A known interface missing: not consistent, nothing removed.
+        let (_, ok) = run_stats(
+            &mut t,
+            &[[nlmsg(RTM_NEWSTATS, &stats_payload(1, 6)), done()].concat()],
+        );
+        assert!(!ok);
+        assert_eq!(t.entries.len(), 2);
+
+        // An unknown interface: not consistent, not inserted.
+        let (d, ok) = run_stats(
+            &mut t,
+            &[[
+                nlmsg(RTM_NEWSTATS, &stats_payload(1, 6)),
+                nlmsg(RTM_NEWSTATS, &stats_payload(3, 2001)),
+                nlmsg(RTM_NEWSTATS, &stats_payload(9, 0)),
+                done(),
+            ]
+            .concat()],
+        );
+        assert!(!ok && d.unknown);
+        assert!(t.get(9).is_none());
+        assert_eq!(t.get(3).unwrap().stats.rx_packets, 2001);
+
+        // Counters going backwards: new instance, new generation, and a full dump asked.
+        let (d, ok) = run_stats(
+            &mut t,
+            &[[
+                nlmsg(RTM_NEWSTATS, &stats_payload(1, 6)),
+                nlmsg(RTM_NEWSTATS, &stats_payload(3, 0)),
+                done(),
+            ]
+            .concat()],
+        );
+        assert!(!ok && d.went_back);
+        assert_ne!(t.get(3).unwrap().instance, inst_eth0);
+        assert_eq!(t.get(1).unwrap().instance, inst_lo);
+        assert!(t.generation > generation);
+
+        // Interrupted dump.
+        let (d, ok) = run_stats(
+            &mut t,
+            &[[
+                nlmsg_full(
+                    RTM_NEWSTATS,
+                    2 | NLM_F_DUMP_INTR,
+                    SEQ,
+                    PID,
+                    &stats_payload(1, 6),
+                ),
+                nlmsg(RTM_NEWSTATS, &stats_payload(3, 0)),
+                done(),
+            ]
+            .concat()],
+        );
+        assert!(!ok && d.interrupted);
+
+        // A malformed message: a typed error naming the interface; the others applied.
+        let (d, ok) = run_stats(
+            &mut t,
+            &[[
+                nlmsg(RTM_NEWSTATS, &stats_msg(3, &[])),
+                nlmsg(RTM_NEWSTATS, &stats_payload(1, 7)),
+                done(),
+            ]
+            .concat()],
+        );
+        assert!(!ok);
+        let err = d.error.unwrap();
+        assert!(matches!(
+            err,
+            LinkError::MalformedLink {
+                ifindex: 3,
+                what: Malformed::Missing("IFLA_STATS_LINK_64"),
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("interface 3 (eth0)"), "{err}");
+        assert_eq!(t.get(1).unwrap().stats.rx_packets, 7);
+        assert_eq!(t.get(3).unwrap().stats.rx_packets, 0);
+
+        // The kernel refusing the request.
+        let mut d = stats_dump();
+        let m = nlmsg(
+            NLMSG_ERROR,
+            &[(-libc::EOPNOTSUPP).to_ne_bytes(), [0; 4]].concat(),
+        );
+        assert_eq!(t.feed(&mut d, &m), Step::Done);
+        assert!(matches!(d.error, Some(LinkError::Kernel { .. })));
+    }
+
+    #[test]
+    fn link_events_are_recognised() {
+        let newlink = nlmsg(RTM_NEWLINK, &link_payload(3, "eth0", 0));
+        let dellink = nlmsg(RTM_DELLINK, &link_payload(3, "eth0", 0));
+        assert!(is_link_event(&newlink));
+        assert!(is_link_event(&dellink));
+        assert!(is_link_event(&[nlmsg(NLMSG_NOOP, &[]), dellink].concat()));
+        assert!(!is_link_event(&[]));
+        assert!(!is_link_event(&nlmsg(NLMSG_NOOP, &[])));
+        assert!(!is_link_event(&nlmsg(RTM_NEWSTATS, &stats_payload(3, 0))));
+        // Broken framing: assume a change.
+        assert!(is_link_event(&newlink[..10]));
+        assert!(is_link_event(&newlink[..newlink.len() - 4]));
+        assert!(is_link_event(&[0; 16]));
+    }
+
+    /// Against the real kernel (unprivileged): the first refresh is a full dump, the
+    /// safety net forces another within `FULL_DUMP_EVERY` refreshes. Link changes between
+    /// refreshes are covered by the privileged tests (tests/tests/netdev.rs).
+    #[test]
+    fn host_refreshes_are_counters_only_until_the_safety_net() {
+        let mut links = Links::new().unwrap();
+        links.refresh().unwrap();
+        assert_eq!(links.full_dumps(), 1);
+        let lo = links.get(1).unwrap().instance;
+        let mut full = links.full_dumps();
+        for _ in 0..FULL_DUMP_EVERY + 1 {
+            links.refresh().unwrap();
+        }
+        // Other tests may create interfaces meanwhile (each notification means a full
+        // dump), so only a lower bound: the safety net ran at least once.
+        assert!(
+            links.full_dumps() > full,
+            "no full dump in {FULL_DUMP_EVERY} refreshes"
+        );
+        assert_eq!(links.get(1).unwrap().instance, lo);
+        full = links.full_dumps();
+        links.refresh().unwrap();
+        assert!(links.full_dumps() <= full + 1);
+        assert_eq!(&*links.get(1).unwrap().name, "lo");
     }
 
     #[test]
