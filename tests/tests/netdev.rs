@@ -353,6 +353,102 @@ fn churn_leaves_nothing_stale() -> Result<()> {
     Ok(())
 }
 
+/// Steady refreshes only ask for counters (`RTM_GETSTATS`); every change that leaves the
+/// set of ifindexes alone (rename, MTU, up/down) or changes it (delete and re-create under
+/// the same name) still reaches the table on the next refresh, through the link
+/// notification socket.
+#[test]
+fn changes_between_counter_only_refreshes_are_not_missed() -> Result<()> {
+    require_root();
+    let ns = NetNs::new("rgs")?;
+    let mut links = Links::open_in_netns(&netns_path(&ns))?;
+    let add = |i: usize| {
+        ns.exec(
+            "ip",
+            &[
+                "link",
+                "add",
+                &format!("ga{i}"),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("gb{i}"),
+            ],
+        )
+    };
+    for i in 0..4 {
+        add(i)?;
+    }
+    links.refresh()?;
+    assert_eq!(table_names(&links), sysfs_names(&ns)?);
+    // Nothing changes: counters only.
+    let full = links.full_dumps();
+    for _ in 0..5 {
+        links.refresh()?;
+    }
+    assert_eq!(links.full_dumps(), full, "steady refreshes did full dumps");
+    let (ga1, ga1_inst) = {
+        let l = links.get_by_name("ga1").context("ga1")?;
+        (l.ifindex, l.instance)
+    };
+    let generation = links.generation();
+
+    // A rename: same ifindexes, only the notification tells.
+    ns.exec("ip", &["link", "set", "ga1", "name", "gr1"])?;
+    links.refresh()?;
+    let l = links.get(ga1).context("renamed interface lost")?;
+    assert_eq!(&*l.name, "gr1");
+    assert_ne!(l.instance, ga1_inst);
+    assert_ne!(links.generation(), generation);
+    assert!(links.get_by_name("ga1").is_none());
+    let full = links.full_dumps();
+    links.refresh()?;
+    assert_eq!(links.full_dumps(), full);
+
+    // MTU and administrative state.
+    ns.exec("ip", &["link", "set", "ga3", "mtu", "1400"])?;
+    links.refresh()?;
+    assert_eq!(links.get_by_name("ga3").context("ga3")?.mtu, Some(1400));
+    assert!(!links.get_by_name("ga2").context("ga2")?.is_up());
+    ns.exec("ip", &["link", "set", "ga2", "up"])?;
+    links.refresh()?;
+    assert!(links.get_by_name("ga2").context("ga2")?.is_up());
+
+    // Delete and re-create under the same name: a new ifindex and instance.
+    let (ga0, ga0_inst) = {
+        let l = links.get_by_name("ga0").context("ga0")?;
+        (l.ifindex, l.instance)
+    };
+    ns.exec("ip", &["link", "del", "ga0"])?;
+    add(0)?;
+    links.refresh()?;
+    assert_eq!(table_names(&links), sysfs_names(&ns)?);
+    assert!(
+        links.get(ga0).is_none(),
+        "deleted ifindex still in the table"
+    );
+    let l = links.get_by_name("ga0").context("re-created ga0")?;
+    assert_ne!((l.ifindex, l.instance), (ga0, ga0_inst));
+
+    // A plain delete.
+    ns.exec("ip", &["link", "del", "ga3"])?;
+    links.refresh()?;
+    assert_eq!(table_names(&links), sysfs_names(&ns)?);
+
+    // More notifications than the socket queues (ENOBUFS): still a full dump.
+    for i in 10..110 {
+        add(i)?;
+    }
+    links.refresh()?;
+    assert_eq!(table_names(&links), sysfs_names(&ns)?);
+    let full = links.full_dumps();
+    links.refresh()?;
+    assert_eq!(links.full_dumps(), full);
+    assert_eq!(table_names(&links), sysfs_names(&ns)?);
+    Ok(())
+}
+
 #[test]
 fn host_table_tracks_veths_created_and_deleted() -> Result<()> {
     require_root();

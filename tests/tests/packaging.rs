@@ -630,15 +630,33 @@ fn child_probe() -> BTreeMap<&'static str, String> {
     let mut regs = ethtool_cmd(0x04, 12);
     out.insert("ethtool_gregs", outcome(ethtool(&veth, &mut regs)));
 
-    // An rtnetlink link dump and /proc/net (the netdev and netstat collectors).
+    // An rtnetlink link dump (with the link notification subscription), a counters-only
+    // RTM_GETSTATS dump, and /proc/net (the netdev and netstat collectors).
     let links = retina_agent::links::Links::new().and_then(|mut l| l.refresh().map(|_| l));
     out.insert(
         "rtnetlink_link_dump",
-        match links {
+        match &links {
             Ok(_) => "ok".into(),
             Err(e) => e.to_string(),
         },
     );
+    let stats = match links {
+        Err(_) => "no link table".to_string(),
+        // A few tries: interfaces created meanwhile (by other tests) make a refresh a full
+        // dump.
+        Ok(mut l) => (0..5)
+            .map(|_| {
+                let full = l.full_dumps();
+                match l.refresh() {
+                    Ok(()) if l.full_dumps() == full => "ok".to_string(),
+                    Ok(()) => "fell back to RTM_GETLINK".to_string(),
+                    Err(e) => e.to_string(),
+                }
+            })
+            .find(|r| r == "ok")
+            .unwrap_or_else(|| "every refresh was a full RTM_GETLINK dump".to_string()),
+    };
+    out.insert("rtnetlink_stats_dump", stats);
     out.insert(
         "read_proc_net_netstat",
         match fs::read("/proc/net/netstat") {
@@ -714,6 +732,7 @@ fn kernel_needs_exactly_the_unit_capabilities() -> Result<()> {
         "ethtool_gstrings",
         "ethtool_gstats",
         "rtnetlink_link_dump",
+        "rtnetlink_stats_dump",
         "read_proc_net_netstat",
     ];
     for op in expect_ok {
