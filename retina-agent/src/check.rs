@@ -429,12 +429,16 @@ fn probe(btf: &Btf, map_entries: u32) -> Check {
     };
     match DropProbe::load(btf, &options) {
         Ok(probe) => {
+            let hook = match probe.program_name() {
+                retina_ebpf_common::BTF_PROGRAM_NAME => "BTF-enabled tracepoint",
+                _ => "raw tracepoint",
+            };
             // Dropping detaches the program and frees its maps.
             drop(probe);
             Check::pass(
                 NAME,
                 format!(
-                    "loaded, attached to raw tracepoint kfree_skb and detached (map capacity {map_entries})"
+                    "loaded, attached to {hook} kfree_skb and detached (map capacity {map_entries})"
                 ),
             )
         }

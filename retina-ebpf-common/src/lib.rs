@@ -7,6 +7,10 @@
 
 /// Name of the eBPF program (and of the raw tracepoint it attaches to).
 pub const PROGRAM_NAME: &str = "kfree_skb";
+/// Name of the same program as a BTF-enabled tracepoint (`tp_btf`), which reads kernel
+/// structures with plain loads instead of helper calls; the loader prefers it and falls
+/// back to [`PROGRAM_NAME`] where the kernel refuses it.
+pub const BTF_PROGRAM_NAME: &str = "kfree_skb_btf";
 /// The raw tracepoint the program attaches to: `trace_kfree_skb()`.
 pub const TRACEPOINT: &str = "kfree_skb";
 /// Per-CPU hash map of [`DropKey`] to [`DropValue`].

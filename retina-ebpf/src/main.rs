@@ -9,10 +9,11 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::bpf_probe_read_kernel,
-    macros::{map, raw_tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{PerCpuArray, PerCpuHashMap},
-    programs::RawTracePointContext,
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 use aya_log_ebpf::warn;
 use retina_ebpf_common::{
@@ -46,57 +47,97 @@ const EEXIST: i32 = 17;
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     // A failed kernel read only loses the attributes it would have given; never the count.
-    try_kfree_skb(&ctx);
+    try_kfree_skb::<ProbeRead, _>(&ctx, ctx.arg(0), ctx.arg::<u64>(REASON_ARG));
     0
 }
 
-#[inline(always)]
-fn read<T>(base: u64, offset: u32) -> Option<T> {
-    if base == 0 {
-        return None;
+/// The same program as a BTF-enabled tracepoint (`tp_btf`, Linux 5.5+), which the loader
+/// prefers: the verifier knows `skb` is a `struct sk_buff *`, so the fields are read with
+/// plain loads (turned into fault-tolerant `PROBE_MEM` loads) instead of helper calls.
+/// The offsets come from the frozen read-only [`OFFSETS`], which the verifier sees as
+/// constants, so each load is checked against the kernel's BTF like `skb->dev` would be.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
+    try_kfree_skb::<DirectLoad, _>(&ctx, ctx.arg(0), ctx.arg::<u64>(REASON_ARG));
+    0
+}
+
+/// How the program reads kernel memory: the raw tracepoint only has untyped pointers.
+trait Kernel {
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T>;
+}
+
+struct ProbeRead;
+
+impl Kernel for ProbeRead {
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+        if base == 0 {
+            return None;
+        }
+        // SAFETY: bpf_probe_read_kernel copes with any address and reports failure.
+        unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
     }
-    // SAFETY: bpf_probe_read_kernel copes with any address and reports failure.
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T).ok() }
+}
+
+struct DirectLoad;
+
+impl Kernel for DirectLoad {
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+        if base == 0 {
+            return None;
+        }
+        // SAFETY: `base` is a BTF-typed kernel pointer and `offset` a field offset of its
+        // type (the verifier checks both); the kernel turns the load into a PROBE_MEM load,
+        // which yields 0 instead of faulting on a bad address.
+        Some(unsafe { core::ptr::read_volatile((base + offset as u64) as *const T) })
+    }
+}
+
+/// One field of [`OFFSETS`]. A volatile load keeps the compiler from folding the zero
+/// initialiser into the code; the verifier, seeing the map frozen, knows the value.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: OFFSETS is only ever written by the loader before load.
+        unsafe { core::ptr::read_volatile(&raw const OFFSETS.$field) }
+    };
 }
 
 #[inline(always)]
-fn netns_inum(offsets: &Offsets, net_holder: u64, net_offset: u32) -> u32 {
-    if offsets.flags & OFFSETS_HAS_NETNS == 0 {
+fn netns_inum<K: Kernel>(net_holder: u64, net_offset: u32) -> u32 {
+    if offset!(flags) & OFFSETS_HAS_NETNS == 0 {
         return 0;
     }
-    read::<u64>(net_holder, net_offset)
-        .and_then(|net| read::<u32>(net, offsets.net_inum))
+    K::read::<u64>(net_holder, net_offset)
+        .and_then(|net| K::read::<u32>(net, offset!(net_inum)))
         .unwrap_or(0)
 }
 
 #[inline(always)]
-fn try_kfree_skb(ctx: &RawTracePointContext) {
-    // SAFETY: OFFSETS is only ever written by the loader before load; read_volatile keeps
-    // the compiler from folding the zero initialiser into the code.
-    let offsets = unsafe { core::ptr::read_volatile(&OFFSETS) };
-    if offsets.flags & OFFSETS_VALID == 0 {
+fn try_kfree_skb<K: Kernel, C: EbpfContext>(ctx: &C, skb: u64, reason: u64) {
+    if offset!(flags) & OFFSETS_VALID == 0 {
         return;
     }
-    let skb: u64 = ctx.arg(0);
-    let reason = ctx.arg::<u64>(REASON_ARG) as u32;
+    let reason = reason as u32;
     // SAFETY: as for OFFSETS.
     let not_drops = unsafe { core::ptr::read_volatile(&NOT_DROP_REASONS) };
     if reason < 32 && not_drops & (1 << reason) != 0 {
         return;
     }
 
-    let dev: u64 = read(skb, offsets.skb_dev).unwrap_or(0);
+    let dev: u64 = K::read(skb, offset!(skb_dev)).unwrap_or(0);
     let (ifindex, netns) = if dev != 0 {
         (
-            read::<u32>(dev, offsets.dev_ifindex).unwrap_or(0),
-            netns_inum(&offsets, dev, offsets.dev_net),
+            K::read::<u32>(dev, offset!(dev_ifindex)).unwrap_or(0),
+            netns_inum::<K>(dev, offset!(dev_net)),
         )
     } else {
-        let sk: u64 = read(skb, offsets.skb_sk).unwrap_or(0);
-        (0, netns_inum(&offsets, sk, offsets.sk_net))
+        let sk: u64 = K::read(skb, offset!(skb_sk)).unwrap_or(0);
+        (0, netns_inum::<K>(sk, offset!(sk_net)))
     };
-    let protocol = u16::from_be(read::<u16>(skb, offsets.skb_protocol).unwrap_or(0));
-    let len = read::<u32>(skb, offsets.skb_len).unwrap_or(0) as u64;
+    let protocol = u16::from_be(K::read::<u16>(skb, offset!(skb_protocol)).unwrap_or(0));
+    let len = K::read::<u32>(skb, offset!(skb_len)).unwrap_or(0) as u64;
 
     let key = DropKey {
         reason,
@@ -136,7 +177,7 @@ fn add(key: &DropKey, len: u64) -> bool {
 }
 
 #[inline(always)]
-fn overflow(ctx: &RawTracePointContext, len: u64) {
+fn overflow<C: EbpfContext>(ctx: &C, len: u64) {
     if let Some(value) = DROP_OVERFLOW.get_ptr_mut(0) {
         // SAFETY: as in `add`.
         let first = unsafe {

@@ -5,11 +5,15 @@ use std::{
     os::fd::{AsFd, AsRawFd},
 };
 
-use aya::{Ebpf, EbpfLoader, maps::Map, programs::RawTracePoint};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::Map,
+    programs::{BtfTracePoint, RawTracePoint},
+};
 use retina_ebpf_common::{
-    DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP, DropKey, DropValue, NOT_DROP_REASONS_GLOBAL,
-    OFFSETS_GLOBAL, OFFSETS_HAS_NETNS, OFFSETS_VALID, OVERFLOW_MAP, Offsets, PROGRAM_NAME,
-    REASON_ARG, TRACEPOINT,
+    BTF_PROGRAM_NAME, DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP, DropKey, DropValue,
+    NOT_DROP_REASONS_GLOBAL, OFFSETS_GLOBAL, OFFSETS_HAS_NETNS, OFFSETS_VALID, OVERFLOW_MAP,
+    Offsets, PROGRAM_NAME, REASON_ARG, TRACEPOINT,
 };
 
 use crate::btf::{Btf, BtfError};
@@ -148,6 +152,7 @@ impl Default for ProbeOptions {
 /// The loaded, attached program. Dropping it detaches the program and frees the maps.
 pub struct DropProbe {
     ebpf: Ebpf,
+    program: &'static str,
     drops: std::os::fd::OwnedFd,
     overflow: std::os::fd::OwnedFd,
     ncpus: usize,
@@ -217,28 +222,50 @@ impl DropProbe {
         let not_drops = not_drop_reasons(btf);
         let ncpus =
             aya::util::nr_cpus().map_err(|(path, source)| ProbeError::Cpus { path, source })?;
+        // Parsed once, for the loader's relocations and the tp_btf attach point.
+        let kernel_btf = aya::Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new()
+            .btf(kernel_btf.as_ref())
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(NOT_DROP_REASONS_GLOBAL, &not_drops, true)
             .map_max_entries(DROPS_MAP, options.max_entries)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or(ProbeError::Missing(PROGRAM_NAME, "program"))?
-            .try_into()
-            .map_err(ProbeError::Program)?;
-        program.load().map_err(ProbeError::Program)?;
-        program.attach(TRACEPOINT).map_err(ProbeError::Program)?;
+        let program = match kernel_btf.as_ref().map(|btf| attach_btf(&mut ebpf, btf)) {
+            Some(Ok(())) => BTF_PROGRAM_NAME,
+            fallback => {
+                if let Some(Err(e)) = fallback {
+                    tracing::info!(
+                        "BTF-enabled tracepoint unavailable ({e}); using the raw tracepoint"
+                    );
+                }
+                let program: &mut RawTracePoint = ebpf
+                    .program_mut(PROGRAM_NAME)
+                    .ok_or(ProbeError::Missing(PROGRAM_NAME, "program"))?
+                    .try_into()
+                    .map_err(ProbeError::Program)?;
+                program.load().map_err(ProbeError::Program)?;
+                program.attach(TRACEPOINT).map_err(ProbeError::Program)?;
+                PROGRAM_NAME
+            }
+        };
+        drop(kernel_btf);
         let drops = map_fd(&ebpf, DROPS_MAP)?;
         let overflow = map_fd(&ebpf, OVERFLOW_MAP)?;
         Ok(DropProbe {
             ebpf,
+            program,
             drops,
             overflow,
             ncpus,
             max_entries: options.max_entries,
         })
+    }
+
+    /// Name of the attached program in the object: [`BTF_PROGRAM_NAME`] or, where the
+    /// kernel refused that, [`PROGRAM_NAME`].
+    pub fn program_name(&self) -> &'static str {
+        self.program
     }
 
     /// The loaded object, e.g. to attach the aya-log reader.
@@ -338,6 +365,18 @@ impl DropProbe {
         })?;
         Ok(sum(&buffers.values[..self.ncpus]))
     }
+}
+
+/// Loads and attaches the `tp_btf` variant of the program.
+fn attach_btf(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), ProbeError> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(BTF_PROGRAM_NAME)
+        .ok_or(ProbeError::Missing(BTF_PROGRAM_NAME, "program"))?
+        .try_into()
+        .map_err(ProbeError::Program)?;
+    program.load(TRACEPOINT, btf).map_err(ProbeError::Program)?;
+    program.attach().map_err(ProbeError::Program)?;
+    Ok(())
 }
 
 fn sum(per_cpu: &[DropValue]) -> DropValue {
