@@ -29,6 +29,8 @@ pub struct Options<'a> {
 struct Proc {
     pid: u32,
     ticks0: u64,
+    /// Ticks at each 10 s mark, to show the CPU of every interval.
+    marks: Vec<u64>,
     rss_max: u64,
     rss_sum: u64,
     rss_n: u64,
@@ -39,6 +41,7 @@ impl Proc {
         Ok(Proc {
             pid,
             ticks0: sys::cpu_ticks(pid)?,
+            marks: Vec::new(),
             rss_max: 0,
             rss_sum: 0,
             rss_n: 0,
@@ -53,13 +56,28 @@ impl Proc {
         }
     }
 
+    fn mark(&mut self) {
+        if let Ok(t) = sys::cpu_ticks(self.pid) {
+            self.marks.push(t);
+        }
+    }
+
     fn finish(&self, elapsed: Duration) -> Result<Value> {
-        let ticks = sys::cpu_ticks(self.pid)? - self.ticks0;
+        let now = sys::cpu_ticks(self.pid)?;
+        let ticks = now - self.ticks0;
         let cpu_s = ticks as f64 / sys::clk_tck() as f64;
+        let ms = 1000 / sys::clk_tck();
+        let mut per_interval = Vec::new();
+        let mut prev = self.ticks0;
+        for &m in self.marks.iter().skip(1).chain(std::iter::once(&now)) {
+            per_interval.push((m - prev) * ms);
+            prev = m;
+        }
         Ok(json!({
             "cpu_seconds": sys::round3(cpu_s),
             "cpu_share_percent": sys::round3(cpu_s / elapsed.as_secs_f64() * 100.0),
             "cpu_ms_per_10s": sys::round3(cpu_s * 1000.0 / (elapsed.as_secs_f64() / 10.0)),
+            "cpu_ms_each_interval": per_interval,
             "rss_kib_end": sys::status_kib(&self.pid.to_string(), "VmRSS").unwrap_or(0),
             "rss_kib_max": self.rss_max,
             "rss_kib_mean": self.rss_sum / self.rss_n.max(1),
@@ -87,15 +105,26 @@ pub fn run(o: &Options) -> Result<Value> {
         }
         None => None,
     };
-    // The agent as shipped, and the same with glibc's malloc limited to two arenas (the
-    // exporter's threads otherwise each grow an arena of their own).
+    // The agent as shipped (OTLP export and Prometheus endpoint on); the same with glibc's
+    // malloc limited to two arenas (the exporter's threads otherwise each grow an arena of
+    // their own); and collection only (both outputs off).
+    let collect_only = o.log.with_file_name("collect-only.toml");
+    std::fs::write(&collect_only, "[export]\nenabled = false\n")
+        .with_context(|| format!("writing {}", collect_only.display()))?;
     let mut agents = Vec::new();
-    for (name, arenas) in [("agent", None), ("agent_malloc_arena_max_2", Some("2"))] {
+    for (name, arenas, outputs) in [
+        ("agent", None, true),
+        ("agent_malloc_arena_max_2", Some("2"), true),
+        ("agent_collection_only", None, false),
+    ] {
         let prom: SocketAddr = ([127, 0, 0, 1], sys::free_port()?).into();
         let log_path = o.log.with_file_name(format!("{name}-run.log"));
-        let log = File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new(o.agent_bin);
+        if !outputs {
+            cmd.arg("--config").arg(&collect_only);
+        }
         cmd.args(["run", "--interval", "10s"])
             .env(
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -111,12 +140,25 @@ pub fn run(o: &Options) -> Result<Value> {
         if let Some(a) = arenas {
             cmd.env("MALLOC_ARENA_MAX", a);
         }
+        if !outputs {
+            cmd.arg("--no-prometheus");
+        }
         let child = ChildGuard::spawn("retina-agent", &mut cmd)?;
         agents.push(Agent {
             name,
-            env: arenas.map_or(String::new(), |a| format!("MALLOC_ARENA_MAX={a} ")),
+            command: format!(
+                "{}{}{} run --interval 10s{}",
+                arenas.map_or(String::new(), |a| format!("MALLOC_ARENA_MAX={a} ")),
+                o.agent_bin.display(),
+                if outputs {
+                    String::new()
+                } else {
+                    format!(" --config {}", collect_only.display())
+                },
+                if outputs { "" } else { " --no-prometheus" },
+            ),
             child,
-            prom,
+            prom: outputs.then_some(prom),
             log: log_path,
             scraped: false,
             failures: 0,
@@ -128,10 +170,11 @@ pub fn run(o: &Options) -> Result<Value> {
     // Let the agents load their probes and run their first cycles.
     let ready = Instant::now() + Duration::from_secs(20);
     for a in &mut agents {
+        let Some(prom) = a.prom else { continue };
         while Instant::now() < ready {
             sys::check_stop()?;
             a.alive("at start")?;
-            if node_exporter::scrape(a.prom).is_ok() {
+            if node_exporter::scrape(prom).is_ok() {
                 a.scraped = true;
                 break;
             }
@@ -139,12 +182,13 @@ pub fn run(o: &Options) -> Result<Value> {
         }
         if !a.scraped {
             eprintln!(
-                "warning: the Prometheus endpoint {} of {} does not answer; measuring without scraping it",
-                a.prom, a.name
+                "warning: the Prometheus endpoint {prom} of {} does not answer; measuring without scraping it",
+                a.name
             );
         }
     }
-    sys::sleep(Duration::from_secs(2))?;
+    // Past the first cycles and exports (new drop keys, first series): steady state.
+    sys::sleep(Duration::from_secs(12))?;
 
     for a in &mut agents {
         a.proc = Some(Proc::new(a.child.pid())?);
@@ -157,13 +201,23 @@ pub fn run(o: &Options) -> Result<Value> {
         sys::check_stop()?;
         let scrape_now = Instant::now() >= next_scrape;
         if scrape_now {
+            n.mark();
+            for a in &mut agents {
+                if let Some(p) = &mut a.proc {
+                    p.mark();
+                }
+            }
             node_exporter::scrape(ne.addr)?;
             scrapes += 1;
             next_scrape += Duration::from_secs(10);
         }
         for a in &mut agents {
             a.alive("during the run")?;
-            if scrape_now && a.scraped && node_exporter::scrape(a.prom).is_err() {
+            if let Some(prom) = a.prom
+                && scrape_now
+                && a.scraped
+                && node_exporter::scrape(prom).is_err()
+            {
                 a.failures += 1;
             }
             if let Some(p) = &mut a.proc {
@@ -183,7 +237,7 @@ pub fn run(o: &Options) -> Result<Value> {
     });
     for a in &agents {
         doc[a.name] = json!({
-            "command": format!("{}{} run --interval 10s", a.env, o.agent_bin.display()),
+            "command": a.command,
             "prometheus_scraped_every_10s": a.scraped,
             "prometheus_scrape_failures": a.failures,
             "figures": a.proc.as_ref().context("agent figures")?.finish(elapsed)?,
@@ -194,9 +248,10 @@ pub fn run(o: &Options) -> Result<Value> {
 
 struct Agent {
     name: &'static str,
-    env: String,
+    command: String,
     child: ChildGuard,
-    prom: SocketAddr,
+    /// The Prometheus endpoint, when the variant serves one.
+    prom: Option<SocketAddr>,
     log: PathBuf,
     scraped: bool,
     failures: u32,

@@ -34,7 +34,10 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     }
 }
 
-/// `union bpf_attr` for BPF_PROG_LOAD, up to `expected_attach_type`.
+const BPF_PROG_TYPE_TRACING: u32 = 26;
+const BPF_TRACE_RAW_TP: u32 = 23;
+
+/// `union bpf_attr` for BPF_PROG_LOAD, up to `attach_btf_obj_fd`.
 #[repr(C)]
 struct ProgLoadAttr {
     prog_type: u32,
@@ -49,6 +52,88 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
     prog_ifindex: u32,
     expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+    attach_btf_obj_fd: u32,
+    _pad: u32,
+}
+
+/// Loads `insns` and attaches them to the `kfree_skb` tracepoint: as a raw tracepoint
+/// program (`attach_btf_id == 0`, attached by name) or as a BTF-typed `tp_btf` program
+/// (`attach_btf_id` = the vmlinux BTF id of `btf_trace_kfree_skb`).
+fn load_and_attach(
+    insns: &[u64],
+    name: &[u8],
+    tracepoint: &CStr,
+    attach_btf_id: u32,
+) -> Result<(OwnedFd, OwnedFd)> {
+    let license = c"GPL";
+    let mut prog_name = [0u8; 16];
+    prog_name[..name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
+    let mut log = vec![0u8; 64 * 1024];
+    let (prog_type, expected_attach_type) = if attach_btf_id == 0 {
+        (BPF_PROG_TYPE_RAW_TRACEPOINT, 0)
+    } else {
+        (BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP)
+    };
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name,
+        prog_ifindex: 0,
+        expected_attach_type,
+        prog_btf_fd: 0,
+        func_info_rec_size: 0,
+        func_info: 0,
+        func_info_cnt: 0,
+        line_info_rec_size: 0,
+        line_info: 0,
+        line_info_cnt: 0,
+        attach_btf_id,
+        attach_btf_obj_fd: 0,
+        _pad: 0,
+    };
+    let fd = match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            anyhow::bail!(
+                "BPF_PROG_LOAD {}: {e}\n{}",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(&log[..end])
+            );
+        }
+    };
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut attr = RawTpAttr {
+        name: if attach_btf_id == 0 {
+            tracepoint.as_ptr() as u64
+        } else {
+            0
+        },
+        prog_fd: prog.as_raw_fd() as u32,
+        _pad: 0,
+        cookie: 0,
+    };
+    let fd = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)
+        .with_context(|| format!("BPF_RAW_TRACEPOINT_OPEN {tracepoint:?}"))?;
+    // SAFETY: as above.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok((prog, link))
 }
 
 /// `union bpf_attr` for BPF_RAW_TRACEPOINT_OPEN.
@@ -78,40 +163,187 @@ pub struct EmptyProgram {
 
 impl EmptyProgram {
     pub fn attach(tracepoint: &CStr) -> Result<EmptyProgram> {
-        // BPF_MOV64_IMM(R0, 0) and BPF_EXIT_INSN(), as (code, regs, off, imm) in 8 bytes.
-        let insns: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
-        let license = c"GPL";
-        let mut name = [0u8; 16];
-        name[..12].copy_from_slice(b"retina_empty");
-        let mut attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_RAW_TRACEPOINT,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: 0,
-            log_size: 0,
-            log_buf: 0,
-            kern_version: 0,
-            prog_flags: 0,
-            prog_name: name,
-            prog_ifindex: 0,
-            expected_attach_type: 0,
-        };
-        let fd = bpf(BPF_PROG_LOAD, &mut attr).context("BPF_PROG_LOAD (empty program)")?;
-        // SAFETY: the kernel returned a new descriptor that nothing else owns.
-        let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let mut attr = RawTpAttr {
-            name: tracepoint.as_ptr() as u64,
-            prog_fd: prog.as_raw_fd() as u32,
-            _pad: 0,
-            cookie: 0,
-        };
-        let fd = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)
-            .with_context(|| format!("BPF_RAW_TRACEPOINT_OPEN {tracepoint:?}"))?;
-        // SAFETY: as above.
-        let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let (prog, link) =
+            load_and_attach(&[mov_imm(0, 0), exit()], b"retina_empty", tracepoint, 0)?;
         Ok(EmptyProgram { _link: link, prog })
     }
+}
+
+// ---- eBPF instructions (code, dst:4 | src:4, off, imm), little endian ----
+
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    u64::from(code)
+        | (u64::from(dst & 0xf) << 8)
+        | (u64::from(src & 0xf) << 12)
+        | (u64::from(off as u16) << 16)
+        | (u64::from(imm as u32) << 32)
+}
+/// `dst = imm` (BPF_ALU64 | BPF_MOV | BPF_K).
+fn mov_imm(dst: u8, imm: i32) -> u64 {
+    insn(0xb7, dst, 0, 0, imm)
+}
+/// `dst = src` (BPF_ALU64 | BPF_MOV | BPF_X).
+fn mov_reg(dst: u8, src: u8) -> u64 {
+    insn(0xbf, dst, src, 0, 0)
+}
+/// `dst += imm` (BPF_ALU64 | BPF_ADD | BPF_K).
+fn add_imm(dst: u8, imm: i32) -> u64 {
+    insn(0x07, dst, 0, 0, imm)
+}
+/// `dst = *(size *)(src + off)` (BPF_LDX | BPF_MEM), size 1, 2, 4 or 8 bytes.
+fn ldx(size: u8, dst: u8, src: u8, off: i16) -> u64 {
+    let sz = match size {
+        1 => 0x10,
+        2 => 0x08,
+        4 => 0x00,
+        _ => 0x18,
+    };
+    insn(0x61 | sz, dst, src, off, 0)
+}
+/// `if dst == 0 goto +off` (BPF_JMP | BPF_JEQ | BPF_K).
+fn jeq0(dst: u8, off: i16) -> u64 {
+    insn(0x15, dst, 0, off, 0)
+}
+fn call(helper: i32) -> u64 {
+    insn(0x85, 0, 0, 0, helper)
+}
+fn exit() -> u64 {
+    insn(0x95, 0, 0, 0, 0)
+}
+
+const BPF_FUNC_PROBE_READ_KERNEL: i32 = 113;
+
+/// The kernel structure offsets the agent's program reads (from BTF).
+#[derive(Clone, Copy, Debug)]
+pub struct ReadOffsets {
+    pub skb_dev: u32,
+    pub skb_len: u32,
+    pub skb_protocol: u32,
+    pub dev_ifindex: u32,
+    pub dev_net: u32,
+    pub net_inum: u32,
+}
+
+/// The six kernel reads the agent's program makes per drop (skb->dev, dev->ifindex,
+/// dev->nd_net, net->ns.inum, skb->protocol, skb->len) and nothing else, in two forms on
+/// the same hook:
+/// * `probe`: a raw tracepoint program calling `bpf_probe_read_kernel` for each, as the
+///   agent's program does today;
+/// * `direct`: a `tp_btf` program whose `skb` argument is a typed kernel pointer, so the
+///   same reads are plain loads (the verifier checks them against BTF; the JIT emits
+///   fault-tolerant loads).
+pub struct ReadVariants {
+    pub probe: (OwnedFd, OwnedFd),
+    pub direct: Option<(OwnedFd, OwnedFd)>,
+    pub direct_error: Option<String>,
+}
+
+impl ReadVariants {
+    pub fn attach(
+        o: &ReadOffsets,
+        tracepoint: &CStr,
+        attach_btf_id: Option<u32>,
+    ) -> Result<ReadVariants> {
+        let off = |v: u32| v as i32;
+        // Probe-read variant: r6 = skb, r7 = dev, r8 = net; scratch on the stack.
+        let mut p = vec![ldx(8, 6, 1, 0)];
+        let read = |p: &mut Vec<u64>, slot: i16, size: i32, base: u8, offset: i32| {
+            p.extend([
+                mov_reg(1, 10),
+                add_imm(1, i32::from(slot)),
+                mov_imm(2, size),
+                mov_reg(3, base),
+                add_imm(3, offset),
+                call(BPF_FUNC_PROBE_READ_KERNEL),
+            ]);
+        };
+        read(&mut p, -8, 8, 6, off(o.skb_dev));
+        p.push(ldx(8, 7, 10, -8));
+        read(&mut p, -16, 4, 7, off(o.dev_ifindex));
+        read(&mut p, -24, 8, 7, off(o.dev_net));
+        p.push(ldx(8, 8, 10, -24));
+        read(&mut p, -32, 4, 8, off(o.net_inum));
+        read(&mut p, -40, 2, 6, off(o.skb_protocol));
+        read(&mut p, -48, 4, 6, off(o.skb_len));
+        p.extend([mov_imm(0, 0), exit()]);
+        let probe = load_and_attach(&p, b"retina_probe6", tracepoint, 0)?;
+
+        // Direct-load variant (the same reads; a NULL dev skips its three).
+        let d = vec![
+            ldx(8, 6, 1, 0),
+            ldx(8, 7, 6, o.skb_dev as i16),
+            ldx(2, 4, 6, o.skb_protocol as i16),
+            ldx(4, 5, 6, o.skb_len as i16),
+            jeq0(7, 3),
+            ldx(4, 2, 7, o.dev_ifindex as i16),
+            ldx(8, 8, 7, o.dev_net as i16),
+            ldx(4, 3, 8, o.net_inum as i16),
+            mov_imm(0, 0),
+            exit(),
+        ];
+        let (direct, direct_error) = match attach_btf_id {
+            Some(id) => match load_and_attach(&d, b"retina_direct6", tracepoint, id) {
+                Ok(v) => (Some(v), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            },
+            None => (
+                None,
+                Some("no btf_trace_kfree_skb in the kernel's BTF".into()),
+            ),
+        };
+        Ok(ReadVariants {
+            probe,
+            direct,
+            direct_error,
+        })
+    }
+}
+
+/// The vmlinux BTF type id of the typedef `name` (e.g. `btf_trace_kfree_skb`, what a
+/// `tp_btf` program attaches to).
+pub fn vmlinux_typedef_id(name: &str) -> Result<Option<u32>> {
+    let data =
+        std::fs::read("/sys/kernel/btf/vmlinux").context("reading /sys/kernel/btf/vmlinux")?;
+    let u32_at = |o: usize| -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            data.get(o..o + 4).context("truncated BTF")?.try_into()?,
+        ))
+    };
+    anyhow::ensure!(
+        data.len() > 24 && data[0] == 0x9f && data[1] == 0xeb,
+        "not little-endian BTF"
+    );
+    let hdr_len = u32_at(4)? as usize;
+    let type_off = hdr_len + u32_at(8)? as usize;
+    let type_end = type_off + u32_at(12)? as usize;
+    let str_off = hdr_len + u32_at(16)? as usize;
+    let name_at = |o: u32| -> &[u8] {
+        let start = str_off + o as usize;
+        let rest = data.get(start..).unwrap_or(&[]);
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        &rest[..end]
+    };
+    let mut off = type_off;
+    let mut id = 1u32;
+    while off + 12 <= type_end {
+        let name_off = u32_at(off)?;
+        let info = u32_at(off + 4)?;
+        let kind = (info >> 24) & 0x1f;
+        let vlen = (info & 0xffff) as usize;
+        if kind == 8 && name_at(name_off) == name.as_bytes() {
+            return Ok(Some(id));
+        }
+        off += 12
+            + match kind {
+                1 | 14 | 17 => 4,
+                3 => 12,
+                4 | 5 | 15 | 19 => 12 * vlen,
+                6 | 13 => 8 * vlen,
+                _ => 0,
+            };
+        id += 1;
+    }
+    Ok(None)
 }
 
 /// What `struct bpf_prog_info` says about a program (the fields the bench reports).
@@ -143,7 +375,11 @@ impl ProgInfo {
         );
         let u32_at = |off: usize| {
             let w = buf[off / 8];
-            if off % 8 == 0 { w as u32 } else { (w >> 32) as u32 }
+            if off.is_multiple_of(8) {
+                w as u32
+            } else {
+                (w >> 32) as u32
+            }
         };
         // Offsets of `struct bpf_prog_info` (include/uapi/linux/bpf.h): id 4,
         // jited_prog_len 16, xlated_prog_len 20, run_time_ns 192, run_cnt 200,

@@ -23,10 +23,10 @@ use retina_agent::{
     links::Links,
     metrics::{Metric, Number},
 };
+use retina_tests::alloc;
 use serde_json::{Value, json};
 
 use super::{
-    alloc,
     floors::{MapFloor, NetlinkFloor, ProcFloor},
     net::Floor,
     sys::{self, Rusage, Summary},
@@ -67,7 +67,10 @@ pub fn drop_collector() -> Result<DropCollector> {
 fn map_floor(drops: &mut DropCollector) -> Result<MapFloor> {
     let ebpf = drops.probe_mut().ebpf_mut();
     let Some(aya::maps::Map::PerCpuHashMap(map)) = ebpf.map(retina_ebpf_common::DROPS_MAP) else {
-        bail!("the probe has no per-CPU hash map {}", retina_ebpf_common::DROPS_MAP);
+        bail!(
+            "the probe has no per-CPU hash map {}",
+            retina_ebpf_common::DROPS_MAP
+        );
     };
     let ncpus = aya::util::nr_cpus().map_err(|(p, e)| anyhow::anyhow!("{p}: {e}"))?;
     MapFloor::new(map.fd().as_fd(), ncpus)
@@ -226,7 +229,7 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
 
     let mut points = 0u64;
     let mut driver_points = 0u64;
-    let mut map_entries = 0u64;
+    let map_entries = std::cell::Cell::new(0u64);
     let mut sum = 0u64;
     let mut visitor = |m: &'static Metric, attrs: &[KeyValue], v: Number| {
         points += 1;
@@ -236,7 +239,7 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
         if m.name == "retina.drop.map.entries"
             && let Number::U64(n) = v
         {
-            map_entries = n;
+            map_entries.set(n);
         }
         sum = sum.wrapping_add(attrs.len() as u64).wrapping_add(match v {
             Number::U64(v) => v,
@@ -260,10 +263,16 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
     let mut floor_sum = 0u64;
     let generation = parts.links.generation();
     let load0 = sys::loadavg();
+    // Cycles on which a new drop key appeared (a new series is built: allocations are
+    // expected there) are counted apart from the steady ones.
+    let mut prev_entries = None;
+    let mut new_key_cycles = 0u64;
+    let mut new_key_allocs = 0u64;
     for i in 0..cycles {
-        if i % 64 == 0 {
+        if i.is_multiple_of(64) {
             sys::check_stop()?;
         }
+        let before = s_cycle.allocs;
         s_cycle.time(|| {
             agent.cycle();
             true
@@ -272,6 +281,12 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
             agent.visit(&mut visitor);
             true
         });
+        if prev_entries.is_some_and(|p| p != map_entries.get()) {
+            new_key_cycles += 1;
+            new_key_allocs += s_cycle.allocs - before;
+            s_cycle.allocs = before;
+        }
+        prev_entries = Some(map_entries.get());
         let p = &mut *parts;
         s_links.time(|| p.links.refresh().is_ok());
         s_ethtool.time(|| collect(&mut p.ethtool, &p.links));
@@ -334,7 +349,9 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
             "netstat": s_netstat.json(table),
             "drops": s_drops.json(table),
         },
-        "drop_map_entries": map_entries,
+        "drop_map_entries": map_entries.get(),
+        "new_drop_key_cycles": new_key_cycles,
+        "new_drop_key_allocations": new_key_allocs,
         "floor_gstats": s_floor.json(per_iface),
         "floors": {
             "rtm_getlink_dump": s_getlink.json(table),
@@ -392,6 +409,6 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
         driver_stat_interfaces: floor.len(),
         table_interfaces: table,
         points: points_per_cycle,
-        map_entries,
+        map_entries: map_entries.get(),
     })
 }

@@ -54,7 +54,11 @@ impl NetlinkFloor {
                 NETLINK_ROUTE,
             )
         };
-        ensure!(fd >= 0, "netlink socket: {}", std::io::Error::last_os_error());
+        ensure!(
+            fd >= 0,
+            "netlink socket: {}",
+            std::io::Error::last_os_error()
+        );
         Ok(NetlinkFloor {
             // SAFETY: a fresh descriptor nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
@@ -79,15 +83,12 @@ impl NetlinkFloor {
         };
         let fd = self.fd.as_raw_fd();
         // SAFETY: `req` holds at least `len` bytes: a complete netlink request.
-        let sent = unsafe {
-            libc::send(
-                fd,
-                (&raw const req).cast(),
-                len,
-                0,
-            )
-        };
-        ensure!(sent >= 0, "netlink send: {}", std::io::Error::last_os_error());
+        let sent = unsafe { libc::send(fd, (&raw const req).cast(), len, 0) };
+        ensure!(
+            sent >= 0,
+            "netlink send: {}",
+            std::io::Error::last_os_error()
+        );
         let mut msgs = 0;
         loop {
             // SAFETY: `buf` is writable for its length.

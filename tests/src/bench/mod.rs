@@ -1,7 +1,6 @@
 //! The pieces of `retina-bench` (see `src/bin/retina-bench.rs` and docs/performance.md).
 
 pub mod agent_run;
-pub mod alloc;
 pub mod bpf;
 pub mod cycle;
 pub mod ebpf;

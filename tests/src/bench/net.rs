@@ -107,9 +107,10 @@ impl BenchNet {
         Ok(names)
     }
 
-    /// Waits until the kernel settles after a burst of link changes (IPv6 DAD, carrier).
+    /// Waits until the kernel settles after a burst of link changes (carrier, IPv6 DAD and
+    /// the first router solicitations, whose drops create the new veths' drop keys).
     pub fn settle(&self) -> Result<()> {
-        sys::sleep(Duration::from_millis(1500))
+        sys::sleep(Duration::from_secs(5))
     }
 }
 
@@ -328,7 +329,7 @@ fn send_loop(port: u16, count: u64, batch: usize) -> Result<Flood> {
     let mut sent = 0u64;
     let mut errors = 0u64;
     while sent < count {
-        if sent % (batch as u64 * 64) == 0 {
+        if sent.is_multiple_of(batch as u64 * 64) {
             sys::check_stop()?;
         }
         let n = (count - sent).min(batch as u64) as usize;

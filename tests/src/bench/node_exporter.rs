@@ -31,8 +31,7 @@ pub fn scrape(addr: SocketAddr) -> Result<String> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .with_context(|| format!("{addr}: no HTTP header"))?;
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200")
-    {
+    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1).is_none_or(|c| c != "200") {
         bail!(
             "{addr}: {}",
             head.lines().next().unwrap_or("no status line")
@@ -168,4 +167,3 @@ pub fn measure(bin: &Path, k: usize) -> Result<Measured> {
         rss_kib,
     })
 }
-

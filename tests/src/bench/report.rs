@@ -103,7 +103,9 @@ impl Table {
     }
 
     pub fn markdown(&self) -> String {
-        let mut out = String::from("| section | figure | value | target | status |\n|---|---|---:|---|---|\n");
+        let mut out = String::from(
+            "| section | figure | value | target | status |\n|---|---|---:|---|---|\n",
+        );
         for r in &self.rows {
             let _ = writeln!(
                 out,

@@ -26,10 +26,11 @@ use retina_agent::{
     export::{ExportConfig, Exporters, PrometheusConfig, SharedAgent},
     metrics::{Metric, Number},
 };
+use retina_tests::alloc;
 use serde_json::{Value, json};
 
 use super::{
-    alloc, cycle,
+    cycle,
     sys::{self, ChildGuard, Summary},
 };
 
@@ -105,7 +106,16 @@ impl Churn {
             let peer = format!("{name}p");
             self.live.push(name.clone());
             Self::ip(&[
-                "link", "add", &name, "type", "veth", "peer", "name", &peer, "netns", &self.netns,
+                "link",
+                "add",
+                &name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                &self.netns,
             ])?;
             Self::ip(&["link", "set", &name, "up"])?;
             Self::ip(&["-n", &self.netns, "link", "set", &peer, "up"])?;
@@ -264,7 +274,10 @@ pub fn child(args: &SoakArgs) -> Result<()> {
             thread: None,
         }),
         "rotel" => Some(Sink::Rotel {
-            bin: args.rotel.clone().context("--export rotel needs --rotel PATH")?,
+            bin: args
+                .rotel
+                .clone()
+                .context("--export rotel needs --rotel PATH")?,
             grpc: sys::free_port()?,
             http: sys::free_port()?,
             proc: None,
@@ -334,7 +347,7 @@ pub fn child(args: &SoakArgs) -> Result<()> {
         let mut warm: Option<usize> = None;
         let mut i = 0usize;
         loop {
-            if i % 64 == 0 {
+            if i.is_multiple_of(64) {
                 sys::check_stop()?;
             }
             if warm.is_none()
@@ -352,13 +365,13 @@ pub fn child(args: &SoakArgs) -> Result<()> {
             }
             let measured = j.is_some();
             let j = j.unwrap_or(0);
-            if i > 0 && i % args.churn_every == 0 {
+            if i > 0 && i.is_multiple_of(args.churn_every) {
                 churn.rotate(args.churn_count)?;
                 churns += u64::from(measured);
             }
             if let Some(s) = &mut sink
                 && i > 0
-                && i % toggle_every == 0
+                && i.is_multiple_of(toggle_every)
             {
                 s.toggle()?;
                 toggles += u64::from(measured);
@@ -400,7 +413,7 @@ pub fn child(args: &SoakArgs) -> Result<()> {
                     }
                 }
                 drop_keys = keys;
-                if j % sample_every == 0 {
+                if j.is_multiple_of(sample_every) {
                     rss_samples.push(json!([j, sys::rss_kib_self()]));
                 }
             }

@@ -39,7 +39,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Map, Value, json};
 
 #[global_allocator]
-static GLOBAL: bench::alloc::Counting = bench::alloc::Counting;
+static GLOBAL: retina_tests::alloc::Counting = retina_tests::alloc::Counting;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -163,7 +163,10 @@ fn main() -> ExitCode {
     if !missed.is_empty() {
         println!("\nTargets missed:");
         for r in missed {
-            println!("  {} / {}: {} (target {})", r.section, r.what, r.value, r.target);
+            println!(
+                "  {} / {}: {} (target {})",
+                r.section, r.what, r.value, r.target
+            );
         }
     }
     println!("total: {:.0} s", started.elapsed().as_secs_f64());
@@ -188,10 +191,7 @@ fn write_outputs(out: &Path, doc: &Value, table: &Table) -> Result<PathBuf> {
 }
 
 fn banner(s: &str) {
-    eprintln!(
-        "\n==> {s}   (load {:.2})",
-        sys::loadavg()[0]
-    );
+    eprintln!("\n==> {s}   (load {:.2})", sys::loadavg()[0]);
 }
 
 fn fmt_us(v: f64) -> String {
@@ -209,10 +209,19 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
     }
     for s in &opts.only {
         if !SECTIONS.contains(&s.as_str()) {
-            bail!("unknown section {s:?} in --only (known: {})", SECTIONS.join(", "));
+            bail!(
+                "unknown section {s:?} in --only (known: {})",
+                SECTIONS.join(", ")
+            );
         }
     }
-    let mut counts: Vec<usize> = opts.interfaces.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+    let mut counts: Vec<usize> = opts
+        .interfaces
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     counts.retain(|&n| n > 0);
     if counts.is_empty() {
         bail!("--interfaces needs at least one positive count");
@@ -248,8 +257,16 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
     let mut net = BenchNet::new()?;
     let mut per_count = Map::new();
     let needs_agent = opts.runs("cycle") || want_ne || opts.runs("ebpf");
-    let mut agent = if opts.runs("cycle") { Some(cycle::full_agent()?) } else { None };
-    let mut parts = if needs_agent { Some(cycle::Parts::new()?) } else { None };
+    let mut agent = if opts.runs("cycle") {
+        Some(cycle::full_agent()?)
+    } else {
+        None
+    };
+    let mut parts = if needs_agent {
+        Some(cycle::Parts::new()?)
+    } else {
+        None
+    };
     for &n in &counts {
         sys::check_stop()?;
         let have = net.hosts.len();
@@ -262,29 +279,103 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
         let mut entry = Map::new();
         let mut ours = None;
         if let (Some(agent), Some(parts)) = (agent.as_mut(), parts.as_mut()) {
-            banner(&format!("[1,2,4] collection cycle, {n} veths, {cycles} cycles"));
+            banner(&format!(
+                "[1,2,4] collection cycle, {n} veths, {cycles} cycles"
+            ));
             let r = cycle::run(agent, parts, cycles)?;
             let s = section.as_str();
-            table.info(s, "interfaces in link table / with driver stats", format!("{} / {}", r.table_interfaces, r.driver_stat_interfaces));
+            table.info(
+                s,
+                "interfaces in link table / with driver stats",
+                format!("{} / {}", r.table_interfaces, r.driver_stat_interfaces),
+            );
             table.info(s, "data points per cycle", r.points.to_string());
-            table.info(s, "cycle CPU median / p99", format!("{} / {}", fmt_us(r.cycle_cpu_us.median), fmt_us(r.cycle_cpu_us.p99)));
-            table.info(s, "cycle wall median / p99", format!("{} / {}", fmt_us(r.cycle_wall_us.median), fmt_us(r.cycle_wall_us.p99)));
-            table.info(s, "cycle CPU per interface (median)", fmt_us(r.cycle_cpu_us.median / r.table_interfaces.max(1) as f64));
+            table.info(
+                s,
+                "cycle CPU median / p99",
+                format!(
+                    "{} / {}",
+                    fmt_us(r.cycle_cpu_us.median),
+                    fmt_us(r.cycle_cpu_us.p99)
+                ),
+            );
+            table.info(
+                s,
+                "cycle wall median / p99",
+                format!(
+                    "{} / {}",
+                    fmt_us(r.cycle_wall_us.median),
+                    fmt_us(r.cycle_wall_us.p99)
+                ),
+            );
+            table.info(
+                s,
+                "cycle CPU per interface (median)",
+                fmt_us(r.cycle_cpu_us.median / r.table_interfaces.max(1) as f64),
+            );
             for (name, v) in &r.part_cpu_us {
-                table.info(s, &format!("  part {name}: CPU median / p99"), format!("{} / {}", fmt_us(v.median), fmt_us(v.p99)));
+                table.info(
+                    s,
+                    &format!("  part {name}: CPU median / p99"),
+                    format!("{} / {}", fmt_us(v.median), fmt_us(v.p99)),
+                );
             }
-            table.info(s, "floor GSTATS per interface (CPU median)", fmt_us(r.floor_us_per_interface));
+            table.info(
+                s,
+                "floor GSTATS per interface (CPU median)",
+                fmt_us(r.floor_us_per_interface),
+            );
             let cpu = |k: &str| r.part_cpu_us.get(k).map_or(f64::NAN, |v| v.median);
-            table.info(s, "links refresh / raw RTM_GETLINK dump (CPU median)", format!("{:.2}x", cpu("links_refresh") / cpu("floor_getlink")));
-            table.info(s, "raw RTM_GETSTATS (LINK_64) / RTM_GETLINK dump", format!("{:.2}x", cpu("floor_getstats") / cpu("floor_getlink")));
-            table.info(s, "netstat / raw read of the 3 files (CPU median)", format!("{:.2}x", cpu("netstat") / cpu("floor_proc")));
-            table.info(s, &format!("drops / raw map batch read ({} entries)", r.map_entries), format!("{:.2}x", cpu("drops") / cpu("floor_map")));
-            table.push(s, "driver stats: ours / floor (CPU median)", format!("{:.2}x", r.ethtool_over_floor), "<= 1.3x", Status::check(r.ethtool_over_floor <= 1.3));
+            table.info(
+                s,
+                "links refresh / raw RTM_GETLINK dump (CPU median)",
+                format!("{:.2}x", cpu("links_refresh") / cpu("floor_getlink")),
+            );
+            table.info(
+                s,
+                "raw RTM_GETSTATS (LINK_64) / RTM_GETLINK dump",
+                format!("{:.2}x", cpu("floor_getstats") / cpu("floor_getlink")),
+            );
+            table.info(
+                s,
+                "netstat / raw read of the 3 files (CPU median)",
+                format!("{:.2}x", cpu("netstat") / cpu("floor_proc")),
+            );
+            table.info(
+                s,
+                &format!("drops / raw map batch read ({} entries)", r.map_entries),
+                format!("{:.2}x", cpu("drops") / cpu("floor_map")),
+            );
+            table.push(
+                s,
+                "driver stats: ours / floor (CPU median)",
+                format!("{:.2}x", r.ethtool_over_floor),
+                "<= 1.3x",
+                Status::check(r.ethtool_over_floor <= 1.3),
+            );
             if n >= 256 {
-                table.push(s, "whole cycle CPU (median)", fmt_us(r.cycle_cpu_us.median), "< 2 ms", Status::check(r.cycle_cpu_us.median < 2000.0));
+                table.push(
+                    s,
+                    "whole cycle CPU (median)",
+                    fmt_us(r.cycle_cpu_us.median),
+                    "< 2 ms",
+                    Status::check(r.cycle_cpu_us.median < 2000.0),
+                );
             }
-            table.push(s, "allocations per steady cycle (collect)", format!("{:.3}", r.cycle_allocs_per_cycle), "0", Status::check(r.cycle_allocs_per_cycle == 0.0));
-            table.push(s, "allocations per visit (export read)", format!("{:.3}", r.visit_allocs_per_cycle), "0", Status::check(r.visit_allocs_per_cycle == 0.0));
+            table.push(
+                s,
+                "allocations per steady cycle (collect)",
+                format!("{:.3}", r.cycle_allocs_per_cycle),
+                "0",
+                Status::check(r.cycle_allocs_per_cycle == 0.0),
+            );
+            table.push(
+                s,
+                "allocations per visit (export read)",
+                format!("{:.3}", r.visit_allocs_per_cycle),
+                "0",
+                Status::check(r.visit_allocs_per_cycle == 0.0),
+            );
             table.flush_new();
             entry.insert("cycle".into(), r.json.clone());
             ours = Some(r);
@@ -293,27 +384,58 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
             banner(&format!("[3] node_exporter, {n} veths, {scrapes} scrapes"));
             let m = node_exporter::measure(&opts.node_exporter, scrapes)?;
             let s = section.as_str();
-            table.info(s, "node_exporter CPU per scrape", format!("{:.1} ms", m.cpu_ms_per_scrape));
+            table.info(
+                s,
+                "node_exporter CPU per scrape",
+                format!("{:.1} ms", m.cpu_ms_per_scrape),
+            );
             for c in node_exporter::COLLECTORS {
                 if let Some(d) = m.durations_ms.get(c) {
-                    table.info(s, &format!("node_exporter {c} collector (own duration, median)"), format!("{:.2} ms", d.median));
+                    table.info(
+                        s,
+                        &format!("node_exporter {c} collector (own duration, median)"),
+                        format!("{:.2} ms", d.median),
+                    );
                 }
             }
-            table.info(s, "node_exporter RSS", format!("{:.1} MiB", m.rss_kib as f64 / 1024.0));
+            table.info(
+                s,
+                "node_exporter RSS",
+                format!("{:.1} MiB", m.rss_kib as f64 / 1024.0),
+            );
             let mut cmp = Map::new();
             if let Some(r) = &ours {
                 let ratio = m.cpu_ms_per_scrape * 1000.0 / r.cycle_cpu_us.mean;
-                table.push(s, "CPU per collection: node_exporter / ours", format!("{ratio:.0}x"), ">= 100x", Status::check(ratio >= 100.0));
+                table.push(
+                    s,
+                    "CPU per collection: node_exporter / ours",
+                    format!("{ratio:.0}x"),
+                    ">= 100x",
+                    Status::check(ratio >= 100.0),
+                );
                 cmp.insert("cpu_per_collection_ratio".into(), json!(sys::round3(ratio)));
-                cmp.insert("our_cycle_cpu_us_mean".into(), json!(sys::round3(r.cycle_cpu_us.mean)));
+                cmp.insert(
+                    "our_cycle_cpu_us_mean".into(),
+                    json!(sys::round3(r.cycle_cpu_us.mean)),
+                );
                 // What the ratio would be with the link counters from RTM_GETSTATS instead of
                 // the full RTM_GETLINK dump (docs/performance.md), from this run's figures.
                 let cpu = |k: &str| r.part_cpu_us.get(k).map_or(f64::NAN, |v| v.mean);
                 let projected = r.cycle_cpu_us.mean - cpu("links_refresh") + cpu("floor_getstats");
                 let pratio = m.cpu_ms_per_scrape * 1000.0 / projected;
-                table.info(s, "  same, projected with RTM_GETSTATS for counters", format!("{pratio:.0}x"));
-                cmp.insert("projected_cycle_cpu_us_mean_with_getstats".into(), json!(sys::round3(projected)));
-                cmp.insert("projected_cpu_per_collection_ratio_with_getstats".into(), json!(sys::round3(pratio)));
+                table.info(
+                    s,
+                    "  same, projected with RTM_GETSTATS for counters",
+                    format!("{pratio:.0}x"),
+                );
+                cmp.insert(
+                    "projected_cycle_cpu_us_mean_with_getstats".into(),
+                    json!(sys::round3(projected)),
+                );
+                cmp.insert(
+                    "projected_cpu_per_collection_ratio_with_getstats".into(),
+                    json!(sys::round3(pratio)),
+                );
                 let wall = |k: &str| r.part_wall_us.get(k).map_or(f64::NAN, |v| v.median);
                 for (c, ours_us) in [
                     ("ethtool", wall("ethtool")),
@@ -322,7 +444,11 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
                 ] {
                     if let Some(d) = m.durations_ms.get(c) {
                         let ratio = d.median * 1000.0 / ours_us;
-                        table.info(s, &format!("{c}: node_exporter / ours (wall, median)"), format!("{ratio:.0}x"));
+                        table.info(
+                            s,
+                            &format!("{c}: node_exporter / ours (wall, median)"),
+                            format!("{ratio:.0}x"),
+                        );
                         cmp.insert(format!("{c}_wall_ratio"), json!(sys::round3(ratio)));
                     }
                 }
@@ -332,7 +458,10 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
             entry.insert("node_exporter_vs_ours".into(), Value::Object(cmp));
         }
         per_count.insert(n.to_string(), Value::Object(entry));
-        doc.insert("by_interface_count".into(), Value::Object(per_count.clone()));
+        doc.insert(
+            "by_interface_count".into(),
+            Value::Object(per_count.clone()),
+        );
     }
     drop(agent.take());
 
@@ -342,11 +471,48 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
         let r = ebpf::run(&mut parts.drops, flood)?;
         let s = "eBPF";
         table.info(s, "drops flooded", r.sent.to_string());
-        table.info(s, "agent program run time per drop", format!("{:.1} ns", r.ours_ns));
-        table.info(s, "empty program run time per drop", format!("{:.1} ns", r.empty_ns));
+        table.info(
+            s,
+            "agent program run time per drop",
+            format!("{:.1} ns", r.ours_ns),
+        );
+        table.info(
+            s,
+            "empty program run time per drop",
+            format!("{:.1} ns", r.empty_ns),
+        );
         let over = r.ours_ns - r.empty_ns;
-        table.push(s, "agent above empty program, per drop", format!("{over:.1} ns"), "< 40 ns", Status::check(over < 40.0));
-        table.push(s, "drops counted for drops made", format!("{} / {}", r.counted, r.sent), "exact", Status::check(r.counted == r.sent));
+        table.push(
+            s,
+            "agent above empty program, per drop",
+            format!("{over:.1} ns"),
+            "< 40 ns",
+            Status::check(over < 40.0),
+        );
+        table.info(
+            s,
+            "6 reads via bpf_probe_read_kernel (raw_tp), above empty",
+            format!("{:.1} ns", r.probe6_ns - r.empty_ns),
+        );
+        match r.direct6_ns {
+            Some(d) => table.info(
+                s,
+                "same 6 reads as direct BTF loads (tp_btf), above empty",
+                format!("{:.1} ns", d - r.empty_ns),
+            ),
+            None => table.info(
+                s,
+                "same 6 reads as direct BTF loads (tp_btf)",
+                "did not load (see JSON)".into(),
+            ),
+        }
+        table.push(
+            s,
+            "drops counted for drops made",
+            format!("{} / {}", r.counted, r.sent),
+            "exact",
+            Status::check(r.counted == r.sent),
+        );
         table.flush_new();
         doc.insert("ebpf".into(), r.json);
     }
@@ -363,7 +529,9 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
             None if opts.rotel.is_some() => "rotel",
             None => "tcp",
         };
-        banner(&format!("[6] memory soak: {soak_cycles} cycles, {max} veths + churn, OTLP export to {export}"));
+        banner(&format!(
+            "[6] memory soak: {soak_cycles} cycles, {max} veths + churn, OTLP export to {export}"
+        ));
         let args = soak::SoakArgs {
             cycles: soak_cycles,
             netns: net.ns.name.clone(),
@@ -378,19 +546,82 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
         let s = "soak";
         let kib = |k: &str| r["rss_kib"][k].as_u64().unwrap_or(0);
         let mib = |k: &str| kib(k) as f64 / 1024.0;
-        table.info(s, "cycles / seconds", format!("{} / {:.0}", r["cycles"], r["seconds"].as_f64().unwrap_or(0.0)));
-        table.info(s, "RSS start -> end", format!("{:.2} -> {:.2} MiB", mib("start"), mib("end")));
+        table.info(
+            s,
+            "cycles / seconds",
+            format!(
+                "{} / {:.0}",
+                r["cycles"],
+                r["seconds"].as_f64().unwrap_or(0.0)
+            ),
+        );
+        table.info(
+            s,
+            "RSS start -> end",
+            format!("{:.2} -> {:.2} MiB", mib("start"), mib("end")),
+        );
         let growth = r["rss_growth_percent"].as_f64().unwrap_or(f64::NAN);
-        table.push(s, "RSS growth over the soak", format!("{growth:.2} %"), "< 1 %", Status::check(growth < 1.0));
-        table.push(s, "agent RSS (end)", format!("{:.2} MiB", mib("end")), "< 20 MiB", Status::check(mib("end") < 20.0));
-        table.info(s, "  of which anon / file-backed", format!("{:.2} / {:.2} MiB", mib("anon_end"), mib("file_end")));
-        table.info(s, "RSS growth over the second half", format!("{:.2} %", r["rss_growth_second_half_percent"].as_f64().unwrap_or(f64::NAN)));
-        let steady = r["allocations"]["per_steady_cycle"].as_f64().unwrap_or(f64::NAN);
-        table.push(s, "allocations per steady cycle", format!("{steady:.3}"), "0", Status::check(steady == 0.0));
-        table.info(s, "allocations per cycle, all threads (export incl.)", format!("{}", r["allocations"]["process_wide_per_cycle"]));
-        table.info(s, "cycle CPU median, first -> last tenth", format!("{} -> {}",
-            fmt_us(r["cycle_cpu_us_first_tenth"]["median"].as_f64().unwrap_or(0.0)),
-            fmt_us(r["cycle_cpu_us_last_tenth"]["median"].as_f64().unwrap_or(0.0))));
+        table.push(
+            s,
+            "RSS growth over the soak",
+            format!("{growth:.2} %"),
+            "< 1 %",
+            Status::check(growth < 1.0),
+        );
+        table.push(
+            s,
+            "agent RSS (end)",
+            format!("{:.2} MiB", mib("end")),
+            "< 20 MiB",
+            Status::check(mib("end") < 20.0),
+        );
+        table.info(
+            s,
+            "  of which anon / file-backed",
+            format!("{:.2} / {:.2} MiB", mib("anon_end"), mib("file_end")),
+        );
+        table.info(
+            s,
+            "RSS growth over the second half",
+            format!(
+                "{:.2} %",
+                r["rss_growth_second_half_percent"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+            ),
+        );
+        let steady = r["allocations"]["per_steady_cycle"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        table.push(
+            s,
+            "allocations per steady cycle",
+            format!("{steady:.3}"),
+            "0",
+            Status::check(steady == 0.0),
+        );
+        table.info(
+            s,
+            "allocations per cycle, all threads (export incl.)",
+            format!("{}", r["allocations"]["process_wide_per_cycle"]),
+        );
+        table.info(
+            s,
+            "cycle CPU median, first -> last tenth",
+            format!(
+                "{} -> {}",
+                fmt_us(
+                    r["cycle_cpu_us_first_tenth"]["median"]
+                        .as_f64()
+                        .unwrap_or(0.0)
+                ),
+                fmt_us(
+                    r["cycle_cpu_us_last_tenth"]["median"]
+                        .as_f64()
+                        .unwrap_or(0.0)
+                )
+            ),
+        );
         table.flush_new();
         doc.insert("soak".into(), r);
     }
@@ -403,7 +634,9 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
         match agent_bin {
             Some(bin) if opts.node_exporter.is_file() => {
                 let max = counts.last().copied().unwrap_or(256);
-                banner(&format!("[7] retina-agent run --interval 10s next to node_exporter, {agent_seconds} s, {max} veths"));
+                banner(&format!(
+                    "[7] retina-agent run --interval 10s next to node_exporter, {agent_seconds} s, {max} veths"
+                ));
                 let log = out_dir.join("agent-run.log");
                 let r = agent_run::run(&agent_run::Options {
                     agent_bin: &bin,
@@ -414,21 +647,71 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
                 })?;
                 let s = "daemon @10s";
                 let f = |who: &str, k: &str| {
-                    let v = if who == "node_exporter" { &r[who][k] } else { &r[who]["figures"][k] };
+                    let v = if who == "node_exporter" {
+                        &r[who][k]
+                    } else {
+                        &r[who]["figures"][k]
+                    };
                     v.as_f64().unwrap_or(f64::NAN)
                 };
                 for (who, label) in [
                     ("agent", "retina-agent"),
-                    ("agent_malloc_arena_max_2", "retina-agent, MALLOC_ARENA_MAX=2"),
+                    (
+                        "agent_malloc_arena_max_2",
+                        "retina-agent, MALLOC_ARENA_MAX=2",
+                    ),
+                    ("agent_collection_only", "retina-agent, export off"),
                     ("node_exporter", "node_exporter"),
                 ] {
-                    table.info(s, &format!("{label}: CPU ms per 10 s / share"), format!("{:.1} ms / {:.3} %", f(who, "cpu_ms_per_10s"), f(who, "cpu_share_percent")));
-                    table.info(s, &format!("{label}: RSS max (anon + file at end)"), format!("{:.1} MiB ({:.1} + {:.1})", f(who, "rss_kib_max") / 1024.0, f(who, "rss_anon_kib_end") / 1024.0, f(who, "rss_file_kib_end") / 1024.0));
+                    table.info(
+                        s,
+                        &format!("{label}: CPU ms per 10 s / share"),
+                        format!(
+                            "{:.1} ms / {:.3} %",
+                            f(who, "cpu_ms_per_10s"),
+                            f(who, "cpu_share_percent")
+                        ),
+                    );
+                    table.info(
+                        s,
+                        &format!("{label}: RSS max (anon + file at end)"),
+                        format!(
+                            "{:.1} MiB ({:.1} + {:.1})",
+                            f(who, "rss_kib_max") / 1024.0,
+                            f(who, "rss_anon_kib_end") / 1024.0,
+                            f(who, "rss_file_kib_end") / 1024.0
+                        ),
+                    );
                 }
                 let rss = f("agent", "rss_kib_max") / 1024.0;
-                table.push(s, "retina-agent RSS (OTLP + Prometheus on)", format!("{rss:.1} MiB"), "< 20 MiB", Status::check(rss < 20.0));
+                table.push(
+                    s,
+                    "retina-agent RSS (OTLP + Prometheus on)",
+                    format!("{rss:.1} MiB"),
+                    "< 20 MiB",
+                    Status::check(rss < 20.0),
+                );
+                let rss = f("agent_collection_only", "rss_kib_max") / 1024.0;
+                table.push(
+                    s,
+                    "retina-agent RSS (export off)",
+                    format!("{rss:.1} MiB"),
+                    "< 20 MiB",
+                    Status::check(rss < 20.0),
+                );
                 let ratio = f("node_exporter", "cpu_ms_per_10s") / f("agent", "cpu_ms_per_10s");
-                table.info(s, "CPU: node_exporter / retina-agent", format!("{ratio:.1}x"));
+                table.info(
+                    s,
+                    "CPU: node_exporter / retina-agent",
+                    format!("{ratio:.1}x"),
+                );
+                let ratio = f("node_exporter", "cpu_ms_per_10s")
+                    / f("agent_collection_only", "cpu_ms_per_10s");
+                table.info(
+                    s,
+                    "CPU: node_exporter / retina-agent export off",
+                    format!("{ratio:.1}x"),
+                );
                 table.flush_new();
                 doc.insert("daemon".into(), r);
             }
