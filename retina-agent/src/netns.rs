@@ -64,7 +64,13 @@ struct Named {
     name: Arc<str>,
     path: PathBuf,
     links: Option<Links>,
+    /// When `links` was last refreshed: many new drop keys of one namespace in one cycle
+    /// share one dump.
+    refreshed: Option<Instant>,
 }
+
+/// A namespace's interface table this fresh answers lookups of interfaces it holds.
+const FRESH: Duration = Duration::from_millis(500);
 
 /// Resolves namespace inodes to names, and ifindexes inside them to interface names.
 /// Used only when a new drop series appears, never per cycle.
@@ -119,6 +125,7 @@ impl NetnsNames {
                 name,
                 path,
                 links: None,
+                refreshed: None,
             });
         }
     }
@@ -158,9 +165,13 @@ impl NetnsNames {
             }
         }
         let links = named.links.as_mut()?;
-        if let Err(e) = links.refresh() {
-            tracing::debug!(netns = %named.name, "link dump in namespace failed: {e}");
-            return None;
+        let fresh = named.refreshed.is_some_and(|t| t.elapsed() < FRESH);
+        if !fresh || links.get(ifindex).is_none() {
+            if let Err(e) = links.refresh() {
+                tracing::debug!(netns = %named.name, "link dump in namespace failed: {e}");
+                return None;
+            }
+            named.refreshed = Some(Instant::now());
         }
         links.get(ifindex).map(|l| l.name.clone())
     }

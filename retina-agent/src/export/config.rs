@@ -186,7 +186,7 @@ pub struct ExportConfig {
     /// `host.arch`, `os.type` and `os.version` itself; entries here override all but
     /// `service.name` (use `service_name`).
     pub resource_attributes: BTreeMap<String, String>,
-    /// Most series one metric may have in the exporters' aggregation (default 20000; the
+    /// Most series one metric may have in the exporters' aggregation (default 2000; the
     /// drop metrics always get the drop map's capacity). Series beyond it are merged into
     /// one with attribute `otel.metric.overflow=true`.
     pub cardinality_limit: usize,
@@ -208,7 +208,7 @@ impl Default for ExportConfig {
             insecure: false,
             service_name: DEFAULT_SERVICE_NAME.to_string(),
             resource_attributes: BTreeMap::new(),
-            cardinality_limit: 20_000,
+            cardinality_limit: 2000,
         }
     }
 }
