@@ -464,7 +464,7 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
     };
     require_root();
     let options = AgentOptions {
-        drops: ProbeOptions { max_entries: 32 },
+        drops: ProbeOptions { max_entries: 64 },
         ..AgentOptions::default()
     };
     let mut agent = Agent::new(&options)?;
@@ -495,10 +495,11 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
         (drops, pruned, overflow)
     };
 
-    // 24 namespaces fill 24 of 32 entries (75 %, where housekeeping starts); other drops
-    // on the host can only add to that, and after pruning leave room to spare.
+    // 30 namespaces take 30 of 64 entries; after a cycle 29 of them are deleted, then 18 new
+    // ones bring the map to 48 entries (75 %, where housekeeping starts). Other drops on
+    // the host can only add to that, and after pruning there is room to spare.
     let keep = NetNs::new("rpk")?;
-    let gone: Vec<NetNs> = (0..23)
+    let gone: Vec<NetNs> = (0..29)
         .map(|_| NetNs::new("rpg"))
         .collect::<Result<_, _>>()?;
     let gone_inodes: Vec<u64> = gone.iter().map(NetNs::inode).collect::<Result<_, _>>()?;
@@ -506,8 +507,24 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
     for ns in &gone {
         send(ns, "10")?;
     }
-    drop(gone);
     std::thread::sleep(std::time::Duration::from_millis(200));
+    agent.cycle();
+    assert_eq!(read(&agent, gone_inodes[0]).0, 10, "drops before deletion");
+    drop(gone);
+    let fill: Vec<NetNs> = (0..18)
+        .map(|_| NetNs::new("rpf"))
+        .collect::<Result<_, _>>()?;
+    for ns in &fill {
+        send(ns, "10")?;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    agent.cycle();
+    // Pruned series are exported once more with their final value, then gone.
+    assert_eq!(
+        read(&agent, gone_inodes[0]).0,
+        10,
+        "final value exported once more"
+    );
     agent.cycle();
     for inode in &gone_inodes {
         assert_eq!(
@@ -521,8 +538,15 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
         10,
         "a live namespace's series was pruned"
     );
+    for ns in &fill {
+        assert_eq!(
+            read(&agent, ns.inode()?).0,
+            10,
+            "a new namespace's series was pruned"
+        );
+    }
     let (_, pruned, _) = read(&agent, 0);
-    assert!(pruned >= 23, "pruned {pruned}");
+    assert!(pruned >= 29, "pruned {pruned}");
 
     // The freed room takes new keys with their attributes, not the overflow counter.
     let d = NetNs::new("rpd")?;
@@ -534,5 +558,61 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
     let (d_drops, _, overflow) = read(&agent, d.inode()?);
     let (e_drops, _, _) = read(&agent, e.inode()?);
     assert_eq!((d_drops, e_drops, overflow), (25, 35, 0));
+    Ok(())
+}
+
+#[test]
+fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
+    use retina_agent::{
+        agent::{Agent, AgentOptions},
+        metrics::{Metric, Number},
+    };
+    require_root();
+    let mut agent = Agent::new(&AgentOptions::default())?;
+    assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
+    let ns = NetNs::new("rdel")?;
+    let mut veth = Veth::new("rd")?;
+    veth.move_peer(&ns)?;
+    let (host_ip, _) = wire(&veth, None, &ns, 3)?;
+    let host_if = veth.host.clone();
+    // (drops on the host end, entries pruned so far)
+    let read = |agent: &Agent| {
+        let (mut drops, mut pruned) = (0, 0);
+        agent.visit(
+            &mut |m: &'static Metric, attrs: &[opentelemetry::KeyValue], v: Number| {
+                let Number::U64(v) = v else { return };
+                match m.name {
+                    "retina.drop.count"
+                        if attrs.iter().any(|kv| {
+                            kv.key.as_str() == "network.interface.name"
+                                && kv.value.as_str() == host_if.as_str()
+                        }) =>
+                    {
+                        drops += v
+                    }
+                    "retina.drop.map.pruned" => pruned = v,
+                    _ => {}
+                }
+            },
+        );
+        (drops, pruned)
+    };
+    agent.cycle();
+    ns.exec(&traffic(), &["udp", &format!("{host_ip}:9"), "40", "32"])?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    agent.cycle();
+    let (drops, pruned_before) = read(&agent);
+    assert_eq!(drops, 40);
+    drop(veth);
+    agent.cycle();
+    // Its final value is exported once more, then the series is gone.
+    let (drops, pruned_after) = read(&agent);
+    assert_eq!(drops, 40, "final value of the deleted interface");
+    assert!(
+        pruned_after > pruned_before,
+        "{pruned_before} -> {pruned_after}"
+    );
+    agent.cycle();
+    assert_eq!(read(&agent).0, 0, "series of the deleted interface remains");
     Ok(())
 }

@@ -92,6 +92,11 @@ fn network_type(protocol: u32) -> Option<Value> {
 struct Series {
     attributes: Box<[KeyValue]>,
     value: DropValue,
+    /// The cycle the key first appeared in: a key younger than the link table or the
+    /// namespace scan it is checked against is never taken for dead.
+    born: u64,
+    /// Removed from the kernel map: visited once more with its final value, then dropped.
+    retired: bool,
 }
 
 pub struct DropCollector {
@@ -105,6 +110,8 @@ pub struct DropCollector {
     entries: u64,
     pruned: u64,
     last_prune: Option<Instant>,
+    cycle: u64,
+    links_generation: Option<u64>,
 }
 
 impl DropCollector {
@@ -122,6 +129,8 @@ impl DropCollector {
             entries: 0,
             pruned: 0,
             last_prune: None,
+            cycle: 0,
+            links_generation: None,
         }
     }
 
@@ -173,37 +182,44 @@ impl DropCollector {
 
 impl DropCollector {
     /// Keys never leave the kernel map on their own, so on a host where pods come and go
-    /// it would fill up with namespaces and interfaces that no longer exist. When it is
-    /// nearly full, remove those (their last counts were exported; nothing can drop on a
-    /// dead device or namespace any more), so new drops keep their attributes instead of
-    /// going to the overflow counter.
-    fn prune(&mut self, links: &Links) -> Result<(), DropCollectError> {
-        self.last_prune = Some(Instant::now());
-        let live = crate::netns::live_netns_inodes();
-        let host = self.host_netns;
+    /// it would fill up with namespaces and interfaces that no longer exist. Keys of host
+    /// interfaces that are gone are removed as soon as the link table changes; keys of
+    /// vanished namespaces (which needs a scan of /proc) when the map is nearly full. Their
+    /// last counts were exported and nothing can drop on a dead device or namespace any
+    /// more, so new drops keep their attributes instead of going to the overflow counter.
+    fn prune(&mut self, links: &Links, namespaces: bool) -> Result<(), DropCollectError> {
+        let live = if namespaces {
+            crate::netns::live_netns_inodes()
+        } else {
+            Default::default()
+        };
+        let (host, cycle) = (self.host_netns, self.cycle);
         let dead: Vec<DropKey> = self
             .series
-            .keys()
-            .filter(|k| {
-                let ns_gone = k.netns != 0 && k.netns != host && !live.contains(&k.netns);
+            .iter()
+            .filter(|(k, s)| {
+                let ns_gone =
+                    namespaces && k.netns != 0 && k.netns != host && !live.contains(&k.netns);
                 let dev_gone = (k.netns == host || k.netns == 0)
                     && k.ifindex != 0
                     && links.get(k.ifindex).is_none();
-                ns_gone || dev_gone
+                !s.retired && s.born < cycle && (ns_gone || dev_gone)
             })
-            .copied()
+            .map(|(k, _)| *k)
             .collect();
         for key in &dead {
             if self.probe.remove(key)? {
                 self.pruned += 1;
             }
-            self.series.remove(key);
+            if let Some(s) = self.series.get_mut(key) {
+                s.retired = true;
+            }
         }
         if !dead.is_empty() {
-            tracing::info!(
+            tracing::debug!(
                 removed = dead.len(),
                 capacity = self.probe.max_entries(),
-                "drop map nearly full: removed entries of vanished namespaces and interfaces"
+                "removed drop map entries of vanished namespaces and interfaces"
             );
             self.entries = self.entries.saturating_sub(dead.len() as u64);
         }
@@ -227,6 +243,8 @@ impl Collector for DropCollector {
     fn collect(&mut self, links: &Links) -> Result<(), CollectError> {
         // Keys are never deleted from the map, so values only grow: read them into the
         // series table, creating series (the only allocation) for new keys.
+        // Series retired last cycle have had their final value exported.
+        self.series.retain(|_, s| !s.retired);
         let mut fresh: Vec<(DropKey, DropValue)> = Vec::new();
         let mut entries = 0u64;
         let series = &mut self.series;
@@ -239,18 +257,35 @@ impl Collector for DropCollector {
                 }
             })
             .map_err(DropCollectError)?;
+        self.cycle += 1;
+        let born = self.cycle;
         for (key, value) in fresh {
             let attributes = self.attributes(&key, links);
-            self.series.insert(key, Series { attributes, value });
+            self.series.insert(
+                key,
+                Series {
+                    attributes,
+                    value,
+                    born,
+                    retired: false,
+                },
+            );
         }
         self.entries = entries;
         let full = entries * 100 >= u64::from(self.probe.max_entries()) * PRUNE_AT_PERCENT;
+        let links_changed = self.links_generation != Some(links.generation());
+        self.links_generation = Some(links.generation());
         if full
             && self
                 .last_prune
                 .is_none_or(|t| t.elapsed() >= PRUNE_INTERVAL)
         {
-            self.prune(links)?;
+            self.last_prune = Some(Instant::now());
+            self.prune(links, true)?;
+        } else if links_changed {
+            // Interfaces came or went: shed the keys of host interfaces that are gone right
+            // away (cheap: no syscall unless there is one), so churn does not pile up.
+            self.prune(links, false)?;
         }
         self.overflow = self
             .probe
