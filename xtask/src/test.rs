@@ -66,7 +66,13 @@ pub fn run(args: &Args) -> Result<()> {
         .env("RETINA_EBPF_OBJECT", &built.ebpf_object)
         .env("RETINA_AGENT_BIN", &built.agent)
         .env("PATH", &path)
-        .args(["test", "--no-fail-fast", "--package", TESTS_PACKAGE, "--tests"])
+        .args([
+            "test",
+            "--no-fail-fast",
+            "--package",
+            TESTS_PACKAGE,
+            "--tests",
+        ])
         .args(profile.flags());
     if let Some(bin) = &venv_bin {
         integration.env("RETINA_TOOLS_VENV_BIN", bin);
