@@ -95,6 +95,8 @@ pub struct Input<'a> {
     pub config: Result<&'a Loaded, &'a ConfigError>,
     /// `--btf`: read BTF from this file instead of the running kernel's.
     pub btf_path: Option<&'a Path>,
+    /// `--drop-hook`: which tracepoint flavour the probe check attaches.
+    pub hook: crate::drops::probe::Hook,
 }
 
 /// Runs every check, in the order they are printed.
@@ -121,7 +123,7 @@ pub fn run(input: &Input<'_>) -> Vec<Check> {
         c.drops.map_entries
     });
     checks.push(match &btf {
-        Some(btf) => probe(btf, map_entries),
+        Some(btf) => probe(btf, map_entries, input.hook),
         None => Check::fail("probe", "not loaded: no BTF", "see the btf check above"),
     });
     if config.is_some_and(|c| !c.drops.enabled) {
@@ -422,10 +424,11 @@ fn tracepoint(btf: &Btf) -> Check {
     }
 }
 
-fn probe(btf: &Btf, map_entries: u32) -> Check {
+fn probe(btf: &Btf, map_entries: u32, hook: crate::drops::probe::Hook) -> Check {
     const NAME: &str = "probe";
     let options = ProbeOptions {
         max_entries: map_entries,
+        hook,
     };
     match DropProbe::load(btf, &options) {
         Ok(probe) => {

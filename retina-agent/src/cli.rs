@@ -40,6 +40,17 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub drop_map_entries: Option<u32>,
 
+    /// How the drop probe attaches to kfree_skb: `auto` (BTF-enabled tracepoint, else the
+    /// raw tracepoint), `btf` or `raw` (diagnostics).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        hide_short_help = true
+    )]
+    pub drop_hook: crate::drops::probe::Hook,
+
     #[command(subcommand)]
     pub command: Command,
 }

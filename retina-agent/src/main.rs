@@ -108,6 +108,7 @@ fn agent_options(cli: &Cli, config: &Config) -> AgentOptions {
         drops_enabled: config.drops.enabled,
         drops: ProbeOptions {
             max_entries: config.drops.map_entries,
+            hook: cli.drop_hook,
         },
         btf_path: cli.btf.clone(),
         ethtool: config.ethtool.clone(),
@@ -156,6 +157,7 @@ fn check_command(
     let checks = check::run(&check::Input {
         config: loaded,
         btf_path: cli.btf.as_deref(),
+        hook: cli.drop_hook,
     });
     let text = match args.format {
         CheckFormat::Text => check::render_text(&checks),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use retina_tests::*;
 
 const NO_SOCKET: &str = "NO_SOCKET";
+const TRACEPOINT_NAME: &str = "kfree_skb";
 const NETFILTER_DROP: &str = "NETFILTER_DROP";
 /// UDP payload the traffic helper sends.
 const PAYLOAD: u64 = 32;
@@ -76,6 +77,59 @@ fn udp_to_closed_port_counts_no_socket() -> anyhow::Result<()> {
         attr_str(p, "network.namespace.name").as_deref(),
         Some(ns.name.as_str())
     );
+    Ok(())
+}
+
+/// Kernels without BTF-enabled tracepoints run the raw tracepoint program: it must count
+/// exactly as well, and `check` must name the hook each flavour uses.
+#[test]
+fn both_hooks_count_exactly() -> anyhow::Result<()> {
+    require_root();
+    for (hook, program) in [("raw", "kfree_skb"), ("btf", "kfree_skb_btf")] {
+        let ns = NetNs::new("rhook")?;
+        let inode = ns.inode()?.to_string();
+        let doc = snapshot_json(&[
+            "--drop-hook",
+            hook,
+            "--",
+            "ip",
+            "netns",
+            "exec",
+            &ns.name,
+            &traffic(),
+            "udp",
+            "127.0.0.1:9",
+            "250",
+            "32",
+        ])?;
+        let want = [
+            ("drop.reason", NO_SOCKET),
+            ("network.namespace.inode", inode.as_str()),
+            ("network.interface.name", "lo"),
+        ];
+        assert_eq!(
+            sum(&doc, "retina.drop.count", &want),
+            250,
+            "{hook}: {doc:#}"
+        );
+        assert_eq!(
+            sum(&doc, "retina.drop.bytes", &want),
+            250 * UDP_LEN_AT_DROP,
+            "{hook}"
+        );
+        let check = agent_output(&["--drop-hook", hook, "check"])?;
+        let text = String::from_utf8_lossy(&check.stdout);
+        let probe_line = text
+            .lines()
+            .find(|l| l.contains("probe"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            probe_line.contains(&format!("tracepoint {TRACEPOINT_NAME}"))
+                && probe_line.contains(if hook == "raw" { "raw" } else { "BTF" }),
+            "{hook} ({program}): {text}"
+        );
+    }
     Ok(())
 }
 
@@ -464,7 +518,10 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
     };
     require_root();
     let options = AgentOptions {
-        drops: ProbeOptions { max_entries: 64 },
+        drops: ProbeOptions {
+            max_entries: 64,
+            ..ProbeOptions::default()
+        },
         ..AgentOptions::default()
     };
     let mut agent = Agent::new(&options)?;

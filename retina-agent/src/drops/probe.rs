@@ -43,6 +43,10 @@ pub enum ProbeError {
     Program(#[source] aya::programs::ProgramError),
     #[error("eBPF object has no `{0}` {1}")]
     Missing(&'static str, &'static str),
+    #[error(
+        "the BTF-enabled tracepoint was required, but the kernel's BTF (/sys/kernel/btf/vmlinux) cannot be read"
+    )]
+    NoKernelBtf,
     #[error("reading eBPF map `{map}`: {source}")]
     Read {
         map: &'static str,
@@ -139,14 +143,30 @@ pub fn check_capabilities() -> Result<(), ProbeError> {
 pub struct ProbeOptions {
     /// Capacity of the drop map (distinct reason/namespace/interface/protocol keys).
     pub max_entries: u32,
+    /// Which tracepoint flavour to attach.
+    pub hook: Hook,
 }
 
 impl Default for ProbeOptions {
     fn default() -> Self {
         ProbeOptions {
             max_entries: DEFAULT_DROPS_MAX_ENTRIES,
+            hook: Hook::Auto,
         }
     }
+}
+
+/// How the probe attaches to `kfree_skb`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hook {
+    /// The BTF-enabled tracepoint where it loads, else the raw tracepoint.
+    #[default]
+    Auto,
+    /// Only the BTF-enabled tracepoint (`tp_btf`, direct loads).
+    Btf,
+    /// Only the raw tracepoint (`bpf_probe_read_kernel`): what kernels without BTF-enabled
+    /// tracepoints run.
+    Raw,
 }
 
 /// The loaded, attached program. Dropping it detaches the program and frees the maps.
@@ -231,8 +251,16 @@ impl DropProbe {
             .map_max_entries(DROPS_MAP, options.max_entries)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
-        let program = match kernel_btf.as_ref().map(|btf| attach_btf(&mut ebpf, btf)) {
+        let btf_attempt = match options.hook {
+            Hook::Raw => None,
+            Hook::Auto | Hook::Btf => kernel_btf.as_ref().map(|btf| attach_btf(&mut ebpf, btf)),
+        };
+        let program = match btf_attempt {
             Some(Ok(())) => BTF_PROGRAM_NAME,
+            Some(Err(e)) if options.hook == Hook::Btf => return Err(e),
+            None if options.hook == Hook::Btf => {
+                return Err(ProbeError::NoKernelBtf);
+            }
             fallback => {
                 if let Some(Err(e)) = fallback {
                     tracing::info!(
