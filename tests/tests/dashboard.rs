@@ -6,9 +6,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -27,13 +25,6 @@ const SUBSTITUTIONS: &[(&str, &str)] = &[
     ("$instance", ".*"),
     ("$interface", ".*"),
 ];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 fn dashboard() -> Value {
     let path = repo().join("packaging/grafana/retina-agent.json");
@@ -128,23 +119,6 @@ fn dashboard_is_well_formed() {
 // ---------------------------------------------------------------------------------------
 
 /// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir)?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A child process, killed and reaped on drop.
 struct Guard {
     name: &'static str,
@@ -183,10 +157,6 @@ fn which(name: &str) -> Option<PathBuf> {
         })
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Percent-encodes a query string value.
 fn encode(s: &str) -> String {
     let mut out = String::new();
@@ -198,23 +168,6 @@ fn encode(s: &str) -> String {
         }
     }
     out
-}
-
-/// `GET path` over HTTP/1.0: status and body.
-fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    Ok((status, body.to_string()))
 }
 
 /// A Prometheus API call; its `data`.

@@ -14,10 +14,6 @@ const PAYLOAD: u64 = 32;
 /// pulled: skb->len is the UDP header plus payload.
 const UDP_LEN_AT_DROP: u64 = 8 + PAYLOAD;
 
-fn traffic() -> String {
-    helper_bin("traffic").display().to_string()
-}
-
 /// The drop points of one namespace, as (reason, interface name) → packets.
 fn by_reason(doc: &serde_json::Value, netns: u64) -> BTreeMap<(String, String), u64> {
     let mut out = BTreeMap::new();

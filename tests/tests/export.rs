@@ -38,29 +38,6 @@ const PATIENCE: Duration = Duration::from_secs(40);
 
 // ---- Processes, directories, ports ----
 
-/// A directory under the system temp dir, removed with its contents on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("retina-export-{}", unique_name(tag)));
-        std::fs::create_dir_all(&path).with_context(|| format!("mkdir {}", path.display()))?;
-        Ok(TempDir(path))
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("cleanup: rm -r {}: {e}", self.0.display());
-        }
-    }
-}
-
 /// A child process with stdout and stderr in a log file; killed (SIGKILL) and reaped on
 /// drop unless it already exited.
 struct Proc {
@@ -156,12 +133,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
 }
 
 fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {

@@ -43,10 +43,6 @@ const PAYLOAD: u64 = 32;
 /// What one datagram adds to a veth's byte counters: Ethernet + IPv4 + UDP headers.
 const FRAME: u64 = 14 + 20 + 8 + PAYLOAD;
 
-fn traffic() -> String {
-    helper_bin("traffic").display().to_string()
-}
-
 /// A /24 of 10.232.0.0/16 for this process (drops.rs uses 10.231/16).
 fn subnet() -> u8 {
     (std::process::id() % 250) as u8

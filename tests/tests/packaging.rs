@@ -11,8 +11,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -27,17 +25,6 @@ use retina_tests::*;
 /// The uid/gid the capability tests run the agent as (`nobody`): the unit's DynamicUser
 /// is an unprivileged uid of the same kind.
 const NOBODY: &str = "65534";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn traffic() -> String {
-    helper_bin("traffic").display().to_string()
-}
 
 // ---------------------------------------------------------------------------------------
 // The unit file.
@@ -122,37 +109,6 @@ fn setpriv(caps: &[String]) -> Command {
 
 // ---------------------------------------------------------------------------------------
 // Scratch directories and processes, removed and killed on drop.
-
-struct TempDir(PathBuf);
-
-static TEMP_DIRS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-impl TempDir {
-    fn new(prefix: &str) -> Result<Self> {
-        let n = TEMP_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir)?;
-        Ok(TempDir(dir))
-    }
-
-    /// A directory the unprivileged agent (uid 65534) can create files in.
-    fn shared(prefix: &str) -> Result<Self> {
-        let dir = Self::new(prefix)?;
-        fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o1777))?;
-        Ok(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A child process killed (and reaped) on drop, plus any other pids it is responsible for.
 struct Guard {
@@ -937,27 +893,6 @@ fn trace_line(line: &str, traced: &mut Traced) {
         }
         traced.opened.insert(path);
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// `GET path` over HTTP/1.0; the status and the body.
-fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    Ok((status, body.to_string()))
 }
 
 #[test]
