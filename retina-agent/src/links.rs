@@ -1071,25 +1071,31 @@ impl Table {
     }
 }
 
-/// Parses the payload of an `RTM_NEWLINK` message (`ifinfomsg` + attributes). On error,
-/// returns the ifindex if the fixed header was readable.
-fn parse_link(payload: &[u8]) -> Result<LinkMsg<'_>, (Option<u32>, Malformed)> {
-    if payload.len() < IFINFOMSG_LEN {
+/// The ifindex of an `ifinfomsg` or `if_stats_msg` (both keep it at byte 4) whose fixed
+/// header is `header_len` bytes; it must be positive.
+fn header_ifindex(payload: &[u8], header_len: usize) -> Result<u32, (Option<u32>, Malformed)> {
+    if payload.len() < header_len {
         return Err((
             None,
             Malformed::ShortPayload {
                 len: payload.len(),
-                need: IFINFOMSG_LEN,
+                need: header_len,
             },
         ));
     }
-    // struct ifinfomsg { u8 family; u8 pad; u16 type; i32 index; u32 flags; u32 change; }
     let raw_index = read_i32(payload, 4);
+    match u32::try_from(raw_index) {
+        Ok(i) if i > 0 => Ok(i),
+        _ => Err((None, Malformed::Ifindex(raw_index))),
+    }
+}
+
+/// Parses the payload of an `RTM_NEWLINK` message (`ifinfomsg` + attributes). On error,
+/// returns the ifindex if the fixed header was readable.
+fn parse_link(payload: &[u8]) -> Result<LinkMsg<'_>, (Option<u32>, Malformed)> {
+    // struct ifinfomsg { u8 family; u8 pad; u16 type; i32 index; u32 flags; u32 change; }
+    let ifindex = header_ifindex(payload, IFINFOMSG_LEN)?;
     let flags = read_u32(payload, 8);
-    let ifindex = match u32::try_from(raw_index) {
-        Ok(i) if i > 0 => i,
-        _ => return Err((None, Malformed::Ifindex(raw_index))),
-    };
     let fail = |what| (Some(ifindex), what);
     let mut name = None;
     let mut stats = None;
@@ -1159,21 +1165,8 @@ fn parse_link(payload: &[u8]) -> Result<LinkMsg<'_>, (Option<u32>, Malformed)> {
 /// must carry `IFLA_STATS_LINK_64`. On error, returns the ifindex if the fixed header was
 /// readable.
 fn parse_stats_msg(payload: &[u8]) -> Result<StatsMsg, (Option<u32>, Malformed)> {
-    if payload.len() < IF_STATS_MSG_LEN {
-        return Err((
-            None,
-            Malformed::ShortPayload {
-                len: payload.len(),
-                need: IF_STATS_MSG_LEN,
-            },
-        ));
-    }
     // struct if_stats_msg { u8 family; u8 pad1; u16 pad2; u32 ifindex; u32 filter_mask; }
-    let raw_index = read_i32(payload, 4);
-    let ifindex = match u32::try_from(raw_index) {
-        Ok(i) if i > 0 => i,
-        _ => return Err((None, Malformed::Ifindex(raw_index))),
-    };
+    let ifindex = header_ifindex(payload, IF_STATS_MSG_LEN)?;
     let fail = |what| (Some(ifindex), what);
     let mut stats = None;
     for attr in Attrs::new(&payload[IF_STATS_MSG_LEN..], IF_STATS_MSG_LEN) {
