@@ -4,12 +4,14 @@
 
 use std::{
     ffi::CStr,
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
@@ -204,6 +206,18 @@ fn ldx(size: u8, dst: u8, src: u8, off: i16) -> u64 {
 fn jeq0(dst: u8, off: i16) -> u64 {
     insn(0x15, dst, 0, off, 0)
 }
+/// `*(size *)(dst + off) = imm` (BPF_ST | BPF_MEM), size 4 or 8 bytes.
+fn st(size: u8, dst: u8, off: i16, imm: i32) -> u64 {
+    insn(if size == 4 { 0x62 } else { 0x7a }, dst, 0, off, imm)
+}
+/// `*(u64 *)(dst + off) = src` (BPF_STX | BPF_MEM | BPF_DW).
+fn stx64(dst: u8, src: u8, off: i16) -> u64 {
+    insn(0x7b, dst, src, off, 0)
+}
+/// `dst = map` (BPF_LD | BPF_IMM | BPF_DW with BPF_PSEUDO_MAP_FD): two instruction slots.
+fn ld_map_fd(dst: u8, fd: BorrowedFd<'_>) -> [u64; 2] {
+    [insn(0x18, dst, 1, 0, fd.as_raw_fd()), 0]
+}
 fn call(helper: i32) -> u64 {
     insn(0x85, 0, 0, 0, helper)
 }
@@ -211,6 +225,7 @@ fn exit() -> u64 {
     insn(0x95, 0, 0, 0, 0)
 }
 
+const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_PROBE_READ_KERNEL: i32 = 113;
 
 /// The kernel structure offsets the agent's program reads (from BTF).
@@ -268,19 +283,7 @@ impl ReadVariants {
         p.extend([mov_imm(0, 0), exit()]);
         let probe = load_and_attach(&p, b"retina_probe6", tracepoint, 0)?;
 
-        // Direct-load variant (the same reads; a NULL dev skips its three).
-        let d = vec![
-            ldx(8, 6, 1, 0),
-            ldx(8, 7, 6, o.skb_dev as i16),
-            ldx(2, 4, 6, o.skb_protocol as i16),
-            ldx(4, 5, 6, o.skb_len as i16),
-            jeq0(7, 3),
-            ldx(4, 2, 7, o.dev_ifindex as i16),
-            ldx(8, 8, 7, o.dev_net as i16),
-            ldx(4, 3, 8, o.net_inum as i16),
-            mov_imm(0, 0),
-            exit(),
-        ];
+        let d = direct_reads(o);
         let (direct, direct_error) = match attach_btf_id {
             Some(id) => match load_and_attach(&d, b"retina_direct6", tracepoint, id) {
                 Ok(v) => (Some(v), None),
@@ -297,6 +300,158 @@ impl ReadVariants {
             direct_error,
         })
     }
+}
+
+/// `union bpf_attr` for BPF_MAP_CREATE, up to `map_flags`.
+#[repr(C)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// `union bpf_attr` for BPF_MAP_UPDATE_ELEM.
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+
+/// A per-CPU map of 16-byte values (the agent's `DropValue`), created with `map_type`,
+/// `key_size` and `max_entries`, with `key` present (all CPUs' values zero).
+fn percpu_map_with(map_type: u32, key: &[u8], max_entries: u32) -> Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type,
+        key_size: key.len() as u32,
+        value_size: 16,
+        max_entries,
+        map_flags: 0,
+    };
+    let fd = bpf(BPF_MAP_CREATE, &mut attr).context("BPF_MAP_CREATE")?;
+    // SAFETY: a new descriptor that nothing else owns.
+    let map = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // Per-CPU values: one 16-byte slot per possible CPU.
+    let cpus = aya::util::nr_cpus().map_err(|(p, e)| anyhow::anyhow!("{p}: {e}"))?;
+    let values = vec![0u8; 16 * cpus];
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        value: values.as_ptr() as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("BPF_MAP_UPDATE_ELEM")?;
+    Ok(map)
+}
+
+/// A program attached to `kfree_skb` with its maps; detached and freed on drop.
+pub struct Variant {
+    pub prog: OwnedFd,
+    _link: OwnedFd,
+    _map: Option<OwnedFd>,
+}
+
+/// Attaches `insns` as `tp_btf` where `attach_btf_id` is known, else as a raw tracepoint
+/// (the dispatch, and so the cost of an empty program, is the same for both).
+fn variant(
+    insns: &[u64],
+    name: &[u8],
+    tracepoint: &CStr,
+    attach_btf_id: Option<u32>,
+    map: Option<OwnedFd>,
+) -> Result<Variant> {
+    let (prog, link) = load_and_attach(insns, name, tracepoint, attach_btf_id.unwrap_or(0))?;
+    Ok(Variant {
+        prog,
+        _link: link,
+        _map: map,
+    })
+}
+
+/// The map half of the agent's per-drop work, without the kernel reads: a lookup of one
+/// constant key and the in-place `packets += 1; bytes += 32` on the returned per-CPU slot.
+/// * `hash`: a `BPF_MAP_TYPE_PERCPU_HASH` of 16-byte keys like the agent's `DROPS` (same
+///   `max_entries`, so the same bucket array), the key inserted beforehand;
+/// * `array`: a `BPF_MAP_TYPE_PERCPU_ARRAY` of the same size, constant index.
+pub fn map_variant(
+    hash: bool,
+    key: [u32; 4],
+    max_entries: u32,
+    tracepoint: &CStr,
+    attach_btf_id: Option<u32>,
+) -> Result<Variant> {
+    let (map, key_insns, key_len, name): (_, Vec<u64>, i16, &[u8]) = if hash {
+        let bytes: Vec<u8> = key.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let map = percpu_map_with(BPF_MAP_TYPE_PERCPU_HASH, &bytes, max_entries)?;
+        let st_key = (0..4)
+            .map(|i| st(4, 10, -16 + 4 * i as i16, key[i] as i32))
+            .collect();
+        (map, st_key, 16, b"retina_hash1")
+    } else {
+        let index = key[0] % max_entries;
+        let map = percpu_map_with(BPF_MAP_TYPE_PERCPU_ARRAY, &index.to_ne_bytes(), max_entries)?;
+        (map, vec![st(4, 10, -4, index as i32)], 4, b"retina_array1")
+    };
+    let mut p = key_insns;
+    p.extend(ld_map_fd(1, map.as_fd()));
+    p.extend([
+        mov_reg(2, 10),
+        add_imm(2, -i32::from(key_len)),
+        call(BPF_FUNC_MAP_LOOKUP_ELEM),
+        jeq0(0, 6),
+        ldx(8, 1, 0, 0),
+        add_imm(1, 1),
+        stx64(0, 1, 0),
+        ldx(8, 1, 0, 8),
+        add_imm(1, 32),
+        stx64(0, 1, 8),
+        mov_imm(0, 0),
+        exit(),
+    ]);
+    variant(&p, name, tracepoint, attach_btf_id, Some(map))
+}
+
+/// The six reads as direct loads from the `tp_btf` program's typed `skb` (a NULL dev skips
+/// its three).
+fn direct_reads(o: &ReadOffsets) -> Vec<u64> {
+    vec![
+        ldx(8, 6, 1, 0),
+        ldx(8, 7, 6, o.skb_dev as i16),
+        ldx(2, 4, 6, o.skb_protocol as i16),
+        ldx(4, 5, 6, o.skb_len as i16),
+        jeq0(7, 3),
+        ldx(4, 2, 7, o.dev_ifindex as i16),
+        ldx(8, 8, 7, o.dev_net as i16),
+        ldx(4, 3, 8, o.net_inum as i16),
+        mov_imm(0, 0),
+        exit(),
+    ]
+}
+
+/// The same direct reads as [`ReadVariants`]' `direct`, on their own, for attaching ahead
+/// of the agent's program: programs on one tracepoint run in attach order, so this one
+/// meets `skb->dev`, `dev->nd_net` and `net->ns.inum` as cold as the agent's program
+/// meets them in production (attached after it, they are already in cache).
+pub fn direct_reads_variant(
+    o: &ReadOffsets,
+    tracepoint: &CStr,
+    attach_btf_id: u32,
+) -> Result<Variant> {
+    variant(
+        &direct_reads(o),
+        b"retina_direct6f",
+        tracepoint,
+        Some(attach_btf_id),
+        None,
+    )
 }
 
 /// The vmlinux BTF type id of the typedef `name` (e.g. `btf_trace_kfree_skb`, what a

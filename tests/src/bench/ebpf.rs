@@ -2,7 +2,11 @@
 //! program on the same hook, under a flood of UDP datagrams to a closed port, and whether
 //! the agent counted exactly the drops that happened.
 
-use std::{collections::BTreeMap, os::fd::AsFd as _, time::Duration};
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use opentelemetry::KeyValue;
@@ -16,8 +20,11 @@ use retina_tests::NetNs;
 use serde_json::{Value, json};
 
 use super::{
-    bpf::{BpfStats, EmptyProgram, ProgInfo, ReadOffsets, ReadVariants, vmlinux_typedef_id},
-    net, sys,
+    bpf::{
+        BpfStats, EmptyProgram, ProgInfo, ReadOffsets, ReadVariants, direct_reads_variant,
+        map_variant, vmlinux_typedef_id,
+    },
+    cycle, net, sys,
 };
 
 pub struct EbpfReport {
@@ -26,8 +33,18 @@ pub struct EbpfReport {
     pub empty_ns: f64,
     /// The six reads with bpf_probe_read_kernel (raw tracepoint), ns per run.
     pub probe6_ns: f64,
-    /// The same six reads as direct BTF loads (tp_btf), ns per run, if it loaded.
+    /// The same six reads as direct BTF loads (tp_btf), ns per run, if it loaded; attached
+    /// after the agent's program, so they find the agent's cache lines warm.
     pub direct6_ns: Option<f64>,
+    /// Phase 2: the direct reads attached ahead of the agent's program (cold lines), and the
+    /// agent's program behind them, ns per run.
+    pub direct6_first_ns: Option<f64>,
+    pub ours_after_reads_ns: Option<f64>,
+    pub empty2_ns: f64,
+    /// Lookup of one constant 16-byte key in a per-CPU hash of the agent's size, plus the
+    /// increments; the same with a per-CPU array; ns per run.
+    pub hash_const_ns: f64,
+    pub array_const_ns: f64,
     pub counted: u64,
     pub sent: u64,
 }
@@ -71,27 +88,11 @@ fn per_run(before: &ProgInfo, after: &ProgInfo) -> (u64, f64) {
     (runs, ns)
 }
 
-pub fn run(drops: &mut DropCollector, packets: u64) -> Result<EbpfReport> {
-    let stats = BpfStats::enable()?;
-    let empty = EmptyProgram::attach(c"kfree_skb").context("attaching the empty program")?;
-    let o = retina_agent::drops::probe::offsets_from_btf(&retina_agent::btf::Btf::from_sys()?)?;
-    let variants = ReadVariants::attach(
-        &ReadOffsets {
-            skb_dev: o.skb_dev,
-            skb_len: o.skb_len,
-            skb_protocol: o.skb_protocol,
-            dev_ifindex: o.dev_ifindex,
-            dev_net: o.dev_net,
-            net_inum: o.net_inum,
-        },
-        c"kfree_skb",
-        vmlinux_typedef_id("btf_trace_kfree_skb")?,
-    )
-    .context("attaching the read-method variants")?;
-    // The probe attaches its BTF-typed program where the kernel allows it, else the raw
-    // tracepoint one: measure whichever is loaded.
+/// The agent's program in a collector's probe (the BTF-typed one where the kernel allows
+/// it, else the raw tracepoint one) and a descriptor for its statistics.
+fn agent_program(drops: &mut DropCollector) -> Result<(&'static str, OwnedFd)> {
     let ebpf = drops.probe_mut().ebpf_mut();
-    let (ours_name, ours_fd) = [
+    [
         retina_ebpf_common::BTF_PROGRAM_NAME,
         retina_ebpf_common::PROGRAM_NAME,
     ]
@@ -106,37 +107,127 @@ pub fn run(drops: &mut DropCollector, packets: u64) -> Result<EbpfReport> {
             .ok()?;
         Some((name, fd))
     })
-    .context("the agent's drop program is not loaded")?;
+    .context("the agent's drop program is not loaded")
+}
+
+/// Run-time statistics of several programs over one flood.
+struct Measured {
+    before: Vec<ProgInfo>,
+}
+
+impl Measured {
+    fn start(progs: &[BorrowedFd<'_>]) -> Result<Measured> {
+        Ok(Measured {
+            before: progs
+                .iter()
+                .map(|fd| ProgInfo::of(*fd))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// (runs, ns per run, info at the end) for each program, in order.
+    fn end(self, progs: &[BorrowedFd<'_>]) -> Result<Vec<(u64, f64, ProgInfo)>> {
+        self.before
+            .iter()
+            .zip(progs)
+            .map(|(b, fd)| {
+                let a = ProgInfo::of(*fd)?;
+                let (runs, ns) = per_run(b, &a);
+                Ok((runs, ns, a))
+            })
+            .collect()
+    }
+}
+
+fn program_json(r: &(u64, f64, ProgInfo)) -> Value {
+    json!({ "info": r.2.json(), "runs": r.0, "ns_per_run": sys::round3(r.1) })
+}
+
+/// Section 5, in two floods of `packets` drops each (programs on one tracepoint run in
+/// attach order, and the first to touch `skb->dev`, `dev->nd_net` and `net->ns.inum` pays
+/// for their cache misses):
+/// 1. the agent's program attached first, as in production (the headline figure and the
+///    accuracy check), then the empty program, the read-method variants and the two
+///    map-only variants (constant key in a per-CPU hash / array);
+/// 2. the direct reads attached first, then a second instance of the agent's program
+///    (which now finds those lines warm), then the empty program: what the cold lines cost.
+pub fn run(packets: u64) -> Result<EbpfReport> {
+    let stats = BpfStats::enable()?;
+    let tp = c"kfree_skb";
+    let o = retina_agent::drops::probe::offsets_from_btf(&retina_agent::btf::Btf::from_sys()?)?;
+    let reads = ReadOffsets {
+        skb_dev: o.skb_dev,
+        skb_len: o.skb_len,
+        skb_protocol: o.skb_protocol,
+        dev_ifindex: o.dev_ifindex,
+        dev_net: o.dev_net,
+        net_inum: o.net_inum,
+    };
+    let btf_id = vmlinux_typedef_id("btf_trace_kfree_skb")?;
     let ns = NetNs::new("rbd")?;
     let inode = ns.inode()?;
     let path = format!("/run/netns/{}", ns.name);
     let mut links = Links::new()?;
     links.refresh()?;
 
-    let counts0 = drops_in(drops, &links, inode)?;
-    let ours0 = ProgInfo::of(ours_fd.as_fd())?;
-    let empty0 = ProgInfo::of(empty.prog.as_fd())?;
-    let probe0 = ProgInfo::of(variants.probe.0.as_fd())?;
-    let direct0 = match &variants.direct {
-        Some((fd, _)) => Some(ProgInfo::of(fd.as_fd())?),
-        None => None,
-    };
+    // ---- phase 1: the agent first ----
+    let mut drops = cycle::drop_collector().context("loading the agent's drop probe")?;
+    let (ours_name, ours_fd) = agent_program(&mut drops)?;
+    let empty = EmptyProgram::attach(tp).context("attaching the empty program")?;
+    let variants =
+        ReadVariants::attach(&reads, tp, btf_id).context("attaching the read-method variants")?;
+    // NO_SOCKET / ifindex 1 / some inode / IPv4: any constant key does.
+    let key = [3, 1, inode as u32, 0x0800];
+    let max = retina_ebpf_common::DEFAULT_DROPS_MAX_ENTRIES;
+    let hash = map_variant(true, key, max, tp, btf_id).context("per-CPU hash variant")?;
+    let array = map_variant(false, key, max, tp, btf_id).context("per-CPU array variant")?;
+    let mut progs = vec![
+        ours_fd.as_fd(),
+        empty.prog.as_fd(),
+        variants.probe.0.as_fd(),
+        hash.prog.as_fd(),
+        array.prog.as_fd(),
+    ];
+    if let Some((fd, _)) = &variants.direct {
+        progs.push(fd.as_fd());
+    }
+
+    let counts0 = drops_in(&mut drops, &links, inode)?;
+    let m = Measured::start(&progs)?;
     let flood = net::flood(&path, 9, packets, 256)?;
     // Let softirq processing finish.
     sys::sleep(Duration::from_millis(300))?;
-    let ours1 = ProgInfo::of(ours_fd.as_fd())?;
-    let empty1 = ProgInfo::of(empty.prog.as_fd())?;
-    let probe1 = ProgInfo::of(variants.probe.0.as_fd())?;
-    let direct1 = match &variants.direct {
-        Some((fd, _)) => Some(ProgInfo::of(fd.as_fd())?),
-        None => None,
-    };
-    let counts1 = drops_in(drops, &links, inode)?;
+    let r1 = m.end(&progs)?;
+    let counts1 = drops_in(&mut drops, &links, inode)?;
+    let (ours_ns, empty_ns, probe6_ns, hash_const_ns, array_const_ns) =
+        (r1[0].1, r1[1].1, r1[2].1, r1[3].1, r1[4].1);
+    let direct6_ns = r1.get(5).map(|r| r.1);
+    let variants_error = variants.direct_error.clone();
+    drop(progs);
+    drop((variants, hash, array, empty, ours_fd));
+    drop(drops);
 
-    let (ours_runs, ours_ns) = per_run(&ours0, &ours1);
-    let (empty_runs, empty_ns) = per_run(&empty0, &empty1);
-    let (_, probe6_ns) = per_run(&probe0, &probe1);
-    let direct6_ns = direct0.zip(direct1).map(|(a, b)| per_run(&a, &b).1);
+    // ---- phase 2: the direct reads first, then the agent, then the empty program ----
+    let (phase2, direct_first_error) = match btf_id {
+        Some(id) => match direct_reads_variant(&reads, tp, id) {
+            Ok(first) => {
+                let mut drops2 = cycle::drop_collector()?;
+                let (_, ours2) = agent_program(&mut drops2)?;
+                let empty2 = EmptyProgram::attach(tp)?;
+                let progs = [first.prog.as_fd(), ours2.as_fd(), empty2.prog.as_fd()];
+                let m = Measured::start(&progs)?;
+                net::flood(&path, 9, packets, 256)?;
+                sys::sleep(Duration::from_millis(300))?;
+                (Some(m.end(&progs)?), None)
+            }
+            Err(e) => (None, Some(format!("{e:#}"))),
+        },
+        None => (
+            None,
+            Some("no btf_trace_kfree_skb in the kernel's BTF".into()),
+        ),
+    };
+
     let delta: BTreeMap<String, u64> = counts1
         .iter()
         .map(|((reason, ty), v)| {
@@ -150,10 +241,10 @@ pub fn run(drops: &mut DropCollector, packets: u64) -> Result<EbpfReport> {
         .collect();
     let counted = delta.get("NO_SOCKET/ipv4").copied().unwrap_or(0);
     let restored = stats.previous().to_string();
-    let variants_error = variants.direct_error.clone();
-    drop(variants);
-    drop(empty);
     drop(stats);
+    let direct6_first_ns = phase2.as_ref().map(|r| r[0].1);
+    let ours_after_reads_ns = phase2.as_ref().map(|r| r[1].1);
+    let empty2_ns = phase2.as_ref().map_or(f64::NAN, |r| r[2].1);
     let json = json!({
         "datagrams_sent": flood.sent,
         "flood_seconds": sys::round3(flood.elapsed.as_secs_f64()),
@@ -161,21 +252,30 @@ pub fn run(drops: &mut DropCollector, packets: u64) -> Result<EbpfReport> {
         "flood_sender_cpu_ns_per_datagram": sys::round3(flood.cpu.as_nanos() as f64 / flood.sent.max(1) as f64),
         "agent_program": {
             "name": ours_name,
-            "info": ours1.json(),
-            "runs": ours_runs,
+            "info": r1[0].2.json(),
+            "runs": r1[0].0,
             "ns_per_run": sys::round3(ours_ns),
         },
-        "empty_program": {
-            "info": empty1.json(),
-            "runs": empty_runs,
-            "ns_per_run": sys::round3(empty_ns),
-        },
+        "empty_program": program_json(&r1[1]),
         "overhead_ns_per_drop_above_empty": sys::round3(ours_ns - empty_ns),
         "read_method": {
-            "what": "the agent's six kernel reads per drop and nothing else",
+            "what": "the agent's six kernel reads per drop and nothing else, attached after the agent's program",
             "probe_read_kernel_raw_tp_ns_per_run": sys::round3(probe6_ns),
             "direct_btf_loads_tp_btf_ns_per_run": direct6_ns.map(sys::round3),
             "direct_error": variants_error,
+        },
+        "map_only": {
+            "what": "lookup of one constant key plus packets += 1, bytes += 32 on its per-CPU slot, no kernel reads; maps of the agent's max_entries, key present beforehand; attached after the agent's program",
+            "max_entries": max,
+            "percpu_hash_16_byte_key": program_json(&r1[3]),
+            "percpu_array": program_json(&r1[4]),
+        },
+        "reads_first": {
+            "what": "second flood: the six direct reads attached ahead of a second instance of the agent's program, then the empty program; the reads meet the cold cache lines, the agent's program finds them warm",
+            "direct_reads_first": phase2.as_ref().map(|r| program_json(&r[0])),
+            "agent_program_after_reads": phase2.as_ref().map(|r| program_json(&r[1])),
+            "empty_program": phase2.as_ref().map(|r| program_json(&r[2])),
+            "error": direct_first_error,
         },
         "target_max_ns": 40,
         "accuracy": {
@@ -192,6 +292,11 @@ pub fn run(drops: &mut DropCollector, packets: u64) -> Result<EbpfReport> {
         empty_ns,
         probe6_ns,
         direct6_ns,
+        direct6_first_ns,
+        ours_after_reads_ns,
+        empty2_ns,
+        hash_const_ns,
+        array_const_ns,
         counted,
         sent: flood.sent,
     })
