@@ -13,8 +13,25 @@ pub const PROGRAM_NAME: &str = "kfree_skb";
 pub const BTF_PROGRAM_NAME: &str = "kfree_skb_btf";
 /// The raw tracepoint the program attaches to: `trace_kfree_skb()`.
 pub const TRACEPOINT: &str = "kfree_skb";
-/// Per-CPU hash map of [`DropKey`] to [`DropValue`].
+/// Hash map of [`DropKey`] to its slot (`u32`): where the key's counts live in
+/// [`COUNTS_MAP`]. A key keeps its slot until user space removes the key.
 pub const DROPS_MAP: &str = "DROPS";
+/// Per-CPU array of [`DropValue`], indexed by slot: the counts of the key [`DROPS_MAP`]
+/// maps to that slot. Counts never move between slots, so per-CPU sums only grow.
+pub const COUNTS_MAP: &str = "DROP_COUNTS";
+/// Stack of free slots (`u32`). User space pushes every slot before attaching the program
+/// (the last pushed, slot 0, is popped first), and pushes a removed key's slot back once
+/// no program can still be counting into it and its counts are zeroed.
+pub const FREE_SLOTS_MAP: &str = "DROP_FREE_SLOTS";
+/// Array with one `u32`, the epoch of [`CACHE_MAP`] entries: user space increments it when
+/// it removes keys, which invalidates every cached key-to-slot mapping on every CPU.
+pub const EPOCH_MAP: &str = "DROP_EPOCH";
+/// Per-CPU array of [`CacheEntry`], [`CACHE_ENTRIES`] of them, direct-mapped by a hash of
+/// the key: the program's key-to-slot cache, so that a drop whose key is cached costs two
+/// inlined per-CPU array lookups instead of a hash table lookup.
+pub const CACHE_MAP: &str = "DROP_CACHE";
+/// Entries of [`CACHE_MAP`] per CPU (a power of two).
+pub const CACHE_ENTRIES: u32 = 64;
 /// Per-CPU array with one [`DropValue`]: drops that could not be counted in [`DROPS_MAP`]
 /// because it was full.
 pub const OVERFLOW_MAP: &str = "DROP_OVERFLOW";
@@ -43,6 +60,16 @@ pub struct DropKey {
     pub netns: u32,
     /// `skb->protocol` (the L3 EtherType) in host byte order.
     pub protocol: u32,
+}
+
+/// One entry of the per-CPU key-to-slot cache. Valid when `epoch` equals the current
+/// epoch (which starts at 1, so a zeroed entry is never valid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub key: DropKey,
+    pub slot: u32,
+    pub epoch: u32,
 }
 
 /// Packets and bytes counted for one [`DropKey`] on one CPU.
@@ -104,14 +131,17 @@ impl Offsets {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all three are #[repr(C)], contain only integers and have no padding (their
+    // SAFETY: all four are #[repr(C)], contain only integers and have no padding (their
     // sizes are asserted below), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::DropValue {}
     unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::CacheEntry {}
 }
 
 // Padding-free layouts: a size that is the sum of the fields proves there is no padding.
 const _: () = assert!(core::mem::size_of::<DropKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DropValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 9 * 4);
+const _: () = assert!(core::mem::size_of::<CacheEntry>() == 24);
+const _: () = assert!(CACHE_ENTRIES.is_power_of_two());

@@ -1,5 +1,12 @@
 //! Counts every packet the kernel drops, by drop reason, network namespace, interface and
-//! L3 protocol, in a per-CPU hash map. Nothing is sent to user space per packet.
+//! L3 protocol. Nothing is sent to user space per packet.
+//!
+//! The counts live in a per-CPU array (`DROP_COUNTS`), one slot per key; the hash map
+//! `DROPS` says which slot a key has. A per-CPU direct-mapped cache (`DROP_CACHE`) keeps
+//! recent key-to-slot answers, so the common drop costs two per-CPU array lookups (which the
+//! verifier inlines) instead of a hash table lookup (a jhash, a bucket walk and two calls).
+//! Counts never move: a key's slot changes only after user space removed the key, waited
+//! for every program run that could still see it, and zeroed the slot.
 //!
 //! Attached to the `kfree_skb` raw tracepoint: `TP_PROTO(struct sk_buff *skb, void
 //! *location, enum skb_drop_reason reason, ...)`. Raw tracepoints attach by name, so tracefs
@@ -12,24 +19,42 @@ use aya_ebpf::{
     EbpfContext,
     helpers::bpf_probe_read_kernel,
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, Stack},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use aya_log_ebpf::warn;
 use retina_ebpf_common::{
-    DEFAULT_DROPS_MAX_ENTRIES, DropKey, DropValue, OFFSETS_HAS_NETNS, OFFSETS_VALID, Offsets,
-    REASON_ARG,
+    CACHE_ENTRIES, CacheEntry, DEFAULT_DROPS_MAX_ENTRIES, DropKey, DropValue, OFFSETS_HAS_NETNS,
+    OFFSETS_VALID, Offsets, REASON_ARG,
 };
 
 /// Filled in by the loader from kernel BTF (read-only data, constant once loaded).
 #[unsafe(no_mangle)]
 static OFFSETS: Offsets = Offsets::zeroed();
 
+/// Key to slot in [`COUNTS`]; looked up only when the per-CPU [`CACHE`] misses.
 #[map]
-static DROPS: PerCpuHashMap<DropKey, DropValue> =
-    PerCpuHashMap::with_max_entries(DEFAULT_DROPS_MAX_ENTRIES, 0);
+static DROPS: HashMap<DropKey, u32> = HashMap::with_max_entries(DEFAULT_DROPS_MAX_ENTRIES, 0);
 
-/// Drops that found `DROPS` full: counted here so none is lost silently.
+/// The counts, per slot and CPU. The loader gives it the capacity of [`DROPS`].
+#[map]
+static DROP_COUNTS: PerCpuArray<DropValue> =
+    PerCpuArray::with_max_entries(DEFAULT_DROPS_MAX_ENTRIES, 0);
+
+/// Slots not in use; filled by the loader before the program is attached.
+#[map]
+static DROP_FREE_SLOTS: Stack<u32> = Stack::with_max_entries(DEFAULT_DROPS_MAX_ENTRIES, 0);
+
+/// Epoch of the [`CACHE`] entries (index 0); set to 1 by the loader, incremented by user
+/// space when it removes keys.
+#[map]
+static DROP_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per-CPU direct-mapped key-to-slot cache.
+#[map]
+static DROP_CACHE: PerCpuArray<CacheEntry> = PerCpuArray::with_max_entries(CACHE_ENTRIES, 0);
+
+/// Drops that found no free slot (or `DROPS` full): counted here so none is lost silently.
 #[map]
 static DROP_OVERFLOW: PerCpuArray<DropValue> = PerCpuArray::with_max_entries(1, 0);
 
@@ -145,34 +170,68 @@ fn try_kfree_skb<K: Kernel, C: EbpfContext>(ctx: &C, skb: u64, reason: u64) {
         netns,
         protocol: protocol as u32,
     };
-    if add(&key, len) {
-        return;
-    }
-    let init = DropValue {
-        packets: 1,
-        bytes: len,
-    };
-    match DROPS.insert(key, init, BPF_NOEXIST) {
-        Ok(()) => {}
-        // Another CPU created the key between our lookup and insert.
-        Err(e) if e == -EEXIST && add(&key, len) => {}
-        Err(_) => overflow(ctx, len),
+    match slot(&key) {
+        Some(slot) => match DROP_COUNTS.get_ptr_mut(slot) {
+            Some(value) => {
+                // SAFETY: the pointer is this CPU's element of the per-CPU array, valid for
+                // the duration of the program, and nothing else on this CPU runs
+                // concurrently.
+                unsafe {
+                    (*value).packets += 1;
+                    (*value).bytes += len;
+                }
+            }
+            None => overflow(ctx, len),
+        },
+        None => overflow(ctx, len),
     }
 }
 
+/// The slot of `key` in `DROP_COUNTS`: from this CPU's cache when it holds `key` for the
+/// current epoch, else from `DROPS` (creating the key with a free slot), caching the answer.
 #[inline(always)]
-fn add(key: &DropKey, len: u64) -> bool {
-    match DROPS.get_ptr_mut(key) {
-        Some(value) => {
-            // SAFETY: the pointer is this CPU's slot of the per-CPU value, valid for the
-            // duration of the program, and nothing else on this CPU runs concurrently.
-            unsafe {
-                (*value).packets += 1;
-                (*value).bytes += len;
+fn slot(key: &DropKey) -> Option<u32> {
+    // Read before `DROPS`, so a mapping cached from a lookup that raced with a removal by
+    // user space carries the old epoch and is never used.
+    let epoch = DROP_EPOCH.get(0).copied().unwrap_or(0);
+    let h = (key.reason ^ key.ifindex.rotate_left(8) ^ key.netns.rotate_left(16) ^ key.protocol)
+        .wrapping_mul(0x9e37_79b1);
+    let entry = DROP_CACHE.get_ptr_mut(h >> (32 - CACHE_ENTRIES.trailing_zeros()))?;
+    // SAFETY: this CPU's cache entry, as in `try_kfree_skb`.
+    let entry = unsafe { &mut *entry };
+    if entry.epoch == epoch && entry.key == *key {
+        return Some(entry.slot);
+    }
+    let slot = lookup_or_create(key)?;
+    *entry = CacheEntry {
+        key: *key,
+        slot,
+        epoch,
+    };
+    Some(slot)
+}
+
+#[inline(always)]
+fn lookup_or_create(key: &DropKey) -> Option<u32> {
+    if let Some(slot) = DROPS.get_ptr(key) {
+        // SAFETY: a value pointer of the hash map, valid while the program runs.
+        return Some(unsafe { *slot });
+    }
+    // A never-used slot holds zeros, and user space zeroes a slot before freeing it.
+    let slot = DROP_FREE_SLOTS.pop().ok().flatten()?;
+    match DROPS.insert(key, slot, BPF_NOEXIST) {
+        Ok(()) => Some(slot),
+        Err(e) => {
+            // Another CPU created the key between our lookup and insert (use its slot), or
+            // the map is full: our slot was never counted into, so it is still free.
+            let _ = DROP_FREE_SLOTS.push(slot, 0);
+            if e == -EEXIST {
+                // SAFETY: as above.
+                DROPS.get_ptr(key).map(|s| unsafe { *s })
+            } else {
+                None
             }
-            true
         }
-        None => false,
     }
 }
 

@@ -669,3 +669,73 @@ fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
     assert_eq!(read(&agent).0, 0, "series of the deleted interface remains");
     Ok(())
 }
+
+/// A removed key's slot in the counts array is reused, zeroed, for the next new key, and
+/// the programs' per-CPU key-to-slot caches forget the removed key: drops of a key that
+/// comes back after removal start from zero in a slot of their own, and never land in the
+/// slot now holding another key.
+#[test]
+fn removed_keys_free_their_slot_and_leave_no_stale_cache() -> anyhow::Result<()> {
+    use retina_agent::drops::probe::{DropProbe, ProbeOptions};
+    use retina_ebpf_common::{DROPS_MAP, DropKey};
+    require_root();
+    let btf = retina_agent::btf::Btf::from_sys()?;
+    let mut probe = DropProbe::load(
+        &btf,
+        &ProbeOptions {
+            max_entries: 64,
+            ..Default::default()
+        },
+    )?;
+    let mut buffers = probe.buffers();
+    let a = NetNs::new("rsla")?;
+    let c = NetNs::new("rslc")?;
+    let (ia, ic) = (a.inode()? as u32, c.inode()? as u32);
+    let send = |ns: &NetNs, n: u32| -> anyhow::Result<()> {
+        ns.exec(&traffic(), &["udp", "127.0.0.1:9", &n.to_string(), "32"])?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        Ok(())
+    };
+    // Packets per namespace, and its key.
+    let read =
+        |probe: &mut DropProbe, buffers: &mut _| -> anyhow::Result<BTreeMap<u32, (u64, DropKey)>> {
+            let mut out = BTreeMap::new();
+            probe.read(buffers, |k, v| {
+                if k.netns == ia || k.netns == ic {
+                    let e = out.entry(k.netns).or_insert((0, *k));
+                    e.0 += v.packets;
+                }
+            })?;
+            Ok(out)
+        };
+    let slot_of = |probe: &mut DropProbe, key: &DropKey| -> anyhow::Result<Option<u32>> {
+        let map = probe.ebpf_mut().map(DROPS_MAP).expect("drop map");
+        let map = aya::maps::HashMap::<_, DropKey, u32>::try_from(map)?;
+        Ok(map.get(key, 0).ok())
+    };
+
+    send(&a, 100)?;
+    let got = read(&mut probe, &mut buffers)?;
+    let (n, key_a) = got[&ia];
+    assert_eq!(n, 100);
+    let slot_a = slot_of(&mut probe, &key_a)?.expect("slot of a");
+    assert!(probe.remove(&key_a)?);
+    // This read frees the slot (after a grace period) and no longer sees the key.
+    let got = read(&mut probe, &mut buffers)?;
+    assert!(!got.contains_key(&ia), "{got:?}");
+
+    // The next new key takes the freed slot (top of the free stack), from zero.
+    send(&c, 70)?;
+    // The removed key comes back: a fresh slot, from zero, not the cached old one.
+    send(&a, 50)?;
+    let got = read(&mut probe, &mut buffers)?;
+    assert_eq!(got.get(&ic).map(|g| g.0), Some(70), "{got:?}");
+    assert_eq!(got.get(&ia).map(|g| g.0), Some(50), "{got:?}");
+    let slot_c = slot_of(&mut probe, &got[&ic].1)?.expect("slot of c");
+    let slot_a2 = slot_of(&mut probe, &key_a)?.expect("new slot of a");
+    assert_ne!(slot_a2, slot_a, "a kept its old slot");
+    assert_ne!(slot_a2, slot_c);
+    let mut overflow_buffers = probe.buffers();
+    assert_eq!(probe.overflow(&mut overflow_buffers)?.packets, 0);
+    Ok(())
+}

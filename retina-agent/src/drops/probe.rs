@@ -2,7 +2,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
 };
 
 use aya::{
@@ -11,9 +11,9 @@ use aya::{
     programs::{BtfTracePoint, RawTracePoint},
 };
 use retina_ebpf_common::{
-    BTF_PROGRAM_NAME, DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP, DropKey, DropValue,
-    NOT_DROP_REASONS_GLOBAL, OFFSETS_GLOBAL, OFFSETS_HAS_NETNS, OFFSETS_VALID, OVERFLOW_MAP,
-    Offsets, PROGRAM_NAME, REASON_ARG, TRACEPOINT,
+    BTF_PROGRAM_NAME, COUNTS_MAP, DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP, DropKey, DropValue,
+    EPOCH_MAP, FREE_SLOTS_MAP, NOT_DROP_REASONS_GLOBAL, OFFSETS_GLOBAL, OFFSETS_HAS_NETNS,
+    OFFSETS_VALID, OVERFLOW_MAP, Offsets, PROGRAM_NAME, REASON_ARG, TRACEPOINT,
 };
 
 use crate::btf::{Btf, BtfError};
@@ -170,16 +170,30 @@ pub enum Hook {
 }
 
 /// The loaded, attached program. Dropping it detaches the program and frees the maps.
+///
+/// The program keeps each key's counts in its own slot of a per-CPU array and the
+/// key-to-slot mapping in a hash map (see retina-ebpf). Removing a key frees its slot in two
+/// steps: [`Self::remove`] deletes the mapping and invalidates the program's per-CPU caches
+/// (a new epoch); the next [`Self::read`] waits for an RCU grace period, after which no
+/// program run can still count into the slot, zeroes the slot and makes it free again.
 pub struct DropProbe {
     ebpf: Ebpf,
     program: &'static str,
-    drops: std::os::fd::OwnedFd,
-    overflow: std::os::fd::OwnedFd,
+    drops: OwnedFd,
+    counts: OwnedFd,
+    free_slots: OwnedFd,
+    epoch_map: OwnedFd,
+    overflow: OwnedFd,
     ncpus: usize,
     max_entries: u32,
+    epoch: u32,
+    /// Slots of removed keys, freed at the next read.
+    pending: Vec<u32>,
+    zeros: Vec<DropValue>,
 }
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
@@ -224,9 +238,12 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
     }
 }
 
-/// Reusable buffers for reading the per-CPU drop map in batches.
+/// Reusable buffers for reading the drop maps in batches.
 pub struct ReadBuffers {
     keys: Vec<DropKey>,
+    slots: Vec<u32>,
+    /// (slot, key) of every key, sorted by slot; capacity: the map's.
+    pairs: Vec<(u32, DropKey)>,
     values: Vec<DropValue>,
 }
 
@@ -249,8 +266,18 @@ impl DropProbe {
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(NOT_DROP_REASONS_GLOBAL, &not_drops, true)
             .map_max_entries(DROPS_MAP, options.max_entries)
+            .map_max_entries(COUNTS_MAP, options.max_entries)
+            .map_max_entries(FREE_SLOTS_MAP, options.max_entries)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        // Before the program is attached: every slot free (slot 0 on top), epoch 1.
+        let free_slots = map_fd(&ebpf, FREE_SLOTS_MAP)?;
+        for slot in (0..options.max_entries).rev() {
+            push_slot(&free_slots, slot)?;
+        }
+        let epoch_map = map_fd(&ebpf, EPOCH_MAP)?;
+        let epoch = 1;
+        set_epoch(&epoch_map, epoch)?;
         let btf_attempt = match options.hook {
             Hook::Raw => None,
             Hook::Auto | Hook::Btf => kernel_btf.as_ref().map(|btf| attach_btf(&mut ebpf, btf)),
@@ -279,14 +306,21 @@ impl DropProbe {
         };
         drop(kernel_btf);
         let drops = map_fd(&ebpf, DROPS_MAP)?;
+        let counts = map_fd(&ebpf, COUNTS_MAP)?;
         let overflow = map_fd(&ebpf, OVERFLOW_MAP)?;
         Ok(DropProbe {
             ebpf,
             program,
             drops,
+            counts,
+            free_slots,
+            epoch_map,
             overflow,
             ncpus,
             max_entries: options.max_entries,
+            epoch,
+            pending: Vec::new(),
+            zeros: vec![DropValue::default(); ncpus],
         })
     }
 
@@ -309,72 +343,145 @@ impl DropProbe {
     pub fn buffers(&self) -> ReadBuffers {
         ReadBuffers {
             keys: vec![DropKey::default(); BATCH],
+            slots: vec![0; BATCH],
+            pairs: Vec::with_capacity(self.max_entries as usize),
             values: vec![DropValue::default(); BATCH * self.ncpus],
         }
     }
 
     /// Calls `f` with every key and its value summed over CPUs. Batched lookups into
-    /// `buffers`: no allocation, one syscall per 256 entries.
+    /// `buffers`: no allocation, one syscall per 256 keys and one per 256 slots.
     pub fn read(
-        &self,
+        &mut self,
         buffers: &mut ReadBuffers,
         mut f: impl FnMut(&DropKey, DropValue),
     ) -> Result<(), ProbeError> {
+        self.release_pending()?;
+        let ReadBuffers {
+            keys,
+            slots,
+            pairs,
+            values,
+        } = buffers;
+        pairs.clear();
+        let fd = self.drops.as_fd();
+        batch_read(fd, DROPS_MAP, None, keys, slots, |keys, slots| {
+            for (key, &slot) in keys.iter().zip(slots) {
+                if pairs.len() < pairs.capacity() {
+                    pairs.push((slot, *key));
+                }
+            }
+            true
+        })?;
+        pairs.sort_unstable_by_key(|p| p.0);
+        // The counts of the slots in use, a batch of consecutive slots at a time, from the
+        // lowest slot still to read.
+        let ncpus = self.ncpus;
+        let mut next = 0;
+        let mut indices = [0u32; BATCH];
+        while let Some(&(start, _)) = pairs.get(next) {
+            let mut got = 0;
+            batch_read(
+                self.counts.as_fd(),
+                COUNTS_MAP,
+                start.checked_sub(1),
+                &mut indices,
+                values,
+                |indices, values| {
+                    got = indices.len();
+                    let last = indices.last().copied().unwrap_or(start);
+                    while let Some((slot, key)) = pairs.get(next) {
+                        if *slot > last {
+                            break;
+                        }
+                        let i = (slot - start) as usize;
+                        f(key, sum(&values[i * ncpus..(i + 1) * ncpus]));
+                        next += 1;
+                    }
+                    false
+                },
+            )?;
+            if got == 0 {
+                // Slots beyond the array (cannot happen: the program checks the bound).
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `key` from the drop map. `Ok(false)` when it was not there. Its slot is
+    /// freed at the next [`Self::read`].
+    pub fn remove(&mut self, key: &DropKey) -> Result<bool, ProbeError> {
         let err = |source| ProbeError::Read {
             map: DROPS_MAP,
             source,
         };
-        let mut token = 0u32;
-        let mut first = true;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first {
-                    0
-                } else {
-                    &token as *const u32 as u64
-                },
-                out_batch: &mut token as *mut u32 as u64,
-                keys: buffers.keys.as_mut_ptr() as u64,
-                values: buffers.values.as_mut_ptr() as u64,
-                count: BATCH as u32,
-                map_fd: self.drops.as_fd().as_raw_fd() as u32,
-                elem_flags: 0,
-                flags: 0,
-            };
-            first = false;
-            let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
-                Ok(()) => false,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-                Err(e) => return Err(err(e)),
-            };
-            let n = (attr.count as usize).min(BATCH);
-            for (i, key) in buffers.keys[..n].iter().enumerate() {
-                let per_cpu = &buffers.values[i * self.ncpus..(i + 1) * self.ncpus];
-                f(key, sum(per_cpu));
-            }
-            if done {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Removes `key` from the drop map. `Ok(false)` when it was not there.
-    pub fn remove(&self, key: &DropKey) -> Result<bool, ProbeError> {
+        let mut slot = 0u32;
         let mut attr = ElemAttr {
             map_fd: self.drops.as_fd().as_raw_fd() as u32,
             _pad: 0,
             key: key as *const DropKey as u64,
-            value: 0,
+            value: &mut slot as *mut u32 as u64,
             flags: 0,
         };
-        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            Err(source) => Err(ProbeError::Read {
-                map: DROPS_MAP,
-                source,
-            }),
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+            Err(e) => return Err(err(e)),
         }
+        attr.value = 0;
+        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+            Err(e) => return Err(err(e)),
+        }
+        // Programs must stop using cached mappings to the slot.
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+        set_epoch(&self.epoch_map, self.epoch)?;
+        self.pending.push(slot);
+        Ok(true)
+    }
+
+    /// Frees the slots of keys removed since the last read: once every program run that
+    /// could have found one in its cache has ended (an RCU grace period: the program runs
+    /// with preemption disabled, and `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for one),
+    /// zeroes their counts and pushes them on the free stack.
+    fn release_pending(&mut self) -> Result<(), ProbeError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: membarrier takes no pointers.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                1, /* MEMBARRIER_CMD_GLOBAL */
+                0,
+                0,
+            )
+        };
+        if r != 0 {
+            // nohz_full kernels refuse it: the removal was at least one collection interval
+            // ago, far longer than any program run.
+            tracing::debug!(
+                "membarrier: {}; freeing drop slots without it",
+                io::Error::last_os_error()
+            );
+        }
+        while let Some(slot) = self.pending.pop() {
+            let mut attr = ElemAttr {
+                map_fd: self.counts.as_fd().as_raw_fd() as u32,
+                _pad: 0,
+                key: &slot as *const u32 as u64,
+                value: self.zeros.as_ptr() as u64,
+                flags: 0,
+            };
+            bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source| ProbeError::Read {
+                map: COUNTS_MAP,
+                source,
+            })?;
+            push_slot(&self.free_slots, slot)?;
+        }
+        Ok(())
     }
 
     /// Drops that found the map full, summed over CPUs.
@@ -393,6 +500,78 @@ impl DropProbe {
         })?;
         Ok(sum(&buffers.values[..self.ncpus]))
     }
+}
+
+/// Reads a map with BPF_MAP_LOOKUP_BATCH from the entry after `after` (from the start
+/// when `None`), `keys.len()` entries per call, calling `f` with each batch's keys and
+/// values until the map ends or `f` returns false. `values` holds `keys.len()` values (per
+/// CPU values for per-CPU maps).
+fn batch_read<K, V>(
+    fd: BorrowedFd<'_>,
+    map: &'static str,
+    after: Option<u32>,
+    keys: &mut [K],
+    values: &mut [V],
+    mut f: impl FnMut(&[K], &[V]) -> bool,
+) -> Result<(), ProbeError> {
+    let mut token = after.unwrap_or(0);
+    let mut first = after.is_none();
+    let per_key = values.len() / keys.len().max(1);
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &token as *const u32 as u64
+            },
+            out_batch: &mut token as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        first = false;
+        let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(source) => return Err(ProbeError::Read { map, source }),
+        };
+        let n = (attr.count as usize).min(keys.len());
+        if !f(&keys[..n], &values[..n * per_key]) || done {
+            return Ok(());
+        }
+    }
+}
+
+fn push_slot(free_slots: &OwnedFd, slot: u32) -> Result<(), ProbeError> {
+    let mut attr = ElemAttr {
+        map_fd: free_slots.as_raw_fd() as u32,
+        _pad: 0,
+        key: 0,
+        value: &slot as *const u32 as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source| ProbeError::Read {
+        map: FREE_SLOTS_MAP,
+        source,
+    })
+}
+
+fn set_epoch(epoch_map: &OwnedFd, epoch: u32) -> Result<(), ProbeError> {
+    let key = 0u32;
+    let mut attr = ElemAttr {
+        map_fd: epoch_map.as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: &epoch as *const u32 as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source| ProbeError::Read {
+        map: EPOCH_MAP,
+        source,
+    })
 }
 
 /// Loads and attaches the `tp_btf` variant of the program.
@@ -416,9 +595,15 @@ fn sum(per_cpu: &[DropValue]) -> DropValue {
         })
 }
 
-fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<std::os::fd::OwnedFd, ProbeError> {
+fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, ProbeError> {
     let data = match ebpf.map(name) {
-        Some(Map::PerCpuHashMap(data) | Map::PerCpuArray(data)) => data,
+        Some(
+            Map::HashMap(data)
+            | Map::PerCpuHashMap(data)
+            | Map::Array(data)
+            | Map::PerCpuArray(data)
+            | Map::Stack(data),
+        ) => data,
         _ => return Err(ProbeError::Missing(name, "map")),
     };
     // Duplicate the map's own descriptor: reopening it by id (`info()?.fd()`,
