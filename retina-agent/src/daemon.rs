@@ -90,6 +90,9 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
         }
     };
     exporters.export().await;
+    // Start-up (BTF parsing, probe loading, first dumps) is over: its transient memory
+    // goes back to the kernel instead of staying in the heap for the daemon's lifetime.
+    crate::memory::release_free_pages();
     tracing::info!(interval = ?interval, "retina-agent running");
     loop {
         tokio::select! {

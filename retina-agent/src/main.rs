@@ -45,6 +45,7 @@ fn emit(text: &str) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    retina_agent::memory::configure();
     let cli = Cli::parse();
     let overrides = cli.overrides();
     let loaded = config::load(cli.config.as_deref(), &config::process_env, &overrides);
