@@ -612,12 +612,12 @@ fn check_delivery(points: &[DataPoint], netns: u64, rotel_log: &str) -> Result<(
     Ok(())
 }
 
-fn otlp_delivery(protocol: &str) -> Result<()> {
+fn otlp_delivery(protocol: &str, gzip: bool) -> Result<()> {
     require_root();
     let dir = TempDir::new("otlp")?;
     let (grpc, http) = (free_port()?, free_port()?);
     let mut rotel = start_rotel(&dir, grpc, http, "rotel")?;
-    let env = match protocol {
+    let mut env = match protocol {
         "grpc" => vec![(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             format!("http://127.0.0.1:{grpc}"),
@@ -636,6 +636,9 @@ fn otlp_delivery(protocol: &str) -> Result<()> {
             ),
         ],
     };
+    if gzip {
+        env.push(("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".to_string()));
+    }
     let mut agent = start_agent(&dir, "agent", &env)?;
     let ns = NetNs::new("rexp")?;
     // The first export proves the probe is attached before the traffic.
@@ -653,12 +656,22 @@ fn otlp_delivery(protocol: &str) -> Result<()> {
 
 #[test]
 fn otlp_grpc_delivers_drops_to_a_real_collector() -> Result<()> {
-    otlp_delivery("grpc")
+    otlp_delivery("grpc", false)
+}
+
+#[test]
+fn otlp_grpc_gzip_delivers_drops_to_a_real_collector() -> Result<()> {
+    otlp_delivery("grpc", true)
+}
+
+#[test]
+fn otlp_http_gzip_delivers_drops_to_a_real_collector() -> Result<()> {
+    otlp_delivery("http/protobuf", true)
 }
 
 #[test]
 fn otlp_http_delivers_drops_to_a_real_collector() -> Result<()> {
-    otlp_delivery("http/protobuf")
+    otlp_delivery("http/protobuf", false)
 }
 
 #[test]

@@ -186,10 +186,6 @@ pub struct ExportConfig {
     /// `host.arch`, `os.type` and `os.version` itself; entries here override all but
     /// `service.name` (use `service_name`).
     pub resource_attributes: BTreeMap<String, String>,
-    /// Most series one metric may have in the exporters' aggregation (default 2000; the
-    /// drop metrics always get the drop map's capacity). Series beyond it are merged into
-    /// one with attribute `otel.metric.overflow=true`.
-    pub cardinality_limit: usize,
 }
 
 impl Default for ExportConfig {
@@ -208,7 +204,6 @@ impl Default for ExportConfig {
             insecure: false,
             service_name: DEFAULT_SERVICE_NAME.to_string(),
             resource_attributes: BTreeMap::new(),
-            cardinality_limit: 2000,
         }
     }
 }
@@ -235,7 +230,6 @@ impl fmt::Debug for ExportConfig {
             .field("insecure", &self.insecure)
             .field("service_name", &self.service_name)
             .field("resource_attributes", &self.resource_attributes)
-            .field("cardinality_limit", &self.cardinality_limit)
             .finish()
     }
 }
@@ -572,12 +566,6 @@ impl ExportConfig {
         }
         if self.timeout.is_zero() {
             return Err(invalid("export.timeout", "must be greater than zero"));
-        }
-        if self.cardinality_limit == 0 {
-            return Err(invalid(
-                "export.cardinality_limit",
-                "must be greater than zero",
-            ));
         }
         for (k, v) in &self.headers {
             if http::HeaderName::from_bytes(k.as_bytes()).is_err() {

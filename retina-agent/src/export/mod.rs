@@ -1,27 +1,27 @@
-//! Metric export: OTLP push (gRPC or HTTP/protobuf) and a Prometheus scrape endpoint, both
-//! fed by one OpenTelemetry meter provider.
+//! Metric export: OTLP push (gRPC or HTTP/protobuf) and a Prometheus scrape endpoint.
 //!
-//! Every metric a collector lists in [`Collector::metrics`](crate::collectors::Collector)
-//! becomes one observable instrument (a monotonic `ObservableCounter<u64>` for
-//! [`Kind::Counter`](crate::metrics::Kind), an `ObservableGauge<f64>` for gauges), registered
-//! once. Its callback visits only the collectors that list the metric and hands the
-//! values and the collectors' precomputed attribute slices to the SDK: an export does no
-//! work of its own beyond the SDK's aggregation and encoding.
+//! Both outputs read the collectors' own state through [`Agent::visit`] and encode it
+//! straight into buffers they keep between exports: no SDK aggregation sits in between,
+//! because the collectors already hold exactly what is exported (the kernel's running
+//! totals and current values). The set of metrics is fixed at start ([`catalog`]), one
+//! entry per metric a collector lists in [`Collector::metrics`](crate::collectors::Collector)
+//! plus the agent's own health ([`selfmetrics`]). Memory is therefore proportional to
+//! the series that exist, not to a preallocated cardinality limit per instrument.
 //!
-//! The OTLP reader is a manual reader driven by the daemon: right after each collection
-//! cycle [`Exporters::export`] starts one export (collect, then send) on a task, unless the
-//! previous one is still in flight, in which case it is skipped and counted
-//! (`retina.agent.export.skipped`). An export is bounded by the configured timeout, so a
-//! collector that accepts connections and never answers costs one task, never a queue:
-//! the only state kept is the SDK's current aggregation. With cumulative temporality (the
-//! default) a failed export loses nothing; the next one carries the running totals.
+//! OTLP is pushed by the daemon: right after each collection cycle [`Exporters::export`]
+//! encodes one request and sends it on a task, unless the previous one is still in
+//! flight, in which case it is skipped and counted (`retina.agent.export.skipped`). A
+//! send is bounded by the configured timeout, so a collector that accepts connections and
+//! never answers costs one task, never a queue. With cumulative temporality (the default)
+//! a failed export loses nothing; the next one carries the running totals.
 //!
-//! The Prometheus reader is pulled by scrapes (`GET /metrics`), always cumulative.
+//! The Prometheus endpoint is pulled by scrapes (`GET /metrics`), always cumulative.
 
+pub mod catalog;
 mod config;
-mod instruments;
 mod otlp;
 mod prometheus;
+pub mod proto;
 mod resource;
 pub mod selfmetrics;
 
@@ -29,18 +29,15 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
+use crate::agent::Agent;
 pub use config::{
     Compression, ConfigError, DEFAULT_GRPC_ENDPOINT, DEFAULT_HTTP_ENDPOINT,
     DEFAULT_PROMETHEUS_LISTEN, DEFAULT_SERVICE_NAME, ExportConfig, PrometheusConfig, Protocol,
     Temporality, interval_from_env,
 };
-use opentelemetry::{InstrumentationScope, metrics::MeterProvider as _};
-use opentelemetry_sdk::metrics::{Instrument, SdkMeterProvider, Stream};
-
-use crate::agent::Agent;
 
 /// The agent, shared between the daemon loop (which collects) and the exporters'
 /// callbacks (which read). `None` once the daemon has taken it back to drop it (detaching
@@ -88,99 +85,68 @@ pub enum ExportError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("Prometheus exporter: {0}")]
-    Prometheus(String),
 }
 
-/// The meter provider and its two outputs.
+/// The two outputs.
 pub struct Exporters {
-    provider: Option<SdkMeterProvider>,
+    agent: SharedAgent,
     otlp: Option<otlp::Otlp>,
     prometheus: Option<prometheus::Server>,
 }
 
-/// Instrumentation scope of every instrument.
-fn scope() -> InstrumentationScope {
-    InstrumentationScope::builder("retina-agent")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build()
-}
-
 impl Exporters {
-    /// Builds the meter provider with the enabled readers, registers one instrument per
-    /// metric of `agent`'s collectors plus the self-telemetry, binds the Prometheus
-    /// endpoint. Call it after a first collection cycle: series limits are sized from what
-    /// that cycle saw. Must run inside the Tokio runtime (the gRPC channel and the HTTP
-    /// server are spawned on it).
+    /// Builds the enabled outputs for the metrics of `agent`'s collectors and binds the
+    /// Prometheus endpoint. Must run inside the Tokio runtime (the gRPC channel and the
+    /// HTTP server are spawned on it).
     pub async fn start(
         agent: &SharedAgent,
         export: &ExportConfig,
         prometheus: &PrometheusConfig,
     ) -> Result<Self, ExportError> {
+        let mut exporters = Exporters {
+            agent: agent.clone(),
+            otlp: None,
+            prometheus: None,
+        };
         if !export.enabled && !prometheus.enabled {
             tracing::info!("OTLP export and Prometheus endpoint both disabled");
-            return Ok(Exporters {
-                provider: None,
-                otlp: None,
-                prometheus: None,
-            });
+            return Ok(exporters);
         }
         export.validate()?;
-        let limits = {
+        let catalog = {
             let guard = agent.lock();
-            guard
-                .as_ref()
-                .map(|a| instruments::series_limits(a, export.cardinality_limit))
-                .unwrap_or_default()
+            let Some(a) = guard.as_ref() else {
+                return Ok(exporters);
+            };
+            Arc::new(catalog::Catalog::new(a, export.enabled))
         };
-        let mut builder = SdkMeterProvider::builder()
-            .with_resource(resource::build(export))
-            .with_view(move |i: &Instrument| {
-                let limit = limits.get(i.name()).copied()?;
-                Stream::builder().with_cardinality_limit(limit).build().ok()
-            });
-        let otlp = if export.enabled {
-            let (otlp, reader) = otlp::Otlp::new(export)?;
-            builder = builder.with_reader(reader);
-            Some(otlp)
-        } else {
-            None
-        };
-        let server = if prometheus.enabled {
-            let registry = ::prometheus::Registry::new();
-            let reader = opentelemetry_prometheus::exporter()
-                .with_registry(registry.clone())
-                .scope_info_enabled(false)
-                .build()
-                .map_err(|e| ExportError::Prometheus(e.to_string()))?;
-            builder = builder.with_reader(reader);
-            Some(prometheus::Server::bind(prometheus.listen, registry).await?)
-        } else {
-            None
-        };
-        let provider = builder.build();
-        let meter = provider.meter_with_scope(scope());
-        let registered = instruments::register(&meter, agent);
-        selfmetrics::register(&meter, agent, otlp.as_ref().map(|o| o.stats()));
-        if let Some(s) = &server {
-            tracing::info!("Prometheus endpoint at http://{}/metrics", s.addr());
+        let resource = resource::build(export);
+        if export.enabled {
+            exporters.otlp = Some(otlp::Otlp::new(export, catalog.clone(), resource.clone())?);
         }
-        if let Some(o) = &otlp {
+        if prometheus.enabled {
+            let scraper = prometheus::Scraper::new(
+                agent.clone(),
+                catalog.clone(),
+                exporters.otlp.as_ref().map(|o| o.stats()),
+                &resource,
+            );
+            let server = prometheus::Server::bind(prometheus.listen, scraper).await?;
+            tracing::info!("Prometheus endpoint at http://{}/metrics", server.addr());
+            exporters.prometheus = Some(server);
+        }
+        if let Some(o) = &exporters.otlp {
             tracing::info!(
                 endpoint = o.endpoint(),
                 protocol = %export.protocol,
                 temporality = ?export.temporality,
                 timeout = ?export.timeout,
                 headers = %export.redacted_headers(),
-                instruments = registered,
+                metrics = catalog.len(),
                 "exporting OTLP metrics"
             );
         }
-        Ok(Exporters {
-            provider: Some(provider),
-            otlp,
-            prometheus: server,
-        })
+        Ok(exporters)
     }
 
     /// The Prometheus endpoint's bound address (useful with port 0).
@@ -188,33 +154,28 @@ impl Exporters {
         self.prometheus.as_ref().map(|s| s.addr())
     }
 
+    /// Bytes the OTLP encoder's reused buffers hold (for the bench).
+    pub fn otlp_buffer_bytes(&self) -> usize {
+        self.otlp.as_ref().map_or(0, |o| o.buffer_bytes())
+    }
+
     /// Starts an OTLP export of what the collectors hold now, unless one is in flight (then
-    /// it is skipped and counted). Returns at once.
+    /// it is skipped and counted). Returns once the request is encoded.
     pub async fn export(&mut self) {
         if let Some(o) = &mut self.otlp {
-            o.export().await;
+            o.export(&self.agent).await;
         }
     }
 
     /// Final export and teardown, all within `deadline`: waits for an export in flight
     /// (abandoning it at the deadline), runs one last export of the current values, stops
-    /// the Prometheus endpoint and shuts the provider down.
+    /// the Prometheus endpoint.
     pub async fn shutdown(mut self, deadline: Instant) {
         if let Some(mut o) = self.otlp.take() {
-            o.finish(deadline).await;
+            o.finish(&self.agent, deadline).await;
         }
         if let Some(s) = self.prometheus.take() {
             s.stop();
-        }
-        if let Some(provider) = self.provider.take() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let task = tokio::task::spawn_blocking(move || provider.shutdown());
-            match tokio::time::timeout(left.max(Duration::from_millis(100)), task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => tracing::debug!("meter provider shutdown: {e}"),
-                Ok(Err(e)) => tracing::debug!("meter provider shutdown task: {e}"),
-                Err(_) => tracing::debug!("meter provider shutdown timed out"),
-            }
         }
     }
 }

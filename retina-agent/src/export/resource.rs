@@ -3,7 +3,6 @@
 use std::ffi::CStr;
 
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::{Resource, resource::TelemetryResourceDetector};
 
 use super::config::ExportConfig;
 
@@ -55,40 +54,45 @@ fn machine_id() -> Option<String> {
 }
 
 /// Builds the resource: `service.name`, `service.version`, `host.name`, `host.id`,
-/// `host.arch`, `os.type`, `os.version` (kernel release), the SDK's `telemetry.sdk.*`, then
-/// the configured `resource_attributes` over them (except `service.name`).
-pub fn build(config: &ExportConfig) -> Resource {
-    let mut attrs = vec![
-        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-        KeyValue::new("os.type", "linux"),
-    ];
+/// `host.arch`, `os.type`, `os.version` (kernel release), `telemetry.sdk.*` (the agent
+/// encodes OTLP itself, so it names itself there), then the configured
+/// `resource_attributes` over them (except `service.name`). Sorted by key, one value per
+/// key.
+pub fn build(config: &ExportConfig) -> Vec<KeyValue> {
+    let mut attrs: std::collections::BTreeMap<String, KeyValue> = Default::default();
+    let mut set = |kv: KeyValue| {
+        attrs.insert(kv.key.as_str().to_string(), kv);
+    };
+    set(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    set(KeyValue::new("telemetry.sdk.name", "retina-agent"));
+    set(KeyValue::new("telemetry.sdk.language", "rust"));
+    set(KeyValue::new(
+        "telemetry.sdk.version",
+        env!("CARGO_PKG_VERSION"),
+    ));
+    set(KeyValue::new("os.type", "linux"));
     if let Some(u) = uname() {
-        attrs.push(KeyValue::new("os.version", u.release));
-        attrs.push(KeyValue::new(
+        set(KeyValue::new("os.version", u.release));
+        set(KeyValue::new(
             "host.arch",
             host_arch(&u.machine).to_string(),
         ));
-        attrs.push(KeyValue::new("host.name", u.nodename));
+        set(KeyValue::new("host.name", u.nodename));
     }
     if let Some(id) = machine_id() {
-        attrs.push(KeyValue::new("host.id", id));
+        set(KeyValue::new("host.id", id));
     }
     for (k, v) in &config.resource_attributes {
         if k != "service.name" {
-            attrs.push(KeyValue::new(k.clone(), v.clone()));
+            set(KeyValue::new(k.clone(), v.clone()));
         }
     }
-    Resource::builder_empty()
-        .with_detector(Box::new(TelemetryResourceDetector))
-        .with_attributes(attrs)
-        .with_service_name(config.service_name.clone())
-        .build()
+    set(KeyValue::new("service.name", config.service_name.clone()));
+    attrs.into_values().collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::Key;
-
     use super::*;
 
     #[test]
@@ -101,7 +105,11 @@ mod tests {
             .resource_attributes
             .insert("service.name".into(), "ignored".into());
         let r = build(&config);
-        let get = |k: &'static str| r.get(&Key::from_static_str(k)).map(|v| v.to_string());
+        let get = |k: &str| {
+            r.iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
         assert_eq!(get("service.name").as_deref(), Some("retina-agent"));
         assert_eq!(get("os.type").as_deref(), Some("linux"));
         assert!(get("os.version").is_some_and(|v| !v.is_empty()));

@@ -6,7 +6,8 @@
 //! | `retina.agent.collect.failures` | sum | `{failure}` | `collector` | collections that failed (the collector keeps its previous values) |
 //! | `retina.agent.export.failures` | sum | `{failure}` | `exporter` (`otlp`) | OTLP exports that failed or timed out |
 //! | `retina.agent.export.skipped` | sum | `{export}` | `exporter` (`otlp`) | exports not started because the previous one was still in flight |
-//! | `retina.agent.export.duration` | gauge | `s` | `exporter` (`otlp`) | time the last OTLP export took, collection and send |
+//! | `retina.agent.export.rejected` | sum | `{data_point}` | `exporter` (`otlp`) | data points the collector said it rejected (OTLP partial success) |
+//! | `retina.agent.export.duration` | gauge | `s` | `exporter` (`otlp`) | time the last OTLP export took, encoding and send |
 //!
 //! A collector's own health counters (the drop map's overflow, interfaces an ethtool
 //! collector had to skip, …) belong in that collector's [`Collector::metrics`] list: every
@@ -14,18 +15,14 @@
 //!
 //! [`Collector::metrics`]: crate::collectors::Collector::metrics
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use opentelemetry::{
-    KeyValue,
-    metrics::{AsyncInstrumentBuilder, Meter, ObservableCounter, ObservableGauge},
-};
+use opentelemetry::KeyValue;
 
-use super::SharedAgent;
-use crate::metrics::{Kind, Metric};
+use crate::{
+    agent::Agent,
+    metrics::{Kind, Metric, Number, Visitor},
+};
 
 pub const COLLECT_DURATION: Metric = Metric {
     name: "retina.agent.collect.duration",
@@ -51,10 +48,16 @@ pub const EXPORT_SKIPPED: Metric = Metric {
     description: "Exports not started because the previous one was still in flight",
     kind: Kind::Counter,
 };
+pub const EXPORT_REJECTED: Metric = Metric {
+    name: "retina.agent.export.rejected",
+    unit: "{data_point}",
+    description: "Data points the collector answered it rejected (OTLP partial success)",
+    kind: Kind::Counter,
+};
 pub const EXPORT_DURATION: Metric = Metric {
     name: "retina.agent.export.duration",
     unit: "s",
-    description: "Time the last export took (collection of the data points and send)",
+    description: "Time the last export took (encoding of the data points and send)",
     kind: Kind::Gauge,
 };
 
@@ -64,6 +67,7 @@ pub static METRICS: &[&Metric] = &[
     &COLLECT_FAILURES,
     &EXPORT_FAILURES,
     &EXPORT_SKIPPED,
+    &EXPORT_REJECTED,
     &EXPORT_DURATION,
 ];
 
@@ -78,6 +82,8 @@ pub struct ExportStats {
     pub failures: AtomicU64,
     pub skipped: AtomicU64,
     pub successes: AtomicU64,
+    /// Data points the collector rejected in exports it otherwise accepted.
+    pub rejected_points: AtomicU64,
     /// Duration of the last finished export, in nanoseconds.
     pub last_duration_nanos: AtomicU64,
 }
@@ -91,66 +97,29 @@ impl ExportStats {
     }
 }
 
-fn gauge<'a>(
-    meter: &'a Meter,
-    m: &'static Metric,
-) -> AsyncInstrumentBuilder<'a, ObservableGauge<f64>, f64> {
-    meter
-        .f64_observable_gauge(m.name)
-        .with_unit(m.unit)
-        .with_description(m.description)
+/// The self-telemetry metrics; the export ones only with an OTLP exporter.
+pub fn metrics(export_stats: bool) -> &'static [&'static Metric] {
+    if export_stats { METRICS } else { &METRICS[..2] }
 }
 
-fn counter<'a>(
-    meter: &'a Meter,
-    m: &'static Metric,
-) -> AsyncInstrumentBuilder<'a, ObservableCounter<u64>, u64> {
-    meter
-        .u64_observable_counter(m.name)
-        .with_unit(m.unit)
-        .with_description(m.description)
-}
-
-/// Registers the self-telemetry instruments; the export ones only with an OTLP exporter.
-pub(super) fn register(meter: &Meter, agent: &SharedAgent, otlp: Option<Arc<ExportStats>>) {
-    let a = agent.clone();
-    gauge(meter, &COLLECT_DURATION)
-        .with_callback(move |o| {
-            if let Some(agent) = a.lock().as_ref() {
-                for (c, stats) in agent.collectors() {
-                    o.observe(
-                        stats.duration.as_secs_f64(),
-                        &[KeyValue::new(ATTR_COLLECTOR, c.name())],
-                    );
-                }
-            }
-        })
-        .build();
-    let a = agent.clone();
-    counter(meter, &COLLECT_FAILURES)
-        .with_callback(move |o| {
-            if let Some(agent) = a.lock().as_ref() {
-                for (c, stats) in agent.collectors() {
-                    o.observe(stats.failures, &[KeyValue::new(ATTR_COLLECTOR, c.name())]);
-                }
-            }
-        })
-        .build();
-    let Some(stats) = otlp else { return };
-    let attrs = [KeyValue::new(ATTR_EXPORTER, "otlp")];
-    let (s, at) = (stats.clone(), attrs.clone());
-    counter(meter, &EXPORT_FAILURES)
-        .with_callback(move |o| o.observe(s.failures.load(Ordering::Relaxed), &at))
-        .build();
-    let (s, at) = (stats.clone(), attrs.clone());
-    counter(meter, &EXPORT_SKIPPED)
-        .with_callback(move |o| o.observe(s.skipped.load(Ordering::Relaxed), &at))
-        .build();
-    let (s, at) = (stats, attrs);
-    gauge(meter, &EXPORT_DURATION)
-        .with_callback(move |o| {
-            let nanos = s.last_duration_nanos.load(Ordering::Relaxed);
-            o.observe(nanos as f64 / 1e9, &at)
-        })
-        .build();
+/// Hands the self-telemetry's current values to `v`; the export metrics only with
+/// `export` (the OTLP exporter's counters).
+pub fn visit(agent: &Agent, export: Option<&ExportStats>, v: &mut dyn Visitor) {
+    for (c, stats) in agent.collectors() {
+        let attrs = [KeyValue::new(ATTR_COLLECTOR, c.name())];
+        v.point(
+            &COLLECT_DURATION,
+            &attrs,
+            Number::F64(stats.duration.as_secs_f64()),
+        );
+        v.point(&COLLECT_FAILURES, &attrs, Number::U64(stats.failures));
+    }
+    let Some(s) = export else { return };
+    let otlp = [KeyValue::new(ATTR_EXPORTER, "otlp")];
+    let load = |a: &AtomicU64| Number::U64(a.load(Ordering::Relaxed));
+    v.point(&EXPORT_FAILURES, &otlp, load(&s.failures));
+    v.point(&EXPORT_SKIPPED, &otlp, load(&s.skipped));
+    v.point(&EXPORT_REJECTED, &otlp, load(&s.rejected_points));
+    let nanos = s.last_duration_nanos.load(Ordering::Relaxed);
+    v.point(&EXPORT_DURATION, &otlp, Number::F64(nanos as f64 / 1e9));
 }
