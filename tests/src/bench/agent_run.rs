@@ -80,6 +80,8 @@ impl Proc {
             "cpu_ms_each_interval": per_interval,
             "rss_kib_end": sys::status_kib(&self.pid.to_string(), "VmRSS").unwrap_or(0),
             "rss_kib_max": self.rss_max,
+            // Start-up included (BTF parsing, before its memory is handed back).
+            "rss_kib_peak_since_launch": sys::status_kib(&self.pid.to_string(), "VmHWM").unwrap_or(0),
             "rss_kib_mean": self.rss_sum / self.rss_n.max(1),
             "rss_anon_kib_end": sys::status_kib(&self.pid.to_string(), "RssAnon").unwrap_or(0),
             "rss_file_kib_end": sys::status_kib(&self.pid.to_string(), "RssFile").unwrap_or(0),
@@ -105,18 +107,13 @@ pub fn run(o: &Options) -> Result<Value> {
         }
         None => None,
     };
-    // The agent as shipped (OTLP export and Prometheus endpoint on); the same with glibc's
-    // malloc limited to two arenas (the exporter's threads otherwise each grow an arena of
-    // their own); and collection only (both outputs off).
+    // The agent as shipped (OTLP export and Prometheus endpoint on, MALLOC_ARENA_MAX unset:
+    // the agent sets its allocator up itself), and collection only (both outputs off).
     let collect_only = o.log.with_file_name("collect-only.toml");
     std::fs::write(&collect_only, "[export]\nenabled = false\n")
         .with_context(|| format!("writing {}", collect_only.display()))?;
     let mut agents = Vec::new();
-    for (name, arenas, outputs) in [
-        ("agent", None, true),
-        ("agent_malloc_arena_max_2", Some("2"), true),
-        ("agent_collection_only", None, false),
-    ] {
+    for (name, outputs) in [("agent", true), ("agent_collection_only", false)] {
         let prom: SocketAddr = ([127, 0, 0, 1], sys::free_port()?).into();
         let log_path = o.log.with_file_name(format!("{name}-run.log"));
         let log =
@@ -137,9 +134,6 @@ pub fn run(o: &Options) -> Result<Value> {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if let Some(a) = arenas {
-            cmd.env("MALLOC_ARENA_MAX", a);
-        }
         if !outputs {
             cmd.arg("--no-prometheus");
         }
@@ -147,8 +141,7 @@ pub fn run(o: &Options) -> Result<Value> {
         agents.push(Agent {
             name,
             command: format!(
-                "{}{}{} run --interval 10s{}",
-                arenas.map_or(String::new(), |a| format!("MALLOC_ARENA_MAX={a} ")),
+                "{}{} run --interval 10s{}",
                 o.agent_bin.display(),
                 if outputs {
                     String::new()

@@ -265,6 +265,8 @@ fn drop_map_entries(shared: &SharedAgent) -> u64 {
 
 /// The child: prints its report as JSON on stdout.
 pub fn child(args: &SoakArgs) -> Result<()> {
+    // The allocator set up as the daemon sets it up.
+    retina_agent::memory::configure();
     let rss_launch = sys::rss_kib_self();
     let mut sink = match args.export.as_str() {
         "none" => None,
@@ -320,6 +322,8 @@ pub fn child(args: &SoakArgs) -> Result<()> {
             }
             None => None,
         };
+        // As the daemon does once start-up is over.
+        retina_agent::memory::release_free_pages();
         let c = args.cycles.max(1);
         // The collector goes down and up twice during the warm-up, so that the start RSS
         // already includes what a failed and a successful export leave behind; the warm-up

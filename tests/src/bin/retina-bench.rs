@@ -680,10 +680,6 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
                 };
                 for (who, label) in [
                     ("agent", "retina-agent"),
-                    (
-                        "agent_malloc_arena_max_2",
-                        "retina-agent, MALLOC_ARENA_MAX=2",
-                    ),
                     ("agent_collection_only", "retina-agent, export off"),
                     ("node_exporter", "node_exporter"),
                 ] {
