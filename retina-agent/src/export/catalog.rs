@@ -136,6 +136,14 @@ impl Grouper {
         );
     }
 
+    /// Gives back what the buffers hold beyond what this fill needed (after a burst of
+    /// series, for example thousands of interfaces gone again).
+    pub fn trim(&mut self) {
+        for b in &mut self.buffers {
+            trim(b);
+        }
+    }
+
     /// The encoded points of metric `i` and how many there are.
     pub fn get(&self, i: usize) -> (&[u8], usize) {
         (&self.buffers[i], self.points[i])
@@ -144,6 +152,14 @@ impl Grouper {
     /// Bytes held by the buffers (for the self-telemetry and the bench).
     pub fn capacity(&self) -> usize {
         self.buffers.iter().map(Vec::capacity).sum()
+    }
+}
+
+/// Shrinks `buf` when it holds more than twice what it needed plus 64 KiB: a steady
+/// state never shrinks (so never reallocates), a burst's memory is returned.
+pub fn trim(buf: &mut Vec<u8>) {
+    if buf.capacity() > 2 * buf.len() + 64 * 1024 {
+        buf.shrink_to(buf.len() + buf.len() / 2);
     }
 }
 
@@ -159,6 +175,22 @@ pub fn counter_value(n: Number) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trim_returns_a_burst_only() {
+        let mut b = Vec::with_capacity(1 << 20);
+        b.resize(500_000, 0u8);
+        trim(&mut b);
+        assert_eq!(
+            b.capacity(),
+            1 << 20,
+            "within twice the need plus 64 KiB: kept"
+        );
+        b.truncate(1000);
+        trim(&mut b);
+        assert!(b.capacity() < 64 * 1024, "{}", b.capacity());
+        assert_eq!(b.len(), 1000);
+    }
 
     #[test]
     fn counter_values() {

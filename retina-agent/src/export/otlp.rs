@@ -30,7 +30,7 @@ use tonic::{
 
 use super::{
     ExportError, SharedAgent,
-    catalog::{Catalog, Grouper, counter_value},
+    catalog::{Catalog, Grouper, counter_value, trim},
     config::{Compression, ExportConfig, Protocol, Temporality},
     proto::{self, MetricPoints, PartialSuccess, PointValue, Scope},
     selfmetrics::ExportStats,
@@ -572,6 +572,7 @@ impl RequestEncoder {
         if delta {
             self.deltas.end();
         }
+        self.grouper.trim();
         let temporality = if delta {
             proto::Temporality::Delta
         } else {
@@ -599,7 +600,9 @@ impl RequestEncoder {
             metrics,
         );
         // The transport owns the bytes while they are sent; one allocation per export.
-        Some(Bytes::copy_from_slice(&self.body))
+        let body = Bytes::copy_from_slice(&self.body);
+        trim(&mut self.body);
+        Some(body)
     }
 }
 

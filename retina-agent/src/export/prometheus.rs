@@ -32,7 +32,7 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
 
 use super::{
     ExportError, SharedAgent,
-    catalog::{Catalog, Grouper, counter_value},
+    catalog::{Catalog, Grouper, counter_value, trim},
     selfmetrics::ExportStats,
 };
 use crate::metrics::{Kind, Metric, Number};
@@ -373,7 +373,10 @@ impl Scraper {
             }
         }
         out.extend_from_slice(&self.target_info);
-        Bytes::copy_from_slice(out)
+        grouper.trim();
+        let body = Bytes::copy_from_slice(out);
+        trim(out);
+        body
     }
 }
 
