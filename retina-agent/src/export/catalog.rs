@@ -114,17 +114,17 @@ impl Grouper {
             b.clear();
         }
         self.points.fill(0);
-        let mut last: Option<(&'static str, usize)> = None;
+        let mut last: Option<(*const Metric, usize)> = None;
         visit_all(
             agent,
             export_stats,
             &mut |m: &'static Metric, attrs: &[KeyValue], value: Number| {
                 // Points of one metric mostly come in runs: skip the lookup for those.
                 let i = match last {
-                    Some((name, i)) if std::ptr::eq(name, m.name) => i,
+                    Some((p, i)) if std::ptr::eq(p, m) => i,
                     _ => match catalog.index(m) {
                         Some(i) => {
-                            last = Some((m.name, i));
+                            last = Some((m, i));
                             i
                         }
                         None => return,
