@@ -16,9 +16,13 @@ pub const TRACEPOINT: &str = "kfree_skb";
 /// Hash map of [`DropKey`] to its slot (`u32`): where the key's counts live in
 /// [`COUNTS_MAP`]. A key keeps its slot until user space removes the key.
 pub const DROPS_MAP: &str = "DROPS";
-/// Per-CPU array of [`DropValue`], indexed by slot: the counts of the key [`DROPS_MAP`]
-/// maps to that slot. Counts never move between slots, so per-CPU sums only grow.
+/// Memory-mappable array of [`DropValue`]: CPU `c`'s counts of slot `s` (the slot
+/// [`DROPS_MAP`] gives a key) at `c * stride + s`, where stride is the capacity plus one
+/// ([`COUNTS_STRIDE_GLOBAL`]); entry `c * stride + stride - 1` counts (in `packets`) the keys
+/// CPU `c` created. Counts never move between slots, so per-CPU sums only grow.
 pub const COUNTS_MAP: &str = "DROP_COUNTS";
+/// The read-only global holding the stride of [`COUNTS_MAP`] (capacity + 1).
+pub const COUNTS_STRIDE_GLOBAL: &str = "COUNTS_STRIDE";
 /// Stack of free slots (`u32`). User space pushes every slot before attaching the program
 /// (the last pushed, slot 0, is popped first), and pushes a removed key's slot back once
 /// no program can still be counting into it and its counts are zeroed.

@@ -1,10 +1,11 @@
 //! Counts every packet the kernel drops, by drop reason, network namespace, interface and
 //! L3 protocol. Nothing is sent to user space per packet.
 //!
-//! The counts live in a per-CPU array (`DROP_COUNTS`), one slot per key; the hash map
-//! `DROPS` says which slot a key has. A per-CPU direct-mapped cache (`DROP_CACHE`) keeps
-//! recent key-to-slot answers, so the common drop costs two per-CPU array lookups (which the
-//! verifier inlines) instead of a hash table lookup (a jhash, a bucket walk and two calls).
+//! The counts live in an array (`DROP_COUNTS`), one slot per key and CPU, which user space
+//! reads through a memory mapping; the hash map `DROPS` says which slot a key has. A per-CPU
+//! direct-mapped cache (`DROP_CACHE`) keeps recent key-to-slot answers, so the common drop
+//! costs array lookups (which the verifier inlines) instead of a hash table lookup (a
+//! jhash, a bucket walk and two calls).
 //! Counts never move: a key's slot changes only after user space removed the key, waited
 //! for every program run that could still see it, and zeroed the slot.
 //!
@@ -17,7 +18,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::bpf_probe_read_kernel,
+    helpers::{bpf_get_smp_processor_id, bpf_probe_read_kernel},
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, Stack},
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -36,10 +37,17 @@ static OFFSETS: Offsets = Offsets::zeroed();
 #[map]
 static DROPS: HashMap<DropKey, u32> = HashMap::with_max_entries(DEFAULT_DROPS_MAX_ENTRIES, 0);
 
-/// The counts, per slot and CPU. The loader gives it the capacity of [`DROPS`].
+/// The counts, per CPU and slot: CPU `c`'s counts of slot `s` at `c * COUNTS_STRIDE + s`,
+/// and at `c * COUNTS_STRIDE + COUNTS_STRIDE - 1` the number of keys CPU `c` created (in
+/// `packets`), so user space knows when to re-read `DROPS`. Memory-mappable: user space
+/// reads it without a syscall. The loader sizes it (possible CPUs × stride).
 #[map]
-static DROP_COUNTS: PerCpuArray<DropValue> =
-    PerCpuArray::with_max_entries(DEFAULT_DROPS_MAX_ENTRIES, 0);
+static DROP_COUNTS: Array<DropValue> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Entries per CPU in [`DROP_COUNTS`]: the capacity of [`DROPS`] plus one. Filled in by
+/// the loader (read-only data, constant once loaded).
+#[unsafe(no_mangle)]
+static COUNTS_STRIDE: u32 = 0;
 
 /// Slots not in use; filled by the loader before the program is attached.
 #[map]
@@ -67,6 +75,7 @@ static DROP_OVERFLOW: PerCpuArray<DropValue> = PerCpuArray::with_max_entries(1, 
 static NOT_DROP_REASONS: u32 = 0;
 
 const BPF_NOEXIST: u64 = 1;
+const BPF_F_MMAPABLE: u32 = 1024;
 const EEXIST: i32 = 17;
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
@@ -170,21 +179,33 @@ fn try_kfree_skb<K: Kernel, C: EbpfContext>(ctx: &C, skb: u64, reason: u64) {
         netns,
         protocol: protocol as u32,
     };
-    match slot(&key) {
-        Some(slot) => match DROP_COUNTS.get_ptr_mut(slot) {
-            Some(value) => {
-                // SAFETY: the pointer is this CPU's element of the per-CPU array, valid for
-                // the duration of the program, and nothing else on this CPU runs
-                // concurrently.
-                unsafe {
-                    (*value).packets += 1;
-                    (*value).bytes += len;
-                }
+    match slot(&key).and_then(count_of) {
+        Some(value) => {
+            // SAFETY: the pointer is this CPU's element of the array, valid for the duration
+            // of the program; only programs on this CPU write it, one at a time (the
+            // program does not run nested on one CPU), with aligned 8-byte stores that user
+            // space reads whole.
+            unsafe {
+                (*value).packets += 1;
+                (*value).bytes += len;
             }
-            None => overflow(ctx, len),
-        },
+        }
         None => overflow(ctx, len),
     }
+}
+
+/// This CPU's counts of `slot` (`COUNTS_STRIDE - 1`: the keys this CPU created); `None`
+/// for a slot outside this CPU's region.
+#[inline(always)]
+fn count_of(slot: u32) -> Option<*mut DropValue> {
+    // SAFETY: written by the loader before load, like OFFSETS.
+    let stride = unsafe { core::ptr::read_volatile(&COUNTS_STRIDE) };
+    if slot >= stride {
+        return None;
+    }
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    DROP_COUNTS.get_ptr_mut(cpu.wrapping_mul(stride).wrapping_add(slot))
 }
 
 /// The slot of `key` in `DROP_COUNTS`: from this CPU's cache when it holds `key` for the
@@ -220,7 +241,16 @@ fn lookup_or_create(key: &DropKey) -> Option<u32> {
     // A never-used slot holds zeros, and user space zeroes a slot before freeing it.
     let slot = DROP_FREE_SLOTS.pop().ok().flatten()?;
     match DROPS.insert(key, slot, BPF_NOEXIST) {
-        Ok(()) => Some(slot),
+        Ok(()) => {
+            // Tell user space there is a new key (after inserting it).
+            // SAFETY: as for OFFSETS.
+            let stride = unsafe { core::ptr::read_volatile(&COUNTS_STRIDE) };
+            if let Some(created) = count_of(stride.wrapping_sub(1)) {
+                // SAFETY: as in `try_kfree_skb`.
+                unsafe { (*created).packets += 1 };
+            }
+            Some(slot)
+        }
         Err(e) => {
             // Another CPU created the key between our lookup and insert (use its slot), or
             // the map is full: our slot was never counted into, so it is still free.

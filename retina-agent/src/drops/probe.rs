@@ -11,9 +11,9 @@ use aya::{
     programs::{BtfTracePoint, RawTracePoint},
 };
 use retina_ebpf_common::{
-    BTF_PROGRAM_NAME, COUNTS_MAP, DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP, DropKey, DropValue,
-    EPOCH_MAP, FREE_SLOTS_MAP, NOT_DROP_REASONS_GLOBAL, OFFSETS_GLOBAL, OFFSETS_HAS_NETNS,
-    OFFSETS_VALID, OVERFLOW_MAP, Offsets, PROGRAM_NAME, REASON_ARG, TRACEPOINT,
+    BTF_PROGRAM_NAME, COUNTS_MAP, COUNTS_STRIDE_GLOBAL, DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP,
+    DropKey, DropValue, EPOCH_MAP, FREE_SLOTS_MAP, NOT_DROP_REASONS_GLOBAL, OFFSETS_GLOBAL,
+    OFFSETS_HAS_NETNS, OFFSETS_VALID, OVERFLOW_MAP, Offsets, PROGRAM_NAME, REASON_ARG, TRACEPOINT,
 };
 
 use crate::btf::{Btf, BtfError};
@@ -53,6 +53,8 @@ pub enum ProbeError {
         #[source]
         source: io::Error,
     },
+    #[error("drop map capacity {0} is too large for this machine's CPUs")]
+    Capacity(u32),
     #[error("cannot count possible CPUs ({path}): {source}")]
     Cpus {
         path: &'static str,
@@ -171,8 +173,10 @@ pub enum Hook {
 
 /// The loaded, attached program. Dropping it detaches the program and frees the maps.
 ///
-/// The program keeps each key's counts in its own slot of a per-CPU array and the
-/// key-to-slot mapping in a hash map (see retina-ebpf). Removing a key frees its slot in two
+/// The program keeps each key's counts in its own slot of a memory-mapped array (one region
+/// per CPU) and the key-to-slot mapping in a hash map (see retina-ebpf). A read sums the
+/// slots of the known keys straight from the mapping, and re-reads the hash map only when
+/// the program says it created keys. Removing a key frees its slot in two
 /// steps: [`Self::remove`] deletes the mapping and invalidates the program's per-CPU caches
 /// (a new epoch); the next [`Self::read`] waits for an RCU grace period, after which no
 /// program run can still count into the slot, zeroes the slot and makes it free again.
@@ -180,7 +184,7 @@ pub struct DropProbe {
     ebpf: Ebpf,
     program: &'static str,
     drops: OwnedFd,
-    counts: OwnedFd,
+    counts: Counts,
     free_slots: OwnedFd,
     epoch_map: OwnedFd,
     overflow: OwnedFd,
@@ -189,7 +193,100 @@ pub struct DropProbe {
     epoch: u32,
     /// Slots of removed keys, freed at the next read.
     pending: Vec<u32>,
-    zeros: Vec<DropValue>,
+    /// (slot, key) of every key in the map, as of the last re-read; capacity: the map's.
+    pairs: Vec<(u32, DropKey)>,
+    /// Keys the program had created (summed over CPUs) at the last re-read.
+    created_seen: u64,
+    /// Re-read the hash map at the next read (also the read after one that found new keys:
+    /// the count of created keys may become visible a moment before the key does).
+    reread: bool,
+}
+
+/// The shared mapping of the counts array: `ncpus` regions of `stride` [`DropValue`]s.
+struct Counts {
+    ptr: *mut DropValue,
+    len: usize,
+    stride: usize,
+    ncpus: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only read or written through it (and by
+// the kernel); its memory is valid for its lifetime wherever it is used.
+unsafe impl Send for Counts {}
+// SAFETY: as above; `&Counts` only reads.
+unsafe impl Sync for Counts {}
+
+impl Counts {
+    fn map(fd: BorrowedFd<'_>, ncpus: usize, stride: usize) -> Result<Counts, ProbeError> {
+        let bytes = ncpus * stride * std::mem::size_of::<DropValue>();
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let len = bytes.div_ceil(page) * page;
+        // SAFETY: maps `len` bytes of the array's memory-mappable storage (its size rounded
+        // up to a page, as the kernel allows); checked for MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(ProbeError::Read {
+                map: COUNTS_MAP,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(Counts {
+            ptr: ptr.cast(),
+            len,
+            stride,
+            ncpus,
+        })
+    }
+
+    /// The counts of `slot` summed over CPUs.
+    fn sum(&self, slot: u32) -> DropValue {
+        let mut total = DropValue::default();
+        for cpu in 0..self.ncpus {
+            // SAFETY: `cpu * stride + slot` is inside the mapping (slot < stride); the
+            // program writes each field with an aligned 8-byte store, so a volatile 8-byte
+            // load sees a whole value.
+            let (packets, bytes) = unsafe {
+                let v = self.ptr.add(cpu * self.stride + slot as usize);
+                (
+                    std::ptr::read_volatile(&raw const (*v).packets),
+                    std::ptr::read_volatile(&raw const (*v).bytes),
+                )
+            };
+            total.packets = total.packets.wrapping_add(packets);
+            total.bytes = total.bytes.wrapping_add(bytes);
+        }
+        total
+    }
+
+    /// Zeroes `slot` on every CPU (when no program can be counting into it).
+    fn zero(&self, slot: u32) {
+        for cpu in 0..self.ncpus {
+            // SAFETY: as in `sum`; nothing writes the slot concurrently.
+            unsafe {
+                std::ptr::write_volatile(
+                    self.ptr.add(cpu * self.stride + slot as usize),
+                    DropValue::default(),
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Counts {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, not used after this.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
 }
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
@@ -242,8 +339,6 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
 pub struct ReadBuffers {
     keys: Vec<DropKey>,
     slots: Vec<u32>,
-    /// (slot, key) of every key, sorted by slot; capacity: the map's.
-    pairs: Vec<(u32, DropKey)>,
     values: Vec<DropValue>,
 }
 
@@ -259,14 +354,23 @@ impl DropProbe {
         let not_drops = not_drop_reasons(btf);
         let ncpus =
             aya::util::nr_cpus().map_err(|(path, source)| ProbeError::Cpus { path, source })?;
+        // One region of `stride` counts per possible CPU (the last entry of each: the keys
+        // that CPU created).
+        let too_big = || ProbeError::Capacity(options.max_entries);
+        let stride = options.max_entries.checked_add(1).ok_or_else(too_big)?;
+        let counts_entries = u32::try_from(ncpus)
+            .ok()
+            .and_then(|n| n.checked_mul(stride))
+            .ok_or_else(too_big)?;
         // Parsed once, for the loader's relocations and the tp_btf attach point.
         let kernel_btf = aya::Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new()
             .btf(kernel_btf.as_ref())
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(NOT_DROP_REASONS_GLOBAL, &not_drops, true)
+            .override_global(COUNTS_STRIDE_GLOBAL, &stride, true)
             .map_max_entries(DROPS_MAP, options.max_entries)
-            .map_max_entries(COUNTS_MAP, options.max_entries)
+            .map_max_entries(COUNTS_MAP, counts_entries)
             .map_max_entries(FREE_SLOTS_MAP, options.max_entries)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
@@ -306,7 +410,7 @@ impl DropProbe {
         };
         drop(kernel_btf);
         let drops = map_fd(&ebpf, DROPS_MAP)?;
-        let counts = map_fd(&ebpf, COUNTS_MAP)?;
+        let counts = Counts::map(map_fd(&ebpf, COUNTS_MAP)?.as_fd(), ncpus, stride as usize)?;
         let overflow = map_fd(&ebpf, OVERFLOW_MAP)?;
         Ok(DropProbe {
             ebpf,
@@ -320,7 +424,9 @@ impl DropProbe {
             max_entries: options.max_entries,
             epoch,
             pending: Vec::new(),
-            zeros: vec![DropValue::default(); ncpus],
+            pairs: Vec::with_capacity(options.max_entries as usize),
+            created_seen: 0,
+            reread: true,
         })
     }
 
@@ -344,67 +450,36 @@ impl DropProbe {
         ReadBuffers {
             keys: vec![DropKey::default(); BATCH],
             slots: vec![0; BATCH],
-            pairs: Vec::with_capacity(self.max_entries as usize),
             values: vec![DropValue::default(); BATCH * self.ncpus],
         }
     }
 
-    /// Calls `f` with every key and its value summed over CPUs. Batched lookups into
-    /// `buffers`: no allocation, one syscall per 256 keys and one per 256 slots.
+    /// Calls `f` with every key and its value summed over CPUs, from the mapped counts.
+    /// Re-reads the key-to-slot hash map (batched lookups into `buffers`, one syscall per
+    /// 256 keys) only when the program created keys since the last re-read. No allocation.
     pub fn read(
         &mut self,
         buffers: &mut ReadBuffers,
         mut f: impl FnMut(&DropKey, DropValue),
     ) -> Result<(), ProbeError> {
         self.release_pending()?;
-        let ReadBuffers {
-            keys,
-            slots,
-            pairs,
-            values,
-        } = buffers;
-        pairs.clear();
-        let fd = self.drops.as_fd();
-        batch_read(fd, DROPS_MAP, None, keys, slots, |keys, slots| {
-            for (key, &slot) in keys.iter().zip(slots) {
-                if pairs.len() < pairs.capacity() {
-                    pairs.push((slot, *key));
-                }
-            }
-            true
-        })?;
-        pairs.sort_unstable_by_key(|p| p.0);
-        // The counts of the slots in use, a batch of consecutive slots at a time, from the
-        // lowest slot still to read.
-        let ncpus = self.ncpus;
-        let mut next = 0;
-        let mut indices = [0u32; BATCH];
-        while let Some(&(start, _)) = pairs.get(next) {
-            let mut got = 0;
-            batch_read(
-                self.counts.as_fd(),
-                COUNTS_MAP,
-                start.checked_sub(1),
-                &mut indices,
-                values,
-                |indices, values| {
-                    got = indices.len();
-                    let last = indices.last().copied().unwrap_or(start);
-                    while let Some((slot, key)) = pairs.get(next) {
-                        if *slot > last {
-                            break;
-                        }
-                        let i = (slot - start) as usize;
-                        f(key, sum(&values[i * ncpus..(i + 1) * ncpus]));
-                        next += 1;
+        let created = self.counts.sum(self.max_entries).packets;
+        if created != self.created_seen || self.reread {
+            self.reread = created != self.created_seen;
+            self.created_seen = created;
+            let pairs = &mut self.pairs;
+            pairs.clear();
+            let ReadBuffers { keys, slots, .. } = buffers;
+            batch_read(self.drops.as_fd(), DROPS_MAP, keys, slots, |keys, slots| {
+                for (key, &slot) in keys.iter().zip(slots) {
+                    if pairs.len() < pairs.capacity() && slot < self.max_entries {
+                        pairs.push((slot, *key));
                     }
-                    false
-                },
-            )?;
-            if got == 0 {
-                // Slots beyond the array (cannot happen: the program checks the bound).
-                break;
-            }
+                }
+            })?;
+        }
+        for (slot, key) in &self.pairs {
+            f(key, self.counts.sum(*slot));
         }
         Ok(())
     }
@@ -439,6 +514,7 @@ impl DropProbe {
         self.epoch = self.epoch.wrapping_add(1).max(1);
         set_epoch(&self.epoch_map, self.epoch)?;
         self.pending.push(slot);
+        self.pairs.retain(|(s, _)| *s != slot);
         Ok(true)
     }
 
@@ -468,17 +544,7 @@ impl DropProbe {
             );
         }
         while let Some(slot) = self.pending.pop() {
-            let mut attr = ElemAttr {
-                map_fd: self.counts.as_fd().as_raw_fd() as u32,
-                _pad: 0,
-                key: &slot as *const u32 as u64,
-                value: self.zeros.as_ptr() as u64,
-                flags: 0,
-            };
-            bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source| ProbeError::Read {
-                map: COUNTS_MAP,
-                source,
-            })?;
+            self.counts.zero(slot);
             push_slot(&self.free_slots, slot)?;
         }
         Ok(())
@@ -502,21 +568,17 @@ impl DropProbe {
     }
 }
 
-/// Reads a map with BPF_MAP_LOOKUP_BATCH from the entry after `after` (from the start
-/// when `None`), `keys.len()` entries per call, calling `f` with each batch's keys and
-/// values until the map ends or `f` returns false. `values` holds `keys.len()` values (per
-/// CPU values for per-CPU maps).
+/// Reads a whole map with BPF_MAP_LOOKUP_BATCH, `keys.len()` entries per call, calling `f`
+/// with each batch's keys and values. `values` holds `keys.len()` values.
 fn batch_read<K, V>(
     fd: BorrowedFd<'_>,
     map: &'static str,
-    after: Option<u32>,
     keys: &mut [K],
     values: &mut [V],
-    mut f: impl FnMut(&[K], &[V]) -> bool,
+    mut f: impl FnMut(&[K], &[V]),
 ) -> Result<(), ProbeError> {
-    let mut token = after.unwrap_or(0);
-    let mut first = after.is_none();
-    let per_key = values.len() / keys.len().max(1);
+    let mut token = 0u32;
+    let mut first = true;
     loop {
         let mut attr = BatchAttr {
             in_batch: if first {
@@ -527,7 +589,7 @@ fn batch_read<K, V>(
             out_batch: &mut token as *mut u32 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: keys.len() as u32,
+            count: keys.len().min(values.len()) as u32,
             map_fd: fd.as_raw_fd() as u32,
             elem_flags: 0,
             flags: 0,
@@ -539,7 +601,8 @@ fn batch_read<K, V>(
             Err(source) => return Err(ProbeError::Read { map, source }),
         };
         let n = (attr.count as usize).min(keys.len());
-        if !f(&keys[..n], &values[..n * per_key]) || done {
+        f(&keys[..n], &values[..n]);
+        if done {
             return Ok(());
         }
     }

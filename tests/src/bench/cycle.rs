@@ -63,7 +63,8 @@ pub fn drop_collector() -> Result<DropCollector> {
     Ok(DropCollector::new(probe, reasons, host))
 }
 
-/// A batch reader of the drop maps of `drops` (for the floor).
+/// A batch reader of the key-to-slot map of `drops` (for the floor: what the collector
+/// reads when the program created keys; otherwise it only sums its memory-mapped counts).
 fn map_floor(drops: &mut DropCollector) -> Result<MapFloor> {
     let ebpf = drops.probe_mut().ebpf_mut();
     let Some(aya::maps::Map::HashMap(map)) = ebpf.map(retina_ebpf_common::DROPS_MAP) else {
@@ -72,14 +73,8 @@ fn map_floor(drops: &mut DropCollector) -> Result<MapFloor> {
             retina_ebpf_common::DROPS_MAP
         );
     };
-    let Some(aya::maps::Map::PerCpuArray(counts)) = ebpf.map(retina_ebpf_common::COUNTS_MAP) else {
-        bail!(
-            "the probe has no per-CPU array {}",
-            retina_ebpf_common::COUNTS_MAP
-        );
-    };
     let ncpus = aya::util::nr_cpus().map_err(|(p, e)| anyhow::anyhow!("{p}: {e}"))?;
-    MapFloor::new(map.fd().as_fd(), counts.fd().as_fd(), ncpus)
+    MapFloor::new(map.fd().as_fd(), ncpus)
 }
 
 /// Each part of the cycle on its own.

@@ -193,7 +193,6 @@ struct BatchAttr {
 /// buffers allocated once, values not even summed.
 pub struct MapFloor {
     fd: OwnedFd,
-    counts: OwnedFd,
     keys: Vec<u8>,
     values: Vec<u8>,
 }
@@ -201,38 +200,27 @@ pub struct MapFloor {
 const BATCH: usize = 256;
 
 impl MapFloor {
-    /// The probe's key-to-slot hash `map` and its per-CPU `counts` array.
-    pub fn new(map: BorrowedFd<'_>, counts: BorrowedFd<'_>, ncpus: usize) -> Result<MapFloor> {
+    pub fn new(map: BorrowedFd<'_>, ncpus: usize) -> Result<MapFloor> {
         Ok(MapFloor {
             fd: map.try_clone_to_owned().context("dup map fd")?,
-            counts: counts.try_clone_to_owned().context("dup map fd")?,
             keys: vec![0; 16 * BATCH],
             values: vec![0; 16 * BATCH * ncpus],
         })
     }
 
-    /// One pass over the whole key-to-slot map, then over as many slots of the counts
-    /// array as there are keys (the program hands out slots from 0 up); returns the number
-    /// of keys.
+    /// One pass over the whole map; returns the number of entries.
     pub fn pass(&mut self) -> Result<usize> {
-        let keys = Self::batches(&self.fd, &mut self.keys, &mut self.values, usize::MAX)?;
-        Self::batches(&self.counts, &mut self.keys, &mut self.values, keys)?;
-        Ok(keys)
-    }
-
-    /// Batch reads of `fd` until its end or `limit` entries.
-    fn batches(fd: &OwnedFd, keys: &mut [u8], values: &mut [u8], limit: usize) -> Result<usize> {
         let mut token = 0u32;
         let mut first = true;
         let mut total = 0;
-        while total < limit {
+        loop {
             let mut attr = BatchAttr {
                 in_batch: if first { 0 } else { &raw const token as u64 },
                 out_batch: &raw mut token as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: BATCH.min(limit - total) as u32,
-                map_fd: fd.as_raw_fd() as u32,
+                keys: self.keys.as_mut_ptr() as u64,
+                values: self.values.as_mut_ptr() as u64,
+                count: BATCH as u32,
+                map_fd: self.fd.as_raw_fd() as u32,
                 elem_flags: 0,
                 flags: 0,
             };
@@ -254,6 +242,5 @@ impl MapFloor {
                 return Ok(total);
             }
         }
-        Ok(total)
     }
 }
