@@ -29,7 +29,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crate::agent::Agent;
@@ -87,11 +87,17 @@ pub enum ExportError {
     },
 }
 
+/// How often free heap pages are handed back to the kernel. An export allocates and frees
+/// a few dozen blocks (the transport's request, response and frames); over days that leaves
+/// free pages scattered in the heap that glibc only returns when asked.
+const RELEASE_EVERY: Duration = Duration::from_secs(60);
+
 /// The two outputs.
 pub struct Exporters {
     agent: SharedAgent,
     otlp: Option<otlp::Otlp>,
     prometheus: Option<prometheus::Server>,
+    released: Instant,
 }
 
 impl Exporters {
@@ -107,6 +113,7 @@ impl Exporters {
             agent: agent.clone(),
             otlp: None,
             prometheus: None,
+            released: Instant::now(),
         };
         if !export.enabled && !prometheus.enabled {
             tracing::info!("OTLP export and Prometheus endpoint both disabled");
@@ -164,6 +171,11 @@ impl Exporters {
     pub async fn export(&mut self) {
         if let Some(o) = &mut self.otlp {
             o.export(&self.agent).await;
+        }
+        if self.released.elapsed() >= RELEASE_EVERY {
+            self.released = Instant::now();
+            crate::memory::release_free_pages();
+            tracing::trace!(took = ?self.released.elapsed(), "free heap pages released");
         }
     }
 
