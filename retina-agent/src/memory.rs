@@ -6,7 +6,9 @@
 //! threshold, later large buffers land in the heap around long-lived small blocks, and
 //! the heap cannot shrink past them. So the daemon fixes the threshold (blocks of 128 KiB
 //! and more are mapped and unmapped on free), caps the arenas at two, and hands free heap
-//! pages back once start-up is over. Other C libraries: nothing to do.
+//! pages back once start-up is over and then every few exports (the export path's
+//! transport allocates and frees a few dozen blocks each time). Other C libraries:
+//! nothing to do.
 
 /// Blocks at least this large get their own mapping, returned to the kernel on free.
 #[cfg(target_env = "gnu")]

@@ -249,6 +249,18 @@ impl Drop for Sink {
 const WARM_SECONDS: u64 = 15;
 
 /// Distinct keys in the agent's drop map (its `retina.drop.map.entries` gauge).
+/// Data points the agent holds (what an export carries, self-telemetry aside).
+fn points(shared: &SharedAgent) -> u64 {
+    let guard = shared.lock();
+    let mut n = 0u64;
+    if let Some(a) = guard.as_ref() {
+        a.visit(&mut |_: &'static retina_agent::metrics::Metric,
+                      _: &[opentelemetry::KeyValue],
+                      _: retina_agent::metrics::Number| n += 1);
+    }
+    n
+}
+
 fn drop_map_entries(shared: &SharedAgent) -> u64 {
     let mut entries = 0;
     if let Some(agent) = shared.lock().as_ref() {
@@ -330,7 +342,9 @@ pub fn child(args: &SoakArgs) -> Result<()> {
         // also lasts at least WARM_SECONDS, for the exporter's memory to settle.
         let toggle_every = (c / 20).max(50);
         let warm_min = (c / 10).max(2 * toggle_every + 1);
-        let sample_every = (c / 20).max(1);
+        // 100 samples; start and end are the medians of the first and last ten (one
+        // snapshot can catch an export's request in flight, or the collector up or down).
+        let sample_every = (c / 100).max(1);
         let interval = Duration::from_micros(args.interval_us);
         // The bench's own record of every cycle (8 bytes each): faulted in now, so that
         // filling it is not counted as the agent's growth (100 000 cycles: 800 KB).
@@ -338,7 +352,7 @@ pub fn child(args: &SoakArgs) -> Result<()> {
         let mut cpu_ns: Vec<u64> = Vec::with_capacity(c);
         cpu_ns.resize(c, 1);
         cpu_ns.clear();
-        let mut rss_samples = Vec::with_capacity(32);
+        let mut rss_samples: Vec<(usize, u64)> = Vec::with_capacity(128);
         let mut steady_allocs = 0u64;
         let mut steady_cycles = 0u64;
         let mut churn_allocs = 0u64;
@@ -351,6 +365,7 @@ pub fn child(args: &SoakArgs) -> Result<()> {
         let mut since_change = u64::MAX;
         let mut rss_start = 0;
         let (mut anon_start, mut file_start) = (0, 0);
+        let (mut keys_start, mut points_start) = (0, 0);
         let mut all_allocs0 = 0;
         let launched = Instant::now();
         let mut t0 = launched;
@@ -368,6 +383,8 @@ pub fn child(args: &SoakArgs) -> Result<()> {
                 rss_start = sys::rss_kib_self();
                 anon_start = sys::status_kib("self", "RssAnon").unwrap_or(0);
                 file_start = sys::status_kib("self", "RssFile").unwrap_or(0);
+                keys_start = drop_map_entries(&shared);
+                points_start = points(&shared);
                 all_allocs0 = alloc::total();
                 t0 = Instant::now();
             }
@@ -426,7 +443,7 @@ pub fn child(args: &SoakArgs) -> Result<()> {
                 }
                 drop_keys = keys;
                 if j.is_multiple_of(sample_every) {
-                    rss_samples.push(json!([j, sys::rss_kib_self()]));
+                    rss_samples.push((j, sys::rss_kib_self()));
                 }
             }
             if let Some(e) = &mut exporters {
@@ -441,7 +458,10 @@ pub fn child(args: &SoakArgs) -> Result<()> {
         }
         let warm = warm.unwrap_or(0);
         let elapsed = t0.elapsed();
-        let rss_end = sys::rss_kib_self();
+        let rss_end_now = sys::rss_kib_self();
+        let anon_end = sys::status_kib("self", "RssAnon").unwrap_or(0);
+        let file_end = sys::status_kib("self", "RssFile").unwrap_or(0);
+        let (keys_end, points_end) = (drop_map_entries(&shared), points(&shared));
         let all_allocs = alloc::total() - all_allocs0;
         if let Some(e) = exporters.take() {
             e.shutdown(Instant::now() + Duration::from_secs(3)).await;
@@ -449,12 +469,23 @@ pub fn child(args: &SoakArgs) -> Result<()> {
         let tenth = (cpu_ns.len() / 10).max(1);
         let first = Summary::of(&cpu_ns[..tenth]).scaled(1e-3);
         let last = Summary::of(&cpu_ns[cpu_ns.len() - tenth..]).scaled(1e-3);
+        let window = |from: usize| {
+            let mut w: Vec<u64> = rss_samples
+                .iter()
+                .skip(from)
+                .take(10)
+                .map(|s| s.1)
+                .collect();
+            w.sort_unstable();
+            w.get(w.len() / 2).copied()
+        };
+        let rss_start_first = rss_start;
+        let rss_start = window(0).unwrap_or(rss_start);
+        let rss_end = window(rss_samples.len().saturating_sub(10)).unwrap_or(rss_end_now);
+        let mid = window((rss_samples.len() / 2).saturating_sub(5)).unwrap_or(rss_start);
         let growth = (rss_end as f64 - rss_start as f64) / rss_start.max(1) as f64 * 100.0;
-        let mid = rss_samples
-            .get(rss_samples.len() / 2)
-            .and_then(|s| s[1].as_u64())
-            .unwrap_or(rss_start);
         let second_half = (rss_end as f64 - mid as f64) / mid.max(1) as f64 * 100.0;
+        let rss_samples: Vec<Value> = rss_samples.iter().map(|&(j, r)| json!([j, r])).collect();
         anyhow::Ok(json!({
             "cycles": c,
             "warmup_cycles": warm,
@@ -479,12 +510,21 @@ pub fn child(args: &SoakArgs) -> Result<()> {
                 "after_agent_start": rss_agent,
                 "start": rss_start,
                 "end": rss_end,
+                "what": "start, end: medians of the first and last 10 of 100 samples",
+                "first_sample": rss_start_first,
+                "after_last_cycle": rss_end_now,
                 "max": sys::status_kib("self", "VmHWM").unwrap_or(0),
                 "anon_start": anon_start,
                 "file_start": file_start,
-                "anon_end": sys::status_kib("self", "RssAnon").unwrap_or(0),
-                "file_end": sys::status_kib("self", "RssFile").unwrap_or(0),
+                "anon_end": anon_end,
+                "file_end": file_end,
                 "samples": rss_samples,
+            },
+            "series": {
+                "drop_keys_start": keys_start,
+                "drop_keys_end": keys_end,
+                "data_points_start": points_start,
+                "data_points_end": points_end,
             },
             "rss_growth_percent": sys::round3(growth),
             "rss_growth_second_half_percent": sys::round3(second_half),

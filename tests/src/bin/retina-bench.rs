@@ -581,8 +581,20 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
         );
         table.info(
             s,
-            "RSS start -> end",
+            "RSS start -> end (medians, first / last 10 % of the soak)",
             format!("{:.2} -> {:.2} MiB", mib("start"), mib("end")),
+        );
+        let series = &r["series"];
+        table.info(
+            s,
+            "data points / drop keys, start -> end",
+            format!(
+                "{} -> {} / {} -> {}",
+                series["data_points_start"],
+                series["data_points_end"],
+                series["drop_keys_start"],
+                series["drop_keys_end"]
+            ),
         );
         let growth = r["rss_growth_percent"].as_f64().unwrap_or(f64::NAN);
         table.push(
