@@ -152,8 +152,14 @@ impl NetnsNames {
         self.named(inode).map(|n| n.name.clone())
     }
 
-    /// The name of interface `ifindex` inside namespace `inode`, as it is now.
-    pub fn interface(&mut self, inode: u32, ifindex: u32) -> Option<Arc<str>> {
+    /// The interface table of named namespace `inode`, refreshed unless it is fresh and
+    /// holds `ifindex` (a lookup), or unless it was refreshed after `since` (a check).
+    fn links(
+        &mut self,
+        inode: u32,
+        ifindex: Option<u32>,
+        since: Option<Instant>,
+    ) -> Option<&Links> {
         let named = self.named(inode)?;
         if named.links.is_none() {
             match Links::open_in_netns(&named.path) {
@@ -165,15 +171,32 @@ impl NetnsNames {
             }
         }
         let links = named.links.as_mut()?;
-        let fresh = named.refreshed.is_some_and(|t| t.elapsed() < FRESH);
-        if !fresh || links.get(ifindex).is_none() {
+        let fresh = match since {
+            Some(since) => named.refreshed.is_some_and(|t| t >= since),
+            None => named.refreshed.is_some_and(|t| t.elapsed() < FRESH),
+        };
+        if !fresh || ifindex.is_some_and(|i| links.get(i).is_none()) {
             if let Err(e) = links.refresh() {
                 tracing::debug!(netns = %named.name, "link dump in namespace failed: {e}");
                 return None;
             }
             named.refreshed = Some(Instant::now());
         }
+        named.links.as_ref()
+    }
+
+    /// The name of interface `ifindex` inside namespace `inode`, as it is now.
+    pub fn interface(&mut self, inode: u32, ifindex: u32) -> Option<Arc<str>> {
+        let links = self.links(inode, Some(ifindex), None)?;
         links.get(ifindex).map(|l| l.name.clone())
+    }
+
+    /// Whether interface `ifindex` exists in namespace `inode`, from a link dump made
+    /// after `since` (one per namespace for all the checks of one housekeeping pass);
+    /// `None` when that cannot be told (an unnamed namespace, or no rtnetlink socket in it).
+    pub fn has_interface(&mut self, inode: u32, ifindex: u32, since: Instant) -> Option<bool> {
+        let links = self.links(inode, None, Some(since))?;
+        Some(links.get(ifindex).is_some())
     }
 }
 

@@ -670,6 +670,68 @@ fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same inside a named namespace: a pod's interface goes with its veth while the
+/// namespace stays (a persistent namespace with churning interfaces would otherwise keep
+/// every dead interface's keys until the map is 75 % full, and the memory with them).
+#[test]
+fn keys_of_an_interface_deleted_in_a_named_namespace_leave_with_it() -> anyhow::Result<()> {
+    use retina_agent::{
+        agent::{Agent, AgentOptions},
+        metrics::{Metric, Number},
+    };
+    require_root();
+    let mut agent = Agent::new(&AgentOptions::default())?;
+    assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
+    let ns = NetNs::new("rnd")?;
+    let inode = ns.inode()?.to_string();
+    let mut veth = Veth::new("rn")?;
+    veth.move_peer(&ns)?;
+    let (_, peer_ip) = wire(&veth, None, &ns, 4)?;
+    // (drops in the namespace, entries pruned so far)
+    let read = |agent: &Agent| {
+        let (mut drops, mut pruned) = (0, 0);
+        agent.visit(
+            &mut |m: &'static Metric, attrs: &[opentelemetry::KeyValue], v: Number| {
+                let Number::U64(v) = v else { return };
+                let ours = || {
+                    attrs.iter().any(|kv| {
+                        kv.key.as_str() == "network.namespace.inode"
+                            && kv.value.to_string() == inode
+                    })
+                };
+                match m.name {
+                    "retina.drop.count" if ours() => drops += v,
+                    "retina.drop.map.pruned" => pruned = v,
+                    _ => {}
+                }
+            },
+        );
+        (drops, pruned)
+    };
+    agent.cycle();
+    run(&traffic(), ["udp", &format!("{peer_ip}:9"), "30", "32"])?;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    agent.cycle();
+    let (drops, pruned_before) = read(&agent);
+    assert_eq!(
+        drops, 30,
+        "NO_SOCKET drops on the peer, inside the namespace"
+    );
+    // The namespace stays; only the interface goes.
+    drop(veth);
+    agent.cycle();
+    let (drops, pruned_after) = read(&agent);
+    assert_eq!(drops, 30, "final value of the deleted interface");
+    assert!(
+        pruned_after > pruned_before,
+        "{pruned_before} -> {pruned_after}"
+    );
+    agent.cycle();
+    assert_eq!(read(&agent).0, 0, "series of the deleted interface remains");
+    drop(ns);
+    Ok(())
+}
+
 /// A removed key's slot in the counts array is reused, zeroed, for the next new key, and
 /// the programs' per-CPU key-to-slot caches forget the removed key: drops of a key that
 /// comes back after removal start from zero in a slot of their own, and never land in the

@@ -182,11 +182,13 @@ impl DropCollector {
 
 impl DropCollector {
     /// Keys never leave the kernel map on their own, so on a host where pods come and go
-    /// it would fill up with namespaces and interfaces that no longer exist. Keys of host
-    /// interfaces that are gone are removed as soon as the link table changes; keys of
-    /// vanished namespaces (which needs a scan of /proc) when the map is nearly full. Their
-    /// last counts were exported and nothing can drop on a dead device or namespace any
-    /// more, so new drops keep their attributes instead of going to the overflow counter.
+    /// it would fill up with namespaces and interfaces that no longer exist. When the host's
+    /// link table changes (a pod's veth comes or goes), keys of host interfaces that are
+    /// gone are removed, and so are keys of interfaces gone from named namespaces (one link
+    /// dump per such namespace that has keys); keys of vanished namespaces (which needs a
+    /// scan of /proc) go when the map is nearly full. Their last counts were exported and
+    /// nothing can drop on a dead device or namespace any more, so new drops keep their
+    /// attributes instead of going to the overflow counter, and memory stays flat.
     fn prune(&mut self, links: &Links, namespaces: bool) -> Result<(), DropCollectError> {
         let live = if namespaces {
             crate::netns::live_netns_inodes()
@@ -194,16 +196,24 @@ impl DropCollector {
             Default::default()
         };
         let (host, cycle) = (self.host_netns, self.cycle);
+        let netns = &mut self.netns;
+        let since = Instant::now();
         let dead: Vec<DropKey> = self
             .series
             .iter()
             .filter(|(k, s)| {
-                let ns_gone =
-                    namespaces && k.netns != 0 && k.netns != host && !live.contains(&k.netns);
-                let dev_gone = (k.netns == host || k.netns == 0)
-                    && k.ifindex != 0
-                    && links.get(k.ifindex).is_none();
-                !s.retired && s.born < cycle && (ns_gone || dev_gone)
+                if s.retired || s.born >= cycle {
+                    return false;
+                }
+                let in_host = k.netns == host || k.netns == 0;
+                let ns_gone = namespaces && !in_host && !live.contains(&k.netns);
+                let dev_gone = k.ifindex != 0
+                    && if in_host {
+                        links.get(k.ifindex).is_none()
+                    } else {
+                        netns.has_interface(k.netns, k.ifindex, since) == Some(false)
+                    };
+                ns_gone || dev_gone
             })
             .map(|(k, _)| *k)
             .collect();
