@@ -362,10 +362,10 @@ impl DropProbe {
             .ok()
             .and_then(|n| n.checked_mul(stride))
             .ok_or_else(too_big)?;
-        // Parsed once, for the loader's relocations and the tp_btf attach point.
-        let kernel_btf = aya::Btf::from_sys_fs().ok();
+        // The loader parses the kernel's BTF for its relocations (EbpfLoader::new) and
+        // drops it with itself at the end of this statement; the attach point's copy is
+        // parsed after that, so the two (~9 MiB each) are never alive together.
         let mut ebpf = EbpfLoader::new()
-            .btf(kernel_btf.as_ref())
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(NOT_DROP_REASONS_GLOBAL, &not_drops, true)
             .override_global(COUNTS_STRIDE_GLOBAL, &stride, true)
@@ -374,6 +374,7 @@ impl DropProbe {
             .map_max_entries(FREE_SLOTS_MAP, options.max_entries)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        let kernel_btf = aya::Btf::from_sys_fs().ok();
         // Before the program is attached: every slot free (slot 0 on top), epoch 1.
         let free_slots = map_fd(&ebpf, FREE_SLOTS_MAP)?;
         for slot in (0..options.max_entries).rev() {
