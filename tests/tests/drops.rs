@@ -732,6 +732,64 @@ fn keys_of_an_interface_deleted_in_a_named_namespace_leave_with_it() -> anyhow::
     Ok(())
 }
 
+/// `retina.drop.missed` is the kernel's own count of the runs it skipped for the agent's
+/// program (`recursion_misses`, what `bpftool prog show` prints): read before and after
+/// bpftool's, the agent's figure brackets it.
+#[test]
+fn missed_drops_are_the_kernels_recursion_misses() -> anyhow::Result<()> {
+    use retina_agent::{
+        agent::{Agent, AgentOptions},
+        metrics::{Metric, Number},
+    };
+    require_root();
+    let mut agent = Agent::new(&AgentOptions::default())?;
+    assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
+    let ns = NetNs::new("rmis")?;
+    ns.exec(&traffic(), &["udp", "127.0.0.1:9", "2000", "32"])?;
+    let missed = |agent: &mut Agent| {
+        agent.cycle();
+        let mut v = None;
+        agent.visit(
+            &mut |m: &'static Metric, _: &[opentelemetry::KeyValue], n: Number| {
+                if m.name == "retina.drop.missed"
+                    && let Number::U64(n) = n
+                {
+                    v = Some(n);
+                }
+            },
+        );
+        v
+    };
+    let before = missed(&mut agent).expect("retina.drop.missed not reported");
+    let out = run("bpftool", ["-j", "prog", "show"])?;
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    // Program names are cut at 15 characters.
+    let ours: Vec<&serde_json::Value> = progs
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("bpftool output: {progs}"))?
+        .iter()
+        .filter(|p| {
+            let name = p["name"].as_str().unwrap_or_default();
+            [
+                retina_ebpf_common::BTF_PROGRAM_NAME,
+                retina_ebpf_common::PROGRAM_NAME,
+            ]
+            .iter()
+            .any(|n| n.starts_with(name) && !name.is_empty())
+        })
+        .collect();
+    assert_eq!(ours.len(), 1, "the agent's program among {progs:#}");
+    // bpftool leaves the field out while it is 0.
+    let kernel = ours[0]["recursion_misses"].as_u64().unwrap_or(0);
+    let after = missed(&mut agent).expect("retina.drop.missed not reported");
+    assert!(
+        before <= kernel && kernel <= after,
+        "agent {before}..{after}, kernel {kernel}"
+    );
+    drop(ns);
+    Ok(())
+}
+
 /// A removed key's slot in the counts array is reused, zeroed, for the next new key, and
 /// the programs' per-CPU key-to-slot caches forget the removed key: drops of a key that
 /// comes back after removal start from zero in a slot of their own, and never land in the

@@ -63,6 +63,13 @@ pub const MAP_PRUNED: Metric = Metric {
     kind: Kind::Counter,
 };
 
+pub const MISSED: Metric = Metric {
+    name: "retina.drop.missed",
+    unit: "{packet}",
+    description: "Drops the program could not count: the kernel skipped it because it was already running on that CPU (a drop in an interrupt that arrived meanwhile; bpf_prog_info recursion_misses)",
+    kind: Kind::Counter,
+};
+
 /// Housekeeping starts when the map is this full (percent)...
 const PRUNE_AT_PERCENT: u64 = 75;
 /// ... and runs at most this often.
@@ -76,6 +83,7 @@ static METRICS: &[&Metric] = &[
     &OVERFLOW_BYTES,
     &MAP_ENTRIES,
     &MAP_CAPACITY,
+    &MISSED,
 ];
 
 /// The `network.type` of an EtherType: OpenTelemetry's `ipv4`/`ipv6`, `arp`, else hex.
@@ -107,6 +115,7 @@ pub struct DropCollector {
     netns: NetnsNames,
     series: HashMap<DropKey, Series>,
     overflow: DropValue,
+    missed: u64,
     entries: u64,
     pruned: u64,
     last_prune: Option<Instant>,
@@ -126,6 +135,7 @@ impl DropCollector {
             netns: NetnsNames::new(),
             series: HashMap::with_capacity(capacity),
             overflow: DropValue::default(),
+            missed: 0,
             entries: 0,
             pruned: 0,
             last_prune: None,
@@ -301,6 +311,7 @@ impl Collector for DropCollector {
             .probe
             .overflow(&mut self.buffers)
             .map_err(DropCollectError)?;
+        self.missed = self.probe.missed().map_err(DropCollectError)?;
         Ok(())
     }
 
@@ -313,6 +324,7 @@ impl Collector for DropCollector {
         visitor.point(&OVERFLOW_BYTES, &[], Number::U64(self.overflow.bytes));
         visitor.point(&MAP_ENTRIES, &[], Number::U64(self.entries));
         visitor.point(&MAP_PRUNED, &[], Number::U64(self.pruned));
+        visitor.point(&MISSED, &[], Number::U64(self.missed));
         visitor.point(
             &MAP_CAPACITY,
             &[],
