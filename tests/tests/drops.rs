@@ -614,12 +614,57 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Drops counted by `agent` in the series `ours` selects, and the map's pruned count.
+fn drops_and_pruned(
+    agent: &retina_agent::agent::Agent,
+    ours: &dyn Fn(&[opentelemetry::KeyValue]) -> bool,
+) -> (u64, u64) {
+    use retina_agent::metrics::{Metric, Number};
+    let (mut drops, mut pruned) = (0, 0);
+    agent.visit(
+        &mut |m: &'static Metric, attrs: &[opentelemetry::KeyValue], v: Number| {
+            let Number::U64(v) = v else { return };
+            match m.name {
+                "retina.drop.count" if ours(attrs) => drops += v,
+                "retina.drop.map.pruned" => pruned = v,
+                _ => {}
+            }
+        },
+    );
+    (drops, pruned)
+}
+
+/// `want` drops counted in the series `ours` selects; then, once `veth` is deleted, their
+/// final value is exported once more, the map's pruned count grows, and a cycle later the
+/// series are gone.
+fn assert_series_leave_with(
+    agent: &mut retina_agent::agent::Agent,
+    veth: Veth,
+    ours: &dyn Fn(&[opentelemetry::KeyValue]) -> bool,
+    want: u64,
+) {
+    agent.cycle();
+    let (drops, pruned_before) = drops_and_pruned(agent, ours);
+    assert_eq!(drops, want, "drops before the interface goes");
+    drop(veth);
+    agent.cycle();
+    let (drops, pruned_after) = drops_and_pruned(agent, ours);
+    assert_eq!(drops, want, "final value of the deleted interface");
+    assert!(
+        pruned_after > pruned_before,
+        "{pruned_before} -> {pruned_after}"
+    );
+    agent.cycle();
+    assert_eq!(
+        drops_and_pruned(agent, ours).0,
+        0,
+        "series of the deleted interface remain"
+    );
+}
+
 #[test]
 fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
-    use retina_agent::{
-        agent::{Agent, AgentOptions},
-        metrics::{Metric, Number},
-    };
+    use retina_agent::agent::{Agent, AgentOptions};
     require_root();
     let mut agent = Agent::new(&AgentOptions::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
@@ -628,45 +673,15 @@ fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
     veth.move_peer(&ns)?;
     let (host_ip, _) = wire(&veth, None, &ns, 3)?;
     let host_if = veth.host.clone();
-    // (drops on the host end, entries pruned so far)
-    let read = |agent: &Agent| {
-        let (mut drops, mut pruned) = (0, 0);
-        agent.visit(
-            &mut |m: &'static Metric, attrs: &[opentelemetry::KeyValue], v: Number| {
-                let Number::U64(v) = v else { return };
-                match m.name {
-                    "retina.drop.count"
-                        if attrs.iter().any(|kv| {
-                            kv.key.as_str() == "network.interface.name"
-                                && kv.value.as_str() == host_if.as_str()
-                        }) =>
-                    {
-                        drops += v
-                    }
-                    "retina.drop.map.pruned" => pruned = v,
-                    _ => {}
-                }
-            },
-        );
-        (drops, pruned)
-    };
     agent.cycle();
     ns.exec(&traffic(), &["udp", &format!("{host_ip}:9"), "40", "32"])?;
     std::thread::sleep(std::time::Duration::from_millis(200));
-    agent.cycle();
-    let (drops, pruned_before) = read(&agent);
-    assert_eq!(drops, 40);
-    drop(veth);
-    agent.cycle();
-    // Its final value is exported once more, then the series is gone.
-    let (drops, pruned_after) = read(&agent);
-    assert_eq!(drops, 40, "final value of the deleted interface");
-    assert!(
-        pruned_after > pruned_before,
-        "{pruned_before} -> {pruned_after}"
-    );
-    agent.cycle();
-    assert_eq!(read(&agent).0, 0, "series of the deleted interface remains");
+    let ours = |attrs: &[opentelemetry::KeyValue]| {
+        attrs.iter().any(|kv| {
+            kv.key.as_str() == "network.interface.name" && kv.value.as_str() == host_if.as_str()
+        })
+    };
+    assert_series_leave_with(&mut agent, veth, &ours, 40);
     Ok(())
 }
 
@@ -675,10 +690,7 @@ fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
 /// every dead interface's keys until the map is 75 % full, and the memory with them).
 #[test]
 fn keys_of_an_interface_deleted_in_a_named_namespace_leave_with_it() -> anyhow::Result<()> {
-    use retina_agent::{
-        agent::{Agent, AgentOptions},
-        metrics::{Metric, Number},
-    };
+    use retina_agent::agent::{Agent, AgentOptions};
     require_root();
     let mut agent = Agent::new(&AgentOptions::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
@@ -687,47 +699,17 @@ fn keys_of_an_interface_deleted_in_a_named_namespace_leave_with_it() -> anyhow::
     let mut veth = Veth::new("rn")?;
     veth.move_peer(&ns)?;
     let (_, peer_ip) = wire(&veth, None, &ns, 4)?;
-    // (drops in the namespace, entries pruned so far)
-    let read = |agent: &Agent| {
-        let (mut drops, mut pruned) = (0, 0);
-        agent.visit(
-            &mut |m: &'static Metric, attrs: &[opentelemetry::KeyValue], v: Number| {
-                let Number::U64(v) = v else { return };
-                let ours = || {
-                    attrs.iter().any(|kv| {
-                        kv.key.as_str() == "network.namespace.inode"
-                            && kv.value.to_string() == inode
-                    })
-                };
-                match m.name {
-                    "retina.drop.count" if ours() => drops += v,
-                    "retina.drop.map.pruned" => pruned = v,
-                    _ => {}
-                }
-            },
-        );
-        (drops, pruned)
-    };
     agent.cycle();
+    // NO_SOCKET drops on the peer, inside the namespace, which stays: only the interface
+    // goes.
     run(&traffic(), ["udp", &format!("{peer_ip}:9"), "30", "32"])?;
     std::thread::sleep(std::time::Duration::from_millis(200));
-    agent.cycle();
-    let (drops, pruned_before) = read(&agent);
-    assert_eq!(
-        drops, 30,
-        "NO_SOCKET drops on the peer, inside the namespace"
-    );
-    // The namespace stays; only the interface goes.
-    drop(veth);
-    agent.cycle();
-    let (drops, pruned_after) = read(&agent);
-    assert_eq!(drops, 30, "final value of the deleted interface");
-    assert!(
-        pruned_after > pruned_before,
-        "{pruned_before} -> {pruned_after}"
-    );
-    agent.cycle();
-    assert_eq!(read(&agent).0, 0, "series of the deleted interface remains");
+    let ours = |attrs: &[opentelemetry::KeyValue]| {
+        attrs
+            .iter()
+            .any(|kv| kv.key.as_str() == "network.namespace.inode" && kv.value.to_string() == inode)
+    };
+    assert_series_leave_with(&mut agent, veth, &ours, 30);
     drop(ns);
     Ok(())
 }
