@@ -6,10 +6,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=RETINA_EBPF_OBJECT");
     let object = match std::env::var_os("RETINA_EBPF_OBJECT") {
         Some(path) => PathBuf::from(path),
-        None => {
-            let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
-            manifest.join("../target/bpfel-unknown-none/release/retina-ebpf")
-        }
+        // Cargo always sets CARGO_MANIFEST_DIR for build scripts; without it, the path is
+        // relative to the package, where cargo runs the script.
+        None => PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into()))
+            .join("../target/bpfel-unknown-none/release/retina-ebpf"),
     };
     if !object.is_file() {
         // One clear line instead of an include_bytes! error deep in the crate.

@@ -1,7 +1,7 @@
 //! Test traffic generator: `traffic udp ADDR:PORT COUNT [PAYLOAD_BYTES]` sends COUNT UDP
 //! datagrams of PAYLOAD_BYTES (default 32) and exits 0 once all were handed to the kernel.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -14,10 +14,10 @@ fn main() {
     let size: usize = args
         .get(4)
         .map_or(32, |s| s.parse().expect("PAYLOAD_BYTES"));
-    let bind: SocketAddr = if dst.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
+    let bind = if dst.is_ipv4() {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
     } else {
-        "[::]:0".parse().unwrap()
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
     };
     let socket = UdpSocket::bind(bind).expect("bind");
     let payload = vec![0x5a_u8; size];
