@@ -933,41 +933,11 @@ impl Table {
                 }
                 RTM_NEWSTATS if dump.kind == DumpKind::Stats => match parse_stats_msg(payload) {
                     Ok(msg) => self.apply_stats(dump, &msg),
-                    Err((ifindex, what)) => {
-                        let error = match ifindex {
-                            Some(ifindex) => LinkError::MalformedLink {
-                                netns_inode: dump.netns_inode,
-                                ifindex,
-                                name: self.get(ifindex).map(|l| l.name.clone()),
-                                what,
-                            },
-                            None => LinkError::Malformed {
-                                netns_inode: dump.netns_inode,
-                                offset: at,
-                                what,
-                            },
-                        };
-                        dump.error.get_or_insert(error);
-                    }
+                    Err((ifindex, what)) => self.malformed(dump, at, ifindex, what),
                 },
                 RTM_NEWLINK if dump.kind == DumpKind::Links => match parse_link(payload) {
                     Ok(msg) => self.apply(&msg),
-                    Err((ifindex, what)) => {
-                        let error = match ifindex {
-                            Some(ifindex) => LinkError::MalformedLink {
-                                netns_inode: dump.netns_inode,
-                                ifindex,
-                                name: self.get(ifindex).map(|l| l.name.clone()),
-                                what,
-                            },
-                            None => LinkError::Malformed {
-                                netns_inode: dump.netns_inode,
-                                offset: at,
-                                what,
-                            },
-                        };
-                        dump.error.get_or_insert(error);
-                    }
+                    Err((ifindex, what)) => self.malformed(dump, at, ifindex, what),
                 },
                 _ => {}
             }
@@ -1040,6 +1010,25 @@ impl Table {
     /// Stores the counters of one validated stats message. An unknown ifindex is only
     /// noted (the table needs a full dump to learn its name); counters going backwards
     /// give the link a new instance, as in [`apply`](Table::apply).
+    /// Records a message that does not parse (the first of the dump): named by its
+    /// interface when its header could be read, else by its offset in the reply.
+    fn malformed(&self, dump: &mut Dump, at: usize, ifindex: Option<u32>, what: Malformed) {
+        let error = match ifindex {
+            Some(ifindex) => LinkError::MalformedLink {
+                netns_inode: dump.netns_inode,
+                ifindex,
+                name: self.get(ifindex).map(|l| l.name.clone()),
+                what,
+            },
+            None => LinkError::Malformed {
+                netns_inode: dump.netns_inode,
+                offset: at,
+                what,
+            },
+        };
+        dump.error.get_or_insert(error);
+    }
+
     fn apply_stats(&mut self, dump: &mut Dump, m: &StatsMsg) {
         let Ok(i) = self
             .entries
