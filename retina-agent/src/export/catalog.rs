@@ -95,7 +95,6 @@ pub fn visit_all(agent: &Agent, export_stats: Option<&ExportStats>, v: &mut dyn 
 #[derive(Debug, Default)]
 pub struct Grouper {
     buffers: Vec<Vec<u8>>,
-    points: Vec<usize>,
 }
 
 impl Grouper {
@@ -109,11 +108,9 @@ impl Grouper {
         mut encode: impl FnMut(usize, &'static Metric, &[KeyValue], Number, &mut Vec<u8>),
     ) {
         self.buffers.resize_with(catalog.len(), Vec::new);
-        self.points.resize(catalog.len(), 0);
         for b in &mut self.buffers {
             b.clear();
         }
-        self.points.fill(0);
         let mut last: Option<(*const Metric, usize)> = None;
         visit_all(
             agent,
@@ -130,7 +127,6 @@ impl Grouper {
                         None => return,
                     },
                 };
-                self.points[i] += 1;
                 encode(i, catalog.metrics[i], attrs, value, &mut self.buffers[i]);
             },
         );
@@ -144,14 +140,10 @@ impl Grouper {
         }
     }
 
-    /// The encoded points of metric `i` and how many there are.
-    pub fn get(&self, i: usize) -> (&[u8], usize) {
-        (&self.buffers[i], self.points[i])
-    }
-
-    /// Bytes held by the buffers (for the self-telemetry and the bench).
-    pub fn capacity(&self) -> usize {
-        self.buffers.iter().map(Vec::capacity).sum()
+    /// The encoded points of metric `i` (empty: it has none, or none the output could
+    /// encode).
+    pub fn get(&self, i: usize) -> &[u8] {
+        &self.buffers[i]
     }
 }
 

@@ -163,11 +163,6 @@ impl Exporters {
         self.prometheus.as_ref().map(|s| s.addr())
     }
 
-    /// Bytes the OTLP encoder's reused buffers hold (for the bench).
-    pub fn otlp_buffer_bytes(&self) -> usize {
-        self.otlp.as_ref().map_or(0, |o| o.buffer_bytes())
-    }
-
     /// Starts an OTLP export of what the collectors hold now, unless one is in flight (then
     /// it is skipped and counted). Returns once the request is encoded.
     pub async fn export(&mut self) {

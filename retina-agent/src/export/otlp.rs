@@ -584,11 +584,11 @@ impl RequestEncoder {
             .metrics()
             .iter()
             .enumerate()
-            .filter(|&(i, _)| grouper.get(i).1 > 0)
+            .filter(|&(i, _)| !grouper.get(i).is_empty())
             .map(|(i, &metric)| MetricPoints {
                 metric,
                 temporality,
-                points: grouper.get(i).0,
+                points: grouper.get(i),
             });
         proto::put_request(
             &mut self.body,
@@ -661,11 +661,6 @@ impl Otlp {
 
     pub(super) fn endpoint(&self) -> &str {
         &self.shared.endpoint
-    }
-
-    /// Bytes the encoder's buffers hold.
-    pub(super) fn buffer_bytes(&self) -> usize {
-        self.encoder.grouper.capacity() + self.encoder.body.capacity()
     }
 
     /// Settles a finished export (a success makes its totals the delta baseline).

@@ -176,27 +176,12 @@ fn unit_word(unit: &str, kind: Kind) -> Option<&'static str> {
     })
 }
 
-/// Replaces what a Prometheus metric or label name cannot hold with `_`.
-fn sanitize(name: &str) -> String {
-    let mut s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.starts_with(|c: char| c.is_ascii_digit()) {
-        s.insert(0, '_');
-    }
-    s
-}
-
 /// The Prometheus family name of `m`.
 pub fn family_name(m: &Metric) -> String {
-    let mut name = sanitize(m.name);
+    let mut bytes = Vec::with_capacity(m.name.len() + 24);
+    put_name(&mut bytes, m.name);
+    // Only ASCII was written.
+    let mut name = String::from_utf8_lossy(&bytes).into_owned();
     if let Some(word) = unit_word(m.unit, m.kind)
         && !name.strip_suffix(word).is_some_and(|h| h.ends_with('_'))
     {
@@ -221,8 +206,9 @@ fn put_escaped(out: &mut Vec<u8>, s: &str, quote: bool) {
     }
 }
 
-/// Writes a label name: the attribute key with what Prometheus cannot hold as `_`.
-fn put_label_name(out: &mut Vec<u8>, key: &str) {
+/// Writes a metric or label name: `name` with each byte Prometheus cannot hold as `_`
+/// (and a `_` before a leading digit).
+fn put_name(out: &mut Vec<u8>, key: &str) {
     if key.starts_with(|c: char| c.is_ascii_digit()) {
         out.push(b'_');
     }
@@ -262,7 +248,7 @@ fn put_sample(out: &mut Vec<u8>, name: &str, attrs: &[KeyValue], value: Number, 
             if i > 0 {
                 out.push(b',');
             }
-            put_label_name(out, kv.key.as_str());
+            put_name(out, kv.key.as_str());
             out.extend_from_slice(b"=\"");
             match &kv.value {
                 Value::String(s) => put_escaped(out, s.as_str(), true),
@@ -366,8 +352,8 @@ impl Scraper {
             }
         }
         for (i, (_, head)) in self.families.iter().enumerate() {
-            let (lines, n) = grouper.get(i);
-            if n > 0 && !lines.is_empty() {
+            let lines = grouper.get(i);
+            if !lines.is_empty() {
                 out.extend_from_slice(head);
                 out.extend_from_slice(lines);
             }

@@ -61,7 +61,7 @@ pub const EXPORT_DURATION: Metric = Metric {
     kind: Kind::Gauge,
 };
 
-/// Every self-telemetry metric (for documentation and tests).
+/// Every self-telemetry metric: the collection ones first, then the export ones.
 pub static METRICS: &[&Metric] = &[
     &COLLECT_DURATION,
     &COLLECT_FAILURES,
@@ -70,6 +70,8 @@ pub static METRICS: &[&Metric] = &[
     &EXPORT_REJECTED,
     &EXPORT_DURATION,
 ];
+/// How many of [`METRICS`] are about collection (the rest need an OTLP exporter).
+const COLLECT_METRICS: usize = 2;
 
 /// Attribute naming the collector.
 pub const ATTR_COLLECTOR: &str = "collector";
@@ -99,7 +101,11 @@ impl ExportStats {
 
 /// The self-telemetry metrics; the export ones only with an OTLP exporter.
 pub fn metrics(export_stats: bool) -> &'static [&'static Metric] {
-    if export_stats { METRICS } else { &METRICS[..2] }
+    if export_stats {
+        METRICS
+    } else {
+        &METRICS[..COLLECT_METRICS]
+    }
 }
 
 /// Hands the self-telemetry's current values to `v`; the export metrics only with
