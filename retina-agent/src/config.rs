@@ -485,9 +485,19 @@ fn patterns(path: &[Seg], list: &[String]) -> Result<(), Violation> {
     Ok(())
 }
 
-/// Crates of the exporter's transport, which log every connection attempt: silenced
-/// unless the filter names them.
-pub const QUIET_TARGETS: [&str; 6] = ["h2", "hyper", "hyper_util", "tonic", "tower", "reqwest"];
+/// Crates of the exporter and its transport, which log every connection attempt and
+/// every failed export (the agent logs those itself, rate-limited): silenced unless the
+/// filter names them. `opentelemetry` covers `opentelemetry_sdk` and `opentelemetry-otlp`
+/// (a target prefix).
+pub const QUIET_TARGETS: [&str; 7] = [
+    "h2",
+    "hyper",
+    "hyper_util",
+    "tonic",
+    "tower",
+    "reqwest",
+    "opentelemetry",
+];
 
 /// The `tracing` filter for `level` (`log.level` or `RUST_LOG`): `level` itself, then
 /// `TARGET=off` for each [`QUIET_TARGETS`] entry that `level` does not name.
@@ -870,7 +880,7 @@ mod tests {
     fn transport_crates_stay_quiet_unless_named() {
         assert_eq!(
             log_filter("info"),
-            "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off"
+            "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,opentelemetry=off"
         );
         let f = log_filter("debug,tonic=debug,hyper_util::client=trace");
         assert!(

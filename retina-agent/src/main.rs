@@ -19,18 +19,30 @@ const EXIT_CONFIG: u8 = 2;
 
 /// Logs to stderr, as text or JSON lines, filtered by `log.level` (or `RUST_LOG`, already
 /// folded into it by the configuration).
+///
+/// Beside the log output, a layer counts the OTLP exporter's partial-success reports
+/// (which it only logs) for `retina.agent.export.rejected`.
 fn init_logging(log: &LogConfig) {
-    use tracing_subscriber::{EnvFilter, fmt};
+    use tracing_subscriber::{EnvFilter, Layer as _, fmt, layer::SubscriberExt as _};
     let directives = config::log_filter(&log.level);
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
         // Validated with the configuration; only reachable through a bug.
         eprintln!("warning: log filter {directives:?}: {e}; logging at info");
         EnvFilter::new(config::log_filter("info"))
     });
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    let output = fmt::layer().with_writer(std::io::stderr);
+    let output = match log.format {
+        LogFormat::Json => output.json().with_filter(filter).boxed(),
+        LogFormat::Text => output
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed(),
+    };
+    let subscriber = tracing_subscriber::registry()
+        .with(output)
+        .with(retina_agent::export::partial_success_layer());
+    if let Err(e) = tracing::subscriber::set_global_default(subscriber) {
+        eprintln!("warning: logging already set up: {e}");
     }
 }
 

@@ -767,15 +767,23 @@ fn prometheus_scrapes_the_drop_series() -> Result<()> {
             .is_some_and(|v| v >= DROPS as f64)
             .then_some(body))
     })?;
-    let mut names: Vec<&str> = body
+    // OpenMetrics: `# TYPE` names the family (a counter's without `_total`), the samples
+    // carry the series names Prometheus stores.
+    let mut families: Vec<&str> = body
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .collect();
-    names.sort();
+    families.sort();
     eprintln!(
         "Prometheus families served by the agent:\n  {}",
-        names.join("\n  ")
+        families.join("\n  ")
     );
+    let series: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    assert_eq!(body.lines().last(), Some("# EOF"), "not OpenMetrics text");
     assert_eq!(
         scrape_value(&body, "retina_drop_count_total", &labels),
         Some(DROPS as f64)
@@ -784,16 +792,45 @@ fn prometheus_scrapes_the_drop_series() -> Result<()> {
         scrape_value(&body, "retina_drop_bytes_total", &labels),
         Some((DROPS * (8 + PAYLOAD)) as f64)
     );
-    for family in [
-        "retina_drop_overflow_count_total counter",
-        "retina_drop_overflow_bytes_total counter",
-        "retina_drop_map_capacity gauge",
-        "system_network_io_bytes_total counter",
-        "retina_agent_collect_duration_seconds gauge",
-        "retina_agent_collect_failures_total counter",
-        "target_info gauge",
+    for (family, kind, name) in [
+        (
+            "retina_drop_overflow_count",
+            "counter",
+            "retina_drop_overflow_count_total",
+        ),
+        (
+            "retina_drop_overflow_bytes",
+            "counter",
+            "retina_drop_overflow_bytes_total",
+        ),
+        (
+            "retina_drop_map_capacity",
+            "gauge",
+            "retina_drop_map_capacity",
+        ),
+        (
+            "system_network_io_bytes",
+            "counter",
+            "system_network_io_bytes_total",
+        ),
+        (
+            "retina_agent_collect_duration_seconds",
+            "gauge",
+            "retina_agent_collect_duration_seconds",
+        ),
+        (
+            "retina_agent_collect_failures",
+            "counter",
+            "retina_agent_collect_failures_total",
+        ),
+        ("target", "info", "target_info"),
     ] {
-        assert!(names.contains(&family), "{family} not served: {names:?}");
+        let typed = format!("{family} {kind}");
+        assert!(
+            families.contains(&typed.as_str()),
+            "{typed} not served: {families:?}"
+        );
+        assert!(series.contains(name), "no {name} series: {series:?}");
     }
 
     // Prometheus itself scraped and stored it.
@@ -820,6 +857,19 @@ fn prometheus_scrapes_the_drop_series() -> Result<()> {
         "",
     )?;
     assert!(up.contains("\"1\""), "target not up: {up}");
+    let (_, info) = http_request(
+        prom_port,
+        "GET",
+        &format!(
+            "/api/v1/query?query={}",
+            url_encode("target_info{job=\"retina\",service_name=\"retina-agent\"}")
+        ),
+        "",
+    )?;
+    assert!(
+        info.contains("\"os_type\":\"linux\""),
+        "target_info not stored: {info}"
+    );
     agent.stop()?;
     Ok(())
 }

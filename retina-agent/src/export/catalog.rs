@@ -1,11 +1,10 @@
 //! What the outputs export: every metric the agent's collectors list plus the agent's own
-//! health, and the grouping of the collectors' data points by metric.
+//! health, and for each metric the sources that hold its points.
 //!
-//! OTLP and the Prometheus text format both want the points of one metric together,
-//! while collectors hand them out in their own order (a drop series gives its packet
-//! count, then its bytes). [`Grouper`] visits the collectors once and appends each point,
-//! already encoded by the output, to its metric's buffer. The buffers are kept between
-//! exports, so once they have grown to the series count an export allocates nothing.
+//! OTLP instruments and Prometheus families both want the points of one metric at a time,
+//! while a collector hands out all of its points in one walk. [`Catalog::visit_metric`]
+//! walks only the collectors that list the metric and passes on that metric's points,
+//! straight from the collectors' state: nothing is copied or buffered in between.
 
 use std::collections::HashMap;
 
@@ -14,13 +13,23 @@ use opentelemetry::KeyValue;
 use super::selfmetrics::{self, ExportStats};
 use crate::{
     agent::Agent,
-    metrics::{Metric, Number, Visitor},
+    metrics::{Metric, Number},
 };
+
+/// One exported metric and where its points come from.
+#[derive(Debug)]
+struct Entry {
+    metric: &'static Metric,
+    /// Indexes (in [`Agent::collectors`] order) of the collectors that list it.
+    collectors: Vec<usize>,
+    /// Whether the self-telemetry emits it.
+    self_telemetry: bool,
+}
 
 /// The metrics the outputs carry, each with a stable index.
 #[derive(Debug)]
 pub struct Catalog {
-    metrics: Vec<&'static Metric>,
+    entries: Vec<Entry>,
     by_name: HashMap<&'static str, usize>,
 }
 
@@ -31,128 +40,106 @@ impl Catalog {
     /// exported.
     pub fn new(agent: &Agent, export_stats: bool) -> Catalog {
         let mut c = Catalog {
-            metrics: Vec::new(),
+            entries: Vec::new(),
             by_name: HashMap::new(),
         };
-        for (collector, _) in agent.collectors() {
+        for (i, (collector, _)) in agent.collectors().enumerate() {
             for &m in collector.metrics() {
-                c.add(m, collector.name());
+                if let Some(e) = c.add(m, collector.name()) {
+                    e.collectors.push(i);
+                }
             }
         }
         for &m in selfmetrics::metrics(export_stats) {
-            c.add(m, "agent");
+            if let Some(e) = c.add(m, "agent") {
+                e.self_telemetry = true;
+            }
         }
         c
     }
 
-    fn add(&mut self, m: &'static Metric, from: &str) {
-        match self.by_name.get(m.name) {
-            Some(&i) if !same_type(self.metrics[i], m) => tracing::warn!(
-                metric = m.name,
-                collector = from,
-                "metric already registered with another type or unit; not exported from this \
-                 collector"
-            ),
-            Some(_) => {}
-            None => {
-                self.by_name.insert(m.name, self.metrics.len());
-                self.metrics.push(m);
+    fn add(&mut self, m: &'static Metric, from: &str) -> Option<&mut Entry> {
+        let i = match self.by_name.get(m.name) {
+            Some(&i) if !same_type(self.entries[i].metric, m) => {
+                tracing::warn!(
+                    metric = m.name,
+                    collector = from,
+                    "metric already registered with another type or unit; not exported from \
+                     this collector"
+                );
+                return None;
             }
-        }
+            Some(&i) => i,
+            None => {
+                self.by_name.insert(m.name, self.entries.len());
+                self.entries.push(Entry {
+                    metric: m,
+                    collectors: Vec::new(),
+                    self_telemetry: false,
+                });
+                self.entries.len() - 1
+            }
+        };
+        self.entries.get_mut(i)
     }
 
     pub fn len(&self) -> usize {
-        self.metrics.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.metrics.is_empty()
+        self.entries.is_empty()
     }
 
-    pub fn metrics(&self) -> &[&'static Metric] {
-        &self.metrics
+    /// The exported metrics, by index.
+    pub fn metrics(&self) -> impl ExactSizeIterator<Item = &'static Metric> + '_ {
+        self.entries.iter().map(|e| e.metric)
     }
 
-    /// The index of `m`, `None` if it is not exported (unknown, or a conflicting
-    /// definition).
-    pub fn index(&self, m: &Metric) -> Option<usize> {
-        let &i = self.by_name.get(m.name)?;
-        same_type(self.metrics[i], m).then_some(i)
+    /// Hands every current point of metric `i` to `f`: from the collectors that list it,
+    /// and from the self-telemetry (`export_stats`: the OTLP exporter's counters).
+    pub fn visit_metric(
+        &self,
+        i: usize,
+        agent: &Agent,
+        export_stats: Option<&ExportStats>,
+        f: &mut dyn FnMut(&[KeyValue], Number),
+    ) {
+        let Some(entry) = self.entries.get(i) else {
+            return;
+        };
+        let want = entry.metric;
+        let mut only = |m: &'static Metric, attrs: &[KeyValue], value: Number| {
+            if std::ptr::eq(m, want) || (m.name == want.name && same_type(m, want)) {
+                f(attrs, value);
+            }
+        };
+        let mut next = 0;
+        for (index, (collector, _)) in agent.collectors().enumerate() {
+            if entry.collectors.get(next) == Some(&index) {
+                next += 1;
+                collector.visit(&mut only);
+            }
+        }
+        if entry.self_telemetry {
+            selfmetrics::visit(agent, export_stats, &mut only);
+        }
+    }
+
+    /// How many points each metric has right now.
+    pub fn count_points(&self, agent: &Agent, export_stats: Option<&ExportStats>) -> Vec<usize> {
+        (0..self.len())
+            .map(|i| {
+                let mut n = 0;
+                self.visit_metric(i, agent, export_stats, &mut |_, _| n += 1);
+                n
+            })
+            .collect()
     }
 }
 
 fn same_type(a: &Metric, b: &Metric) -> bool {
     a.kind == b.kind && a.unit == b.unit
-}
-
-/// Visits every point an output exports: the collectors', then the self-telemetry.
-pub fn visit_all(agent: &Agent, export_stats: Option<&ExportStats>, v: &mut dyn Visitor) {
-    agent.visit(v);
-    selfmetrics::visit(agent, export_stats, v);
-}
-
-/// Per-metric buffers of encoded points, reused from one export to the next.
-#[derive(Debug, Default)]
-pub struct Grouper {
-    buffers: Vec<Vec<u8>>,
-}
-
-impl Grouper {
-    /// Clears the buffers, then visits `agent` (and the self-telemetry) once, calling
-    /// `encode` for each exported point with its metric's index and buffer.
-    pub fn fill(
-        &mut self,
-        catalog: &Catalog,
-        agent: &Agent,
-        export_stats: Option<&ExportStats>,
-        mut encode: impl FnMut(usize, &'static Metric, &[KeyValue], Number, &mut Vec<u8>),
-    ) {
-        self.buffers.resize_with(catalog.len(), Vec::new);
-        for b in &mut self.buffers {
-            b.clear();
-        }
-        let mut last: Option<(*const Metric, usize)> = None;
-        visit_all(
-            agent,
-            export_stats,
-            &mut |m: &'static Metric, attrs: &[KeyValue], value: Number| {
-                // Points of one metric mostly come in runs: skip the lookup for those.
-                let i = match last {
-                    Some((p, i)) if std::ptr::eq(p, m) => i,
-                    _ => match catalog.index(m) {
-                        Some(i) => {
-                            last = Some((m, i));
-                            i
-                        }
-                        None => return,
-                    },
-                };
-                encode(i, catalog.metrics[i], attrs, value, &mut self.buffers[i]);
-            },
-        );
-    }
-
-    /// Gives back what the buffers hold beyond what this fill needed (after a burst of
-    /// series, for example thousands of interfaces gone again).
-    pub fn trim(&mut self) {
-        for b in &mut self.buffers {
-            trim(b);
-        }
-    }
-
-    /// The encoded points of metric `i` (empty: it has none, or none the output could
-    /// encode).
-    pub fn get(&self, i: usize) -> &[u8] {
-        &self.buffers[i]
-    }
-}
-
-/// Shrinks `buf` when it holds more than twice what it needed plus 64 KiB: a steady
-/// state never shrinks (so never reallocates), a burst's memory is returned.
-pub fn trim(buf: &mut Vec<u8>) {
-    if buf.capacity() > 2 * buf.len() + 64 * 1024 {
-        buf.shrink_to(buf.len() + buf.len() / 2);
-    }
 }
 
 /// A counter value as `u64`; `None` for a value that cannot be one (negative, NaN).
@@ -167,22 +154,6 @@ pub fn counter_value(n: Number) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn trim_returns_a_burst_only() {
-        let mut b = Vec::with_capacity(1 << 20);
-        b.resize(500_000, 0u8);
-        trim(&mut b);
-        assert_eq!(
-            b.capacity(),
-            1 << 20,
-            "within twice the need plus 64 KiB: kept"
-        );
-        b.truncate(1000);
-        trim(&mut b);
-        assert!(b.capacity() < 64 * 1024, "{}", b.capacity());
-        assert_eq!(b.len(), 1000);
-    }
 
     #[test]
     fn counter_values() {

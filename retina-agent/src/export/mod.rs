@@ -1,27 +1,27 @@
-//! Metric export: OTLP push (gRPC or HTTP/protobuf) and a Prometheus scrape endpoint.
+//! Metric export: OTLP push (gRPC or HTTP/protobuf) through the OpenTelemetry SDK and
+//! `opentelemetry-otlp`, and a Prometheus scrape endpoint through `prometheus-client`.
 //!
-//! Both outputs read the collectors' own state through [`Agent::visit`] and encode it
-//! straight into buffers they keep between exports: no SDK aggregation sits in between,
-//! because the collectors already hold exactly what is exported (the kernel's running
-//! totals and current values). The set of metrics is fixed at start ([`catalog`]), one
-//! entry per metric a collector lists in [`Collector::metrics`](crate::collectors::Collector)
-//! plus the agent's own health ([`selfmetrics`]). Memory is therefore proportional to
-//! the series that exist, not to a preallocated cardinality limit per instrument.
+//! Both outputs read the collectors' own state: the SDK's observable instruments and the
+//! Prometheus encoder walk the points of one metric at a time through
+//! [`catalog::Catalog::visit_metric`], straight from the values the collectors hold (the
+//! kernel's running totals and current values); no second copy sits in between. The set
+//! of metrics is fixed at start ([`catalog`]): one entry per metric a collector lists in
+//! [`Collector::metrics`](crate::collectors::Collector) plus the agent's own health
+//! ([`selfmetrics`]).
 //!
 //! OTLP is pushed by the daemon: right after each collection cycle [`Exporters::export`]
-//! encodes one request and sends it on a task, unless the previous one is still in
-//! flight, in which case it is skipped and counted (`retina.agent.export.skipped`). A
-//! send is bounded by the configured timeout, so a collector that accepts connections and
-//! never answers costs one task, never a queue. With cumulative temporality (the default)
-//! a failed export loses nothing; the next one carries the running totals.
+//! collects the SDK's one reader and sends the result on a task, unless the previous send
+//! is still in flight, in which case it is skipped and counted
+//! (`retina.agent.export.skipped`). With cumulative temporality (the default) a failed
+//! export loses nothing; the next one carries the running totals.
 //!
-//! The Prometheus endpoint is pulled by scrapes (`GET /metrics`), always cumulative.
+//! The Prometheus endpoint is pulled by scrapes (`GET /metrics`), always cumulative, and is
+//! not an SDK reader (a second reader would double the callbacks' work).
 
 pub mod catalog;
 mod config;
 mod otlp;
 mod prometheus;
-pub mod proto;
 mod resource;
 pub mod selfmetrics;
 
@@ -38,12 +38,20 @@ pub use config::{
     DEFAULT_PROMETHEUS_LISTEN, DEFAULT_SERVICE_NAME, ExportConfig, PrometheusConfig, Protocol,
     Temporality, interval_from_env,
 };
+pub use otlp::partial_success_layer;
+pub use prometheus::family_name;
 
 /// The agent, shared between the daemon loop (which collects) and the exporters'
 /// callbacks (which read). `None` once the daemon has taken it back to drop it (detaching
 /// the eBPF program) at shutdown; callbacks then observe nothing.
 #[derive(Clone)]
 pub struct SharedAgent(Arc<Mutex<Option<Agent>>>);
+
+impl std::fmt::Debug for SharedAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedAgent")
+    }
+}
 
 impl SharedAgent {
     pub fn new(agent: Agent) -> Self {
@@ -88,15 +96,15 @@ pub enum ExportError {
 }
 
 /// Free heap pages are handed back to the kernel every this many exports (once a minute
-/// at the default 10 s interval). An export allocates and frees a few dozen blocks (the
-/// transport's request, response and frames); over days that leaves free pages scattered
-/// in the heap that glibc only returns when asked. Counted in exports rather than time so
-/// that the soak bench, which runs exports back to back, sees what the daemon does.
+/// at the default 10 s interval). An export allocates and frees many blocks (the SDK's
+/// aggregation results, the transport's request, response and frames); over days that
+/// leaves free pages scattered in the heap that glibc only returns when asked. Counted in
+/// exports rather than time so that the soak bench, which runs exports back to back, sees
+/// what the daemon does.
 const RELEASE_EVERY_EXPORTS: u32 = 6;
 
 /// The two outputs.
 pub struct Exporters {
-    agent: SharedAgent,
     otlp: Option<otlp::Otlp>,
     prometheus: Option<prometheus::Server>,
     exports_since_release: u32,
@@ -112,7 +120,6 @@ impl Exporters {
         prometheus: &PrometheusConfig,
     ) -> Result<Self, ExportError> {
         let mut exporters = Exporters {
-            agent: agent.clone(),
             otlp: None,
             prometheus: None,
             exports_since_release: 0,
@@ -131,14 +138,19 @@ impl Exporters {
         };
         let resource = resource::build(export);
         if export.enabled {
-            exporters.otlp = Some(otlp::Otlp::new(export, catalog.clone(), resource.clone())?);
+            exporters.otlp = Some(otlp::Otlp::new(
+                export,
+                agent,
+                catalog.clone(),
+                resource.clone(),
+            )?);
         }
         if prometheus.enabled {
             let scraper = prometheus::Scraper::new(
                 agent.clone(),
                 catalog.clone(),
                 exporters.otlp.as_ref().map(|o| o.stats()),
-                &resource,
+                resource::sorted_attributes(&resource),
             );
             let server = prometheus::Server::bind(prometheus.listen, scraper).await?;
             tracing::info!("Prometheus endpoint at http://{}/metrics", server.addr());
@@ -167,7 +179,7 @@ impl Exporters {
     /// it is skipped and counted). Returns once the request is encoded.
     pub async fn export(&mut self) {
         if let Some(o) = &mut self.otlp {
-            o.export(&self.agent).await;
+            o.export().await;
         }
         self.exports_since_release += 1;
         if self.exports_since_release >= RELEASE_EVERY_EXPORTS {
@@ -183,7 +195,7 @@ impl Exporters {
     /// the Prometheus endpoint.
     pub async fn shutdown(mut self, deadline: Instant) {
         if let Some(mut o) = self.otlp.take() {
-            o.finish(&self.agent, deadline).await;
+            o.finish(deadline).await;
         }
         if let Some(s) = self.prometheus.take() {
             s.stop();

@@ -3,6 +3,7 @@
 use std::ffi::CStr;
 
 use opentelemetry::KeyValue;
+use opentelemetry_sdk::{Resource, resource::TelemetryResourceDetector};
 
 use super::config::ExportConfig;
 
@@ -54,41 +55,46 @@ fn machine_id() -> Option<String> {
 }
 
 /// Builds the resource: `service.name`, `service.version`, `host.name`, `host.id`,
-/// `host.arch`, `os.type`, `os.version` (kernel release), `telemetry.sdk.*` (the agent
-/// encodes OTLP itself, so it names itself there), then the configured
-/// `resource_attributes` over them (except `service.name`). Sorted by key, one value per
-/// key.
-pub fn build(config: &ExportConfig) -> Vec<KeyValue> {
-    let mut attrs: std::collections::BTreeMap<String, KeyValue> = Default::default();
-    let mut set = |kv: KeyValue| {
-        attrs.insert(kv.key.as_str().to_string(), kv);
-    };
-    set(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
-    set(KeyValue::new("telemetry.sdk.name", "retina-agent"));
-    set(KeyValue::new("telemetry.sdk.language", "rust"));
-    set(KeyValue::new(
-        "telemetry.sdk.version",
-        env!("CARGO_PKG_VERSION"),
-    ));
-    set(KeyValue::new("os.type", "linux"));
+/// `host.arch`, `os.type`, `os.version` (kernel release), the SDK's `telemetry.sdk.*`,
+/// then the configured `resource_attributes` over them (except `service.name`, which is
+/// `service_name`).
+pub fn build(config: &ExportConfig) -> Resource {
+    let mut attrs = vec![
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("os.type", "linux"),
+    ];
     if let Some(u) = uname() {
-        set(KeyValue::new("os.version", u.release));
-        set(KeyValue::new(
+        attrs.push(KeyValue::new("os.version", u.release));
+        attrs.push(KeyValue::new(
             "host.arch",
             host_arch(&u.machine).to_string(),
         ));
-        set(KeyValue::new("host.name", u.nodename));
+        attrs.push(KeyValue::new("host.name", u.nodename));
     }
     if let Some(id) = machine_id() {
-        set(KeyValue::new("host.id", id));
+        attrs.push(KeyValue::new("host.id", id));
     }
     for (k, v) in &config.resource_attributes {
         if k != "service.name" {
-            set(KeyValue::new(k.clone(), v.clone()));
+            attrs.push(KeyValue::new(k.clone(), v.clone()));
         }
     }
-    set(KeyValue::new("service.name", config.service_name.clone()));
-    attrs.into_values().collect()
+    attrs.push(KeyValue::new("service.name", config.service_name.clone()));
+    // Later attributes replace earlier ones of the same key.
+    Resource::builder_empty()
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_attributes(attrs)
+        .build()
+}
+
+/// The resource's attributes sorted by key (the Prometheus `target_info` labels).
+pub fn sorted_attributes(resource: &Resource) -> Vec<KeyValue> {
+    let mut attrs: Vec<KeyValue> = resource
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    attrs.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
+    attrs
 }
 
 #[cfg(test)]
@@ -104,7 +110,7 @@ mod tests {
         config
             .resource_attributes
             .insert("service.name".into(), "ignored".into());
-        let r = build(&config);
+        let r = sorted_attributes(&build(&config));
         let get = |k: &str| {
             r.iter()
                 .find(|kv| kv.key.as_str() == k)
@@ -116,5 +122,6 @@ mod tests {
         assert!(get("host.name").is_some());
         assert_eq!(get("deployment.environment.name").as_deref(), Some("test"));
         assert_eq!(get("telemetry.sdk.language").as_deref(), Some("rust"));
+        assert_eq!(get("telemetry.sdk.name").as_deref(), Some("opentelemetry"));
     }
 }

@@ -1,0 +1,344 @@
+//! The OTLP output: the OpenTelemetry SDK ([`pipeline`]) collects the collectors' values
+//! through observable instruments, and `opentelemetry-otlp` ([`transport`]) sends them
+//! over gRPC or HTTP/protobuf.
+//!
+//! The daemon drives it: right after each collection cycle [`Otlp::export`] collects the
+//! SDK's reader and sends the result on a task, unless the previous send is still in
+//! flight, in which case it is skipped and counted. A send is bounded by the configured
+//! timeout (retries of transient errors included) plus a margin, so a collector that
+//! accepts connections and never answers costs one task, never a queue.
+
+mod partial;
+mod pipeline;
+mod streak;
+mod transport;
+
+use std::{
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use opentelemetry_otlp::MetricExporter;
+use opentelemetry_sdk::{
+    Resource, metrics::data::ResourceMetrics, metrics::exporter::PushMetricExporter,
+};
+use tokio::task::JoinHandle;
+
+pub use partial::layer as partial_success_layer;
+pub(crate) use transport::chain;
+
+use self::{
+    pipeline::{Pipeline, Sources, limit_for},
+    streak::Streak,
+};
+use super::{
+    ExportError, SharedAgent, catalog::Catalog, config::ExportConfig, selfmetrics::ExportStats,
+};
+
+/// Extra time an export gets beyond the transport's own timeout, so that the transport's
+/// error (with its reason) usually wins over the hard stop.
+const HARD_STOP_MARGIN: Duration = Duration::from_secs(1);
+
+/// State the send tasks share with the daemon side.
+#[derive(Debug)]
+struct Shared {
+    endpoint: String,
+    /// The HTTP transport's reason for the last failure.
+    last_error: Arc<transport::LastError>,
+    stats: Arc<ExportStats>,
+    failures: Mutex<Streak>,
+}
+
+impl Shared {
+    fn failed(&self, reason: &str) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let detail = self.last_error.take();
+        let reason = match &detail {
+            Some(d) => format!("{reason}: {d}"),
+            None => reason.to_string(),
+        };
+        let mut streak = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match streak.hit() {
+            Some(0) => tracing::warn!(
+                endpoint = %self.endpoint,
+                "OTLP export failed: {reason}; collection continues, export is retried every \
+                 interval (logged again at most once a minute)"
+            ),
+            Some(n) => tracing::warn!(
+                endpoint = %self.endpoint,
+                failures = streak.count,
+                "OTLP export still failing ({n} more failures since the last message): {reason}"
+            ),
+            None => tracing::debug!(endpoint = %self.endpoint, "OTLP export failed: {reason}"),
+        }
+    }
+
+    fn succeeded(&self) {
+        self.stats.successes.fetch_add(1, Ordering::Relaxed);
+        // A retried attempt's failure is no news once the export went through.
+        let _ = self.last_error.take();
+        let mut streak = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((count, over)) = streak.end() {
+            tracing::info!(
+                endpoint = %self.endpoint,
+                "OTLP export recovered after {count} failed exports over {}",
+                humantime::format_duration(Duration::from_secs(over.as_secs()))
+            );
+        }
+    }
+}
+
+/// A send in flight; it hands the request's buffers back for the next export.
+type InFlight = JoinHandle<ResourceMetrics>;
+
+/// The OTLP output, driven by the daemon.
+pub(super) struct Otlp {
+    sources: Sources,
+    pipeline: Pipeline,
+    exporter: Arc<MetricExporter>,
+    shared: Arc<Shared>,
+    /// Hard bound of one send.
+    deadline: Duration,
+    in_flight: Option<InFlight>,
+    /// The last request, kept so that its buffers are reused.
+    spare: Option<ResourceMetrics>,
+    skips: Streak,
+    rejections: Streak,
+    /// Partial-success answers already accounted for.
+    answers_seen: u64,
+    rejected_seen: u64,
+}
+
+impl Otlp {
+    pub(super) fn new(
+        config: &ExportConfig,
+        agent: &SharedAgent,
+        catalog: Arc<Catalog>,
+        resource: Resource,
+    ) -> Result<Otlp, ExportError> {
+        let endpoint = config.resolved_endpoint();
+        let (exporter, last_error) = transport::exporter(config, &endpoint)?;
+        let stats = Arc::new(ExportStats::default());
+        let limits: Vec<usize> = {
+            let guard = agent.lock();
+            match guard.as_ref() {
+                Some(a) => catalog.count_points(a, Some(&stats)),
+                None => vec![0; catalog.len()],
+            }
+        }
+        .into_iter()
+        .map(limit_for)
+        .collect();
+        let sources = Sources {
+            agent: agent.clone(),
+            catalog,
+            stats: stats.clone(),
+            resource,
+            temporality: transport::sdk_temporality(config.temporality),
+        };
+        let pipeline = Pipeline::new(&sources, limits);
+        let (answers_seen, rejected_seen) = partial::totals();
+        Ok(Otlp {
+            sources,
+            pipeline,
+            exporter: Arc::new(exporter),
+            shared: Arc::new(Shared {
+                endpoint,
+                last_error,
+                stats,
+                failures: Mutex::new(Streak::default()),
+            }),
+            deadline: config.timeout.saturating_add(HARD_STOP_MARGIN),
+            in_flight: None,
+            spare: None,
+            skips: Streak::default(),
+            rejections: Streak::default(),
+            answers_seen,
+            rejected_seen,
+        })
+    }
+
+    pub(super) fn stats(&self) -> Arc<ExportStats> {
+        self.shared.stats.clone()
+    }
+
+    pub(super) fn endpoint(&self) -> &str {
+        &self.shared.endpoint
+    }
+
+    /// Takes a finished send's buffers back. `false` if one is still running.
+    async fn reap(&mut self) -> bool {
+        match &self.in_flight {
+            Some(h) if !h.is_finished() => false,
+            Some(_) => {
+                if let Some(h) = self.in_flight.take()
+                    && let Ok(rm) = h.await
+                {
+                    self.spare = Some(rm);
+                }
+                self.account_partial_success();
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Counts what collectors rejected in exports they otherwise accepted.
+    fn account_partial_success(&mut self) {
+        let (answers, rejected) = partial::totals();
+        if answers == self.answers_seen {
+            return;
+        }
+        let new_points = rejected.saturating_sub(self.rejected_seen);
+        (self.answers_seen, self.rejected_seen) = (answers, rejected);
+        let stats = &self.shared.stats;
+        stats
+            .rejected_points
+            .fetch_add(new_points, Ordering::Relaxed);
+        if let Some(n) = self.rejections.hit() {
+            tracing::warn!(
+                endpoint = %self.shared.endpoint,
+                rejected_data_points = new_points,
+                "OTLP collector rejected part of an export: {:?} (logged again at most once a \
+                 minute; {n} more since the last message)",
+                partial::last_message()
+            );
+        }
+    }
+
+    /// Collects the SDK's reader into a request, growing the pipeline first when a metric
+    /// is near its cardinality limit.
+    fn collect(&mut self) -> Option<ResourceMetrics> {
+        if let Some(limits) = self.pipeline.outgrown() {
+            self.regrow(limits);
+        }
+        let mut rm = self.spare.take().unwrap_or_default();
+        if let Err(e) = self.pipeline.collect(&mut rm) {
+            tracing::warn!("OTLP: collecting the metrics failed: {e}");
+            return None;
+        }
+        if self.pipeline.overflowed()
+            && let Some(limits) = self.pipeline.outgrown()
+        {
+            // More new series than a quarter of the limit in one interval: some were
+            // folded into the SDK's overflow series. Grow and collect again, so this
+            // export carries every series.
+            self.regrow(limits);
+            if let Err(e) = self.pipeline.collect(&mut rm) {
+                tracing::warn!("OTLP: collecting the metrics failed: {e}");
+                return None;
+            }
+        }
+        Some(rm)
+    }
+
+    /// Replaces the pipeline by one with `limits`. The new one is collected once and the
+    /// result dropped, so that with delta temporality its first export carries the change
+    /// since this moment, not the running totals.
+    fn regrow(&mut self, limits: Vec<usize>) {
+        let next = Pipeline::new(&self.sources, limits);
+        let mut scratch = ResourceMetrics::default();
+        let _ = next.collect(&mut scratch);
+        tracing::info!(
+            series_limit = next.total_limit(),
+            "OTLP: series outgrew the instruments' cardinality limits; limits raised"
+        );
+        self.pipeline = next;
+    }
+
+    fn start(&mut self, deadline: Duration) -> Option<InFlight> {
+        let started = Instant::now();
+        let rm = self.collect()?;
+        Some(tokio::spawn(send(
+            self.exporter.clone(),
+            self.shared.clone(),
+            rm,
+            deadline,
+            started,
+        )))
+    }
+
+    /// Starts one export of what the collectors hold now, unless one is in flight.
+    pub(super) async fn export(&mut self) {
+        if !self.reap().await {
+            self.shared.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            match self.skips.hit() {
+                Some(0) => tracing::warn!(
+                    endpoint = %self.shared.endpoint,
+                    "previous OTLP export still in flight (collector slow or not answering); \
+                     skipping this one (logged again at most once a minute)"
+                ),
+                Some(n) => tracing::warn!(
+                    endpoint = %self.shared.endpoint,
+                    "OTLP exports still being skipped: {n} more since the last message"
+                ),
+                None => {}
+            }
+            return;
+        }
+        // The skip streak is not ended here: with a collector down and a short interval,
+        // exports and skips alternate, and each would start a new streak (and a warning).
+        self.in_flight = self.start(self.deadline);
+    }
+
+    /// Waits for the export in flight until `deadline`, then runs a last export bounded by
+    /// what is left of it.
+    pub(super) async fn finish(&mut self, deadline: Instant) {
+        if let Some(h) = self.in_flight.take() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let abort = h.abort_handle();
+            match tokio::time::timeout(left, h).await {
+                Ok(Ok(rm)) => self.spare = Some(rm),
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    abort.abort();
+                    tracing::warn!(
+                        endpoint = %self.shared.endpoint,
+                        "OTLP export in flight at shutdown did not finish in time; abandoned, \
+                         no final export"
+                    );
+                    return;
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            tracing::warn!("no time left for a final OTLP export");
+            return;
+        }
+        let Some(task) = self.start(left.min(self.deadline)) else {
+            return;
+        };
+        let abort = task.abort_handle();
+        match tokio::time::timeout(left, task).await {
+            Ok(_) => tracing::debug!("final OTLP export done"),
+            Err(_) => {
+                abort.abort();
+                tracing::warn!("final OTLP export did not finish in time; abandoned");
+            }
+        }
+        self.account_partial_success();
+    }
+}
+
+/// Sends one request within `deadline` (the exporter retries transient failures inside
+/// it) and records the outcome. Returns the request for its buffers to be reused.
+async fn send(
+    exporter: Arc<MetricExporter>,
+    shared: Arc<Shared>,
+    rm: ResourceMetrics,
+    deadline: Duration,
+    started: Instant,
+) -> ResourceMetrics {
+    let result = tokio::time::timeout(deadline, exporter.export(&rm)).await;
+    shared.stats.record_duration(started.elapsed());
+    match result {
+        Ok(Ok(())) => shared.succeeded(),
+        Ok(Err(e)) => shared.failed(&chain(&e)),
+        Err(_) => shared.failed(&format!(
+            "no answer within {}",
+            humantime::format_duration(deadline)
+        )),
+    }
+    rm
+}

@@ -1,0 +1,228 @@
+//! The OpenTelemetry SDK pipeline: one `SdkMeterProvider` with one `ManualReader`, and one
+//! observable instrument per exported metric whose callback reads the collectors' current
+//! values through [`Catalog::visit_metric`].
+//!
+//! The cardinality limit of each instrument (the SDK reserves it up front, per instrument)
+//! is sized from the series that exist: twice the points seen, at least [`MIN_LIMIT`].
+//! When a metric grows past three quarters of its limit, [`Pipeline::outgrown`] says so
+//! and the exporter builds a new pipeline with larger limits.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use opentelemetry::{
+    InstrumentationScope,
+    metrics::{AsyncInstrument, Meter, MeterProvider as _},
+};
+use opentelemetry_sdk::{
+    Resource,
+    error::OTelSdkResult,
+    metrics::{
+        InstrumentKind, ManualReader, Pipeline as SdkPipeline, SdkMeterProvider, Stream,
+        Temporality, data::ResourceMetrics, reader::MetricReader,
+    },
+};
+
+use super::super::{
+    SharedAgent,
+    catalog::{Catalog, counter_value},
+    selfmetrics::ExportStats,
+};
+use crate::metrics::Kind;
+
+/// The smallest cardinality limit given to an instrument.
+pub(super) const MIN_LIMIT: usize = 64;
+
+/// The limit for a metric that has `points` series now.
+pub(super) fn limit_for(points: usize) -> usize {
+    points.saturating_mul(2).max(MIN_LIMIT)
+}
+
+/// The SDK takes its reader by value; the exporter keeps a handle to collect from it.
+#[derive(Debug, Clone)]
+struct SharedReader(Arc<ManualReader>);
+
+impl MetricReader for SharedReader {
+    fn register_pipeline(&self, pipeline: std::sync::Weak<SdkPipeline>) {
+        self.0.register_pipeline(pipeline)
+    }
+    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.0.collect(rm)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn temporality(&self, kind: InstrumentKind) -> Temporality {
+        self.0.temporality(kind)
+    }
+}
+
+/// What every pipeline of one exporter shares.
+pub(super) struct Sources {
+    pub agent: SharedAgent,
+    pub catalog: Arc<Catalog>,
+    pub stats: Arc<ExportStats>,
+    pub resource: Resource,
+    pub temporality: Temporality,
+}
+
+pub(super) struct Pipeline {
+    // Dropping the provider ends the pipeline; the instruments live as long as it does.
+    _provider: SdkMeterProvider,
+    reader: SharedReader,
+    limits: Vec<usize>,
+    /// Points each instrument's callback observed in the last collect.
+    observed: Arc<[AtomicUsize]>,
+}
+
+impl Pipeline {
+    /// A provider, its reader and one instrument per metric of `sources.catalog`, with the
+    /// cardinality limits `limits` (one per metric).
+    pub(super) fn new(sources: &Sources, limits: Vec<usize>) -> Pipeline {
+        let reader = SharedReader(Arc::new(
+            ManualReader::builder()
+                .with_temporality(sources.temporality)
+                .build(),
+        ));
+        let by_name: std::collections::HashMap<&'static str, usize> = sources
+            .catalog
+            .metrics()
+            .zip(limits.iter().copied())
+            .map(|(m, l)| (m.name, l))
+            .collect();
+        let provider = SdkMeterProvider::builder()
+            .with_resource(sources.resource.clone())
+            .with_reader(reader.clone())
+            .with_view(move |i: &opentelemetry_sdk::metrics::Instrument| {
+                let limit = *by_name.get(i.name())?;
+                Stream::builder().with_cardinality_limit(limit).build().ok()
+            })
+            .build();
+        let meter = provider.meter_with_scope(
+            InstrumentationScope::builder("retina-agent")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        );
+        let observed: Arc<[AtomicUsize]> = (0..sources.catalog.len())
+            .map(|_| AtomicUsize::new(0))
+            .collect();
+        for (i, m) in sources.catalog.metrics().enumerate() {
+            register(&meter, sources, &observed, i, m);
+        }
+        Pipeline {
+            _provider: provider,
+            reader,
+            limits,
+            observed,
+        }
+    }
+
+    /// Runs every instrument's callback and aggregates into `rm`.
+    pub(super) fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.reader.collect(rm)
+    }
+
+    /// New limits if a metric came within a quarter of its limit in the last collect.
+    pub(super) fn outgrown(&self) -> Option<Vec<usize>> {
+        let grown = self
+            .observed
+            .iter()
+            .zip(&self.limits)
+            .any(|(n, &limit)| n.load(Ordering::Relaxed) > limit / 4 * 3);
+        grown.then(|| {
+            self.observed
+                .iter()
+                .zip(&self.limits)
+                .map(|(n, &limit)| limit_for(n.load(Ordering::Relaxed)).max(limit))
+                .collect()
+        })
+    }
+
+    /// Whether a metric reached its limit in the last collect (the SDK then folded the
+    /// extra series into one overflow series).
+    pub(super) fn overflowed(&self) -> bool {
+        self.observed
+            .iter()
+            .zip(&self.limits)
+            .any(|(n, &limit)| n.load(Ordering::Relaxed) >= limit)
+    }
+
+    /// The total of the cardinality limits (for the log).
+    pub(super) fn total_limit(&self) -> usize {
+        self.limits.iter().sum()
+    }
+}
+
+/// Registers the observable instrument of metric `i`.
+fn register(
+    meter: &Meter,
+    sources: &Sources,
+    observed: &Arc<[AtomicUsize]>,
+    i: usize,
+    m: &'static crate::metrics::Metric,
+) {
+    let (agent, catalog, stats, observed) = (
+        sources.agent.clone(),
+        sources.catalog.clone(),
+        sources.stats.clone(),
+        observed.clone(),
+    );
+    match m.kind {
+        Kind::Counter => {
+            meter
+                .u64_observable_counter(m.name)
+                .with_unit(m.unit)
+                .with_description(m.description)
+                .with_callback(move |o: &dyn AsyncInstrument<u64>| {
+                    let guard = agent.lock();
+                    let Some(a) = guard.as_ref() else { return };
+                    let mut n = 0;
+                    catalog.visit_metric(i, a, Some(&stats), &mut |attrs, value| {
+                        if let Some(v) = counter_value(value) {
+                            o.observe(v, attrs);
+                            n += 1;
+                        }
+                    });
+                    observed[i].store(n, Ordering::Relaxed);
+                })
+                .build();
+        }
+        Kind::Gauge => {
+            meter
+                .f64_observable_gauge(m.name)
+                .with_unit(m.unit)
+                .with_description(m.description)
+                .with_callback(move |o: &dyn AsyncInstrument<f64>| {
+                    let guard = agent.lock();
+                    let Some(a) = guard.as_ref() else { return };
+                    let mut n = 0;
+                    catalog.visit_metric(i, a, Some(&stats), &mut |attrs, value| {
+                        o.observe(value.as_f64(), attrs);
+                        n += 1;
+                    });
+                    observed[i].store(n, Ordering::Relaxed);
+                })
+                .build();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_follow_the_series() {
+        assert_eq!(limit_for(0), MIN_LIMIT);
+        assert_eq!(limit_for(1000), 2000);
+        assert_eq!(limit_for(usize::MAX), usize::MAX);
+    }
+}
