@@ -339,6 +339,16 @@ struct Agent {
 /// Starts `retina-agent run --interval 1s` with an empty configuration file, the
 /// Prometheus endpoint on a fresh port, no inherited `OTEL_*` variables, plus `env`.
 fn start_agent(dir: &TempDir, tag: &str, env: &[(&str, String)]) -> Result<Agent> {
+    start_agent_in(dir, tag, env, None)
+}
+
+/// [`start_agent`], the agent started inside the cgroup whose `cgroup.procs` is `procs`.
+fn start_agent_in(
+    dir: &TempDir,
+    tag: &str,
+    env: &[(&str, String)],
+    procs: Option<&std::path::Path>,
+) -> Result<Agent> {
     let config = dir.join(&format!("{tag}.toml"));
     std::fs::write(&config, "# empty: defaults\n")?;
     let prometheus_port = match env
@@ -348,7 +358,17 @@ fn start_agent(dir: &TempDir, tag: &str, env: &[(&str, String)]) -> Result<Agent
         Some((_, v)) => v.parse()?,
         None => free_port()?,
     };
-    let mut cmd = Command::new(agent_bin());
+    let mut cmd = match procs {
+        None => Command::new(agent_bin()),
+        Some(procs) => {
+            // The shell moves itself into the cgroup, then becomes the agent.
+            let mut c = Command::new("sh");
+            c.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                .arg(procs)
+                .arg(agent_bin());
+            c
+        }
+    };
     cmd.arg("--config")
         .arg(&config)
         .args(["run", "--interval", "1s", "--no-summary"]);
@@ -672,6 +692,98 @@ fn otlp_http_gzip_delivers_drops_to_a_real_collector() -> Result<()> {
 #[test]
 fn otlp_http_delivers_drops_to_a_real_collector() -> Result<()> {
     otlp_delivery("http/protobuf", false)
+}
+
+/// The exports rotel logged so far, each as its data points (the log shows one
+/// `ResourceMetrics #0` block per export request).
+fn rotel_exports(text: &str) -> Vec<Vec<DataPoint>> {
+    text.split("ResourceMetrics #0")
+        .skip(1)
+        .map(parse_rotel)
+        .collect()
+}
+
+/// Whether any point of `points` carries `name` as its interface.
+fn names_interface(points: &[DataPoint], name: &str) -> bool {
+    points
+        .iter()
+        .any(|p| p.attrs.get("network.interface.name").map(String::as_str) == Some(name))
+}
+
+/// A veth deleted while the daemon runs: its series (interface counters, driver
+/// statistics, NIC info) are in no export the collector receives from the third after the
+/// deletion on (one may be in flight, one more may have been collected before the link
+/// table saw the deletion: two intervals).
+fn deleted_interface_leaves_the_export(protocol: &str) -> Result<()> {
+    require_root();
+    let dir = TempDir::new("vethgone")?;
+    let (grpc, http) = (free_port()?, free_port()?);
+    let mut rotel = start_rotel(&dir, grpc, http, "rotel")?;
+    let env = match protocol {
+        "grpc" => vec![(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{grpc}"),
+        )],
+        _ => vec![
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_string()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{http}"),
+            ),
+        ],
+    };
+    let veth = Veth::new("rgone")?;
+    ip(&["link", "set", &veth.host, "up"])?;
+    ip(&["link", "set", &veth.peer, "up"])?;
+    let mut agent = start_agent(&dir, "agent", &env)?;
+    let name = veth.host.clone();
+    wait_for(&format!("{name} in an export"), PATIENCE, || {
+        rotel.ensure_alive()?;
+        agent.proc.ensure_alive()?;
+        let exports = rotel_exports(&rotel.log_text());
+        Ok(exports
+            .last()
+            .is_some_and(|e| names_interface(e, &name))
+            .then_some(()))
+    })?;
+    let before = rotel_exports(&rotel.log_text()).len();
+    // (The guard sees the link gone and leaves it.)
+    ip(&["link", "del", &veth.host])?;
+    // Five more exports (one a second).
+    let exports = wait_for("five exports after the deletion", PATIENCE, || {
+        rotel.ensure_alive()?;
+        agent.proc.ensure_alive()?;
+        let exports = rotel_exports(&rotel.log_text());
+        Ok((exports.len() >= before + 5).then_some(exports))
+    })?;
+    let after = &exports[before..];
+    let still: Vec<usize> = after
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| names_interface(e, &name))
+        .map(|(i, _)| i + 1)
+        .collect();
+    eprintln!("{protocol}: exports after the deletion still naming {name}: {still:?}");
+    assert!(
+        still.iter().all(|&i| i <= 2),
+        "{name} still exported in exports {still:?} after its deletion"
+    );
+    assert!(
+        after.iter().all(|e| names_interface(e, "lo")),
+        "the other interfaces must stay"
+    );
+    agent.stop()?;
+    Ok(())
+}
+
+#[test]
+fn deleted_interface_leaves_the_grpc_export() -> Result<()> {
+    deleted_interface_leaves_the_export("grpc")
+}
+
+#[test]
+fn deleted_interface_leaves_the_http_export() -> Result<()> {
+    deleted_interface_leaves_the_export("http")
 }
 
 #[test]
@@ -1307,6 +1419,279 @@ fn otlp_grpc_over_mutual_tls_with_a_custom_ca() -> Result<()> {
 #[test]
 fn otlp_http_over_mutual_tls_with_a_custom_ca() -> Result<()> {
     otlp_over_tls("http/protobuf")
+}
+
+// ---- Hostile peers ----
+
+/// A memory cgroup limited to `limit` bytes, removed on drop (its processes are killed
+/// first). Cgroup v2 where the memory controller is there (`/sys/fs/cgroup` on pure-v2
+/// hosts, `/sys/fs/cgroup/unified` on hybrid ones), else the v1 memory hierarchy.
+struct MemoryCgroup {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl MemoryCgroup {
+    fn new(tag: &str, limit: u64) -> Result<Self> {
+        let has_memory = |root: &str| {
+            std::fs::read_to_string(format!("{root}/cgroup.subtree_control"))
+                .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory"))
+        };
+        let name = format!("retina-test-{tag}-{}", std::process::id());
+        let (dir, v2) = if has_memory("/sys/fs/cgroup") {
+            (PathBuf::from("/sys/fs/cgroup").join(&name), true)
+        } else if has_memory("/sys/fs/cgroup/unified") {
+            (PathBuf::from("/sys/fs/cgroup/unified").join(&name), true)
+        } else if std::path::Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+            (PathBuf::from("/sys/fs/cgroup/memory").join(&name), false)
+        } else {
+            bail!("no cgroup memory controller on this host (v2 or v1)");
+        };
+        std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        let cg = MemoryCgroup { dir, v2 };
+        let (file, value) = if v2 {
+            ("memory.max", limit.to_string())
+        } else {
+            ("memory.limit_in_bytes", limit.to_string())
+        };
+        std::fs::write(cg.dir.join(file), value)
+            .with_context(|| format!("setting {file} in {}", cg.dir.display()))?;
+        if v2 {
+            // No swap either, so the limit is the limit.
+            let _ = std::fs::write(cg.dir.join("memory.swap.max"), "0");
+        } else {
+            let _ = std::fs::write(
+                cg.dir.join("memory.memsw.limit_in_bytes"),
+                limit.to_string(),
+            );
+        }
+        Ok(cg)
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// OOM kills in the cgroup so far.
+    fn oom_kills(&self) -> Result<u64> {
+        let (file, key) = if self.v2 {
+            ("memory.events", "oom_kill")
+        } else {
+            ("memory.oom_control", "oom_kill")
+        };
+        let text = std::fs::read_to_string(self.dir.join(file))?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// The cgroup's peak memory use, in bytes, where the kernel keeps it.
+    fn peak(&self) -> Option<u64> {
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        if let Ok(pids) = std::fs::read_to_string(self.procs()) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) on a pid read from our own test cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("cleanup: could not remove {}", self.dir.display());
+    }
+}
+
+/// An OTLP/HTTP "collector" that answers every request `200` with `Content-Length: 1 GiB`
+/// and streams zeros for as long as the client reads (at most 1 GiB a connection).
+struct HugeAnswers {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HugeAnswers {
+    fn start() -> Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let Ok((mut s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let flag = flag.clone();
+                std::thread::spawn(move || {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+                    // The request: headers, then whatever body came with them.
+                    let mut buf = [0u8; 64 * 1024];
+                    let _ = s.read(&mut buf);
+                    let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 1073741824\r\n\r\n";
+                    if s.write_all(head).is_err() {
+                        return;
+                    }
+                    let zeros = vec![0u8; 1 << 20];
+                    for _ in 0..1024 {
+                        if flag.load(Ordering::SeqCst) || s.write_all(&zeros).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(HugeAnswers {
+            port,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for HugeAnswers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A collector answering 1 GiB to every export: the agent, in a 256 MiB memory cgroup as
+/// the unit runs it, reads at most 4 MiB of each answer, counts every export as failed
+/// and keeps running.
+#[test]
+fn a_collector_answering_a_gigabyte_cannot_exhaust_memory() -> Result<()> {
+    require_root();
+    let dir = TempDir::new("huge")?;
+    let cgroup = MemoryCgroup::new("huge", 256 << 20)?;
+    let huge = HugeAnswers::start()?;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_string()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", huge.port),
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000".to_string()),
+    ];
+    let mut agent = start_agent_in(&dir, "agent", &env, Some(&cgroup.procs()))?;
+    let failures = wait_for("five failed exports", Duration::from_secs(90), || {
+        agent.proc.ensure_alive()?;
+        let (_, body) = http_request(agent.prometheus_port, "GET", "/metrics", "")?;
+        let n = scrape_value(
+            &body,
+            "retina_agent_export_failures_total",
+            &[("exporter", "otlp")],
+        )
+        .unwrap_or(0.0);
+        Ok((n >= 5.0).then_some(n))
+    })?;
+    agent.proc.ensure_alive()?;
+    let rss = agent.proc.rss_kib()?;
+    eprintln!(
+        "after {failures} failed exports: RSS {rss} KiB, cgroup peak {:?} bytes, OOM kills {}",
+        cgroup.peak(),
+        cgroup.oom_kills()?
+    );
+    assert_eq!(cgroup.oom_kills()?, 0, "the agent was OOM-killed");
+    assert!(rss < 64 * 1024, "RSS {rss} KiB reading a 1 GiB answer");
+    let log = agent.log();
+    assert!(log.contains("OTLP export failed"), "{log}");
+    assert!(
+        log.contains("4 MiB"),
+        "the reason should name the limit: {log}"
+    );
+    agent.stop()?;
+    Ok(())
+}
+
+/// Opens a connection with a 1 KiB receive buffer, sends `requests` pipelined
+/// `GET /metrics` and never reads.
+fn stalled_client(port: u16, requests: usize) -> Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.set_recv_buffer_size(1024)?;
+    s.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    let req = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(requests);
+    let mut w = &s;
+    w.write_all(&req)?;
+    Ok(s)
+}
+
+/// 32 clients that pipeline 50 scrapes each and never read, and 32 that connect and say
+/// nothing, cannot keep a real scrape out: it gets through within seconds, and the agent's
+/// thread count stays bounded.
+#[test]
+fn stalled_scrapers_cannot_lock_the_prometheus_endpoint() -> Result<()> {
+    require_root();
+    let dir = TempDir::new("stall")?;
+    let mut agent = start_agent(&dir, "agent", &[("OTEL_SDK_DISABLED", "true".to_string())])?;
+    let port = agent.prometheus_port;
+    let mut hostile = Vec::new();
+    for _ in 0..32 {
+        hostile.push(stalled_client(port, 50)?);
+    }
+    for _ in 0..32 {
+        hostile.push(socket2::Socket::from(TcpStream::connect((
+            "127.0.0.1",
+            port,
+        ))?));
+    }
+    let threads = || -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.proc.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:")?.trim().parse().ok())
+            .context("Threads: in status")
+    };
+    let start = Instant::now();
+    // Several scrapes in a row while the hostile connections stay open.
+    for i in 0..5 {
+        let (status, body) = wait_for(
+            &format!("scrape {i} under load"),
+            Duration::from_secs(30),
+            || Ok(http_request(port, "GET", "/metrics", "").ok()),
+        )?;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("retina_agent_collect_duration_seconds"),
+            "{body}"
+        );
+        // More hostile clients arrive all the time.
+        hostile.push(stalled_client(port, 50)?);
+    }
+    let took = start.elapsed();
+    let n = threads()?;
+    eprintln!("5 scrapes under load in {took:?}; agent threads: {n}");
+    assert!(n <= 16, "the agent runs {n} threads under stalled scrapers");
+    agent.proc.ensure_alive()?;
+    drop(hostile);
+    agent.stop()?;
+    Ok(())
 }
 
 #[test]

@@ -190,6 +190,18 @@ impl Exporters {
         }
     }
 
+    /// Waits until the OTLP export in flight, if any, has finished.
+    pub async fn flush(&mut self) {
+        if let Some(o) = &mut self.otlp {
+            o.flush().await;
+        }
+    }
+
+    /// The OTLP exporter's counters (successes, failures, skips), if OTLP is on.
+    pub fn otlp_stats(&self) -> Option<Arc<selfmetrics::ExportStats>> {
+        self.otlp.as_ref().map(|o| o.stats())
+    }
+
     /// Final export and teardown, all within `deadline`: waits for an export in flight
     /// (abandoning it at the deadline), runs one last export of the current values, stops
     /// the Prometheus endpoint.

@@ -4,6 +4,7 @@ pub mod agent_run;
 pub mod bpf;
 pub mod cycle;
 pub mod ebpf;
+pub mod export;
 pub mod floors;
 pub mod net;
 pub mod node_exporter;

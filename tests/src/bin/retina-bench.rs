@@ -12,7 +12,8 @@
 //!    exact drop accounting, under a flood of UDP datagrams to a closed port;
 //! 6. a memory soak (child process) with veth churn and the OTLP exporter against a
 //!    collector going up and down;
-//! 7. the real daemon at `--interval 10s` next to node_exporter scraped every 10 s.
+//! 7. the real daemon at `--interval 10s` next to node_exporter scraped every 10 s;
+//! 8. one OTLP export (SDK and exporter) and one Prometheus scrape, CPU per interface count.
 //!
 //! Every veth, namespace, child process and sysctl it changes is restored by an RAII guard,
 //! also on failure and on Ctrl-C (SIGINT/SIGTERM stop the run at the next check).
@@ -29,7 +30,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use bench::{
-    agent_run, cycle, ebpf,
+    agent_run, cycle, ebpf, export,
     net::BenchNet,
     node_exporter,
     report::{Status, Table},
@@ -75,6 +76,10 @@ struct Opts {
     /// node_exporter scrapes per interface count [default: 20, --quick 5].
     #[arg(long)]
     scrapes: Option<usize>,
+    /// Measured OTLP exports and Prometheus scrapes per interface count [default: 100,
+    /// --quick 20].
+    #[arg(long)]
+    exports: Option<usize>,
     /// Datagrams dropped for the eBPF measurement [default: 2000000, --quick 1000000].
     #[arg(long)]
     flood: Option<u64>,
@@ -84,7 +89,7 @@ struct Opts {
     /// A shorter run (under 3 minutes).
     #[arg(long)]
     quick: bool,
-    /// Sections to run: cycle, node-exporter, ebpf, soak, agent [default: all].
+    /// Sections to run: cycle, node-exporter, export, ebpf, soak, agent [default: all].
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The release agent binary, for section 7 [default: next to this binary].
@@ -105,7 +110,7 @@ struct Opts {
     out: Option<PathBuf>,
 }
 
-const SECTIONS: [&str; 5] = ["cycle", "node-exporter", "ebpf", "soak", "agent"];
+const SECTIONS: [&str; 6] = ["cycle", "node-exporter", "export", "ebpf", "soak", "agent"];
 
 impl Opts {
     fn pick<T>(&self, given: Option<T>, full: T, quick: T) -> T {
@@ -229,6 +234,7 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
     let cycles = opts.pick(opts.cycles, 2000, 300);
     let soak_cycles = opts.pick(opts.soak_cycles, 100_000, 5000);
     let scrapes = opts.pick(opts.scrapes, 20, 5);
+    let exports = opts.pick(opts.exports, 100, 20);
     let flood = opts.pick(opts.flood, 2_000_000, 1_000_000);
     let agent_seconds = opts.pick(opts.agent_seconds, 120, 30);
     let args: Vec<String> = std::env::args().collect();
@@ -456,6 +462,45 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
             table.flush_new();
             entry.insert("node_exporter".into(), m.json());
             entry.insert("node_exporter_vs_ours".into(), Value::Object(cmp));
+        }
+        if opts.runs("export") {
+            let rotel = opts
+                .rotel
+                .as_deref()
+                .context("the export section needs rotel-agent (--rotel or RETINA_ROTEL_AGENT)")?;
+            banner(&format!(
+                "[8] export cost, {n} veths, {exports} exports and scrapes"
+            ));
+            let f = export::measure(rotel, exports)?;
+            let s = section.as_str();
+            table.info(s, "exported data points", f.points.to_string());
+            table.push(
+                s,
+                "OTLP export CPU (SDK collect + encode + send), median / p99",
+                format!(
+                    "{} / {}",
+                    fmt_us(f.otlp_cpu_us.median),
+                    fmt_us(f.otlp_cpu_us.p99)
+                ),
+                if n >= 256 { "<= 10 ms" } else { "" },
+                if n >= 256 {
+                    Status::check(f.otlp_cpu_us.median <= 10_000.0)
+                } else {
+                    Status::Info
+                },
+            );
+            table.info(
+                s,
+                "Prometheus scrape CPU (encode + HTTP), median / p99",
+                format!(
+                    "{} / {} ({} KiB)",
+                    fmt_us(f.scrape_cpu_us.median),
+                    fmt_us(f.scrape_cpu_us.p99),
+                    f.scrape_bytes / 1024
+                ),
+            );
+            table.flush_new();
+            entry.insert("export".into(), f.json);
         }
         per_count.insert(n.to_string(), Value::Object(entry));
         doc.insert(

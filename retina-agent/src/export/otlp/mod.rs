@@ -281,6 +281,17 @@ impl Otlp {
         self.in_flight = self.start(self.deadline);
     }
 
+    /// Waits for the export in flight, if any, to finish (the bench measures whole exports
+    /// with it).
+    pub(super) async fn flush(&mut self) {
+        if let Some(h) = self.in_flight.take()
+            && let Ok(rm) = h.await
+        {
+            self.spare = Some(rm);
+        }
+        self.account_partial_success();
+    }
+
     /// Waits for the export in flight until `deadline`, then runs a last export bounded by
     /// what is left of it.
     pub(super) async fn finish(&mut self, deadline: Instant) {
@@ -342,3 +353,6 @@ async fn send(
     }
     rm
 }
+
+#[cfg(test)]
+mod tests;
