@@ -88,6 +88,9 @@ pub struct ExportStats {
     pub rejected_points: AtomicU64,
     /// Duration of the last finished export, in nanoseconds.
     pub last_duration_nanos: AtomicU64,
+    /// Time the SDK's collect (the instruments' callbacks and aggregation) took in the
+    /// last export, in nanoseconds.
+    pub last_collect_nanos: AtomicU64,
 }
 
 impl ExportStats {

@@ -491,6 +491,11 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
             );
             table.info(
                 s,
+                "  of which the SDK's collect (callbacks + aggregation), wall median",
+                fmt_us(f.sdk_collect_us.median),
+            );
+            table.info(
+                s,
                 "Prometheus scrape CPU (encode + HTTP), median / p99",
                 format!(
                     "{} / {} ({} KiB)",

@@ -249,6 +249,10 @@ impl Otlp {
     fn start(&mut self, deadline: Duration) -> Option<InFlight> {
         let started = Instant::now();
         let rm = self.collect()?;
+        self.shared.stats.last_collect_nanos.store(
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         Some(tokio::spawn(send(
             self.exporter.clone(),
             self.shared.clone(),
