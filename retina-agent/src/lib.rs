@@ -17,3 +17,4 @@ pub mod memory;
 pub mod metrics;
 pub mod netns;
 pub mod snapshot;
+pub mod workload;

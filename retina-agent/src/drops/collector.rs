@@ -17,6 +17,7 @@ use crate::{
     links::Links,
     metrics::{Kind, Metric, Number, Visitor, attr},
     netns::NetnsNames,
+    workload::Workloads,
 };
 
 pub const DROP_COUNT: Metric = Metric {
@@ -113,6 +114,7 @@ pub struct DropCollector {
     buffers: ReadBuffers,
     host_netns: u32,
     netns: NetnsNames,
+    workloads: Workloads,
     series: HashMap<DropKey, Series>,
     overflow: DropValue,
     missed: u64,
@@ -133,6 +135,7 @@ impl DropCollector {
             buffers,
             host_netns,
             netns: NetnsNames::new(),
+            workloads: Workloads::new(host_netns),
             series: HashMap::with_capacity(capacity),
             overflow: DropValue::default(),
             missed: 0,
@@ -154,7 +157,7 @@ impl DropCollector {
 
     /// Attributes of a new series: resolved once, when the key first appears.
     fn attributes(&mut self, key: &DropKey, links: &Links) -> Box<[KeyValue]> {
-        let mut attrs = Vec::with_capacity(7);
+        let mut attrs = Vec::with_capacity(10);
         attrs.push(KeyValue::new(
             attr::DROP_REASON,
             Value::String(self.reasons.name(key.reason).into()),
@@ -181,6 +184,10 @@ impl DropCollector {
                 && let Some(ns) = self.netns.name(key.netns)
             {
                 attrs.push(KeyValue::new(attr::NETNS_NAME, Value::String(ns.into())));
+            }
+            // The pod, container or service living in that namespace.
+            if let Some(w) = self.workloads.lookup(key.netns) {
+                w.push_attributes(&mut attrs);
             }
         }
         if let Some(t) = network_type(key.protocol) {

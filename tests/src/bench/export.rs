@@ -117,7 +117,11 @@ pub fn measure(rotel: &Path, exports: usize) -> Result<Figures> {
             if i >= WARM {
                 otlp.push(c1 - c0);
                 // Wall time of the SDK's collect, on this thread (no waiting in it).
-                collect.push(stats.last_collect_nanos.load(std::sync::atomic::Ordering::Relaxed));
+                collect.push(
+                    stats
+                        .last_collect_nanos
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                );
             }
         }
         let failures = stats.failures.load(std::sync::atomic::Ordering::Relaxed);

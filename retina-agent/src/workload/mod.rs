@@ -1,0 +1,254 @@
+//! Which workload lives in a network namespace: the pod, container or systemd service
+//! whose processes run in it, from their cgroups ([`cgroup`]).
+//!
+//! The map is built by one scan of `/proc` (each process's `ns/net` and `cgroup`) and
+//! consulted when a drop series first appears, so `/proc` is never read per cycle: a
+//! namespace not in the map is looked up again by a new scan at most every
+//! [`RESCAN_AFTER`]. Every process of a namespace must agree on an attribute for the
+//! namespace to get it (a pod's containers share the pod's namespace: the pod uid is
+//! kept, a container id only if there is one container). The host's namespace gets no
+//! workload attributes.
+
+pub mod cgroup;
+
+use std::{
+    collections::HashMap,
+    io::Read as _,
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use opentelemetry::{KeyValue, Value};
+
+pub use cgroup::Workload;
+
+/// Attribute keys: OpenTelemetry semantic conventions for the pod and the container;
+/// `systemd.unit` is the agent's own (the conventions have none).
+pub mod attr {
+    pub const POD_UID: &str = "k8s.pod.uid";
+    pub const CONTAINER_ID: &str = "container.id";
+    pub const SYSTEMD_UNIT: &str = "systemd.unit";
+}
+
+/// A namespace the last scan did not find is scanned for again after this long.
+pub const RESCAN_AFTER: Duration = Duration::from_secs(5);
+/// The most of a `/proc/PID/cgroup` file that is read (a hybrid host lists a dozen
+/// hierarchies; paths are at most 4096 bytes each).
+const MAX_CGROUP_FILE: u64 = 64 * 1024;
+
+impl Workload {
+    /// Appends the workload's attributes.
+    pub fn push_attributes(&self, out: &mut Vec<KeyValue>) {
+        let mut push = |key: &'static str, v: &Option<Arc<str>>| {
+            if let Some(v) = v {
+                out.push(KeyValue::new(key, Value::String(v.clone().into())));
+            }
+        };
+        push(attr::CONTAINER_ID, &self.container_id);
+        push(attr::POD_UID, &self.pod_uid);
+        push(attr::SYSTEMD_UNIT, &self.unit);
+    }
+}
+
+/// Workloads by network namespace inode, from the last scan of `/proc`.
+#[derive(Debug)]
+pub struct Workloads {
+    proc_root: PathBuf,
+    host_netns: u32,
+    by_netns: HashMap<u32, Arc<Workload>>,
+    last_scan: Option<Instant>,
+}
+
+impl Workloads {
+    pub fn new(host_netns: u32) -> Workloads {
+        Workloads::with_proc(host_netns, "/proc")
+    }
+
+    /// With another `/proc` (tests).
+    pub fn with_proc(host_netns: u32, proc_root: impl Into<PathBuf>) -> Workloads {
+        Workloads {
+            proc_root: proc_root.into(),
+            host_netns,
+            by_netns: HashMap::new(),
+            last_scan: None,
+        }
+    }
+
+    /// The workload of namespace `netns`; `None` for the host's, and for a namespace
+    /// without one (or with no process in it).
+    pub fn lookup(&mut self, netns: u32) -> Option<Arc<Workload>> {
+        if netns == self.host_netns || netns == 0 {
+            return None;
+        }
+        if !self.by_netns.contains_key(&netns)
+            && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_AFTER)
+        {
+            self.scan();
+        }
+        self.by_netns.get(&netns).filter(|w| !w.is_empty()).cloned()
+    }
+
+    /// Rebuilds the map from `/proc`.
+    pub fn scan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        let mut found: HashMap<u32, Workload> = HashMap::new();
+        let Ok(procs) = std::fs::read_dir(&self.proc_root) else {
+            return;
+        };
+        let mut text = String::new();
+        for entry in procs.flatten() {
+            let is_pid = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if !is_pid {
+                continue;
+            }
+            let dir = entry.path();
+            let Some(netns) = std::fs::metadata(dir.join("ns/net"))
+                .ok()
+                .and_then(|m| u32::try_from(m.ino()).ok())
+            else {
+                continue;
+            };
+            if netns == self.host_netns {
+                continue;
+            }
+            text.clear();
+            let read = std::fs::File::open(dir.join("cgroup"))
+                .and_then(|f| f.take(MAX_CGROUP_FILE).read_to_string(&mut text));
+            let w = match read {
+                Ok(_) => cgroup::process_path(&text)
+                    .map(cgroup::parse)
+                    .unwrap_or_default(),
+                // The process is gone, or the file is not text: it tells nothing.
+                Err(_) => continue,
+            };
+            found
+                .entry(netns)
+                .and_modify(|have| *have = have.common(&w))
+                .or_insert(w);
+        }
+        self.by_netns = found.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "4f1e2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+
+    /// A fake `/proc` with processes whose `ns/net` are files of our own (their inodes
+    /// stand for namespaces).
+    struct FakeProc(PathBuf);
+
+    impl FakeProc {
+        fn new(tag: &str) -> FakeProc {
+            let dir =
+                std::env::temp_dir().join(format!("retina-workload-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            FakeProc(dir)
+        }
+
+        /// Adds process `pid` in the namespace `ns` (a file name) with `cgroup` as its
+        /// cgroup file; returns the namespace's inode.
+        fn add(&self, pid: u32, ns: &str, cgroup: &str) -> u32 {
+            let ns_file = self.0.join(ns);
+            if !ns_file.exists() {
+                std::fs::write(&ns_file, "").unwrap();
+            }
+            let dir = self.0.join(pid.to_string());
+            std::fs::create_dir_all(dir.join("ns")).unwrap();
+            let _ = std::fs::remove_file(dir.join("ns/net"));
+            std::os::unix::fs::symlink(&ns_file, dir.join("ns/net")).unwrap();
+            std::fs::write(dir.join("cgroup"), cgroup).unwrap();
+            std::fs::metadata(&ns_file).unwrap().ino() as u32
+        }
+    }
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn namespaces_map_to_what_their_processes_agree_on() {
+        let p = FakeProc::new("agree");
+        let host = p.add(1, "host", "0::/init.scope\n");
+        let svc = p.add(10, "svc", "0::/system.slice/unbound.service\n");
+        let pod = p.add(
+            20,
+            "pod",
+            &format!("0::/kubepods/besteffort/pod0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0/{ID}\n"),
+        );
+        // A second container of the same pod: the pod stays, the container id goes.
+        p.add(
+            21,
+            "pod",
+            "0::/kubepods/besteffort/pod0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0/aaaa\n",
+        );
+        let none = p.add(30, "none", "0::/\n");
+        std::fs::create_dir_all(p.0.join("self")).unwrap();
+        let mut w = Workloads::with_proc(host, &p.0);
+        assert_eq!(w.lookup(host), None);
+        assert_eq!(
+            w.lookup(svc).and_then(|w| w.unit.clone()).as_deref(),
+            Some("unbound.service")
+        );
+        let pod = w.lookup(pod).unwrap();
+        assert_eq!(
+            pod.pod_uid.as_deref(),
+            Some("0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0")
+        );
+        assert_eq!(pod.container_id, None);
+        assert_eq!(w.lookup(none), None);
+        let mut attrs = Vec::new();
+        pod.push_attributes(&mut attrs);
+        assert_eq!(
+            attrs,
+            vec![KeyValue::new(
+                attr::POD_UID,
+                "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+            )]
+        );
+    }
+
+    #[test]
+    fn unknown_namespaces_are_rescanned_at_most_every_few_seconds() {
+        let p = FakeProc::new("rescan");
+        let host = p.add(1, "host", "0::/\n");
+        let mut w = Workloads::with_proc(host, &p.0);
+        assert_eq!(w.lookup(12345), None);
+        let first = w.last_scan;
+        let late = p.add(40, "late", &format!("0::/system.slice/docker-{ID}.scope\n"));
+        // Scanned a moment ago: not again yet.
+        assert_eq!(w.lookup(late), None);
+        assert_eq!(w.last_scan, first);
+        w.last_scan = Instant::now().checked_sub(RESCAN_AFTER);
+        assert_eq!(
+            w.lookup(late)
+                .and_then(|w| w.container_id.clone())
+                .as_deref(),
+            Some(ID)
+        );
+    }
+
+    #[test]
+    fn unreadable_and_odd_proc_entries_are_skipped() {
+        let p = FakeProc::new("odd");
+        let host = p.add(1, "host", "0::/\n");
+        // A process without a cgroup file, one whose cgroup file is binary junk.
+        let ns = p.add(50, "odd", "0::/system.slice/a.service\n");
+        std::fs::remove_file(p.0.join("50/cgroup")).unwrap();
+        let junk = p.add(51, "junk", "");
+        std::fs::write(p.0.join("51/cgroup"), [0xff, 0xfe, 0x00, b'\n']).unwrap();
+        let mut w = Workloads::with_proc(host, &p.0);
+        assert_eq!(w.lookup(ns), None);
+        assert_eq!(w.lookup(junk), None);
+    }
+}
