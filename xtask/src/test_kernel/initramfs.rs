@@ -268,6 +268,9 @@ pub fn assemble(kernel: &Kernel, payload: &Payload, strip_dir: &Path, out: &Path
         format!("{} {}\n", kernel.package, kernel.version),
     );
     tree.binary("bin/busybox", &host_tool("busybox")?)?;
+    // A `/bin/sh` that runs what PATH names: busybox's shell would run its own `ip` applet
+    // (no netns support) for a test's `sh -c "ip netns exec ..."`.
+    tree.binary("bin/sh", &host_tool("dash")?)?;
     tree.binary(
         "usr/bin/retina-agent",
         &stripped(payload.agent, &strip_dir.join("retina-agent"))?,
@@ -299,10 +302,10 @@ pub fn assemble(kernel: &Kernel, payload: &Payload, strip_dir: &Path, out: &Path
 
     let mut load = String::new();
     if let Some(dir) = &kernel.modules {
-        for ko in modules::load_order(dir)? {
-            let rel = ko.strip_prefix(dir)?.to_string_lossy().into_owned();
-            let guest = format!("/lib/modules/{}/{rel}", kernel.release);
-            tree.file(&guest, &ko)?;
+        let cache = strip_dir.join("modules").join(&kernel.release);
+        for module in modules::load_order(dir, &cache)? {
+            let guest = format!("/lib/modules/{}/{}", kernel.release, module.rel);
+            tree.file(&guest, &module.file)?;
             load.push_str(&guest);
             load.push('\n');
         }

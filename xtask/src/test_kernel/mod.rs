@@ -49,6 +49,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "strace",
     "binutils",
+    "dash",
+    "xz-utils",
 ];
 
 #[derive(clap::Args)]

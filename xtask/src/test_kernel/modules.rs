@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeSet, HashMap},
     fs, io,
     path::{Path, PathBuf},
+    process::Command,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -73,9 +74,56 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
-/// The `.ko` files to load for [`GUEST_MODULES`], dependencies first; modules built into
-/// the kernel are left out.
-pub fn load_order(modules: &Path) -> Result<Vec<PathBuf>> {
+/// A module to load, as a plain `.ko` file.
+pub struct Module {
+    /// Its path under `/lib/modules/<release>/`, ending in `.ko`.
+    pub rel: String,
+    /// The file to copy: the package's own, or its decompressed copy.
+    pub file: PathBuf,
+}
+
+/// The plain `.ko` of a module file: itself, or (for `.ko.xz`, `.ko.zst`, `.ko.gz`, as
+/// Debian's 6.12 ships them) a copy decompressed into `cache`, since busybox's insmod
+/// reads only plain modules.
+fn plain(path: &Path, modules: &Path, cache: &Path) -> Result<Module> {
+    let rel = path.strip_prefix(modules)?.to_string_lossy().into_owned();
+    if rel.ends_with(".ko") {
+        return Ok(Module {
+            rel,
+            file: path.to_path_buf(),
+        });
+    }
+    let (stem, tool) = [(".ko.xz", "xz"), (".ko.zst", "zstd"), (".ko.gz", "gzip")]
+        .iter()
+        .find_map(|(ext, tool)| Some((rel.strip_suffix(ext)?, *tool)))
+        .with_context(|| format!("{}: unknown module compression", path.display()))?;
+    let rel = format!("{stem}.ko");
+    let file = cache.join(&rel);
+    if !file.is_file() {
+        let data = Command::new(tool)
+            .arg("-dc")
+            .arg(path)
+            .output()
+            .with_context(|| format!("cannot run `{tool}` (to decompress kernel modules)"))?;
+        if !data.status.success() {
+            bail!(
+                "`{tool} -dc {}` failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&data.stderr).trim()
+            );
+        }
+        if let Some(dir) = file.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(&file, &data.stdout)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+    }
+    Ok(Module { rel, file })
+}
+
+/// The modules to load for [`GUEST_MODULES`], dependencies first; modules built into the
+/// kernel are left out. Compressed modules are decompressed into `cache`.
+pub fn load_order(modules: &Path, cache: &Path) -> Result<Vec<Module>> {
     let builtin: BTreeSet<String> = fs::read_to_string(modules.join("modules.builtin"))
         .unwrap_or_default()
         .lines()
@@ -88,41 +136,45 @@ pub fn load_order(modules: &Path) -> Result<Vec<PathBuf>> {
         .filter_map(|p| Some((module_name(p.file_name()?.to_str()?)?, p)))
         .collect();
 
-    fn visit(
-        name: &str,
-        index: &HashMap<String, PathBuf>,
-        builtin: &BTreeSet<String>,
-        seen: &mut BTreeSet<String>,
-        order: &mut Vec<PathBuf>,
-    ) -> Result<()> {
-        if builtin.contains(name) || !seen.insert(name.to_string()) {
+    struct Walk<'a> {
+        modules: &'a Path,
+        cache: &'a Path,
+        index: HashMap<String, PathBuf>,
+        builtin: BTreeSet<String>,
+        seen: BTreeSet<String>,
+        order: Vec<Module>,
+    }
+    fn visit(name: &str, w: &mut Walk) -> Result<()> {
+        if w.builtin.contains(name) || !w.seen.insert(name.to_string()) {
             return Ok(());
         }
-        let Some(path) = index.get(name) else {
+        let Some(path) = w.index.get(name) else {
             eprintln!(
                 "warning: module {name} is neither built in nor shipped; the guest runs without it"
             );
             return Ok(());
         };
-        if path.extension().is_none_or(|x| x != "ko") {
-            bail!(
-                "{} is compressed; the guest's busybox insmod needs plain .ko files",
-                path.display()
-            );
-        }
-        let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let module = plain(path, w.modules, w.cache)?;
+        let data = fs::read(&module.file)
+            .with_context(|| format!("cannot read {}", module.file.display()))?;
         for dep in module_depends(&data) {
-            visit(&dep, index, builtin, seen, order)?;
+            visit(&dep, w)?;
         }
-        order.push(path.clone());
+        w.order.push(module);
         Ok(())
     }
-    let mut seen = BTreeSet::new();
-    let mut order = Vec::new();
+    let mut w = Walk {
+        modules,
+        cache,
+        index,
+        builtin,
+        seen: BTreeSet::new(),
+        order: Vec::new(),
+    };
     for name in GUEST_MODULES {
-        visit(name, &index, &builtin, &mut seen, &mut order)?;
+        visit(name, &mut w)?;
     }
-    Ok(order)
+    Ok(w.order)
 }
 
 #[cfg(test)]

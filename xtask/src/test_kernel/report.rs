@@ -98,6 +98,8 @@ pub enum Cell {
 
 pub struct FileVerdict {
     pub name: String,
+    /// How many tests the file has.
+    pub tests: usize,
     pub cell: Cell,
     /// Tests of a file that ran, left out, with the reason.
     pub not_run: Vec<(String, String)>,
@@ -141,6 +143,7 @@ pub fn judge(plan: &[Planned], console: &Console) -> Vec<FileVerdict> {
             if let Some(reason) = &planned.not_run {
                 return FileVerdict {
                     name: file.name.clone(),
+                    tests: file.tests.len(),
                     cell: Cell::NotRun(reason.clone()),
                     not_run: Vec::new(),
                 };
@@ -154,6 +157,7 @@ pub fn judge(plan: &[Planned], console: &Console) -> Vec<FileVerdict> {
             };
             FileVerdict {
                 name: file.name.clone(),
+                tests: file.tests.len(),
                 cell,
                 not_run,
             }
@@ -190,18 +194,19 @@ fn file_cell(planned: &Planned, log: &FileLog) -> Cell {
     }
 }
 
-fn cell_text(cell: &Cell, not_run: usize) -> String {
+fn cell_text(file: &FileVerdict) -> String {
+    let not_run = file.not_run.len();
     let extra = if not_run > 0 {
         format!(", {not_run} not run")
     } else {
         String::new()
     };
-    match cell {
+    match &file.cell {
         Cell::Passed { passed, seconds } => format!("pass ({passed}{extra}; {seconds:.0} s)"),
         Cell::Failed { passed, problems } => {
             format!("**FAIL**: {} ({passed} passed{extra})", problems.join("; "))
         }
-        Cell::NotRun(_) => "not run¹".to_string(),
+        Cell::NotRun(_) => format!("not run¹ ({} tests)", file.tests),
     }
 }
 
@@ -223,7 +228,7 @@ pub fn matrix(runs: &[KernelRun], when: &str, command: &str) -> String {
         let cells: Vec<String> = runs
             .iter()
             .map(|r| match r.files.iter().find(|f| f.name == name) {
-                Some(f) => cell_text(&f.cell, f.not_run.len()),
+                Some(f) => cell_text(f),
                 None => "—".to_string(),
             })
             .collect();

@@ -166,9 +166,12 @@ fn artifact(msg: &serde_json::Value) -> Option<(Artifact, String, PathBuf)> {
     let target = &msg["target"];
     let name = target["name"].as_str()?.to_string();
     let kinds = target["kind"].as_array()?;
-    let kind = if kinds.iter().any(|k| k == "test") && msg["profile"]["test"] == true {
+    // `--tests` also builds the unit tests of the binaries (kind `bin`, `profile.test`):
+    // those are not the helpers.
+    let test = msg["profile"]["test"] == true;
+    let kind = if kinds.iter().any(|k| k == "test") && test {
         Artifact::Test
-    } else if kinds.iter().any(|k| k == "bin") {
+    } else if kinds.iter().any(|k| k == "bin") && !test {
         Artifact::Bin
     } else {
         return None;
@@ -357,5 +360,11 @@ mod tests {
         )
         .unwrap();
         assert!(artifact(&lib).is_none());
+        let bin_tests: serde_json::Value = serde_json::from_str(
+            r#"{"reason":"compiler-artifact","target":{"name":"traffic","kind":["bin"]},
+                "profile":{"test":true},"executable":"/t/debug/deps/traffic-2"}"#,
+        )
+        .unwrap();
+        assert!(artifact(&bin_tests).is_none());
     }
 }
