@@ -32,7 +32,7 @@ const GUEST_INIT: &str = include_str!("../../guest/init.sh");
 /// busybox's applets) and `jq` for `/init`'s report. Their Debian packages are in
 /// [`super::APT_PACKAGES`].
 pub const GUEST_TOOLS: &[&str] = &[
-    "ip", "tc", "nft", "ethtool", "jq", "bpftool", "setpriv", "strace",
+    "ip", "tc", "nft", "ethtool", "jq", "bpftool", "setpriv", "strace", "arping",
 ];
 
 /// Where the test binaries go in the guest.
@@ -287,10 +287,7 @@ pub fn assemble(kernel: &Kernel, payload: &Payload, strip_dir: &Path, out: &Path
     for planned in payload.plan.iter().filter(|p| p.not_run.is_none()) {
         let name = &planned.file.name;
         let guest = format!("{GUEST_DEPS}/{name}");
-        tree.binary(
-            &guest,
-            &stripped(&planned.file.exe, &strip_dir.join(name))?,
-        )?;
+        tree.binary(&guest, &stripped(&planned.file.exe, &strip_dir.join(name))?)?;
         let _ = writeln!(suite, "{name} {guest} {}", planned.args().join(" "));
     }
     data(&mut tree, "etc/retina-guest/suite", suite);

@@ -51,6 +51,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "binutils",
     "dash",
     "xz-utils",
+    "iputils-arping",
 ];
 
 #[derive(clap::Args)]
@@ -136,7 +137,10 @@ pub fn run(args: &Args) -> Result<()> {
     let command = if args.kernel.is_empty() {
         "cargo xtask test-kernel".to_string()
     } else {
-        format!("cargo xtask test-kernel --kernel {}", args.kernel.join(" --kernel "))
+        format!(
+            "cargo xtask test-kernel --kernel {}",
+            args.kernel.join(" --kernel ")
+        )
     };
     let matrix = report::matrix(&runs, when.trim(), &command);
     let matrix_path = out.join("matrix.md");
@@ -190,7 +194,10 @@ fn run_kernel(
     let plan = suite::plan(suite, &kernel.package, initramfs::GUEST_TOOLS);
     for planned in &plan {
         if let Some(reason) = &planned.not_run {
-            eprintln!("not run on {}: {} ({reason})", kernel.release, planned.file.name);
+            eprintln!(
+                "not run on {}: {} ({reason})",
+                kernel.release, planned.file.name
+            );
         }
         for (test, reason) in &planned.skipped {
             eprintln!(
@@ -212,7 +219,11 @@ fn run_kernel(
     };
     let strip_dir = ws.target_dir.join("test-kernel").join("stripped");
     let size = initramfs::assemble(&kernel, &payload, &strip_dir, &image)?;
-    eprintln!("{}: {:.1} MiB", image.display(), size as f64 / (1 << 20) as f64);
+    eprintln!(
+        "{}: {:.1} MiB",
+        image.display(),
+        size as f64 / (1 << 20) as f64
+    );
 
     util::banner(&format!(
         "booting {} under QEMU ({}); timeout {} s",

@@ -68,11 +68,7 @@ fn apt_get(privilege: Privilege) -> Command {
 /// escaped.
 fn pattern(series: &Series) -> String {
     let escape = |s: &str| s.replace('.', "\\.").replace('+', "\\+");
-    format!(
-        "^{}[0-9]+{}$",
-        escape(series.prefix),
-        escape(series.suffix)
-    )
+    format!("^{}[0-9]+{}$", escape(series.prefix), escape(series.suffix))
 }
 
 /// The number between prefix and suffix, if `name` is a package of `series`.

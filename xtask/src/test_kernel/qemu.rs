@@ -124,7 +124,14 @@ pub fn boot(
         "none",
         "-no-reboot",
     ])
-    .args(["-serial", "stdio", "-smp", "2", "-m", &MEMORY_MIB.to_string()]);
+    .args([
+        "-serial",
+        "stdio",
+        "-smp",
+        "2",
+        "-m",
+        &MEMORY_MIB.to_string(),
+    ]);
     match accel {
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
         _ => cmd.args(["-accel", "tcg", "-cpu", "max"]),
@@ -201,8 +208,13 @@ pub fn boot(
     if !stderr.trim().is_empty() {
         eprintln!("qemu stderr:\n{}", stderr.trim());
     }
-    if status.code() == Some(127) || (killed.is_none() && !status.success() && stderr.contains("failed to initialize")) {
-        bail!("qemu-system-x86_64 could not start ({status}): {}", stderr.trim());
+    if status.code() == Some(127)
+        || (killed.is_none() && !status.success() && stderr.contains("failed to initialize"))
+    {
+        bail!(
+            "qemu-system-x86_64 could not start ({status}): {}",
+            stderr.trim()
+        );
     }
     let description = format!(
         "QEMU exited with {status}{} after {:.0} s",

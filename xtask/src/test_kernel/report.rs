@@ -243,7 +243,10 @@ pub fn matrix(runs: &[KernelRun], when: &str, command: &str) -> String {
     });
     for (key, label) in FACTS {
         row(&mut out, &format!("*{label}*"), &|r| {
-            r.facts.get(*key).cloned().unwrap_or_else(|| "?".to_string())
+            r.facts
+                .get(*key)
+                .cloned()
+                .unwrap_or_else(|| "?".to_string())
         });
     }
     row(&mut out, "*guest run (boot to power-off)*", &|r| {

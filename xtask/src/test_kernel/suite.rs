@@ -254,9 +254,7 @@ pub fn plan<'a>(suite: &'a Suite, package: &str, tools: &[&str]) -> Vec<Planned<
                     planned.not_run = Some(ex.needs.reason());
                 } else {
                     for test in ex.tests {
-                        planned
-                            .skipped
-                            .push((test.to_string(), ex.needs.reason()));
+                        planned.skipped.push((test.to_string(), ex.needs.reason()));
                     }
                 }
             }
@@ -331,7 +329,10 @@ mod tests {
         assert!(plan[1].not_run.as_deref().unwrap().contains("rotel-agent"));
         // Both dashboard tests are out for different reasons: the file does not run.
         let dash = plan[2].not_run.as_deref().unwrap();
-        assert!(dash.contains("prometheus") && dash.contains("repository"), "{dash}");
+        assert!(
+            dash.contains("prometheus") && dash.contains("repository"),
+            "{dash}"
+        );
         // With the tool in the guest, its exclusion no longer applies.
         let plan = super::plan(&suite, "k", &["prometheus"]);
         assert!(plan[2].not_run.is_none());
@@ -353,7 +354,10 @@ mod tests {
         .unwrap();
         let (kind, name, exe) = artifact(&msg).unwrap();
         assert!(matches!(kind, Artifact::Test));
-        assert_eq!((name.as_str(), exe.to_str()), ("drops", Some("/t/debug/deps/drops-1")));
+        assert_eq!(
+            (name.as_str(), exe.to_str()),
+            ("drops", Some("/t/debug/deps/drops-1"))
+        );
         let lib: serde_json::Value = serde_json::from_str(
             r#"{"reason":"compiler-artifact","target":{"name":"retina_tests","kind":["lib"]},
                 "profile":{"test":false},"executable":null}"#,
