@@ -73,7 +73,7 @@ while read -r name bin args; do
     # shellcheck disable=SC2086 # $args is a list of libtest arguments
     (
         cd /tmp || exit 1
-        timeout "$limit" "$bin" --test-threads=1 --logfile "/tmp/results/$name" $args </dev/null
+        timeout "$limit" "$bin" --test-threads=1 --show-output --logfile "/tmp/results/$name" $args </dev/null
         echo $? >"/tmp/results/$name.rc"
     ) 2>&1 | sed "s/^/$name| /"
     rc=$(cat "/tmp/results/$name.rc" 2>/dev/null || echo none)
