@@ -233,6 +233,15 @@ fn check_exclusions(files: &[TestFile]) -> Result<()> {
 
 /// What a guest booting `package`, with the programs `tools`, runs of `suite`.
 pub fn plan<'a>(suite: &'a Suite, package: &str, tools: &[&str]) -> Vec<Planned<'a>> {
+    plan_with(EXCLUSIONS, suite, package, tools)
+}
+
+fn plan_with<'a>(
+    exclusions: &[Exclusion],
+    suite: &'a Suite,
+    package: &str,
+    tools: &[&str],
+) -> Vec<Planned<'a>> {
     let applies = |ex: &Exclusion| {
         (ex.kernels.is_empty() || ex.kernels.iter().any(|k| package.starts_with(k)))
             && !matches!(ex.needs, Needs::Tool(t) if tools.contains(&t))
@@ -246,7 +255,7 @@ pub fn plan<'a>(suite: &'a Suite, package: &str, tools: &[&str]) -> Vec<Planned<
                 not_run: None,
                 skipped: Vec::new(),
             };
-            for ex in EXCLUSIONS
+            for ex in exclusions
                 .iter()
                 .filter(|ex| ex.file == file.name && applies(ex))
             {
@@ -340,6 +349,27 @@ mod tests {
             plan[2].args(),
             ["--exact", "--skip", "dashboard_is_well_formed"]
         );
+        // A kernel-specific exclusion applies to that kernel's packages only.
+        let only_61 = [Exclusion {
+            file: "drops",
+            tests: &["a"],
+            kernels: &["linux-image-6.1."],
+            needs: Needs::Workspace,
+        }];
+        let on_61 = plan_with(
+            &only_61,
+            &suite,
+            "linux-image-6.1.0-57-cloud-amd64-unsigned",
+            &[],
+        );
+        assert_eq!(on_61[0].args(), ["--exact", "--skip", "a"]);
+        let on_612 = plan_with(
+            &only_61,
+            &suite,
+            "linux-image-6.12.118+deb12-cloud-amd64-unsigned",
+            &[],
+        );
+        assert!(on_612[0].skipped.is_empty());
         // A renamed test is an error, not a silent no-op.
         let renamed = [file("dashboard", &["other"])];
         assert!(check_exclusions(&renamed).is_err());
