@@ -45,8 +45,8 @@ enum Command {
     /// Build (release), then measure the agent against the kernel floor and node_exporter;
     /// see docs/performance.md.
     Bench(bench::Args),
-    /// Boot another kernel (default: Debian's 6.1 cloud kernel) under QEMU and run the
-    /// agent's kernel checks inside; see docs/kernels.md.
+    /// Boot other kernels (default: Debian's 6.1 and 6.12 cloud kernels) under QEMU and run
+    /// the integration tests inside; see docs/kernels.md.
     TestKernel(test_kernel::Args),
     /// Clippy with `-D warnings` on the workspace (stable) and on the eBPF crate (nightly).
     Clippy,

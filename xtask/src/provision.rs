@@ -26,6 +26,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "strace",
     "openssl",
+    "iputils-arping",
 ];
 
 /// PyPI requirements (pip syntax, e.g. `name==1.2.3`) installed into `.tools/venv`, whose

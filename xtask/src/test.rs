@@ -18,8 +18,8 @@ pub struct Args {
     /// Build the agent and the tests with the release profile.
     #[arg(long)]
     release: bool,
-    /// Skip the second-kernel run under QEMU (`cargo xtask test-kernel`), which otherwise
-    /// follows the integration tests when no test filter is given.
+    /// Skip the other kernels' runs under QEMU (`cargo xtask test-kernel`: the integration
+    /// tests on Debian's 6.1 and 6.12), which otherwise follow when no test filter is given.
     #[arg(long)]
     skip_kernel: bool,
     /// Extra arguments for the integration test harness, after `--` (e.g. a test name filter).
@@ -92,10 +92,10 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     if !args.skip_kernel && args.extra.is_empty() {
-        util::banner("second kernel: Debian 6.1 under QEMU (cargo xtask test-kernel)");
+        util::banner("other kernels: Debian 6.1 and 6.12 under QEMU (cargo xtask test-kernel)");
         if let Err(err) = test_kernel::run(&test_kernel::Args::default()) {
             eprintln!("{err:#}");
-            failed.push("second-kernel tests");
+            failed.push("other-kernel tests");
         }
     }
 

@@ -1,0 +1,412 @@
+//! What the guests run: the integration test binaries of `retina-tests`, the very ones
+//! `cargo xtask test` runs on the host, found through cargo's JSON messages.
+//!
+//! Every test file runs in every guest unless [`EXCLUSIONS`] says why it cannot: this
+//! table is the one place that names test files or tests. A new test file is picked up
+//! without a change here; if it needs something the guest lacks, it fails in the guest
+//! until a line is added below (with the reason, which the harness reports as "not run").
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    build::{Built, Profile},
+    util::{self, Workspace},
+};
+
+const TESTS_PACKAGE: &str = "retina-tests";
+
+/// What a test needs that a guest may lack.
+pub enum Needs {
+    /// A program; the exclusion holds only while the guest does not have it (the guest's
+    /// programs are [`super::initramfs::GUEST_TOOLS`] and busybox).
+    Tool(&'static str),
+    /// The repository's files (the guest has the binaries, not the source tree).
+    Workspace,
+}
+
+/// A test file, or some of its tests, that a guest does not run, and why.
+pub struct Exclusion {
+    /// The integration test target (the file name without `.rs`).
+    pub file: &'static str,
+    /// Tests in it; empty: the whole file.
+    pub tests: &'static [&'static str],
+    /// Kernel package name prefixes it applies to; empty: every guest kernel.
+    pub kernels: &'static [&'static str],
+    pub needs: Needs,
+}
+
+/// Everything the guests do not run. Keep the reasons true: a tool named here that the
+/// guest gets later lifts the exclusion by itself.
+pub const EXCLUSIONS: &[Exclusion] = &[
+    Exclusion {
+        file: "export",
+        tests: &[],
+        kernels: &[],
+        needs: Needs::Tool("rotel-agent"),
+    },
+    Exclusion {
+        file: "dashboard",
+        tests: &["every_dashboard_query_returns_data_from_a_real_prometheus"],
+        kernels: &[],
+        needs: Needs::Tool("prometheus"),
+    },
+    Exclusion {
+        file: "dashboard",
+        tests: &["dashboard_is_well_formed"],
+        kernels: &[],
+        needs: Needs::Workspace,
+    },
+    Exclusion {
+        file: "packaging",
+        tests: &[],
+        kernels: &[],
+        needs: Needs::Tool("systemd-analyze"),
+    },
+    Exclusion {
+        file: "deb",
+        tests: &[],
+        kernels: &[],
+        needs: Needs::Tool("lintian"),
+    },
+];
+
+impl Needs {
+    fn reason(&self) -> String {
+        match self {
+            Needs::Tool(tool) => format!("needs `{tool}`, which the guest does not have"),
+            Needs::Workspace => {
+                "reads the repository's files, which the guest does not have".to_string()
+            }
+        }
+    }
+}
+
+/// One integration test binary.
+pub struct TestFile {
+    /// The target name (`drops` for tests/tests/drops.rs).
+    pub name: String,
+    pub exe: PathBuf,
+    /// Its tests, as `--list` prints them.
+    pub tests: Vec<String>,
+    /// The tests marked `#[ignore]` (not run on the host either).
+    pub ignored: Vec<String>,
+}
+
+pub struct Suite {
+    pub files: Vec<TestFile>,
+    /// The `traffic` helper the tests find next to their own directory.
+    pub traffic: PathBuf,
+}
+
+/// What one guest runs of one test file.
+pub struct Planned<'a> {
+    pub file: &'a TestFile,
+    /// Why the whole file does not run, if it does not.
+    pub not_run: Option<String>,
+    /// Tests left out of a file that runs, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Builds (or finds up to date) the test binaries as `cargo xtask test` does and lists
+/// their tests.
+pub fn build(ws: &Workspace, profile: Profile, built: &Built) -> Result<Suite> {
+    let mut cmd = util::cargo();
+    cmd.current_dir(&ws.root)
+        .env("RETINA_EBPF_OBJECT", &built.ebpf_object)
+        .args(["test", "--package", TESTS_PACKAGE, "--tests", "--no-run"])
+        .args(["--message-format", "json-render-diagnostics"])
+        .args(profile.flags())
+        .stdout(Stdio::piped());
+    eprintln!("$ {}", util::display(&cmd));
+    let mut child = cmd.spawn().context("cannot start cargo")?;
+    let stdout = child.stdout.take().context("no cargo stdout")?;
+    let mut files = Vec::new();
+    let mut traffic = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if let Some((kind, name, exe)) = artifact(&msg) {
+            match kind {
+                Artifact::Test => files.push((name, exe)),
+                Artifact::Bin if name == "traffic" => traffic = Some(exe),
+                Artifact::Bin => {}
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("building the integration tests failed ({status})");
+    }
+    let traffic = traffic.context("cargo built no `traffic` helper")?;
+    files.sort();
+    let files = files
+        .into_iter()
+        .map(|(name, exe)| list(name, exe))
+        .collect::<Result<Vec<_>>>()?;
+    if files.is_empty() {
+        bail!("cargo reported no integration test binaries of {TESTS_PACKAGE}");
+    }
+    check_exclusions(&files)?;
+    Ok(Suite { files, traffic })
+}
+
+enum Artifact {
+    Test,
+    Bin,
+}
+
+/// `(kind, target name, executable)` of a `compiler-artifact` message with an executable.
+fn artifact(msg: &serde_json::Value) -> Option<(Artifact, String, PathBuf)> {
+    if msg["reason"] != "compiler-artifact" {
+        return None;
+    }
+    let exe = PathBuf::from(msg["executable"].as_str()?);
+    let target = &msg["target"];
+    let name = target["name"].as_str()?.to_string();
+    let kinds = target["kind"].as_array()?;
+    // `--tests` also builds the unit tests of the binaries (kind `bin`, `profile.test`):
+    // those are not the helpers.
+    let test = msg["profile"]["test"] == true;
+    let kind = if kinds.iter().any(|k| k == "test") && test {
+        Artifact::Test
+    } else if kinds.iter().any(|k| k == "bin") && !test {
+        Artifact::Bin
+    } else {
+        return None;
+    };
+    Some((kind, name, exe))
+}
+
+fn list_names(exe: &Path, ignored: bool) -> Result<Vec<String>> {
+    let mut cmd = Command::new(exe);
+    cmd.args(["--list", "--format", "terse"]);
+    if ignored {
+        cmd.arg("--ignored");
+    }
+    let out = util::capture(&mut cmd)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_string)
+        .collect())
+}
+
+fn list(name: String, exe: PathBuf) -> Result<TestFile> {
+    let ignored = list_names(&exe, true)?;
+    let tests = list_names(&exe, false)?
+        .into_iter()
+        .filter(|t| !ignored.contains(t))
+        .collect();
+    Ok(TestFile {
+        name,
+        exe,
+        tests,
+        ignored,
+    })
+}
+
+/// An exclusion naming a test that does not exist is an error: the table must follow
+/// renames, or it would hide nothing and still read as if it did. One naming a whole file
+/// this tree does not have is only a warning (a file on its way in from another branch).
+fn check_exclusions(files: &[TestFile]) -> Result<()> {
+    for ex in EXCLUSIONS {
+        let Some(file) = files.iter().find(|f| f.name == ex.file) else {
+            eprintln!(
+                "warning: xtask/src/test_kernel/suite.rs excludes the test file `{}`, which \
+                 this tree does not have",
+                ex.file
+            );
+            continue;
+        };
+        for test in ex.tests {
+            if !file.tests.iter().any(|t| t == test) {
+                bail!(
+                    "xtask/src/test_kernel/suite.rs excludes `{}::{test}`, which does not exist \
+                     (any more): update EXCLUSIONS",
+                    ex.file
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a guest booting `package`, with the programs `tools`, runs of `suite`.
+pub fn plan<'a>(suite: &'a Suite, package: &str, tools: &[&str]) -> Vec<Planned<'a>> {
+    plan_with(EXCLUSIONS, suite, package, tools)
+}
+
+fn plan_with<'a>(
+    exclusions: &[Exclusion],
+    suite: &'a Suite,
+    package: &str,
+    tools: &[&str],
+) -> Vec<Planned<'a>> {
+    let applies = |ex: &Exclusion| {
+        (ex.kernels.is_empty() || ex.kernels.iter().any(|k| package.starts_with(k)))
+            && !matches!(ex.needs, Needs::Tool(t) if tools.contains(&t))
+    };
+    suite
+        .files
+        .iter()
+        .map(|file| {
+            let mut planned = Planned {
+                file,
+                not_run: None,
+                skipped: Vec::new(),
+            };
+            for ex in exclusions
+                .iter()
+                .filter(|ex| ex.file == file.name && applies(ex))
+            {
+                if ex.tests.is_empty() {
+                    planned.not_run = Some(ex.needs.reason());
+                } else {
+                    for test in ex.tests {
+                        planned.skipped.push((test.to_string(), ex.needs.reason()));
+                    }
+                }
+            }
+            // A file all of whose tests are left out does not run either.
+            if planned.not_run.is_none()
+                && !file.tests.is_empty()
+                && file
+                    .tests
+                    .iter()
+                    .all(|t| planned.skipped.iter().any(|(s, _)| s == t))
+            {
+                let mut reasons: Vec<&str> =
+                    planned.skipped.iter().map(|(_, r)| r.as_str()).collect();
+                reasons.dedup();
+                planned.not_run = Some(reasons.join("; "));
+                planned.skipped.clear();
+            }
+            planned
+        })
+        .collect()
+}
+
+impl Planned<'_> {
+    /// The libtest arguments that leave out [`Planned::skipped`].
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if !self.skipped.is_empty() {
+            args.push("--exact".to_string());
+            for (test, _) in &self.skipped {
+                args.push("--skip".to_string());
+                args.push(test.clone());
+            }
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, tests: &[&str]) -> TestFile {
+        TestFile {
+            name: name.to_string(),
+            exe: PathBuf::from(name),
+            tests: tests.iter().map(|t| t.to_string()).collect(),
+            ignored: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn exclusions_by_file_test_and_tool() {
+        let suite = Suite {
+            files: vec![
+                file("drops", &["a", "b"]),
+                file("export", &["x"]),
+                file(
+                    "dashboard",
+                    &[
+                        "dashboard_is_well_formed",
+                        "every_dashboard_query_returns_data_from_a_real_prometheus",
+                    ],
+                ),
+                file("packaging", &["p"]),
+            ],
+            traffic: PathBuf::new(),
+        };
+        check_exclusions(&suite.files).unwrap();
+        let plan = plan(&suite, "linux-image-6.1.0-57-cloud-amd64-unsigned", &["ip"]);
+        assert!(plan[0].not_run.is_none() && plan[0].skipped.is_empty());
+        assert!(plan[0].args().is_empty());
+        assert!(plan[1].not_run.as_deref().unwrap().contains("rotel-agent"));
+        // Both dashboard tests are out for different reasons: the file does not run.
+        let dash = plan[2].not_run.as_deref().unwrap();
+        assert!(
+            dash.contains("prometheus") && dash.contains("repository"),
+            "{dash}"
+        );
+        // With the tool in the guest, its exclusion no longer applies.
+        let plan = super::plan(&suite, "k", &["prometheus"]);
+        assert!(plan[2].not_run.is_none());
+        assert_eq!(
+            plan[2].args(),
+            ["--exact", "--skip", "dashboard_is_well_formed"]
+        );
+        // A kernel-specific exclusion applies to that kernel's packages only.
+        let only_61 = [Exclusion {
+            file: "drops",
+            tests: &["a"],
+            kernels: &["linux-image-6.1."],
+            needs: Needs::Workspace,
+        }];
+        let on_61 = plan_with(
+            &only_61,
+            &suite,
+            "linux-image-6.1.0-57-cloud-amd64-unsigned",
+            &[],
+        );
+        assert_eq!(on_61[0].args(), ["--exact", "--skip", "a"]);
+        let on_612 = plan_with(
+            &only_61,
+            &suite,
+            "linux-image-6.12.118+deb12-cloud-amd64-unsigned",
+            &[],
+        );
+        assert!(on_612[0].skipped.is_empty());
+        // A renamed test is an error, not a silent no-op.
+        let renamed = [file("dashboard", &["other"])];
+        assert!(check_exclusions(&renamed).is_err());
+    }
+
+    #[test]
+    fn test_artifacts_from_cargo_messages() {
+        let msg: serde_json::Value = serde_json::from_str(
+            r#"{"reason":"compiler-artifact","target":{"name":"drops","kind":["test"]},
+                "profile":{"test":true},"executable":"/t/debug/deps/drops-1"}"#,
+        )
+        .unwrap();
+        let (kind, name, exe) = artifact(&msg).unwrap();
+        assert!(matches!(kind, Artifact::Test));
+        assert_eq!(
+            (name.as_str(), exe.to_str()),
+            ("drops", Some("/t/debug/deps/drops-1"))
+        );
+        let lib: serde_json::Value = serde_json::from_str(
+            r#"{"reason":"compiler-artifact","target":{"name":"retina_tests","kind":["lib"]},
+                "profile":{"test":false},"executable":null}"#,
+        )
+        .unwrap();
+        assert!(artifact(&lib).is_none());
+        let bin_tests: serde_json::Value = serde_json::from_str(
+            r#"{"reason":"compiler-artifact","target":{"name":"traffic","kind":["bin"]},
+                "profile":{"test":true},"executable":"/t/debug/deps/traffic-2"}"#,
+        )
+        .unwrap();
+        assert!(artifact(&bin_tests).is_none());
+    }
+}
