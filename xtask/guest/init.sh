@@ -23,6 +23,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
+# The unified hierarchy, as on a pure cgroup-v2 node (the workload tests make pods in it).
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || echo "RETINA-GUEST: no cgroup2 in this kernel"
 ln -s /run /var/run 2>/dev/null
 ip link set lo up
 
