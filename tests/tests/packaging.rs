@@ -1112,6 +1112,15 @@ fn install_into_a_destdir_lays_out_files_the_unit_verifies() -> Result<()> {
     assert_eq!(mode(&unit)?, 0o644);
     assert_eq!(mode(&config)?, 0o644);
     assert_eq!(mode(&root.join("etc/retina-agent"))?, 0o755);
+    for generated in [
+        "usr/share/man/man1/retina-agent.1",
+        "usr/share/man/man1/retina-agent-run.1",
+        "usr/share/bash-completion/completions/retina-agent",
+        "usr/share/zsh/vendor-completions/_retina-agent",
+        "usr/share/fish/vendor_completions.d/retina-agent.fish",
+    ] {
+        assert_eq!(mode(&root.join(generated))?, 0o644, "{generated}");
+    }
     assert_eq!(
         fs::read(&config)?,
         fs::read(repo().join("packaging/config.toml"))?
