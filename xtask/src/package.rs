@@ -1,9 +1,9 @@
 //! `cargo xtask package`: the Debian package, `target/debian/retina-agent_<version>_<arch>.deb`,
 //! built by cargo-deb from `[package.metadata.deb]` in retina-agent/Cargo.toml: control
-//! file, `Depends:` (dpkg-shlibdeps), conffiles (everything under /etc), md5sums,
-//! copyright, the compressed changelog and man pages, and the systemd parts of the
-//! maintainer scripts (deb-systemd-helper / deb-systemd-invoke) around the ones in
-//! packaging/debian/.
+//! file, `Depends:` (dpkg-shlibdeps), conffiles (everything under /etc), copyright, the
+//! compressed changelog, and the systemd parts of the maintainer scripts
+//! (deb-systemd-helper / deb-systemd-invoke) around the ones in packaging/debian/. It
+//! writes no md5sums (dpkg computes them when it unpacks; `dpkg --verify` works).
 //!
 //! What this adds, because cargo-deb cannot do it:
 //! - cargo-deb itself, built into `.tools/` like bpf-linker;
