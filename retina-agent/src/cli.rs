@@ -14,10 +14,19 @@ use crate::{
     snapshot::Format,
 };
 
+/// What `--version` prints after the name: the package version and the git commit the
+/// binary was built from (`build.rs`), e.g. `0.1.0 (git commit 68bb07412abc)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("RETINA_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "retina-agent",
-    version,
+    version = VERSION,
     about = "Kernel packet drops by reason, NIC driver statistics, interface and netstat counters, as metrics"
 )]
 pub struct Cli {

@@ -12,9 +12,15 @@ pub mod drops;
 pub mod ebpf_log;
 pub mod export;
 pub mod filter;
+pub mod generate;
 pub mod links;
 pub mod memory;
 pub mod metrics;
 pub mod netns;
 pub mod snapshot;
 pub mod workload;
+
+/// The build script's git description, tested here (build scripts have no test harness).
+#[cfg(test)]
+#[path = "../build/git.rs"]
+mod build_git;

@@ -1,7 +1,7 @@
 use std::{io::IsTerminal, process::ExitCode};
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use retina_agent::{
     agent::{Agent, AgentOptions},
     btf::Btf,
@@ -10,6 +10,7 @@ use retina_agent::{
     config::{self, Config, ConfigError, LogConfig, LogFormat, Overrides},
     daemon,
     drops::{probe::ProbeOptions, reasons::DropReasons},
+    generate,
     snapshot::{self, Format},
 };
 
@@ -58,7 +59,29 @@ fn emit(text: &str) -> Result<()> {
 
 fn main() -> ExitCode {
     retina_agent::memory::configure();
-    let cli = Cli::parse();
+    // The hidden `generate` subcommand (man pages, completions) is added here, not in
+    // `Cli`, so that what it generates from `Cli` does not mention it.
+    let mut matches = Cli::command()
+        .subcommand(generate::subcommand())
+        .get_matches();
+    if let Some((generate::SUBCOMMAND, args)) = matches.subcommand() {
+        return match generate::run(args) {
+            Ok(files) => {
+                for file in files {
+                    println!("{}", file.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cli = match Cli::from_arg_matches_mut(&mut matches) {
+        Ok(cli) => cli,
+        Err(e) => e.format(&mut Cli::command()).exit(),
+    };
     let overrides = cli.overrides();
     let loaded = config::load(cli.config.as_deref(), &config::process_env, &overrides);
     // The configuration decides how to log, so its errors cannot go through the log: they

@@ -7,7 +7,7 @@
 use std::{
     ffi::OsStr,
     os::unix::fs::MetadataExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -383,4 +383,36 @@ impl Drop for TempDir {
             eprintln!("cleanup: rm -r {}: {e}", self.0.display());
         }
     }
+}
+
+/// The xtask binary `cargo xtask test` was started with (`cargo xtask` builds it into
+/// `<target>/debug/xtask`); it installs the already built agent (no second build).
+pub fn xtask(args: &[&str]) -> Result<Output> {
+    let agent = agent_bin();
+    let target = agent
+        .parent()
+        .and_then(Path::parent)
+        .context("agent binary outside a target dir")?;
+    let bin = target.join("debug/xtask");
+    ensure!(
+        bin.is_file(),
+        "{} missing: run through `cargo xtask test`",
+        bin.display()
+    );
+    let out = Command::new(&bin)
+        .current_dir(repo())
+        .env("CARGO_MANIFEST_DIR", repo().join("xtask"))
+        .args(args)
+        .arg("--agent-binary")
+        .arg(&agent)
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "xtask {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
 }

@@ -1,7 +1,7 @@
 //! Packaging, end to end: the systemd unit's capabilities are enough for every collector
 //! and each of them is needed; its system call filter and address families cover what the
-//! agent really does; `cargo xtask install` and `cargo xtask package` lay out files that
-//! `systemd-analyze verify` accepts.
+//! agent really does; `cargo xtask install` lays out files that `systemd-analyze verify`
+//! accepts. The Debian package has its own file: `deb.rs`.
 //!
 //! There is no systemd running on the test machines, so the unit's sandbox is reproduced
 //! piece by piece: `setpriv` for the user, capabilities and no_new_privs (the same values,
@@ -12,8 +12,8 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    path::Path,
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -1029,39 +1029,7 @@ fn unit_sandbox_covers_what_the_daemon_does() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// cargo xtask install / package.
-
-/// The xtask binary `cargo xtask test` was started with (`cargo xtask` builds it into
-/// `<target>/debug/xtask`); it installs the already built agent (no second build).
-fn xtask(args: &[&str]) -> Result<Output> {
-    let agent = agent_bin();
-    let target = agent
-        .parent()
-        .and_then(Path::parent)
-        .context("agent binary outside a target dir")?;
-    let bin = target.join("debug/xtask");
-    ensure!(
-        bin.is_file(),
-        "{} missing: run through `cargo xtask test`",
-        bin.display()
-    );
-    let out = Command::new(&bin)
-        .current_dir(repo())
-        .env("CARGO_MANIFEST_DIR", repo().join("xtask"))
-        .args(args)
-        .arg("--agent-binary")
-        .arg(&agent)
-        .stdin(Stdio::null())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "xtask {args:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(out)
-}
+// cargo xtask install.
 
 fn mode(path: &Path) -> Result<u32> {
     Ok(fs::metadata(path)
@@ -1144,6 +1112,15 @@ fn install_into_a_destdir_lays_out_files_the_unit_verifies() -> Result<()> {
     assert_eq!(mode(&unit)?, 0o644);
     assert_eq!(mode(&config)?, 0o644);
     assert_eq!(mode(&root.join("etc/retina-agent"))?, 0o755);
+    for generated in [
+        "usr/share/man/man1/retina-agent.1",
+        "usr/share/man/man1/retina-agent-run.1",
+        "usr/share/bash-completion/completions/retina-agent",
+        "usr/share/zsh/vendor-completions/_retina-agent",
+        "usr/share/fish/vendor_completions.d/retina-agent.fish",
+    ] {
+        assert_eq!(mode(&root.join(generated))?, 0o644, "{generated}");
+    }
     assert_eq!(
         fs::read(&config)?,
         fs::read(repo().join("packaging/config.toml"))?
@@ -1186,254 +1163,5 @@ fn install_into_a_destdir_lays_out_files_the_unit_verifies() -> Result<()> {
     );
     assert!(root.join("etc/retina-agent/config.toml").is_file());
     verify_unit(root)?;
-    Ok(())
-}
-
-/// `dpkg-deb ARGS...` as text.
-fn dpkg_deb(args: &[&str]) -> Result<String> {
-    Ok(String::from_utf8(run("dpkg-deb", args)?.stdout)?)
-}
-
-#[test]
-fn deb_package_has_the_right_metadata_and_contents() -> Result<()> {
-    require_root();
-    let out_dir = TempDir::new("rpkg-deb")?;
-    xtask(&[
-        "package",
-        "--out-dir",
-        out_dir.path().to_str().context("utf-8")?,
-    ])?;
-    let debs: Vec<PathBuf> = fs::read_dir(out_dir.path())?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    ensure!(debs.len() == 1, "expected one .deb: {debs:?}");
-    let deb = &debs[0];
-    let deb_s = deb.to_str().context("utf-8")?;
-
-    // Name, version and architecture.
-    let agent_version =
-        String::from_utf8(run(agent_bin().to_str().unwrap(), ["--version"])?.stdout)?;
-    let version = agent_version
-        .trim()
-        .strip_prefix("retina-agent ")
-        .context("--version")?;
-    let arch = String::from_utf8(run("dpkg", ["--print-architecture"])?.stdout)?;
-    let name = format!(
-        "retina-agent_{}_{}.deb",
-        version.replace('-', "~"),
-        arch.trim()
-    );
-    assert_eq!(
-        deb.file_name().and_then(|n| n.to_str()),
-        Some(name.as_str())
-    );
-
-    let field = |name: &str| -> Result<String> {
-        Ok(dpkg_deb(&["--field", deb_s, name])?.trim().to_string())
-    };
-    assert_eq!(field("Package")?, "retina-agent");
-    assert_eq!(field("Version")?, version.replace('-', "~"));
-    assert_eq!(field("Architecture")?, arch.trim());
-    assert!(
-        field("Maintainer")?.contains('@'),
-        "{}",
-        field("Maintainer")?
-    );
-    assert!(!field("Description")?.is_empty());
-    // The real minimum glibc, from dpkg-shlibdeps.
-    let depends = field("Depends")?;
-    assert!(depends.starts_with("libc6 (>= 2."), "Depends: {depends}");
-
-    let info = dpkg_deb(&["--info", deb_s])?;
-    for script in ["postinst", "prerm", "postrm", "conffiles", "md5sums"] {
-        assert!(info.contains(script), "no {script} in {info}");
-    }
-    let conffiles = dpkg_deb(&["--info", deb_s, "conffiles"])?;
-    assert_eq!(conffiles, "/etc/retina-agent/config.toml\n");
-    // Every systemctl call in the scripts is guarded (no failure without systemd), and the
-    // ones that need a running systemd check for it.
-    for script in ["postinst", "prerm", "postrm"] {
-        let text = dpkg_deb(&["--info", deb_s, script])?;
-        assert!(text.starts_with("#!/bin/sh\nset -e\n"), "{script}: {text}");
-        for line in text
-            .lines()
-            .filter(|l| l.contains("systemctl ") && !l.contains("command -v"))
-        {
-            assert!(
-                line.trim_end().ends_with("|| true"),
-                "{script}: unguarded {line:?}"
-            );
-        }
-        if text.contains("daemon-reload") || text.contains("systemctl stop") {
-            assert!(
-                text.contains("[ -d /run/systemd/system ]"),
-                "{script}: {text}"
-            );
-        }
-    }
-
-    // Files, owners and modes.
-    let contents = dpkg_deb(&["--contents", deb_s])?;
-    let entry = |path: &str| -> Option<(String, String)> {
-        contents.lines().find_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.last() == Some(&path)).then(|| (cols[0].to_string(), cols[1].to_string()))
-        })
-    };
-    for (path, perms) in [
-        ("./usr/bin/retina-agent", "-rwxr-xr-x"),
-        ("./lib/systemd/system/retina-agent.service", "-rw-r--r--"),
-        ("./etc/retina-agent/config.toml", "-rw-r--r--"),
-        ("./etc/retina-agent/", "drwxr-xr-x"),
-    ] {
-        assert_eq!(
-            entry(path),
-            Some((perms.to_string(), "root/root".to_string())),
-            "{path} in {contents}"
-        );
-    }
-
-    // The extracted tree runs and verifies.
-    let x = TempDir::new("rpkg-x")?;
-    run("dpkg-deb", ["-x", deb_s, x.path().to_str().unwrap()])?;
-    let bin = x.path().join("usr/bin/retina-agent");
-    let printed = String::from_utf8(run(bin.to_str().unwrap(), ["--version"])?.stdout)?;
-    assert_eq!(printed.trim(), agent_version.trim());
-    let control = TempDir::new("rpkg-ctl")?;
-    run("dpkg-deb", ["-e", deb_s, control.path().to_str().unwrap()])?;
-    for script in ["postinst", "prerm", "postrm"] {
-        assert_eq!(mode(&control.path().join(script))?, 0o755, "{script}");
-    }
-    // md5sums matches the payload (what `dpkg --verify` checks after installation).
-    let md5 = Command::new("md5sum")
-        .arg("--check")
-        .arg("--quiet")
-        .arg(control.path().join("md5sums"))
-        .current_dir(x.path())
-        .output()?;
-    assert!(
-        md5.status.success(),
-        "{}",
-        String::from_utf8_lossy(&md5.stdout)
-    );
-    verify_unit(x.path())?;
-    maintainer_scripts_call_systemctl_as_intended(control.path())?;
-    Ok(())
-}
-
-/// Runs the package's maintainer scripts (from `control`, a `dpkg-deb -e` directory) with a
-/// `systemctl` stub that records its arguments, with and without a running systemd
-/// (`/run/systemd/system`, on a tmpfs over /run in a private mount namespace), and checks the
-/// calls for installation, upgrade and removal.
-fn maintainer_scripts_call_systemctl_as_intended(control: &Path) -> Result<()> {
-    let dir = TempDir::new("rpkg-scripts")?;
-    let bin = dir.path().join("bin");
-    fs::create_dir_all(&bin)?;
-    let log = dir.path().join("calls");
-    let stub = bin.join("systemctl");
-    fs::write(
-        &stub,
-        format!("#!/bin/sh\necho \"$*\" >> {}\n", log.display()),
-    )?;
-    fs::set_permissions(&stub, fs::Permissions::from_mode(0o755))?;
-    let empty = dir.path().join("empty");
-    fs::create_dir_all(&empty)?;
-
-    let unit = "retina-agent.service";
-    // (systemd running, systemctl installed, script, arguments, expected calls)
-    type Case<'a> = (bool, bool, &'a str, &'a [&'a str], &'a [&'a str]);
-    let cases: &[Case] = &[
-        (
-            true,
-            true,
-            "postinst",
-            &["configure"],
-            &[
-                "--system daemon-reload",
-                "enable retina-agent.service",
-                "start retina-agent.service",
-            ],
-        ),
-        (
-            true,
-            true,
-            "postinst",
-            &["configure", "0.0.1"],
-            &["--system daemon-reload", "try-restart retina-agent.service"],
-        ),
-        (
-            true,
-            true,
-            "prerm",
-            &["remove"],
-            &["stop retina-agent.service", "disable retina-agent.service"],
-        ),
-        (true, true, "prerm", &["upgrade", "9.9.9"], &[]),
-        (
-            true,
-            true,
-            "postrm",
-            &["remove"],
-            &["--system daemon-reload"],
-        ),
-        (true, true, "postrm", &["upgrade", "9.9.9"], &[]),
-        // No systemd (a container, an image built in a chroot): only enable/disable, which
-        // just manage symlinks.
-        (
-            false,
-            true,
-            "postinst",
-            &["configure"],
-            &["enable retina-agent.service"],
-        ),
-        (false, true, "postinst", &["configure", "0.0.1"], &[]),
-        (
-            false,
-            true,
-            "prerm",
-            &["remove"],
-            &["disable retina-agent.service"],
-        ),
-        (false, true, "postrm", &["remove"], &[]),
-        // No systemctl at all.
-        (false, false, "postinst", &["configure"], &[]),
-        (false, false, "prerm", &["remove"], &[]),
-        (false, false, "postrm", &["remove"], &[]),
-    ];
-    for (running, has_systemctl, script, args, want) in cases {
-        let _ = fs::remove_file(&log);
-        let setup = if *running {
-            "mount -t tmpfs retina-test /run && mkdir -p /run/systemd/system"
-        } else {
-            "mount -t tmpfs retina-test /run"
-        };
-        let path = if *has_systemctl { &bin } else { &empty };
-        let out = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "/bin/sh", "-c"])
-            .arg(format!(
-                "{setup} && PATH={} exec /bin/sh \"$0\" \"$@\"",
-                path.display()
-            ))
-            .arg(control.join(script))
-            .args(*args)
-            .stdin(Stdio::null())
-            .output()?;
-        let what =
-            format!("{script} {args:?} (systemd running: {running}, systemctl: {has_systemctl})");
-        ensure!(
-            out.status.success(),
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let calls = fs::read_to_string(&log).unwrap_or_default();
-        let calls: Vec<&str> = calls.lines().collect();
-        assert_eq!(calls, *want, "{what}");
-        assert!(
-            calls
-                .iter()
-                .all(|c| c.contains(unit) || c.contains("daemon-reload"))
-        );
-    }
     Ok(())
 }

@@ -10,8 +10,9 @@
 //! | `packaging/config.toml` | `D/etc/retina-agent/config.toml` (an existing one is kept, unless staging into a destdir) | 0644 |
 //! | `docs/operations.md`, `docs/metrics.md` | `D/P/share/doc/retina-agent/` | 0644 |
 //! | `packaging/grafana/retina-agent.json` | `D/P/share/retina-agent/grafana/retina-agent.json` | 0644 |
+//! | man pages and completions (`retina-agent generate`) | `D/P/share/man/man1/`, `D/P/share/{bash-completion/completions,zsh/vendor-completions,fish/vendor_completions.d}/` | 0644 |
 //!
-//! `cargo xtask package` stages the same tree with `--destdir` and builds a .deb from it.
+//! `cargo xtask package` installs the same files with cargo-deb (`[package.metadata.deb]`).
 
 use std::{
     fs,
@@ -180,7 +181,13 @@ pub fn install(
     let root = destdir.unwrap_or(Path::new("/"));
     // A staging tree is built from scratch; on a real system the administrator's
     // configuration wins.
-    install_tree(&sources, agent, prefix, root, destdir.is_none())
+    let mut done = install_tree(&sources, agent, prefix, root, destdir.is_none())?;
+    let prefix = root.join(prefix.strip_prefix("/").unwrap_or(prefix));
+    done.extend(install_generated(
+        &prefix.join("bin/retina-agent"),
+        &prefix,
+    )?);
+    Ok(done)
 }
 
 fn install_tree(
@@ -273,6 +280,46 @@ pub fn rewrite_unit(unit: &str, prefix: &Path) -> Result<String> {
         "{UNIT_SOURCE} must have exactly one ExecStart= line (found {exec_starts})"
     );
     Ok(out)
+}
+
+/// The man pages and shell completions the installed binary writes from its own clap
+/// definitions (`retina-agent generate`), installed as the Debian package lays them out,
+/// under `prefix` (already inside the destdir).
+fn install_generated(bin: &Path, prefix: &Path) -> Result<Vec<String>> {
+    let tmp = std::env::temp_dir().join(format!("retina-install-{}", std::process::id()));
+    let result = (|| {
+        util::capture(Command::new(bin).args(["generate", "--out-dir"]).arg(&tmp))?;
+        let mut done = Vec::new();
+        for entry in fs::read_dir(tmp.join("man"))? {
+            let page = entry?.path();
+            let to = prefix
+                .join("share/man/man1")
+                .join(page.file_name().context("page without a name")?);
+            copy_file(&page, &to, 0o644)?;
+            done.push(to.display().to_string());
+        }
+        for (from, to) in [
+            (
+                "retina-agent.bash",
+                "share/bash-completion/completions/retina-agent",
+            ),
+            (
+                "_retina-agent",
+                "share/zsh/vendor-completions/_retina-agent",
+            ),
+            (
+                "retina-agent.fish",
+                "share/fish/vendor_completions.d/retina-agent.fish",
+            ),
+        ] {
+            let to = prefix.join(to);
+            copy_file(&tmp.join("completions").join(from), &to, 0o644)?;
+            done.push(to.display().to_string());
+        }
+        Ok(done)
+    })();
+    let _ = fs::remove_dir_all(&tmp);
+    result
 }
 
 /// Creates the missing directories above `path` with mode 0755 whatever the umask: the

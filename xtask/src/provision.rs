@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::util::{self, Privilege, Workspace};
 
@@ -26,6 +26,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "strace",
     "openssl",
+    "lintian",
+    "man-db",
     "iputils-arping",
 ];
 
@@ -40,6 +42,10 @@ const VENV_APT_PACKAGES: &[&str] = &["python3", "python3-venv"];
 /// The bpf-linker release we build, and the LLVM majors it has a cargo feature for.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
+
+/// The cargo-deb release `cargo xtask package` builds into `.tools/` (3.8.0 declares
+/// rust-version 1.85 and builds with the workspace's stable toolchain).
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// The nightly toolchain and bpf-linker, ready to build `bpfel-unknown-none`.
 pub struct EbpfToolchain {
@@ -385,6 +391,41 @@ pub fn python_venv(ws: &Workspace) -> Result<Option<PathBuf>> {
     .context("could not install the PyPI packages")?;
     fs::write(&stamp, wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(Some(bin))
+}
+
+/// `.tools/bin/cargo-deb`, built (`cargo install --locked`, about a minute) unless the one
+/// there already reports [`CARGO_DEB_VERSION`].
+pub fn cargo_deb(ws: &Workspace) -> Result<PathBuf> {
+    let bin = ws.tools.join("bin").join("cargo-deb");
+    let version = |bin: &Path| {
+        util::probe(Command::new(bin).arg("--version"))
+            .is_some_and(|out| out.trim() == format!("cargo-deb {CARGO_DEB_VERSION}"))
+    };
+    if version(&bin) {
+        return Ok(bin);
+    }
+    util::banner(&format!(
+        "building cargo-deb {CARGO_DEB_VERSION} into {} (about a minute)",
+        ws.tools.display()
+    ));
+    fs::create_dir_all(&ws.tools)
+        .with_context(|| format!("cannot create {}", ws.tools.display()))?;
+    let mut install = util::cargo();
+    install
+        // Not inside the workspace, so its config and lock file play no part.
+        .current_dir(&ws.tools)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION])
+        .args(["--locked", "--force", "--root"])
+        .arg(&ws.tools);
+    util::run(&mut install).context("could not build cargo-deb")?;
+    ensure!(
+        version(&bin),
+        "{} was built but does not report cargo-deb {CARGO_DEB_VERSION}",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 #[cfg(test)]
