@@ -1,0 +1,877 @@
+//! The `qdisc` collector: statistics of every queueing discipline (`tc -s qdisc`) and of
+//! the classes of classful ones (`tc -s class`), over rtnetlink.
+//!
+//! # What a cycle asks the kernel
+//!
+//! One `RTM_GETQDISC` dump (every visible qdisc of the agent's network namespace: roots,
+//! children, `ingress`/`clsact`), then one `RTM_GETTCLASS` dump for each interface that has
+//! a qdisc with real classes (`htb`, `hfsc`, `prio`, `drr`, `ets`, `qfq`, `mqprio`, ...).
+//! The class dump is skipped for kinds listed in [`NO_CLASSES`]: classless ones, and those
+//! whose "classes" are flows (`fq_codel`, `sfq`) or duplicates of child qdiscs (`mq`,
+//! `tbf`). Replies are parsed in place out of one receive buffer kept across cycles; a
+//! known series is updated in place, so a steady cycle allocates nothing (attribute sets
+//! are built once, when a qdisc or class appears). Series of qdiscs and classes that a
+//! complete dump no longer reports are dropped.
+//!
+//! # Values
+//!
+//! From `TCA_STATS2`: `TCA_STATS_BASIC` (bytes, packets; `TCA_STATS_PKT64` when the kernel
+//! adds it for packet counts beyond 32 bits) and `TCA_STATS_QUEUE` (qlen, backlog, drops,
+//! requeues, overlimits). Without `TCA_STATS2`, the legacy `TCA_STATS` (no requeues: that
+//! series is then absent). A class that reports no statistics is not exported. The
+//! kernel's counters are the qdisc's own since it was created; a replaced qdisc starts
+//! from zero.
+//!
+//! # Attributes
+//!
+//! `network.interface.name`, `qdisc.kind` (`htb`, `tbf`, ...), `qdisc.handle` and
+//! `qdisc.parent` in tc's notation (`1:`, `1:10`, `root`, `ffff:fff1`), `qdisc.class`
+//! (`qdisc` or `class`).
+
+use std::{
+    io,
+    os::fd::{AsRawFd, OwnedFd, RawFd},
+    sync::Arc,
+};
+
+use opentelemetry::KeyValue;
+use serde::Deserialize;
+
+use crate::{
+    collectors::{CollectError, Collector},
+    links::{
+        self, Attrs, INITIAL_BUF, LinkError, Links, MAX_ATTEMPTS, MAX_BUF, Malformed,
+        NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP, NLMSG_OVERRUN,
+        RECV_TIMEOUT, align4, lossy_arc, lossy_eq, nul_terminated, read_i32, read_u16, read_u32,
+        read_u64,
+    },
+    metrics::{Kind, Metric, Number, Visitor, attr},
+};
+
+pub const QDISC_PACKETS: Metric = Metric {
+    name: "retina.qdisc.packets",
+    unit: "{packet}",
+    description: "Packets the qdisc or class sent (tc -s: Sent ... pkt)",
+    kind: Kind::Counter,
+};
+pub const QDISC_BYTES: Metric = Metric {
+    name: "retina.qdisc.bytes",
+    unit: "By",
+    description: "Bytes the qdisc or class sent",
+    kind: Kind::Counter,
+};
+pub const QDISC_DROPS: Metric = Metric {
+    name: "retina.qdisc.drops",
+    unit: "{packet}",
+    description: "Packets the qdisc or class dropped",
+    kind: Kind::Counter,
+};
+pub const QDISC_OVERLIMITS: Metric = Metric {
+    name: "retina.qdisc.overlimits",
+    unit: "{packet}",
+    description: "Times the qdisc or class was over its limit (rate, queue) for a packet",
+    kind: Kind::Counter,
+};
+pub const QDISC_REQUEUES: Metric = Metric {
+    name: "retina.qdisc.requeues",
+    unit: "{packet}",
+    description: "Packets put back in the queue because the device could not take them",
+    kind: Kind::Counter,
+};
+pub const QDISC_BACKLOG: Metric = Metric {
+    name: "retina.qdisc.backlog",
+    unit: "By",
+    description: "Bytes waiting in the qdisc or class",
+    kind: Kind::Gauge,
+};
+pub const QDISC_QLEN: Metric = Metric {
+    name: "retina.qdisc.qlen",
+    unit: "{packet}",
+    description: "Packets waiting in the qdisc or class",
+    kind: Kind::Gauge,
+};
+
+static METRICS: &[&Metric] = &[
+    &QDISC_PACKETS,
+    &QDISC_BYTES,
+    &QDISC_DROPS,
+    &QDISC_OVERLIMITS,
+    &QDISC_REQUEUES,
+    &QDISC_BACKLOG,
+    &QDISC_QLEN,
+];
+
+/// Attribute keys.
+pub const ATTR_KIND: &str = "qdisc.kind";
+pub const ATTR_HANDLE: &str = "qdisc.handle";
+pub const ATTR_PARENT: &str = "qdisc.parent";
+pub const ATTR_CLASS: &str = "qdisc.class";
+
+/// Qdisc kinds whose interfaces get no class dump: no classes, flows as classes, or classes
+/// that repeat a child qdisc's statistics.
+pub const NO_CLASSES: &[&str] = &[
+    "noqueue",
+    "noop",
+    "pfifo_fast",
+    "pfifo",
+    "bfifo",
+    "pfifo_head_drop",
+    "fq",
+    "fq_codel",
+    "fq_pie",
+    "sfq",
+    "cake",
+    "codel",
+    "pie",
+    "hhf",
+    "choke",
+    "sfb",
+    "red",
+    "tbf",
+    "netem",
+    "plug",
+    "skbprio",
+    "mq",
+    "ingress",
+    "clsact",
+];
+
+// ---- Kernel UAPI (rtnetlink.h, pkt_sched.h, gen_stats.h) ----
+const RTM_NEWQDISC: u16 = 36;
+const RTM_GETQDISC: u16 = 38;
+const RTM_NEWTCLASS: u16 = 40;
+const RTM_GETTCLASS: u16 = 42;
+/// `sizeof(struct tcmsg)`.
+const TCMSG_LEN: usize = 20;
+const TCA_KIND: u16 = 1;
+const TCA_STATS: u16 = 3;
+const TCA_STATS2: u16 = 7;
+const TCA_STATS_BASIC: u16 = 1;
+const TCA_STATS_QUEUE: u16 = 3;
+const TCA_STATS_PKT64: u16 = 8;
+/// `struct tc_stats` up to `backlog`.
+const TC_STATS_LEN: usize = 36;
+/// `struct gnet_stats_basic` without its tail padding.
+const GNET_BASIC_LEN: usize = 12;
+const GNET_QUEUE_LEN: usize = 20;
+const TC_H_ROOT: u32 = 0xffff_ffff;
+
+/// `[qdisc]` configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QdiscConfig {
+    /// Whether the collector runs (default `true`).
+    pub enabled: bool,
+    /// Whether classes of classful qdiscs are exported too (default `true`).
+    pub classes: bool,
+}
+
+impl Default for QdiscConfig {
+    fn default() -> Self {
+        QdiscConfig {
+            enabled: true,
+            classes: true,
+        }
+    }
+}
+
+/// Why the `qdisc` collector could not start or a cycle failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QdiscError {
+    #[error("qdisc collector: {0}")]
+    Socket(#[from] LinkError),
+    #[error("rtnetlink {op}: {source}")]
+    Io { op: &'static str, source: io::Error },
+    #[error("rtnetlink {op}: no reply within {timeout:?}")]
+    Timeout {
+        op: &'static str,
+        timeout: std::time::Duration,
+    },
+    #[error("rtnetlink {op}: kernel error: {source}")]
+    Kernel { op: &'static str, source: io::Error },
+    #[error("rtnetlink {op}: malformed reply (message at byte {offset}{}): {what}",
+        ifindex.map(|i| format!(", interface {i}")).unwrap_or_default())]
+    Malformed {
+        op: &'static str,
+        offset: usize,
+        ifindex: Option<u32>,
+        what: Malformed,
+    },
+    #[error("rtnetlink {op}: a {len}-byte datagram exceeds the {max}-byte buffer limit")]
+    TooLarge {
+        op: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("rtnetlink {op}: qdiscs kept changing during {attempts} dumps")]
+    Inconsistent { op: &'static str, attempts: u32 },
+}
+
+/// The statistics of one qdisc or class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcStats {
+    pub bytes: u64,
+    pub packets: u64,
+    pub drops: u64,
+    pub overlimits: u64,
+    /// Absent with the legacy `TCA_STATS` only.
+    pub requeues: Option<u64>,
+    pub backlog: u64,
+    pub qlen: u64,
+}
+
+/// One `RTM_NEWQDISC` / `RTM_NEWTCLASS` message, validated, borrowing the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TcMsg<'a> {
+    pub ifindex: u32,
+    pub handle: u32,
+    pub parent: u32,
+    pub kind: &'a [u8],
+    pub stats: Option<TcStats>,
+}
+
+/// Parses the payload of a qdisc or class message.
+pub fn parse_tc(payload: &[u8]) -> Result<TcMsg<'_>, (Option<u32>, Malformed)> {
+    if payload.len() < TCMSG_LEN {
+        return Err((
+            None,
+            Malformed::ShortPayload {
+                len: payload.len(),
+                need: TCMSG_LEN,
+            },
+        ));
+    }
+    let ifindex = read_i32(payload, 4);
+    if ifindex <= 0 {
+        return Err((None, Malformed::Ifindex(ifindex)));
+    }
+    let ifindex = ifindex as u32;
+    let fail = |what| Err((Some(ifindex), what));
+    let mut kind = None;
+    let mut stats2 = None;
+    let mut legacy = None;
+    for a in Attrs::new(&payload[TCMSG_LEN..], TCMSG_LEN) {
+        let (ty, data) = match a {
+            Ok(a) => a,
+            Err(what) => return fail(what),
+        };
+        match ty {
+            TCA_KIND => kind = Some(nul_terminated(data)),
+            TCA_STATS2 => stats2 = Some(data),
+            TCA_STATS => legacy = Some(data),
+            _ => {}
+        }
+    }
+    let kind = match kind {
+        Some(k) if !k.is_empty() => k,
+        _ => return fail(Malformed::Missing("TCA_KIND")),
+    };
+    let stats = match (stats2, legacy) {
+        (Some(nested), _) => match parse_stats2(nested) {
+            Ok(s) => s,
+            Err(what) => return fail(what),
+        },
+        (None, Some(data)) => {
+            if data.len() < TC_STATS_LEN {
+                return fail(Malformed::AttributeSize {
+                    attr: "TCA_STATS",
+                    len: data.len(),
+                    want: TC_STATS_LEN,
+                });
+            }
+            Some(TcStats {
+                bytes: read_u64(data, 0),
+                packets: read_u32(data, 8).into(),
+                drops: read_u32(data, 12).into(),
+                overlimits: read_u32(data, 16).into(),
+                requeues: None,
+                qlen: read_u32(data, 28).into(),
+                backlog: read_u32(data, 32).into(),
+            })
+        }
+        (None, None) => None,
+    };
+    Ok(TcMsg {
+        ifindex,
+        handle: read_u32(payload, 8),
+        parent: read_u32(payload, 12),
+        kind,
+        stats,
+    })
+}
+
+/// `TCA_STATS2`; `None` without `TCA_STATS_BASIC` (a class without statistics).
+fn parse_stats2(nested: &[u8]) -> Result<Option<TcStats>, Malformed> {
+    let mut basic = None;
+    let mut queue = None;
+    let mut pkt64 = None;
+    for a in Attrs::new(nested, 0) {
+        let (ty, data) = a?;
+        let need = match ty {
+            TCA_STATS_BASIC => GNET_BASIC_LEN,
+            TCA_STATS_QUEUE => GNET_QUEUE_LEN,
+            TCA_STATS_PKT64 => 8,
+            _ => continue,
+        };
+        if data.len() < need {
+            return Err(Malformed::AttributeSize {
+                attr: match ty {
+                    TCA_STATS_BASIC => "TCA_STATS_BASIC",
+                    TCA_STATS_QUEUE => "TCA_STATS_QUEUE",
+                    _ => "TCA_STATS_PKT64",
+                },
+                len: data.len(),
+                want: need,
+            });
+        }
+        match ty {
+            TCA_STATS_BASIC => basic = Some(data),
+            TCA_STATS_QUEUE => queue = Some(data),
+            _ => pkt64 = Some(read_u64(data, 0)),
+        }
+    }
+    let Some(basic) = basic else { return Ok(None) };
+    let mut s = TcStats {
+        bytes: read_u64(basic, 0),
+        packets: pkt64.unwrap_or(read_u32(basic, 8).into()),
+        ..TcStats::default()
+    };
+    if let Some(q) = queue {
+        s.qlen = read_u32(q, 0).into();
+        s.backlog = read_u32(q, 4).into();
+        s.drops = read_u32(q, 8).into();
+        s.requeues = Some(read_u32(q, 12).into());
+        s.overlimits = read_u32(q, 16).into();
+    }
+    Ok(Some(s))
+}
+
+/// A qdisc handle as tc prints it: the major number, `1:`.
+pub fn qdisc_handle(h: u32) -> String {
+    format!("{:x}:", h >> 16)
+}
+
+/// A class id or parent as tc prints it: `root`, `none`, `1:`, `:10`, `1:10`.
+pub fn classid(h: u32) -> String {
+    let (maj, min) = (h >> 16, h & 0xffff);
+    match h {
+        TC_H_ROOT => "root".into(),
+        0 => "none".into(),
+        _ if maj == 0 => format!(":{min:x}"),
+        _ if min == 0 => format!("{maj:x}:"),
+        _ => format!("{maj:x}:{min:x}"),
+    }
+}
+
+/// One exported qdisc or class.
+#[derive(Debug)]
+struct Series {
+    key: (u32, bool, u32, u32),
+    /// [`Link::instance`](crate::links::Link::instance) the attributes were built for.
+    instance: u64,
+    kind: Arc<str>,
+    attrs: [KeyValue; 5],
+    stats: TcStats,
+    seen: u64,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Sorted by key (ifindex, is class, handle, parent).
+    series: Vec<Series>,
+    stamp: u64,
+    /// Interfaces with a classful qdisc, from this cycle's qdisc dump.
+    classful: Vec<u32>,
+    classes: bool,
+}
+
+/// State of one dump while its datagrams arrive.
+struct Dump {
+    op: &'static str,
+    seq: u32,
+    portid: u32,
+    class: bool,
+    interrupted: bool,
+    error: Option<QdiscError>,
+}
+
+enum Step {
+    More,
+    Done,
+    Abort,
+}
+
+/// Qdisc and class statistics over rtnetlink.
+pub struct QdiscCollector {
+    sock: OwnedFd,
+    portid: u32,
+    seq: u32,
+    buf: Vec<u8>,
+    dirty: bool,
+    table: Table,
+}
+
+impl std::fmt::Debug for QdiscCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QdiscCollector")
+            .field("series", &self.table.series.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QdiscCollector {
+    /// Opens an rtnetlink socket in the calling thread's network namespace.
+    pub fn new(config: &QdiscConfig) -> Result<QdiscCollector, QdiscError> {
+        let (sock, portid) = links::open_socket(0, 0)?;
+        Ok(QdiscCollector {
+            sock,
+            portid,
+            seq: 0,
+            buf: vec![0; INITIAL_BUF],
+            dirty: false,
+            table: Table {
+                classes: config.classes,
+                ..Table::default()
+            },
+        })
+    }
+
+    /// Number of qdiscs and classes exported.
+    pub fn exported(&self) -> usize {
+        self.table.series.len()
+    }
+
+    /// Dumps every qdisc, then the classes of interfaces with classful qdiscs.
+    pub fn update(&mut self, links: &Links) -> Result<(), QdiscError> {
+        let fd = self.sock.as_raw_fd();
+        if self.dirty {
+            links::drain(fd, &mut self.buf, None);
+            self.dirty = false;
+        }
+        self.table.stamp += 1;
+        self.table.classful.clear();
+        let mut complete = self.dump(links, RTM_GETQDISC, 0)?;
+        let mut i = 0;
+        while i < self.table.classful.len() {
+            let ifindex = self.table.classful[i];
+            complete &= self.dump(links, RTM_GETTCLASS, ifindex)?;
+            i += 1;
+        }
+        if complete {
+            let stamp = self.table.stamp;
+            self.table.series.retain(|s| s.seen == stamp);
+        }
+        Ok(())
+    }
+
+    /// One dump, retried while truncated or interrupted. `Ok(false)`: it never completed
+    /// (the series it did report are updated; none is removed).
+    fn dump(&mut self, links: &Links, ty: u16, ifindex: u32) -> Result<bool, QdiscError> {
+        let op = if ty == RTM_GETQDISC {
+            "RTM_GETQDISC dump"
+        } else {
+            "RTM_GETTCLASS dump"
+        };
+        let fd = self.sock.as_raw_fd();
+        for _ in 0..MAX_ATTEMPTS {
+            self.seq = self.seq.wrapping_add(1);
+            let mut body = [0u8; TCMSG_LEN];
+            body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+            links::send_dump_request(fd, ty, self.seq, &body)
+                .map_err(|source| QdiscError::Io { op, source })?;
+            let mut dump = Dump {
+                op,
+                seq: self.seq,
+                portid: self.portid,
+                class: ty == RTM_GETTCLASS,
+                interrupted: false,
+                error: None,
+            };
+            match self.receive(fd, links, &mut dump)? {
+                false => continue,
+                true if dump.interrupted => continue,
+                true => {}
+            }
+            return match dump.error {
+                Some(e) => Err(e),
+                None => Ok(true),
+            };
+        }
+        Err(QdiscError::Inconsistent {
+            op,
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Reads the replies of `dump`; `Ok(false)` when a datagram was cut (the buffer grew).
+    fn receive(&mut self, fd: RawFd, links: &Links, dump: &mut Dump) -> Result<bool, QdiscError> {
+        loop {
+            let n = match links::recv(fd, &mut self.buf, 0) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.dirty = true;
+                    return Err(if e.kind() == io::ErrorKind::WouldBlock {
+                        QdiscError::Timeout {
+                            op: dump.op,
+                            timeout: RECV_TIMEOUT,
+                        }
+                    } else {
+                        QdiscError::Io {
+                            op: dump.op,
+                            source: e,
+                        }
+                    });
+                }
+            };
+            if n > self.buf.len() {
+                links::drain(fd, &mut self.buf, Some(dump.seq));
+                if n > MAX_BUF {
+                    return Err(QdiscError::TooLarge {
+                        op: dump.op,
+                        len: n,
+                        max: MAX_BUF,
+                    });
+                }
+                self.buf
+                    .resize(n.next_power_of_two().clamp(INITIAL_BUF, MAX_BUF), 0);
+                return Ok(false);
+            }
+            match self.table.feed(links, dump, &self.buf[..n]) {
+                Step::More => {}
+                Step::Done => return Ok(true),
+                Step::Abort => {
+                    links::drain(fd, &mut self.buf, Some(dump.seq));
+                    return Ok(true);
+                }
+            }
+        }
+    }
+}
+
+impl Table {
+    fn feed(&mut self, links: &Links, dump: &mut Dump, data: &[u8]) -> Step {
+        let mut off = 0;
+        while off < data.len() {
+            let left = data.len() - off;
+            let len = if left >= NLMSG_HDRLEN {
+                read_u32(data, off) as usize
+            } else {
+                0
+            };
+            if len < NLMSG_HDRLEN || len > left {
+                dump.error.get_or_insert(QdiscError::Malformed {
+                    op: dump.op,
+                    offset: off,
+                    ifindex: None,
+                    what: if left < NLMSG_HDRLEN {
+                        Malformed::TrailingBytes { left }
+                    } else {
+                        Malformed::MessageLength {
+                            len: len as u32,
+                            avail: left,
+                        }
+                    },
+                });
+                return Step::Abort;
+            }
+            let ty = read_u16(data, off + 4);
+            let flags = read_u16(data, off + 6);
+            let seq = read_u32(data, off + 8);
+            let pid = read_u32(data, off + 12);
+            let payload = &data[off + NLMSG_HDRLEN..off + len];
+            let at = off;
+            off += align4(len);
+            if seq != dump.seq || pid != dump.portid {
+                continue;
+            }
+            if flags & NLM_F_DUMP_INTR != 0 {
+                dump.interrupted = true;
+            }
+            match ty {
+                NLMSG_NOOP => {}
+                NLMSG_DONE | NLMSG_ERROR => {
+                    let err = payload.get(..4).map_or(0, |b| read_i32(b, 0));
+                    if err < 0 {
+                        dump.error.get_or_insert(QdiscError::Kernel {
+                            op: dump.op,
+                            source: io::Error::from_raw_os_error(err.saturating_neg()),
+                        });
+                    }
+                    return Step::Done;
+                }
+                NLMSG_OVERRUN => {
+                    dump.error.get_or_insert(QdiscError::Kernel {
+                        op: dump.op,
+                        source: io::Error::from_raw_os_error(libc::ENOBUFS),
+                    });
+                    return Step::Abort;
+                }
+                RTM_NEWQDISC | RTM_NEWTCLASS if (ty == RTM_NEWTCLASS) == dump.class => {
+                    match parse_tc(payload) {
+                        Ok(msg) => self.apply(links, dump.class, &msg),
+                        Err((ifindex, what)) => {
+                            dump.error.get_or_insert(QdiscError::Malformed {
+                                op: dump.op,
+                                offset: at,
+                                ifindex,
+                                what,
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Step::More
+    }
+
+    fn apply(&mut self, links: &Links, class: bool, m: &TcMsg<'_>) {
+        if !class
+            && self.classes
+            && self.classful.last() != Some(&m.ifindex)
+            && !NO_CLASSES.iter().any(|k| k.as_bytes() == m.kind)
+        {
+            self.classful.push(m.ifindex);
+        }
+        let Some(stats) = m.stats else { return };
+        // An interface the link table does not know yet is picked up next cycle.
+        let Some(link) = links.get(m.ifindex) else {
+            return;
+        };
+        let key = (m.ifindex, class, m.handle, m.parent);
+        let stamp = self.stamp;
+        match self.series.binary_search_by_key(&key, |s| s.key) {
+            Ok(i)
+                if self.series[i].instance == link.instance
+                    && lossy_eq(m.kind, &self.series[i].kind) =>
+            {
+                let s = &mut self.series[i];
+                s.stats = stats;
+                s.seen = stamp;
+            }
+            found => {
+                let kind = lossy_arc(m.kind);
+                let handle = if class {
+                    classid(m.handle)
+                } else {
+                    qdisc_handle(m.handle)
+                };
+                let s = Series {
+                    key,
+                    instance: link.instance,
+                    attrs: [
+                        KeyValue::new(attr::INTERFACE_NAME, link.name.clone()),
+                        KeyValue::new(ATTR_KIND, kind.clone()),
+                        KeyValue::new(ATTR_HANDLE, handle),
+                        KeyValue::new(ATTR_PARENT, classid(m.parent)),
+                        KeyValue::new(ATTR_CLASS, if class { "class" } else { "qdisc" }),
+                    ],
+                    kind,
+                    stats,
+                    seen: stamp,
+                };
+                match found {
+                    Ok(i) => self.series[i] = s,
+                    Err(i) => self.series.insert(i, s),
+                }
+            }
+        }
+    }
+}
+
+impl Collector for QdiscCollector {
+    fn name(&self) -> &'static str {
+        "qdisc"
+    }
+
+    fn metrics(&self) -> &'static [&'static Metric] {
+        METRICS
+    }
+
+    fn collect(&mut self, links: &Links) -> Result<(), CollectError> {
+        Ok(self.update(links)?)
+    }
+
+    fn visit(&self, visitor: &mut dyn Visitor) {
+        for s in &self.table.series {
+            let (a, st) = (&s.attrs[..], &s.stats);
+            visitor.point(&QDISC_PACKETS, a, Number::U64(st.packets));
+            visitor.point(&QDISC_BYTES, a, Number::U64(st.bytes));
+            visitor.point(&QDISC_DROPS, a, Number::U64(st.drops));
+            visitor.point(&QDISC_OVERLIMITS, a, Number::U64(st.overlimits));
+            if let Some(r) = st.requeues {
+                visitor.point(&QDISC_REQUEUES, a, Number::U64(r));
+            }
+            visitor.point(&QDISC_BACKLOG, a, Number::U64(st.backlog));
+            visitor.point(&QDISC_QLEN, a, Number::U64(st.qlen));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(out: &mut Vec<u8>, ty: u16, data: &[u8]) {
+        let len = 4 + data.len();
+        out.extend_from_slice(&(len as u16).to_ne_bytes());
+        out.extend_from_slice(&ty.to_ne_bytes());
+        out.extend_from_slice(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    }
+
+    fn tcmsg(ifindex: i32, handle: u32, parent: u32) -> Vec<u8> {
+        let mut v = vec![0u8; 4];
+        v.extend_from_slice(&ifindex.to_ne_bytes());
+        v.extend_from_slice(&handle.to_ne_bytes());
+        v.extend_from_slice(&parent.to_ne_bytes());
+        v.extend_from_slice(&0u32.to_ne_bytes());
+        v
+    }
+
+    fn basic(bytes: u64, packets: u32) -> Vec<u8> {
+        let mut v = bytes.to_ne_bytes().to_vec();
+        v.extend_from_slice(&packets.to_ne_bytes());
+        v.extend_from_slice(&[0; 4]);
+        v
+    }
+
+    fn queue(q: [u32; 5]) -> Vec<u8> {
+        q.iter().flat_map(|v| v.to_ne_bytes()).collect()
+    }
+
+    #[test]
+    fn parses_stats2_and_prefers_it() {
+        let mut p = tcmsg(3, 0x10000, TC_H_ROOT);
+        attr(&mut p, TCA_KIND, b"tbf\0");
+        let mut nested = Vec::new();
+        attr(&mut nested, TCA_STATS_BASIC, &basic(1000, 10));
+        attr(&mut nested, TCA_STATS_QUEUE, &queue([1, 2, 3, 4, 5]));
+        attr(&mut p, TCA_STATS2, &nested);
+        attr(&mut p, TCA_STATS, &[0xff; 36]);
+        let m = parse_tc(&p).unwrap();
+        assert_eq!(m.kind, b"tbf");
+        assert_eq!((m.ifindex, m.handle, m.parent), (3, 0x10000, TC_H_ROOT));
+        assert_eq!(
+            m.stats,
+            Some(TcStats {
+                bytes: 1000,
+                packets: 10,
+                qlen: 1,
+                backlog: 2,
+                drops: 3,
+                requeues: Some(4),
+                overlimits: 5,
+            })
+        );
+        // 64-bit packet count.
+        let mut p = tcmsg(3, 0x10000, TC_H_ROOT);
+        attr(&mut p, TCA_KIND, b"htb\0");
+        let mut nested = Vec::new();
+        attr(&mut nested, TCA_STATS_BASIC, &basic(1, u32::MAX));
+        attr(&mut nested, TCA_STATS_PKT64, &(5u64 << 32).to_ne_bytes());
+        attr(&mut p, TCA_STATS2, &nested);
+        assert_eq!(parse_tc(&p).unwrap().stats.unwrap().packets, 5 << 32);
+    }
+
+    #[test]
+    fn legacy_stats_and_classes_without_stats() {
+        let mut p = tcmsg(2, 0x10000, TC_H_ROOT);
+        attr(&mut p, TCA_KIND, b"pfifo\0");
+        let mut legacy = Vec::new();
+        for v in [
+            7u64.to_ne_bytes().to_vec(),
+            queue([8, 9, 10, 11, 12]),
+            queue([13, 14, 0, 0, 0]),
+        ] {
+            legacy.extend_from_slice(&v);
+        }
+        attr(&mut p, TCA_STATS, &legacy[..36]);
+        let s = parse_tc(&p).unwrap().stats.unwrap();
+        assert_eq!((s.bytes, s.packets, s.drops, s.overlimits), (7, 8, 9, 10));
+        assert_eq!((s.qlen, s.backlog, s.requeues), (13, 14, None));
+        // STATS2 without BASIC (tbf's pseudo class): no statistics.
+        let mut p = tcmsg(2, 0x10001, TC_H_ROOT);
+        attr(&mut p, TCA_KIND, b"tbf\0");
+        attr(&mut p, TCA_STATS2, &[]);
+        attr(&mut p, TCA_STATS, &[0; 36]);
+        assert_eq!(parse_tc(&p).unwrap().stats, None);
+    }
+
+    #[test]
+    fn malformed_messages() {
+        assert!(matches!(
+            parse_tc(&[0; 10]),
+            Err((None, Malformed::ShortPayload { len: 10, need: 20 }))
+        ));
+        assert!(matches!(
+            parse_tc(&tcmsg(0, 0, 0)),
+            Err((None, Malformed::Ifindex(0)))
+        ));
+        assert!(matches!(
+            parse_tc(&tcmsg(4, 0, 0)),
+            Err((Some(4), Malformed::Missing("TCA_KIND")))
+        ));
+        let mut p = tcmsg(4, 0, 0);
+        attr(&mut p, TCA_KIND, b"htb\0");
+        p.extend_from_slice(&[200, 0, 7, 0]);
+        assert!(matches!(
+            parse_tc(&p),
+            Err((Some(4), Malformed::AttributeLength { .. }))
+        ));
+        let mut p = tcmsg(4, 0, 0);
+        attr(&mut p, TCA_KIND, b"htb\0");
+        let mut nested = Vec::new();
+        attr(&mut nested, TCA_STATS_QUEUE, &[0; 8]);
+        attr(&mut p, TCA_STATS2, &nested);
+        let err = parse_tc(&p).unwrap_err();
+        assert!(
+            matches!(
+                err.1,
+                Malformed::AttributeSize {
+                    attr: "TCA_STATS_QUEUE",
+                    len: 8,
+                    want: 20
+                }
+            ),
+            "{err:?}"
+        );
+        let mut p = tcmsg(4, 0, 0);
+        attr(&mut p, TCA_KIND, b"htb\0");
+        attr(&mut p, TCA_STATS, &[0; 20]);
+        assert!(parse_tc(&p).is_err());
+        // Arbitrary bytes never panic.
+        let mut x: u32 = 12345;
+        for len in 0..200 {
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 16) as u8
+                })
+                .collect();
+            let _ = parse_tc(&junk);
+        }
+    }
+
+    #[test]
+    fn handles_in_tc_notation() {
+        assert_eq!(qdisc_handle(0x10000), "1:");
+        assert_eq!(qdisc_handle(0), "0:");
+        assert_eq!(qdisc_handle(0xffff0000), "ffff:");
+        assert_eq!(classid(TC_H_ROOT), "root");
+        assert_eq!(classid(0x10010), "1:10");
+        assert_eq!(classid(0x10000), "1:");
+        assert_eq!(classid(0xfffffff1), "ffff:fff1");
+        assert_eq!(classid(0x5), ":5");
+        assert_eq!(classid(0), "none");
+    }
+
+    #[test]
+    fn config_defaults() {
+        let c = QdiscConfig::default();
+        assert!(c.enabled && c.classes);
+        assert!(serde_json::from_str::<QdiscConfig>(r#"{"class": true}"#).is_err());
+    }
+}
