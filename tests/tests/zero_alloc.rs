@@ -146,7 +146,7 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
                 );
             }
             let n = |name| per_metric.get(name).copied().unwrap_or(0);
-            assert!(n("retina.qdisc.packets") >= PAIRS + 1, "{per_metric:?}");
+            assert!(n("retina.qdisc.packets") > PAIRS, "{per_metric:?}");
             assert!(classes >= 1, "no htb class read: {per_metric:?}");
             assert!(n("retina.softnet.processed") >= 1, "{per_metric:?}");
             assert!(n("retina.conntrack.stat") >= 1, "{per_metric:?}");

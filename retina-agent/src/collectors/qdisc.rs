@@ -717,7 +717,7 @@ mod tests {
         out.extend_from_slice(&(len as u16).to_ne_bytes());
         out.extend_from_slice(&ty.to_ne_bytes());
         out.extend_from_slice(data);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     }
