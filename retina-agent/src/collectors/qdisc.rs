@@ -369,7 +369,11 @@ struct Series {
     key: (u32, bool, u32, u32),
     /// [`Link::instance`](crate::links::Link::instance) the attributes were built for.
     instance: u64,
+    /// [`Links::generation`] when `instance` was last checked.
+    generation: u64,
     kind: Arc<str>,
+    /// Not a kind of [`NO_CLASSES`].
+    classful: bool,
     attrs: [KeyValue; 5],
     stats: TcStats,
     seen: u64,
@@ -383,6 +387,8 @@ struct Table {
     /// Interfaces with a classful qdisc, from this cycle's qdisc dump.
     classful: Vec<u32>,
     classes: bool,
+    /// Index of the series after the one last applied.
+    cursor: usize,
 }
 
 /// State of one dump while its datagrams arrive.
@@ -449,6 +455,7 @@ impl QdiscCollector {
             self.dirty = false;
         }
         self.table.stamp += 1;
+        self.table.cursor = 0;
         self.table.classful.clear();
         let mut complete = self.dump(links, RTM_GETQDISC, 0)?;
         let mut i = 0;
@@ -626,55 +633,78 @@ impl Table {
     }
 
     fn apply(&mut self, links: &Links, class: bool, m: &TcMsg<'_>) {
-        if !class
-            && self.classes
-            && self.classful.last() != Some(&m.ifindex)
-            && !NO_CLASSES.iter().any(|k| k.as_bytes() == m.kind)
-        {
-            self.classful.push(m.ifindex);
+        let key = (m.ifindex, class, m.handle, m.parent);
+        // Fast path: dumps come in the same order every cycle, so the series after the
+        // last one applied is usually this one; its interface is known to be the same
+        // device while the link table's generation has not moved.
+        let found = match self.series.get(self.cursor) {
+            Some(s) if s.key == key => Ok(self.cursor),
+            _ => self.series.binary_search_by_key(&key, |s| s.key),
+        };
+        if let (Ok(i), Some(stats)) = (found, m.stats) {
+            let generation = links.generation();
+            let s = &mut self.series[i];
+            let same_kind = s.kind.as_bytes() == m.kind || lossy_eq(m.kind, &s.kind);
+            let same_link = s.generation == generation
+                || links
+                    .get(m.ifindex)
+                    .is_some_and(|l| l.instance == s.instance);
+            if same_kind && same_link {
+                s.generation = generation;
+                s.stats = stats;
+                s.seen = self.stamp;
+                let classful = s.classful;
+                self.cursor = i + 1;
+                self.note_classful(class, classful, m.ifindex);
+                return;
+            }
         }
+        let classful = !NO_CLASSES.iter().any(|k| k.as_bytes() == m.kind);
+        self.note_classful(class, classful, m.ifindex);
         let Some(stats) = m.stats else { return };
         // An interface the link table does not know yet is picked up next cycle.
         let Some(link) = links.get(m.ifindex) else {
             return;
         };
-        let key = (m.ifindex, class, m.handle, m.parent);
-        let stamp = self.stamp;
-        match self.series.binary_search_by_key(&key, |s| s.key) {
-            Ok(i)
-                if self.series[i].instance == link.instance
-                    && lossy_eq(m.kind, &self.series[i].kind) =>
-            {
-                let s = &mut self.series[i];
-                s.stats = stats;
-                s.seen = stamp;
+        let kind = lossy_arc(m.kind);
+        let handle = if class {
+            classid(m.handle)
+        } else {
+            qdisc_handle(m.handle)
+        };
+        let s = Series {
+            key,
+            instance: link.instance,
+            generation: links.generation(),
+            attrs: [
+                KeyValue::new(attr::INTERFACE_NAME, link.name.clone()),
+                KeyValue::new(ATTR_KIND, kind.clone()),
+                KeyValue::new(ATTR_HANDLE, handle),
+                KeyValue::new(ATTR_PARENT, classid(m.parent)),
+                KeyValue::new(ATTR_CLASS, if class { "class" } else { "qdisc" }),
+            ],
+            kind,
+            classful,
+            stats,
+            seen: self.stamp,
+        };
+        let i = match found {
+            Ok(i) => {
+                self.series[i] = s;
+                i
             }
-            found => {
-                let kind = lossy_arc(m.kind);
-                let handle = if class {
-                    classid(m.handle)
-                } else {
-                    qdisc_handle(m.handle)
-                };
-                let s = Series {
-                    key,
-                    instance: link.instance,
-                    attrs: [
-                        KeyValue::new(attr::INTERFACE_NAME, link.name.clone()),
-                        KeyValue::new(ATTR_KIND, kind.clone()),
-                        KeyValue::new(ATTR_HANDLE, handle),
-                        KeyValue::new(ATTR_PARENT, classid(m.parent)),
-                        KeyValue::new(ATTR_CLASS, if class { "class" } else { "qdisc" }),
-                    ],
-                    kind,
-                    stats,
-                    seen: stamp,
-                };
-                match found {
-                    Ok(i) => self.series[i] = s,
-                    Err(i) => self.series.insert(i, s),
-                }
+            Err(i) => {
+                self.series.insert(i, s);
+                i
             }
+        };
+        self.cursor = i + 1;
+    }
+
+    /// Remembers that the interface of a qdisc of a classful kind needs a class dump.
+    fn note_classful(&mut self, class: bool, classful: bool, ifindex: u32) {
+        if !class && classful && self.classes && self.classful.last() != Some(&ifindex) {
+            self.classful.push(ifindex);
         }
     }
 }
@@ -853,6 +883,120 @@ mod tests {
                 .collect();
             let _ = parse_tc(&junk);
         }
+    }
+
+    /// One netlink message of type `ty` around `payload`.
+    fn nlmsg(out: &mut Vec<u8>, ty: u16, seq: u32, payload: &[u8]) {
+        let len = NLMSG_HDRLEN + payload.len();
+        out.extend_from_slice(&(len as u32).to_ne_bytes());
+        out.extend_from_slice(&ty.to_ne_bytes());
+        out.extend_from_slice(&0u16.to_ne_bytes());
+        out.extend_from_slice(&seq.to_ne_bytes());
+        out.extend_from_slice(&7u32.to_ne_bytes());
+        out.extend_from_slice(payload);
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+    }
+
+    fn qdisc_msg(ifindex: i32, handle: u32, parent: u32, kind: &[u8], drops: u32) -> Vec<u8> {
+        let mut p = tcmsg(ifindex, handle, parent);
+        attr(&mut p, TCA_KIND, kind);
+        let mut nested = Vec::new();
+        attr(&mut nested, TCA_STATS_BASIC, &basic(100, 10));
+        attr(&mut nested, TCA_STATS_QUEUE, &queue([0, 0, drops, 0, 0]));
+        attr(&mut p, TCA_STATS2, &nested);
+        p
+    }
+
+    fn feed(t: &mut Table, links: &Links, seq: u32, msgs: &[Vec<u8>]) -> bool {
+        let mut data = Vec::new();
+        for m in msgs {
+            nlmsg(&mut data, RTM_NEWQDISC, seq, m);
+        }
+        nlmsg(&mut data, NLMSG_DONE, seq, &0i32.to_ne_bytes());
+        let mut dump = Dump {
+            op: "test",
+            seq,
+            portid: 7,
+            class: false,
+            interrupted: false,
+            error: None,
+        };
+        t.stamp += 1;
+        t.cursor = 0;
+        t.classful.clear();
+        let done = matches!(t.feed(links, &mut dump, &data), Step::Done);
+        done && dump.error.is_none()
+    }
+
+    #[test]
+    fn series_are_updated_in_place_and_rebuilt_on_change() {
+        let mut links = Links::from_links([
+            crate::links::Link::new(2, "eth0"),
+            crate::links::Link::new(3, "veth1"),
+        ]);
+        let mut t = Table {
+            classes: true,
+            ..Table::default()
+        };
+        let msgs = |drops| {
+            vec![
+                qdisc_msg(2, 0x10000, TC_H_ROOT, b"htb\0", drops),
+                qdisc_msg(2, 0x100000, 0x10010, b"pfifo\0", drops),
+                qdisc_msg(3, 0, TC_H_ROOT, b"noqueue\0", 0),
+                // An interface the link table does not know: skipped.
+                qdisc_msg(9, 0, TC_H_ROOT, b"noqueue\0", 0),
+            ]
+        };
+        assert!(feed(&mut t, &links, 1, &msgs(1)));
+        assert_eq!(t.series.len(), 3);
+        assert_eq!(t.classful, [2]);
+        let attrs_ptr = t.series[0].attrs.as_ptr();
+        let handle = t.series[1].attrs[2].value.to_string();
+        assert_eq!(handle, "10:");
+        assert_eq!(t.series[1].attrs[3].value.to_string(), "1:10");
+        assert!(feed(&mut t, &links, 2, &msgs(5)));
+        assert_eq!(t.series[0].stats.drops, 5);
+        assert_eq!(
+            t.series[0].attrs.as_ptr(),
+            attrs_ptr,
+            "rebuilt without a change"
+        );
+        assert!(t.series.iter().all(|s| s.seen == t.stamp));
+        // The root qdisc replaced by another kind, and eth0 renamed: rebuilt.
+        links.upsert(crate::links::Link::new(2, "wan0"));
+        let mut m = msgs(0);
+        m[0] = qdisc_msg(2, 0x10000, TC_H_ROOT, b"prio\0", 0);
+        assert!(feed(&mut t, &links, 3, &m));
+        assert_eq!(t.series[0].attrs[1].value.to_string(), "prio");
+        assert_eq!(t.series[0].attrs[0].value.to_string(), "wan0");
+        assert_eq!(t.series[1].attrs[0].value.to_string(), "wan0");
+        // A reply to another request is ignored; a malformed message is an error.
+        let mut data = Vec::new();
+        nlmsg(
+            &mut data,
+            RTM_NEWQDISC,
+            99,
+            &qdisc_msg(2, 0x20000, TC_H_ROOT, b"tbf\0", 0),
+        );
+        nlmsg(&mut data, RTM_NEWQDISC, 4, &[0; 8]);
+        nlmsg(&mut data, NLMSG_DONE, 4, &0i32.to_ne_bytes());
+        let mut dump = Dump {
+            op: "RTM_GETQDISC dump",
+            seq: 4,
+            portid: 7,
+            class: false,
+            interrupted: false,
+            error: None,
+        };
+        assert!(matches!(t.feed(&links, &mut dump, &data), Step::Done));
+        let err = dump.error.expect("malformed message").to_string();
+        assert!(
+            err.contains("RTM_GETQDISC dump") && err.contains("shorter"),
+            "{err}"
+        );
+        assert_eq!(t.series.len(), 3);
     }
 
     #[test]

@@ -278,6 +278,7 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
     let mut s_conntrack = Series::with_capacity(cycles);
     let mut s_getlink = Series::with_capacity(cycles);
     let mut s_getstats = Series::with_capacity(cycles);
+    let mut s_getqdisc = Series::with_capacity(cycles);
     let mut s_proc = Series::with_capacity(cycles);
     let mut s_map = Series::with_capacity(cycles);
     let mut paired = Vec::with_capacity(cycles);
@@ -321,6 +322,7 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
         s_conntrack.time(|| collect(&mut p.conntrack, &p.links));
         s_getlink.time(|| nl.getlink().is_ok());
         s_getstats.time(|| nl.getstats().is_ok());
+        s_getqdisc.time(|| nl.getqdisc().is_ok());
         s_proc.time(|| procf.pass() > 0);
         s_map.time(|| mapf.pass().is_ok());
         let (e, f) = (s_ethtool.cpu_ns[i], s_floor.cpu_ns[i]);
@@ -386,6 +388,7 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
         "floors": {
             "rtm_getlink_dump": s_getlink.json(table),
             "rtm_getstats_link64_dump": s_getstats.json(table),
+            "rtm_getqdisc_dump": s_getqdisc.json(table),
             "proc_net_read": s_proc.json(table),
             "drop_map_batch_read": s_map.json(table),
         },
@@ -423,6 +426,7 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
         ("floor", &s_floor),
         ("floor_getlink", &s_getlink),
         ("floor_getstats", &s_getstats),
+        ("floor_getqdisc", &s_getqdisc),
         ("floor_proc", &s_proc),
         ("floor_map", &s_map),
     ] {

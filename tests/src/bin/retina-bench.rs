@@ -352,6 +352,11 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
             let rest = r.cycle_cpu_us.median - new_readers;
             table.info(
                 s,
+                "qdisc / raw RTM_GETQDISC dump (CPU median)",
+                format!("{:.2}x", cpu("qdisc") / cpu("floor_getqdisc")),
+            );
+            table.info(
+                s,
                 "softnet + qdisc + conntrack (CPU median)",
                 fmt_us(new_readers),
             );
