@@ -3,7 +3,8 @@
 //!
 //! # Column layouts
 //!
-//! The kernel has only ever appended columns:
+//! The kernel has only ever appended columns (versions approximate: the collector goes by
+//! the column count alone):
 //!
 //! | columns | kernels | what they are |
 //! |---|---|---|
