@@ -6,9 +6,12 @@ use crate::{
     btf::Btf,
     collectors::{
         Collector,
+        conntrack::{ConntrackCollector, ConntrackConfig, ConntrackError},
         ethtool::{EthtoolCollector, EthtoolConfig, EthtoolError, LinkStateCollector},
         netdev::{NetdevCollector, NetdevConfig, NetdevError},
         netstat::{NetstatCollector, NetstatConfig, NetstatError},
+        qdisc::{QdiscCollector, QdiscConfig, QdiscError},
+        softnet::{SoftnetCollector, SoftnetConfig, SoftnetError},
     },
     drops::{
         DropCollector,
@@ -53,6 +56,9 @@ pub struct AgentOptions {
     pub ethtool: EthtoolConfig,
     pub netdev: NetdevConfig,
     pub netstat: NetstatConfig,
+    pub softnet: SoftnetConfig,
+    pub qdisc: QdiscConfig,
+    pub conntrack: ConntrackConfig,
 }
 
 impl Default for AgentOptions {
@@ -64,6 +70,9 @@ impl Default for AgentOptions {
             ethtool: EthtoolConfig::default(),
             netdev: NetdevConfig::default(),
             netstat: NetstatConfig::default(),
+            softnet: SoftnetConfig::default(),
+            qdisc: QdiscConfig::default(),
+            conntrack: ConntrackConfig::default(),
         }
     }
 }
@@ -78,6 +87,12 @@ pub enum AgentError {
     Netdev(#[from] NetdevError),
     #[error("netstat collector: {0}")]
     Netstat(#[from] NetstatError),
+    #[error("softnet collector: {0}")]
+    Softnet(#[from] SoftnetError),
+    #[error("qdisc collector: {0}")]
+    Qdisc(#[from] QdiscError),
+    #[error("conntrack collector: {0}")]
+    Conntrack(#[from] ConntrackError),
 }
 
 impl Agent {
@@ -111,6 +126,15 @@ impl Agent {
         }
         if options.netstat.enabled {
             agent.push(Box::new(NetstatCollector::new(&options.netstat)?));
+        }
+        if options.softnet.enabled {
+            agent.push(Box::new(SoftnetCollector::new(&options.softnet)?));
+        }
+        if options.qdisc.enabled {
+            agent.push(Box::new(QdiscCollector::new(&options.qdisc)?));
+        }
+        if options.conntrack.enabled {
+            agent.push(Box::new(ConntrackCollector::new(&options.conntrack)?));
         }
         Ok(agent)
     }

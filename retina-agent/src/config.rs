@@ -21,7 +21,10 @@ use serde::{Deserialize, Deserializer};
 use toml::de::{DeTable, DeValue};
 
 use crate::{
-    collectors::{ethtool::EthtoolConfig, netdev::NetdevConfig, netstat::NetstatConfig},
+    collectors::{
+        conntrack::ConntrackConfig, ethtool::EthtoolConfig, netdev::NetdevConfig,
+        netstat::NetstatConfig, qdisc::QdiscConfig, softnet::SoftnetConfig,
+    },
     export::{self, ExportConfig, PrometheusConfig, Protocol},
     filter::NameFilter,
 };
@@ -58,6 +61,9 @@ pub struct Config {
     pub ethtool: EthtoolConfig,
     pub netdev: NetdevConfig,
     pub netstat: NetstatConfig,
+    pub softnet: SoftnetConfig,
+    pub qdisc: QdiscConfig,
+    pub conntrack: ConntrackConfig,
     /// `[export]`: OTLP push.
     pub export: ExportConfig,
     /// `[prometheus]`: the scrape endpoint.
@@ -73,6 +79,9 @@ impl Default for Config {
             ethtool: EthtoolConfig::default(),
             netdev: NetdevConfig::default(),
             netstat: NetstatConfig::default(),
+            softnet: SoftnetConfig::default(),
+            qdisc: QdiscConfig::default(),
+            conntrack: ConntrackConfig::default(),
             export: ExportConfig::default(),
             prometheus: PrometheusConfig::default(),
         }

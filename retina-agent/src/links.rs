@@ -55,11 +55,11 @@ use std::{
 
 // ---- Kernel UAPI (include/uapi/linux/netlink.h, rtnetlink.h, if_link.h) ----
 
-const NLMSG_HDRLEN: usize = 16;
-const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_OVERRUN: u16 = 4;
+pub(crate) const NLMSG_HDRLEN: usize = 16;
+pub(crate) const NLMSG_NOOP: u16 = 1;
+pub(crate) const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_DONE: u16 = 3;
+pub(crate) const NLMSG_OVERRUN: u16 = 4;
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
@@ -74,7 +74,7 @@ const IFLA_STATS_LINK_64: u16 = 1;
 /// `IFLA_STATS_FILTER_BIT(IFLA_STATS_LINK_64)`.
 const IFLA_STATS_FILTER_LINK_64: u32 = 1 << (IFLA_STATS_LINK_64 - 1);
 const NLM_F_REQUEST: u16 = 0x01;
-const NLM_F_DUMP_INTR: u16 = 0x10;
+pub(crate) const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLM_F_DUMP: u16 = 0x300;
 /// `sizeof(struct ifinfomsg)`.
 const IFINFOMSG_LEN: usize = 16;
@@ -93,14 +93,14 @@ const STATS64_MIN_LEN: usize = 23 * 8;
 
 /// Initial receive buffer. The kernel sizes dump datagrams after the largest `recvmsg`
 /// buffer it has seen, capped near 32 KiB, unless one interface's message is bigger.
-const INITIAL_BUF: usize = 64 * 1024;
+pub(crate) const INITIAL_BUF: usize = 64 * 1024;
 /// Upper bound for growing the receive buffer after a truncated datagram.
-const MAX_BUF: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_BUF: usize = 16 * 1024 * 1024;
 /// How long one `recv` may wait for the kernel before the refresh fails.
-const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// Dumps tried per refresh (a retry follows a truncated datagram or an interface list that
 /// changed during the dump).
-const MAX_ATTEMPTS: u32 = 4;
+pub(crate) const MAX_ATTEMPTS: u32 = 4;
 /// Datagrams read at most while discarding the rest of an abandoned dump.
 const MAX_DRAIN: usize = 100_000;
 /// Refreshes after which a full `RTM_GETLINK` dump runs even though no notification asked
@@ -802,7 +802,7 @@ impl Links {
             };
             if n > self.buf.len() {
                 // The datagram was cut: its messages are lost. Grow, then redo the dump.
-                drain(fd, &mut self.buf, Some(&dump));
+                drain(fd, &mut self.buf, Some(dump.seq));
                 if n > MAX_BUF {
                     return Err(LinkError::TooLarge {
                         netns_inode,
@@ -819,7 +819,7 @@ impl Links {
                 Step::More => {}
                 Step::Done => return Ok(dump),
                 Step::Abort => {
-                    drain(fd, &mut self.buf, Some(&dump));
+                    drain(fd, &mut self.buf, Some(dump.seq));
                     return Ok(dump);
                 }
             }
@@ -1214,14 +1214,14 @@ fn parse_stats64(data: &[u8]) -> Result<(LinkStats, LinkStatsDetail), Malformed>
 
 /// Iterates over netlink attributes (`struct rtattr`/`nlattr`), bounds-checked. `base` is
 /// the offset of `buf` in its message payload, for error messages.
-struct Attrs<'a> {
+pub(crate) struct Attrs<'a> {
     buf: &'a [u8],
     off: usize,
     base: usize,
 }
 
 impl<'a> Attrs<'a> {
-    fn new(buf: &'a [u8], base: usize) -> Attrs<'a> {
+    pub(crate) fn new(buf: &'a [u8], base: usize) -> Attrs<'a> {
         Attrs { buf, off: 0, base }
     }
 }
@@ -1248,17 +1248,17 @@ impl<'a> Iterator for Attrs<'a> {
     }
 }
 
-fn align4(n: usize) -> usize {
+pub(crate) fn align4(n: usize) -> usize {
     n.saturating_add(3) & !3
 }
 
 /// The bytes before the first NUL (all of them if there is none).
-fn nul_terminated(b: &[u8]) -> &[u8] {
+pub(crate) fn nul_terminated(b: &[u8]) -> &[u8] {
     b.iter().position(|&c| c == 0).map_or(b, |i| &b[..i])
 }
 
 /// Whether `s` equals `String::from_utf8_lossy(raw)`, without allocating.
-fn lossy_eq(raw: &[u8], s: &str) -> bool {
+pub(crate) fn lossy_eq(raw: &[u8], s: &str) -> bool {
     let mut rest = s.as_bytes();
     for chunk in raw.utf8_chunks() {
         let Some(r) = rest.strip_prefix(chunk.valid().as_bytes()) else {
@@ -1276,24 +1276,24 @@ fn lossy_eq(raw: &[u8], s: &str) -> bool {
 }
 
 /// Interface names are bytes; the rare non-UTF-8 one is stored lossily.
-fn lossy_arc(raw: &[u8]) -> Arc<str> {
+pub(crate) fn lossy_arc(raw: &[u8]) -> Arc<str> {
     Arc::from(String::from_utf8_lossy(raw))
 }
 
 // The callers have checked bounds; these only convert.
-fn read_u16(b: &[u8], off: usize) -> u16 {
+pub(crate) fn read_u16(b: &[u8], off: usize) -> u16 {
     u16::from_ne_bytes([b[off], b[off + 1]])
 }
 
-fn read_u32(b: &[u8], off: usize) -> u32 {
+pub(crate) fn read_u32(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
 
-fn read_i32(b: &[u8], off: usize) -> i32 {
+pub(crate) fn read_i32(b: &[u8], off: usize) -> i32 {
     read_u32(b, off) as i32
 }
 
-fn read_u64(b: &[u8], off: usize) -> u64 {
+pub(crate) fn read_u64(b: &[u8], off: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[off..off + 8]);
     u64::from_ne_bytes(a)
@@ -1318,7 +1318,10 @@ fn open_sockets() -> Result<(OwnedFd, u32, OwnedFd), LinkError> {
 
 /// Creates and binds a `NETLINK_ROUTE` socket in the calling thread's namespace, member of
 /// the multicast `groups`; returns it with the port id the kernel assigned.
-fn open_socket(type_flags: libc::c_int, groups: u32) -> Result<(OwnedFd, u32), LinkError> {
+pub(crate) fn open_socket(
+    type_flags: libc::c_int,
+    groups: u32,
+) -> Result<(OwnedFd, u32), LinkError> {
     // SAFETY: plain syscalls on a descriptor we own; the structs are fully initialized.
     unsafe {
         let fd = libc::socket(
@@ -1363,8 +1366,9 @@ fn open_socket(type_flags: libc::c_int, groups: u32) -> Result<(OwnedFd, u32), L
 /// `RTM_GETLINK` with a zeroed `ifinfomsg` (all interfaces, default attributes, which
 /// include `IFLA_STATS64`), or `RTM_GETSTATS` with an `if_stats_msg` (no trailing padding,
 /// which the kernel would try to parse as attributes).
-fn send_dump_request(fd: RawFd, ty: u16, seq: u32, body: &[u8]) -> io::Result<()> {
-    const MAX: usize = NLMSG_HDRLEN + IFINFOMSG_LEN;
+pub(crate) fn send_dump_request(fd: RawFd, ty: u16, seq: u32, body: &[u8]) -> io::Result<()> {
+    // Room for the largest fixed header sent: `struct tcmsg` (20 bytes, qdisc dumps).
+    const MAX: usize = NLMSG_HDRLEN + 20;
     let len = NLMSG_HDRLEN + body.len();
     let mut buf = [0u8; MAX];
     let req = &mut buf[..len];
@@ -1401,7 +1405,7 @@ fn send_dump_request(fd: RawFd, ty: u16, seq: u32, body: &[u8]) -> io::Result<()
 
 /// One `recv` with `MSG_TRUNC`: returns the datagram's real length, which exceeds
 /// `buf.len()` when it was cut. Retries on `EINTR`.
-fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+pub(crate) fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
         let n = unsafe {
@@ -1437,15 +1441,15 @@ fn recv_error(netns_inode: u64, e: io::Error) -> LinkError {
     }
 }
 
-/// Discards queued datagrams without waiting: those of `dump` up to its end, or everything
-/// if `dump` is `None`. The kernel queues the next part of a dump while the previous one
+/// Discards queued datagrams without waiting: those of the dump with sequence number `seq`
+/// up to its end, or everything if `seq` is `None`. The kernel queues the next part of a dump while the previous one
 /// is received, so an empty queue means the dump is over.
-fn drain(fd: RawFd, buf: &mut [u8], dump: Option<&Dump>) {
+pub(crate) fn drain(fd: RawFd, buf: &mut [u8], seq: Option<u32>) {
     for _ in 0..MAX_DRAIN {
         let Ok(n) = recv(fd, buf, libc::MSG_DONTWAIT) else {
             return;
         };
-        let Some(dump) = dump else { continue };
+        let Some(dump_seq) = seq else { continue };
         let data = &buf[..n.min(buf.len())];
         let mut off = 0;
         while data.len() - off >= NLMSG_HDRLEN {
@@ -1455,7 +1459,7 @@ fn drain(fd: RawFd, buf: &mut [u8], dump: Option<&Dump>) {
             if len < NLMSG_HDRLEN {
                 break;
             }
-            if seq == dump.seq && (ty == NLMSG_DONE || ty == NLMSG_ERROR) {
+            if seq == dump_seq && (ty == NLMSG_DONE || ty == NLMSG_ERROR) {
                 return;
             }
             off = off.saturating_add(align4(len));

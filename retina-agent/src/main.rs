@@ -150,6 +150,9 @@ fn agent_options(cli: &Cli, config: &Config) -> AgentOptions {
         ethtool: config.ethtool.clone(),
         netdev: config.netdev.clone(),
         netstat: config.netstat.clone(),
+        softnet: config.softnet.clone(),
+        qdisc: config.qdisc.clone(),
+        conntrack: config.conntrack.clone(),
     }
 }
 

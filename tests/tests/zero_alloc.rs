@@ -12,7 +12,10 @@ use anyhow::Result;
 use retina_agent::{
     collectors::{
         Collector,
+        conntrack::{ConntrackCollector, ConntrackConfig},
         ethtool::{EthtoolCollector, EthtoolConfig, LinkStateCollector},
+        qdisc::{QdiscCollector, QdiscConfig},
+        softnet::{SoftnetCollector, SoftnetConfig},
     },
     links::Links,
     metrics::{Metric, Number},
@@ -33,6 +36,9 @@ fn collectors() -> Result<Vec<Box<dyn Collector>>> {
     Ok(vec![
         Box::new(EthtoolCollector::new(&ethtool)?),
         Box::new(LinkStateCollector::new(&ethtool)?),
+        Box::new(SoftnetCollector::new(&SoftnetConfig::default())?),
+        Box::new(QdiscCollector::new(&QdiscConfig::default())?),
+        Box::new(ConntrackCollector::new(&ConntrackConfig::default())?),
     ])
 }
 
@@ -77,6 +83,29 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
     let veths: Vec<Veth> = (0..PAIRS)
         .map(|_| Veth::new("reta"))
         .collect::<Result<_>>()?;
+    // Qdiscs for the qdisc collector to read: a classless one on every veth, an htb tree
+    // (classes: a class dump per cycle) on the first.
+    for v in &veths[1..] {
+        run(
+            "tc",
+            [
+                "qdisc", "replace", "dev", &v.host, "root", "pfifo", "limit", "100",
+            ],
+        )?;
+    }
+    let h = veths[0].host.as_str();
+    run(
+        "tc",
+        [
+            "qdisc", "replace", "dev", h, "root", "handle", "1:", "htb", "default", "10",
+        ],
+    )?;
+    run(
+        "tc",
+        [
+            "class", "add", "dev", h, "parent", "1:", "classid", "1:10", "htb", "rate", "1mbit",
+        ],
+    )?;
     let mut links = Links::new()?;
     let mut collectors = collectors()?;
 
@@ -102,6 +131,25 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
             "only {points} points per cycle for {PAIRS} veth pairs"
         );
         if allocs == 0 {
+            // The new readers really read something in those cycles.
+            let mut per_metric = std::collections::BTreeMap::<&str, usize>::new();
+            let mut classes = 0;
+            for c in &collectors {
+                c.visit(
+                    &mut |m: &'static Metric, a: &[opentelemetry::KeyValue], _| {
+                        *per_metric.entry(m.name).or_default() += 1;
+                        classes += usize::from(
+                            m.name == "retina.qdisc.packets"
+                                && a.iter().any(|kv| kv.value.as_str() == "class"),
+                        );
+                    },
+                );
+            }
+            let n = |name| per_metric.get(name).copied().unwrap_or(0);
+            assert!(n("retina.qdisc.packets") > PAIRS, "{per_metric:?}");
+            assert!(classes >= 1, "no htb class read: {per_metric:?}");
+            assert!(n("retina.softnet.processed") >= 1, "{per_metric:?}");
+            assert!(n("retina.conntrack.stat") >= 1, "{per_metric:?}");
             drop(veths);
             return Ok(());
         }

@@ -3,9 +3,13 @@
 //! The contract every collector keeps: after the first few cycles (interfaces discovered,
 //! names fetched, buffers sized), `collect` allocates nothing, and `visit` never does.
 
+pub mod conntrack;
 pub mod ethtool;
 pub mod netdev;
 pub mod netstat;
+pub mod procfile;
+pub mod qdisc;
+pub mod softnet;
 
 use crate::{
     links::Links,

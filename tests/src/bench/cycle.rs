@@ -11,9 +11,12 @@ use retina_agent::{
     btf::Btf,
     collectors::{
         Collector,
+        conntrack::{ConntrackCollector, ConntrackConfig},
         ethtool::{EthtoolCollector, EthtoolConfig, InterfaceStatus, LinkStateCollector},
         netdev::{NetdevCollector, NetdevConfig},
         netstat::{NetstatCollector, NetstatConfig},
+        qdisc::{QdiscCollector, QdiscConfig},
+        softnet::{SoftnetCollector, SoftnetConfig},
     },
     drops::{
         DropCollector,
@@ -84,6 +87,9 @@ pub struct Parts {
     pub netdev: NetdevCollector,
     pub netstat: NetstatCollector,
     pub drops: DropCollector,
+    pub softnet: SoftnetCollector,
+    pub qdisc: QdiscCollector,
+    pub conntrack: ConntrackCollector,
 }
 
 impl Parts {
@@ -94,6 +100,9 @@ impl Parts {
             netdev: NetdevCollector::new(&NetdevConfig::default())?,
             netstat: NetstatCollector::new(&NetstatConfig::default())?,
             drops: drop_collector()?,
+            softnet: SoftnetCollector::new(&SoftnetConfig::default())?,
+            qdisc: QdiscCollector::new(&QdiscConfig::default())?,
+            conntrack: ConntrackCollector::new(&ConntrackConfig::default())?,
         })
     }
 
@@ -111,6 +120,14 @@ impl Parts {
         self.drops
             .collect(&self.links)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for c in [
+            &mut self.softnet as &mut dyn Collector,
+            &mut self.qdisc,
+            &mut self.conntrack,
+        ] {
+            c.collect(&self.links)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", c.name()))?;
+        }
         Ok(())
     }
 }
@@ -256,8 +273,12 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
     let mut s_netdev = Series::with_capacity(cycles);
     let mut s_netstat = Series::with_capacity(cycles);
     let mut s_drops = Series::with_capacity(cycles);
+    let mut s_softnet = Series::with_capacity(cycles);
+    let mut s_qdisc = Series::with_capacity(cycles);
+    let mut s_conntrack = Series::with_capacity(cycles);
     let mut s_getlink = Series::with_capacity(cycles);
     let mut s_getstats = Series::with_capacity(cycles);
+    let mut s_getqdisc = Series::with_capacity(cycles);
     let mut s_proc = Series::with_capacity(cycles);
     let mut s_map = Series::with_capacity(cycles);
     let mut paired = Vec::with_capacity(cycles);
@@ -296,8 +317,12 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
         s_netdev.time(|| collect(&mut p.netdev, &p.links));
         s_netstat.time(|| collect(&mut p.netstat, &p.links));
         s_drops.time(|| collect(&mut p.drops, &p.links));
+        s_softnet.time(|| collect(&mut p.softnet, &p.links));
+        s_qdisc.time(|| collect(&mut p.qdisc, &p.links));
+        s_conntrack.time(|| collect(&mut p.conntrack, &p.links));
         s_getlink.time(|| nl.getlink().is_ok());
         s_getstats.time(|| nl.getstats().is_ok());
+        s_getqdisc.time(|| nl.getqdisc().is_ok());
         s_proc.time(|| procf.pass() > 0);
         s_map.time(|| mapf.pass().is_ok());
         let (e, f) = (s_ethtool.cpu_ns[i], s_floor.cpu_ns[i]);
@@ -349,7 +374,13 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
             "netdev": s_netdev.json(table),
             "netstat": s_netstat.json(table),
             "drops": s_drops.json(table),
+            "softnet": s_softnet.json(table),
+            "qdisc": s_qdisc.json(table),
+            "conntrack": s_conntrack.json(table),
         },
+        "qdisc_series": parts.qdisc.exported(),
+        "softnet_cpus": parts.softnet.cpus(),
+        "conntrack_series": parts.conntrack.exported(),
         "drop_map_entries": map_entries.get(),
         "new_drop_key_cycles": new_key_cycles,
         "new_drop_key_allocations": new_key_allocs,
@@ -357,6 +388,7 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
         "floors": {
             "rtm_getlink_dump": s_getlink.json(table),
             "rtm_getstats_link64_dump": s_getstats.json(table),
+            "rtm_getqdisc_dump": s_getqdisc.json(table),
             "proc_net_read": s_proc.json(table),
             "drop_map_batch_read": s_map.json(table),
         },
@@ -387,10 +419,14 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
         ("netdev", &s_netdev),
         ("netstat", &s_netstat),
         ("drops", &s_drops),
+        ("softnet", &s_softnet),
+        ("qdisc", &s_qdisc),
+        ("conntrack", &s_conntrack),
         ("visit", &s_visit),
         ("floor", &s_floor),
         ("floor_getlink", &s_getlink),
         ("floor_getstats", &s_getstats),
+        ("floor_getqdisc", &s_getqdisc),
         ("floor_proc", &s_proc),
         ("floor_map", &s_map),
     ] {

@@ -3,7 +3,8 @@
 //!
 //! * `RTM_GETLINK` dump received into one buffer, messages only counted (the floor for
 //!   `Links::refresh`), and an `RTM_GETSTATS` dump restricted to `IFLA_STATS_LINK_64` (the
-//!   same 64-bit counters without the rest of each link's attributes);
+//!   same 64-bit counters without the rest of each link's attributes), and an
+//!   `RTM_GETQDISC` dump (the floor for the qdisc collector);
 //! * `/proc/net/{netstat,snmp,snmp6}` read into one buffer (the floor for `netstat`);
 //! * `BPF_MAP_LOOKUP_BATCH` over the drop map into preallocated buffers (the floor for
 //!   `drops`).
@@ -20,6 +21,7 @@ const NLMSG_DONE: u16 = 3;
 const NLMSG_ERROR: u16 = 2;
 const RTM_GETLINK: u16 = 18;
 const RTM_GETSTATS: u16 = 94;
+const RTM_GETQDISC: u16 = 38;
 const NLM_F_REQUEST: u16 = 0x01;
 const NLM_F_DUMP: u16 = 0x300;
 /// `IFLA_STATS_LINK_64` (1) as a filter bit: `1 << (1 - 1)`.
@@ -32,8 +34,8 @@ pub struct NetlinkFloor {
     seq: u32,
 }
 
-/// `struct nlmsghdr` + a 16-byte body (`struct ifinfomsg` / `struct if_stats_msg`, both 16
-/// bytes on the wire with padding).
+/// `struct nlmsghdr` + a body of up to 20 bytes (`struct ifinfomsg`: 16, `struct
+/// if_stats_msg`: 12, `struct tcmsg`: 20); only `len` bytes are sent.
 #[repr(C)]
 struct Request {
     len: u32,
@@ -41,7 +43,7 @@ struct Request {
     flags: u16,
     seq: u32,
     pid: u32,
-    body: [u32; 4],
+    body: [u32; 5],
 }
 
 impl NetlinkFloor {
@@ -68,11 +70,15 @@ impl NetlinkFloor {
     }
 
     /// One full dump; returns the number of messages (links) received.
-    fn dump(&mut self, ty: u16, body: [u32; 4]) -> Result<usize> {
+    fn dump(&mut self, ty: u16, body: [u32; 5]) -> Result<usize> {
         self.seq = self.seq.wrapping_add(1);
         // `struct if_stats_msg` is 12 bytes: send no trailing padding the kernel would try
         // to parse as attributes.
-        let len = if ty == RTM_GETSTATS { 16 + 12 } else { 16 + 16 };
+        let len = match ty {
+            RTM_GETSTATS => 16 + 12,
+            RTM_GETQDISC => 16 + 20,
+            _ => 16 + 16,
+        };
         let req = Request {
             len: len as u32,
             ty,
@@ -114,13 +120,18 @@ impl NetlinkFloor {
 
     /// `RTM_GETLINK` dump, as `Links::refresh` asks for it.
     pub fn getlink(&mut self) -> Result<usize> {
-        self.dump(RTM_GETLINK, [0; 4])
+        self.dump(RTM_GETLINK, [0; 5])
     }
 
     /// `RTM_GETSTATS` dump of `IFLA_STATS_LINK_64` only: `struct if_stats_msg` is family,
     /// pad, ifindex, filter_mask.
     pub fn getstats(&mut self) -> Result<usize> {
-        self.dump(RTM_GETSTATS, [0, 0, IFLA_STATS_FILTER_LINK_64, 0])
+        self.dump(RTM_GETSTATS, [0, 0, IFLA_STATS_FILTER_LINK_64, 0, 0])
+    }
+
+    /// `RTM_GETQDISC` dump of every qdisc (the floor for the qdisc collector's qdisc dump).
+    pub fn getqdisc(&mut self) -> Result<usize> {
+        self.dump(RTM_GETQDISC, [0; 5])
     }
 }
 

@@ -18,10 +18,15 @@ use super::sys;
 
 /// Runs `ip [-n NS] -batch -` with `lines` on stdin.
 fn ip_batch(netns: Option<&str>, lines: &[String], force: bool) -> Result<()> {
+    batch("ip", netns, lines, force)
+}
+
+/// Runs `PROGRAM [-n NS] [-force] -batch -` (`ip` or `tc`) with `lines` on stdin.
+fn batch(program: &str, netns: Option<&str>, lines: &[String], force: bool) -> Result<()> {
     if lines.is_empty() {
         return Ok(());
     }
-    let mut cmd = Command::new("ip");
+    let mut cmd = Command::new(program);
     if let Some(ns) = netns {
         cmd.args(["-n", ns]);
     }
@@ -32,7 +37,9 @@ fn ip_batch(netns: Option<&str>, lines: &[String], force: bool) -> Result<()> {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("starting `ip -batch -`")?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting `{program} -batch -`"))?;
     let mut script = lines.join("\n");
     script.push('\n');
     child
@@ -43,7 +50,7 @@ fn ip_batch(netns: Option<&str>, lines: &[String], force: bool) -> Result<()> {
     let out = child.wait_with_output()?;
     if !out.status.success() && !force {
         bail!(
-            "`ip -batch` failed ({}): {}",
+            "`{program} -batch` failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -79,7 +86,8 @@ impl BenchNet {
         &self.prefix
     }
 
-    /// Creates `count` more pairs, both ends up.
+    /// Creates `count` more pairs, both ends up, each host end with a `pfifo` root qdisc
+    /// (what the qdisc collector reads; veths have none of their own).
     pub fn add(&mut self, count: usize) -> Result<Vec<String>> {
         let names: Vec<String> = (0..count)
             .map(|i| format!("{}v{}", self.prefix, self.next + i))
@@ -104,6 +112,11 @@ impl BenchNet {
         self.hosts.extend(names.iter().cloned());
         ip_batch(None, &host, false)?;
         ip_batch(Some(&self.ns.name), &peer, false)?;
+        let qdiscs: Vec<String> = names
+            .iter()
+            .map(|n| format!("qdisc replace dev {n} root pfifo limit 1000"))
+            .collect();
+        batch("tc", None, &qdiscs, false)?;
         Ok(names)
     }
 

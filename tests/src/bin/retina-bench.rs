@@ -352,6 +352,27 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
                 &format!("drops / raw map batch read ({} entries)", r.map_entries),
                 format!("{:.2}x", cpu("drops") / cpu("floor_map")),
             );
+            // The loss readers of issue 13 (softnet, qdisc with a qdisc on every veth,
+            // conntrack) against the rest of the cycle.
+            let new_readers = cpu("softnet") + cpu("qdisc") + cpu("conntrack");
+            let rest = r.cycle_cpu_us.median - new_readers;
+            table.info(
+                s,
+                "qdisc / raw RTM_GETQDISC dump (CPU median)",
+                format!("{:.2}x", cpu("qdisc") / cpu("floor_getqdisc")),
+            );
+            table.info(
+                s,
+                "softnet + qdisc + conntrack (CPU median)",
+                fmt_us(new_readers),
+            );
+            table.push(
+                s,
+                "softnet + qdisc + conntrack / rest of the cycle",
+                format!("{:.1} %", 100.0 * new_readers / rest),
+                "< 20 %",
+                Status::check(new_readers < 0.2 * rest),
+            );
             table.push(
                 s,
                 "driver stats: ours / floor (CPU median)",

@@ -1,0 +1,601 @@
+//! The `conntrack` collector: the connection tracking table's size and limit, and its
+//! per-CPU event counters.
+//!
+//! # Sources
+//!
+//! * `PROC_ROOT/sys/net/netfilter/nf_conntrack_count` → `retina.conntrack.entries`;
+//! * `PROC_ROOT/sys/net/netfilter/nf_conntrack_max` → `retina.conntrack.limit` (the kernel's
+//!   limit is one global value, writable only in the initial namespace, that every
+//!   namespace's own count is checked against);
+//! * `PROC_ROOT/net/stat/nf_conntrack` → `retina.conntrack.stat`: a header line naming the
+//!   columns, then one line of `%08x` values per possible CPU. Columns differ between
+//!   kernels (`searched`, `new`, `delete` ... in old ones, `clashres`, `chainlength`,
+//!   `search_restart` in new ones), so they are matched by their header names: every
+//!   column but `entries` (the table size again, on every line) is a data point with
+//!   attributes `conntrack.stat` (the header's name) and `cpu`. Row N is the N-th CPU of
+//!   `/sys/devices/system/cpu/possible`. Values are 32-bit counters, widened to 64 bits.
+//!
+//! # Namespace
+//!
+//! All three files are those of the agent's own network namespace (the host's, for the
+//! daemon): each namespace has its own table and counters. Run the agent (or `snapshot`)
+//! inside another namespace (`ip netns exec NAME ...`) to read that one's.
+//!
+//! # Without conntrack
+//!
+//! When `nf_conntrack` is not loaded the files do not exist: the collector says so once in
+//! the log, exports nothing, and looks again every cycle (someone may load it). It never
+//! loads the module itself.
+
+use std::{io, path::PathBuf};
+
+use opentelemetry::KeyValue;
+use serde::Deserialize;
+
+use crate::{
+    collectors::{
+        CollectError, Collector,
+        procfile::{NulPath, ProcFile, Wide, dec_u64, hex_u64, parse_cpu_list},
+    },
+    links::Links,
+    metrics::{Kind, Metric, Number, Visitor},
+};
+
+pub const CONNTRACK_ENTRIES: Metric = Metric {
+    name: "retina.conntrack.entries",
+    unit: "{entry}",
+    description: "Connections in the conntrack table (nf_conntrack_count)",
+    kind: Kind::Gauge,
+};
+pub const CONNTRACK_LIMIT: Metric = Metric {
+    name: "retina.conntrack.limit",
+    unit: "{entry}",
+    description: "Size limit of the conntrack table (nf_conntrack_max); new connections \
+                  beyond it are dropped unless an unassured one can be evicted",
+    kind: Kind::Gauge,
+};
+pub const CONNTRACK_STAT: Metric = Metric {
+    name: "retina.conntrack.stat",
+    unit: "{event}",
+    description: "Connection tracking events per CPU from /proc/net/stat/nf_conntrack \
+                  (found, invalid, insert, insert_failed, drop, early_drop, \
+                  search_restart, ...), by conntrack.stat and cpu",
+    kind: Kind::Counter,
+};
+
+static METRICS: &[&Metric] = &[&CONNTRACK_ENTRIES, &CONNTRACK_LIMIT, &CONNTRACK_STAT];
+
+/// Attribute key: the statistic, as the header of /proc/net/stat/nf_conntrack names it.
+pub const ATTR_STAT: &str = "conntrack.stat";
+/// Attribute key: the CPU number.
+pub const ATTR_CPU: &str = "cpu";
+
+/// The column that repeats the table size on every line (exported as
+/// `retina.conntrack.entries` from its own file instead).
+const ENTRIES_COLUMN: &[u8] = b"entries";
+
+/// `[conntrack]` configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackConfig {
+    /// Whether the collector runs (default `true`).
+    pub enabled: bool,
+    /// Where procfs is mounted (default `/proc`).
+    pub proc_root: PathBuf,
+    /// Where sysfs is mounted (default `/sys`), for the possible CPU list.
+    pub sys_root: PathBuf,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig {
+            enabled: true,
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+        }
+    }
+}
+
+/// What is wrong with a file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("file is empty")]
+    Empty,
+    #[error("header line has no column names")]
+    NoHeader,
+    #[error("column name `{0}` is not printable ASCII")]
+    BadName(String),
+    #[error("column {0} appears twice in the header")]
+    DuplicateName(String),
+    #[error("no CPU lines after the header")]
+    NoRows,
+    #[error("{found} values, but the header names {names} columns")]
+    ColumnCount { found: usize, names: usize },
+    #[error("column {column}: `{text}` is not a hexadecimal number")]
+    NotHex { column: String, text: String },
+    #[error("`{0}` is not a non-negative decimal number")]
+    NotDecimal(String),
+}
+
+/// Why the `conntrack` collector could not be built or a cycle failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConntrackError {
+    #[error("conntrack collector: {0}")]
+    Path(#[from] NulPath),
+    #[error("reading {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}:{line}: {problem}", path.display())]
+    Malformed {
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        problem: Problem,
+    },
+}
+
+/// Parses the statistics file: checks the header, then the values, row-major, into
+/// `values` (cleared first). Returns the header line and the number of columns.
+pub fn parse_stats<'a>(
+    text: &'a [u8],
+    values: &mut Vec<u64>,
+) -> Result<(&'a [u8], usize), (usize, Problem)> {
+    values.clear();
+    let mut lines = text.split(|&b| b == b'\n');
+    let header = lines.next().filter(|h| !h.trim_ascii().is_empty());
+    let Some(header) = header else {
+        return Err((1, Problem::Empty));
+    };
+    let names = tokens(header).count();
+    if names == 0 {
+        return Err((1, Problem::NoHeader));
+    }
+    for (i, line) in lines.enumerate() {
+        let line_no = i + 2;
+        let start = values.len();
+        for (column, token) in tokens(line).enumerate() {
+            if column >= names {
+                let found = tokens(line).count();
+                return Err((line_no, Problem::ColumnCount { found, names }));
+            }
+            let v = hex_u64(token).ok_or_else(|| {
+                let column = tokens(header).nth(column).unwrap_or_default();
+                (
+                    line_no,
+                    Problem::NotHex {
+                        column: String::from_utf8_lossy(column).into_owned(),
+                        text: String::from_utf8_lossy(token).into_owned(),
+                    },
+                )
+            })?;
+            values.push(v);
+        }
+        let found = values.len() - start;
+        if found != 0 && found != names {
+            return Err((line_no, Problem::ColumnCount { found, names }));
+        }
+    }
+    if values.is_empty() {
+        return Err((2, Problem::NoRows));
+    }
+    Ok((header, names))
+}
+
+fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|b| b.is_ascii_whitespace())
+        .filter(|t| !t.is_empty())
+}
+
+/// Builds the column table of a header: for each column, its name if exported.
+fn column_names(header: &[u8]) -> Result<Vec<Option<String>>, (usize, Problem)> {
+    let mut out: Vec<Option<String>> = Vec::new();
+    for name in tokens(header) {
+        if !name.iter().all(|b| b.is_ascii_graphic()) {
+            return Err((
+                1,
+                Problem::BadName(String::from_utf8_lossy(name).into_owned()),
+            ));
+        }
+        if name == ENTRIES_COLUMN {
+            out.push(None);
+            continue;
+        }
+        // Checked printable ASCII above.
+        let name = String::from_utf8_lossy(name).into_owned();
+        if out.iter().flatten().any(|n| *n == name) {
+            return Err((1, Problem::DuplicateName(name)));
+        }
+        out.push(Some(name));
+    }
+    Ok(out)
+}
+
+/// One exported (statistic, CPU) counter.
+#[derive(Debug)]
+struct Stat {
+    attrs: [KeyValue; 2],
+    /// Index of its value in a row.
+    column: usize,
+    row: usize,
+    value: Wide,
+}
+
+/// A gauge read from a one-number sysctl file.
+#[derive(Debug)]
+struct Gauge {
+    file: ProcFile,
+    value: Option<u64>,
+}
+
+impl Gauge {
+    fn update(&mut self) -> Result<(), ConntrackError> {
+        self.value = None;
+        let text = match self.file.read() {
+            Ok(t) => t,
+            Err(source) => {
+                return Err(ConntrackError::Read {
+                    path: self.file.path().to_path_buf(),
+                    source,
+                });
+            }
+        };
+        match dec_u64(text.trim_ascii()) {
+            Some(v) => {
+                self.value = Some(v);
+                Ok(())
+            }
+            None => {
+                let problem = Problem::NotDecimal(String::from_utf8_lossy(text).into_owned());
+                Err(ConntrackError::Malformed {
+                    path: self.file.path().to_path_buf(),
+                    line: 1,
+                    problem,
+                })
+            }
+        }
+    }
+}
+
+/// Connection tracking statistics from procfs.
+#[derive(Debug)]
+pub struct ConntrackCollector {
+    stats_file: ProcFile,
+    possible: ProcFile,
+    count: Gauge,
+    max: Gauge,
+    /// The header line the stats were built for.
+    header: Vec<u8>,
+    rows: usize,
+    columns: usize,
+    stats: Vec<Stat>,
+    scratch: Vec<u64>,
+    /// The statistics file was missing at the last read.
+    absent: Option<bool>,
+}
+
+impl ConntrackCollector {
+    pub fn new(config: &ConntrackConfig) -> Result<ConntrackCollector, ConntrackError> {
+        let sys = config.proc_root.join("sys/net/netfilter");
+        Ok(ConntrackCollector {
+            stats_file: ProcFile::new(config.proc_root.join("net/stat/nf_conntrack"), 4096)?,
+            possible: ProcFile::new(config.sys_root.join("devices/system/cpu/possible"), 64)?,
+            count: Gauge {
+                file: ProcFile::new(sys.join("nf_conntrack_count"), 32)?,
+                value: None,
+            },
+            max: Gauge {
+                file: ProcFile::new(sys.join("nf_conntrack_max"), 32)?,
+                value: None,
+            },
+            header: Vec::new(),
+            rows: 0,
+            columns: 0,
+            stats: Vec::new(),
+            scratch: Vec::new(),
+            absent: None,
+        })
+    }
+
+    /// Whether conntrack was present at the last read.
+    pub fn present(&self) -> bool {
+        self.absent == Some(false)
+    }
+
+    /// Number of (statistic, CPU) counters exported.
+    pub fn exported(&self) -> usize {
+        self.stats.len()
+    }
+
+    fn malformed(&self, (line, problem): (usize, Problem)) -> ConntrackError {
+        ConntrackError::Malformed {
+            path: self.stats_file.path().to_path_buf(),
+            line,
+            problem,
+        }
+    }
+
+    pub fn update(&mut self) -> Result<(), ConntrackError> {
+        let text = match self.stats_file.read() {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if self.absent != Some(true) {
+                    tracing::info!(
+                        path = %self.stats_file.path().display(),
+                        "conntrack: nf_conntrack is not loaded (file absent): no conntrack \
+                         metrics until it is; the agent never loads it"
+                    );
+                }
+                self.absent = Some(true);
+                self.stats.clear();
+                self.header.clear();
+                self.count.value = None;
+                self.max.value = None;
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(ConntrackError::Read {
+                    path: self.stats_file.path().to_path_buf(),
+                    source,
+                });
+            }
+        };
+        if self.absent == Some(true) {
+            tracing::info!("conntrack: nf_conntrack is loaded now: collecting");
+        }
+        self.absent = Some(false);
+        let parsed = parse_stats(text, &mut self.scratch);
+        let (header, columns) = match parsed {
+            Ok(p) => p,
+            Err(p) => return Err(self.malformed(p)),
+        };
+        let rows = self.scratch.len() / columns;
+        if header == self.header.as_slice() && rows == self.rows {
+            for s in &mut self.stats {
+                s.value.update(self.scratch[s.row * columns + s.column]);
+            }
+        } else {
+            let names = column_names(header);
+            if names.is_ok() {
+                self.header.clear();
+                self.header.extend_from_slice(header);
+            }
+            let names = names.map_err(|p| self.malformed(p))?;
+            self.rebuild(&names, rows, columns);
+        }
+        let count = self.count.update();
+        let max = self.max.update();
+        count.and(max)
+    }
+
+    fn rebuild(&mut self, names: &[Option<String>], rows: usize, columns: usize) {
+        let mut cpus = Vec::new();
+        let listed = match self.possible.read() {
+            Ok(text) => parse_cpu_list(text, &mut cpus).is_some(),
+            Err(_) => false,
+        };
+        if !listed || cpus.len() < rows {
+            cpus = (0..rows as u32).collect();
+        }
+        self.stats.clear();
+        for (row, &cpu) in cpus.iter().enumerate().take(rows) {
+            for (column, name) in names.iter().enumerate() {
+                let Some(name) = name else { continue };
+                self.stats.push(Stat {
+                    attrs: [
+                        KeyValue::new(ATTR_STAT, name.clone()),
+                        KeyValue::new(ATTR_CPU, i64::from(cpu)),
+                    ],
+                    column,
+                    row,
+                    value: Wide::new(self.scratch[row * columns + column]),
+                });
+            }
+        }
+        self.rows = rows;
+        self.columns = columns;
+    }
+}
+
+impl Collector for ConntrackCollector {
+    fn name(&self) -> &'static str {
+        "conntrack"
+    }
+
+    fn metrics(&self) -> &'static [&'static Metric] {
+        METRICS
+    }
+
+    fn collect(&mut self, _links: &Links) -> Result<(), CollectError> {
+        Ok(self.update()?)
+    }
+
+    fn visit(&self, visitor: &mut dyn Visitor) {
+        if let Some(v) = self.count.value {
+            visitor.point(&CONNTRACK_ENTRIES, &[], Number::U64(v));
+        }
+        if let Some(v) = self.max.value {
+            visitor.point(&CONNTRACK_LIMIT, &[], Number::U64(v));
+        }
+        for s in &self.stats {
+            visitor.point(&CONNTRACK_STAT, &s.attrs, Number::U64(s.value.get()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// 6.x (this machine's 6.18).
+    const NEW: &str = "entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart\n\
+        00000003  00000000 00000001 00000000 00000002 00000000 00000000 00000000 00000004 00000000 00000005 00000006 00000000  00000000 00000000 00000000 00000007\n\
+        00000003  00000000 00000010 00000000 00000000 00000000 00000000 00000000 00000001 00000001 00000000 00000000 00000000  00000000 00000000 00000000 00000000\n";
+    /// 3.x-4.x: `searched`, `new`, `delete`, `delete_list` still counted.
+    const OLD: &str = "entries  searched found new invalid ignore delete delete_list insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart\n\
+        0000000a  00000100 00000020 00000030 00000000 00000001 00000002 00000002 00000030 00000000 00000000 00000000 00000000  00000000 00000000 00000000 00000000\n";
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("retina-ct-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn setup(d: &std::path::Path, stats: Option<&str>, possible: &str) -> ConntrackCollector {
+        std::fs::create_dir_all(d.join("proc/net/stat")).unwrap();
+        std::fs::create_dir_all(d.join("proc/sys/net/netfilter")).unwrap();
+        std::fs::create_dir_all(d.join("sys/devices/system/cpu")).unwrap();
+        if let Some(s) = stats {
+            std::fs::write(d.join("proc/net/stat/nf_conntrack"), s).unwrap();
+            std::fs::write(d.join("proc/sys/net/netfilter/nf_conntrack_count"), "3\n").unwrap();
+            std::fs::write(
+                d.join("proc/sys/net/netfilter/nf_conntrack_max"),
+                "262144\n",
+            )
+            .unwrap();
+        }
+        std::fs::write(d.join("sys/devices/system/cpu/possible"), possible).unwrap();
+        ConntrackCollector::new(&ConntrackConfig {
+            enabled: true,
+            proc_root: d.join("proc"),
+            sys_root: d.join("sys"),
+        })
+        .unwrap()
+    }
+
+    fn points(c: &ConntrackCollector) -> BTreeMap<(String, String, i64), u64> {
+        let mut out = BTreeMap::new();
+        c.visit(&mut |m: &'static Metric, a: &[KeyValue], v: Number| {
+            let Number::U64(v) = v else { panic!() };
+            let (stat, cpu) = match a {
+                [] => (String::new(), -1),
+                [s, c] => {
+                    let opentelemetry::Value::I64(cpu) = c.value else {
+                        panic!("{a:?}")
+                    };
+                    (s.value.to_string(), cpu)
+                }
+                _ => panic!("{a:?}"),
+            };
+            assert!(out.insert((m.name.to_string(), stat, cpu), v).is_none());
+        });
+        out
+    }
+
+    fn stat(p: &BTreeMap<(String, String, i64), u64>, name: &str, cpu: i64) -> Option<u64> {
+        p.get(&("retina.conntrack.stat".to_string(), name.to_string(), cpu))
+            .copied()
+    }
+
+    #[test]
+    fn new_and_old_layouts_by_header_name() {
+        let d = tmp("new");
+        let mut c = setup(&d, Some(NEW), "0-1\n");
+        c.update().unwrap();
+        assert!(c.present());
+        let p = points(&c);
+        assert_eq!(
+            p[&("retina.conntrack.entries".into(), String::new(), -1)],
+            3
+        );
+        assert_eq!(
+            p[&("retina.conntrack.limit".into(), String::new(), -1)],
+            262144
+        );
+        assert_eq!(stat(&p, "found", 0), Some(1));
+        assert_eq!(stat(&p, "found", 1), Some(0x10));
+        assert_eq!(stat(&p, "invalid", 0), Some(2));
+        assert_eq!(stat(&p, "insert_failed", 1), Some(1));
+        assert_eq!(stat(&p, "drop", 0), Some(5));
+        assert_eq!(stat(&p, "early_drop", 0), Some(6));
+        assert_eq!(stat(&p, "search_restart", 0), Some(7));
+        assert_eq!(stat(&p, "entries", 0), None);
+        // 16 columns besides entries, 2 CPUs, plus the two gauges.
+        assert_eq!(p.len(), 16 * 2 + 2);
+
+        let d = tmp("old");
+        // One possible CPU numbered 4 (a sparse possible mask).
+        let mut c = setup(&d, Some(OLD), "4\n");
+        c.update().unwrap();
+        let p = points(&c);
+        assert_eq!(stat(&p, "searched", 4), Some(0x100));
+        assert_eq!(stat(&p, "delete_list", 4), Some(2));
+        assert_eq!(stat(&p, "clashres", 4), None);
+
+        // The layout changes under a running collector (another kernel's file).
+        std::fs::write(d.join("proc/net/stat/nf_conntrack"), NEW).unwrap();
+        std::fs::write(d.join("sys/devices/system/cpu/possible"), "0-1").unwrap();
+        c.update().unwrap();
+        assert_eq!(stat(&points(&c), "search_restart", 0), Some(7));
+    }
+
+    #[test]
+    fn absent_conntrack_is_reported_not_an_error() {
+        let d = tmp("absent");
+        let mut c = setup(&d, None, "0\n");
+        c.update().unwrap();
+        assert!(!c.present());
+        assert!(points(&c).is_empty());
+        // Loaded later: picked up.
+        std::fs::write(d.join("proc/net/stat/nf_conntrack"), NEW).unwrap();
+        std::fs::write(d.join("proc/sys/net/netfilter/nf_conntrack_count"), "3\n").unwrap();
+        std::fs::write(d.join("proc/sys/net/netfilter/nf_conntrack_max"), "9\n").unwrap();
+        c.update().unwrap();
+        assert!(c.present());
+        assert_eq!(c.exported(), 16 * 2);
+    }
+
+    #[test]
+    fn malformed_files() {
+        let d = tmp("bad");
+        let mut c = setup(&d, Some(NEW), "0-1\n");
+        c.update().unwrap();
+        let before = points(&c);
+        let path = d.join("proc/net/stat/nf_conntrack");
+        for (text, want) in [
+            ("", "file is empty"),
+            ("entries found\n", "no CPU lines"),
+            (
+                "entries found\n00000001\n",
+                "1 values, but the header names 2",
+            ),
+            (
+                "entries found\n00000001 00000002 00000003\n",
+                "3 values, but the header names 2",
+            ),
+            (
+                "entries found\n00000001 0000zz02\n",
+                "column found: `0000zz02`",
+            ),
+            (
+                "entries found found\n00000001 00000002 00000003\n",
+                "found appears twice",
+            ),
+            ("entries f\u{1}und\n00000001 00000002\n", "not printable"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = c.update().unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(err.contains("nf_conntrack:"), "{err}");
+            assert_eq!(points(&c), before, "{text:?}");
+        }
+        std::fs::write(&path, NEW).unwrap();
+        std::fs::write(d.join("proc/sys/net/netfilter/nf_conntrack_count"), "x\n").unwrap();
+        let err = c.update().unwrap_err().to_string();
+        assert!(
+            err.contains("nf_conntrack_count") && err.contains("`x\n`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn parses_this_kernels_files() {
+        let mut c = ConntrackCollector::new(&ConntrackConfig::default()).unwrap();
+        c.update().unwrap();
+        // This machine's kernel has conntrack built in (see the toolchain notes).
+        assert!(c.present());
+        let p = points(&c);
+        assert!(stat(&p, "insert_failed", 0).is_some(), "{p:?}");
+        assert!(p.contains_key(&("retina.conntrack.limit".into(), String::new(), -1)));
+    }
+}

@@ -1,0 +1,696 @@
+//! The `qdisc` collector: statistics of every queueing discipline (`tc -s qdisc`) and of
+//! the classes of classful ones (`tc -s class`), over rtnetlink.
+//!
+//! # What a cycle asks the kernel
+//!
+//! One `RTM_GETQDISC` dump (every visible qdisc of the agent's network namespace: roots,
+//! children, `ingress`/`clsact`), then one `RTM_GETTCLASS` dump for each interface that has
+//! a qdisc with real classes (`htb`, `hfsc`, `prio`, `drr`, `ets`, `qfq`, `mqprio`, ...).
+//! The class dump is skipped for kinds listed in [`NO_CLASSES`]: classless ones, and those
+//! whose "classes" are flows (`fq_codel`, `sfq`) or duplicates of child qdiscs (`mq`,
+//! `tbf`). Replies are parsed in place out of one receive buffer kept across cycles; a
+//! known series is updated in place, so a steady cycle allocates nothing (attribute sets
+//! are built once, when a qdisc or class appears). Series of qdiscs and classes that a
+//! complete dump no longer reports are dropped.
+//!
+//! # Values
+//!
+//! From `TCA_STATS2`: `TCA_STATS_BASIC` (bytes, packets; `TCA_STATS_PKT64` when the kernel
+//! adds it for packet counts beyond 32 bits) and `TCA_STATS_QUEUE` (qlen, backlog, drops,
+//! requeues, overlimits). Without `TCA_STATS2`, the legacy `TCA_STATS` (no requeues: that
+//! series is then absent). A class that reports no statistics is not exported. The
+//! kernel's counters are the qdisc's own since it was created; a replaced qdisc starts
+//! from zero.
+//!
+//! # Attributes
+//!
+//! `network.interface.name`, `qdisc.kind` (`htb`, `tbf`, ...), `qdisc.handle` and
+//! `qdisc.parent` in tc's notation (`1:`, `1:10`, `root`, `ffff:fff1`), `qdisc.class`
+//! (`qdisc` or `class`).
+
+use std::{
+    io,
+    os::fd::{AsRawFd, OwnedFd, RawFd},
+    sync::Arc,
+};
+
+use opentelemetry::KeyValue;
+use serde::Deserialize;
+
+use crate::{
+    collectors::{CollectError, Collector},
+    links::{
+        self, INITIAL_BUF, LinkError, Links, MAX_ATTEMPTS, MAX_BUF, Malformed, NLM_F_DUMP_INTR,
+        NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP, NLMSG_OVERRUN, RECV_TIMEOUT, align4,
+        lossy_arc, lossy_eq, read_i32, read_u16, read_u32,
+    },
+    metrics::{Kind, Metric, Number, Visitor, attr},
+};
+
+mod msg;
+
+use msg::{RTM_GETQDISC, RTM_GETTCLASS, RTM_NEWQDISC, RTM_NEWTCLASS, TCMSG_LEN};
+pub use msg::{TcMsg, TcStats, classid, parse_tc, qdisc_handle};
+
+pub const QDISC_PACKETS: Metric = Metric {
+    name: "retina.qdisc.packets",
+    unit: "{packet}",
+    description: "Packets the qdisc or class sent (tc -s: Sent ... pkt)",
+    kind: Kind::Counter,
+};
+pub const QDISC_BYTES: Metric = Metric {
+    name: "retina.qdisc.bytes",
+    unit: "By",
+    description: "Bytes the qdisc or class sent",
+    kind: Kind::Counter,
+};
+pub const QDISC_DROPS: Metric = Metric {
+    name: "retina.qdisc.drops",
+    unit: "{packet}",
+    description: "Packets the qdisc or class dropped",
+    kind: Kind::Counter,
+};
+pub const QDISC_OVERLIMITS: Metric = Metric {
+    name: "retina.qdisc.overlimits",
+    unit: "{packet}",
+    description: "Times the qdisc or class was over its limit (rate, queue) for a packet",
+    kind: Kind::Counter,
+};
+pub const QDISC_REQUEUES: Metric = Metric {
+    name: "retina.qdisc.requeues",
+    unit: "{packet}",
+    description: "Packets put back in the queue because the device could not take them",
+    kind: Kind::Counter,
+};
+pub const QDISC_BACKLOG: Metric = Metric {
+    name: "retina.qdisc.backlog",
+    unit: "By",
+    description: "Bytes waiting in the qdisc or class",
+    kind: Kind::Gauge,
+};
+pub const QDISC_QLEN: Metric = Metric {
+    name: "retina.qdisc.qlen",
+    unit: "{packet}",
+    description: "Packets waiting in the qdisc or class",
+    kind: Kind::Gauge,
+};
+
+static METRICS: &[&Metric] = &[
+    &QDISC_PACKETS,
+    &QDISC_BYTES,
+    &QDISC_DROPS,
+    &QDISC_OVERLIMITS,
+    &QDISC_REQUEUES,
+    &QDISC_BACKLOG,
+    &QDISC_QLEN,
+];
+
+/// Attribute keys.
+pub const ATTR_KIND: &str = "qdisc.kind";
+pub const ATTR_HANDLE: &str = "qdisc.handle";
+pub const ATTR_PARENT: &str = "qdisc.parent";
+pub const ATTR_CLASS: &str = "qdisc.class";
+
+/// Qdisc kinds whose interfaces get no class dump: no classes, flows as classes, or classes
+/// that repeat a child qdisc's statistics.
+pub const NO_CLASSES: &[&str] = &[
+    "noqueue",
+    "noop",
+    "pfifo_fast",
+    "pfifo",
+    "bfifo",
+    "pfifo_head_drop",
+    "fq",
+    "fq_codel",
+    "fq_pie",
+    "sfq",
+    "cake",
+    "codel",
+    "pie",
+    "hhf",
+    "choke",
+    "sfb",
+    "red",
+    "tbf",
+    "netem",
+    "plug",
+    "skbprio",
+    "mq",
+    "ingress",
+    "clsact",
+];
+
+/// `[qdisc]` configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QdiscConfig {
+    /// Whether the collector runs (default `true`).
+    pub enabled: bool,
+    /// Whether classes of classful qdiscs are exported too (default `true`).
+    pub classes: bool,
+}
+
+impl Default for QdiscConfig {
+    fn default() -> Self {
+        QdiscConfig {
+            enabled: true,
+            classes: true,
+        }
+    }
+}
+
+/// Why the `qdisc` collector could not start or a cycle failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QdiscError {
+    #[error("qdisc collector: {0}")]
+    Socket(#[from] LinkError),
+    #[error("rtnetlink {op}: {source}")]
+    Io { op: &'static str, source: io::Error },
+    #[error("rtnetlink {op}: no reply within {timeout:?}")]
+    Timeout {
+        op: &'static str,
+        timeout: std::time::Duration,
+    },
+    #[error("rtnetlink {op}: kernel error: {source}")]
+    Kernel { op: &'static str, source: io::Error },
+    #[error("rtnetlink {op}: malformed reply (message at byte {offset}{}): {what}",
+        ifindex.map(|i| format!(", interface {i}")).unwrap_or_default())]
+    Malformed {
+        op: &'static str,
+        offset: usize,
+        ifindex: Option<u32>,
+        what: Malformed,
+    },
+    #[error("rtnetlink {op}: a {len}-byte datagram exceeds the {max}-byte buffer limit")]
+    TooLarge {
+        op: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("rtnetlink {op}: qdiscs kept changing during {attempts} dumps")]
+    Inconsistent { op: &'static str, attempts: u32 },
+}
+
+/// One exported qdisc or class.
+#[derive(Debug)]
+struct Series {
+    key: (u32, bool, u32, u32),
+    /// [`Link::instance`](crate::links::Link::instance) the attributes were built for.
+    instance: u64,
+    /// [`Links::generation`] when `instance` was last checked.
+    generation: u64,
+    kind: Arc<str>,
+    /// Not a kind of [`NO_CLASSES`].
+    classful: bool,
+    attrs: [KeyValue; 5],
+    stats: TcStats,
+    seen: u64,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Sorted by key (ifindex, is class, handle, parent).
+    series: Vec<Series>,
+    stamp: u64,
+    /// Interfaces with a classful qdisc, from this cycle's qdisc dump.
+    classful: Vec<u32>,
+    classes: bool,
+    /// Index of the series after the one last applied.
+    cursor: usize,
+}
+
+/// State of one dump while its datagrams arrive.
+struct Dump {
+    op: &'static str,
+    seq: u32,
+    portid: u32,
+    class: bool,
+    interrupted: bool,
+    error: Option<QdiscError>,
+}
+
+enum Step {
+    More,
+    Done,
+    Abort,
+}
+
+/// Qdisc and class statistics over rtnetlink.
+pub struct QdiscCollector {
+    sock: OwnedFd,
+    portid: u32,
+    seq: u32,
+    buf: Vec<u8>,
+    dirty: bool,
+    table: Table,
+}
+
+impl std::fmt::Debug for QdiscCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QdiscCollector")
+            .field("series", &self.table.series.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl QdiscCollector {
+    /// Opens an rtnetlink socket in the calling thread's network namespace.
+    pub fn new(config: &QdiscConfig) -> Result<QdiscCollector, QdiscError> {
+        let (sock, portid) = links::open_socket(0, 0)?;
+        Ok(QdiscCollector {
+            sock,
+            portid,
+            seq: 0,
+            buf: vec![0; INITIAL_BUF],
+            dirty: false,
+            table: Table {
+                classes: config.classes,
+                ..Table::default()
+            },
+        })
+    }
+
+    /// Number of qdiscs and classes exported.
+    pub fn exported(&self) -> usize {
+        self.table.series.len()
+    }
+
+    /// Dumps every qdisc, then the classes of interfaces with classful qdiscs.
+    pub fn update(&mut self, links: &Links) -> Result<(), QdiscError> {
+        let fd = self.sock.as_raw_fd();
+        if self.dirty {
+            links::drain(fd, &mut self.buf, None);
+            self.dirty = false;
+        }
+        self.table.stamp += 1;
+        self.table.cursor = 0;
+        self.table.classful.clear();
+        let mut complete = self.dump(links, RTM_GETQDISC, 0)?;
+        let mut i = 0;
+        while i < self.table.classful.len() {
+            let ifindex = self.table.classful[i];
+            complete &= self.dump(links, RTM_GETTCLASS, ifindex)?;
+            i += 1;
+        }
+        if complete {
+            let stamp = self.table.stamp;
+            self.table.series.retain(|s| s.seen == stamp);
+        }
+        Ok(())
+    }
+
+    /// One dump, retried while truncated or interrupted. `Ok(false)`: it never completed
+    /// (the series it did report are updated; none is removed).
+    fn dump(&mut self, links: &Links, ty: u16, ifindex: u32) -> Result<bool, QdiscError> {
+        let op = if ty == RTM_GETQDISC {
+            "RTM_GETQDISC dump"
+        } else {
+            "RTM_GETTCLASS dump"
+        };
+        let fd = self.sock.as_raw_fd();
+        for _ in 0..MAX_ATTEMPTS {
+            self.seq = self.seq.wrapping_add(1);
+            let mut body = [0u8; TCMSG_LEN];
+            body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+            links::send_dump_request(fd, ty, self.seq, &body)
+                .map_err(|source| QdiscError::Io { op, source })?;
+            let mut dump = Dump {
+                op,
+                seq: self.seq,
+                portid: self.portid,
+                class: ty == RTM_GETTCLASS,
+                interrupted: false,
+                error: None,
+            };
+            match self.receive(fd, links, &mut dump)? {
+                false => continue,
+                true if dump.interrupted => continue,
+                true => {}
+            }
+            return match dump.error {
+                Some(e) => Err(e),
+                None => Ok(true),
+            };
+        }
+        Err(QdiscError::Inconsistent {
+            op,
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Reads the replies of `dump`; `Ok(false)` when a datagram was cut (the buffer grew).
+    fn receive(&mut self, fd: RawFd, links: &Links, dump: &mut Dump) -> Result<bool, QdiscError> {
+        loop {
+            let n = match links::recv(fd, &mut self.buf, 0) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.dirty = true;
+                    return Err(if e.kind() == io::ErrorKind::WouldBlock {
+                        QdiscError::Timeout {
+                            op: dump.op,
+                            timeout: RECV_TIMEOUT,
+                        }
+                    } else {
+                        QdiscError::Io {
+                            op: dump.op,
+                            source: e,
+                        }
+                    });
+                }
+            };
+            if n > self.buf.len() {
+                links::drain(fd, &mut self.buf, Some(dump.seq));
+                if n > MAX_BUF {
+                    return Err(QdiscError::TooLarge {
+                        op: dump.op,
+                        len: n,
+                        max: MAX_BUF,
+                    });
+                }
+                self.buf
+                    .resize(n.next_power_of_two().clamp(INITIAL_BUF, MAX_BUF), 0);
+                return Ok(false);
+            }
+            match self.table.feed(links, dump, &self.buf[..n]) {
+                Step::More => {}
+                Step::Done => return Ok(true),
+                Step::Abort => {
+                    links::drain(fd, &mut self.buf, Some(dump.seq));
+                    return Ok(true);
+                }
+            }
+        }
+    }
+}
+
+impl Table {
+    fn feed(&mut self, links: &Links, dump: &mut Dump, data: &[u8]) -> Step {
+        let mut off = 0;
+        while off < data.len() {
+            let left = data.len() - off;
+            let len = if left >= NLMSG_HDRLEN {
+                read_u32(data, off) as usize
+            } else {
+                0
+            };
+            if len < NLMSG_HDRLEN || len > left {
+                dump.error.get_or_insert(QdiscError::Malformed {
+                    op: dump.op,
+                    offset: off,
+                    ifindex: None,
+                    what: if left < NLMSG_HDRLEN {
+                        Malformed::TrailingBytes { left }
+                    } else {
+                        Malformed::MessageLength {
+                            len: len as u32,
+                            avail: left,
+                        }
+                    },
+                });
+                return Step::Abort;
+            }
+            let ty = read_u16(data, off + 4);
+            let flags = read_u16(data, off + 6);
+            let seq = read_u32(data, off + 8);
+            let pid = read_u32(data, off + 12);
+            let payload = &data[off + NLMSG_HDRLEN..off + len];
+            let at = off;
+            off += align4(len);
+            if seq != dump.seq || pid != dump.portid {
+                continue;
+            }
+            if flags & NLM_F_DUMP_INTR != 0 {
+                dump.interrupted = true;
+            }
+            match ty {
+                NLMSG_NOOP => {}
+                NLMSG_DONE | NLMSG_ERROR => {
+                    let err = payload.get(..4).map_or(0, |b| read_i32(b, 0));
+                    if err < 0 {
+                        dump.error.get_or_insert(QdiscError::Kernel {
+                            op: dump.op,
+                            source: io::Error::from_raw_os_error(err.saturating_neg()),
+                        });
+                    }
+                    return Step::Done;
+                }
+                NLMSG_OVERRUN => {
+                    dump.error.get_or_insert(QdiscError::Kernel {
+                        op: dump.op,
+                        source: io::Error::from_raw_os_error(libc::ENOBUFS),
+                    });
+                    return Step::Abort;
+                }
+                RTM_NEWQDISC | RTM_NEWTCLASS if (ty == RTM_NEWTCLASS) == dump.class => {
+                    match parse_tc(payload) {
+                        Ok(msg) => self.apply(links, dump.class, &msg),
+                        Err((ifindex, what)) => {
+                            dump.error.get_or_insert(QdiscError::Malformed {
+                                op: dump.op,
+                                offset: at,
+                                ifindex,
+                                what,
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Step::More
+    }
+
+    fn apply(&mut self, links: &Links, class: bool, m: &TcMsg<'_>) {
+        let key = (m.ifindex, class, m.handle, m.parent);
+        // Fast path: dumps come in the same order every cycle, so the series after the
+        // last one applied is usually this one; its interface is known to be the same
+        // device while the link table's generation has not moved.
+        let found = match self.series.get(self.cursor) {
+            Some(s) if s.key == key => Ok(self.cursor),
+            _ => self.series.binary_search_by_key(&key, |s| s.key),
+        };
+        if let (Ok(i), Some(stats)) = (found, m.stats) {
+            let generation = links.generation();
+            let s = &mut self.series[i];
+            let same_kind = s.kind.as_bytes() == m.kind || lossy_eq(m.kind, &s.kind);
+            let same_link = s.generation == generation
+                || links
+                    .get(m.ifindex)
+                    .is_some_and(|l| l.instance == s.instance);
+            if same_kind && same_link {
+                s.generation = generation;
+                s.stats = stats;
+                s.seen = self.stamp;
+                let classful = s.classful;
+                self.cursor = i + 1;
+                self.note_classful(class, classful, m.ifindex);
+                return;
+            }
+        }
+        let classful = !NO_CLASSES.iter().any(|k| k.as_bytes() == m.kind);
+        self.note_classful(class, classful, m.ifindex);
+        let Some(stats) = m.stats else { return };
+        // An interface the link table does not know yet is picked up next cycle.
+        let Some(link) = links.get(m.ifindex) else {
+            return;
+        };
+        let kind = lossy_arc(m.kind);
+        let handle = if class {
+            classid(m.handle)
+        } else {
+            qdisc_handle(m.handle)
+        };
+        let s = Series {
+            key,
+            instance: link.instance,
+            generation: links.generation(),
+            attrs: [
+                KeyValue::new(attr::INTERFACE_NAME, link.name.clone()),
+                KeyValue::new(ATTR_KIND, kind.clone()),
+                KeyValue::new(ATTR_HANDLE, handle),
+                KeyValue::new(ATTR_PARENT, classid(m.parent)),
+                KeyValue::new(ATTR_CLASS, if class { "class" } else { "qdisc" }),
+            ],
+            kind,
+            classful,
+            stats,
+            seen: self.stamp,
+        };
+        let i = match found {
+            Ok(i) => {
+                self.series[i] = s;
+                i
+            }
+            Err(i) => {
+                self.series.insert(i, s);
+                i
+            }
+        };
+        self.cursor = i + 1;
+    }
+
+    /// Remembers that the interface of a qdisc of a classful kind needs a class dump.
+    fn note_classful(&mut self, class: bool, classful: bool, ifindex: u32) {
+        if !class && classful && self.classes && self.classful.last() != Some(&ifindex) {
+            self.classful.push(ifindex);
+        }
+    }
+}
+
+impl Collector for QdiscCollector {
+    fn name(&self) -> &'static str {
+        "qdisc"
+    }
+
+    fn metrics(&self) -> &'static [&'static Metric] {
+        METRICS
+    }
+
+    fn collect(&mut self, links: &Links) -> Result<(), CollectError> {
+        Ok(self.update(links)?)
+    }
+
+    fn visit(&self, visitor: &mut dyn Visitor) {
+        for s in &self.table.series {
+            let (a, st) = (&s.attrs[..], &s.stats);
+            visitor.point(&QDISC_PACKETS, a, Number::U64(st.packets));
+            visitor.point(&QDISC_BYTES, a, Number::U64(st.bytes));
+            visitor.point(&QDISC_DROPS, a, Number::U64(st.drops));
+            visitor.point(&QDISC_OVERLIMITS, a, Number::U64(st.overlimits));
+            if let Some(r) = st.requeues {
+                visitor.point(&QDISC_REQUEUES, a, Number::U64(r));
+            }
+            visitor.point(&QDISC_BACKLOG, a, Number::U64(st.backlog));
+            visitor.point(&QDISC_QLEN, a, Number::U64(st.qlen));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        msg::{TC_H_ROOT, TCA_KIND, TCA_STATS_BASIC, TCA_STATS_QUEUE, TCA_STATS2, build::*},
+        *,
+    };
+
+    /// One netlink message of type `ty` around `payload`.
+    fn nlmsg(out: &mut Vec<u8>, ty: u16, seq: u32, payload: &[u8]) {
+        let len = NLMSG_HDRLEN + payload.len();
+        out.extend_from_slice(&(len as u32).to_ne_bytes());
+        out.extend_from_slice(&ty.to_ne_bytes());
+        out.extend_from_slice(&0u16.to_ne_bytes());
+        out.extend_from_slice(&seq.to_ne_bytes());
+        out.extend_from_slice(&7u32.to_ne_bytes());
+        out.extend_from_slice(payload);
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+    }
+
+    fn qdisc_msg(ifindex: i32, handle: u32, parent: u32, kind: &[u8], drops: u32) -> Vec<u8> {
+        let mut p = tcmsg(ifindex, handle, parent);
+        nla(&mut p, TCA_KIND, kind);
+        let mut nested = Vec::new();
+        nla(&mut nested, TCA_STATS_BASIC, &basic(100, 10));
+        nla(&mut nested, TCA_STATS_QUEUE, &queue([0, 0, drops, 0, 0]));
+        nla(&mut p, TCA_STATS2, &nested);
+        p
+    }
+
+    fn feed(t: &mut Table, links: &Links, seq: u32, msgs: &[Vec<u8>]) -> bool {
+        let mut data = Vec::new();
+        for m in msgs {
+            nlmsg(&mut data, RTM_NEWQDISC, seq, m);
+        }
+        nlmsg(&mut data, NLMSG_DONE, seq, &0i32.to_ne_bytes());
+        let mut dump = Dump {
+            op: "test",
+            seq,
+            portid: 7,
+            class: false,
+            interrupted: false,
+            error: None,
+        };
+        t.stamp += 1;
+        t.cursor = 0;
+        t.classful.clear();
+        let done = matches!(t.feed(links, &mut dump, &data), Step::Done);
+        done && dump.error.is_none()
+    }
+
+    #[test]
+    fn series_are_updated_in_place_and_rebuilt_on_change() {
+        let mut links = Links::from_links([
+            crate::links::Link::new(2, "eth0"),
+            crate::links::Link::new(3, "veth1"),
+        ]);
+        let mut t = Table {
+            classes: true,
+            ..Table::default()
+        };
+        let msgs = |drops| {
+            vec![
+                qdisc_msg(2, 0x10000, TC_H_ROOT, b"htb\0", drops),
+                qdisc_msg(2, 0x100000, 0x10010, b"pfifo\0", drops),
+                qdisc_msg(3, 0, TC_H_ROOT, b"noqueue\0", 0),
+                // An interface the link table does not know: skipped.
+                qdisc_msg(9, 0, TC_H_ROOT, b"noqueue\0", 0),
+            ]
+        };
+        assert!(feed(&mut t, &links, 1, &msgs(1)));
+        assert_eq!(t.series.len(), 3);
+        assert_eq!(t.classful, [2]);
+        let attrs_ptr = t.series[0].attrs.as_ptr();
+        let handle = t.series[1].attrs[2].value.to_string();
+        assert_eq!(handle, "10:");
+        assert_eq!(t.series[1].attrs[3].value.to_string(), "1:10");
+        assert!(feed(&mut t, &links, 2, &msgs(5)));
+        assert_eq!(t.series[0].stats.drops, 5);
+        assert_eq!(
+            t.series[0].attrs.as_ptr(),
+            attrs_ptr,
+            "rebuilt without a change"
+        );
+        assert!(t.series.iter().all(|s| s.seen == t.stamp));
+        // The root qdisc replaced by another kind, and eth0 renamed: rebuilt.
+        links.upsert(crate::links::Link::new(2, "wan0"));
+        let mut m = msgs(0);
+        m[0] = qdisc_msg(2, 0x10000, TC_H_ROOT, b"prio\0", 0);
+        assert!(feed(&mut t, &links, 3, &m));
+        assert_eq!(t.series[0].attrs[1].value.to_string(), "prio");
+        assert_eq!(t.series[0].attrs[0].value.to_string(), "wan0");
+        assert_eq!(t.series[1].attrs[0].value.to_string(), "wan0");
+        // A reply to another request is ignored; a malformed message is an error.
+        let mut data = Vec::new();
+        nlmsg(
+            &mut data,
+            RTM_NEWQDISC,
+            99,
+            &qdisc_msg(2, 0x20000, TC_H_ROOT, b"tbf\0", 0),
+        );
+        nlmsg(&mut data, RTM_NEWQDISC, 4, &[0; 8]);
+        nlmsg(&mut data, NLMSG_DONE, 4, &0i32.to_ne_bytes());
+        let mut dump = Dump {
+            op: "RTM_GETQDISC dump",
+            seq: 4,
+            portid: 7,
+            class: false,
+            interrupted: false,
+            error: None,
+        };
+        assert!(matches!(t.feed(&links, &mut dump, &data), Step::Done));
+        let err = dump.error.expect("malformed message").to_string();
+        assert!(
+            err.contains("RTM_GETQDISC dump") && err.contains("shorter"),
+            "{err}"
+        );
+        assert_eq!(t.series.len(), 3);
+    }
+
+    #[test]
+    fn config_defaults() {
+        let c = QdiscConfig::default();
+        assert!(c.enabled && c.classes);
+        assert!(serde_json::from_str::<QdiscConfig>(r#"{"class": true}"#).is_err());
+    }
+}
