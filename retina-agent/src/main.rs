@@ -110,7 +110,10 @@ fn agent_options(cli: &Cli, config: &Config) -> AgentOptions {
         drops: ProbeOptions {
             max_entries: config.drops.map_entries,
             hook: cli.drop_hook,
+            locations: config.drops.locations
+                || matches!(&cli.command, Command::Snapshot(s) if s.locations),
         },
+        drop_locations_capacity: config.drops.locations_capacity,
         btf_path: cli.btf.clone(),
         ethtool: config.ethtool.clone(),
         netdev: config.netdev.clone(),
