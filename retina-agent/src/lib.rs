@@ -13,6 +13,7 @@ pub mod ebpf_log;
 pub mod export;
 pub mod filter;
 pub mod links;
+pub mod losses;
 pub mod memory;
 pub mod metrics;
 pub mod netns;

@@ -10,6 +10,7 @@ use retina_agent::{
     config::{self, Config, ConfigError, LogConfig, LogFormat, Overrides},
     daemon,
     drops::{probe::ProbeOptions, reasons::DropReasons},
+    losses,
     snapshot::{self, Format},
 };
 
@@ -244,7 +245,11 @@ async fn snapshot_command(options: &AgentOptions, args: &SnapshotArgs) -> Result
             "{}\n",
             snapshot::render_json(&points, (!args.cumulative).then_some(window), &agent)
         ))?,
-        Format::Table => emit(&snapshot::render_table(&points))?,
+        Format::Table => emit(&format!(
+            "{}\n{}",
+            snapshot::render_table(&points),
+            losses::render(&losses::rows(&points))
+        ))?,
     }
     Ok(code)
 }
