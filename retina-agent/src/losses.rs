@@ -180,6 +180,8 @@ pub static RULES: &[Rule] = &[
         by: &[
             ("function", &[attr::DROP_LOCATION]),
             ("reason", &[attr::DROP_REASON]),
+            IFACE,
+            NETNS,
         ],
         note: "",
     },
@@ -409,7 +411,7 @@ mod tests {
                 1005,
                 "stack location",
                 "retina.drop.count",
-                "function=__udp4_lib_rcv reason=NO_SOCKET".into(),
+                "function=__udp4_lib_rcv reason=NO_SOCKET if=lo netns=a".into(),
             ),
             (
                 770,

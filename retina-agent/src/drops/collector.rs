@@ -1,7 +1,7 @@
 //! The `drops` collector: reads the probe's maps and keeps one series per drop key.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -289,6 +289,7 @@ impl DropCollector {
         // The kernel keys behind the dead series: the same keys, or with locations every
         // key whose address is in the series' function.
         let kernel_keys: Vec<DropKey> = if self.locations.is_some() {
+            let dead: HashSet<&DropKey> = dead.iter().collect();
             self.probe
                 .keys()
                 .filter(|k| {
