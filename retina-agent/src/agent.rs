@@ -15,6 +15,8 @@ use crate::{
     },
     drops::{
         DropCollector,
+        kallsyms::Kallsyms,
+        locations::Locations,
         probe::{DropProbe, ProbeOptions},
         reasons::DropReasons,
     },
@@ -51,6 +53,8 @@ pub struct AgentOptions {
     /// Whether to load the kernel drop probe.
     pub drops_enabled: bool,
     pub drops: ProbeOptions,
+    /// With `drops.locations`: how many distinct kernel functions `drop.location` names.
+    pub drop_locations_capacity: u32,
     /// Override of the BTF file (tests and diagnostics); default `/sys/kernel/btf/vmlinux`.
     pub btf_path: Option<std::path::PathBuf>,
     pub ethtool: EthtoolConfig,
@@ -66,6 +70,7 @@ impl Default for AgentOptions {
         AgentOptions {
             drops_enabled: true,
             drops: ProbeOptions::default(),
+            drop_locations_capacity: crate::drops::locations::DEFAULT_CAPACITY,
             btf_path: None,
             ethtool: EthtoolConfig::default(),
             netdev: NetdevConfig::default(),
@@ -107,7 +112,26 @@ impl Agent {
             degraded: Vec::new(),
         };
         if options.drops_enabled {
-            match Self::drop_collector(options) {
+            let mut options = options.clone();
+            // The symbol table first: without it the probe is loaded without locations.
+            let symbols = match options.drops.locations {
+                false => None,
+                true => match Kallsyms::load() {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        agent.degraded.push(Degraded {
+                            collector: "drops.locations",
+                            reason: format!("drop locations off: {e}"),
+                        });
+                        options.drops.locations = false;
+                        None
+                    }
+                },
+            };
+            match Self::drop_collector(&options).map(|c| match symbols {
+                Some(k) => c.with_locations(Locations::new(k, options.drop_locations_capacity)),
+                None => c,
+            }) {
                 Ok(c) => agent.push(Box::new(c)),
                 Err(reason) => agent.degraded.push(Degraded {
                     collector: "drops",

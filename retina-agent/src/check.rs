@@ -429,6 +429,7 @@ fn probe(btf: &Btf, map_entries: u32, hook: crate::drops::probe::Hook) -> Check 
     let options = ProbeOptions {
         max_entries: map_entries,
         hook,
+        ..ProbeOptions::default()
     };
     match DropProbe::load(btf, &options) {
         Ok(probe) => {

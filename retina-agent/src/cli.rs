@@ -160,6 +160,10 @@ pub struct SnapshotArgs {
     /// Print the kernel's running totals instead of the window's changes.
     #[arg(long)]
     pub cumulative: bool,
+    /// Name the kernel function that freed each dropped packet (`drop.location`), for this
+    /// look only [config: drops.locations].
+    #[arg(long)]
+    pub locations: bool,
     /// After CMD exits, wait this long for packets it sent to be processed (softirq).
     #[arg(long, value_parser = parse_duration, default_value = "200ms")]
     pub settle: Duration,

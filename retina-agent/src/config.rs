@@ -128,6 +128,11 @@ pub struct DropsConfig {
     /// Capacity of the kernel drop map (distinct reason/namespace/interface/protocol keys);
     /// drops beyond it are counted in `retina.drop.overflow.*`.
     pub map_entries: u32,
+    /// Add `drop.location` (the kernel function that freed the packet) to the drop series.
+    pub locations: bool,
+    /// With `locations`: distinct functions named; drops elsewhere go without
+    /// `drop.location` and are counted in `retina.drop.location.overflow`.
+    pub locations_capacity: u32,
 }
 
 impl Default for DropsConfig {
@@ -135,6 +140,8 @@ impl Default for DropsConfig {
         DropsConfig {
             enabled: true,
             map_entries: retina_ebpf_common::DEFAULT_DROPS_MAX_ENTRIES,
+            locations: false,
+            locations_capacity: crate::drops::locations::DEFAULT_CAPACITY,
         }
     }
 }
@@ -428,6 +435,12 @@ fn validate(config: &Config) -> Result<(), Violation> {
     if config.drops.map_entries == 0 {
         return Err((
             vec![Key("drops"), Key("map_entries")],
+            "must be at least 1".into(),
+        ));
+    }
+    if config.drops.locations_capacity == 0 {
+        return Err((
+            vec![Key("drops"), Key("locations_capacity")],
             "must be at least 1".into(),
         ));
     }

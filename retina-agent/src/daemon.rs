@@ -7,19 +7,15 @@
 //! [`SHUTDOWN_BUDGET`], then the agent is dropped (the eBPF program detached) and `run`
 //! returns.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use opentelemetry::KeyValue;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     agent::Agent,
-    drops::collector::DROP_COUNT,
     export::{ConfigError, ExportConfig, ExportError, Exporters, PrometheusConfig, SharedAgent},
-    metrics::{Metric, Number, attr},
+    losses,
+    snapshot::{self, Point},
 };
 
 /// Time the final collection and export may take after a shutdown signal.
@@ -38,7 +34,7 @@ pub enum DaemonError {
 pub struct DaemonSettings {
     /// How often to collect and export.
     pub interval: Duration,
-    /// Print new drops to stdout every interval.
+    /// Print what was lost since the previous interval ("where packets died") to stdout.
     pub summary: bool,
     /// OTLP export.
     pub export: ExportConfig,
@@ -76,7 +72,7 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
     let agent = SharedAgent::new(agent);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut last: Option<Vec<Point>> = None;
     // The first tick is immediate: the first cycle runs before the exporters start, so
     // they are sized from real series.
     ticker.tick().await;
@@ -114,7 +110,7 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
 }
 
 /// One collection cycle, then the terminal summary if asked for.
-fn cycle(agent: &SharedAgent, summary: bool, last: &mut HashMap<String, u64>) {
+fn cycle(agent: &SharedAgent, summary: bool, last: &mut Option<Vec<Point>>) {
     let mut guard = agent.lock();
     if let Some(agent) = guard.as_mut() {
         agent.cycle();
@@ -124,49 +120,17 @@ fn cycle(agent: &SharedAgent, summary: bool, last: &mut HashMap<String, u64>) {
     }
 }
 
-/// Prints drops by reason and interface that happened since the previous cycle. This is
-/// the human view for a terminal, not the export path, so it may allocate.
-fn print_summary(agent: &Agent, last: &mut HashMap<String, u64>) {
-    let mut lines = Vec::new();
-    agent.visit(
-        &mut |metric: &'static Metric, attrs: &[KeyValue], value: Number| {
-            if metric != &DROP_COUNT {
-                return;
-            }
-            let Number::U64(total) = value else { return };
-            let get = |k: &str| {
-                attrs
-                    .iter()
-                    .find(|kv| kv.key.as_str() == k)
-                    .map(|kv| kv.value.as_str().into_owned())
-            };
-            let reason = get(attr::DROP_REASON).unwrap_or_default();
-            let iface = get(attr::INTERFACE_NAME)
-                .or_else(|| get(attr::INTERFACE_INDEX).map(|i| format!("ifindex {i}")))
-                .unwrap_or_else(|| "-".into());
-            let ns = get(attr::NETNS_NAME)
-                .or_else(|| get(attr::NETNS_INODE))
-                .unwrap_or_default();
-            let key = format!(
-                "{reason}\u{1f}{iface}\u{1f}{ns}\u{1f}{}",
-                get(attr::NETWORK_TYPE).unwrap_or_default()
-            );
-            let prev = last.insert(key, total).unwrap_or(0);
-            if total > prev {
-                lines.push((total - prev, reason, iface, ns));
-            }
-        },
-    );
-    if lines.is_empty() {
+/// Prints the "where packets died" view of what was lost since the previous cycle (the
+/// first cycle only takes the baseline: interface and NIC counters run since boot). This
+/// is the human view for a terminal, not the export path, so it may allocate.
+fn print_summary(agent: &Agent, last: &mut Option<Vec<Point>>) {
+    let now = snapshot::capture_matching(agent, |m| losses::reads(m.name));
+    let Some(before) = last.replace(now.clone()) else {
+        return;
+    };
+    let rows = losses::rows(&snapshot::deltas(&before, now));
+    if rows.is_empty() {
         return;
     }
-    lines.sort_by_key(|l| std::cmp::Reverse(l.0));
-    println!(
-        "{:>10}  {:<32} {:<16} NETNS",
-        "DROPS", "REASON", "INTERFACE"
-    );
-    for (n, reason, iface, ns) in lines {
-        println!("{n:>10}  {reason:<32} {iface:<16} {ns}");
-    }
-    println!();
+    println!("{}", losses::render(&rows));
 }

@@ -14,6 +14,7 @@ pub mod export;
 pub mod filter;
 pub mod generate;
 pub mod links;
+pub mod losses;
 pub mod memory;
 pub mod metrics;
 pub mod netns;

@@ -11,6 +11,7 @@ use retina_agent::{
     daemon,
     drops::{probe::ProbeOptions, reasons::DropReasons},
     generate,
+    losses,
     snapshot::{self, Format},
 };
 
@@ -145,7 +146,10 @@ fn agent_options(cli: &Cli, config: &Config) -> AgentOptions {
         drops: ProbeOptions {
             max_entries: config.drops.map_entries,
             hook: cli.drop_hook,
+            locations: config.drops.locations
+                || matches!(&cli.command, Command::Snapshot(s) if s.locations),
         },
+        drop_locations_capacity: config.drops.locations_capacity,
         btf_path: cli.btf.clone(),
         ethtool: config.ethtool.clone(),
         netdev: config.netdev.clone(),
@@ -279,7 +283,11 @@ async fn snapshot_command(options: &AgentOptions, args: &SnapshotArgs) -> Result
             "{}\n",
             snapshot::render_json(&points, (!args.cumulative).then_some(window), &agent)
         ))?,
-        Format::Table => emit(&snapshot::render_table(&points))?,
+        Format::Table => emit(&format!(
+            "{}\n{}",
+            snapshot::render_table(&points),
+            losses::render(&losses::rows(&points))
+        ))?,
     }
     Ok(code)
 }

@@ -76,4 +76,5 @@ pub mod attr {
     pub const NETNS_INODE: &str = "network.namespace.inode";
     pub const NETNS_NAME: &str = "network.namespace.name";
     pub const DROP_REASON: &str = "drop.reason";
+    pub const DROP_LOCATION: &str = "drop.location";
 }

@@ -35,9 +35,17 @@ fn json_value(v: &Value) -> Json {
 
 /// Every data point the agent holds right now.
 pub fn capture(agent: &Agent) -> Vec<Point> {
+    capture_matching(agent, |_| true)
+}
+
+/// The data points of the metrics `keep` accepts.
+pub fn capture_matching(agent: &Agent, keep: impl Fn(&Metric) -> bool) -> Vec<Point> {
     let mut points = Vec::new();
     agent.visit(
         &mut |metric: &'static Metric, attrs: &[KeyValue], value: Number| {
+            if !keep(metric) {
+                return;
+            }
             let mut attributes: Vec<(String, Json)> = attrs
                 .iter()
                 .map(|kv| (kv.key.as_str().to_string(), json_value(&kv.value)))

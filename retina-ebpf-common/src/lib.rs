@@ -44,12 +44,19 @@ pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// The read-only global holding the bit mask of `enum skb_drop_reason` values that are not
 /// drops (`SKB_NOT_DROPPED_YET`, `SKB_CONSUMED`), which the loader reads from kernel BTF.
 pub const NOT_DROP_REASONS_GLOBAL: &str = "NOT_DROP_REASONS";
+/// The read-only global (`u32`) saying whether the program puts the drop location (the
+/// tracepoint's `location` argument) into [`DropKey::location`]: 1 yes, 0 no (the default;
+/// the key's `location` stays 0 and the verifier removes the code that would read it).
+pub const LOCATIONS_GLOBAL: &str = "LOCATIONS";
 /// Default capacity of [`DROPS_MAP`]; the loader may change it.
 pub const DEFAULT_DROPS_MAX_ENTRIES: u32 = 16384;
 
 /// Index of the `reason` argument in `TP_PROTO(struct sk_buff *skb, void *location,
 /// enum skb_drop_reason reason, ...)`, the same on every kernel since 5.17.
 pub const REASON_ARG: usize = 2;
+/// Index of the `location` argument (the return address into the function that freed the
+/// packet), the same on every kernel.
+pub const LOCATION_ARG: usize = 1;
 
 /// What one counted drop is aggregated by.
 #[repr(C)]
@@ -64,6 +71,10 @@ pub struct DropKey {
     pub netns: u32,
     /// `skb->protocol` (the L3 EtherType) in host byte order.
     pub protocol: u32,
+    /// The kernel address the packet was freed from (the tracepoint's `location`: a return
+    /// address inside the function that dropped it) when the loader enabled locations
+    /// ([`LOCATIONS_GLOBAL`]); 0 otherwise.
+    pub location: u64,
 }
 
 /// One entry of the per-CPU key-to-slot cache. Valid when `epoch` equals the current
@@ -144,8 +155,8 @@ mod user {
 }
 
 // Padding-free layouts: a size that is the sum of the fields proves there is no padding.
-const _: () = assert!(core::mem::size_of::<DropKey>() == 16);
+const _: () = assert!(core::mem::size_of::<DropKey>() == 4 * 4 + 8);
 const _: () = assert!(core::mem::size_of::<DropValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 9 * 4);
-const _: () = assert!(core::mem::size_of::<CacheEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<CacheEntry>() == 24 + 2 * 4);
 const _: () = assert!(CACHE_ENTRIES.is_power_of_two());

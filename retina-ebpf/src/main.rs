@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use retina_ebpf_common::{
-    CACHE_ENTRIES, CacheEntry, DEFAULT_DROPS_MAX_ENTRIES, DropKey, DropValue, OFFSETS_HAS_NETNS,
-    OFFSETS_VALID, Offsets, REASON_ARG,
+    CACHE_ENTRIES, CacheEntry, DEFAULT_DROPS_MAX_ENTRIES, DropKey, DropValue, LOCATION_ARG,
+    OFFSETS_HAS_NETNS, OFFSETS_VALID, Offsets, REASON_ARG,
 };
 
 /// Filled in by the loader from kernel BTF (read-only data, constant once loaded).
@@ -74,6 +74,13 @@ static DROP_OVERFLOW: PerCpuArray<DropValue> = PerCpuArray::with_max_entries(1, 
 #[unsafe(no_mangle)]
 static NOT_DROP_REASONS: u32 = 0;
 
+/// 1: put the tracepoint's `location` into the key (`drops.locations`); 0: leave it 0.
+/// Set by the loader (read-only data, constant once loaded), so with the default 0 the
+/// verifier sees the branch that reads it as dead and removes it: the default path costs
+/// nothing extra.
+#[unsafe(no_mangle)]
+static LOCATIONS: u32 = 0;
+
 const BPF_NOEXIST: u64 = 1;
 const BPF_F_MMAPABLE: u32 = 1024;
 const EEXIST: i32 = 17;
@@ -81,7 +88,9 @@ const EEXIST: i32 = 17;
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     // A failed kernel read only loses the attributes it would have given; never the count.
-    try_kfree_skb::<ProbeRead, _>(&ctx, ctx.arg(0), ctx.arg::<u64>(REASON_ARG));
+    try_kfree_skb::<ProbeRead, _>(&ctx, ctx.arg(0), ctx.arg::<u64>(REASON_ARG), || {
+        ctx.arg(LOCATION_ARG)
+    });
     0
 }
 
@@ -92,7 +101,9 @@ pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
 /// constants, so each load is checked against the kernel's BTF like `skb->dev` would be.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
-    try_kfree_skb::<DirectLoad, _>(&ctx, ctx.arg(0), ctx.arg::<u64>(REASON_ARG));
+    try_kfree_skb::<DirectLoad, _>(&ctx, ctx.arg(0), ctx.arg::<u64>(REASON_ARG), || {
+        ctx.arg(LOCATION_ARG)
+    });
     0
 }
 
@@ -149,7 +160,12 @@ fn netns_inum<K: Kernel>(net_holder: u64, net_offset: u32) -> u32 {
 }
 
 #[inline(always)]
-fn try_kfree_skb<K: Kernel, C: EbpfContext>(ctx: &C, skb: u64, reason: u64) {
+fn try_kfree_skb<K: Kernel, C: EbpfContext>(
+    ctx: &C,
+    skb: u64,
+    reason: u64,
+    location: impl FnOnce() -> u64,
+) {
     if offset!(flags) & OFFSETS_VALID == 0 {
         return;
     }
@@ -173,11 +189,18 @@ fn try_kfree_skb<K: Kernel, C: EbpfContext>(ctx: &C, skb: u64, reason: u64) {
     let protocol = u16::from_be(K::read::<u16>(skb, offset!(skb_protocol)).unwrap_or(0));
     let len = K::read::<u32>(skb, offset!(skb_len)).unwrap_or(0) as u64;
 
+    // SAFETY: as for OFFSETS.
+    let location = if unsafe { core::ptr::read_volatile(&LOCATIONS) } != 0 {
+        location()
+    } else {
+        0
+    };
     let key = DropKey {
         reason,
         ifindex,
         netns,
         protocol: protocol as u32,
+        location,
     };
     match slot(&key).and_then(count_of) {
         Some(value) => {
@@ -215,8 +238,13 @@ fn slot(key: &DropKey) -> Option<u32> {
     // Read before `DROPS`, so a mapping cached from a lookup that raced with a removal by
     // user space carries the old epoch and is never used.
     let epoch = DROP_EPOCH.get(0).copied().unwrap_or(0);
-    let h = (key.reason ^ key.ifindex.rotate_left(8) ^ key.netns.rotate_left(16) ^ key.protocol)
-        .wrapping_mul(0x9e37_79b1);
+    let location = (key.location ^ (key.location >> 32)) as u32;
+    let h = (key.reason
+        ^ key.ifindex.rotate_left(8)
+        ^ key.netns.rotate_left(16)
+        ^ key.protocol
+        ^ location.rotate_left(24))
+    .wrapping_mul(0x9e37_79b1);
     let entry = DROP_CACHE.get_ptr_mut(h >> (32 - CACHE_ENTRIES.trailing_zeros()))?;
     // SAFETY: this CPU's cache entry, as in `try_kfree_skb`.
     let entry = unsafe { &mut *entry };

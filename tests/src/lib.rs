@@ -416,3 +416,54 @@ pub fn xtask(args: &[&str]) -> Result<Output> {
     );
     Ok(out)
 }
+
+/// Wires `veth` with its host end in the host namespace and its peer in `ns`: addresses
+/// 10.232.`subnet`.1/24 (host) and .2 (peer), IPv6 off and permanent neighbour entries on
+/// both ends, so that no ARP or IPv6 chatter mixes with test traffic. Returns the two
+/// addresses.
+pub fn wire_host_to(veth: &mut Veth, ns: &NetNs, subnet: u8) -> Result<(String, String)> {
+    veth.move_peer(ns)?;
+    let (host_ip, peer_ip) = (format!("10.232.{subnet}.1"), format!("10.232.{subnet}.2"));
+    let (h, p) = (veth.host.clone(), veth.peer.clone());
+    run(
+        "sysctl",
+        ["-qw", &format!("net.ipv6.conf.{h}.disable_ipv6=1")],
+    )?;
+    ns.exec(
+        "sysctl",
+        &["-qw", &format!("net.ipv6.conf.{p}.disable_ipv6=1")],
+    )?;
+    ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &h])?;
+    ns.exec("ip", &["addr", "add", &format!("{peer_ip}/24"), "dev", &p])?;
+    ip(&["link", "set", &h, "up"])?;
+    ns.exec("ip", &["link", "set", &p, "up"])?;
+    let host_mac = std::fs::read_to_string(format!("/sys/class/net/{h}/address"))?;
+    let peer_mac = ns.exec("cat", &[&format!("/sys/class/net/{p}/address")])?;
+    let peer_mac = String::from_utf8(peer_mac.stdout)?;
+    let perm = |addr: &str, mac: &str, dev: &str| {
+        [
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac.trim(),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]
+        .map(str::to_string)
+    };
+    ip(&perm(&peer_ip, &peer_mac, &h)
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>())?;
+    ns.exec(
+        "ip",
+        &perm(&host_ip, &host_mac, &p)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )?;
+    Ok((host_ip, peer_ip))
+}

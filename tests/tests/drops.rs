@@ -662,26 +662,39 @@ fn assert_series_leave_with(
     );
 }
 
+/// Also with drop locations on, where one series sums the keys of one function.
 #[test]
 fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
-    use retina_agent::agent::{Agent, AgentOptions};
-    require_root();
-    let mut agent = Agent::new(&AgentOptions::default())?;
-    assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
-    let ns = NetNs::new("rdel")?;
-    let mut veth = Veth::new("rd")?;
-    veth.move_peer(&ns)?;
-    let (host_ip, _) = wire(&veth, None, &ns, 3)?;
-    let host_if = veth.host.clone();
-    agent.cycle();
-    ns.exec(&traffic(), &["udp", &format!("{host_ip}:9"), "40", "32"])?;
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let ours = |attrs: &[opentelemetry::KeyValue]| {
-        attrs.iter().any(|kv| {
-            kv.key.as_str() == "network.interface.name" && kv.value.as_str() == host_if.as_str()
-        })
+    use retina_agent::{
+        agent::{Agent, AgentOptions},
+        drops::probe::ProbeOptions,
     };
-    assert_series_leave_with(&mut agent, veth, &ours, 40);
+    require_root();
+    for locations in [false, true] {
+        let options = AgentOptions {
+            drops: ProbeOptions {
+                locations,
+                ..ProbeOptions::default()
+            },
+            ..AgentOptions::default()
+        };
+        let mut agent = Agent::new(&options)?;
+        assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
+        let ns = NetNs::new("rdel")?;
+        let mut veth = Veth::new("rd")?;
+        veth.move_peer(&ns)?;
+        let (host_ip, _) = wire(&veth, None, &ns, 3)?;
+        let host_if = veth.host.clone();
+        agent.cycle();
+        ns.exec(&traffic(), &["udp", &format!("{host_ip}:9"), "40", "32"])?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let ours = |attrs: &[opentelemetry::KeyValue]| {
+            attrs.iter().any(|kv| {
+                kv.key.as_str() == "network.interface.name" && kv.value.as_str() == host_if.as_str()
+            }) && attrs.iter().any(|kv| kv.key.as_str() == "drop.location") == locations
+        };
+        assert_series_leave_with(&mut agent, veth, &ours, 40);
+    }
     Ok(())
 }
 

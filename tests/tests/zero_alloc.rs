@@ -6,7 +6,9 @@
 //! link-state worker — allocate freely). 16 veth pairs are created, a few warm-up cycles
 //! size every buffer, then 1000 cycles must allocate exactly nothing.
 //!
-//! To cover another collector, add one line to `collectors()`.
+//! To cover another collector, add one line to `collectors()`. The drop collector runs with
+//! drop locations on (the path with more work per key), while a child process keeps
+//! dropping datagrams of one key, so its values change every cycle.
 
 use anyhow::Result;
 use retina_agent::{
@@ -39,7 +41,39 @@ fn collectors() -> Result<Vec<Box<dyn Collector>>> {
         Box::new(SoftnetCollector::new(&SoftnetConfig::default())?),
         Box::new(QdiscCollector::new(&QdiscConfig::default())?),
         Box::new(ConntrackCollector::new(&ConntrackConfig::default())?),
+        Box::new(drops_with_locations()?),
     ])
+}
+
+/// The drop collector as `drops.locations = true` builds it.
+fn drops_with_locations() -> Result<retina_agent::drops::DropCollector> {
+    use retina_agent::drops::{
+        DropCollector,
+        kallsyms::Kallsyms,
+        locations::{DEFAULT_CAPACITY, Locations},
+        probe::{DropProbe, ProbeOptions},
+        reasons::DropReasons,
+    };
+    let btf = retina_agent::btf::Btf::from_sys()?;
+    let reasons = DropReasons::load(&btf, Some(std::path::Path::new("/sys/kernel/btf")))?;
+    let options = ProbeOptions {
+        locations: true,
+        ..ProbeOptions::default()
+    };
+    let probe = DropProbe::load(&btf, &options)?;
+    let host = retina_agent::netns::current_netns_inode()?;
+    Ok(DropCollector::new(probe, reasons, host)
+        .with_locations(Locations::new(Kallsyms::load()?, DEFAULT_CAPACITY)))
+}
+
+/// A child process, killed and reaped on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// One agent cycle: link dump, every collector, then a visit that reads every point.
@@ -108,6 +142,48 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
     )?;
     let mut links = Links::new()?;
     let mut collectors = collectors()?;
+    // Datagrams to a closed port, one drop key, for the whole test.
+    let ns = NetNs::new("rzal")?;
+    let _sender = Child(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, &traffic(), "udp", "127.0.0.1:9"])
+            .args(["1000000000", "32"])
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let drops_of_ns = |collectors: &[Box<dyn Collector>]| {
+        let inode = ns.inode().unwrap_or(0) as i64;
+        let mut n = 0u64;
+        collectors[collectors.len() - 1].visit(
+            &mut |m: &'static Metric, attrs: &[opentelemetry::KeyValue], v: Number| {
+                if m.name == "retina.drop.count"
+                    && attrs.iter().any(|kv| {
+                        kv.key.as_str() == "network.namespace.inode"
+                            && kv.value == opentelemetry::Value::I64(inode)
+                    })
+                    && attrs.iter().any(|kv| kv.key.as_str() == "drop.location")
+                    && let Number::U64(v) = v
+                {
+                    n += v;
+                }
+            },
+        );
+        n
+    };
+    // Until the sender's drops are counted (its key and address known).
+    let mut seen = 0;
+    for _ in 0..1000 {
+        cycle(&mut links, &mut collectors);
+        seen = drops_of_ns(&collectors);
+        if seen > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        seen > 0,
+        "the sender's drops never showed up with a location"
+    );
 
     // A new interface appearing in another process's test allocates (legitimately): in
     // that case measure again.
@@ -117,6 +193,8 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
             cycle(&mut links, &mut collectors);
         }
         let before = identity(&links);
+        let points_before = cycle(&mut links, &mut collectors).0;
+        let drops_before = drops_of_ns(&collectors);
         let (allocs, (points, _)) = count_allocs(|| {
             let mut points = 0;
             for _ in 0..CYCLES {
@@ -124,7 +202,13 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
             }
             (points, ())
         });
-        let changed = identity(&links) != before;
+        // New series (a new interface, or a drop of a new key elsewhere on the host) may
+        // allocate; the sender's key must have kept counting.
+        let changed = identity(&links) != before || points != points_before;
+        assert!(
+            drops_of_ns(&collectors) > drops_before,
+            "the sender's drop series did not move during the measurement"
+        );
         // Each veth reports its 9 driver statistics plus retina.nic.info.
         assert!(
             points >= (PAIRS * 2 * 10) as u64,
@@ -151,6 +235,7 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
             assert!(n("retina.softnet.processed") >= 1, "{per_metric:?}");
             assert!(n("retina.conntrack.stat") >= 1, "{per_metric:?}");
             drop(veths);
+            drop(ns);
             return Ok(());
         }
         eprintln!(

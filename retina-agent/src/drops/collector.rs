@@ -1,7 +1,7 @@
 //! The `drops` collector: reads the probe's maps and keeps one series per drop key.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -9,6 +9,7 @@ use opentelemetry::{KeyValue, Value};
 use retina_ebpf_common::{DropKey, DropValue};
 
 use super::{
+    locations::{self, Locations},
     probe::{DropProbe, ReadBuffers},
     reasons::DropReasons,
 };
@@ -71,6 +72,20 @@ pub const MISSED: Metric = Metric {
     kind: Kind::Counter,
 };
 
+pub const LOCATION_OVERFLOW: Metric = Metric {
+    name: "retina.drop.location.overflow",
+    unit: "{packet}",
+    description: "Drops counted without drop.location because drops.locations_capacity distinct functions were already named",
+    kind: Kind::Counter,
+};
+
+pub const LOCATIONS_NAMED: Metric = Metric {
+    name: "retina.drop.location.named",
+    unit: "{function}",
+    description: "Distinct kernel functions named in drop.location (at most drops.locations_capacity)",
+    kind: Kind::Gauge,
+};
+
 /// Housekeeping starts when the map is this full (percent)...
 const PRUNE_AT_PERCENT: u64 = 75;
 /// ... and runs at most this often.
@@ -85,6 +100,19 @@ static METRICS: &[&Metric] = &[
     &MAP_ENTRIES,
     &MAP_CAPACITY,
     &MISSED,
+];
+
+static METRICS_WITH_LOCATIONS: &[&Metric] = &[
+    &MAP_PRUNED,
+    &DROP_COUNT,
+    &DROP_BYTES,
+    &OVERFLOW_COUNT,
+    &OVERFLOW_BYTES,
+    &MAP_ENTRIES,
+    &MAP_CAPACITY,
+    &MISSED,
+    &LOCATION_OVERFLOW,
+    &LOCATIONS_NAMED,
 ];
 
 /// The `network.type` of an EtherType: OpenTelemetry's `ipv4`/`ipv6`, `arp`, else hex.
@@ -123,6 +151,13 @@ pub struct DropCollector {
     last_prune: Option<Instant>,
     cycle: u64,
     links_generation: Option<u64>,
+    /// With `drops.locations`: the named functions. Series are then keyed by the key
+    /// with its `location` replaced by the function's (several kernel keys, one series).
+    locations: Option<Locations>,
+    /// Drops without `drop.location` because the capacity was full, in series already
+    /// removed (so the counter never goes back).
+    location_overflow_retired: u64,
+    location_overflow: u64,
 }
 
 impl DropCollector {
@@ -144,6 +179,27 @@ impl DropCollector {
             last_prune: None,
             cycle: 0,
             links_generation: None,
+            locations: None,
+            location_overflow_retired: 0,
+            location_overflow: 0,
+        }
+    }
+
+    /// Names drop locations with `locations`; the probe must have been loaded with
+    /// `ProbeOptions::locations`, else every key's location is 0 and nothing is named.
+    pub fn with_locations(mut self, locations: Locations) -> Self {
+        self.locations = Some(locations);
+        self
+    }
+
+    /// The series key of a kernel key: itself, or with locations its location replaced by
+    /// its function's; `None` for an address not seen yet.
+    fn series_key(&self, key: &DropKey) -> Option<DropKey> {
+        match &self.locations {
+            None => Some(*key),
+            Some(l) => l
+                .get(key.location)
+                .map(|location| DropKey { location, ..*key }),
         }
     }
 
@@ -193,6 +249,9 @@ impl DropCollector {
         if let Some(t) = network_type(key.protocol) {
             attrs.push(KeyValue::new(attr::NETWORK_TYPE, t));
         }
+        if let Some(name) = self.locations.as_ref().and_then(|l| l.name(key.location)) {
+            attrs.push(KeyValue::new(attr::DROP_LOCATION, name.clone()));
+        }
         attrs.into_boxed_slice()
     }
 }
@@ -234,10 +293,27 @@ impl DropCollector {
             })
             .map(|(k, _)| *k)
             .collect();
-        for key in &dead {
+        // The kernel keys behind the dead series: the same keys, or with locations every
+        // key whose address is in the series' function.
+        let kernel_keys: Vec<DropKey> = if self.locations.is_some() {
+            let dead: HashSet<&DropKey> = dead.iter().collect();
+            self.probe
+                .keys()
+                .filter(|k| {
+                    self.series_key(k)
+                        .is_some_and(|series| dead.contains(&series))
+                })
+                .copied()
+                .collect()
+        } else {
+            dead.clone()
+        };
+        for key in &kernel_keys {
             if self.probe.remove(key)? {
                 self.pruned += 1;
             }
+        }
+        for key in &dead {
             if let Some(s) = self.series.get_mut(key) {
                 s.retired = true;
             }
@@ -248,7 +324,7 @@ impl DropCollector {
                 capacity = self.probe.max_entries(),
                 "removed drop map entries of vanished namespaces and interfaces"
             );
-            self.entries = self.entries.saturating_sub(dead.len() as u64);
+            self.entries = self.entries.saturating_sub(kernel_keys.len() as u64);
         }
         Ok(())
     }
@@ -264,29 +340,58 @@ impl Collector for DropCollector {
     }
 
     fn metrics(&self) -> &'static [&'static Metric] {
-        METRICS
+        if self.locations.is_some() {
+            METRICS_WITH_LOCATIONS
+        } else {
+            METRICS
+        }
     }
 
     fn collect(&mut self, links: &Links) -> Result<(), CollectError> {
         // Keys are never deleted from the map, so values only grow: read them into the
         // series table, creating series (the only allocation) for new keys.
         // Series retired last cycle have had their final value exported.
-        self.series.retain(|_, s| !s.retired);
+        let retired_overflow = &mut self.location_overflow_retired;
+        self.series.retain(|k, s| {
+            if s.retired && k.location == locations::UNNAMED {
+                *retired_overflow += s.value.packets;
+            }
+            !s.retired
+        });
+        // A series sums its kernel keys (one, unless locations put several addresses of
+        // one function in it).
+        for s in self.series.values_mut() {
+            s.value = DropValue::default();
+        }
         let mut fresh: Vec<(DropKey, DropValue)> = Vec::new();
         let mut entries = 0u64;
         let series = &mut self.series;
+        let locations = &self.locations;
         self.probe
             .read(&mut self.buffers, |key, value| {
                 entries += 1;
-                match series.get_mut(key) {
-                    Some(s) => s.value = value,
+                let series_key = match locations {
+                    None => Some(*key),
+                    Some(l) => l
+                        .get(key.location)
+                        .map(|location| DropKey { location, ..*key }),
+                };
+                match series_key.and_then(|k| series.get_mut(&k)) {
+                    Some(s) => add(&mut s.value, value),
                     None => fresh.push((*key, value)),
                 }
             })
             .map_err(DropCollectError)?;
         self.cycle += 1;
         let born = self.cycle;
-        for (key, value) in fresh {
+        for (mut key, value) in fresh {
+            if let Some(l) = &mut self.locations {
+                key.location = l.learn(key.location);
+            }
+            if let Some(s) = self.series.get_mut(&key) {
+                add(&mut s.value, value);
+                continue;
+            }
             let attributes = self.attributes(&key, links);
             self.series.insert(
                 key,
@@ -297,6 +402,15 @@ impl Collector for DropCollector {
                     retired: false,
                 },
             );
+        }
+        if self.locations.is_some() {
+            self.location_overflow = self.location_overflow_retired
+                + self
+                    .series
+                    .iter()
+                    .filter(|(k, _)| k.location == locations::UNNAMED)
+                    .map(|(_, s)| s.value.packets)
+                    .sum::<u64>();
         }
         self.entries = entries;
         let full = entries * 100 >= u64::from(self.probe.max_entries()) * PRUNE_AT_PERCENT;
@@ -337,5 +451,14 @@ impl Collector for DropCollector {
             &[],
             Number::U64(u64::from(self.probe.max_entries())),
         );
+        if let Some(l) = &self.locations {
+            visitor.point(&LOCATION_OVERFLOW, &[], Number::U64(self.location_overflow));
+            visitor.point(&LOCATIONS_NAMED, &[], Number::U64(l.named() as u64));
+        }
     }
+}
+
+fn add(total: &mut DropValue, value: DropValue) {
+    total.packets = total.packets.wrapping_add(value.packets);
+    total.bytes = total.bytes.wrapping_add(value.bytes);
 }

@@ -12,8 +12,9 @@ use aya::{
 };
 use retina_ebpf_common::{
     BTF_PROGRAM_NAME, COUNTS_MAP, COUNTS_STRIDE_GLOBAL, DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP,
-    DropKey, DropValue, EPOCH_MAP, FREE_SLOTS_MAP, NOT_DROP_REASONS_GLOBAL, OFFSETS_GLOBAL,
-    OFFSETS_HAS_NETNS, OFFSETS_VALID, OVERFLOW_MAP, Offsets, PROGRAM_NAME, REASON_ARG, TRACEPOINT,
+    DropKey, DropValue, EPOCH_MAP, FREE_SLOTS_MAP, LOCATIONS_GLOBAL, NOT_DROP_REASONS_GLOBAL,
+    OFFSETS_GLOBAL, OFFSETS_HAS_NETNS, OFFSETS_VALID, OVERFLOW_MAP, Offsets, PROGRAM_NAME,
+    REASON_ARG, TRACEPOINT,
 };
 
 use crate::btf::{Btf, BtfError};
@@ -152,6 +153,9 @@ pub struct ProbeOptions {
     pub max_entries: u32,
     /// Which tracepoint flavour to attach.
     pub hook: Hook,
+    /// Put the drop location (the tracepoint's `location` address) into every key
+    /// (`drops.locations`). Off by default: it multiplies the keys.
+    pub locations: bool,
 }
 
 impl Default for ProbeOptions {
@@ -159,6 +163,7 @@ impl Default for ProbeOptions {
         ProbeOptions {
             max_entries: DEFAULT_DROPS_MAX_ENTRIES,
             hook: Hook::Auto,
+            locations: false,
         }
     }
 }
@@ -197,6 +202,7 @@ pub struct DropProbe {
     overflow: OwnedFd,
     ncpus: usize,
     max_entries: u32,
+    locations: bool,
     epoch: u32,
     /// Slots of removed keys, freed at the next read.
     pending: Vec<u32>,
@@ -386,6 +392,7 @@ impl DropProbe {
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(NOT_DROP_REASONS_GLOBAL, &not_drops, true)
             .override_global(COUNTS_STRIDE_GLOBAL, &stride, true)
+            .override_global(LOCATIONS_GLOBAL, &u32::from(options.locations), true)
             .map_max_entries(DROPS_MAP, options.max_entries)
             .map_max_entries(COUNTS_MAP, counts_entries)
             .map_max_entries(FREE_SLOTS_MAP, options.max_entries)
@@ -449,6 +456,7 @@ impl DropProbe {
             overflow,
             ncpus,
             max_entries: options.max_entries,
+            locations: options.locations,
             epoch,
             pending: Vec::new(),
             pairs: Vec::with_capacity(options.max_entries as usize),
@@ -470,6 +478,16 @@ impl DropProbe {
 
     pub fn max_entries(&self) -> u32 {
         self.max_entries
+    }
+
+    /// Whether the program puts the drop location into the keys.
+    pub fn locations(&self) -> bool {
+        self.locations
+    }
+
+    /// Every key in the map as of the last [`Self::read`].
+    pub fn keys(&self) -> impl Iterator<Item = &DropKey> {
+        self.pairs.iter().map(|(_, k)| k)
     }
 
     /// Drops the program could not count: tracepoint hits the kernel skipped because the

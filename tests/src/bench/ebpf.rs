@@ -47,6 +47,31 @@ pub struct EbpfReport {
     pub array_const_ns: f64,
     pub counted: u64,
     pub sent: u64,
+    /// Third flood: the agent's program loaded with drop locations (`drops.locations`)
+    /// and an empty program, ns per run; and what it counted for that flood.
+    pub locations_ns: f64,
+    pub locations_empty_ns: f64,
+    pub locations_counted: u64,
+}
+
+/// The agent's drop collector with drop locations on, as `drops.locations = true` loads it.
+fn drop_collector_with_locations() -> Result<DropCollector> {
+    use retina_agent::drops::{
+        kallsyms::Kallsyms,
+        locations::{DEFAULT_CAPACITY, Locations},
+        probe::{DropProbe, ProbeOptions},
+        reasons::DropReasons,
+    };
+    let btf = retina_agent::btf::Btf::from_sys()?;
+    let reasons = DropReasons::load(&btf, Some(std::path::Path::new("/sys/kernel/btf")))?;
+    let options = ProbeOptions {
+        locations: true,
+        ..ProbeOptions::default()
+    };
+    let probe = DropProbe::load(&btf, &options)?;
+    let host = retina_agent::netns::current_netns_inode()?;
+    Ok(DropCollector::new(probe, reasons, host)
+        .with_locations(Locations::new(Kallsyms::load()?, DEFAULT_CAPACITY)))
 }
 
 /// Drops the collector holds for namespace `inode`, by reason and network type.
@@ -228,6 +253,33 @@ pub fn run(packets: u64) -> Result<EbpfReport> {
         ),
     };
 
+    // ---- phase 3: the agent's program with drop locations, then the empty program ----
+    let (locations_ns, locations_empty_ns, locations_counted, phase3) = {
+        let mut drops3 = drop_collector_with_locations().context("drops with locations")?;
+        let (_, ours3) = agent_program(&mut drops3)?;
+        let empty3 = EmptyProgram::attach(tp)?;
+        let progs = [ours3.as_fd(), empty3.prog.as_fd()];
+        let before = drops_in(&mut drops3, &links, inode)?;
+        let m = Measured::start(&progs)?;
+        let flood3 = net::flood(&path, 9, packets, 256)?;
+        sys::sleep(Duration::from_millis(300))?;
+        let r = m.end(&progs)?;
+        let after = drops_in(&mut drops3, &links, inode)?;
+        let key = ("NO_SOCKET".to_string(), "ipv4".to_string());
+        let counted =
+            after.get(&key).copied().unwrap_or(0) - before.get(&key).copied().unwrap_or(0);
+        let json = json!({
+            "what": "third flood: the agent's program loaded with drops.locations (the tracepoint's location in the key, named once per address from /proc/kallsyms), then the empty program",
+            "agent_program": program_json(&r[0]),
+            "empty_program": program_json(&r[1]),
+            "overhead_ns_per_drop_above_empty": sys::round3(r[0].1 - r[1].1),
+            "datagrams_sent": flood3.sent,
+            "no_socket_ipv4_counted": counted,
+            "exact": counted == flood3.sent,
+        });
+        (r[0].1, r[1].1, counted, json)
+    };
+
     let delta: BTreeMap<String, u64> = counts1
         .iter()
         .map(|((reason, ty), v)| {
@@ -277,6 +329,7 @@ pub fn run(packets: u64) -> Result<EbpfReport> {
             "empty_program": phase2.as_ref().map(|r| program_json(&r[2])),
             "error": direct_first_error,
         },
+        "with_locations": phase3,
         "target_max_ns": 40,
         "accuracy": {
             "netns_inode": inode,
@@ -299,5 +352,8 @@ pub fn run(packets: u64) -> Result<EbpfReport> {
         array_const_ns,
         counted,
         sent: flood.sent,
+        locations_ns,
+        locations_empty_ns,
+        locations_counted,
     })
 }

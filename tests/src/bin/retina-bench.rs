@@ -608,6 +608,18 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
             "exact",
             Status::check(r.counted == r.sent),
         );
+        table.info(
+            s,
+            "3rd flood: agent with drop locations / empty program, per drop",
+            format!("{:.1} / {:.1} ns", r.locations_ns, r.locations_empty_ns),
+        );
+        table.push(
+            s,
+            "3rd flood (drop locations): counted for drops made",
+            format!("{} / {}", r.locations_counted, r.sent),
+            "exact",
+            Status::check(r.locations_counted == r.sent),
+        );
         table.flush_new();
         doc.insert("ebpf".into(), r.json);
     }

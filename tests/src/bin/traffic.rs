@@ -1,10 +1,16 @@
 //! Test traffic generator: `traffic udp ADDR:PORT COUNT [PAYLOAD_BYTES]` sends COUNT UDP
 //! datagrams of PAYLOAD_BYTES (default 32) and exits 0 once all were handed to the kernel.
+//! `traffic raw IFACE COUNT ETHERTYPE` sends COUNT minimal Ethernet frames (broadcast,
+//! 46 zero bytes of payload) with the hexadecimal ETHERTYPE out of IFACE (AF_PACKET).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() == 5 && args[1] == "raw" {
+        raw(&args[2], args[3].parse().expect("COUNT"), &args[4]);
+        return;
+    }
     if args.len() < 4 || args[1] != "udp" {
         eprintln!("usage: traffic udp ADDR:PORT COUNT [PAYLOAD_BYTES]");
         std::process::exit(2);
@@ -34,4 +40,44 @@ fn main() {
             }
         }
     }
+}
+
+fn raw(iface: &str, count: u64, ethertype: &str) {
+    let ethertype = u16::from_str_radix(ethertype.trim_start_matches("0x"), 16).expect("ETHERTYPE");
+    let name = std::ffi::CString::new(iface).expect("IFACE");
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(ifindex != 0, "no interface {iface}");
+    // SAFETY: plain socket(2); the descriptor is checked below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    let mut frame = [0u8; 60];
+    frame[..6].fill(0xff);
+    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = ifindex as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].fill(0xff);
+    for i in 0..count {
+        // SAFETY: `frame` and `addr` outlive the call; the lengths are theirs.
+        let r = unsafe {
+            libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if r != frame.len() as isize {
+            eprintln!("send {i}: {}", std::io::Error::last_os_error());
+            std::process::exit(1);
+        }
+    }
+    // SAFETY: our descriptor, closed once.
+    unsafe { libc::close(fd) };
 }

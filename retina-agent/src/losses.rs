@@ -1,0 +1,454 @@
+//! "Where packets died": every loss counter of a window, from every layer, in one list.
+//!
+//! The view reads the points the collectors already export; [`RULES`] says which metric
+//! (and which attribute values of it) counts lost packets at which layer, and which
+//! attributes tell its rows apart. A new collector plugs in by adding rows to [`RULES`];
+//! a rule whose metric no collector exports simply matches nothing.
+//!
+//! One packet can appear in more than one row: the stack-location rows break the
+//! stack-reason rows down by kernel function, and some losses bump an interface counter
+//! and free the packet with a reason (an unknown EtherType is both `rx_dropped` on the
+//! interface and `UNHANDLED_PROTO` in the stack). The rows are counters side by side, not
+//! a sum.
+
+use std::{cmp::Reverse, collections::BTreeMap, fmt::Write as _};
+
+use serde_json::Value as Json;
+
+use crate::{
+    metrics::{Kind, Number, attr},
+    snapshot::Point,
+};
+
+/// Where in the path of a packet a counter counts losses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Layer {
+    /// The NIC, its driver, or the interface (ring full, FIFO overrun, interface drops).
+    Nic,
+    /// The per-CPU receive backlog (`/proc/net/softnet_stat`).
+    Backlog,
+    /// A queueing discipline.
+    Qdisc,
+    /// Connection tracking.
+    Conntrack,
+    /// The stack, by the kernel's drop reason (`kfree_skb`).
+    StackReason,
+    /// The stack, by the kernel function that freed the packet (`drops.locations`).
+    StackLocation,
+}
+
+impl Layer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Nic => "NIC",
+            Layer::Backlog => "backlog",
+            Layer::Qdisc => "qdisc",
+            Layer::Conntrack => "conntrack",
+            Layer::StackReason => "stack reason",
+            Layer::StackLocation => "stack location",
+        }
+    }
+}
+
+/// Which points of a metric a rule takes.
+#[derive(Clone, Copy, Debug)]
+pub enum Filter {
+    /// Every point.
+    Any,
+    /// Points that have the attribute.
+    Has(&'static str),
+    /// Points whose attribute is one of the values.
+    OneOf(&'static str, &'static [&'static str]),
+    /// Points whose attribute contains one of the fragments (ASCII case-insensitive).
+    Contains(&'static str, &'static [&'static str]),
+}
+
+/// One row of the table: points of `metric` that pass `filter` count losses at `layer`;
+/// points with the same values of the `by` attributes are summed into one row, shown as
+/// `label=value` (the first attribute of each alternative list that the point has).
+#[derive(Clone, Copy, Debug)]
+pub struct Rule {
+    pub metric: &'static str,
+    pub filter: Filter,
+    pub layer: Layer,
+    pub by: &'static [(&'static str, &'static [&'static str])],
+    /// Shown after the attributes (for counters without any).
+    pub note: &'static str,
+}
+
+const IFACE: (&str, &[&str]) = ("if", &[attr::INTERFACE_NAME, attr::INTERFACE_INDEX]);
+const NETNS: (&str, &[&str]) = ("netns", &[attr::NETNS_NAME, attr::NETNS_INODE]);
+const DIRECTION: (&str, &[&str]) = ("dir", &[attr::IO_DIRECTION]);
+const QDISC: [(&str, &[&str]); 4] = [
+    IFACE,
+    ("qdisc", &["qdisc.kind"]),
+    ("handle", &["qdisc.handle"]),
+    ("parent", &["qdisc.parent"]),
+];
+
+/// Driver statistics whose names say they count lost packets.
+pub const NIC_LOSS_NAMES: &[&str] = &[
+    "drop", "miss", "fifo", "discard", "nobuf", "no_buf", "overrun",
+];
+
+/// Every loss counter the view knows, by metric name and attribute.
+pub static RULES: &[Rule] = &[
+    Rule {
+        metric: "retina.nic.driver.stat",
+        filter: Filter::Contains("nic.stat.name", NIC_LOSS_NAMES),
+        layer: Layer::Nic,
+        by: &[IFACE, ("stat", &["nic.stat.name"])],
+        note: "",
+    },
+    Rule {
+        metric: "system.network.packet.dropped",
+        filter: Filter::Any,
+        layer: Layer::Nic,
+        by: &[IFACE, DIRECTION],
+        note: "",
+    },
+    Rule {
+        metric: "system.network.errors",
+        filter: Filter::Any,
+        layer: Layer::Nic,
+        by: &[IFACE, DIRECTION],
+        note: "",
+    },
+    Rule {
+        metric: "retina.softnet.dropped",
+        filter: Filter::Any,
+        layer: Layer::Backlog,
+        by: &[("cpu", &["cpu"])],
+        note: "",
+    },
+    Rule {
+        metric: "retina.softnet.time_squeeze",
+        filter: Filter::Any,
+        layer: Layer::Backlog,
+        by: &[("cpu", &["cpu"])],
+        note: "(softirq budget ran out with work left)",
+    },
+    Rule {
+        metric: "retina.qdisc.drops",
+        filter: Filter::Any,
+        layer: Layer::Qdisc,
+        by: &QDISC,
+        note: "",
+    },
+    Rule {
+        metric: "retina.qdisc.overlimits",
+        filter: Filter::Any,
+        layer: Layer::Qdisc,
+        by: &QDISC,
+        note: "(over the rate: delayed or dropped)",
+    },
+    Rule {
+        metric: "retina.conntrack.stat",
+        filter: Filter::OneOf(
+            "conntrack.stat",
+            &["drop", "early_drop", "insert_failed", "invalid"],
+        ),
+        layer: Layer::Conntrack,
+        by: &[("stat", &["conntrack.stat"])],
+        note: "",
+    },
+    Rule {
+        metric: "retina.drop.count",
+        filter: Filter::Any,
+        layer: Layer::StackReason,
+        by: &[("reason", &[attr::DROP_REASON]), IFACE, NETNS],
+        note: "",
+    },
+    Rule {
+        metric: "retina.drop.overflow.count",
+        filter: Filter::Any,
+        layer: Layer::StackReason,
+        by: &[],
+        note: "(drop map full: no reason kept)",
+    },
+    Rule {
+        metric: "retina.drop.missed",
+        filter: Filter::Any,
+        layer: Layer::StackReason,
+        by: &[],
+        note: "(not counted: probe already running on that CPU)",
+    },
+    Rule {
+        metric: "retina.drop.count",
+        filter: Filter::Has(attr::DROP_LOCATION),
+        layer: Layer::StackLocation,
+        by: &[
+            ("function", &[attr::DROP_LOCATION]),
+            ("reason", &[attr::DROP_REASON]),
+            IFACE,
+            NETNS,
+        ],
+        note: "",
+    },
+];
+
+/// Whether any rule reads `metric` (to capture only what the view needs).
+pub fn reads(metric: &str) -> bool {
+    RULES.iter().any(|r| r.metric == metric)
+}
+
+/// One line of the view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub packets: u64,
+    pub layer: Layer,
+    pub metric: &'static str,
+    /// `label=value ...`, then the rule's note.
+    pub place: String,
+}
+
+fn attribute<'a>(p: &'a Point, key: &str) -> Option<&'a Json> {
+    p.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+fn text(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn passes(filter: Filter, p: &Point) -> bool {
+    match filter {
+        Filter::Any => true,
+        Filter::Has(k) => attribute(p, k).is_some(),
+        Filter::OneOf(k, values) => {
+            attribute(p, k).is_some_and(|v| values.iter().any(|w| text(v) == *w))
+        }
+        Filter::Contains(k, fragments) => attribute(p, k).is_some_and(|v| {
+            let v = text(v).to_ascii_lowercase();
+            fragments.iter().any(|f| v.contains(f))
+        }),
+    }
+}
+
+/// The non-zero loss counters among `points` (a window's changes, or running totals), by
+/// layer and place, largest first.
+pub fn rows(points: &[Point]) -> Vec<Row> {
+    let mut sums: BTreeMap<(Layer, &'static str, String), u64> = BTreeMap::new();
+    for rule in RULES {
+        for p in points.iter().filter(|p| p.metric.name == rule.metric) {
+            let Number::U64(n) = p.value else { continue };
+            if n == 0 || p.metric.kind != Kind::Counter || !passes(rule.filter, p) {
+                continue;
+            }
+            let mut place = String::new();
+            for (label, keys) in rule.by {
+                if let Some(v) = keys.iter().find_map(|k| attribute(p, k)) {
+                    let _ = write!(place, "{}{label}={}", sep(&place), text(v));
+                }
+            }
+            if !rule.note.is_empty() {
+                let _ = write!(place, "{}{}", sep(&place), rule.note);
+            }
+            *sums.entry((rule.layer, rule.metric, place)).or_insert(0) += n;
+        }
+    }
+    let mut rows: Vec<Row> = sums
+        .into_iter()
+        .map(|((layer, metric, place), packets)| Row {
+            packets,
+            layer,
+            metric,
+            place,
+        })
+        .collect();
+    // Stable: equal counts stay in layer order.
+    rows.sort_by_key(|r| Reverse(r.packets));
+    rows
+}
+
+fn sep(s: &str) -> &'static str {
+    if s.is_empty() { "" } else { " " }
+}
+
+pub const TITLE: &str = "where packets died";
+
+/// The section as text: a title line, then one line per row (or a line saying nothing was
+/// lost).
+pub fn render(rows: &[Row]) -> String {
+    if rows.is_empty() {
+        return format!("{TITLE}: no loss counter moved\n");
+    }
+    let count_w = rows
+        .iter()
+        .map(|r| r.packets.to_string().len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let metric_w = rows.iter().map(|r| r.metric.len()).max().unwrap_or(0);
+    let mut out = format!(
+        "{TITLE}:\n{:>count_w$}  {:<14}  {:<metric_w$}  WHERE\n",
+        "PACKETS", "LAYER", "METRIC"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:>count_w$}  {:<14}  {:<metric_w$}  {}",
+            r.packets,
+            r.layer.as_str(),
+            r.metric,
+            r.place
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metric;
+
+    fn metric(name: &'static str, kind: Kind) -> &'static Metric {
+        Box::leak(Box::new(Metric {
+            name,
+            unit: "1",
+            description: "",
+            kind,
+        }))
+    }
+
+    fn point(m: &'static Metric, attrs: &[(&str, &str)], v: u64) -> Point {
+        Point {
+            metric: m,
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Json::from(*v)))
+                .collect(),
+            value: Number::U64(v),
+        }
+    }
+
+    #[test]
+    fn every_layer_sorted_by_count_with_its_place() {
+        let drops = metric("retina.drop.count", Kind::Counter);
+        let nic = metric("retina.nic.driver.stat", Kind::Counter);
+        let qdisc = metric("retina.qdisc.drops", Kind::Counter);
+        let ct = metric("retina.conntrack.stat", Kind::Counter);
+        let softnet = metric("retina.softnet.dropped", Kind::Counter);
+        let netdev = metric("system.network.packet.dropped", Kind::Counter);
+        let gauge = metric("retina.drop.map.entries", Kind::Gauge);
+        let points = vec![
+            point(
+                drops,
+                &[
+                    ("drop.reason", "NO_SOCKET"),
+                    ("network.interface.name", "lo"),
+                    ("network.namespace.name", "a"),
+                    ("drop.location", "__udp4_lib_rcv"),
+                ],
+                1000,
+            ),
+            point(
+                drops,
+                &[
+                    ("drop.reason", "NO_SOCKET"),
+                    ("network.interface.name", "lo"),
+                    ("network.namespace.name", "a"),
+                    ("drop.location", "__udp4_lib_rcv"),
+                    ("network.type", "ipv6"),
+                ],
+                5,
+            ),
+            point(
+                nic,
+                &[
+                    ("network.interface.name", "eth0"),
+                    ("nic.stat.name", "rx_missed_errors"),
+                ],
+                7,
+            ),
+            // Not a loss counter.
+            point(
+                nic,
+                &[
+                    ("network.interface.name", "eth0"),
+                    ("nic.stat.name", "rx_packets"),
+                ],
+                99999,
+            ),
+            point(
+                qdisc,
+                &[
+                    ("network.interface.name", "v0"),
+                    ("qdisc.kind", "tbf"),
+                    ("qdisc.handle", "8001:"),
+                    ("qdisc.parent", "root"),
+                ],
+                770,
+            ),
+            point(ct, &[("conntrack.stat", "insert_failed"), ("cpu", "0")], 3),
+            point(ct, &[("conntrack.stat", "insert_failed"), ("cpu", "1")], 4),
+            point(ct, &[("conntrack.stat", "found"), ("cpu", "1")], 50),
+            point(softnet, &[("cpu", "1")], 2),
+            point(
+                netdev,
+                &[
+                    ("network.interface.name", "v0"),
+                    ("network.io.direction", "receive"),
+                ],
+                0,
+            ),
+            point(gauge, &[], 12),
+        ];
+        let got: Vec<(u64, &str, &str, String)> = rows(&points)
+            .into_iter()
+            .map(|r| (r.packets, r.layer.as_str(), r.metric, r.place))
+            .collect();
+        let want = vec![
+            (
+                1005,
+                "stack reason",
+                "retina.drop.count",
+                "reason=NO_SOCKET if=lo netns=a".to_string(),
+            ),
+            (
+                1005,
+                "stack location",
+                "retina.drop.count",
+                "function=__udp4_lib_rcv reason=NO_SOCKET if=lo netns=a".into(),
+            ),
+            (
+                770,
+                "qdisc",
+                "retina.qdisc.drops",
+                "if=v0 qdisc=tbf handle=8001: parent=root".into(),
+            ),
+            (
+                7,
+                "NIC",
+                "retina.nic.driver.stat",
+                "if=eth0 stat=rx_missed_errors".into(),
+            ),
+            (
+                7,
+                "conntrack",
+                "retina.conntrack.stat",
+                "stat=insert_failed".into(),
+            ),
+            (2, "backlog", "retina.softnet.dropped", "cpu=1".into()),
+        ];
+        assert_eq!(got, want);
+        let text = render(&rows(&points));
+        assert!(
+            text.starts_with("where packets died:\nPACKETS  LAYER"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("   1005  stack location  retina.drop.count")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn nothing_lost_says_so() {
+        assert_eq!(render(&[]), "where packets died: no loss counter moved\n");
+        assert!(reads("retina.qdisc.drops") && !reads("retina.drop.map.entries"));
+    }
+}

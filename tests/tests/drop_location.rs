@@ -1,0 +1,252 @@
+//! `drop.location`: the kernel function that freed a dropped packet, checked against the
+//! name the kernel itself prints for the same drops (tracefs `skb:kfree_skb`, `%pS`).
+
+use std::collections::BTreeMap;
+
+use retina_tests::*;
+
+/// The `skb:kfree_skb` event enabled in a trace instance of its own (so the global buffer
+/// and whatever else traces are untouched); disabled and removed on drop.
+struct KfreeSkbTrace {
+    dir: std::path::PathBuf,
+    _mount: TracefsMount,
+}
+
+impl KfreeSkbTrace {
+    fn start() -> anyhow::Result<Self> {
+        let mount = TracefsMount::ensure()?;
+        let dir = std::path::Path::new(TRACEFS)
+            .join("instances")
+            .join(unique_name("r13loc"));
+        std::fs::create_dir(&dir)?;
+        let trace = KfreeSkbTrace { dir, _mount: mount };
+        std::fs::write(trace.dir.join("events/skb/kfree_skb/enable"), "1")?;
+        Ok(trace)
+    }
+
+    /// The text of the instance's buffer.
+    fn read(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.dir.join("trace"))?)
+    }
+}
+
+impl Drop for KfreeSkbTrace {
+    fn drop(&mut self) {
+        let enable = self.dir.join("events/skb/kfree_skb/enable");
+        if let Err(e) = std::fs::write(&enable, "0") {
+            eprintln!("cleanup: disabling {}: {e}", enable.display());
+        }
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            eprintln!("cleanup: rmdir {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Functions the kernel named in `location=FUNC+0xOFF/0xSIZE` for events with `reason`,
+/// with how many events each.
+fn kernel_locations(trace: &str, reason: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for line in trace.lines().filter(|l| !l.starts_with('#')) {
+        if !line.ends_with(&format!("reason: {reason}")) {
+            continue;
+        }
+        let Some(loc) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("location="))
+        else {
+            continue;
+        };
+        let func = loc.split('+').next().unwrap_or(loc);
+        *out.entry(func.to_string()).or_insert(0) += 1;
+    }
+    out
+}
+
+#[test]
+fn no_socket_drop_is_located_where_the_kernel_says() -> anyhow::Result<()> {
+    require_root();
+    const SENT: u64 = 777;
+    let ns = NetNs::new("rloc")?;
+    let inode = ns.inode()?.to_string();
+    let trace = KfreeSkbTrace::start()?;
+    let doc = snapshot_json(&[
+        "--locations",
+        "--",
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        &traffic(),
+        "udp",
+        "127.0.0.1:9",
+        &SENT.to_string(),
+        "32",
+    ])?;
+    let text = trace.read()?;
+    drop(trace);
+    let want = [
+        ("drop.reason", "NO_SOCKET"),
+        ("network.namespace.inode", inode.as_str()),
+    ];
+    let ours = points(&doc, "retina.drop.count", &want);
+    assert_eq!(sum(&doc, "retina.drop.count", &want), SENT, "{doc:#}");
+    let located: BTreeMap<String, u64> = ours
+        .iter()
+        .map(|p| {
+            (
+                attr_str(p, "drop.location").unwrap_or_default(),
+                p["value"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(located.len(), 1, "one function drops them: {located:?}");
+    let (function, count) = located.iter().next().map(|(f, c)| (f.clone(), *c)).unwrap();
+    assert_eq!(count, SENT);
+    assert!(!function.is_empty(), "no drop.location: {doc:#}");
+    // The kernel names the same function for these drops. Other NO_SOCKET drops on the
+    // host in the same moment can only add events, never take ours away.
+    let kernel = kernel_locations(&text, "NO_SOCKET");
+    assert!(
+        kernel.get(&function).copied().unwrap_or(0) >= SENT,
+        "we say {function} ({SENT} drops); the kernel says {kernel:?}"
+    );
+    // The option is bounded and reported.
+    assert_eq!(
+        sum(&doc, "retina.drop.location.overflow", &[]),
+        0,
+        "{doc:#}"
+    );
+    assert!(
+        !points(&doc, "retina.drop.location.named", &[]).is_empty(),
+        "{doc:#}"
+    );
+    Ok(())
+}
+
+/// Without `--locations` the series carry no location and the location metrics are absent.
+#[test]
+fn locations_are_off_by_default() -> anyhow::Result<()> {
+    require_root();
+    let ns = NetNs::new("rlof")?;
+    let inode = ns.inode()?.to_string();
+    let doc = snapshot_json(&[
+        "--",
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+        &traffic(),
+        "udp",
+        "127.0.0.1:9",
+        "100",
+        "32",
+    ])?;
+    let want = [
+        ("drop.reason", "NO_SOCKET"),
+        ("network.namespace.inode", inode.as_str()),
+    ];
+    assert_eq!(sum(&doc, "retina.drop.count", &want), 100, "{doc:#}");
+    let all = points(&doc, "retina.drop.count", &[]);
+    assert!(
+        all.iter().all(|p| attr_str(p, "drop.location").is_none()),
+        "{doc:#}"
+    );
+    assert!(points(&doc, "retina.drop.location.named", &[]).is_empty());
+    Ok(())
+}
+
+/// With a capacity of one function, drops in a second function keep their reason and
+/// count, go without `drop.location`, and are counted as location overflow.
+#[test]
+fn functions_beyond_the_capacity_are_counted_as_overflow() -> anyhow::Result<()> {
+    require_root();
+    let dir = TempDir::new("rlocap")?;
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        "[drops]\nlocations = true\nlocations_capacity = 1\n",
+    )?;
+    let a = NetNs::new("rlca")?;
+    a.exec(
+        "nft",
+        &["add table inet retina_test; add chain inet retina_test input { type filter hook input priority 0; }; add rule inet retina_test input udp dport 9999 drop"],
+    )?;
+    let inode = a.inode()?.to_string();
+    // Two functions drop them (the UDP receive path, the netfilter hook); one can be named.
+    let script = format!(
+        "{t} udp 127.0.0.1:9 200 32 && {t} udp 127.0.0.1:9999 300 32",
+        t = traffic()
+    );
+    let bin = agent_bin();
+    let out = run(
+        bin.to_str().unwrap(),
+        [
+            "--config",
+            config.to_str().unwrap(),
+            "snapshot",
+            "--format",
+            "json",
+            "--",
+            "ip",
+            "netns",
+            "exec",
+            &a.name,
+            "sh",
+            "-c",
+            &script,
+        ],
+    )?;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let ns = ("network.namespace.inode", inode.as_str());
+    assert_eq!(
+        sum(
+            &doc,
+            "retina.drop.count",
+            &[("drop.reason", "NO_SOCKET"), ns]
+        ),
+        200
+    );
+    assert_eq!(
+        sum(
+            &doc,
+            "retina.drop.count",
+            &[("drop.reason", "NETFILTER_DROP"), ns]
+        ),
+        300
+    );
+    let mut named: Vec<String> = points(&doc, "retina.drop.count", &[])
+        .iter()
+        .filter_map(|p| attr_str(p, "drop.location"))
+        .collect();
+    named.sort();
+    named.dedup();
+    assert!(named.len() <= 1, "capacity 1: {named:?}");
+    // In our namespace each reason is all named or all unnamed, and not both are named.
+    let unnamed = |reason: &str| -> (u64, u64) {
+        let pts = points(&doc, "retina.drop.count", &[("drop.reason", reason), ns]);
+        let without: u64 = pts
+            .iter()
+            .filter(|p| attr_str(p, "drop.location").is_none())
+            .map(|p| p["value"].as_u64().unwrap_or(0))
+            .sum();
+        let total: u64 = pts.iter().map(|p| p["value"].as_u64().unwrap_or(0)).sum();
+        (without, total)
+    };
+    let (no_socket, netfilter) = (unnamed("NO_SOCKET"), unnamed("NETFILTER_DROP"));
+    for (without, total) in [no_socket, netfilter] {
+        assert!(without == 0 || without == total, "{doc:#}");
+    }
+    assert!(no_socket.0 + netfilter.0 >= 200, "{doc:#}");
+    // Every drop of the window without a location is overflow, and nothing else is.
+    let all_unnamed: u64 = points(&doc, "retina.drop.count", &[])
+        .iter()
+        .filter(|p| attr_str(p, "drop.location").is_none())
+        .map(|p| p["value"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        sum(&doc, "retina.drop.location.overflow", &[]),
+        all_unnamed,
+        "{doc:#}"
+    );
+    Ok(())
+}
