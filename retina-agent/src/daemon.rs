@@ -3,7 +3,8 @@
 //! Every `interval` the loop runs one collection cycle, then starts one OTLP export of
 //! its values (skipped and counted if the previous export is still in flight, so a slow
 //! collector never delays collection). The Prometheus endpoint reads the same values when
-//! scraped. On SIGTERM or SIGINT: one last cycle and export, bounded by
+//! scraped. On SIGTERM or SIGINT, or when the reader of the `--summary` output has gone
+//! (`run --summary | head -2`: EPIPE on stdout): one last cycle and export, bounded by
 //! [`SHUTDOWN_BUDGET`], then the agent is dropped (the eBPF program detached) and `run`
 //! returns.
 
@@ -80,7 +81,7 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
     // The first tick is immediate: the first cycle runs before the exporters start, so
     // they are sized from real series.
     ticker.tick().await;
-    cycle(&agent, settings.summary, &mut last);
+    let mut output = cycle(&agent, settings.summary, &mut last);
     let mut exporters = match Exporters::start(&agent, &settings.export, &settings.prometheus).await
     {
         Ok(e) => e,
@@ -95,17 +96,24 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
     crate::memory::release_free_pages();
     tracing::info!(interval = ?interval, "retina-agent running");
     loop {
+        if output == Output::Closed {
+            // Like any filter whose reader went away: stop, but cleanly (final export,
+            // probe detached, exit status 0).
+            tracing::info!("stdout closed (broken pipe): stopping");
+            break;
+        }
         tokio::select! {
             _ = ticker.tick() => {
-                cycle(&agent, settings.summary, &mut last);
+                output = cycle(&agent, settings.summary, &mut last);
                 exporters.export().await;
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
         }
     }
-    let deadline = Instant::now() + SHUTDOWN_BUDGET;
-    cycle(&agent, false, &mut last);
+    let now = Instant::now();
+    let deadline = now.checked_add(SHUTDOWN_BUDGET).unwrap_or(now);
+    let _ = cycle(&agent, false, &mut last);
     exporters.shutdown(deadline).await;
     // Dropping the agent detaches the eBPF program and frees its maps.
     drop(agent.take());
@@ -113,20 +121,35 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
     Ok(())
 }
 
+/// How printing the summary went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Ok,
+    /// Whoever read stdout has gone (`run --summary | head`).
+    Closed,
+}
+
 /// One collection cycle, then the terminal summary if asked for.
-fn cycle(agent: &SharedAgent, summary: bool, last: &mut HashMap<String, u64>) {
+fn cycle(agent: &SharedAgent, summary: bool, last: &mut HashMap<String, u64>) -> Output {
     let mut guard = agent.lock();
     if let Some(agent) = guard.as_mut() {
         agent.cycle();
-        if summary {
-            print_summary(agent, last);
+        if summary && let Err(e) = print_summary(agent, last) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Output::Closed;
+            }
+            // Any other write error (a full disk behind a redirect): the summary is a
+            // convenience, the daemon goes on.
+            tracing::warn!("printing the summary: {e}");
         }
     }
+    Output::Ok
 }
 
 /// Prints drops by reason and interface that happened since the previous cycle. This is
 /// the human view for a terminal, not the export path, so it may allocate.
-fn print_summary(agent: &Agent, last: &mut HashMap<String, u64>) {
+fn print_summary(agent: &Agent, last: &mut HashMap<String, u64>) -> std::io::Result<()> {
+    use std::io::Write;
     let mut lines = Vec::new();
     agent.visit(
         &mut |metric: &'static Metric, attrs: &[KeyValue], value: Number| {
@@ -158,15 +181,17 @@ fn print_summary(agent: &Agent, last: &mut HashMap<String, u64>) {
         },
     );
     if lines.is_empty() {
-        return;
+        return Ok(());
     }
     lines.sort_by_key(|l| std::cmp::Reverse(l.0));
-    println!(
-        "{:>10}  {:<32} {:<16} NETNS",
+    let mut text = format!(
+        "{:>10}  {:<32} {:<16} NETNS\n",
         "DROPS", "REASON", "INTERFACE"
     );
     for (n, reason, iface, ns) in lines {
-        println!("{n:>10}  {reason:<32} {iface:<16} {ns}");
+        text.push_str(&format!("{n:>10}  {reason:<32} {iface:<16} {ns}\n"));
     }
-    println!();
+    text.push('\n');
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush())
 }
