@@ -97,8 +97,9 @@ fn header(h: &[EthtoolHeader]) -> (Option<u32>, Option<String>) {
 /// Reads the link state of every interface whose name `filter` selects, with three
 /// dumps over a new ethtool netlink connection. Needs a tokio runtime with IO enabled.
 ///
-/// A dump that fails part-way keeps what arrived before the failure; the first error is
-/// returned next to the (partial) table.
+/// A message that does not decode (the `ethtool` crate refuses an interface name that is
+/// not UTF-8) costs only its own interface: the rest of the dump is still read. The first
+/// error is returned next to the (partial) table.
 pub async fn query_link_state(
     filter: &NameFilter,
 ) -> Result<(LinkStateTable, Option<LinkStateError>), LinkStateError> {
@@ -142,11 +143,14 @@ pub async fn query_link_state(
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
+                        // One message the crate cannot decode (an interface whose name is
+                        // not UTF-8: it parses names as `String`) spoils only that
+                        // interface: the rest of the dump still comes.
                         first_error.get_or_insert(LinkStateError::Request {
                             request,
                             error: e.to_string(),
                         });
-                        break;
+                        continue;
                     }
                 };
                 apply(&mut table, filter, &msg.payload.nlas);
