@@ -95,6 +95,18 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
     // goes back to the kernel instead of staying in the heap for the daemon's lifetime.
     crate::memory::release_free_pages();
     tracing::info!(interval = ?interval, "retina-agent running");
+    let mut notifier = crate::notify::Notifier::from_env();
+    if let Some(w) = notifier.watchdog()
+        && w < interval.saturating_mul(2)
+    {
+        tracing::warn!(
+            watchdog = ?w,
+            interval = ?interval,
+            "the systemd watchdog period is shorter than two collection intervals: a slow \
+             cycle gets the agent restarted (raise WatchdogSec=)"
+        );
+    }
+    notifier.ready(&ready_status(&agent, interval));
     loop {
         if output == Output::Closed {
             // Like any filter whose reader went away: stop, but cleanly (final export,
@@ -105,12 +117,15 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
         tokio::select! {
             _ = ticker.tick() => {
                 output = cycle(&agent, settings.summary, &mut last);
+                // From the loop, after the cycle: a hung collection stops the pings.
+                notifier.cycle_done();
                 exporters.export().await;
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
         }
     }
+    notifier.stopping("stopping: final collection and export");
     let now = Instant::now();
     let deadline = now.checked_add(SHUTDOWN_BUDGET).unwrap_or(now);
     let _ = cycle(&agent, false, &mut last);
@@ -119,6 +134,18 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
     drop(agent.take());
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The `STATUS=` line once running: the interval and what could not start.
+fn ready_status(agent: &SharedAgent, interval: Duration) -> String {
+    let mut status = format!("collecting every {}", humantime::format_duration(interval));
+    if let Some(agent) = agent.lock().as_ref() {
+        let degraded: Vec<&str> = agent.degraded().iter().map(|d| d.collector).collect();
+        if !degraded.is_empty() {
+            status.push_str(&format!("; not collecting: {}", degraded.join(", ")));
+        }
+    }
+    status
 }
 
 /// How printing the summary went.

@@ -17,5 +17,6 @@ pub mod links;
 pub mod memory;
 pub mod metrics;
 pub mod netns;
+pub mod notify;
 pub mod ratelimit;
 pub mod snapshot;
