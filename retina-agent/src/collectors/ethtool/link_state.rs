@@ -616,6 +616,71 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_interval_past_the_clock_s_end_does_not_kill_the_worker() {
+        // The configuration caps link_state_interval at a day; the worker must not rely on it.
+        let config = EthtoolConfig {
+            link_state_interval: Duration::MAX,
+            ..EthtoolConfig::default()
+        };
+        let mut c = LinkStateCollector::new(&config).unwrap();
+        let links = Links::from_links([]);
+        for _ in 0..2 {
+            if let Err(e) = c.refresh_blocking(&links, Duration::from_secs(30)) {
+                assert!(!matches!(e, LinkStateError::Worker(_)), "{e}");
+            }
+            assert!(!c.shared.lock().exited);
+        }
+    }
+
+    #[test]
+    fn a_worker_that_ends_is_reported_every_cycle() {
+        let shared = Arc::new(Shared::default());
+        let worker = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let _exit = ExitGuard(&shared);
+                panic!("injected worker failure");
+            })
+        };
+        assert!(worker.join().is_err());
+        let mut c = LinkStateCollector {
+            shared,
+            worker: None,
+            filter: NameFilter::new(&[], &[]).unwrap(),
+            table: prepare(LinkStateTable::from([(
+                1,
+                LinkState {
+                    name: "eth0".into(),
+                    speed_mbps: Some(1000),
+                    ..LinkState::default()
+                },
+            )])),
+            known: BTreeMap::new(),
+            cycle: 0,
+            installed: 0,
+            exit_logged: false,
+        };
+        let links = Links::from_links([crate::links::Link::new(1, "eth0")]);
+        for _ in 0..3 {
+            let e = c.collect(&links).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "ethtool link state: the worker thread has ended"
+            );
+            // Nothing stale is left to export.
+            assert_eq!(c.interfaces(), 0);
+        }
+        assert!(c.exit_logged);
+        let e = c.refresh_blocking(&links, Duration::MAX).unwrap_err();
+        assert!(matches!(e, LinkStateError::Worker(_)), "{e}");
+        // A shutdown the collector asked for is not a failure.
+        let shared = Arc::new(Shared::default());
+        shared.lock().shutdown = true;
+        drop(ExitGuard(&shared));
+        assert!(!shared.lock().exited);
+    }
+
+    #[test]
     fn prepare_builds_points() {
         let mut t = LinkStateTable::new();
         t.insert(
