@@ -79,6 +79,8 @@ impl Running {
 
     /// Waits up to `limit` (a hang is the failure these tests look for), with the peak RSS
     /// of the child in KiB.
+    // The child is reaped by `wait4` (for its rusage), which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
     fn wait(mut self, limit: Duration) -> Result<(Output, i64)> {
         let mut child = self.0.take().expect("child");
         let pid = child.id() as i32;
