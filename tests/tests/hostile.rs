@@ -763,3 +763,28 @@ fn a_drop_series_follows_an_interface_rename() -> Result<()> {
     assert_eq!(count(&agent, &host_if), 0);
     Ok(())
 }
+
+#[test]
+fn snapshot_json_keeps_the_command_s_stdout_out() -> Result<()> {
+    require_root();
+    let mut cmd = agent(&[
+        "snapshot",
+        "--format",
+        "json",
+        "--settle",
+        "1ms",
+        "--",
+        "echo",
+        "{\"not\": \"the snapshot\"}",
+    ]);
+    cmd.env("OTEL_SDK_DISABLED", "true");
+    let (out, _) = Running::spawn(cmd)?.wait(Duration::from_secs(60))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // stdout is one JSON document, the snapshot; the command's line went to stderr.
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("stdout: {}", String::from_utf8_lossy(&out.stdout)))?;
+    assert!(doc["metrics"].is_array(), "{doc}");
+    assert!(stderr.contains("{\"not\": \"the snapshot\"}"), "{stderr}");
+    Ok(())
+}
