@@ -38,6 +38,8 @@ pub struct CollectorStats {
     pub duration: Duration,
     pub failures: u64,
     pub last_failed: bool,
+    /// Logging of the current streak of failures.
+    pub streak: crate::ratelimit::Streak,
 }
 
 pub struct Agent {
@@ -225,14 +227,26 @@ impl Agent {
             let result = collector.collect(&self.links);
             stats.duration = start.elapsed();
             match result {
-                Ok(()) => stats.last_failed = false,
+                Ok(()) => {
+                    stats.last_failed = false;
+                    if stats.streak.ok() {
+                        tracing::info!(collector = collector.name(), "collection works again");
+                    }
+                }
                 Err(e) => {
                     stats.failures += 1;
-                    // Log the first failure of a streak, not every cycle.
-                    if !stats.last_failed {
-                        tracing::warn!(collector = collector.name(), "collection failed: {e}");
-                    }
                     stats.last_failed = true;
+                    // The first failure of a streak, then at most once a minute.
+                    match stats.streak.fail() {
+                        Some(0) => {
+                            tracing::warn!(collector = collector.name(), "collection failed: {e}");
+                        }
+                        Some(n) => tracing::warn!(
+                            collector = collector.name(),
+                            "collection still failing ({n} more failures): {e}"
+                        ),
+                        None => {}
+                    }
                 }
             }
         }

@@ -106,20 +106,26 @@ impl Btf {
 
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BtfError> {
         let path = path.as_ref().to_path_buf();
-        let data = std::fs::read(&path).map_err(|source| BtfError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let data =
+            crate::fsutil::read_regular(&path, crate::fsutil::BTF_MAX_BYTES).map_err(|source| {
+                BtfError::Read {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
         Self::parse(path, data, None)
     }
 
     /// Parses module BTF (split BTF) whose type ids and strings continue `base`'s.
     pub fn from_split_file(path: impl AsRef<Path>, base: &Btf) -> Result<Self, BtfError> {
         let path = path.as_ref().to_path_buf();
-        let data = std::fs::read(&path).map_err(|source| BtfError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let data =
+            crate::fsutil::read_regular(&path, crate::fsutil::BTF_MAX_BYTES).map_err(|source| {
+                BtfError::Read {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
         Self::parse(path, data, Some(base))
     }
 

@@ -46,7 +46,7 @@ pub struct Cli {
     /// Capacity of the kernel drop map (distinct reason/namespace/interface/protocol keys);
     /// drops beyond it are counted in retina.drop.overflow.* [config: drops.map_entries;
     /// default: 16384].
-    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(config::limits::MAP_ENTRIES.1)))]
     pub drop_map_entries: Option<u32>,
 
     /// How the drop probe attaches to kfree_skb: `auto` (BTF-enabled tracepoint, else the
@@ -76,12 +76,21 @@ pub enum Command {
         format: Format,
     },
     /// Check that this machine and the configuration can run the agent (kernel, BTF,
-    /// capabilities, probe load, config, exporter endpoints); exit 1 if a check fails.
+    /// capabilities, probe load, config, exporter endpoints); exit 1 if a check fails, 2 if
+    /// the configuration cannot be used (as `run`).
     Check(CheckArgs),
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    config::parse_duration(s)
+fn parse_snapshot_duration(s: &str) -> Result<Duration, String> {
+    let d = config::parse_duration(s)?;
+    config::limits::duration(d, config::limits::SNAPSHOT_DURATION)?;
+    Ok(d)
+}
+
+fn parse_settle(s: &str) -> Result<Duration, String> {
+    let d = config::parse_duration(s)?;
+    config::limits::duration(d, config::limits::SNAPSHOT_SETTLE)?;
+    Ok(d)
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -111,7 +120,7 @@ pub struct ExportArgs {
 pub struct RunArgs {
     /// How often to collect (and export) [config: interval; env: OTEL_METRIC_EXPORT_INTERVAL
     /// (ms); default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_interval)]
     pub interval: Option<Duration>,
     /// Print a summary of new drops by reason and interface every interval (default: when
     /// stdout is a terminal).
@@ -153,7 +162,7 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     /// How long to watch when no command is given.
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = parse_snapshot_duration, default_value = "5s")]
     pub duration: Duration,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
@@ -165,7 +174,7 @@ pub struct SnapshotArgs {
     #[arg(long)]
     pub locations: bool,
     /// After CMD exits, wait this long for packets it sent to be processed (softirq).
-    #[arg(long, value_parser = parse_duration, default_value = "200ms")]
+    #[arg(long, value_parser = parse_settle, default_value = "200ms")]
     pub settle: Duration,
     /// Command to run while watching; the window is its lifetime.
     #[arg(last = true)]
@@ -277,6 +286,12 @@ mod tests {
                 "127.0.0.1:1",
             ],
             &["run", "--drop-map-entries", "0"],
+            &["run", "--drop-map-entries", "1048577"],
+            &["run", "--interval", "1ns"],
+            &["run", "--interval", "99ms"],
+            &["run", "--interval", "18446744073709551615s"],
+            &["snapshot", "--duration", "20000y"],
+            &["snapshot", "--settle", "2m"],
         ] {
             assert!(cli(args).is_err(), "{args:?} should be rejected");
         }

@@ -36,6 +36,61 @@ pub const DEFAULT_PATH: &str = "/etc/retina-agent/config.toml";
 /// Default collection (and export) interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The accepted range of every duration and size in the configuration (file, environment
+/// and flags alike), documented in `packaging/config.toml`. A value outside is refused by
+/// `check` and `run` (exit status 2) with the key and the range; nothing that follows from
+/// an accepted value (deadlines, timers) can overflow.
+pub mod limits {
+    use std::time::Duration;
+
+    /// `interval` / `--interval` / `OTEL_METRIC_EXPORT_INTERVAL`: at least 100 ms (a
+    /// collection of a few thousand interfaces takes milliseconds; less only burns CPU), at
+    /// most a day.
+    pub const INTERVAL: (Duration, Duration) =
+        (Duration::from_millis(100), Duration::from_secs(86_400));
+    /// `export.timeout` / `OTEL_EXPORTER_OTLP_TIMEOUT`: 1 ms to 10 minutes.
+    pub const EXPORT_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(600));
+    /// `ethtool.link_state_interval`: 1 s (the refresh floor) to a day.
+    pub const LINK_STATE_INTERVAL: (Duration, Duration) =
+        (Duration::from_secs(1), Duration::from_secs(86_400));
+    /// `snapshot --duration`: 1 ms to a day.
+    pub const SNAPSHOT_DURATION: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(86_400));
+    /// `snapshot --settle`: 1 ms to a minute.
+    pub const SNAPSHOT_SETTLE: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(60));
+    /// `drops.map_entries` / `--drop-map-entries`: 1 to 1048576 keys.
+    pub const MAP_ENTRIES: (u32, u32) = (1, 1 << 20);
+    /// `ethtool.unsupported_retry_cycles`: 1 to 1000000 cycles.
+    pub const UNSUPPORTED_RETRY_CYCLES: (u32, u32) = (1, 1_000_000);
+    /// `ethtool.max_interfaces`: 1 to 1048576 interfaces.
+    pub const MAX_INTERFACES: (usize, usize) = (1, 1 << 20);
+
+    /// `Ok` if `d` is within `range`, else why not.
+    pub fn duration(d: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {
+        if d < min || d > max {
+            return Err(format!(
+                "{} is out of range: must be between {} and {}",
+                humantime::format_duration(d),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Ok` if `n` is within `range`, else why not.
+    pub fn size<T: PartialOrd + std::fmt::Display>(n: T, (min, max): (T, T)) -> Result<(), String> {
+        if n < min || n > max {
+            return Err(format!(
+                "{n} is out of range: must be between {min} and {max}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Environment variables the configuration reads itself; the `OTEL_EXPORTER_*`,
 /// `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SDK_DISABLED` variables are
 /// applied by [`ExportConfig::apply_env`] and [`PrometheusConfig::apply_env`].
@@ -214,6 +269,8 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("environment variable {name}: the value is not valid UTF-8")]
+    EnvNotUtf8 { name: String },
     /// An `OTEL_*` variable the exporter settings could not take (its value is not shown:
     /// headers may hold credentials).
     #[error("{0}")]
@@ -266,6 +323,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if d.is_zero() {
         return Err(format!("invalid duration {s:?}: must be greater than zero"));
     }
+    Ok(d)
+}
+
+/// [`parse_duration`] within [`limits::INTERVAL`] (the `--interval` flag).
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    limits::duration(d, limits::INTERVAL)?;
     Ok(d)
 }
 
@@ -432,6 +496,7 @@ fn validate(config: &Config) -> Result<(), Violation> {
             ),
         ));
     }
+    limits::duration(config.interval, limits::INTERVAL).map_err(|r| (vec![Key("interval")], r))?;
     if config.drops.map_entries == 0 {
         return Err((
             vec![Key("drops"), Key("map_entries")],
@@ -444,7 +509,15 @@ fn validate(config: &Config) -> Result<(), Violation> {
             "must be at least 1".into(),
         ));
     }
+    limits::size(config.drops.map_entries, limits::MAP_ENTRIES)
+        .map_err(|r| (vec![Key("drops"), Key("map_entries")], r))?;
     let e = &config.ethtool;
+    limits::duration(e.link_state_interval, limits::LINK_STATE_INTERVAL)
+        .map_err(|r| (vec![Key("ethtool"), Key("link_state_interval")], r))?;
+    limits::size(e.unsupported_retry_cycles, limits::UNSUPPORTED_RETRY_CYCLES)
+        .map_err(|r| (vec![Key("ethtool"), Key("unsupported_retry_cycles")], r))?;
+    limits::size(e.max_interfaces, limits::MAX_INTERFACES)
+        .map_err(|r| (vec![Key("ethtool"), Key("max_interfaces")], r))?;
     patterns(
         &[Key("ethtool"), Key("interfaces_include")],
         &e.interfaces_include,
@@ -550,6 +623,36 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Whether a variable is one the configuration (or the exporter settings) reads as text.
+fn is_config_var(name: &std::ffi::OsStr) -> bool {
+    // `RETINA_CONFIG` and `RETINA_BTF` are paths, which may be any bytes.
+    let name = name.as_encoded_bytes();
+    name.starts_with(b"OTEL_")
+        || name == env::RUST_LOG.as_bytes()
+        || name == env::LOG_FORMAT.as_bytes()
+}
+
+/// Refuses a variable the configuration reads whose value is not UTF-8: silently ignoring
+/// it would drop, e.g., an `OTEL_EXPORTER_OTLP_HEADERS` auth header. The value is not shown
+/// (headers hold credentials).
+pub fn check_env_utf8(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in vars {
+        if is_config_var(&name) && value.to_str().is_none() {
+            return Err(ConfigError::EnvNotUtf8 {
+                name: name.to_string_lossy().into_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// [`check_env_utf8`] over the process environment.
+pub fn check_process_env() -> Result<(), ConfigError> {
+    check_env_utf8(std::env::vars_os())
+}
+
 /// Applies the environment and then the flags to a parsed file (or to the defaults).
 pub fn resolve(
     file: Option<FileConfig>,
@@ -566,10 +669,18 @@ pub fn resolve(
         && let Some(d) =
             export::interval_from_env(|k: &str| env(k)).map_err(ConfigError::ExportEnv)?
     {
+        if let Err(reason) = limits::duration(d, limits::INTERVAL) {
+            return Err(ConfigError::Env {
+                name: env::METRIC_EXPORT_INTERVAL,
+                value: env(env::METRIC_EXPORT_INTERVAL).unwrap_or_default(),
+                reason,
+            });
+        }
         config.interval = d;
     }
     if let Some(v) = get(env::RUST_LOG) {
-        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&v) {
+        // The same check as the file's `log.level`: a bare word must be a level.
+        if let Err(e) = check_log_level(&v) {
             return Err(ConfigError::Env {
                 name: env::RUST_LOG,
                 value: v,
@@ -625,6 +736,23 @@ pub fn resolve(
     }
     // The file was validated on its own; what the environment and flags changed is
     // checked here.
+    for (key, check) in [
+        (
+            "interval",
+            limits::duration(config.interval, limits::INTERVAL),
+        ),
+        (
+            "drops.map_entries",
+            limits::size(config.drops.map_entries, limits::MAP_ENTRIES),
+        ),
+    ] {
+        if let Err(reason) = check {
+            return Err(ConfigError::Resolved {
+                key: key.into(),
+                reason,
+            });
+        }
+    }
     config.export.validate().map_err(|e| match e {
         export::ConfigError::Invalid { key, reason } => ConfigError::Resolved {
             key: key.to_string(),
@@ -663,7 +791,7 @@ fn read(path: Option<&Path>) -> Result<Option<(String, PathBuf)>, ConfigError> {
         Some(p) => (p.to_path_buf(), true),
         None => (PathBuf::from(DEFAULT_PATH), false),
     };
-    match std::fs::read_to_string(&path) {
+    match crate::fsutil::read_regular_string(&path, crate::fsutil::CONFIG_MAX_BYTES) {
         Ok(text) => Ok(Some((text, path))),
         Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(ConfigError::Read { path, source }),
@@ -1159,3 +1287,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod limits_tests;

@@ -3,7 +3,8 @@
 //! Every `interval` the loop runs one collection cycle, then starts one OTLP export of
 //! its values (skipped and counted if the previous export is still in flight, so a slow
 //! collector never delays collection). The Prometheus endpoint reads the same values when
-//! scraped. On SIGTERM or SIGINT: one last cycle and export, bounded by
+//! scraped. On SIGTERM or SIGINT, or when the reader of the `--summary` output has gone
+//! (`run --summary | head -2`: EPIPE on stdout): one last cycle and export, bounded by
 //! [`SHUTDOWN_BUDGET`], then the agent is dropped (the eBPF program detached) and `run`
 //! returns.
 
@@ -76,7 +77,7 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
     // The first tick is immediate: the first cycle runs before the exporters start, so
     // they are sized from real series.
     ticker.tick().await;
-    cycle(&agent, settings.summary, &mut last);
+    let mut output = cycle(&agent, settings.summary, &mut last);
     let mut exporters = match Exporters::start(&agent, &settings.export, &settings.prometheus).await
     {
         Ok(e) => e,
@@ -90,18 +91,40 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
     // goes back to the kernel instead of staying in the heap for the daemon's lifetime.
     crate::memory::release_free_pages();
     tracing::info!(interval = ?interval, "retina-agent running");
+    let mut notifier = crate::notify::Notifier::from_env();
+    if let Some(w) = notifier.watchdog()
+        && w < interval.saturating_mul(2)
+    {
+        tracing::warn!(
+            watchdog = ?w,
+            interval = ?interval,
+            "the systemd watchdog period is shorter than two collection intervals: a slow \
+             cycle gets the agent restarted (raise WatchdogSec=)"
+        );
+    }
+    notifier.ready(&ready_status(&agent, interval));
     loop {
+        if output == Output::Closed {
+            // Like any filter whose reader went away: stop, but cleanly (final export,
+            // probe detached, exit status 0).
+            tracing::info!("stdout closed (broken pipe): stopping");
+            break;
+        }
         tokio::select! {
             _ = ticker.tick() => {
-                cycle(&agent, settings.summary, &mut last);
+                output = cycle(&agent, settings.summary, &mut last);
+                // From the loop, after the cycle: a hung collection stops the pings.
+                notifier.cycle_done();
                 exporters.export().await;
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
         }
     }
-    let deadline = Instant::now() + SHUTDOWN_BUDGET;
-    cycle(&agent, false, &mut last);
+    notifier.stopping("stopping: final collection and export");
+    let now = Instant::now();
+    let deadline = now.checked_add(SHUTDOWN_BUDGET).unwrap_or(now);
+    let _ = cycle(&agent, false, &mut last);
     exporters.shutdown(deadline).await;
     // Dropping the agent detaches the eBPF program and frees its maps.
     drop(agent.take());
@@ -109,28 +132,56 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
     Ok(())
 }
 
+/// The `STATUS=` line once running: the interval and what could not start.
+fn ready_status(agent: &SharedAgent, interval: Duration) -> String {
+    let mut status = format!("collecting every {}", humantime::format_duration(interval));
+    if let Some(agent) = agent.lock().as_ref() {
+        let degraded: Vec<&str> = agent.degraded().iter().map(|d| d.collector).collect();
+        if !degraded.is_empty() {
+            status.push_str(&format!("; not collecting: {}", degraded.join(", ")));
+        }
+    }
+    status
+}
+
+/// How printing the summary went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Ok,
+    /// Whoever read stdout has gone (`run --summary | head`).
+    Closed,
+}
+
 /// One collection cycle, then the terminal summary if asked for.
-fn cycle(agent: &SharedAgent, summary: bool, last: &mut Option<Vec<Point>>) {
+fn cycle(agent: &SharedAgent, summary: bool, last: &mut Option<Vec<Point>>) -> Output {
     let mut guard = agent.lock();
     if let Some(agent) = guard.as_mut() {
         agent.cycle();
-        if summary {
-            print_summary(agent, last);
+        if summary && let Err(e) = print_summary(agent, last) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Output::Closed;
+            }
+            // Any other write error (a full disk behind a redirect): the summary is a
+            // convenience, the daemon goes on.
+            tracing::warn!("printing the summary: {e}");
         }
     }
+    Output::Ok
 }
 
 /// Prints the "where packets died" view of what was lost since the previous cycle (the
 /// first cycle only takes the baseline: interface and NIC counters run since boot). This
 /// is the human view for a terminal, not the export path, so it may allocate.
-fn print_summary(agent: &Agent, last: &mut Option<Vec<Point>>) {
+fn print_summary(agent: &Agent, last: &mut Option<Vec<Point>>) -> std::io::Result<()> {
+    use std::io::Write;
     let now = snapshot::capture_matching(agent, |m| losses::reads(m.name));
     let Some(before) = last.replace(now.clone()) else {
-        return;
+        return Ok(());
     };
     let rows = losses::rows(&snapshot::deltas(&before, now));
     if rows.is_empty() {
-        return;
+        return Ok(());
     }
-    println!("{}", losses::render(&rows));
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", losses::render(&rows)).and_then(|()| out.flush())
 }

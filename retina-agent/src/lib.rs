@@ -13,11 +13,14 @@ pub mod ebpf_log;
 pub mod export;
 pub mod filter;
 pub mod generate;
+pub mod fsutil;
 pub mod links;
 pub mod losses;
 pub mod memory;
 pub mod metrics;
 pub mod netns;
+pub mod notify;
+pub mod ratelimit;
 pub mod snapshot;
 pub mod workload;
 

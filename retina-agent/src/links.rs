@@ -213,8 +213,12 @@ impl OperState {
 #[derive(Clone, Debug)]
 pub struct Link {
     pub ifindex: u32,
-    /// Shared so attribute sets can hold it without copying.
+    /// Shared so attribute sets can hold it without copying. A name that is not UTF-8
+    /// (interface names are bytes) is here with U+FFFD for each invalid sequence, as every
+    /// exported attribute has it; [`Link::name_bytes`] has the kernel's bytes.
     pub name: Arc<str>,
+    /// The kernel's bytes of a name that is not UTF-8 (`None` when `name` is exact).
+    pub raw_name: Option<Arc<[u8]>>,
     /// `IFF_*` flags from `ifinfomsg`.
     pub flags: u32,
     pub stats: LinkStats,
@@ -241,6 +245,7 @@ impl Link {
         Link {
             ifindex,
             name: Arc::from(name),
+            raw_name: None,
             flags: 0,
             stats: LinkStats::default(),
             instance: next_instance(),
@@ -249,6 +254,11 @@ impl Link {
             mtu: None,
             kind: None,
         }
+    }
+
+    /// The name as the kernel has it, for ioctls and netlink requests by name.
+    pub fn name_bytes(&self) -> &[u8] {
+        self.raw_name.as_deref().unwrap_or(self.name.as_bytes())
     }
 
     /// `IFF_UP`: administratively up.
@@ -966,8 +976,9 @@ impl Table {
                 e.seen = stamp;
                 let l = &mut e.link;
                 let mut changed = m.stats.went_back_from(&l.stats);
-                if !lossy_eq(m.name, &l.name) {
+                if m.name != l.name_bytes() {
                     l.name = lossy_arc(m.name);
+                    l.raw_name = raw_name(m.name);
                     changed = true;
                 }
                 let same_kind = match (m.kind, &l.kind) {
@@ -993,6 +1004,7 @@ impl Table {
                 let link = Link {
                     ifindex: m.ifindex,
                     name: lossy_arc(m.name),
+                    raw_name: raw_name(m.name),
                     flags: m.flags,
                     stats: m.stats,
                     instance: next_instance(),
@@ -1273,6 +1285,11 @@ pub(crate) fn lossy_eq(raw: &[u8], s: &str) -> bool {
         }
     }
     rest.is_empty()
+}
+
+/// The bytes of a name that is not UTF-8, kept next to its lossy text.
+fn raw_name(raw: &[u8]) -> Option<Arc<[u8]>> {
+    std::str::from_utf8(raw).is_err().then(|| Arc::from(raw))
 }
 
 /// Interface names are bytes; the rare non-UTF-8 one is stored lossily.

@@ -1,4 +1,4 @@
-use std::{io::IsTerminal, process::ExitCode};
+use std::{io::IsTerminal, os::fd::AsFd, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches};
@@ -58,6 +58,20 @@ fn emit(text: &str) -> Result<()> {
     }
 }
 
+/// An error and its causes, each said once: our error types already print their source in
+/// their own message, so a cause is only added when the text so far does not contain it.
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 fn main() -> ExitCode {
     retina_agent::memory::configure();
     // The hidden `generate` subcommand (man pages, completions) is added here, not in
@@ -84,7 +98,8 @@ fn main() -> ExitCode {
         Err(e) => e.format(&mut Cli::command()).exit(),
     };
     let overrides = cli.overrides();
-    let loaded = config::load(cli.config.as_deref(), &config::process_env, &overrides);
+    let loaded = config::check_process_env()
+        .and_then(|()| config::load(cli.config.as_deref(), &config::process_env, &overrides));
     // The configuration decides how to log, so its errors cannot go through the log: they
     // are printed as they are, before anything has started.
     let loaded = match (&cli.command, loaded) {
@@ -123,7 +138,7 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli, loaded)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -207,10 +222,13 @@ fn check_command(
         CheckFormat::Json => format!("{}\n", check::render_json(&checks)),
     };
     if let Err(e) = emit(&text) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", chain(&e));
         return ExitCode::FAILURE;
     }
-    if check::passed(&checks) {
+    if loaded.is_err() {
+        // The same status as `run` gives this configuration.
+        ExitCode::from(EXIT_CONFIG)
+    } else if check::passed(&checks) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -256,8 +274,15 @@ async fn snapshot_command(options: &AgentOptions, args: &SnapshotArgs) -> Result
     let started = std::time::Instant::now();
     let mut code = ExitCode::SUCCESS;
     if let Some((program, rest)) = args.command.split_first() {
+        // CMD's stdout goes to our stderr: stdout carries the snapshot alone (JSON stays
+        // parsable), and CMD's output is still seen on a terminal.
+        let stdout = std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating stderr for the command's output")?;
         let status = tokio::process::Command::new(program)
             .args(rest)
+            .stdout(std::process::Stdio::from(stdout))
             .status()
             .await
             .with_context(|| format!("running {program}"))?;

@@ -81,7 +81,12 @@ pub struct NetnsNames {
     /// about again only after [`RESCAN`], while a namespace never asked about before
     /// always triggers a scan, so a freshly created named namespace is always found.
     unnamed: HashMap<u32, Instant>,
+    /// When [`NetnsNames::release_deleted`] last looked.
+    checked: Option<Instant>,
 }
+
+/// Check that the named namespaces we hold sockets in still exist at most this often.
+const RELEASE_CHECK: Duration = Duration::from_secs(1);
 
 /// Look an unnamed namespace up again at most this often.
 const RESCAN: Duration = Duration::from_secs(1);
@@ -98,6 +103,7 @@ impl NetnsNames {
             dir: dir.as_ref().to_path_buf(),
             by_inode: HashMap::new(),
             unnamed: HashMap::new(),
+            checked: None,
         }
     }
 
@@ -128,6 +134,37 @@ impl NetnsNames {
                 refreshed: None,
             });
         }
+    }
+
+    /// Forgets named namespaces whose name is gone (`ip netns del`) or now names another
+    /// namespace, closing the rtnetlink sockets opened in them: a socket holds its
+    /// namespace alive, so keeping it would keep a deleted namespace (and its devices)
+    /// in the kernel. Runs at most every [`RELEASE_CHECK`]; one `stat` per namespace
+    /// held, no allocation. Returns how many were released.
+    pub fn release_deleted(&mut self) -> usize {
+        let now = Instant::now();
+        if self
+            .checked
+            .is_some_and(|t| now.saturating_duration_since(t) < RELEASE_CHECK)
+        {
+            return 0;
+        }
+        self.checked = Some(now);
+        let before = self.by_inode.len();
+        self.by_inode.retain(|inode, named| {
+            std::fs::metadata(&named.path)
+                .is_ok_and(|m| u32::try_from(m.ino()).is_ok_and(|ino| ino == *inode))
+        });
+        let released = before - self.by_inode.len();
+        if released > 0 {
+            tracing::debug!(released, "closed rtnetlink sockets of deleted namespaces");
+        }
+        released
+    }
+
+    /// Named namespaces with an open rtnetlink socket.
+    pub fn open_sockets(&self) -> usize {
+        self.by_inode.values().filter(|n| n.links.is_some()).count()
     }
 
     fn named(&mut self, inode: u32) -> Option<&mut Named> {

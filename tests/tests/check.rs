@@ -1,6 +1,6 @@
 //! `retina-agent check` end to end: as root on this machine every check that can FAIL
 //! passes (the probe is really loaded, attached and detached); without capabilities the
-//! capability check fails with a hint and exit status 1; a bad configuration, a taken
+//! capability check fails with a hint and exit status 1; a bad configuration (status 2), a taken
 //! Prometheus port and an unreachable collector are reported for what they are.
 
 use std::{
@@ -247,7 +247,8 @@ fn bad_config_taken_port_and_disabled_drops() -> Result<()> {
     let bad = dir.file("bad.toml", "[netdev]\ninclude = [\"eth[\"]\n")?;
     let out = check(&[], &["--config", bad.to_str().unwrap()])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    // Status 2, as `run` exits for this configuration.
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
     let (checks, hints) = parse(&stdout);
     assert_eq!(status_of(&checks, "config"), "FAIL");
     let detail = &find(&checks, "config").detail;

@@ -614,7 +614,7 @@ impl EthtoolCollector {
         if !due {
             return;
         }
-        let Some(ifname) = IfName::new(&link.name) else {
+        let Some(ifname) = IfName::from_bytes(link.name_bytes()) else {
             entry.state = State::Excluded;
             return;
         };

@@ -83,7 +83,7 @@ impl Default for NetdevConfig {
 /// Why the `netdev` collector could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum NetdevError {
-    #[error("netdev collector: invalid interface name pattern: {0}")]
+    #[error("invalid interface name pattern: {0}")]
     Filter(#[from] regex::Error),
 }
 
@@ -376,8 +376,18 @@ mod tests {
             include: vec!["(".into()],
             ..NetdevConfig::default()
         };
+        // The agent's error says "netdev collector: " in front; this one does not repeat it.
         let err = NetdevCollector::new(&bad).unwrap_err().to_string();
-        assert!(err.contains("netdev") && err.contains('('), "{err}");
+        assert!(
+            err.starts_with("invalid interface name pattern") && err.contains('('),
+            "{err}"
+        );
+        let err = crate::agent::AgentError::from(NetdevCollector::new(&bad).unwrap_err());
+        assert_eq!(
+            err.to_string().matches("netdev collector").count(),
+            1,
+            "{err}"
+        );
         let c: NetdevConfig = serde_json::from_str(r#"{"exclude": ["veth.*"]}"#).unwrap();
         assert!(c.enabled);
         assert_eq!(c.exclude, ["veth.*"]);

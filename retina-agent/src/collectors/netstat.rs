@@ -45,15 +45,7 @@
 //! error.
 
 use std::{
-    collections::HashSet,
-    ffi::{CString, c_void},
-    io,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::ffi::OsStrExt,
-    },
-    path::PathBuf,
-    sync::Arc,
+    collections::HashSet, ffi::CString, io, os::unix::ffi::OsStrExt, path::PathBuf, sync::Arc,
 };
 
 use opentelemetry::KeyValue;
@@ -159,9 +151,9 @@ pub enum Problem {
 /// Why the `netstat` collector could not be built or a cycle failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetstatError {
-    #[error("netstat collector: invalid field pattern: {0}")]
+    #[error("invalid field pattern: {0}")]
     Filter(#[from] regex::Error),
-    #[error("netstat collector: path {} contains a NUL byte", path.display())]
+    #[error("path {} contains a NUL byte", path.display())]
     Path { path: PathBuf },
     #[error("reading {}: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
@@ -219,6 +211,8 @@ struct Source {
     scratch: Vec<Raw>,
     /// The file was missing at the last read.
     absent: bool,
+    /// Logging of this file's errors when another file's error is the one returned.
+    streak: crate::ratelimit::Streak,
 }
 
 /// Protocol statistics from procfs.
@@ -249,12 +243,22 @@ impl NetstatCollector {
     pub fn update(&mut self) -> Result<(), NetstatError> {
         let mut first = None;
         for source in &mut self.sources {
-            if let Err(e) = source.update(&self.filter) {
-                if first.is_none() {
-                    first = Some(e);
-                } else {
-                    tracing::warn!(error = %e, "netstat collector");
+            match source.update(&self.filter) {
+                Ok(()) => {
+                    source.streak.ok();
                 }
+                // The first error goes to the agent, which logs it rate-limited.
+                Err(e) if first.is_none() => {
+                    source.streak.ok();
+                    first = Some(e);
+                }
+                Err(e) => match source.streak.fail() {
+                    Some(0) => tracing::warn!("netstat collector: {e}"),
+                    Some(n) => {
+                        tracing::warn!("netstat collector: still failing ({n} more failures): {e}")
+                    }
+                    None => {}
+                },
             }
         }
         first.map_or(Ok(()), Err)
@@ -310,6 +314,7 @@ impl Source {
             slots: Vec::new(),
             scratch: Vec::new(),
             absent: false,
+            streak: crate::ratelimit::Streak::default(),
         })
     }
 
@@ -322,7 +327,11 @@ impl Source {
     }
 
     fn update(&mut self, filter: &NameFilter) -> Result<(), NetstatError> {
-        match read_into(&self.cpath, &mut self.buf) {
+        match crate::fsutil::read_regular_into(
+            &self.cpath,
+            &mut self.buf,
+            crate::fsutil::PROC_MAX_BYTES,
+        ) {
             Ok(()) => self.absent = false,
             Err(e) if self.optional && e.kind() == io::ErrorKind::NotFound => {
                 if !self.absent {
@@ -376,47 +385,6 @@ impl Source {
         self.layout = layout;
         self.slots = slots;
         Ok(())
-    }
-}
-
-/// Reads the whole file at `path` into `buf` (cleared first). Allocates only if the file
-/// outgrew the buffer's capacity; the path is already a C string, so opening allocates
-/// nothing either.
-fn read_into(path: &std::ffi::CStr, buf: &mut Vec<u8>) -> io::Result<()> {
-    // SAFETY: `path` is NUL-terminated; the returned descriptor is owned below.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    buf.clear();
-    loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.capacity().max(4096));
-        }
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: `spare` is valid for writes of `spare.len()` bytes.
-        let n = unsafe {
-            libc::read(
-                fd.as_raw_fd(),
-                spare.as_mut_ptr().cast::<c_void>(),
-                spare.len(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        let len = buf.len() + n as usize;
-        // SAFETY: the kernel initialized `n` more bytes, within capacity.
-        unsafe { buf.set_len(len) };
     }
 }
 

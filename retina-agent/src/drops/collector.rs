@@ -257,6 +257,41 @@ impl DropCollector {
 }
 
 impl DropCollector {
+    /// A host interface renamed since its series were made: their attributes take the new
+    /// name (the series stays one series for the exporters' delta and cumulative state,
+    /// keyed by the kernel key). Only runs when the link table changed; allocates only
+    /// for the series of a renamed interface.
+    fn follow_renames(&mut self, links: &Links) {
+        let host = self.host_netns;
+        let stale: Vec<DropKey> = self
+            .series
+            .iter()
+            .filter(|(k, s)| {
+                if s.retired || k.ifindex == 0 || !(k.netns == host || k.netns == 0) {
+                    return false;
+                }
+                let Some(link) = links.get(k.ifindex) else {
+                    return false;
+                };
+                let held = s
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == attr::INTERFACE_NAME);
+                match held.map(|kv| &kv.value) {
+                    Some(Value::String(name)) => name.as_str() != &*link.name,
+                    _ => true,
+                }
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            let attributes = self.attributes(&key, links);
+            if let Some(s) = self.series.get_mut(&key) {
+                s.attributes = attributes;
+            }
+        }
+    }
+
     /// Keys never leave the kernel map on their own, so on a host where pods come and go
     /// it would fill up with namespaces and interfaces that no longer exist. When the host's
     /// link table changes (a pod's veth comes or goes), keys of host interfaces that are
@@ -413,6 +448,8 @@ impl Collector for DropCollector {
                     .sum::<u64>();
         }
         self.entries = entries;
+        // Sockets in deleted namespaces would keep those namespaces alive.
+        self.netns.release_deleted();
         let full = entries * 100 >= u64::from(self.probe.max_entries()) * PRUNE_AT_PERCENT;
         let links_changed = self.links_generation != Some(links.generation());
         self.links_generation = Some(links.generation());
@@ -427,6 +464,9 @@ impl Collector for DropCollector {
             // Interfaces came or went: shed the keys of host interfaces that are gone right
             // away (cheap: no syscall unless there is one), so churn does not pile up.
             self.prune(links, false)?;
+        }
+        if links_changed {
+            self.follow_renames(links);
         }
         self.overflow = self
             .probe

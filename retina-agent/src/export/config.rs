@@ -528,8 +528,21 @@ impl ExportConfig {
         if !self.enabled {
             return Ok(());
         }
+        if self
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.trim().is_empty())
+        {
+            return Err(invalid(
+                "export.endpoint",
+                "is blank; remove the key for the default endpoint",
+            ));
+        }
         let url = self.resolved_endpoint();
         let bad = |reason: String| invalid("export.endpoint", format!("{url:?}: {reason}"));
+        if url.contains('#') {
+            return Err(bad("a fragment (#...) is not allowed".into()));
+        }
         let uri: http::Uri = url
             .parse()
             .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
@@ -555,6 +568,19 @@ impl ExportConfig {
         if authority.port_u16() == Some(0) {
             return Err(bad("port 0".into()));
         }
+        // `http` drops a port that does not fit 16 bits (the URL would then go to the
+        // scheme's port): read it from the text.
+        let port_text = authority
+            .as_str()
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.starts_with('[') || host.ends_with(']'))
+            .map(|(_, port)| port);
+        if let Some(p) = port_text
+            && !p.is_empty()
+            && p.parse::<u16>().is_err()
+        {
+            return Err(bad("the port is not a number from 1 to 65535".into()));
+        }
         if uri.query().is_some() {
             return Err(bad("a query string is not allowed".into()));
         }
@@ -567,6 +593,8 @@ impl ExportConfig {
         if self.timeout.is_zero() {
             return Err(invalid("export.timeout", "must be greater than zero"));
         }
+        crate::config::limits::duration(self.timeout, crate::config::limits::EXPORT_TIMEOUT)
+            .map_err(|reason| invalid("export.timeout", reason))?;
         for (k, v) in &self.headers {
             if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
                 return Err(invalid(
@@ -602,7 +630,7 @@ impl ExportConfig {
             ("export.client_key_file", &self.client_key_file),
         ] {
             if let Some(path) = path
-                && let Err(e) = std::fs::File::open(path)
+                && let Err(e) = crate::fsutil::read_regular(path, crate::fsutil::PEM_MAX_BYTES)
             {
                 return Err(invalid(key, format!("{}: {e}", path.display())));
             }

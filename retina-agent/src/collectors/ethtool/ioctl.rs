@@ -96,7 +96,12 @@ impl IfName {
     /// `None` when the name does not fit `IFNAMSIZ` or contains a NUL (the kernel never
     /// reports such a name).
     pub fn new(name: &str) -> Option<IfName> {
-        let bytes = name.as_bytes();
+        Self::from_bytes(name.as_bytes())
+    }
+
+    /// [`IfName::new`] for a name as the kernel has it ([`crate::links::Link::name_bytes`]),
+    /// which need not be UTF-8.
+    pub fn from_bytes(bytes: &[u8]) -> Option<IfName> {
         if bytes.is_empty() || bytes.len() >= IFNAMSIZ || bytes.contains(&0) {
             return None;
         }
@@ -395,6 +400,10 @@ mod tests {
         assert!(IfName::new("0123456789abcdef").is_none());
         assert!(IfName::new("0123456789abcde").is_some());
         assert!(IfName::new("a\0b").is_none());
+        assert_eq!(
+            IfName::from_bytes(b"\xff\xfe\x01").map(|n| n.0[..4].to_vec()),
+            Some(vec![0xff, 0xfe, 0x01, 0])
+        );
     }
 
     #[test]

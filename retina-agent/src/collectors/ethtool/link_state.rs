@@ -56,7 +56,7 @@ pub enum LinkStateError {
         request: &'static str,
         error: String,
     },
-    #[error("ethtool link state: starting the worker: {0}")]
+    #[error("ethtool link state: {0}")]
     Worker(String),
     #[error("ethtool link state: no refresh within {0:?}")]
     Timeout(Duration),
@@ -97,8 +97,9 @@ fn header(h: &[EthtoolHeader]) -> (Option<u32>, Option<String>) {
 /// Reads the link state of every interface whose name `filter` selects, with three
 /// dumps over a new ethtool netlink connection. Needs a tokio runtime with IO enabled.
 ///
-/// A dump that fails part-way keeps what arrived before the failure; the first error is
-/// returned next to the (partial) table.
+/// A message that does not decode (the `ethtool` crate refuses an interface name that is
+/// not UTF-8) costs only its own interface: the rest of the dump is still read. The first
+/// error is returned next to the (partial) table.
 pub async fn query_link_state(
     filter: &NameFilter,
 ) -> Result<(LinkStateTable, Option<LinkStateError>), LinkStateError> {
@@ -142,11 +143,14 @@ pub async fn query_link_state(
                 let msg = match msg {
                     Ok(m) => m,
                     Err(e) => {
+                        // One message the crate cannot decode (an interface whose name is
+                        // not UTF-8: it parses names as `String`) spoils only that
+                        // interface: the rest of the dump still comes.
                         first_error.get_or_insert(LinkStateError::Request {
                             request,
                             error: e.to_string(),
                         });
-                        break;
+                        continue;
                     }
                 };
                 apply(&mut table, filter, &msg.payload.nlas);
@@ -293,6 +297,9 @@ struct SharedState {
     generation: u64,
     published: Option<BTreeMap<u32, Prepared>>,
     error: Option<LinkStateError>,
+    /// The worker thread has ended without being asked to (it failed to start its
+    /// runtime, or panicked).
+    exited: bool,
 }
 
 #[derive(Default)]
@@ -337,6 +344,8 @@ pub struct LinkStateCollector {
     cycle: u64,
     /// Generation of the installed table.
     installed: u64,
+    /// The worker's end has been logged.
+    exit_logged: bool,
 }
 
 impl LinkStateCollector {
@@ -362,6 +371,7 @@ impl LinkStateCollector {
             known: BTreeMap::new(),
             cycle: 0,
             installed: 0,
+            exit_logged: false,
         })
     }
 
@@ -372,7 +382,8 @@ impl LinkStateCollector {
         links: &Links,
         timeout: Duration,
     ) -> Result<(), LinkStateError> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add to the clock is no deadline.
+        let deadline = Instant::now().checked_add(timeout);
         let target = {
             let mut s = self.shared.lock();
             s.requested = true;
@@ -380,22 +391,45 @@ impl LinkStateCollector {
             s.generation + 1
         };
         let mut s = self.shared.lock();
-        while s.generation < target {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(LinkStateError::Timeout(timeout));
-            }
-            s = self
-                .shared
-                .done
-                .wait_timeout(s, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        while s.generation < target && !s.exited {
+            s = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(LinkStateError::Timeout(timeout));
+                    }
+                    self.shared
+                        .done
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self.shared.done.wait(s).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+        if s.exited {
+            drop(s);
+            return Err(self.worker_gone());
         }
         let error = s.error.clone();
         drop(s);
         self.install(links);
         error.map_or(Ok(()), Err)
+    }
+
+    /// The error for a worker that has ended: logged once, then returned every cycle (so
+    /// `retina.agent.collect.failures{collector="ethtool_link"}` keeps counting), with no
+    /// stale link state left to export.
+    fn worker_gone(&mut self) -> LinkStateError {
+        self.table.clear();
+        if !self.exit_logged {
+            self.exit_logged = true;
+            tracing::error!(
+                "ethtool link state: the worker thread has ended; link speed, duplex, rings and \
+                 channels are no longer reported"
+            );
+        }
+        LinkStateError::Worker("the worker thread has ended".into())
     }
 
     /// Interfaces with link state currently held.
@@ -425,7 +459,21 @@ impl LinkStateCollector {
     }
 }
 
+/// Marks the worker as ended when it returns or unwinds, unless it was told to stop.
+struct ExitGuard<'a>(&'a Shared);
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        if !s.shutdown {
+            s.exited = true;
+            self.0.done.notify_all();
+        }
+    }
+}
+
 fn worker(shared: &Shared, filter: &NameFilter, interval: Duration) {
+    let _exit = ExitGuard(shared);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -433,10 +481,7 @@ fn worker(shared: &Shared, filter: &NameFilter, interval: Duration) {
     {
         Ok(rt) => rt,
         Err(e) => {
-            let mut s = shared.lock();
-            s.error = Some(LinkStateError::Worker(e.to_string()));
-            s.generation += 1;
-            shared.done.notify_all();
+            tracing::error!("ethtool link state: starting the worker's runtime: {e}");
             return;
         }
     };
@@ -444,26 +489,36 @@ fn worker(shared: &Shared, filter: &NameFilter, interval: Duration) {
     loop {
         {
             let mut s = shared.lock();
-            let next = last.map_or_else(Instant::now, |l| l + interval);
+            // `None`: no periodic refresh is due (the interval runs past the clock's end;
+            // the configuration caps it far below that).
+            let next = match last {
+                None => Some(Instant::now()),
+                Some(l) => l.checked_add(interval),
+            };
             loop {
                 if s.shutdown {
                     return;
                 }
                 let now = Instant::now();
-                let gap_ok = last.is_none_or(|l| now >= l + MIN_GAP);
-                if (s.requested && gap_ok) || now >= next {
+                let gap_ok = last.is_none_or(|l| now.saturating_duration_since(l) >= MIN_GAP);
+                if (s.requested && gap_ok) || next.is_some_and(|n| now >= n) {
                     break;
                 }
                 let until = if s.requested {
-                    last.map_or(now, |l| l + MIN_GAP)
+                    Some(last.and_then(|l| l.checked_add(MIN_GAP)).unwrap_or(now))
                 } else {
                     next
                 };
-                s = shared
-                    .wake
-                    .wait_timeout(s, until.saturating_duration_since(now))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                s = match until {
+                    Some(until) => {
+                        shared
+                            .wake
+                            .wait_timeout(s, until.saturating_duration_since(now))
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                    None => shared.wake.wait(s).unwrap_or_else(|e| e.into_inner()),
+                };
             }
             s.requested = false;
         }
@@ -508,6 +563,9 @@ impl Collector for LinkStateCollector {
     }
 
     fn collect(&mut self, links: &Links) -> Result<(), CollectError> {
+        if self.shared.lock().exited {
+            return Err(Box::new(self.worker_gone()));
+        }
         self.cycle += 1;
         let cycle = self.cycle;
         let mut new = false;
@@ -556,6 +614,71 @@ impl Collector for LinkStateCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interval_past_the_clock_s_end_does_not_kill_the_worker() {
+        // The configuration caps link_state_interval at a day; the worker must not rely on it.
+        let config = EthtoolConfig {
+            link_state_interval: Duration::MAX,
+            ..EthtoolConfig::default()
+        };
+        let mut c = LinkStateCollector::new(&config).unwrap();
+        let links = Links::from_links([]);
+        for _ in 0..2 {
+            if let Err(e) = c.refresh_blocking(&links, Duration::from_secs(30)) {
+                assert!(!matches!(e, LinkStateError::Worker(_)), "{e}");
+            }
+            assert!(!c.shared.lock().exited);
+        }
+    }
+
+    #[test]
+    fn a_worker_that_ends_is_reported_every_cycle() {
+        let shared = Arc::new(Shared::default());
+        let worker = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let _exit = ExitGuard(&shared);
+                panic!("injected worker failure");
+            })
+        };
+        assert!(worker.join().is_err());
+        let mut c = LinkStateCollector {
+            shared,
+            worker: None,
+            filter: NameFilter::new(&[], &[]).unwrap(),
+            table: prepare(LinkStateTable::from([(
+                1,
+                LinkState {
+                    name: "eth0".into(),
+                    speed_mbps: Some(1000),
+                    ..LinkState::default()
+                },
+            )])),
+            known: BTreeMap::new(),
+            cycle: 0,
+            installed: 0,
+            exit_logged: false,
+        };
+        let links = Links::from_links([crate::links::Link::new(1, "eth0")]);
+        for _ in 0..3 {
+            let e = c.collect(&links).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "ethtool link state: the worker thread has ended"
+            );
+            // Nothing stale is left to export.
+            assert_eq!(c.interfaces(), 0);
+        }
+        assert!(c.exit_logged);
+        let e = c.refresh_blocking(&links, Duration::MAX).unwrap_err();
+        assert!(matches!(e, LinkStateError::Worker(_)), "{e}");
+        // A shutdown the collector asked for is not a failure.
+        let shared = Arc::new(Shared::default());
+        shared.lock().shutdown = true;
+        drop(ExitGuard(&shared));
+        assert!(!shared.lock().exited);
+    }
 
     #[test]
     fn prepare_builds_points() {

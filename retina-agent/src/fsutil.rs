@@ -1,0 +1,213 @@
+//! Opening files the agent is told about (the configuration, `--btf`, TLS files, procfs
+//! files under `netstat.proc_root`) as regular files only, and reading them with a cap.
+//!
+//! A FIFO, a device (`/dev/zero`), a socket or a directory is refused at once with an
+//! error that says what it is: the open never blocks (`O_NONBLOCK`, which means nothing
+//! for a regular file), and a read stops at the cap instead of filling memory.
+
+use std::{
+    ffi::CStr,
+    fs::File,
+    io::{self, Read},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::{FileTypeExt, OpenOptionsExt},
+    },
+    path::Path,
+};
+
+/// Largest configuration file the agent reads (1 MiB; the packaged one is ~6 KiB).
+pub const CONFIG_MAX_BYTES: u64 = 1 << 20;
+/// Largest BTF blob (`/sys/kernel/btf/vmlinux` is 5-8 MiB on current kernels).
+pub const BTF_MAX_BYTES: u64 = 64 << 20;
+/// Largest PEM file for TLS (CA bundles are ~200 KiB).
+pub const PEM_MAX_BYTES: u64 = 4 << 20;
+/// Largest procfs statistics file (`/proc/net/snmp6` is ~10 KiB).
+pub const PROC_MAX_BYTES: usize = 1 << 20;
+
+/// What kind of file this is, for an error message.
+fn kind(ft: std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn not_regular(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("not a regular file ({what})"),
+    )
+}
+
+fn too_big(cap: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("larger than the limit of {cap} bytes"),
+    )
+}
+
+/// Opens `path` for reading if it is a regular file (symbolic links followed).
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let ft = file.metadata()?.file_type();
+    if !ft.is_file() {
+        return Err(not_regular(kind(ft)));
+    }
+    Ok(file)
+}
+
+/// Reads the regular file at `path`, refusing one longer than `cap` bytes.
+pub fn read_regular(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    let len = file.metadata()?.len();
+    if len > cap {
+        return Err(too_big(cap));
+    }
+    // The size may be 0 or stale (procfs, sysfs, a file being written): read to the cap.
+    let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(cap.saturating_add(1)).read_to_end(&mut data)?;
+    if data.len() as u64 > cap {
+        return Err(too_big(cap));
+    }
+    Ok(data)
+}
+
+/// [`read_regular`] for text.
+pub fn read_regular_string(path: &Path, cap: u64) -> io::Result<String> {
+    String::from_utf8(read_regular(path, cap)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Reads the regular file at `path` into `buf` (cleared first), refusing one longer than
+/// `cap` bytes. Allocates only if the file outgrew the buffer's capacity; the path is
+/// already a C string, so opening allocates nothing either (for the per-cycle procfs
+/// reads).
+pub fn read_regular_into(path: &CStr, buf: &mut Vec<u8>, cap: usize) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated; the returned descriptor is owned below.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` is a valid, writable `stat`.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        let what = match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => "a directory",
+            libc::S_IFIFO => "a FIFO",
+            libc::S_IFCHR => "a character device",
+            libc::S_IFBLK => "a block device",
+            libc::S_IFSOCK => "a socket",
+            _ => "not a regular file",
+        };
+        return Err(not_regular(what));
+    }
+    buf.clear();
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity().max(4096));
+        }
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is valid for writes of `spare.len()` bytes.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                spare.as_mut_ptr().cast::<libc::c_void>(),
+                spare.len(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let len = buf.len() + n as usize;
+        // SAFETY: the kernel initialized `n` more bytes, within capacity.
+        unsafe { buf.set_len(len) };
+        if len > cap {
+            return Err(too_big(cap as u64));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+
+    use super::*;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("retina-fsutil-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    #[test]
+    fn special_files_are_refused_at_once() {
+        let fifo = temp("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let c = CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for (path, what) in [
+            (fifo.as_path(), "a FIFO"),
+            (Path::new("/dev/zero"), "a character device"),
+            (Path::new("/etc"), "a directory"),
+        ] {
+            let e = read_regular(path, 1 << 20).unwrap_err();
+            assert_eq!(e.to_string(), format!("not a regular file ({what})"));
+            let cpath = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            let e = read_regular_into(&cpath, &mut Vec::new(), 1 << 20).unwrap_err();
+            assert_eq!(e.to_string(), format!("not a regular file ({what})"));
+        }
+        std::fs::remove_file(&fifo).unwrap();
+    }
+
+    #[test]
+    fn size_cap() {
+        let f = temp("big");
+        std::fs::write(&f, vec![b'x'; 1001]).unwrap();
+        assert_eq!(read_regular(&f, 1001).unwrap().len(), 1001);
+        let e = read_regular(&f, 1000).unwrap_err();
+        assert!(e.to_string().contains("limit of 1000 bytes"), "{e}");
+        let c = CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
+        let mut buf = Vec::new();
+        read_regular_into(&c, &mut buf, 1001).unwrap();
+        assert_eq!(buf.len(), 1001);
+        assert!(read_regular_into(&c, &mut buf, 1000).is_err());
+        // procfs reports size 0: the cap is still enforced by reading.
+        let mut buf = Vec::new();
+        read_regular_into(c"/proc/self/status", &mut buf, PROC_MAX_BYTES).unwrap();
+        assert!(buf.starts_with(b"Name:"));
+        assert!(read_regular_into(c"/proc/self/status", &mut buf, 16).is_err());
+        std::fs::remove_file(&f).unwrap();
+    }
+}

@@ -1,0 +1,124 @@
+//! systemd readiness, status and watchdog (`Type=notify`, `WatchdogSec=`), through the
+//! `sd-notify` crate. Everything is a no-op without `NOTIFY_SOCKET` (not under systemd).
+//!
+//! - `READY=1` once the collectors are attached, the first cycle has run and the exporters
+//!   (the Prometheus endpoint) are up;
+//! - `STATUS=` a line for `systemctl status`: the interval and the degraded collectors;
+//! - `WATCHDOG=1` from the collection loop after a cycle, at most every half watchdog
+//!   period: a collection that hangs stops the pings, and systemd restarts the agent;
+//! - `STOPPING=1` when shutdown begins.
+//!
+//! The crate builds each message on the heap, so pings are rate-limited rather than sent
+//! every cycle (with the unit's 60 s and the default 10 s interval: every third cycle).
+
+use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
+
+/// The agent's side of the notify protocol.
+#[derive(Debug)]
+pub struct Notifier {
+    enabled: bool,
+    /// `WATCHDOG_USEC` when it is meant for this process.
+    watchdog: Option<Duration>,
+    last_ping: Option<Instant>,
+}
+
+impl Notifier {
+    /// From the environment systemd sets (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`).
+    pub fn from_env() -> Notifier {
+        Notifier {
+            enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            watchdog: sd_notify::watchdog_enabled().filter(|d| !d.is_zero()),
+            last_ping: None,
+        }
+    }
+
+    /// The watchdog period systemd asked for, if any.
+    pub fn watchdog(&self) -> Option<Duration> {
+        self.watchdog
+    }
+
+    fn send(&self, states: &[NotifyState<'_>]) {
+        if !self.enabled {
+            return;
+        }
+        if let Err(e) = sd_notify::notify(states) {
+            tracing::debug!("sd_notify: {e}");
+        }
+    }
+
+    /// `READY=1` with a first status line.
+    pub fn ready(&mut self, status: &str) {
+        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+        if self.watchdog.is_some() {
+            self.last_ping = Some(Instant::now());
+            self.send(&[NotifyState::Watchdog]);
+        }
+    }
+
+    /// After a collection cycle: `WATCHDOG=1` when half the watchdog period has passed
+    /// since the last ping.
+    pub fn cycle_done(&mut self) {
+        let Some(period) = self.watchdog else { return };
+        let now = Instant::now();
+        if self
+            .last_ping
+            .is_some_and(|t| now.saturating_duration_since(t) < period / 2)
+        {
+            return;
+        }
+        self.last_ping = Some(now);
+        self.send(&[NotifyState::Watchdog]);
+    }
+
+    /// `STOPPING=1` with the reason as the status.
+    pub fn stopping(&self, status: &str) {
+        self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+
+    #[test]
+    fn messages_reach_the_socket_and_pings_are_rate_limited() {
+        let dir = std::env::temp_dir().join(format!("retina-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        // The crate reads NOTIFY_SOCKET itself; the notifier is built by hand so the
+        // test's own environment is not changed for other tests.
+        let mut n = Notifier {
+            enabled: true,
+            watchdog: Some(Duration::from_secs(3600)),
+            last_ping: None,
+        };
+        // SAFETY: no other test reads or writes NOTIFY_SOCKET.
+        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
+        n.ready("collecting every 10s");
+        n.cycle_done(); // within half the period of the ready ping: nothing
+        n.stopping("SIGTERM");
+        // SAFETY: as above.
+        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(len) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..len]).into_owned());
+        }
+        assert_eq!(
+            got,
+            [
+                "READY=1\nSTATUS=collecting every 10s\n",
+                "WATCHDOG=1\n",
+                "STOPPING=1\nSTATUS=SIGTERM\n"
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,77 @@
+//! Rate-limited logging of a failure that repeats every cycle: the first failure of a
+//! streak is logged, then at most one line per [`Streak::EVERY`] with the number of
+//! failures since the last line, so a broken source cannot flood the log.
+
+use std::time::{Duration, Instant};
+
+/// The logging state of one repeating failure.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Streak {
+    failing: bool,
+    /// Failures since the last logged line.
+    unlogged: u64,
+    last_logged: Option<Instant>,
+}
+
+impl Streak {
+    /// Repeats of a streak are logged at most this often.
+    pub const EVERY: Duration = Duration::from_secs(60);
+
+    /// Records a failure. `Some(n)` when it should be logged, `n` being the failures
+    /// since the previous line (0 for the first of a streak).
+    pub fn fail(&mut self) -> Option<u64> {
+        self.fail_at(Instant::now())
+    }
+
+    fn fail_at(&mut self, now: Instant) -> Option<u64> {
+        if !self.failing {
+            self.failing = true;
+            self.unlogged = 0;
+            self.last_logged = Some(now);
+            return Some(0);
+        }
+        self.unlogged = self.unlogged.saturating_add(1);
+        let due = self
+            .last_logged
+            .is_none_or(|t| now.saturating_duration_since(t) >= Self::EVERY);
+        if !due {
+            return None;
+        }
+        let n = self.unlogged;
+        self.unlogged = 0;
+        self.last_logged = Some(now);
+        Some(n)
+    }
+
+    /// Records a success; `true` if it ends a streak.
+    pub fn ok(&mut self) -> bool {
+        std::mem::replace(&mut self.failing, false)
+    }
+
+    /// Whether the last record was a failure.
+    pub fn failing(&self) -> bool {
+        self.failing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_then_once_a_minute_with_a_count() {
+        let t0 = Instant::now();
+        let mut s = Streak::default();
+        assert_eq!(s.fail_at(t0), Some(0));
+        for i in 1..60 {
+            assert_eq!(s.fail_at(t0 + Duration::from_secs(i)), None);
+        }
+        // 60 failures after the first one, the last at +60 s.
+        assert_eq!(s.fail_at(t0 + Duration::from_secs(60)), Some(60));
+        assert_eq!(s.fail_at(t0 + Duration::from_secs(61)), None);
+        assert!(s.ok());
+        assert!(!s.ok());
+        // A new streak logs its first failure at once.
+        assert_eq!(s.fail_at(t0 + Duration::from_secs(62)), Some(0));
+    }
+}

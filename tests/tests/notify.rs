@@ -1,0 +1,108 @@
+//! systemd's notify protocol against a real `NOTIFY_SOCKET` listener (a Unix datagram
+//! socket made by the test, as systemd's own is): `READY=1` with a `STATUS=` line once the
+//! agent runs, `WATCHDOG=1` pings while it collects, `STOPPING=1` on SIGTERM. And the unit
+//! asks for it (`Type=notify`, a `WatchdogSec=` the pings fit in); `systemd-analyze verify`
+//! of the installed unit is in tests/tests/packaging.rs.
+
+use std::{
+    os::unix::{net::UnixDatagram, process::CommandExt},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+use retina_tests::*;
+
+#[test]
+fn ready_status_watchdog_and_stopping_reach_notify_socket() -> Result<()> {
+    require_root();
+    let dir = TempDir::new("notify")?;
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path)?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut child = Command::new(agent_bin())
+        .args([
+            "run",
+            "--no-summary",
+            "--no-prometheus",
+            "--interval",
+            "200ms",
+        ])
+        .env_remove("RUST_LOG")
+        .env_remove("OTEL_METRIC_EXPORT_INTERVAL")
+        .env("OTEL_SDK_DISABLED", "true")
+        .env("NOTIFY_SOCKET", &path)
+        // A 1 s watchdog: pings at most every 0.5 s, from the 200 ms loop.
+        .env("WATCHDOG_USEC", "1000000")
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning the agent")?;
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory-safety preconditions; the group is our child's.
+            unsafe { libc::kill(-(self.0 as i32), libc::SIGKILL) };
+        }
+    }
+    let _kill = Kill(child.id());
+    let mut messages: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut recv = |messages: &mut Vec<String>| {
+        if let Ok(n) = sock.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
+    let limit = Instant::now() + Duration::from_secs(60);
+    let pings = |m: &[String]| m.iter().filter(|m| m.as_str() == "WATCHDOG=1\n").count();
+    while pings(&messages) < 4 {
+        ensure!(
+            child.try_wait()?.is_none(),
+            "the agent exited: {messages:?}"
+        );
+        ensure!(Instant::now() < limit, "after 60 s: {messages:?}");
+        recv(&mut messages);
+    }
+    let ready = messages
+        .iter()
+        .position(|m| m.starts_with("READY=1\n"))
+        .with_context(|| format!("no READY=1: {messages:?}"))?;
+    assert_eq!(ready, 0, "READY=1 comes first: {messages:?}");
+    assert!(
+        messages[0].contains("STATUS=collecting every 200ms"),
+        "{messages:?}"
+    );
+    // SAFETY: as above; the pid is our child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let limit = Instant::now() + Duration::from_secs(10);
+    while !messages.iter().any(|m| m.starts_with("STOPPING=1\n")) {
+        ensure!(Instant::now() < limit, "no STOPPING=1: {messages:?}");
+        recv(&mut messages);
+    }
+    let status = child.wait()?;
+    assert!(status.success(), "{status}");
+    eprintln!("notify messages: {messages:?}");
+    Ok(())
+}
+
+#[test]
+fn the_unit_uses_notify_with_a_watchdog_the_pings_fit_in() -> Result<()> {
+    let unit = std::fs::read_to_string(repo().join("packaging/retina-agent.service"))?;
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::trim)
+    };
+    assert_eq!(value("Type"), Some("notify"));
+    let watchdog = value("WatchdogSec").context("WatchdogSec=")?;
+    let watchdog: Duration =
+        retina_agent::config::parse_duration(watchdog).map_err(anyhow::Error::msg)?;
+    // The default interval is pinged every cycle or every few, well within the period.
+    assert!(
+        watchdog >= retina_agent::config::DEFAULT_INTERVAL * 3,
+        "WatchdogSec={watchdog:?}"
+    );
+    Ok(())
+}
