@@ -10,8 +10,7 @@ use retina_agent::{
     config::{self, Config, ConfigError, LogConfig, LogFormat, Overrides},
     daemon,
     drops::{probe::ProbeOptions, reasons::DropReasons},
-    generate,
-    losses,
+    generate, losses,
     snapshot::{self, Format},
 };
 

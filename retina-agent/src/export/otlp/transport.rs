@@ -46,11 +46,14 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// A PEM file: a regular file of at most [`crate::fsutil::PEM_MAX_BYTES`].
 fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ExportError> {
-    std::fs::read(path).map_err(|source| ExportError::ReadFile {
-        what,
-        path: path.to_path_buf(),
-        source,
+    crate::fsutil::read_regular(path, crate::fsutil::PEM_MAX_BYTES).map_err(|source| {
+        ExportError::ReadFile {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 
