@@ -13,6 +13,7 @@ use std::{
 };
 
 pub mod alloc;
+pub mod child;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
