@@ -79,6 +79,12 @@ pub struct Rule {
 const IFACE: (&str, &[&str]) = ("if", &[attr::INTERFACE_NAME, attr::INTERFACE_INDEX]);
 const NETNS: (&str, &[&str]) = ("netns", &[attr::NETNS_NAME, attr::NETNS_INODE]);
 const DIRECTION: (&str, &[&str]) = ("dir", &[attr::IO_DIRECTION]);
+/// The workload of the drop's namespace (see `crate::workload`), where there is one.
+const WORKLOAD: [(&str, &[&str]); 3] = [
+    ("pod", &[crate::workload::attr::POD_UID]),
+    ("container", &[crate::workload::attr::CONTAINER_ID]),
+    ("unit", &[crate::workload::attr::SYSTEMD_UNIT]),
+];
 const QDISC: [(&str, &[&str]); 4] = [
     IFACE,
     ("qdisc", &["qdisc.kind"]),
@@ -156,7 +162,14 @@ pub static RULES: &[Rule] = &[
         metric: "retina.drop.count",
         filter: Filter::Any,
         layer: Layer::StackReason,
-        by: &[("reason", &[attr::DROP_REASON]), IFACE, NETNS],
+        by: &[
+            ("reason", &[attr::DROP_REASON]),
+            IFACE,
+            NETNS,
+            WORKLOAD[0],
+            WORKLOAD[1],
+            WORKLOAD[2],
+        ],
         note: "",
     },
     Rule {
@@ -182,6 +195,9 @@ pub static RULES: &[Rule] = &[
             ("reason", &[attr::DROP_REASON]),
             IFACE,
             NETNS,
+            WORKLOAD[0],
+            WORKLOAD[1],
+            WORKLOAD[2],
         ],
         note: "",
     },
@@ -322,6 +338,36 @@ mod tests {
                 .collect(),
             value: Number::U64(v),
         }
+    }
+
+    #[test]
+    fn drops_name_the_workload_of_their_namespace() {
+        let drops = metric("retina.drop.count", Kind::Counter);
+        let uid = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+        let rows = rows(&[
+            point(
+                drops,
+                &[
+                    ("drop.reason", "SOCKET_RCVBUFF"),
+                    ("network.namespace.name", "cni-1"),
+                    ("k8s.pod.uid", uid),
+                    ("container.id", "abc"),
+                ],
+                3,
+            ),
+            point(
+                drops,
+                &[("drop.reason", "NO_SOCKET"), ("systemd.unit", "unbound.service")],
+                2,
+            ),
+        ]);
+        assert_eq!(
+            rows.iter().map(|r| r.place.as_str()).collect::<Vec<_>>(),
+            [
+                format!("reason=SOCKET_RCVBUFF netns=cni-1 pod={uid} container=abc"),
+                "reason=NO_SOCKET unit=unbound.service".to_string(),
+            ]
+        );
     }
 
     #[test]
