@@ -357,7 +357,10 @@ mod tests {
             ),
             point(
                 drops,
-                &[("drop.reason", "NO_SOCKET"), ("systemd.unit", "unbound.service")],
+                &[
+                    ("drop.reason", "NO_SOCKET"),
+                    ("systemd.unit", "unbound.service"),
+                ],
                 2,
             ),
         ]);
