@@ -307,7 +307,14 @@ fn summary_into_a_closed_pipe_stops_cleanly() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let lines = reader.join().expect("reader");
-    assert!(lines[0].contains("DROPS"), "{lines:?}");
+    // The "where packets died" view: its title, then its header.
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.starts_with("where packets died"))
+            && lines.get(1).is_some_and(|l| l.contains("PACKETS")),
+        "{lines:?}"
+    );
     // The read end is closed now; the next summary meets EPIPE.
     let limit = Instant::now() + Duration::from_secs(30);
     while !running.exited() {

@@ -120,6 +120,12 @@ fn where_packets_died_lists_every_layer_with_exact_counts() -> anyhow::Result<()
         format!("ip netns exec {} {t} udp 127.0.0.1:9999 {TO_B} 32", b.name),
         format!("ip netns exec {} {t} raw {} {RAW_C} 88b5", c.name, vc.peer),
         format!("{t} udp {d_ip}:9 {FLOOD_D} 32"),
+        // Until the tbf queue has drained: while packets wait in it, every dequeue that
+        // finds no tokens adds an overlimit, so the count only settles once it is empty.
+        format!(
+            "while tc -s qdisc show dev {} | grep -q 'backlog [1-9]'; do sleep 0.05; done",
+            vd.host
+        ),
     ]
     .join(" && ");
     let bin = agent_bin();

@@ -24,7 +24,12 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 # The unified hierarchy, as on a pure cgroup-v2 node (the workload tests make pods in it).
-mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || echo "RETINA-GUEST: no cgroup2 in this kernel"
+# The memory controller delegated to children, as systemd does on a node.
+if mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null; then
+    echo +memory > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
+else
+    echo "RETINA-GUEST: no cgroup2 in this kernel"
+fi
 ln -s /run /var/run 2>/dev/null
 ip link set lo up
 

@@ -45,6 +45,12 @@ pub struct Exclusion {
 /// guest gets later lifts the exclusion by itself.
 pub const EXCLUSIONS: &[Exclusion] = &[
     Exclusion {
+        file: "notify",
+        tests: &["the_unit_uses_notify_with_a_watchdog_the_pings_fit_in"],
+        kernels: &[],
+        needs: Needs::Workspace,
+    },
+    Exclusion {
         file: "export",
         tests: &[],
         kernels: &[],

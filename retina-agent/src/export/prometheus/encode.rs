@@ -43,18 +43,24 @@ fn unit_word(unit: &str, kind: Kind) -> Option<&'static str> {
     })
 }
 
-/// Writes a metric or label name: each character Prometheus cannot hold as `_` (and a `_`
-/// before a leading digit).
+/// Writes a metric or label name: each run of characters Prometheus cannot hold as one
+/// `_` per character (and a `_` before a leading digit), in as few writes as there are
+/// runs: the encoder's writer is dynamic, so a write per character would dominate a
+/// scrape.
 fn put_name(out: &mut impl std::fmt::Write, key: &str) -> std::fmt::Result {
     if key.starts_with(|c: char| c.is_ascii_digit()) {
         out.write_char('_')?;
     }
-    for c in key.chars() {
-        out.write_char(if c.is_ascii_alphanumeric() || c == '_' {
-            c
-        } else {
-            '_'
-        })?;
+    let mut rest = key;
+    while !rest.is_empty() {
+        let ok = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        out.write_str(&rest[..ok])?;
+        rest = &rest[ok..];
+        let Some(c) = rest.chars().next() else { break };
+        out.write_char('_')?;
+        rest = &rest[c.len_utf8()..];
     }
     Ok(())
 }
