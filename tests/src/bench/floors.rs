@@ -200,8 +200,9 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Batched reads of the drop map (a per-CPU hash of 16-byte keys and 16-byte values) into
-/// buffers allocated once, values not even summed.
+/// Batched reads of the drop map (a hash of `DropKey` to a `u32` slot) into buffers
+/// allocated once. The key buffer is sized from the shared key type: the kernel writes
+/// `count` whole keys into it.
 pub struct MapFloor {
     fd: OwnedFd,
     keys: Vec<u8>,
@@ -214,7 +215,8 @@ impl MapFloor {
     pub fn new(map: BorrowedFd<'_>, ncpus: usize) -> Result<MapFloor> {
         Ok(MapFloor {
             fd: map.try_clone_to_owned().context("dup map fd")?,
-            keys: vec![0; 16 * BATCH],
+            keys: vec![0; std::mem::size_of::<retina_ebpf_common::DropKey>() * BATCH],
+            // Room for per-CPU values of up to 16 bytes (the map's are 4).
             values: vec![0; 16 * BATCH * ncpus],
         })
     }
