@@ -702,6 +702,45 @@ impl Links {
         Ok(())
     }
 
+    /// Applies the reply datagrams of one dump as [`Links::refresh`] would, without a
+    /// socket: an `RTM_GETLINK` dump, or with `stats` an `RTM_GETSTATS` one. The dump's
+    /// sequence number and port id are those of the first message. `Ok(true)`: the dump
+    /// was complete and consistent (a link dump then prunes the interfaces it did not
+    /// report); `Ok(false)`: a refresh would dump again. The entry point of the fuzz target
+    /// `rtnetlink` (`fuzz/`) and of tests.
+    pub fn apply_replies(&mut self, stats: bool, datagrams: &[&[u8]]) -> Result<bool, LinkError> {
+        let (seq, portid) = datagrams
+            .iter()
+            .find(|d| d.len() >= NLMSG_HDRLEN)
+            .map_or((0, 0), |d| (read_u32(d, 8), read_u32(d, 12)));
+        let kind = if stats {
+            DumpKind::Stats
+        } else {
+            DumpKind::Links
+        };
+        let mut dump = Dump::new(kind, seq, portid, self.netns_inode);
+        self.table.stamp += 1;
+        let mut step = Step::More;
+        for data in datagrams {
+            step = self.table.feed(&mut dump, data);
+            if step != Step::More {
+                break;
+            }
+        }
+        if let Some(e) = dump.error {
+            return Err(e);
+        }
+        if step != Step::Done || dump.interrupted {
+            return Ok(false);
+        }
+        if kind == DumpKind::Links {
+            self.table.remove_unseen();
+            return Ok(true);
+        }
+        let stamp = self.table.stamp;
+        Ok(!dump.unknown && !dump.went_back && self.table.entries.iter().all(|e| e.seen == stamp))
+    }
+
     /// Drains the notification socket without waiting; whether any link changed (or
     /// notifications were lost).
     fn link_events(&mut self) -> bool {

@@ -10,6 +10,7 @@
 
 mod bench;
 mod build;
+mod fuzz;
 mod install;
 mod lint;
 mod package;
@@ -48,6 +49,9 @@ enum Command {
     /// Boot other kernels (default: Debian's 6.1 and 6.12 cloud kernels) under QEMU and run
     /// the integration tests inside; see docs/kernels.md.
     TestKernel(test_kernel::Args),
+    /// Build the fuzz targets of `fuzz/` (cargo-fuzz, nightly) and run each from its seed
+    /// corpus; see docs/reliability.md.
+    Fuzz(fuzz::Args),
     /// Clippy with `-D warnings` on the workspace (stable) and on the eBPF crate (nightly).
     Clippy,
     /// Check formatting of the whole workspace (`--fix` to rewrite files).
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::TestKernel(args) => test_kernel::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Clippy => lint::clippy(),
         Command::Fmt(args) => lint::fmt(&args),
         Command::Install(args) => install::run(&args),

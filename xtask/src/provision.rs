@@ -428,6 +428,45 @@ pub fn cargo_deb(ws: &Workspace) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The cargo-fuzz release `cargo xtask fuzz` builds into `.tools/` (it runs on nightly
+/// and drives libFuzzer through `libfuzzer-sys`).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// `.tools/bin/cargo-fuzz`, built (`cargo install --locked`, about a minute and a half)
+/// unless the one there already reports [`CARGO_FUZZ_VERSION`].
+pub fn cargo_fuzz(ws: &Workspace) -> Result<PathBuf> {
+    let bin = ws.tools.join("bin").join("cargo-fuzz");
+    let version = |bin: &Path| {
+        util::probe(Command::new(bin).arg("--version"))
+            .is_some_and(|out| out.trim() == format!("cargo-fuzz {CARGO_FUZZ_VERSION}"))
+    };
+    if version(&bin) {
+        return Ok(bin);
+    }
+    util::banner(&format!(
+        "building cargo-fuzz {CARGO_FUZZ_VERSION} into {} (about a minute and a half)",
+        ws.tools.display()
+    ));
+    fs::create_dir_all(&ws.tools)
+        .with_context(|| format!("cannot create {}", ws.tools.display()))?;
+    let mut install = util::cargo();
+    install
+        // Not inside the workspace, so its config and lock file play no part.
+        .current_dir(&ws.tools)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION])
+        .args(["--locked", "--force", "--root"])
+        .arg(&ws.tools);
+    util::run(&mut install).context("could not build cargo-fuzz")?;
+    ensure!(
+        version(&bin),
+        "{} was built but does not report cargo-fuzz {CARGO_FUZZ_VERSION}",
+        bin.display()
+    );
+    Ok(bin)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

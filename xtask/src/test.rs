@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use crate::{
     build::{self, Profile},
-    provision, test_kernel,
+    fuzz, provision, test_kernel,
     util::{self, Privilege, Workspace},
 };
 
@@ -22,6 +22,10 @@ pub struct Args {
     /// tests on Debian's 6.1 and 6.12), which otherwise follow when no test filter is given.
     #[arg(long)]
     skip_kernel: bool,
+    /// Seconds each fuzz target runs (`cargo xtask fuzz`) after the unit tests; 0 skips
+    /// them.
+    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    fuzz_seconds: u64,
     /// Extra arguments for the integration test harness, after `--` (e.g. a test name filter).
     #[arg(last = true, value_name = "EXTRA ARGS")]
     extra: Vec<String>,
@@ -52,6 +56,14 @@ pub fn run(args: &Args) -> Result<()> {
     if let Err(err) = util::run(&mut unit) {
         eprintln!("{err:#}");
         failed.push("unit tests");
+    }
+
+    if args.fuzz_seconds > 0 {
+        util::banner("fuzz targets, briefly (cargo xtask fuzz)");
+        if let Err(err) = fuzz::run_targets(&ws, fuzz::TARGETS, args.fuzz_seconds) {
+            eprintln!("{err:#}");
+            failed.push("fuzz targets");
+        }
     }
 
     util::banner("privileged integration tests");

@@ -186,7 +186,7 @@ fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Builds the column table of a header: for each column, its name if exported.
-fn column_names(header: &[u8]) -> Result<Vec<Option<String>>, (usize, Problem)> {
+pub fn column_names(header: &[u8]) -> Result<Vec<Option<String>>, (usize, Problem)> {
     let mut out: Vec<Option<String>> = Vec::new();
     for name in tokens(header) {
         if !name.iter().all(|b| b.is_ascii_graphic()) {

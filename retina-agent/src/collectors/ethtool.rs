@@ -39,7 +39,10 @@ use serde::Deserialize;
 
 pub use self::{
     ioctl::{DrvInfo, EthtoolSocket, GuardedBuf, IfName, MAX_STATS, Reply},
-    link_state::{LinkState, LinkStateCollector, LinkStateError, LinkStateTable, query_link_state},
+    link_state::{
+        LinkState, LinkStateCollector, LinkStateError, LinkStateTable, apply_link_state,
+        query_link_state,
+    },
     queue::{QueueStat, parse as parse_queue_stat},
 };
 use super::{CollectError, Collector};
@@ -714,12 +717,7 @@ fn intern(names: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
 fn read(sock: &EthtoolSocket, scratch: &mut GuardedBuf, nic: &mut Nic) -> io::Result<()> {
     match sock.stats(&nic.ifname, nic.count, scratch) {
         Ok((Reply::Complete, raw)) => {
-            nic.values.fill(0);
-            for (&slot, &v) in nic.slots.iter().zip(raw) {
-                if let Some(out) = nic.values.get_mut(slot as usize) {
-                    *out = out.wrapping_add(v);
-                }
-            }
+            fold(&nic.slots, raw, &mut nic.values);
             nic.valid = true;
             Ok(())
         }
@@ -738,6 +736,57 @@ fn read(sock: &EthtoolSocket, scratch: &mut GuardedBuf, nic: &mut Nic) -> io::Re
             Err(e)
         }
     }
+}
+
+/// Adds one `ETHTOOL_GSTATS` reply's values into the series they map to (`slots`, from
+/// [`queue::plan`]).
+fn fold(slots: &[u32], raw: &[u64], values: &mut [u64]) {
+    values.fill(0);
+    for (&slot, &v) in slots.iter().zip(raw) {
+        if let Some(out) = values.get_mut(slot as usize) {
+            *out = out.wrapping_add(v);
+        }
+    }
+}
+
+/// One exported driver statistic: `nic.stat.name`, `nic.queue` (split mode) and value.
+pub type StatPoint = (String, Option<u32>, u64);
+
+/// What the collector makes of one interface's replies, without a socket: the
+/// `ETHTOOL_GSTRINGS` reply `gstrings` for `count` statistics (names as in
+/// [`EthtoolSocket::stat_names`]), mapped to series under `mode` and the `stats` filter,
+/// then the values of the last `ETHTOOL_GSTATS` reply in `gstats` folded in (the
+/// collector checks each reply's count before: `values` are the ones after its header).
+/// `None` when the names reply does not hold `count` names or `count` exceeds
+/// [`MAX_STATS`]. The entry point of the fuzz target `ethtool` (`fuzz/`) and of tests.
+pub fn parse_replies(
+    gstrings: &[u8],
+    count: u32,
+    mode: QueueMode,
+    stats: &NameFilter,
+    gstats: &[&[u64]],
+) -> Option<Vec<StatPoint>> {
+    if count > MAX_STATS {
+        return None;
+    }
+    let mut names = Vec::new();
+    if ioctl::gstrings_reply(gstrings, count, |raw| names.push(ioctl::c_text(raw)))
+        != Reply::Complete
+    {
+        return None;
+    }
+    let plan = queue::plan(&names, mode, |n| stats.matches(n));
+    let mut values = vec![0; plan.series.len()];
+    for raw in gstats {
+        fold(&plan.slots, raw, &mut values);
+    }
+    Some(
+        plan.series
+            .into_iter()
+            .zip(values)
+            .map(|(s, v)| (s.name, s.queue, v))
+            .collect(),
+    )
 }
 
 impl Collector for EthtoolCollector {

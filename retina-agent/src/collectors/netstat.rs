@@ -349,6 +349,12 @@ impl Source {
                 });
             }
         }
+        self.parse(filter)
+    }
+
+    /// Parses `buf` (this cycle's bytes) into the slots: in place when the layout is the
+    /// last one, else into a new table that replaces the old one only once validated.
+    fn parse(&mut self, filter: &NameFilter) -> Result<(), NetstatError> {
         let same = match self.format {
             Format::Pairs => scan_pairs(&self.buf, &self.layout, &mut self.scratch),
             Format::Lines => scan_lines(&self.buf, &self.layout, &mut self.scratch),
@@ -386,6 +392,30 @@ impl Source {
         self.slots = slots;
         Ok(())
     }
+}
+
+/// Parses successive reads of one file as the collector does, cycle after cycle (`snmp6`:
+/// the `Lines` format of `/proc/net/snmp6`, else the `Pairs` format of `netstat` and
+/// `snmp`); for each cycle, the number of data points the filter selects or the error.
+/// The entry point of the fuzz target `procfs` (`fuzz/`) and of tests.
+pub fn parse_cycles(
+    snmp6: bool,
+    cycles: &[&[u8]],
+    filter: &NameFilter,
+) -> Vec<Result<usize, NetstatError>> {
+    let format = if snmp6 { Format::Lines } else { Format::Pairs };
+    let Ok(mut source) = Source::new(PathBuf::from("parse_cycles"), format, snmp6) else {
+        return Vec::new();
+    };
+    cycles
+        .iter()
+        .map(|text| {
+            source.buf.clear();
+            source.buf.extend_from_slice(text);
+            source.parse(filter)?;
+            Ok(source.slots.iter().filter(|s| s.attrs.is_some()).count())
+        })
+        .collect()
 }
 
 /// Non-empty lines with their 1-based numbers.

@@ -299,6 +299,63 @@ impl QdiscCollector {
         Ok(())
     }
 
+    /// Applies the reply datagrams of a qdisc dump and then of class dumps (`classes`) as
+    /// [`QdiscCollector::update`] would, without a socket, against the interface table
+    /// `links`; each dump's sequence number and port id are those of its first message.
+    /// Returns the number of series exported, or the first dump's error. The entry point
+    /// of the fuzz target `rtnetlink` (`fuzz/`) and of tests.
+    pub fn apply_replies(
+        links: &Links,
+        qdiscs: &[&[u8]],
+        classes: &[&[&[u8]]],
+    ) -> Result<usize, QdiscError> {
+        let mut table = Table {
+            classes: true,
+            ..Table::default()
+        };
+        table.stamp += 1;
+        let mut complete = true;
+        for (class, datagrams) in
+            std::iter::once((false, qdiscs)).chain(classes.iter().map(|c| (true, *c)))
+        {
+            let (seq, portid) = datagrams
+                .iter()
+                .find(|d| d.len() >= NLMSG_HDRLEN)
+                .map_or((0, 0), |d| (read_u32(d, 8), read_u32(d, 12)));
+            let mut dump = Dump {
+                op: if class {
+                    "RTM_GETTCLASS dump"
+                } else {
+                    "RTM_GETQDISC dump"
+                },
+                seq,
+                portid,
+                class,
+                interrupted: false,
+                error: None,
+            };
+            let mut done = false;
+            for data in datagrams {
+                match table.feed(links, &mut dump, data) {
+                    Step::More => {}
+                    Step::Done | Step::Abort => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = dump.error {
+                return Err(e);
+            }
+            complete &= done && !dump.interrupted;
+        }
+        if complete {
+            let stamp = table.stamp;
+            table.series.retain(|s| s.seen == stamp);
+        }
+        Ok(table.series.len())
+    }
+
     /// One dump, retried while truncated or interrupted. `Ok(false)`: it never completed
     /// (the series it did report are updated; none is removed).
     fn dump(&mut self, links: &Links, ty: u16, ifindex: u32) -> Result<bool, QdiscError> {

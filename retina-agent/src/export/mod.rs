@@ -38,7 +38,7 @@ pub use config::{
     DEFAULT_PROMETHEUS_LISTEN, DEFAULT_SERVICE_NAME, ExportConfig, PrometheusConfig, Protocol,
     Temporality, interval_from_env,
 };
-pub use otlp::partial_success_layer;
+pub use otlp::{partial_success_layer, partial_success_totals};
 pub use prometheus::family_name;
 
 /// The agent, shared between the daemon loop (which collects) and the exporters'

@@ -223,7 +223,7 @@ impl EthtoolSocket {
         name: &IfName,
         count: u32,
         buf: &mut GuardedBuf,
-        mut names: impl FnMut(&[u8]),
+        names: impl FnMut(&[u8]),
     ) -> io::Result<Reply> {
         let n = count as usize;
         let len = GSTRINGS_HEADER + n * ETH_GSTRING_LEN;
@@ -242,19 +242,11 @@ impl EthtoolSocket {
             }
             Err(e) => return Err(e),
         }
-        // SAFETY: the kernel wrote the header; `ptr` is valid and aligned for it.
-        let got = unsafe { ptr.cast::<[u32; 3]>().read() }[2];
-        if got != count {
-            return Ok(Reply::CountChanged { got: Some(got) });
-        }
-        // SAFETY: the kernel wrote `got == count` names after the header, all inside the
-        // `len` bytes of the tail; nothing else refers to that memory while `data` lives.
-        let data =
-            unsafe { std::slice::from_raw_parts(ptr.add(GSTRINGS_HEADER), n * ETH_GSTRING_LEN) };
-        for raw in data.chunks_exact(ETH_GSTRING_LEN) {
-            names(raw);
-        }
-        Ok(Reply::Complete)
+        // SAFETY: the kernel wrote the header and at most `len` bytes in all (a longer
+        // reply faulted above), all inside the tail; nothing else refers to that memory
+        // while `reply` lives.
+        let reply = unsafe { std::slice::from_raw_parts(ptr.cast_const(), len) };
+        Ok(gstrings_reply(reply, count, names))
     }
 
     /// `ETHTOOL_GSTATS`, expecting `count` values; on [`Reply::Complete`] returns them (a
@@ -291,6 +283,30 @@ impl EthtoolSocket {
         let values = unsafe { std::slice::from_raw_parts(ptr.add(STATS_HEADER).cast::<u64>(), n) };
         Ok((Reply::Complete, values))
     }
+}
+
+/// Reads an `ETHTOOL_GSTRINGS` reply (`struct ethtool_gstrings`: `cmd`, `string_set`,
+/// `len`, then `len` names of [`ETH_GSTRING_LEN`] bytes) that should hold `count` names;
+/// on [`Reply::Complete`], `names` was called with each raw name in order. A reply whose
+/// count differs, or too short for its count, is [`Reply::CountChanged`].
+pub fn gstrings_reply(reply: &[u8], count: u32, mut names: impl FnMut(&[u8])) -> Reply {
+    let Some(header) = reply.get(..GSTRINGS_HEADER) else {
+        return Reply::CountChanged { got: None };
+    };
+    let got = u32::from_ne_bytes([header[8], header[9], header[10], header[11]]);
+    if got != count {
+        return Reply::CountChanged { got: Some(got) };
+    }
+    let Some(data) = (count as usize)
+        .checked_mul(ETH_GSTRING_LEN)
+        .and_then(|n| reply.get(GSTRINGS_HEADER..GSTRINGS_HEADER.checked_add(n)?))
+    else {
+        return Reply::CountChanged { got: None };
+    };
+    for raw in data.chunks_exact(ETH_GSTRING_LEN) {
+        names(raw);
+    }
+    Reply::Complete
 }
 
 /// Text of a NUL-padded fixed-size C string (the whole array when there is no NUL).

@@ -153,7 +153,7 @@ pub async fn query_link_state(
                         continue;
                     }
                 };
-                apply(&mut table, filter, &msg.payload.nlas);
+                apply_link_state(&mut table, filter, &msg.payload.nlas);
             }
         }
     };
@@ -169,8 +169,10 @@ pub async fn query_link_state(
     Ok((table, first_error))
 }
 
-/// Folds one reply message into `table`.
-fn apply(table: &mut LinkStateTable, filter: &NameFilter, nlas: &[EthtoolAttr]) {
+/// Folds one reply message (its attributes as the `ethtool` crate decoded them) into
+/// `table`, as [`query_link_state`] does with every message of its dumps. Public as the
+/// entry point of the fuzz target `ethtool` (`fuzz/`).
+pub fn apply_link_state(table: &mut LinkStateTable, filter: &NameFilter, nlas: &[EthtoolAttr]) {
     let (mut index, mut name) = (None, None);
     for nla in nlas {
         let h = match nla {

@@ -24,7 +24,7 @@ use opentelemetry_sdk::{
 };
 use tokio::task::JoinHandle;
 
-pub use partial::layer as partial_success_layer;
+pub use partial::{layer as partial_success_layer, totals as partial_success_totals};
 pub(crate) use transport::chain;
 
 use self::{

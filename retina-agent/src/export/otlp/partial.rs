@@ -37,7 +37,8 @@ static ANSWERS: AtomicU64 = AtomicU64::new(0);
 static MESSAGE: Mutex<String> = Mutex::new(String::new());
 
 /// What the collectors said so far: answers with a partial success, rejected points.
-pub(crate) fn totals() -> (u64, u64) {
+/// Public for the fuzz target `otlp` (`fuzz/`).
+pub fn totals() -> (u64, u64) {
     (
         ANSWERS.load(Ordering::Relaxed),
         REJECTED.load(Ordering::Relaxed),

@@ -192,3 +192,15 @@ fn a_huge_http_answer_fails_the_export() {
     assert!(err.contains("4 MiB"), "{err}");
     assert_eq!(rejected, 0);
 }
+
+/// The seed corpus of the fuzz target `otlp` holds the very answer these collectors send,
+/// as prost encodes it.
+#[test]
+fn fuzz_seed_is_the_prost_encoding_of_a_partial_success() {
+    let seed = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/corpus/otlp/partial-success"
+    ))
+    .unwrap();
+    assert_eq!(seed, response(Answer::Partial).encode_to_vec());
+}
