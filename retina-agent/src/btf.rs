@@ -329,9 +329,10 @@ impl Btf {
         if let Some(m) = members.iter().find(|m| m.name == name) {
             return Some((m.type_id, m.bit_offset));
         }
+        // An offset past u32 (only a malformed blob has one) finds nothing.
         members.iter().filter(|m| m.name.is_empty()).find_map(|m| {
             self.member_in(m.type_id, name, depth + 1)
-                .map(|(ty, off)| (ty, off + m.bit_offset))
+                .and_then(|(ty, off)| Some((ty, off.checked_add(m.bit_offset)?)))
         })
     }
 
@@ -348,7 +349,11 @@ impl Btf {
             let (member_ty, off) = self
                 .member_in(ty, part, 0)
                 .ok_or_else(|| self.not_found(format!("field {struct_name}.{path}")))?;
-            bits += off;
+            bits = bits.checked_add(off).ok_or_else(|| {
+                self.not_found(format!(
+                    "field {struct_name}.{path} at an offset that fits 32 bits"
+                ))
+            })?;
             ty = member_ty;
         }
         if !bits.is_multiple_of(8) {
@@ -533,6 +538,27 @@ pub(crate) mod tests {
         assert_eq!(btf.struct_size("sk_buff"), Some(128));
         let err = btf.field_offset("sk_buff", "nope").unwrap_err().to_string();
         assert!(err.contains("sk_buff.nope"), "{err}");
+    }
+
+    /// Member offsets whose sum passes `u32::MAX` (a malformed blob) are an error, not
+    /// an overflow (a panic in debug builds, a wrong offset for the eBPF program in
+    /// release builds).
+    #[test]
+    fn offsets_that_overflow_are_errors() {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let net = b.composite(false, "possible_net_t", 8, &[("net", int, 0x20)]);
+        b.composite(false, "net_device", 64, &[("nd_net", net, 0x1fff_ffe0)]);
+        let anon = b.composite(false, "", 8, &[("skc_net", int, 0x20)]);
+        b.composite(false, "sock", 64, &[("", anon, 0x1fff_ffe0)]);
+        let btf = Btf::parse("test".into(), b.build(), None).unwrap();
+        let err = btf.field_offset("net_device", "nd_net.net").unwrap_err();
+        assert!(err.to_string().contains("fits 32 bits"), "{err}");
+        assert!(btf.field_offset("sock", "skc_net").is_err());
+        assert_eq!(
+            btf.field_offset("net_device", "nd_net").unwrap(),
+            0x1fff_ffe0
+        );
     }
 
     #[test]

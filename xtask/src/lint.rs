@@ -59,14 +59,23 @@ pub struct FmtArgs {
     fix: bool,
 }
 
+/// The workspace, then the fuzz crate (`fuzz/`, outside the workspace).
 pub fn fmt(args: &FmtArgs) -> Result<()> {
     let ws = Workspace::locate()?;
     provision::rustup_components(None, &["rustfmt"])?;
-    let mut cmd = util::cargo();
-    cmd.current_dir(&ws.root).args(["fmt", "--all"]);
-    if args.fix {
-        return util::run(&mut cmd);
+    let fuzz_manifest = ws.root.join("fuzz").join("Cargo.toml");
+    for manifest in [None, Some(&fuzz_manifest)] {
+        let mut cmd = util::cargo();
+        cmd.current_dir(&ws.root).args(["fmt", "--all"]);
+        if let Some(m) = manifest {
+            cmd.arg("--manifest-path").arg(m);
+        }
+        if args.fix {
+            util::run(&mut cmd)?;
+            continue;
+        }
+        cmd.args(["--", "--check"]);
+        util::run(&mut cmd).context("formatting differs: run `cargo xtask fmt --fix`")?;
     }
-    cmd.args(["--", "--check"]);
-    util::run(&mut cmd).context("formatting differs: run `cargo xtask fmt --fix`")
+    Ok(())
 }

@@ -54,7 +54,7 @@ enum Command {
     Fuzz(fuzz::Args),
     /// Clippy with `-D warnings` on the workspace (stable) and on the eBPF crate (nightly).
     Clippy,
-    /// Check formatting of the whole workspace (`--fix` to rewrite files).
+    /// Check formatting of the whole workspace and of `fuzz/` (`--fix` to rewrite files).
     Fmt(lint::FmtArgs),
     /// Build (release) and install the agent, its systemd unit and default configuration.
     Install(install::Args),

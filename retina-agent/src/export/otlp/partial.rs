@@ -64,6 +64,14 @@ where
     )
 }
 
+/// Adds `n` to `total`, stopping at `u64::MAX`: the collector chooses the counts, and a
+/// total that wrapped would go backwards (the exporter then counts nothing new).
+fn add_saturating(total: &AtomicU64, n: u64) {
+    let _ = total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+        Some(t.saturating_add(n))
+    });
+}
+
 struct PartialSuccess;
 
 #[derive(Default)]
@@ -105,10 +113,41 @@ impl<S: Subscriber> Layer<S> for PartialSuccess {
         let mut f = Fields::default();
         event.record(&mut f);
         let rejected = u64::try_from(f.rejected.unwrap_or(0)).unwrap_or(0);
-        REJECTED.fetch_add(rejected, Ordering::Relaxed);
+        add_saturating(&REJECTED, rejected);
         ANSWERS.fetch_add(1, Ordering::Relaxed);
         if let (Some(m), Ok(mut last)) = (f.message, MESSAGE.lock()) {
             *last = m;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+    use prost::Message as _;
+
+    use super::*;
+
+    /// Found by the fuzz target `otlp` (`fuzz/`): answers claiming huge rejected counts
+    /// made the process-wide total wrap and go backwards.
+    #[test]
+    fn huge_rejected_counts_saturate_instead_of_wrapping() {
+        let crash: &[u8] = &[
+            0x0a, 0x18, 0x08, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3b, 0xc8, 0x18,
+            0x97, 0x18, 0x12, 0x00, 0x12, 0x00, 0xc8, 0x18, 0xe3, 0x36, 0x12, 0x00, 0xc8, 0x3d,
+            0xc0, 0x0a,
+        ];
+        let answer = ExportMetricsServiceResponse::decode(crash).unwrap();
+        let rejected = answer.partial_success.unwrap().rejected_data_points;
+        assert!(rejected > 1 << 60, "{rejected}");
+        let total = AtomicU64::new(0);
+        let mut last = 0;
+        for _ in 0..8 {
+            add_saturating(&total, u64::try_from(rejected).unwrap());
+            let now = total.load(Ordering::Relaxed);
+            assert!(now >= last, "went back from {last} to {now}");
+            last = now;
+        }
+        assert_eq!(last, u64::MAX);
     }
 }
