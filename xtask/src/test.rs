@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long)]
     skip_kernel: bool,
     /// Seconds each fuzz target runs (`cargo xtask fuzz`) after the unit tests; 0 skips
-    /// them.
+    /// them, as does a test filter.
     #[arg(long, default_value_t = 20, value_name = "SECONDS")]
     fuzz_seconds: u64,
     /// Extra arguments for the integration test harness, after `--` (e.g. a test name filter).
@@ -58,7 +58,7 @@ pub fn run(args: &Args) -> Result<()> {
         failed.push("unit tests");
     }
 
-    if args.fuzz_seconds > 0 {
+    if args.fuzz_seconds > 0 && args.extra.is_empty() {
         util::banner("fuzz targets, briefly (cargo xtask fuzz)");
         if let Err(err) = fuzz::run_targets(&ws, fuzz::TARGETS, args.fuzz_seconds) {
             eprintln!("{err:#}");
