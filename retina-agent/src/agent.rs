@@ -23,6 +23,7 @@ use crate::{
     links::{LinkError, Links},
     metrics::Visitor,
     netns,
+    workload::peers::PeerOwners,
 };
 
 /// What the agent could not start, and why; it runs without those parts.
@@ -44,6 +45,8 @@ pub struct CollectorStats {
 
 pub struct Agent {
     links: Links,
+    /// Gives host veths the workload of their peer's namespace.
+    peers: Option<PeerOwners>,
     collectors: Vec<Box<dyn Collector>>,
     stats: Vec<CollectorStats>,
     degraded: Vec<Degraded>,
@@ -109,10 +112,21 @@ impl Agent {
         let links = Links::new()?;
         let mut agent = Agent {
             links,
+            peers: None,
             collectors: Vec::new(),
             stats: Vec::new(),
             degraded: Vec::new(),
         };
+        match netns::current_netns_inode()
+            .map_err(|e| format!("/proc/self/ns/net: {e}"))
+            .and_then(|host| PeerOwners::new(host).map_err(|e| e.to_string()))
+        {
+            Ok(p) => agent.peers = Some(p),
+            Err(reason) => agent.degraded.push(Degraded {
+                collector: "workload.peers",
+                reason: format!("host veths get no workload attributes: {reason}"),
+            }),
+        }
         if options.drops_enabled {
             let mut options = options.clone();
             // The symbol table first: without it the probe is loaded without locations.
@@ -221,6 +235,9 @@ impl Agent {
     pub fn cycle(&mut self) {
         if let Err(e) = self.links.refresh() {
             tracing::warn!("rtnetlink link dump failed: {e}");
+        }
+        if let Some(p) = &mut self.peers {
+            p.update(&mut self.links);
         }
         for (collector, stats) in self.collectors.iter_mut().zip(self.stats.iter_mut()) {
             let start = Instant::now();

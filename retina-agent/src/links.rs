@@ -84,6 +84,8 @@ const IFLA_OPERSTATE: u16 = 16;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_STATS64: u16 = 23;
 const IFLA_INFO_KIND: u16 = 1;
+/// `IFLA_LINK_NETNSID`: the nsid (in this namespace) of the namespace of a link's peer.
+const IFLA_LINK_NETNSID: u16 = 37;
 /// Masks `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER` off an attribute type.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 /// The 23 `__u64` fields `struct rtnl_link_stats64` has had since Linux 2.6.35.
@@ -236,6 +238,13 @@ pub struct Link {
     /// `IFLA_INFO_KIND` (`veth`, `bridge`, ...); `None` for devices without one (physical
     /// NICs, `lo`).
     pub kind: Option<Arc<str>>,
+    /// `IFLA_LINK_NETNSID`: for a veth (or other paired device) whose peer lives in another
+    /// namespace, that namespace's id as this namespace numbers it (`RTM_GETNSID`).
+    pub link_netnsid: Option<i32>,
+    /// The workload of the peer's namespace (a pod's host-side veth), set by
+    /// [`crate::workload::peers::PeerOwners`]; collectors add its attributes to the
+    /// interface's series. Changing it gives the link a new [`instance`](Link::instance).
+    pub workload: Option<Arc<crate::workload::Workload>>,
 }
 
 impl Link {
@@ -253,6 +262,8 @@ impl Link {
             operstate: OperState::Unknown,
             mtu: None,
             kind: None,
+            link_netnsid: None,
+            workload: None,
         }
     }
 
@@ -392,6 +403,7 @@ struct LinkMsg<'a> {
     operstate: Option<u8>,
     mtu: Option<u32>,
     kind: Option<&'a [u8]>,
+    link_netnsid: Option<i32>,
 }
 
 /// One `RTM_NEWSTATS` message, parsed and validated.
@@ -637,6 +649,28 @@ impl Links {
         e.binary_search_by_key(&ifindex, |e| e.link.ifindex)
             .ok()
             .map(|i| &e[i].link)
+    }
+
+    /// Sets the workload of a link's peer namespace; a change gives the link a new
+    /// [`instance`](Link::instance) (collectors rebuild its attribute sets) and the table a
+    /// new generation. Returns whether it changed.
+    pub fn set_workload(
+        &mut self,
+        ifindex: u32,
+        workload: Option<Arc<crate::workload::Workload>>,
+    ) -> bool {
+        let t = &mut self.table;
+        let Ok(i) = t.entries.binary_search_by_key(&ifindex, |e| e.link.ifindex) else {
+            return false;
+        };
+        let l = &mut t.entries[i].link;
+        if l.workload.as_deref() == workload.as_deref() {
+            return false;
+        }
+        l.workload = workload;
+        l.instance = next_instance();
+        t.generation += 1;
+        true
     }
 
     /// The interface with this name, if any (a linear search).
@@ -1029,6 +1063,12 @@ impl Table {
                     l.kind = m.kind.map(lossy_arc);
                     changed = true;
                 }
+                if m.link_netnsid != l.link_netnsid {
+                    // The peer moved to another namespace: not the same pod's interface.
+                    l.link_netnsid = m.link_netnsid;
+                    l.workload = None;
+                    changed = true;
+                }
                 if changed {
                     l.instance = next_instance();
                     self.generation += 1;
@@ -1051,6 +1091,8 @@ impl Table {
                     operstate,
                     mtu: m.mtu,
                     kind: m.kind.map(lossy_arc),
+                    link_netnsid: m.link_netnsid,
+                    workload: None,
                 };
                 self.entries.insert(i, Entry { link, seen: stamp });
                 self.generation += 1;
@@ -1142,6 +1184,7 @@ fn parse_link(payload: &[u8]) -> Result<LinkMsg<'_>, (Option<u32>, Malformed)> {
     let mut operstate = None;
     let mut mtu = None;
     let mut kind = None;
+    let mut link_netnsid = None;
     for attr in Attrs::new(&payload[IFINFOMSG_LEN..], IFINFOMSG_LEN) {
         let (ty, data) = attr.map_err(fail)?;
         match ty {
@@ -1173,6 +1216,11 @@ fn parse_link(payload: &[u8]) -> Result<LinkMsg<'_>, (Option<u32>, Malformed)> {
                     }));
                 }
             },
+            // Negative is NETNSA_NSID_NOT_ASSIGNED; another size only loses the peer's
+            // workload, not the interface.
+            IFLA_LINK_NETNSID if data.len() == 4 => {
+                link_netnsid = Some(read_i32(data, 0)).filter(|id| *id >= 0);
+            }
             IFLA_LINKINFO => {
                 for nested in Attrs::new(data, 0) {
                     let (nty, ndata) = nested.map_err(fail)?;
@@ -1198,6 +1246,7 @@ fn parse_link(payload: &[u8]) -> Result<LinkMsg<'_>, (Option<u32>, Malformed)> {
         operstate,
         mtu,
         kind,
+        link_netnsid,
     })
 }
 
@@ -2515,5 +2564,62 @@ mod tests {
         // A file that is not a network namespace.
         let err = Links::open_in_netns(Path::new("/proc/self/ns/uts")).unwrap_err();
         assert!(matches!(err, LinkError::EnterNetns { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_peer_namespace_id_of_a_veth() {
+        let msg = |nsid: &[u8]| {
+            ifinfo(
+                7,
+                0,
+                &[
+                    attr(IFLA_IFNAME, b"veth7\0"),
+                    stats_attr(1),
+                    attr(IFLA_LINK_NETNSID, nsid),
+                ],
+            )
+        };
+        assert_eq!(
+            parse_link(&msg(&3i32.to_ne_bytes())).unwrap().link_netnsid,
+            Some(3)
+        );
+        // NETNSA_NSID_NOT_ASSIGNED, and an attribute of the wrong size: no peer namespace,
+        // the interface itself still parses.
+        assert_eq!(
+            parse_link(&msg(&(-1i32).to_ne_bytes()))
+                .unwrap()
+                .link_netnsid,
+            None
+        );
+        assert_eq!(parse_link(&msg(&[1, 2])).unwrap().link_netnsid, None);
+        // The peer moving to another namespace makes it another interface for collectors.
+        let mut t = Table::default();
+        run_dump(&mut t, &[nlmsg(RTM_NEWLINK, &msg(&3i32.to_ne_bytes()))]);
+        let (instance, generation) = (t.entries[0].link.instance, t.generation);
+        run_dump(&mut t, &[nlmsg(RTM_NEWLINK, &msg(&3i32.to_ne_bytes()))]);
+        assert_eq!(t.entries[0].link.instance, instance);
+        run_dump(&mut t, &[nlmsg(RTM_NEWLINK, &msg(&4i32.to_ne_bytes()))]);
+        assert_eq!(t.entries[0].link.link_netnsid, Some(4));
+        assert_ne!(t.entries[0].link.instance, instance);
+        assert!(t.generation > generation);
+    }
+
+    #[test]
+    fn setting_a_workload_makes_a_new_instance() {
+        let mut l = Links::from_links([Link::new(4, "veth4")]);
+        let w = Arc::new(crate::workload::Workload {
+            pod_uid: Some(Arc::from("0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0")),
+            ..Default::default()
+        });
+        let (i0, g0) = (l.get(4).unwrap().instance, l.generation());
+        assert!(l.set_workload(4, Some(w.clone())));
+        assert_ne!(l.get(4).unwrap().instance, i0);
+        assert!(l.generation() > g0);
+        let (i1, g1) = (l.get(4).unwrap().instance, l.generation());
+        // The same workload again (another Arc): nothing changes.
+        assert!(!l.set_workload(4, Some(Arc::new((*w).clone()))));
+        assert_eq!((l.get(4).unwrap().instance, l.generation()), (i1, g1));
+        assert!(l.set_workload(4, None));
+        assert!(!l.set_workload(99, None));
     }
 }

@@ -19,7 +19,7 @@ use crate::links::Links;
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// Where other tools bind namespaces that may have no process in them.
-const BIND_DIRS: &[&str] = &[NETNS_RUN_DIR, "/var/run/docker/netns"];
+pub(crate) const BIND_DIRS: &[&str] = &[NETNS_RUN_DIR, "/var/run/docker/netns"];
 
 /// Inodes of every network namespace that is still alive as far as this host can tell:
 /// those of all processes, and those bound in the usual directories. Reads /proc, so it is

@@ -14,6 +14,7 @@ use std::{
 
 pub mod alloc;
 pub mod child;
+pub mod rotel;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;

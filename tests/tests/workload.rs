@@ -191,3 +191,273 @@ fn a_cgroup_that_only_looks_like_a_container_gives_nothing() -> Result<()> {
         None,
     )
 }
+
+// ---- The pod side of a veth, at a real collector ----
+
+/// A pod made the way kubelet and a CNI plugin make one: a named namespace, a veth whose
+/// peer is moved into it (addresses, permanent neighbours, IPv6 off: no chatter), and a
+/// process in the kubelet systemd-driver cgroup of the pod's container.
+struct Pod {
+    uid: String,
+    // Dropped in this order: the process and its cgroups, then the namespace (which takes
+    // the veth with it), then the veth guard (which finds it gone).
+    workload: Option<Workload>,
+    ns: Option<NetNs>,
+    veth: Veth,
+    peer_ip: String,
+}
+
+impl Pod {
+    fn new(subnet: u8) -> Result<Pod> {
+        let uid = uid();
+        let u = uid.replace('-', "_");
+        let ns = NetNs::new("rpv")?;
+        let mut veth = Veth::new("rpv")?;
+        let (_, peer_ip) = wire_host_to(&mut veth, &ns, subnet)?;
+        let path = format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{ID}.scope"
+        );
+        let workload = Workload::start(&ns, &path)?;
+        Ok(Pod {
+            uid,
+            workload: Some(workload),
+            ns: Some(ns),
+            veth,
+            peer_ip,
+        })
+    }
+
+    /// `n` datagrams from the host to a closed port of the pod: `n` packets out of the host
+    /// veth, `n` NO_SOCKET drops inside the pod's namespace.
+    fn send(&self, n: u32) -> Result<()> {
+        run(
+            &traffic(),
+            ["udp", &format!("{}:9", self.peer_ip), &n.to_string(), "32"],
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        drop(self.workload.take());
+        drop(self.ns.take());
+        // The kernel deletes the veth with the namespace asynchronously: give it a moment
+        // so the veth guard does not race it.
+        let dev = format!("/sys/class/net/{}", self.veth.host);
+        for _ in 0..100 {
+            if !std::path::Path::new(&dev).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Sum of the points of `metric` in `points` whose attributes include `want`.
+fn total(points: &[rotel::DataPoint], metric: &str, want: &[(&str, &str)]) -> f64 {
+    points
+        .iter()
+        .filter(|p| {
+            p.metric == metric
+                && want
+                    .iter()
+                    .all(|(k, v)| p.attrs.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|p| p.value)
+        .sum()
+}
+
+/// A `sum by (k8s.pod.uid)` of one export: per metric, the total of the pod's points.
+fn by_pod(points: &[rotel::DataPoint], uid: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut m = std::collections::BTreeMap::new();
+    for p in points
+        .iter()
+        .filter(|p| p.attrs.get("k8s.pod.uid").map(String::as_str) == Some(uid))
+    {
+        *m.entry(p.metric.clone()).or_insert(0.0) += p.value;
+    }
+    m
+}
+
+/// rotel and the agent (`run --interval 1s`, OTLP/gRPC), killed on drop.
+struct Export {
+    rotel: rotel::Proc,
+    agent: rotel::Proc,
+    _dir: TempDir,
+}
+
+impl Export {
+    fn start(tag: &str) -> Result<Export> {
+        let dir = TempDir::new(tag)?;
+        let (grpc, http) = (free_port()?, free_port()?);
+        let rotel = rotel::start_rotel(&dir, grpc, http, "rotel")?;
+        let agent = rotel::start_agent(&dir, "agent", grpc, &[])?;
+        Ok(Export {
+            rotel,
+            agent,
+            _dir: dir,
+        })
+    }
+
+    fn exports(&mut self) -> Result<Vec<Vec<rotel::DataPoint>>> {
+        self.rotel.ensure_alive()?;
+        self.agent.ensure_alive()?;
+        Ok(rotel::rotel_exports(&self.rotel.log_text()))
+    }
+
+    /// Waits for an export in which `ok` holds; returns it.
+    fn wait(
+        &mut self,
+        what: &str,
+        mut ok: impl FnMut(&[rotel::DataPoint]) -> bool,
+    ) -> Result<Vec<rotel::DataPoint>> {
+        rotel::wait_for(what, rotel::PATIENCE, || {
+            Ok(self.exports()?.pop().filter(|e| ok(e)))
+        })
+    }
+}
+
+#[test]
+fn a_pods_host_veth_carries_the_pod_on_interface_driver_and_drop_series() -> Result<()> {
+    require_root();
+    let pod = Pod::new(77)?;
+    let mut x = Export::start("podveth")?;
+    pod.send(50)?;
+    let (uid, host) = (pod.uid.clone(), pod.veth.host.clone());
+    let on_veth = [
+        ("network.interface.name", host.as_str()),
+        ("k8s.pod.uid", uid.as_str()),
+        ("container.id", ID),
+    ];
+    let tx: Vec<(&str, &str)> = on_veth
+        .iter()
+        .copied()
+        .chain([("network.io.direction", "transmit")])
+        .collect();
+    let first = x.wait("the pod's veth and drops at the collector", |e| {
+        total(e, "system.network.packet.count", &tx) >= 50.0
+            && total(
+                e,
+                "retina.drop.count",
+                &[("k8s.pod.uid", &uid), ("drop.reason", "NO_SOCKET")],
+            ) >= 50.0
+            && total(e, "retina.nic.driver.stat", &on_veth) > 0.0
+    })?;
+    // Every series of the pod is about one of the pair's two ends (never another interface),
+    // and the host veth's series carry the pod on all three sources.
+    for p in first
+        .iter()
+        .filter(|p| p.attrs.get("k8s.pod.uid") == Some(&uid))
+    {
+        let name = p.attrs.get("network.interface.name").map(String::as_str);
+        assert!(
+            name == Some(&host) || name == Some(&pod.veth.peer),
+            "pod attributes on {p:?}"
+        );
+        assert_eq!(p.attrs.get("container.id").map(String::as_str), Some(ID));
+    }
+    for metric in [
+        "system.network.io",
+        "system.network.packet.count",
+        "retina.nic.driver.stat",
+        "retina.drop.count",
+    ] {
+        assert!(
+            first
+                .iter()
+                .any(|p| p.metric == metric && p.attrs.get("k8s.pod.uid") == Some(&uid)),
+            "{metric} has no series of the pod"
+        );
+    }
+    // The host's other interfaces carry no pod.
+    assert!(
+        first.iter().any(
+            |p| p.attrs.get("network.interface.name").map(String::as_str) == Some("lo")
+                && !p.attrs.contains_key("k8s.pod.uid")
+        ),
+        "lo must be exported without pod attributes"
+    );
+    // A rate by pod: 30 more datagrams move the pod's drop total by exactly 30 and its
+    // host veth's transmitted packets by at least 30, in one `sum by (k8s.pod.uid)`.
+    let before = by_pod(&first, &uid);
+    pod.send(30)?;
+    let drops0 = before["retina.drop.count"];
+    let after = x.wait("30 more drops of the pod", |e| {
+        by_pod(e, &uid).get("retina.drop.count").copied() == Some(drops0 + 30.0)
+    })?;
+    let after_tx = total(&after, "system.network.packet.count", &tx);
+    assert!(
+        after_tx >= total(&first, "system.network.packet.count", &tx) + 30.0,
+        "the host veth's transmit count did not follow: {after_tx}"
+    );
+    let after = by_pod(&after, &uid);
+    assert_eq!(after["retina.drop.count"] - drops0, 30.0);
+    assert!(after["system.network.packet.count"] - before["system.network.packet.count"] >= 30.0);
+    Ok(())
+}
+
+#[test]
+fn a_workload_that_has_gone_leaves_the_export_within_two_intervals() -> Result<()> {
+    require_root();
+    let mut pod = Pod::new(78)?;
+    let inode = pod
+        .ns
+        .as_ref()
+        .map(NetNs::inode)
+        .transpose()?
+        .unwrap_or(0)
+        .to_string();
+    let mut x = Export::start("podgone")?;
+    pod.send(20)?;
+    let uid = pod.uid.clone();
+    x.wait("the pod's series at the collector", |e| {
+        total(e, "retina.drop.count", &[("k8s.pod.uid", &uid)]) >= 20.0
+            && total(
+                e,
+                "system.network.packet.count",
+                &[("k8s.pod.uid", &uid), ("network.io.direction", "transmit")],
+            ) >= 20.0
+    })?;
+    // The pod goes: its process exits, its cgroups and namespace are deleted; the
+    // namespace takes the veth with it once nothing holds it.
+    drop(pod.workload.take());
+    drop(pod.ns.take());
+    let host = pod.veth.host.clone();
+    rotel::wait_for("the pod's veth to vanish", rotel::PATIENCE, || {
+        Ok((!std::path::Path::new(&format!("/sys/class/net/{host}")).exists()).then_some(()))
+    })?;
+    let before = x.exports()?.len();
+    let exports = rotel::wait_for("five exports after the deletion", rotel::PATIENCE, || {
+        let e = x.exports()?;
+        Ok((e.len() >= before + 5).then_some(e))
+    })?;
+    let mentions = |e: &[rotel::DataPoint]| {
+        e.iter().any(|p| {
+            p.attrs.get("k8s.pod.uid") == Some(&uid)
+                || p.attrs.get("network.namespace.inode") == Some(&inode)
+                || p.attrs.get("network.interface.name") == Some(&host)
+        })
+    };
+    let still: Vec<usize> = exports[before..]
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| mentions(e))
+        .map(|(i, _)| i + 1)
+        .collect();
+    eprintln!("exports after the pod's veth vanished still naming the pod: {still:?}");
+    assert!(
+        still.iter().all(|&i| i <= 2),
+        "the gone pod is still exported in exports {still:?} after its deletion"
+    );
+    // The agent itself carries on.
+    assert!(
+        exports[before..].iter().all(|e| e.iter().any(|p| p
+            .attrs
+            .get("network.interface.name")
+            .map(String::as_str)
+            == Some("lo"))),
+        "the other interfaces must stay"
+    );
+    Ok(())
+}

@@ -21,6 +21,7 @@ use retina_agent::{
     },
     links::Links,
     metrics::{Metric, Number},
+    workload::peers::PeerOwners,
 };
 use retina_tests::*;
 
@@ -76,10 +77,29 @@ impl Drop for Child {
     }
 }
 
-/// One agent cycle: link dump, every collector, then a visit that reads every point.
-/// Returns the number of points seen and a checksum, so nothing is optimised away.
+/// The agent's resolver of host veths' peer workloads.
+fn peers() -> &'static std::sync::Mutex<Option<PeerOwners>> {
+    static PEERS: std::sync::Mutex<Option<PeerOwners>> = std::sync::Mutex::new(None);
+    &PEERS
+}
+
+/// Resolutions the peer resolver ran (its rescans legitimately allocate).
+fn peer_runs() -> u64 {
+    peers()
+        .lock()
+        .ok()
+        .and_then(|p| p.as_ref().map(PeerOwners::runs))
+        .unwrap_or(0)
+}
+
+/// One agent cycle: link dump, the veth peers' workloads, every collector, then a visit
+/// that reads every point. Returns the number of points seen and a checksum, so nothing
+/// is optimised away.
 fn cycle(links: &mut Links, collectors: &mut [Box<dyn Collector>]) -> (u64, u64) {
     links.refresh().expect("link dump");
+    if let Some(p) = peers().lock().expect("peers").as_mut() {
+        p.update(links);
+    }
     for c in collectors.iter_mut() {
         c.collect(links).expect("collect");
     }
@@ -114,7 +134,7 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
     require_root();
     const PAIRS: usize = 16;
     const CYCLES: usize = 1000;
-    let veths: Vec<Veth> = (0..PAIRS)
+    let mut veths: Vec<Veth> = (0..PAIRS)
         .map(|_| Veth::new("reta"))
         .collect::<Result<_>>()?;
     // Qdiscs for the qdisc collector to read: a classless one on every veth, an htb tree
@@ -144,6 +164,11 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
     let mut collectors = collectors()?;
     // Datagrams to a closed port, one drop key, for the whole test.
     let ns = NetNs::new("rzal")?;
+    // One veth's peer in that namespace: a host link with IFLA_LINK_NETNSID, resolved to
+    // the namespace's (sender) process.
+    veths[1].move_peer(&ns)?;
+    *peers().lock().expect("peers") =
+        Some(PeerOwners::new(retina_agent::netns::current_netns_inode()?)?);
     let _sender = Child(
         std::process::Command::new("ip")
             .args(["netns", "exec", &ns.name, &traffic(), "udp", "127.0.0.1:9"])
@@ -194,6 +219,7 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
         }
         let before = identity(&links);
         let points_before = cycle(&mut links, &mut collectors).0;
+        let runs_before = peer_runs();
         let drops_before = drops_of_ns(&collectors);
         let (allocs, (points, _)) = count_allocs(|| {
             let mut points = 0;
@@ -204,7 +230,10 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
         });
         // New series (a new interface, or a drop of a new key elsewhere on the host) may
         // allocate; the sender's key must have kept counting.
-        let changed = identity(&links) != before || points != points_before;
+        // A rescan of the peers' namespaces (every few seconds while one is unresolved,
+        // every minute otherwise) reads /proc and allocates.
+        let changed =
+            identity(&links) != before || points != points_before || peer_runs() != runs_before;
         assert!(
             drops_of_ns(&collectors) > drops_before,
             "the sender's drop series did not move during the measurement"
@@ -234,6 +263,7 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
             assert!(classes >= 1, "no htb class read: {per_metric:?}");
             assert!(n("retina.softnet.processed") >= 1, "{per_metric:?}");
             assert!(n("retina.conntrack.stat") >= 1, "{per_metric:?}");
+            assert!(peer_runs() >= 1, "the veth peer was never resolved");
             drop(veths);
             drop(ns);
             return Ok(());

@@ -325,6 +325,8 @@ pub struct EthtoolCollector {
 
 struct Entry {
     name: Arc<str>,
+    /// The workload of the interface's peer namespace (a pod's host veth), on its series.
+    workload: Option<Arc<crate::workload::Workload>>,
     /// [`Link::instance`] of the device the state belongs to.
     instance: u64,
     /// Last cycle the interface was in the link table.
@@ -447,7 +449,12 @@ impl EthtoolCollector {
 
     /// Fetches driver info, the statistics count and names for one interface and builds
     /// its series.
-    fn setup(&mut self, ifname: IfName, name: &Arc<str>) -> Setup {
+    fn setup(
+        &mut self,
+        ifname: IfName,
+        name: &Arc<str>,
+        workload: Option<&crate::workload::Workload>,
+    ) -> Setup {
         let err = |ioctl: &'static str, error: io::Error| EthtoolError::Ioctl {
             ifname: name.clone(),
             ioctl,
@@ -461,13 +468,17 @@ impl EthtoolCollector {
             Err(e) => return Setup::Failed(err("ETHTOOL_GDRVINFO", e), None),
         };
         let info = drv.as_ref().map(|d| {
-            Box::from([
+            let mut kv = vec![
                 KeyValue::new(INTERFACE_NAME, name.clone()),
                 KeyValue::new(attr::DRIVER, d.driver.clone()),
                 KeyValue::new(attr::DRIVER_VERSION, d.version.clone()),
                 KeyValue::new(attr::FIRMWARE_VERSION, d.fw_version.clone()),
                 KeyValue::new(attr::BUS_INFO, d.bus_info.clone()),
-            ])
+            ];
+            if let Some(w) = workload {
+                w.push_attributes(&mut kv);
+            }
+            kv.into_boxed_slice()
         });
         self.counts.gsset_info += 1;
         let count = match self.sock.stats_count(&ifname) {
@@ -514,11 +525,14 @@ impl EthtoolCollector {
             .iter()
             .map(|s| {
                 let stat = intern(&mut self.names, &s.name);
-                let mut kv = Vec::with_capacity(3);
+                let mut kv = Vec::with_capacity(6);
                 kv.push(KeyValue::new(INTERFACE_NAME, name.clone()));
                 kv.push(KeyValue::new(attr::STAT_NAME, stat));
                 if let Some(q) = s.queue {
                     kv.push(KeyValue::new(attr::QUEUE, i64::from(q)));
+                }
+                if let Some(w) = workload {
+                    w.push_attributes(&mut kv);
                 }
                 kv.into_boxed_slice()
             })
@@ -626,7 +640,8 @@ impl EthtoolCollector {
             _ => Idle::New,
         };
         let name = entry.name.clone();
-        let outcome = self.setup(ifname, &name);
+        let workload = entry.workload.clone();
+        let outcome = self.setup(ifname, &name, workload.as_deref());
         let retry_cycles = self.retry_cycles;
         // Re-borrow: setup needed all of `self`.
         let Some(entry) = self.entries.get_mut(&link.ifindex) else {
@@ -689,6 +704,7 @@ impl Entry {
     fn new(link: &Link, filter: &NameFilter) -> Entry {
         Entry {
             name: link.name.clone(),
+            workload: link.workload.clone(),
             instance: link.instance,
             seen: 0,
             state: if filter.matches(&link.name) {

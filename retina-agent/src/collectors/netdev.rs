@@ -90,8 +90,9 @@ pub enum NetdevError {
 /// Attribute sets and last counters of one exported interface.
 #[derive(Debug)]
 struct Series {
-    receive: [KeyValue; 2],
-    transmit: [KeyValue; 2],
+    /// The interface name, the direction, and the workload of a pod's host veth.
+    receive: Box<[KeyValue]>,
+    transmit: Box<[KeyValue]>,
     stats: LinkStats,
 }
 
@@ -148,10 +149,19 @@ impl NetdevCollector {
                 Ok(i) if self.ifaces[i].instance == link.instance => i,
                 found => {
                     let series = self.filter.matches(&link.name).then(|| {
-                        let name = KeyValue::new(attr::INTERFACE_NAME, link.name.clone());
+                        let set = |direction: &'static str| {
+                            let mut kv = vec![
+                                KeyValue::new(attr::INTERFACE_NAME, link.name.clone()),
+                                KeyValue::new(attr::IO_DIRECTION, direction),
+                            ];
+                            if let Some(w) = &link.workload {
+                                w.push_attributes(&mut kv);
+                            }
+                            kv.into_boxed_slice()
+                        };
                         Series {
-                            receive: [name.clone(), KeyValue::new(attr::IO_DIRECTION, "receive")],
-                            transmit: [name, KeyValue::new(attr::IO_DIRECTION, "transmit")],
+                            receive: set("receive"),
+                            transmit: set("transmit"),
                             stats: link.stats,
                         }
                     });

@@ -2,6 +2,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,7 +19,7 @@ use crate::{
     links::Links,
     metrics::{Kind, Metric, Number, Visitor, attr},
     netns::NetnsNames,
-    workload::Workloads,
+    workload::{Workload, Workloads},
 };
 
 pub const DROP_COUNT: Metric = Metric {
@@ -134,6 +135,9 @@ struct Series {
     born: u64,
     /// Removed from the kernel map: visited once more with its final value, then dropped.
     retired: bool,
+    /// For a host interface: the workload of its peer namespace the attributes were made
+    /// with (a pod's host veth), so a change is followed like a rename.
+    peer: Option<Arc<Workload>>,
 }
 
 pub struct DropCollector {
@@ -211,6 +215,18 @@ impl DropCollector {
         &self.reasons
     }
 
+    fn in_host(&self, key: &DropKey) -> bool {
+        key.netns == self.host_netns || key.netns == 0
+    }
+
+    /// The workload of the peer namespace of a host interface's key.
+    fn peer(&self, key: &DropKey, links: &Links) -> Option<Arc<Workload>> {
+        if key.ifindex == 0 || !self.in_host(key) {
+            return None;
+        }
+        links.get(key.ifindex).and_then(|l| l.workload.clone())
+    }
+
     /// Attributes of a new series: resolved once, when the key first appears.
     fn attributes(&mut self, key: &DropKey, links: &Links) -> Box<[KeyValue]> {
         let mut attrs = Vec::with_capacity(10);
@@ -241,10 +257,15 @@ impl DropCollector {
             {
                 attrs.push(KeyValue::new(attr::NETNS_NAME, Value::String(ns.into())));
             }
-            // The pod, container or service living in that namespace.
-            if let Some(w) = self.workloads.lookup(key.netns) {
-                w.push_attributes(&mut attrs);
-            }
+        }
+        // The pod, container or service living in that namespace; for a host interface,
+        // the one in its peer's namespace (a pod's host veth).
+        let workload = match self.in_host(key) {
+            true => self.peer(key, links),
+            false => self.workloads.lookup(key.netns),
+        };
+        if let Some(w) = workload {
+            w.push_attributes(&mut attrs);
         }
         if let Some(t) = network_type(key.protocol) {
             attrs.push(KeyValue::new(attr::NETWORK_TYPE, t));
@@ -257,8 +278,8 @@ impl DropCollector {
 }
 
 impl DropCollector {
-    /// A host interface renamed since its series were made: their attributes take the new
-    /// name (the series stays one series for the exporters' delta and cumulative state,
+    /// A host interface renamed, or given another peer workload, since its series were
+    /// made: their attributes take the new name and workload (the series stays one series for the exporters' delta and cumulative state,
     /// keyed by the kernel key). Only runs when the link table changed; allocates only
     /// for the series of a renamed interface.
     fn follow_renames(&mut self, links: &Links) {
@@ -273,6 +294,9 @@ impl DropCollector {
                 let Some(link) = links.get(k.ifindex) else {
                     return false;
                 };
+                if s.peer.as_deref() != link.workload.as_deref() {
+                    return true;
+                }
                 let held = s
                     .attributes
                     .iter()
@@ -286,8 +310,10 @@ impl DropCollector {
             .collect();
         for key in stale {
             let attributes = self.attributes(&key, links);
+            let peer = self.peer(&key, links);
             if let Some(s) = self.series.get_mut(&key) {
                 s.attributes = attributes;
+                s.peer = peer;
             }
         }
     }
@@ -428,6 +454,7 @@ impl Collector for DropCollector {
                 continue;
             }
             let attributes = self.attributes(&key, links);
+            let peer = self.peer(&key, links);
             self.series.insert(
                 key,
                 Series {
@@ -435,6 +462,7 @@ impl Collector for DropCollector {
                     value,
                     born,
                     retired: false,
+                    peer,
                 },
             );
         }
@@ -461,9 +489,14 @@ impl Collector for DropCollector {
             self.last_prune = Some(Instant::now());
             self.prune(links, true)?;
         } else if links_changed {
-            // Interfaces came or went: shed the keys of host interfaces that are gone right
-            // away (cheap: no syscall unless there is one), so churn does not pile up.
-            self.prune(links, false)?;
+            // Interfaces came or went (a pod's veth goes with its namespace): shed the keys
+            // of host interfaces and of namespaces that are gone right away, so a workload
+            // that has gone leaves the export within two intervals and churn does not pile
+            // up. (A namespace without a veth to the host goes at the next link change or
+            // when the map is nearly full.) Reads /proc only if some series is in another
+            // namespace.
+            let namespaces = self.series.keys().any(|k| !self.in_host(k));
+            self.prune(links, namespaces)?;
         }
         if links_changed {
             self.follow_renames(links);

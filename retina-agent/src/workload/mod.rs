@@ -10,6 +10,7 @@
 //! workload attributes.
 
 pub mod cgroup;
+pub mod peers;
 
 use std::{
     collections::HashMap,
@@ -58,6 +59,8 @@ pub struct Workloads {
     proc_root: PathBuf,
     host_netns: u32,
     by_netns: HashMap<u32, Arc<Workload>>,
+    /// One process of each namespace of `by_netns`, as the scan saw it.
+    pids: HashMap<u32, u32>,
     last_scan: Option<Instant>,
 }
 
@@ -72,6 +75,7 @@ impl Workloads {
             proc_root: proc_root.into(),
             host_netns,
             by_netns: HashMap::new(),
+            pids: HashMap::new(),
             last_scan: None,
         }
     }
@@ -90,6 +94,19 @@ impl Workloads {
         self.by_netns.get(&netns).filter(|w| !w.is_empty()).cloned()
     }
 
+    /// The namespaces of the last scan (other than the host's): inode, one process in
+    /// it, and its workload (empty when its processes name none).
+    pub fn namespaces(&self) -> impl Iterator<Item = (u32, u32, &Arc<Workload>)> {
+        self.by_netns
+            .iter()
+            .filter_map(|(ns, w)| Some((*ns, *self.pids.get(ns)?, w)))
+    }
+
+    /// The `/proc` this map reads.
+    pub fn proc_root(&self) -> &std::path::Path {
+        &self.proc_root
+    }
+
     /// Rebuilds the map from `/proc`.
     pub fn scan(&mut self) {
         self.last_scan = Some(Instant::now());
@@ -97,6 +114,7 @@ impl Workloads {
         let Ok(procs) = std::fs::read_dir(&self.proc_root) else {
             return;
         };
+        self.pids.clear();
         let mut text = String::new();
         for entry in procs.flatten() {
             let is_pid = entry
@@ -107,6 +125,9 @@ impl Workloads {
                 continue;
             }
             let dir = entry.path();
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
             let Some(netns) = std::fs::metadata(dir.join("ns/net"))
                 .ok()
                 .and_then(|m| u32::try_from(m.ino()).ok())
@@ -126,6 +147,7 @@ impl Workloads {
                 // The process is gone, or the file is not text: it tells nothing.
                 Err(_) => continue,
             };
+            self.pids.entry(netns).or_insert(pid);
             found
                 .entry(netns)
                 .and_modify(|have| *have = have.common(&w))

@@ -11,3 +11,4 @@ pub mod node_exporter;
 pub mod report;
 pub mod soak;
 pub mod sys;
+pub mod workload;

@@ -22,7 +22,7 @@ fn ip_batch(netns: Option<&str>, lines: &[String], force: bool) -> Result<()> {
 }
 
 /// Runs `PROGRAM [-n NS] [-force] -batch -` (`ip` or `tc`) with `lines` on stdin.
-fn batch(program: &str, netns: Option<&str>, lines: &[String], force: bool) -> Result<()> {
+pub fn batch(program: &str, netns: Option<&str>, lines: &[String], force: bool) -> Result<()> {
     if lines.is_empty() {
         return Ok(());
     }

@@ -13,7 +13,10 @@
 //! 6. a memory soak (child process) with veth churn and the OTLP exporter against a
 //!    collector going up and down;
 //! 7. the real daemon at `--interval 10s` next to node_exporter scraped every 10 s;
-//! 8. one OTLP export (SDK and exporter) and one Prometheus scrape, CPU per interface count.
+//! 8. one OTLP export (SDK and exporter) and one Prometheus scrape, CPU per interface count;
+//! 9. the workload mapping at `--pods` pods (namespace, veth, process in a kubelet cgroup):
+//!    the /proc scan and the veth-peer resolution, the steady per-cycle check, and the
+//!    series per workload (`--only workload`).
 //!
 //! Every veth, namespace, child process and sysctl it changes is restored by an RAII guard,
 //! also on failure and on Ctrl-C (SIGINT/SIGTERM stop the run at the next check).
@@ -89,12 +92,16 @@ struct Opts {
     /// A shorter run (under 3 minutes).
     #[arg(long)]
     quick: bool,
-    /// Sections to run: cycle, node-exporter, export, ebpf, soak, agent [default: all].
+    /// Sections to run: cycle, node-exporter, export, ebpf, soak, agent, workload [default:
+    /// all].
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The release agent binary, for section 7 [default: next to this binary].
     #[arg(long)]
     agent_bin: Option<PathBuf>,
+    /// Pods made for the workload section [default: 256].
+    #[arg(long, default_value_t = 256)]
+    pods: usize,
     #[arg(long, default_value = "/usr/bin/prometheus-node-exporter")]
     node_exporter: PathBuf,
     /// rotel-agent (PyPI `rotel`), the OTLP collector for sections 6 and 7 [env:
@@ -110,7 +117,15 @@ struct Opts {
     out: Option<PathBuf>,
 }
 
-const SECTIONS: [&str; 6] = ["cycle", "node-exporter", "export", "ebpf", "soak", "agent"];
+const SECTIONS: [&str; 7] = [
+    "cycle",
+    "node-exporter",
+    "export",
+    "ebpf",
+    "soak",
+    "agent",
+    "workload",
+];
 
 impl Opts {
     fn pick<T>(&self, given: Option<T>, full: T, quick: T) -> T {
@@ -276,7 +291,8 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
     for &n in &counts {
         sys::check_stop()?;
         let have = net.hosts.len();
-        if n > have {
+        let any_per_count = needs_agent || opts.runs("export");
+        if any_per_count && n > have {
             banner(&format!("creating {} veth pairs ({n} in all)", n - have));
             net.add(n - have)?;
             net.settle()?;
@@ -624,6 +640,75 @@ fn run(opts: &Opts, out_dir: &Path, doc: &mut Map<String, Value>, table: &mut Ta
         doc.insert("ebpf".into(), r.json);
     }
     drop(parts.take());
+
+    if opts.runs("workload") {
+        let pods = opts.pods;
+        let runs = opts.pick(None, 20, 10);
+        banner(&format!("[9] workload mapping, {pods} pods, {runs} scans"));
+        let r = bench::workload::run(pods, runs)?;
+        let s = &format!("workload, {pods} pods");
+        table.info(
+            s,
+            "host links with a peer netns / namespaces found by the scan",
+            format!("{} / {}", r.host_links_with_peer, r.namespaces_scanned),
+        );
+        table.info(
+            s,
+            "/proc scan (drops' workload lookup) CPU / wall median",
+            format!(
+                "{} / {}",
+                fmt_us(r.scan_cpu_us.median),
+                fmt_us(r.scan_wall_us.median)
+            ),
+        );
+        table.info(
+            s,
+            "veth peer resolution (scan + RTM_GETNSID each) CPU / wall median",
+            format!(
+                "{} / {}",
+                fmt_us(r.resolve_cpu_us.median),
+                fmt_us(r.resolve_wall_us.median)
+            ),
+        );
+        table.push(
+            s,
+            "pods whose host veth carries their uid",
+            format!("{} / {}", r.pods_resolved, r.pods),
+            "all",
+            Status::check(r.pods_resolved == r.pods),
+        );
+        table.info(
+            s,
+            "steady per-cycle check, CPU per cycle",
+            format!("{:.0} ns", r.update_cpu_ns),
+        );
+        table.push(
+            s,
+            "allocations per steady cycle (peer check)",
+            format!("{:.3}", r.update_allocs_per_call),
+            "0",
+            Status::check(r.update_allocs_per_call == 0.0),
+        );
+        table.info(
+            s,
+            "series per workload: min / median / max",
+            format!(
+                "{} / {} / {}",
+                r.series_per_pod.min, r.series_per_pod.median, r.series_per_pod.max
+            ),
+        );
+        table.info(
+            s,
+            "  one pod's series by metric",
+            r.first_pod_by_metric
+                .iter()
+                .map(|(m, n)| format!("{m} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        table.flush_new();
+        doc.insert("workload".into(), r.json);
+    }
 
     if opts.runs("soak") {
         let max = counts.last().copied().unwrap_or(256);

@@ -1,0 +1,421 @@
+//! The pod side of a veth: a host interface whose peer lives in another namespace
+//! (`IFLA_LINK_NETNSID` in the host's link dump) carries the workload of that namespace.
+//!
+//! The nsid is the host namespace's own number for the peer namespace. It is matched by
+//! asking the kernel (`RTM_GETNSID` with `NETNSA_FD`) for the nsid of each namespace a
+//! process runs in, through a descriptor of that process's `/proc/PID/ns/net` whose inode
+//! is checked against the scan (a recycled pid cannot lend another namespace's workload).
+//!
+//! Namespaces bound by `ip netns` or a CNI plugin (`/run/netns`, `/var/run/docker/netns`)
+//! with no process in them are matched too, as having no workload.
+//!
+//! This runs when the link table changes (a veth appears, moves or goes), again every
+//! [`PENDING_RESCAN`] for [`PENDING_FOR`] while some veth's peer namespace is not found
+//! (kubelet and CNI move the veth before the containers start), and every [`SLOW_RESCAN`]
+//! otherwise (a process moved to another cgroup), never per cycle. Between those the links
+//! keep the workload they were given, and a steady cycle does nothing but walk the link
+//! table and compare two numbers.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    os::{
+        fd::{AsRawFd, OwnedFd, RawFd},
+        unix::fs::MetadataExt as _,
+    },
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{Workload, Workloads};
+use crate::links::{self, Attrs, LinkError, Links, NLMSG_ERROR, NLMSG_HDRLEN, read_i32, read_u16};
+
+/// `RTM_NEWNSID` / `RTM_GETNSID` (include/uapi/linux/rtnetlink.h).
+const RTM_NEWNSID: u16 = 88;
+const RTM_GETNSID: u16 = 90;
+/// `NETNSA_NSID`, `NETNSA_FD` (include/uapi/linux/net_namespace.h).
+const NETNSA_NSID: u16 = 1;
+const NETNSA_FD: u16 = 3;
+const NLM_F_REQUEST: u16 = 0x01;
+/// `struct rtgenmsg` (one byte) padded to the netlink alignment.
+const RTGENMSG_LEN: usize = 4;
+
+/// Resolution runs again after this long while a veth's peer namespace is unknown.
+pub const PENDING_RESCAN: Duration = Duration::from_secs(5);
+/// ... for this long after the link table changed (a namespace kept alive only by a
+/// descriptor, with no process and no bind mount, is not waited for forever) ...
+pub const PENDING_FOR: Duration = Duration::from_secs(60);
+/// ... and after this long otherwise.
+pub const SLOW_RESCAN: Duration = Duration::from_secs(60);
+/// Never more often than this, however often the link table changes.
+const MIN_GAP: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("nsid lookup: {0}")]
+    Socket(#[from] LinkError),
+    #[error("nsid lookup of {}: {op}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
+    #[error("nsid lookup of {}: malformed reply", path.display())]
+    Malformed { path: std::path::PathBuf },
+}
+
+/// Gives host links whose peer lives in a workload's namespace that workload.
+pub struct PeerOwners {
+    sock: OwnedFd,
+    seq: u32,
+    buf: Vec<u8>,
+    workloads: Workloads,
+    /// Link table generation after the last resolution (including its own changes).
+    generation: Option<u64>,
+    last: Option<Instant>,
+    /// Some veth's nsid matched no namespace (no process, no bind mount) at the last
+    /// resolution.
+    pending: bool,
+    /// When the link table last changed (as seen here): pending nsids are looked for
+    /// every [`PENDING_RESCAN`] only for [`PENDING_FOR`] after it.
+    changed_at: Option<Instant>,
+    /// Resolutions run (for tests and the bench).
+    runs: u64,
+}
+
+impl PeerOwners {
+    /// A resolver for the namespace the calling thread runs in (the host's).
+    pub fn new(host_netns: u32) -> Result<PeerOwners, PeerError> {
+        let (sock, _) = links::open_socket(0, 0)?;
+        Ok(PeerOwners {
+            sock,
+            seq: 0,
+            buf: vec![0; 4096],
+            workloads: Workloads::new(host_netns),
+            generation: None,
+            last: None,
+            pending: false,
+            changed_at: None,
+            runs: 0,
+        })
+    }
+
+    /// How many resolutions ran.
+    pub fn runs(&self) -> u64 {
+        self.runs
+    }
+
+    /// Called every cycle after the link table's refresh: resolves when it is due (see
+    /// the module documentation), else returns at once.
+    pub fn update(&mut self, links: &mut Links) {
+        // A host without veths into other namespaces: no /proc scan at all. (A link only
+        // holds a workload while it has a peer nsid.)
+        if !links.iter().any(|l| l.link_netnsid.is_some()) {
+            self.generation = Some(links.generation());
+            return;
+        }
+        let changed = self.generation != Some(links.generation());
+        if changed && self.changed_at.is_none_or(|t| t.elapsed() >= MIN_GAP) {
+            self.changed_at = Some(Instant::now());
+        }
+        let waiting = self.pending && self.changed_at.is_some_and(|t| t.elapsed() < PENDING_FOR);
+        let due = match self.last.map(|t| t.elapsed()) {
+            None => true,
+            Some(s) if s < MIN_GAP => false,
+            Some(s) => changed || s >= if waiting { PENDING_RESCAN } else { SLOW_RESCAN },
+        };
+        if !due {
+            return;
+        }
+        self.resolve(links);
+    }
+
+    /// Scans `/proc`, asks the nsid of each namespace found, and sets every link's
+    /// workload.
+    pub fn resolve(&mut self, links: &mut Links) {
+        self.runs += 1;
+        self.last = Some(Instant::now());
+        let wanted: HashSet<i32> = links.iter().filter_map(|l| l.link_netnsid).collect();
+        let mut by_nsid: HashMap<i32, Option<Arc<Workload>>> = HashMap::new();
+        if !wanted.is_empty() {
+            self.workloads.scan();
+            let found: Vec<(u32, u32, Arc<Workload>)> = self
+                .workloads
+                .namespaces()
+                .map(|(ns, pid, w)| (ns, pid, w.clone()))
+                .collect();
+            for (netns, pid, w) in found {
+                if by_nsid.len() == wanted.len() {
+                    break;
+                }
+                let path = self.workloads.proc_root().join(format!("{pid}/ns/net"));
+                match self.nsid_of(&path, Some(netns)) {
+                    Ok(Some(id)) if wanted.contains(&id) => {
+                        by_nsid.insert(id, (!w.is_empty()).then_some(w));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("{e}"),
+                }
+            }
+            // Namespaces bound by `ip netns` or a CNI plugin with no process in them (yet):
+            // known to have no workload, so not waited for.
+            for dir in crate::netns::BIND_DIRS {
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    if by_nsid.len() == wanted.len() {
+                        break;
+                    }
+                    match self.nsid_of(&entry.path(), None) {
+                        Ok(Some(id)) if wanted.contains(&id) => {
+                            by_nsid.entry(id).or_insert(None);
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!("{e}"),
+                    }
+                }
+            }
+        }
+        self.pending = wanted.iter().any(|id| !by_nsid.contains_key(id));
+        let updates: Vec<(u32, Option<Arc<Workload>>)> = links
+            .iter()
+            .map(|l| {
+                let w = l
+                    .link_netnsid
+                    .and_then(|id| by_nsid.get(&id).cloned().flatten());
+                (l.ifindex, w)
+            })
+            .collect();
+        let mut changed = 0usize;
+        for (ifindex, w) in updates {
+            if links.set_workload(ifindex, w) {
+                changed += 1;
+            }
+        }
+        if changed > 0 {
+            tracing::debug!(changed, "veth peers: workloads of host interfaces updated");
+        }
+        self.generation = Some(links.generation());
+    }
+
+    /// The nsid the host gives the namespace file `path` (a process's `ns/net`, a bind
+    /// mount) refers to, if that is still `netns` (when given); `None` when the file is
+    /// gone or names another namespace, or the namespace has no nsid here.
+    fn nsid_of(
+        &mut self,
+        path: &std::path::Path,
+        netns: Option<u32>,
+    ) -> Result<Option<i32>, PeerError> {
+        let Ok(file) = std::fs::File::open(path) else {
+            return Ok(None);
+        };
+        let same = netns.is_none_or(|netns| {
+            file.metadata()
+                .is_ok_and(|m| u32::try_from(m.ino()).ok() == Some(netns))
+        });
+        if !same {
+            return Ok(None);
+        }
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let io = |op, source| PeerError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        };
+        send_getnsid(self.sock.as_raw_fd(), seq, file.as_raw_fd())
+            .map_err(|e| io("sending RTM_GETNSID", e))?;
+        // The reply to this request; older ones (a timed-out request) are skipped.
+        for _ in 0..8 {
+            let n = links::recv(self.sock.as_raw_fd(), &mut self.buf, 0)
+                .map_err(|e| io("receiving RTM_NEWNSID", e))?;
+            let data = &self.buf[..n.min(self.buf.len())];
+            match parse_reply(data, seq) {
+                Reply::Other => continue,
+                Reply::Nsid(id) => return Ok(id),
+                Reply::Error(0) => return Ok(None),
+                Reply::Error(e) => {
+                    return Err(io(
+                        "RTM_GETNSID",
+                        io::Error::from_raw_os_error(e.saturating_neg()),
+                    ));
+                }
+                Reply::Malformed => {
+                    return Err(PeerError::Malformed {
+                        path: path.to_path_buf(),
+                    });
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Reply {
+    /// A message of another request.
+    Other,
+    /// `NETNSA_NSID`; `None` when not assigned (negative).
+    Nsid(Option<i32>),
+    Error(i32),
+    Malformed,
+}
+
+fn parse_reply(data: &[u8], seq: u32) -> Reply {
+    if data.len() < NLMSG_HDRLEN {
+        return Reply::Malformed;
+    }
+    let len = links::read_u32(data, 0) as usize;
+    if len < NLMSG_HDRLEN || len > data.len() {
+        return Reply::Malformed;
+    }
+    if links::read_u32(data, 8) != seq {
+        return Reply::Other;
+    }
+    let payload = &data[NLMSG_HDRLEN..len];
+    match read_u16(data, 4) {
+        NLMSG_ERROR => match payload.get(..4) {
+            Some(b) => Reply::Error(read_i32(b, 0)),
+            None => Reply::Malformed,
+        },
+        RTM_NEWNSID => {
+            let Some(attrs) = payload.get(RTGENMSG_LEN..) else {
+                return Reply::Malformed;
+            };
+            for a in Attrs::new(attrs, NLMSG_HDRLEN + RTGENMSG_LEN) {
+                match a {
+                    Ok((NETNSA_NSID, v)) if v.len() == 4 => {
+                        let id = read_i32(v, 0);
+                        return Reply::Nsid((id >= 0).then_some(id));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return Reply::Malformed,
+                }
+            }
+            Reply::Malformed
+        }
+        _ => Reply::Other,
+    }
+}
+
+/// `RTM_GETNSID` for the namespace of descriptor `ns_fd`.
+fn send_getnsid(fd: RawFd, seq: u32, ns_fd: RawFd) -> io::Result<()> {
+    const LEN: usize = NLMSG_HDRLEN + RTGENMSG_LEN + 8;
+    let mut req = [0u8; LEN];
+    req[0..4].copy_from_slice(&(LEN as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETNSID.to_ne_bytes());
+    req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // rtgenmsg: AF_UNSPEC and padding (zeros); then NETNSA_FD.
+    let a = NLMSG_HDRLEN + RTGENMSG_LEN;
+    req[a..a + 2].copy_from_slice(&8u16.to_ne_bytes());
+    req[a + 2..a + 4].copy_from_slice(&NETNSA_FD.to_ne_bytes());
+    req[a + 4..a + 8].copy_from_slice(&(ns_fd as u32).to_ne_bytes());
+    // SAFETY: sockaddr_nl is plain data; zeroed then filled.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    loop {
+        // SAFETY: `req` and `kernel` outlive the call; lengths match.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(ty: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    fn nsid_payload(id: i32) -> Vec<u8> {
+        let mut p = vec![0u8; RTGENMSG_LEN];
+        p.extend_from_slice(&8u16.to_ne_bytes());
+        p.extend_from_slice(&NETNSA_NSID.to_ne_bytes());
+        p.extend_from_slice(&id.to_ne_bytes());
+        p
+    }
+
+    #[test]
+    fn replies() {
+        assert_eq!(
+            parse_reply(&msg(RTM_NEWNSID, 5, &nsid_payload(2)), 5),
+            Reply::Nsid(Some(2))
+        );
+        assert_eq!(
+            parse_reply(&msg(RTM_NEWNSID, 5, &nsid_payload(-1)), 5),
+            Reply::Nsid(None)
+        );
+        assert_eq!(
+            parse_reply(&msg(RTM_NEWNSID, 4, &nsid_payload(2)), 5),
+            Reply::Other
+        );
+        assert_eq!(
+            parse_reply(&msg(NLMSG_ERROR, 5, &(-22i32).to_ne_bytes()), 5),
+            Reply::Error(-22)
+        );
+        // Truncated, lying lengths, no NETNSA_NSID: malformed, never a number.
+        assert_eq!(parse_reply(&[1, 2, 3], 5), Reply::Malformed);
+        let mut lying = msg(RTM_NEWNSID, 5, &nsid_payload(2));
+        lying[0] = 200;
+        assert_eq!(parse_reply(&lying, 5), Reply::Malformed);
+        assert_eq!(
+            parse_reply(&msg(RTM_NEWNSID, 5, &[0, 0, 0, 0]), 5),
+            Reply::Malformed
+        );
+        assert_eq!(parse_reply(&msg(RTM_NEWNSID, 5, &[0]), 5), Reply::Malformed);
+        let mut bad_attr = nsid_payload(2);
+        bad_attr[4] = 40;
+        assert_eq!(
+            parse_reply(&msg(RTM_NEWNSID, 5, &bad_attr), 5),
+            Reply::Malformed
+        );
+    }
+
+    #[test]
+    fn the_host_namespace_has_no_nsid_for_itself_or_is_asked_without_error() {
+        // Asking about our own namespace is valid and answers "not assigned" or an id;
+        // it must not fail (this runs without privileges).
+        let host = crate::netns::current_netns_inode().unwrap();
+        let mut p = PeerOwners::new(host).unwrap();
+        let me = std::path::Path::new("/proc/self/ns/net");
+        let r = p.nsid_of(me, Some(host)).unwrap();
+        assert!(r.is_none_or(|id| id >= 0));
+        // A namespace inode that is not the file's: not asked.
+        assert_eq!(p.nsid_of(me, Some(host.wrapping_add(1))).unwrap(), None);
+        // Not a namespace file: the kernel refuses, an error, not a number.
+        assert!(
+            p.nsid_of(std::path::Path::new("/proc/self/ns/uts"), None)
+                .is_err()
+        );
+        assert_eq!(
+            p.nsid_of(std::path::Path::new("/nonexistent"), None)
+                .unwrap(),
+            None
+        );
+    }
+}
