@@ -57,6 +57,15 @@ pub const EXCLUSIONS: &[Exclusion] = &[
         needs: Needs::Tool("rotel-agent"),
     },
     Exclusion {
+        file: "workload",
+        tests: &[
+            "a_pods_host_veth_carries_the_pod_on_interface_driver_and_drop_series",
+            "a_workload_that_has_gone_leaves_the_export_within_two_intervals",
+        ],
+        kernels: &[],
+        needs: Needs::Tool("rotel-agent"),
+    },
+    Exclusion {
         file: "dashboard",
         tests: &["every_dashboard_query_returns_data_from_a_real_prometheus"],
         kernels: &[],
