@@ -493,3 +493,80 @@ fn bad_environment_values_are_rejected() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_refused_value_is_blamed_on_whoever_set_it() {
+    // The file's endpoint, checked with the protocol the environment chose: the
+    // environment made it wrong.
+    let file = || Some(parse_str("[export]\nendpoint = \"http://c:4318/v1/metrics\"\n").unwrap());
+    let env = env_of(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]);
+    let msg = resolve(file(), &env, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with("key `export.endpoint` (after environment and flags): ")
+            && msg.contains("gRPC endpoint has no path"),
+        "{msg}"
+    );
+    // A variable that has nothing to do with the refused value: still the file's, with
+    // its position.
+    let file = || Some(parse_str("[export]\nendpoint = \"ftp://c:21\"\n").unwrap());
+    let env = env_of(&[("OTEL_SERVICE_NAME", "svc")]);
+    let err = resolve(file(), &env, &Overrides::default()).unwrap_err();
+    let inv = err.invalid().expect("the file's error");
+    assert_eq!(inv.key.as_deref(), Some("export.endpoint"));
+    assert_eq!(inv.position, Some((2, 12)));
+    // A flag that replaces the file's endpoint: the file's value is not used, not refused.
+    let flags = Overrides {
+        otlp_endpoint: Some("http://flag:4317".into()),
+        ..Overrides::default()
+    };
+    let c = resolve(file(), &no_env, &flags).unwrap();
+    assert_eq!(c.export.resolved_endpoint(), "http://flag:4317");
+    // A bad flag value against a good file.
+    let flags = Overrides {
+        drop_map_entries: Some(limits::MAP_ENTRIES.1 + 1),
+        ..Overrides::default()
+    };
+    let msg = resolve(Some(parse_str("").unwrap()), &no_env, &flags)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with("key `drops.map_entries` (after environment and flags): ")
+            && msg.contains("out of range"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn environment_errors_are_one_type() {
+    // An OTEL_* variable that may hold a secret: named, its value not shown.
+    let env = env_of(&[("OTEL_EXPORTER_OTLP_HEADERS", "Bearer-s3cret")]);
+    let err = resolve(None, &env, &Overrides::default()).unwrap_err();
+    assert!(
+        matches!(err, ConfigError::Env { value: None, .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("environment variable OTEL_EXPORTER_OTLP_HEADERS: ")
+            && !msg.contains("s3cret"),
+        "{msg}"
+    );
+    // One of the agent's own variables: its value is shown.
+    let env = env_of(&[(env::LOG_FORMAT, "xml")]);
+    let msg = resolve(None, &env, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        msg,
+        "environment variable RETINA_LOG_FORMAT=\"xml\": expected `text` or `json`"
+    );
+}
+
+#[test]
+fn patterns_are_compiled_when_read() {
+    let c = check_str("[netdev]\ninclude = [\"eth.*\"]\nexclude = [\"eth1\"]\n").unwrap();
+    let f = crate::filter::NameFilter::new(&c.netdev.include, &c.netdev.exclude);
+    assert!(f.matches("eth0") && !f.matches("eth1") && !f.matches("veth0"));
+}
