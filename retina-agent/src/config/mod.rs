@@ -11,11 +11,13 @@
 //! the flags. One exception follows the OpenTelemetry convention: `OTEL_METRIC_EXPORT_INTERVAL`
 //! only applies when neither the file nor `--interval` sets the interval.
 //!
-//! - [`file`]: reading and deserializing the file; a value that does not parse (a pattern
+//! - `file.rs`: reading and deserializing the file; a value that does not parse (a pattern
 //!   that does not compile included) is an error there, with its key and position;
-//! - [`env`]: the environment, `OTEL_*` included; [`flags`]: the command line;
-//! - [`validate`]: the checks of the result, run once by [`resolve`]; a refused value the
+//! - [`env`](mod@env): the environment, `OTEL_*` included; `flags.rs`: the command line;
+//! - `validate.rs`: the checks of the result, run once by [`resolve`]; a refused value the
 //!   file set names the file, one the environment or a flag set says so;
+//! - `error.rs`: the one [`ConfigError`]; `export.rs`: the `[export]` and `[prometheus]`
+//!   sections;
 //! - [`limits`]: the ranges of durations and sizes.
 
 pub mod env;
@@ -40,8 +42,7 @@ pub use self::{
     error::{ConfigError, Invalid},
     export::{
         Compression, DEFAULT_GRPC_ENDPOINT, DEFAULT_HTTP_ENDPOINT, DEFAULT_PROMETHEUS_LISTEN,
-        DEFAULT_SERVICE_NAME, ExportConfig, HTTP_METRICS_PATH, PrometheusConfig, Protocol,
-        Temporality,
+        DEFAULT_SERVICE_NAME, ExportConfig, PrometheusConfig, Protocol, Temporality,
     },
     file::{FileConfig, parse},
     flags::{Overrides, endpoint_host_port, parse_duration, parse_endpoint, parse_interval},
@@ -202,7 +203,7 @@ pub struct Loaded {
 /// The keys the environment and the flags set (dotted: `export.endpoint`), so that a
 /// refused value is blamed on the file only when the file set it.
 #[derive(Debug, Default)]
-pub(crate) struct Overridden(BTreeSet<&'static str>);
+struct Overridden(BTreeSet<&'static str>);
 
 impl Overridden {
     fn insert(&mut self, key: &'static str) {
