@@ -9,8 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use crate::config::LogFormat;
 use crate::{
-    config::{self, Overrides},
-    export::Protocol,
+    config::{self, Overrides, Protocol},
     snapshot::Format,
 };
 
@@ -187,6 +186,8 @@ impl Cli {
         let mut o = Overrides {
             log_format: self.log_format,
             drop_map_entries: self.drop_map_entries,
+            drop_hook: self.drop_hook,
+            btf: self.btf.clone(),
             ..Overrides::default()
         };
         let export = match &self.command {
@@ -195,7 +196,11 @@ impl Cli {
                 Some(&args.export)
             }
             Command::Check(args) => Some(&args.export),
-            Command::Snapshot(_) | Command::Reasons { .. } => None,
+            Command::Snapshot(args) => {
+                o.drop_locations = args.locations;
+                None
+            }
+            Command::Reasons { .. } => None,
         };
         if let Some(e) = export {
             o.prometheus_listen = e.prometheus_listen;

@@ -17,11 +17,12 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use opentelemetry::KeyValue;
 use retina_agent::{
-    agent::{Agent, AgentOptions},
+    agent::Agent,
     collectors::{
         Collector,
         ethtool::{EthtoolCollector, EthtoolConfig, LinkStateCollector},
     },
+    config::Config,
     links::Links,
     metrics::{Metric, Number},
 };
@@ -436,7 +437,7 @@ fn fds() -> Result<usize> {
 fn deleted_namespaces_are_released() -> Result<()> {
     require_root();
     const N: usize = 30;
-    let mut agent = Agent::new(&AgentOptions::default())?;
+    let mut agent = Agent::new(&Config::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     agent.cycle();
     let before = fds()?;
@@ -497,7 +498,7 @@ fn deleted_namespaces_are_released() -> Result<()> {
 #[test]
 fn a_drop_series_follows_an_interface_rename() -> Result<()> {
     require_root();
-    let mut agent = Agent::new(&AgentOptions::default())?;
+    let mut agent = Agent::new(&Config::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     let ns = NetNs::new("rren")?;
     let mut veth = Veth::new("rrn")?;

@@ -5,7 +5,7 @@ use std::ffi::CStr;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::{Resource, resource::TelemetryResourceDetector};
 
-use super::config::ExportConfig;
+use crate::config::ExportConfig;
 
 /// `uname(2)` fields as strings.
 struct Uname {

@@ -353,7 +353,7 @@ pub struct LinkStateCollector {
 impl LinkStateCollector {
     /// Starts the worker; the first refresh begins right away.
     pub fn new(config: &EthtoolConfig) -> Result<LinkStateCollector, EthtoolError> {
-        let filter = config.interface_filter()?;
+        let filter = config.interface_filter();
         let shared = Arc::new(Shared::default());
         shared.lock().requested = true;
         let worker = {
@@ -648,7 +648,7 @@ mod tests {
         let mut c = LinkStateCollector {
             shared,
             worker: None,
-            filter: NameFilter::new(&[], &[]).unwrap(),
+            filter: NameFilter::all(),
             table: prepare(LinkStateTable::from([(
                 1,
                 LinkState {

@@ -26,10 +26,8 @@ use opentelemetry_otlp::{
 };
 use opentelemetry_sdk::metrics::Temporality as SdkTemporality;
 
-use super::super::{
-    ExportError,
-    config::{Compression, ExportConfig, Protocol, Temporality},
-};
+use super::super::ExportError;
+use crate::config::{Compression, ExportConfig, Protocol, Temporality};
 
 /// An error and its sources, `: `-separated, without repeats.
 pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
