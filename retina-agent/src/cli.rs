@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 pub use crate::config::LogFormat;
 use crate::{
     config::{self, Overrides, Protocol},
+    drops::Hook,
     snapshot::Format,
 };
 
@@ -57,7 +58,7 @@ pub struct Cli {
         default_value = "auto",
         hide_short_help = true
     )]
-    pub drop_hook: crate::drops::probe::Hook,
+    pub drop_hook: DropHook,
 
     #[command(subcommand)]
     pub command: Command,
@@ -143,6 +144,29 @@ impl RunArgs {
     }
 }
 
+/// `--drop-hook`: how the drop probe attaches to `kfree_skb` (the probe's [`Hook`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DropHook {
+    /// The BTF-enabled tracepoint where it loads, else the raw tracepoint.
+    #[default]
+    Auto,
+    /// Only the BTF-enabled tracepoint (`tp_btf`, direct loads).
+    Btf,
+    /// Only the raw tracepoint (`bpf_probe_read_kernel`): what kernels without BTF-enabled
+    /// tracepoints run.
+    Raw,
+}
+
+impl From<DropHook> for Hook {
+    fn from(hook: DropHook) -> Hook {
+        match hook {
+            DropHook::Auto => Hook::Auto,
+            DropHook::Btf => Hook::Btf,
+            DropHook::Raw => Hook::Raw,
+        }
+    }
+}
+
 /// Output of `check`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CheckFormat {
@@ -186,7 +210,7 @@ impl Cli {
         let mut o = Overrides {
             log_format: self.log_format,
             drop_map_entries: self.drop_map_entries,
-            drop_hook: self.drop_hook,
+            drop_hook: self.drop_hook.into(),
             btf: self.btf.clone(),
             ..Overrides::default()
         };

@@ -187,7 +187,7 @@ fn check_command(
     let checks = check::run(&check::Input {
         config: loaded,
         btf_path: cli.btf.as_deref(),
-        hook: cli.drop_hook,
+        hook: cli.drop_hook.into(),
     });
     let text = match args.format {
         CheckFormat::Text => check::render_text(&checks),

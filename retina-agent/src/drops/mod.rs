@@ -3,7 +3,9 @@
 pub mod collector;
 pub mod kallsyms;
 pub mod locations;
+pub mod preflight;
 pub mod probe;
 pub mod reasons;
 
 pub use collector::DropCollector;
+pub use probe::Hook;

@@ -124,7 +124,7 @@ impl Default for ProbeOptions {
 }
 
 /// How the probe attaches to `kfree_skb`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Hook {
     /// The BTF-enabled tracepoint where it loads, else the raw tracepoint.
     #[default]
