@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    btf::Btf,
     collectors::{
         Collector,
         conntrack::{ConntrackCollector, ConntrackError},
@@ -14,16 +13,11 @@ use crate::{
         softnet::{SoftnetCollector, SoftnetError},
     },
     config::Config,
-    drops::{
-        DropCollector,
-        kallsyms::Kallsyms,
-        locations::Locations,
-        probe::{DropProbe, ProbeOptions},
-        reasons::DropReasons,
-    },
+    drops::{self, probe::ProbeOptions},
     links::{LinkError, Links},
     metrics::Visitor,
     netns,
+    sys::error_chain,
     workload::peers::PeerOwners,
 };
 
@@ -93,34 +87,27 @@ impl Agent {
             }),
         }
         if config.drops.enabled {
-            let mut options = ProbeOptions {
+            let probe = ProbeOptions {
                 max_entries: config.drops.map_entries,
                 hook: config.drops.hook,
                 locations: config.drops.locations,
             };
-            // The symbol table first: without it the probe is loaded without locations.
-            let symbols = match options.locations {
-                false => None,
-                true => match Kallsyms::load() {
-                    Ok(k) => Some(k),
-                    Err(e) => {
-                        agent.degraded.push(Degraded {
-                            collector: "drops.locations",
-                            reason: format!("drop locations off: {e}"),
-                        });
-                        options.locations = false;
-                        None
-                    }
-                },
-            };
-            match Self::drop_collector(config.btf.as_deref(), &options).map(|c| match symbols {
-                Some(k) => c.with_locations(Locations::new(k, config.drops.locations_capacity)),
-                None => c,
-            }) {
+            let builder = drops::Builder::new(
+                probe,
+                config.drops.locations_capacity,
+                config.btf.as_deref(),
+            );
+            if let Some(e) = builder.locations_off() {
+                agent.degraded.push(Degraded {
+                    collector: "drops.locations",
+                    reason: format!("drop locations off: {e}"),
+                });
+            }
+            match builder.build() {
                 Ok(c) => agent.push(Box::new(c)),
-                Err(reason) => agent.degraded.push(Degraded {
+                Err(e) => agent.degraded.push(Degraded {
                     collector: "drops",
-                    reason,
+                    reason: error_chain(&e),
                 }),
             }
         }
@@ -146,37 +133,6 @@ impl Agent {
             agent.push(Box::new(ConntrackCollector::new(&config.conntrack)?));
         }
         Ok(agent)
-    }
-
-    fn drop_collector(
-        btf_path: Option<&std::path::Path>,
-        options: &ProbeOptions,
-    ) -> Result<DropCollector, String> {
-        let btf = match btf_path {
-            Some(path) => Btf::from_file(path),
-            None => Btf::from_sys(),
-        }
-        .map_err(|e| e.to_string())?;
-        let reasons = DropReasons::load(
-            &btf,
-            btf_path
-                .is_none()
-                .then(|| std::path::Path::new("/sys/kernel/btf")),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut probe = DropProbe::load(&btf, options).map_err(|e| {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                source = s.source();
-            }
-            msg
-        })?;
-        crate::ebpf_log::spawn(probe.ebpf_mut());
-        let host = netns::current_netns_inode().map_err(|e| format!("/proc/self/ns/net: {e}"))?;
-        Ok(DropCollector::new(probe, reasons, host))
     }
 
     fn push(&mut self, collector: Box<dyn Collector>) {
