@@ -60,15 +60,7 @@ fn emit(text: &str) -> Result<()> {
 /// An error and its causes, each said once: our error types already print their source in
 /// their own message, so a cause is only added when the text so far does not contain it.
 fn chain(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
+    retina_agent::sys::error_chain(e.as_ref())
 }
 
 fn main() -> ExitCode {
