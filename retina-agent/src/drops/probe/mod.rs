@@ -172,7 +172,8 @@ pub struct DropProbe {
 
 impl DropProbe {
     /// Derives offsets from `btf`, loads the embedded program with them, and attaches it
-    /// to the `kfree_skb` raw tracepoint (no tracefs needed).
+    /// to `kfree_skb` (no tracefs needed): as the BTF-enabled tracepoint where the kernel
+    /// takes it, else as the raw tracepoint, or only one of them (`options.hook`).
     pub fn load(btf: &Btf, options: &ProbeOptions) -> Result<Self, ProbeError> {
         check_capabilities()?;
         let offsets = offsets_from_btf(btf)?;
