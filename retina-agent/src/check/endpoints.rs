@@ -150,6 +150,11 @@ mod tests {
         assert_eq!(taken.status, Status::Fail);
         assert!(taken.hint.unwrap().contains("already running"));
         drop(listener);
+        // A port bound but not listening refuses connections, and no other process on the
+        // machine can take it between the two steps (as it could a port just closed).
+        let holder = tokio::net::TcpSocket::new_v4().unwrap();
+        holder.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = holder.local_addr().unwrap().port();
         let closed = otlp(&format!("http://127.0.0.1:{port}"), CONNECT_TIMEOUT);
         assert_eq!(closed.status, Status::Warn, "{closed:?}");
         assert_eq!(
