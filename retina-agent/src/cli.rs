@@ -9,9 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 pub use crate::config::LogFormat;
 use crate::{
+    commands::snapshot::Format,
     config::{self, Overrides, Protocol},
     drops::Hook,
-    snapshot::Format,
 };
 
 /// What `--version` prints after the name: the package version and the git commit the

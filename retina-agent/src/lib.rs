@@ -3,25 +3,21 @@
 
 pub mod agent;
 pub mod btf;
-pub mod check;
 pub mod cli;
 pub mod collectors;
+pub mod commands;
 pub mod config;
-pub mod daemon;
 pub mod drops;
 pub mod ebpf_log;
 pub mod export;
 pub mod filter;
 pub mod fsutil;
-pub mod generate;
 pub mod links;
-pub mod losses;
 pub mod memory;
 pub mod metrics;
 pub mod netns;
 pub mod notify;
 pub mod ratelimit;
-pub mod snapshot;
 pub mod sys;
 pub mod workload;
 

@@ -1,17 +1,12 @@
-use std::{io::IsTerminal, os::fd::AsFd, process::ExitCode};
+use std::{io::IsTerminal, process::ExitCode};
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches};
 use retina_agent::{
     agent::Agent,
-    btf::Btf,
-    check,
-    cli::{CheckArgs, CheckFormat, Cli, Command, SnapshotArgs},
+    cli::{Cli, Command},
+    commands::{self, generate},
     config::{self, Config, ConfigError, LogConfig, LogFormat, Overrides},
-    daemon,
-    drops::reasons::DropReasons,
-    generate, losses,
-    snapshot::{self, Format},
 };
 
 /// Exit status for a configuration that cannot be used (like a usage error), so a service
@@ -44,16 +39,6 @@ fn init_logging(log: &LogConfig) {
         .with(retina_agent::export::partial_success_layer());
     if let Err(e) = tracing::subscriber::set_global_default(subscriber) {
         eprintln!("warning: logging already set up: {e}");
-    }
-}
-
-/// Writes command output to stdout; a closed pipe (`| head`) ends output quietly.
-fn emit(text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
-        _ => Ok(()),
     }
 }
 
@@ -148,7 +133,14 @@ fn fallback_log(overrides: &Overrides) -> LogConfig {
 
 async fn dispatch(cli: Cli, loaded: Result<config::Loaded, ConfigError>) -> Result<ExitCode> {
     let loaded = match (&cli.command, loaded) {
-        (Command::Check(args), loaded) => return Ok(check_command(&cli, args, loaded.as_ref())),
+        (Command::Check(args), loaded) => {
+            let input = commands::check::Input {
+                config: loaded.as_ref(),
+                btf_path: cli.btf.as_deref(),
+                hook: cli.drop_hook.into(),
+            };
+            return Ok(commands::check::command(&input, args.format));
+        }
         (_, Ok(l)) => l,
         (_, Err(e)) => return Err(e.into()),
     };
@@ -157,125 +149,16 @@ async fn dispatch(cli: Cli, loaded: Result<config::Loaded, ConfigError>) -> Resu
         tracing::info!(config = %loaded.origin, "configuration");
     }
     match &cli.command {
-        Command::Reasons { format } => reasons(cli.btf.as_deref(), *format),
-        Command::Snapshot(args) => snapshot_command(config, args).await,
+        Command::Reasons { format } => commands::reasons::command(cli.btf.as_deref(), *format),
+        Command::Snapshot(args) => commands::snapshot::command(config, args).await,
         Command::Run(args) => {
             let summary = args
                 .summary()
                 .unwrap_or_else(|| std::io::stdout().is_terminal());
             let agent = Agent::new(config).context("starting the agent")?;
-            daemon::run(agent, config, summary).await?;
+            commands::run::run(agent, config, summary).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(_) => unreachable!("handled above"),
     }
-}
-
-fn check_command(
-    cli: &Cli,
-    args: &CheckArgs,
-    loaded: Result<&config::Loaded, &ConfigError>,
-) -> ExitCode {
-    let checks = check::run(&check::Input {
-        config: loaded,
-        btf_path: cli.btf.as_deref(),
-        hook: cli.drop_hook.into(),
-    });
-    let text = match args.format {
-        CheckFormat::Text => check::render_text(&checks),
-        CheckFormat::Json => format!("{}\n", check::render_json(&checks)),
-    };
-    if let Err(e) = emit(&text) {
-        eprintln!("error: {}", chain(&e));
-        return ExitCode::FAILURE;
-    }
-    if loaded.is_err() {
-        // The same status as `run` gives this configuration.
-        ExitCode::from(EXIT_CONFIG)
-    } else if check::passed(&checks) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-fn reasons(btf_path: Option<&std::path::Path>, format: Format) -> Result<ExitCode> {
-    let btf = match btf_path {
-        Some(p) => Btf::from_file(p)?,
-        None => Btf::from_sys()?,
-    };
-    let modules = btf_path
-        .is_none()
-        .then(|| std::path::Path::new("/sys/kernel/btf"));
-    let reasons = DropReasons::load(&btf, modules)?;
-    match format {
-        Format::Json => {
-            let list: Vec<serde_json::Value> = reasons
-                .iter()
-                .map(|(v, n)| serde_json::json!({"value": v, "name": n}))
-                .collect();
-            emit(&format!("{}\n", serde_json::json!({ "reasons": list })))?;
-        }
-        Format::Table => {
-            let mut text = String::new();
-            for (v, n) in reasons.iter() {
-                text.push_str(&format!("{v:>8}  {n}\n"));
-            }
-            emit(&text)?;
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn snapshot_command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
-    let mut agent = Agent::new(config).context("starting the agent")?;
-    for d in agent.degraded() {
-        tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);
-    }
-    agent.cycle();
-    let before = snapshot::capture(&agent);
-    let started = std::time::Instant::now();
-    let mut code = ExitCode::SUCCESS;
-    if let Some((program, rest)) = args.command.split_first() {
-        // CMD's stdout goes to our stderr: stdout carries the snapshot alone (JSON stays
-        // parsable), and CMD's output is still seen on a terminal.
-        let stdout = std::io::stderr()
-            .as_fd()
-            .try_clone_to_owned()
-            .context("duplicating stderr for the command's output")?;
-        let status = tokio::process::Command::new(program)
-            .args(rest)
-            .stdout(std::process::Stdio::from(stdout))
-            .status()
-            .await
-            .with_context(|| format!("running {program}"))?;
-        if !status.success() {
-            eprintln!("retina-agent: {program} exited with {status}");
-            code = ExitCode::from(status.code().map_or(1, |c| c.clamp(1, 255) as u8));
-        }
-        tokio::time::sleep(args.settle).await;
-    } else {
-        tokio::time::sleep(args.duration).await;
-    }
-    let window = started.elapsed();
-    agent.cycle();
-    let after = snapshot::capture(&agent);
-    let mut points = if args.cumulative {
-        after
-    } else {
-        snapshot::deltas(&before, after)
-    };
-    snapshot::sort(&mut points);
-    match args.format {
-        Format::Json => emit(&format!(
-            "{}\n",
-            snapshot::render_json(&points, (!args.cumulative).then_some(window), &agent)
-        ))?,
-        Format::Table => emit(&format!(
-            "{}\n{}",
-            snapshot::render_table(&points),
-            losses::render(&losses::rows(&points))
-        ))?,
-    }
-    Ok(code)
 }

@@ -12,7 +12,7 @@
 mod endpoints;
 mod kernel;
 
-use std::{fmt, path::Path};
+use std::{fmt, path::Path, process::ExitCode};
 
 use serde_json::json;
 
@@ -21,6 +21,7 @@ pub use self::{
     kernel::{MIN_KERNEL, capabilities, parse_release},
 };
 use crate::{
+    cli::CheckFormat,
     config::{ConfigError, Loaded, Origin},
     drops::Hook,
 };
@@ -95,6 +96,29 @@ pub struct Input<'a> {
     pub btf_path: Option<&'a Path>,
     /// `--drop-hook`: which tracepoint flavour the probe check attaches.
     pub hook: Hook,
+}
+/// Exit status for a configuration that cannot be used, as `run` gives it.
+const EXIT_CONFIG: u8 = 2;
+
+/// Runs the checks, prints them in `format` and says how they went: 0 all passed, 1 some
+/// failed, 2 the configuration is refused (the same status `run` gives it).
+pub fn command(input: &Input<'_>, format: CheckFormat) -> ExitCode {
+    let checks = run(input);
+    let text = match format {
+        CheckFormat::Text => render_text(&checks),
+        CheckFormat::Json => format!("{}\n", render_json(&checks)),
+    };
+    if let Err(e) = super::emit(&text) {
+        eprintln!("error: writing to stdout: {e}");
+        return ExitCode::FAILURE;
+    }
+    if input.config.is_err() {
+        ExitCode::from(EXIT_CONFIG)
+    } else if passed(&checks) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Runs every check, in the order they are printed.

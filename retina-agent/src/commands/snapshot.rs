@@ -1,12 +1,17 @@
 //! `retina-agent snapshot`: attach, wait (or run a command), print what happened.
 
-use std::{collections::HashMap, fmt::Write as _, time::Duration};
+use std::{collections::HashMap, fmt::Write as _, os::fd::AsFd, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
 
 use opentelemetry::{KeyValue, Value};
 use serde_json::{Map, Value as Json, json};
 
+use super::emit;
 use crate::{
     agent::Agent,
+    cli::SnapshotArgs,
+    config::Config,
     metrics::{Kind, Metric, Number},
 };
 
@@ -166,6 +171,61 @@ pub fn render_table(points: &[Point]) -> String {
         );
     }
     out
+}
+
+/// Takes two snapshots around `args`' window (a duration, or a command and its settle
+/// time) and prints their difference, or the second one with `--cumulative`.
+pub async fn command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
+    let mut agent = Agent::new(config).context("starting the agent")?;
+    for d in agent.degraded() {
+        tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);
+    }
+    agent.cycle();
+    let before = capture(&agent);
+    let started = std::time::Instant::now();
+    let mut code = ExitCode::SUCCESS;
+    if let Some((program, rest)) = args.command.split_first() {
+        // CMD's stdout goes to our stderr: stdout carries the snapshot alone (JSON stays
+        // parsable), and CMD's output is still seen on a terminal.
+        let stdout = std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating stderr for the command's output")?;
+        let status = tokio::process::Command::new(program)
+            .args(rest)
+            .stdout(std::process::Stdio::from(stdout))
+            .status()
+            .await
+            .with_context(|| format!("running {program}"))?;
+        if !status.success() {
+            eprintln!("retina-agent: {program} exited with {status}");
+            code = ExitCode::from(status.code().map_or(1, |c| c.clamp(1, 255) as u8));
+        }
+        tokio::time::sleep(args.settle).await;
+    } else {
+        tokio::time::sleep(args.duration).await;
+    }
+    let window = started.elapsed();
+    agent.cycle();
+    let after = capture(&agent);
+    let mut points = if args.cumulative {
+        after
+    } else {
+        deltas(&before, after)
+    };
+    sort(&mut points);
+    match args.format {
+        Format::Json => emit(&format!(
+            "{}\n",
+            render_json(&points, (!args.cumulative).then_some(window), &agent)
+        ))?,
+        Format::Table => emit(&format!(
+            "{}\n{}",
+            render_table(&points),
+            super::losses::render(&super::losses::rows(&points))
+        ))?,
+    }
+    Ok(code)
 }
 
 #[cfg(test)]

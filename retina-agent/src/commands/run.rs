@@ -14,10 +14,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     agent::Agent,
+    commands::losses,
+    commands::snapshot::{self, Point},
     config::Config,
     export::{ExportError, Exporters, SharedAgent},
-    losses,
-    snapshot::{self, Point},
 };
 
 /// Time the final collection and export may take after a shutdown signal.

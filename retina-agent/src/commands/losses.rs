@@ -16,8 +16,8 @@ use std::{cmp::Reverse, collections::BTreeMap, fmt::Write as _};
 use serde_json::Value as Json;
 
 use crate::{
+    commands::snapshot::Point,
     metrics::{Kind, Number, attr},
-    snapshot::Point,
 };
 
 /// Where in the path of a packet a counter counts losses.
