@@ -1,5 +1,5 @@
-//! The host's interfaces and their kernel counters from rtnetlink, parsed into a table
-//! reused across cycles.
+//! The interfaces of one network namespace (the host's, for the daemon) and their kernel
+//! counters from rtnetlink, parsed into a table reused across cycles.
 //!
 //! # What a refresh asks the kernel
 //!
@@ -25,11 +25,11 @@
 //!
 //! # Allocation
 //!
-//! The table talks to the kernel over a raw `NETLINK_ROUTE` socket and parses the replies in
+//! The table talks to the kernel over raw `NETLINK_ROUTE` sockets and parses the replies in
 //! place, out of one receive buffer reused across cycles. A steady-state [`Links::refresh`]
 //! allocates nothing: known interfaces are updated in place, their names (`Arc<str>`) kept.
-//! Memory is allocated only when an interface appears, is renamed, or when a reply needs a
-//! larger receive buffer (grown once, then kept).
+//! Memory is allocated only when an interface appears, is renamed or changes kind, or when
+//! a reply needs a larger receive buffer (grown once, then kept).
 //!
 //! # Robustness
 //!
@@ -37,6 +37,14 @@
 //! [`LinkError`] naming the namespace and, where known, the interface. A refresh that fails
 //! never removes interfaces and never stores a partially parsed message: each interface
 //! either keeps its previous values or gets the ones of a fully validated message.
+//!
+//! # Layout
+//!
+//! This file has [`Links`], its refresh policy and the errors; `table` the interfaces
+//! proper ([`Link`]); `parse` the bounds-checked message and attribute parsers; `socket`
+//! the netlink sockets, requests, receives and the dump state machine; `uapi` the kernel's
+//! constants and structs. The qdisc collector and the veth peer resolver
+//! ([`crate::workload::peers`]) reuse the socket, framing and parsing helpers.
 
 mod parse;
 mod socket;
@@ -74,10 +82,11 @@ pub(crate) const INITIAL_BUF: usize = 64 * 1024;
 pub(crate) const MAX_BUF: usize = 16 * 1024 * 1024;
 /// How long one `recv` may wait for the kernel before the refresh fails.
 pub(crate) const RECV_TIMEOUT: Duration = Duration::from_secs(5);
-/// Dumps tried per refresh (a retry follows a truncated datagram or an interface list that
-/// changed during the dump).
+/// Full dumps tried per refresh (a retry follows a truncated datagram or an interface list
+/// that changed during the dump).
 pub(crate) const MAX_ATTEMPTS: u32 = 4;
-/// Datagrams read at most while discarding the rest of an abandoned dump.
+/// Datagrams read at most by one non-blocking drain: the rest of an abandoned dump, or the
+/// queued link notifications.
 const MAX_DRAIN: usize = 100_000;
 /// Refreshes after which a full `RTM_GETLINK` dump runs even though no notification asked
 /// for one: a safety net against a lost notification the kernel did not report.

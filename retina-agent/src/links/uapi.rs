@@ -11,10 +11,10 @@ pub(crate) const NLMSG_NOOP: u16 = 1;
 pub(crate) const NLMSG_ERROR: u16 = 2;
 pub(crate) const NLMSG_DONE: u16 = 3;
 pub(crate) const NLMSG_OVERRUN: u16 = 4;
-pub(crate) const NLM_F_REQUEST: u16 = 0x01;
+pub(super) const NLM_F_REQUEST: u16 = 0x01;
 pub(crate) const NLM_F_DUMP_INTR: u16 = 0x10;
 /// `NLM_F_ROOT | NLM_F_MATCH`.
-pub(crate) const NLM_F_DUMP: u16 = 0x300;
+pub(super) const NLM_F_DUMP: u16 = 0x300;
 /// Masks `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER` off an attribute type.
 pub(super) const NLA_TYPE_MASK: u16 = 0x3fff;
 
