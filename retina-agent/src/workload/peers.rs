@@ -28,17 +28,10 @@ use std::{
 };
 
 use super::{Workload, Workloads};
-use crate::links::{self, Attrs, LinkError, Links, NLMSG_ERROR, NLMSG_HDRLEN, read_i32, read_u16};
-
-/// `RTM_NEWNSID` / `RTM_GETNSID` (include/uapi/linux/rtnetlink.h).
-const RTM_NEWNSID: u16 = 88;
-const RTM_GETNSID: u16 = 90;
-/// `NETNSA_NSID`, `NETNSA_FD` (include/uapi/linux/net_namespace.h).
-const NETNSA_NSID: u16 = 1;
-const NETNSA_FD: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x01;
-/// `struct rtgenmsg` (one byte) padded to the netlink alignment.
-const RTGENMSG_LEN: usize = 4;
+use crate::links::{
+    self, Attrs, LinkError, Links, Messages, NETNSA_FD, NETNSA_NSID, NLMSG_ERROR, NLMSG_HDRLEN,
+    RTGENMSG_LEN, RTM_GETNSID, RTM_NEWNSID, read_i32,
+};
 
 /// Resolution runs again after this long while a veth's peer namespace is unknown.
 pub const PENDING_RESCAN: Duration = Duration::from_secs(5);
@@ -262,25 +255,22 @@ enum Reply {
     Malformed,
 }
 
+/// The first message of a datagram read after an `RTM_GETNSID` request with sequence
+/// number `seq`.
 fn parse_reply(data: &[u8], seq: u32) -> Reply {
-    if data.len() < NLMSG_HDRLEN {
+    let Some(Ok(m)) = Messages::new(data).next() else {
         return Reply::Malformed;
-    }
-    let len = links::read_u32(data, 0) as usize;
-    if len < NLMSG_HDRLEN || len > data.len() {
-        return Reply::Malformed;
-    }
-    if links::read_u32(data, 8) != seq {
+    };
+    if m.seq != seq {
         return Reply::Other;
     }
-    let payload = &data[NLMSG_HDRLEN..len];
-    match read_u16(data, 4) {
-        NLMSG_ERROR => match payload.get(..4) {
+    match m.ty {
+        NLMSG_ERROR => match m.payload.get(..4) {
             Some(b) => Reply::Error(read_i32(b, 0)),
             None => Reply::Malformed,
         },
         RTM_NEWNSID => {
-            let Some(attrs) = payload.get(RTGENMSG_LEN..) else {
+            let Some(attrs) = m.payload.get(RTGENMSG_LEN..) else {
                 return Reply::Malformed;
             };
             for a in Attrs::new(attrs, NLMSG_HDRLEN + RTGENMSG_LEN) {
@@ -299,42 +289,16 @@ fn parse_reply(data: &[u8], seq: u32) -> Reply {
     }
 }
 
-/// `RTM_GETNSID` for the namespace of descriptor `ns_fd`.
+/// `RTM_GETNSID` for the namespace of descriptor `ns_fd`: a `struct rtgenmsg`
+/// (`AF_UNSPEC`, padded) and a `NETNSA_FD` attribute.
 fn send_getnsid(fd: RawFd, seq: u32, ns_fd: RawFd) -> io::Result<()> {
-    const LEN: usize = NLMSG_HDRLEN + RTGENMSG_LEN + 8;
-    let mut req = [0u8; LEN];
-    req[0..4].copy_from_slice(&(LEN as u32).to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETNSID.to_ne_bytes());
-    req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    req[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // rtgenmsg: AF_UNSPEC and padding (zeros); then NETNSA_FD.
-    let a = NLMSG_HDRLEN + RTGENMSG_LEN;
-    req[a..a + 2].copy_from_slice(&8u16.to_ne_bytes());
-    req[a + 2..a + 4].copy_from_slice(&NETNSA_FD.to_ne_bytes());
-    req[a + 4..a + 8].copy_from_slice(&(ns_fd as u32).to_ne_bytes());
-    // SAFETY: sockaddr_nl is plain data; zeroed then filled.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    loop {
-        // SAFETY: `req` and `kernel` outlive the call; lengths match.
-        let n = unsafe {
-            libc::sendto(
-                fd,
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if n >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    const ATTR_LEN: usize = 8;
+    let mut body = [0u8; RTGENMSG_LEN + ATTR_LEN];
+    let a = &mut body[RTGENMSG_LEN..];
+    a[0..2].copy_from_slice(&(ATTR_LEN as u16).to_ne_bytes());
+    a[2..4].copy_from_slice(&NETNSA_FD.to_ne_bytes());
+    a[4..8].copy_from_slice(&(ns_fd as u32).to_ne_bytes());
+    links::send_request(fd, RTM_GETNSID, 0, seq, &body)
 }
 
 #[cfg(test)]
