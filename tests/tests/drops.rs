@@ -1,6 +1,12 @@
 //! Kernel drop counting, end to end: real drops generated in network namespaces the tests
 //! create, counted by the real eBPF program, read through `retina-agent snapshot`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is the test failing, with its message"
+)]
+
 use std::collections::BTreeMap;
 
 use retina_tests::*;

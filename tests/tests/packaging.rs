@@ -8,6 +8,12 @@
 //! parsed from `packaging/retina-agent.service`), `strace` for the system calls and
 //! socket families, `systemd-analyze` for the unit itself.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is the test failing, with its message"
+)]
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
