@@ -20,6 +20,7 @@ use std::{
 
 pub mod alloc;
 pub mod child;
+pub mod poll;
 pub mod rotel;
 
 use anyhow::{Context, Result, bail, ensure};

@@ -251,12 +251,15 @@ fn metric_names(doc: &Value) -> BTreeSet<String> {
 
 const DROPS: u64 = 400;
 
-/// Sends [`DROPS`] UDP datagrams to a closed port inside `ns`: that many NO_SOCKET drops.
+/// Sends [`DROPS`] UDP datagrams to a closed port inside `ns`: that many NO_SOCKET drops,
+/// once the kernel has processed them (which can be after `traffic` returned).
 fn drops_in(ns: &NetNs) -> Result<()> {
+    let before = poll::udp_no_ports(ns)?;
     ns.exec(
         &traffic(),
         &["udp", "127.0.0.1:9", &DROPS.to_string(), "32"],
     )?;
+    poll::udp_no_ports_reach(ns, before + DROPS)?;
     Ok(())
 }
 
@@ -968,10 +971,16 @@ fn unit_sandbox_covers_what_the_daemon_does() -> Result<()> {
     guard.extra.push(pid);
     let ns = NetNs::new("rpst")?;
     drops_in(&ns)?;
-    std::thread::sleep(Duration::from_millis(1200));
+    // The drops show on /metrics from the next collection on.
+    let scraped = poll::until(|| {
+        Ok(match http_get(&listen, "/metrics") {
+            Ok((200, body)) if body.contains("retina_drop_count") => Some(()),
+            _ => None,
+        })
+    })?;
     let (status, body) = http_get(&listen, "/metrics")?;
     assert_eq!(status, 200);
-    if !body.contains("retina_drop_count") {
+    if scraped.is_none() || !body.contains("retina_drop_count") {
         let stderr = fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
         panic!("no retina_drop_count on /metrics; agent stderr:\n{stderr}");
     }

@@ -180,17 +180,7 @@ fn a_collector_answering_a_gigabyte_cannot_exhaust_memory() -> Result<()> {
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000".to_string()),
     ];
     let mut agent = start_agent_in(&dir, "agent", &env, Some(&cgroup.procs()))?;
-    let failures = wait_for("five failed exports", Duration::from_secs(90), || {
-        agent.proc.ensure_alive()?;
-        let (_, body) = http_request(agent.prometheus_port, "GET", "/metrics", "")?;
-        let n = scrape_value(
-            &body,
-            "retina_agent_export_failures_total",
-            &[("exporter", "otlp")],
-        )
-        .unwrap_or(0.0);
-        Ok((n >= 5.0).then_some(n))
-    })?;
+    let failures = agent.wait_for_export_failures(5.0, Duration::from_secs(90))?;
     agent.proc.ensure_alive()?;
     let rss = agent.proc.rss_kib()?;
     eprintln!(

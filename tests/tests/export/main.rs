@@ -185,6 +185,27 @@ impl Agent {
     fn count_in_log(&self, needle: &str) -> usize {
         self.log().lines().filter(|l| l.contains(needle)).count()
     }
+
+    /// `retina.agent.export.failures` of the OTLP exporter, from the Prometheus endpoint.
+    fn export_failures(&self) -> Result<f64> {
+        let (_, body) = http_request(self.prometheus_port, "GET", "/metrics", "")?;
+        Ok(scrape_value(
+            &body,
+            "retina_agent_export_failures_total",
+            &[("exporter", "otlp")],
+        )
+        .unwrap_or(0.0))
+    }
+
+    /// Waits (up to `limit`) until the agent counts at least `n` failed OTLP exports;
+    /// returns the count.
+    fn wait_for_export_failures(&mut self, n: f64, limit: Duration) -> Result<f64> {
+        wait_for(&format!("{n} failed exports"), limit, || {
+            self.proc.ensure_alive()?;
+            let failures = self.export_failures()?;
+            Ok((failures >= n).then_some(failures))
+        })
+    }
 }
 
 /// Sends DROPS datagrams to a closed port inside `ns`.

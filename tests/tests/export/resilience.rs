@@ -74,7 +74,8 @@ fn collector_down_at_start_then_up() -> Result<()> {
     let ns = NetNs::new("rdown")?;
     make_drops(&ns)?;
     // Several more failed exports (one per second): logged once, not every time.
-    std::thread::sleep(Duration::from_secs(4));
+    let first = agent.export_failures()?;
+    agent.wait_for_export_failures(first + 4.0, PATIENCE)?;
     agent.proc.ensure_alive()?;
     assert_eq!(
         agent.count_in_log("OTLP export failed"),
@@ -120,7 +121,9 @@ fn collector_killed_and_restarted() -> Result<()> {
     )?;
     let ns = NetNs::new("rrst")?;
     make_drops(&ns)?;
-    std::thread::sleep(Duration::from_secs(2));
+    // Two more exports fail with the drops in them before the collector is back.
+    let failed = agent.export_failures()?;
+    agent.wait_for_export_failures(failed + 2.0, PATIENCE)?;
     let mut rotel = start_rotel(&dir, grpc, http, "rotel2")?;
     let points = wait_for_drops(&mut rotel, ns.inode()?, DROPS)?;
     check_delivery(&points, ns.inode()?, &rotel.log_text())?;
