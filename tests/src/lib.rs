@@ -22,6 +22,7 @@ pub mod alloc;
 pub mod child;
 pub mod poll;
 pub mod rotel;
+pub mod workload;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
