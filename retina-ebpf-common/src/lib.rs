@@ -149,8 +149,11 @@ mod user {
     // SAFETY: all four are #[repr(C)], contain only integers and have no padding (their
     // sizes are asserted below), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::DropKey {}
+    // SAFETY: as for DropKey above.
     unsafe impl aya::Pod for super::DropValue {}
+    // SAFETY: as for DropKey above.
     unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: as for DropKey above.
     unsafe impl aya::Pod for super::CacheEntry {}
 }
 

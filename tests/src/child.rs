@@ -196,8 +196,9 @@ impl Drop for MemCgroup {
 pub fn mkfifo(path: &Path) -> Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: `c` is a valid C string.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
     ensure!(
-        unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0,
+        rc == 0,
         "mkfifo {}: {}",
         path.display(),
         std::io::Error::last_os_error()

@@ -4,6 +4,12 @@
 //! is owned by an RAII guard that removes it on drop, so a failing assertion still cleans
 //! up. These tests need root and a real kernel: they fail loudly without them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is the test failing, with its message"
+)]
+
 use std::{
     ffi::OsStr,
     os::unix::fs::MetadataExt,
@@ -14,7 +20,9 @@ use std::{
 
 pub mod alloc;
 pub mod child;
+pub mod poll;
 pub mod rotel;
+pub mod workload;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;

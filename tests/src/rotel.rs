@@ -1,6 +1,6 @@
 //! A real OpenTelemetry collector for end-to-end tests: `rotel-agent` (PyPI `rotel`) logging
 //! every data point it receives, its log parsed back into points, and the agent started
-//! against it. (The same helpers as in `tests/export.rs`, shared for other test files.)
+//! against it. (Shared by `tests/export/` and `tests/workload.rs`.)
 
 use std::{
     collections::BTreeMap,

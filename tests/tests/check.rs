@@ -3,6 +3,12 @@
 //! capability check fails with a hint and exit status 1; a bad configuration (status 2), a taken
 //! Prometheus port and an unreachable collector are reported for what they are.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is the test failing, with its message"
+)]
+
 use std::{
     net::TcpListener,
     path::PathBuf,

@@ -11,6 +11,12 @@
 //! Then the other direction: a good file, the environment and the flags really decide what
 //! `snapshot` and `run` do.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is the test failing, with its message"
+)]
+
 use std::{
     net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt,

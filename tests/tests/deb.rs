@@ -12,6 +12,12 @@
 //! real systemctl, which reads the real unit files and symlinks. Everything else is real:
 //! dpkg, apt, deb-systemd-helper, deb-systemd-invoke, lintian, man, systemd-analyze.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is the test failing, with its message"
+)]
+
 use std::{
     fs,
     os::unix::fs::PermissionsExt,

@@ -1,6 +1,12 @@
 //! Kernel drop counting, end to end: real drops generated in network namespaces the tests
 //! create, counted by the real eBPF program, read through `retina-agent snapshot`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is the test failing, with its message"
+)]
+
 use std::collections::BTreeMap;
 
 use retina_tests::*;
@@ -560,8 +566,13 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
     for ns in &gone {
         send(ns, "10")?;
     }
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    agent.cycle();
+    let keep_inode = keep.inode()?;
+    let all_drops = |agent: &mut Agent| {
+        agent.cycle();
+        let ours = gone_inodes.iter().chain([&keep_inode]);
+        ours.map(|inode| read(agent, *inode).0).sum::<u64>()
+    };
+    poll::settle(|| Ok(all_drops(&mut agent)), |&n| n >= 300)?;
     assert_eq!(read(&agent, gone_inodes[0]).0, 10, "drops before deletion");
     drop(gone);
     let fill: Vec<NetNs> = (0..18)
@@ -570,13 +581,19 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
     for ns in &fill {
         send(ns, "10")?;
     }
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    agent.cycle();
-    // Pruned series are exported once more with their final value, then gone.
-    assert_eq!(
-        read(&agent, gone_inodes[0]).0,
-        10,
-        "final value exported once more"
+    // The new keys reach the map as the kernel processes the datagrams: the cycle that
+    // prunes is the first to see it 75 % full. Pruned series are exported once more with
+    // their final value, then gone.
+    let pruned_at = poll::until(|| {
+        agent.cycle();
+        let (drops, pruned, _) = read(&agent, gone_inodes[0]);
+        assert_eq!(drops, 10, "a deleted namespace's series, pruned {pruned}");
+        Ok((pruned >= 29).then_some(()))
+    })?;
+    assert!(
+        pruned_at.is_some(),
+        "no cycle pruned the map: {:?}",
+        read(&agent, 0)
     );
     agent.cycle();
     for inode in &gone_inodes {
@@ -591,13 +608,22 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
         10,
         "a live namespace's series was pruned"
     );
-    for ns in &fill {
-        assert_eq!(
-            read(&agent, ns.inode()?).0,
-            10,
-            "a new namespace's series was pruned"
-        );
-    }
+    let fill_inodes: Vec<u64> = fill.iter().map(NetNs::inode).collect::<Result<_, _>>()?;
+    let fill_drops = |agent: &mut Agent| -> Vec<u64> {
+        agent.cycle();
+        fill_inodes
+            .iter()
+            .map(|inode| read(agent, *inode).0)
+            .collect()
+    };
+    let counts = poll::settle(
+        || Ok(fill_drops(&mut agent)),
+        |c: &Vec<u64>| c.iter().all(|&n| n >= 10),
+    )?;
+    assert!(
+        counts.iter().all(|&n| n == 10),
+        "a new namespace's series was pruned: {counts:?}"
+    );
     let (_, pruned, _) = read(&agent, 0);
     assert!(pruned >= 29, "pruned {pruned}");
 
@@ -606,10 +632,15 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
     let e = NetNs::new("rpe")?;
     send(&d, "25")?;
     send(&e, "35")?;
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    agent.cycle();
-    let (d_drops, _, overflow) = read(&agent, d.inode()?);
-    let (e_drops, _, _) = read(&agent, e.inode()?);
+    let (d_inode, e_inode) = (d.inode()?, e.inode()?);
+    let (d_drops, e_drops, overflow) = poll::settle(
+        || {
+            agent.cycle();
+            let (d_drops, _, overflow) = read(&agent, d_inode);
+            Ok((d_drops, read(&agent, e_inode).0, overflow))
+        },
+        |&(d, e, _)| d + e >= 60,
+    )?;
     assert_eq!((d_drops, e_drops, overflow), (25, 35, 0));
     Ok(())
 }
@@ -642,9 +673,14 @@ fn assert_series_leave_with(
     veth: Veth,
     ours: &dyn Fn(&[opentelemetry::KeyValue]) -> bool,
     want: u64,
-) {
-    agent.cycle();
-    let (drops, pruned_before) = drops_and_pruned(agent, ours);
+) -> anyhow::Result<()> {
+    let (drops, pruned_before) = poll::settle(
+        || {
+            agent.cycle();
+            Ok(drops_and_pruned(agent, ours))
+        },
+        |&(drops, _)| drops >= want,
+    )?;
     assert_eq!(drops, want, "drops before the interface goes");
     drop(veth);
     agent.cycle();
@@ -660,6 +696,7 @@ fn assert_series_leave_with(
         0,
         "series of the deleted interface remain"
     );
+    Ok(())
 }
 
 /// Also with drop locations on, where one series sums the keys of one function.
@@ -687,13 +724,12 @@ fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
         let host_if = veth.host.clone();
         agent.cycle();
         ns.exec(&traffic(), &["udp", &format!("{host_ip}:9"), "40", "32"])?;
-        std::thread::sleep(std::time::Duration::from_millis(200));
         let ours = |attrs: &[opentelemetry::KeyValue]| {
             attrs.iter().any(|kv| {
                 kv.key.as_str() == "network.interface.name" && kv.value.as_str() == host_if.as_str()
             }) && attrs.iter().any(|kv| kv.key.as_str() == "drop.location") == locations
         };
-        assert_series_leave_with(&mut agent, veth, &ours, 40);
+        assert_series_leave_with(&mut agent, veth, &ours, 40)?;
     }
     Ok(())
 }
@@ -716,13 +752,12 @@ fn keys_of_an_interface_deleted_in_a_named_namespace_leave_with_it() -> anyhow::
     // NO_SOCKET drops on the peer, inside the namespace, which stays: only the interface
     // goes.
     run(&traffic(), ["udp", &format!("{peer_ip}:9"), "30", "32"])?;
-    std::thread::sleep(std::time::Duration::from_millis(200));
     let ours = |attrs: &[opentelemetry::KeyValue]| {
         attrs
             .iter()
             .any(|kv| kv.key.as_str() == "network.namespace.inode" && kv.value.to_string() == inode)
     };
-    assert_series_leave_with(&mut agent, veth, &ours, 30);
+    assert_series_leave_with(&mut agent, veth, &ours, 30)?;
     drop(ns);
     Ok(())
 }
@@ -809,7 +844,6 @@ fn removed_keys_free_their_slot_and_leave_no_stale_cache() -> anyhow::Result<()>
     let (ia, ic) = (a.inode()? as u32, c.inode()? as u32);
     let send = |ns: &NetNs, n: u32| -> anyhow::Result<()> {
         ns.exec(&traffic(), &["udp", "127.0.0.1:9", &n.to_string(), "32"])?;
-        std::thread::sleep(std::time::Duration::from_millis(100));
         Ok(())
     };
     // Packets per namespace, and its key.
@@ -830,8 +864,12 @@ fn removed_keys_free_their_slot_and_leave_no_stale_cache() -> anyhow::Result<()>
         Ok(map.get(key, 0).ok())
     };
 
+    // The kernel counts a datagram when it processes it, maybe after `traffic` returned.
+    let has = |got: &BTreeMap<u32, (u64, DropKey)>, ns: u32, n: u64| {
+        got.get(&ns).is_some_and(|g| g.0 >= n)
+    };
     send(&a, 100)?;
-    let got = read(&mut probe, &mut buffers)?;
+    let got = poll::settle(|| read(&mut probe, &mut buffers), |got| has(got, ia, 100))?;
     let (n, key_a) = got[&ia];
     assert_eq!(n, 100);
     let slot_a = slot_of(&mut probe, &key_a)?.expect("slot of a");
@@ -842,9 +880,10 @@ fn removed_keys_free_their_slot_and_leave_no_stale_cache() -> anyhow::Result<()>
 
     // The next new key takes the freed slot (top of the free stack), from zero.
     send(&c, 70)?;
+    poll::settle(|| read(&mut probe, &mut buffers), |got| has(got, ic, 70))?;
     // The removed key comes back: a fresh slot, from zero, not the cached old one.
     send(&a, 50)?;
-    let got = read(&mut probe, &mut buffers)?;
+    let got = poll::settle(|| read(&mut probe, &mut buffers), |got| has(got, ia, 50))?;
     assert_eq!(got.get(&ic).map(|g| g.0), Some(70), "{got:?}");
     assert_eq!(got.get(&ia).map(|g| g.0), Some(50), "{got:?}");
     let slot_c = slot_of(&mut probe, &got[&ic].1)?.expect("slot of c");

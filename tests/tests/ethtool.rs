@@ -3,6 +3,12 @@
 //!
 //! Run with `--test-threads=1`: the tests create and delete interfaces and count ioctls.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is the test failing, with its message"
+)]
+
 use std::{
     collections::{BTreeMap, HashMap},
     time::Duration,

@@ -2,7 +2,7 @@
 //! socket made by the test, as systemd's own is): `READY=1` with a `STATUS=` line once the
 //! agent runs, `WATCHDOG=1` pings while it collects, `STOPPING=1` on SIGTERM. And the unit
 //! asks for it (`Type=notify`, a `WatchdogSec=` the pings fit in); `systemd-analyze verify`
-//! of the installed unit is in tests/tests/packaging.rs.
+//! of the installed unit is in tests/tests/packaging/.
 
 use std::{
     os::unix::{net::UnixDatagram, process::CommandExt},

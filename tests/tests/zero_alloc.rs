@@ -10,6 +10,12 @@
 //! drop locations on (the path with more work per key), while a child process keeps
 //! dropping datagrams of one key, so its values change every cycle.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is the test failing, with its message"
+)]
+
 use anyhow::Result;
 use retina_agent::{
     collectors::{

@@ -2,7 +2,8 @@
 //! bench as root (see docs/performance.md for what it measures and the latest figures).
 //!
 //! Not part of `cargo xtask test`: it takes minutes and its figures depend on the machine.
-//! `cargo build -p retina-tests --bins` (which the tests do) keeps it compiling.
+//! The bench is the `retina-bench` crate (`bench/`), a default workspace member, so a plain
+//! `cargo build` or `cargo test` keeps it compiling.
 
 use std::{path::Path, process::Command};
 
@@ -64,7 +65,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut cmd = util::cargo();
     cmd.current_dir(&ws.root)
         .env("RETINA_EBPF_OBJECT", &built.ebpf_object)
-        .args(["build", "--release", "--package", "retina-tests"])
+        .args(["build", "--release", "--package", "retina-bench"])
         .args(["--bin", "retina-bench"]);
     util::run(&mut cmd)?;
     let bench = ws.target_dir.join("release").join("retina-bench");

@@ -259,7 +259,9 @@ pub fn rewrite_unit(unit: &str, prefix: &Path) -> Result<String> {
         let key = line.split('=').next().unwrap_or("").trim();
         match key {
             "ExecStart" => {
-                let (_, command) = line.split_once('=').expect("key=value");
+                let Some((_, command)) = line.split_once('=') else {
+                    bail!("{UNIT_SOURCE}: ExecStart without `=`: {line}");
+                };
                 let Some(args) = command.trim_start().strip_prefix(UNIT_BINARY) else {
                     bail!("{UNIT_SOURCE}: ExecStart= must start with {UNIT_BINARY}: {line}");
                 };

@@ -396,36 +396,7 @@ pub fn python_venv(ws: &Workspace) -> Result<Option<PathBuf>> {
 /// `.tools/bin/cargo-deb`, built (`cargo install --locked`, about a minute) unless the one
 /// there already reports [`CARGO_DEB_VERSION`].
 pub fn cargo_deb(ws: &Workspace) -> Result<PathBuf> {
-    let bin = ws.tools.join("bin").join("cargo-deb");
-    let version = |bin: &Path| {
-        util::probe(Command::new(bin).arg("--version"))
-            .is_some_and(|out| out.trim() == format!("cargo-deb {CARGO_DEB_VERSION}"))
-    };
-    if version(&bin) {
-        return Ok(bin);
-    }
-    util::banner(&format!(
-        "building cargo-deb {CARGO_DEB_VERSION} into {} (about a minute)",
-        ws.tools.display()
-    ));
-    fs::create_dir_all(&ws.tools)
-        .with_context(|| format!("cannot create {}", ws.tools.display()))?;
-    let mut install = util::cargo();
-    install
-        // Not inside the workspace, so its config and lock file play no part.
-        .current_dir(&ws.tools)
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET_DIR")
-        .args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION])
-        .args(["--locked", "--force", "--root"])
-        .arg(&ws.tools);
-    util::run(&mut install).context("could not build cargo-deb")?;
-    ensure!(
-        version(&bin),
-        "{} was built but does not report cargo-deb {CARGO_DEB_VERSION}",
-        bin.display()
-    );
-    Ok(bin)
+    cargo_tool(ws, "cargo-deb", CARGO_DEB_VERSION, "about a minute")
 }
 
 /// The cargo-fuzz release `cargo xtask fuzz` builds into `.tools/` (it runs on nightly
@@ -435,16 +406,27 @@ pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// `.tools/bin/cargo-fuzz`, built (`cargo install --locked`, about a minute and a half)
 /// unless the one there already reports [`CARGO_FUZZ_VERSION`].
 pub fn cargo_fuzz(ws: &Workspace) -> Result<PathBuf> {
-    let bin = ws.tools.join("bin").join("cargo-fuzz");
-    let version = |bin: &Path| {
+    cargo_tool(
+        ws,
+        "cargo-fuzz",
+        CARGO_FUZZ_VERSION,
+        "about a minute and a half",
+    )
+}
+
+/// `.tools/bin/<name>`, built with `cargo install --locked` (which takes `takes`) unless the
+/// one there already reports `<name> <version>`.
+fn cargo_tool(ws: &Workspace, name: &str, version: &str, takes: &str) -> Result<PathBuf> {
+    let bin = ws.tools.join("bin").join(name);
+    let reports = |bin: &Path| {
         util::probe(Command::new(bin).arg("--version"))
-            .is_some_and(|out| out.trim() == format!("cargo-fuzz {CARGO_FUZZ_VERSION}"))
+            .is_some_and(|out| out.trim() == format!("{name} {version}"))
     };
-    if version(&bin) {
+    if reports(&bin) {
         return Ok(bin);
     }
     util::banner(&format!(
-        "building cargo-fuzz {CARGO_FUZZ_VERSION} into {} (about a minute and a half)",
+        "building {name} {version} into {} ({takes})",
         ws.tools.display()
     ));
     fs::create_dir_all(&ws.tools)
@@ -455,13 +437,13 @@ pub fn cargo_fuzz(ws: &Workspace) -> Result<PathBuf> {
         .current_dir(&ws.tools)
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET_DIR")
-        .args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION])
+        .args(["install", name, "--version", version])
         .args(["--locked", "--force", "--root"])
         .arg(&ws.tools);
-    util::run(&mut install).context("could not build cargo-fuzz")?;
+    util::run(&mut install).with_context(|| format!("could not build {name}"))?;
     ensure!(
-        version(&bin),
-        "{} was built but does not report cargo-fuzz {CARGO_FUZZ_VERSION}",
+        reports(&bin),
+        "{} was built but does not report {name} {version}",
         bin.display()
     );
     Ok(bin)

@@ -52,7 +52,10 @@ pub fn run(args: &Args) -> Result<()> {
         .env("RETINA_EBPF_OBJECT", &built.ebpf_object)
         .args(["test", "--no-fail-fast", "--workspace"])
         .args(["--exclude", TESTS_PACKAGE, "--exclude", "retina-ebpf"])
-        .args(profile.flags());
+        .args(profile.flags())
+        // The few unit tests that need root are `#[ignore]`d so that a plain `cargo test`
+        // passes unprivileged; here they run, and fail loudly without root.
+        .args(["--", "--include-ignored"]);
     if let Err(err) = util::run(&mut unit) {
         eprintln!("{err:#}");
         failed.push("unit tests");

@@ -189,6 +189,7 @@ ffffffff820a0000 W weak_func
     }
 
     #[test]
+    #[ignore = "needs root (kallsyms addresses); `cargo xtask test` runs it"]
     fn this_kernels_table_names_a_known_function() {
         // As root (`cargo xtask test`); unprivileged, the kernel hides the addresses.
         let k = Kallsyms::load().unwrap_or_else(|e| panic!("this test needs root: {e}"));

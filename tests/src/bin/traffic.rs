@@ -3,6 +3,12 @@
 //! `traffic raw IFACE COUNT ETHERTYPE` sends COUNT minimal Ethernet frames (broadcast,
 //! 46 zero bytes of payload) with the hexadecimal ETHERTYPE out of IFACE (AF_PACKET).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is the test failing, with its message"
+)]
+
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 fn main() {

@@ -16,8 +16,6 @@
 use std::{
     collections::BTreeMap,
     os::fd::AsRawFd,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -32,32 +30,18 @@ use retina_agent::{
     metrics::{Metric, Number},
     workload::{Workloads, peers::PeerOwners},
 };
+use retina_tests::workload::Workload;
 use serde_json::{Value, json};
 
 use super::{net::batch, sys};
-
-/// The cgroup v2 mount point (pure v2 or the hybrid layout's `unified`).
-fn v2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts")?;
-    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-        if mounts
-            .lines()
-            .any(|l| l.split_whitespace().nth(1) == Some(root) && l.contains("cgroup2"))
-        {
-            return Ok(PathBuf::from(root));
-        }
-    }
-    bail!("no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified")
-}
 
 /// The bench's pods; all removed on drop.
 pub struct Pods {
     pub names: Vec<String>,
     pub veths: Vec<String>,
     pub uids: Vec<String>,
-    children: Vec<Child>,
-    /// Cgroup directories created, in creation order.
-    created: Vec<PathBuf>,
+    /// In creation order (the first made the shared parent cgroups): dropped in reverse.
+    workloads: Vec<Workload>,
 }
 
 impl Pods {
@@ -69,8 +53,7 @@ impl Pods {
             uids: (0..count)
                 .map(|i| format!("{:08x}-0000-4000-8000-{i:012x}", std::process::id()))
                 .collect(),
-            children: Vec::new(),
-            created: Vec::new(),
+            workloads: Vec::new(),
         };
         let mut lines: Vec<String> = pods
             .names
@@ -82,37 +65,13 @@ impl Pods {
             lines.push(format!("link set {v} up"));
         }
         batch("ip", None, &lines, false)?;
-        let root = v2_root()?;
-        let host_ns = std::fs::read_link("/proc/self/ns/net")?;
-        for (i, name) in pods.names.clone().iter().enumerate() {
-            let child = Command::new("ip")
-                .args(["netns", "exec", name, "sleep", "3600"])
-                .stdin(Stdio::null())
-                .spawn()
-                .context("starting a pod's process")?;
-            let pid = child.id();
-            pods.children.push(child);
+        for (i, name) in pods.names.iter().enumerate() {
             let uid_ = pods.uids[i].replace('-', "_");
             let id = format!("{:056x}{i:08x}", std::process::id());
             let path = format!(
                 "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{id}.scope"
             );
-            let mut dir = root.clone();
-            for c in path.split('/') {
-                dir.push(c);
-                if !dir.exists() {
-                    std::fs::create_dir(&dir)
-                        .with_context(|| format!("mkdir {}", dir.display()))?;
-                    pods.created.push(dir.clone());
-                }
-            }
-            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
-                .with_context(|| format!("moving {pid} into {}", dir.display()))?;
-            let end = Instant::now() + Duration::from_secs(10);
-            while std::fs::read_link(format!("/proc/{pid}/ns/net"))? == host_ns {
-                ensure!(Instant::now() < end, "process {pid} never entered {name}");
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            pods.workloads.push(Workload::start(name, &path)?);
         }
         Ok(pods)
     }
@@ -164,22 +123,8 @@ fn lo_up() -> Result<()> {
 
 impl Drop for Pods {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for dir in self.created.iter().rev() {
-            let mut ok = false;
-            for _ in 0..100 {
-                if std::fs::remove_dir(dir).is_ok() {
-                    ok = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !ok {
-                eprintln!("cleanup: could not remove {}", dir.display());
-            }
+        while let Some(workload) = self.workloads.pop() {
+            drop(workload);
         }
         let lines: Vec<String> = self
             .names

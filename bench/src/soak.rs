@@ -409,11 +409,12 @@ pub fn child(args: &SoakArgs) -> Result<()> {
             let cpu = sys::thread_cpu_ns();
             let (allocs, changed) = alloc::count(|| {
                 let mut guard = shared.lock();
-                let agent = guard.as_mut().expect("agent");
+                let agent = guard.as_mut()?;
                 let generation = agent.links().generation();
                 agent.cycle();
-                agent.links().generation() != generation
+                Some(agent.links().generation() != generation)
             });
+            let changed = changed.context("the shared agent is gone")?;
             let cpu = sys::thread_cpu_ns() - cpu;
             since_change = if changed {
                 0
