@@ -5,6 +5,7 @@
 
 pub mod conntrack;
 pub mod ethtool;
+pub mod interfaces;
 pub mod netdev;
 pub mod netstat;
 pub mod procfile;
