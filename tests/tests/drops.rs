@@ -520,6 +520,8 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
         },
         ..AgentOptions::default()
     };
+    let rt = runtime()?;
+    let _rt = rt.enter();
     let mut agent = Agent::new(&options)?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     let t = traffic();
@@ -678,6 +680,8 @@ fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
             },
             ..AgentOptions::default()
         };
+        let rt = runtime()?;
+        let _rt = rt.enter();
         let mut agent = Agent::new(&options)?;
         assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
         let ns = NetNs::new("rdel")?;
@@ -705,6 +709,8 @@ fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
 fn keys_of_an_interface_deleted_in_a_named_namespace_leave_with_it() -> anyhow::Result<()> {
     use retina_agent::agent::{Agent, AgentOptions};
     require_root();
+    let rt = runtime()?;
+    let _rt = rt.enter();
     let mut agent = Agent::new(&AgentOptions::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     let ns = NetNs::new("rnd")?;
@@ -737,6 +743,8 @@ fn missed_drops_are_the_kernels_recursion_misses() -> anyhow::Result<()> {
         metrics::{Metric, Number},
     };
     require_root();
+    let rt = runtime()?;
+    let _rt = rt.enter();
     let mut agent = Agent::new(&AgentOptions::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     let ns = NetNs::new("rmis")?;

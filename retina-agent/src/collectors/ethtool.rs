@@ -8,9 +8,9 @@
 //!   `ETHTOOL_GSTATS` ioctl per interface and allocates nothing.
 //! * [`LinkStateCollector`] (name `ethtool_link`) reports speed, duplex, ring sizes and
 //!   channel counts from the ethtool generic-netlink family (the `ethtool` crate). That path
-//!   allocates, so it runs on its own thread every `link_state_interval` (and soon after a
-//!   new interface appears), never in the collection cycle; `collect` only picks up its
-//!   latest result.
+//!   allocates, so it runs in a task on the agent's tokio runtime every
+//!   `link_state_interval` (and soon after a new interface appears), never in the
+//!   collection cycle; `collect` only picks up its latest result.
 //!
 //! # Metrics
 //!
@@ -26,6 +26,7 @@
 mod driver;
 mod ioctl;
 mod link_state;
+mod netlink;
 mod queue;
 
 use std::{io, sync::Arc, time::Duration};
@@ -35,10 +36,8 @@ use serde::Deserialize;
 pub use self::{
     driver::{EthtoolCollector, InterfaceStatus, IoctlCounts, StatPoint, parse_replies},
     ioctl::{DrvInfo, EthtoolSocket, GuardedBuf, IfName, MAX_STATS, Reply},
-    link_state::{
-        LinkState, LinkStateCollector, LinkStateError, LinkStateTable, apply_link_state,
-        query_link_state,
-    },
+    link_state::LinkStateCollector,
+    netlink::{LinkState, LinkStateError, LinkStateTable, apply_link_state, query_link_state},
     queue::{QueueStat, parse as parse_queue_stat},
 };
 use crate::{
@@ -242,15 +241,15 @@ mod duration {
     }
 }
 
-/// Everything that can go wrong in the driver-statistics path.
+/// Why an ethtool collector could not start, or what failed in the driver-statistics path.
 #[derive(Debug, thiserror::Error)]
 pub enum EthtoolError {
     #[error("opening the ethtool ioctl socket: {0}")]
     Socket(io::Error),
     #[error("mapping the ethtool reply buffer: {0}")]
     Buffer(io::Error),
-    #[error("starting the link-state worker thread: {0}")]
-    Thread(io::Error),
+    #[error("the link-state collector runs on the agent's tokio runtime, and none is running: {0}")]
+    Runtime(tokio::runtime::TryCurrentError),
     #[error("invalid {field} pattern: {error}")]
     Pattern {
         field: &'static str,
