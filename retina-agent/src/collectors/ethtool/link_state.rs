@@ -428,11 +428,10 @@ mod tests {
             let _finished = finished;
             panic!("injected task failure");
         });
-        let task = rt.block_on(async move {
+        rt.block_on(async {
             while !task.is_finished() {
                 tokio::task::yield_now().await;
             }
-            task
         });
         let (stop, _) = oneshot::channel();
         let mut c = LinkStateCollector::with_task(
