@@ -3,26 +3,21 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    btf::Btf,
     collectors::{
         Collector,
-        conntrack::{ConntrackCollector, ConntrackConfig, ConntrackError},
-        ethtool::{EthtoolCollector, EthtoolConfig, EthtoolError, LinkStateCollector},
-        netdev::{NetdevCollector, NetdevConfig, NetdevError},
-        netstat::{NetstatCollector, NetstatConfig, NetstatError},
-        qdisc::{QdiscCollector, QdiscConfig, QdiscError},
-        softnet::{SoftnetCollector, SoftnetConfig, SoftnetError},
+        conntrack::{ConntrackCollector, ConntrackError},
+        ethtool::{EthtoolCollector, EthtoolError, LinkStateCollector},
+        netdev::NetdevCollector,
+        netstat::{NetstatCollector, NetstatError},
+        qdisc::{QdiscCollector, QdiscError},
+        softnet::{SoftnetCollector, SoftnetError},
     },
-    drops::{
-        DropCollector,
-        kallsyms::Kallsyms,
-        locations::Locations,
-        probe::{DropProbe, ProbeOptions},
-        reasons::DropReasons,
-    },
+    config::Config,
+    drops::{self, probe::ProbeOptions},
     links::{LinkError, Links},
     metrics::Visitor,
     netns,
+    sys::error_chain,
     workload::peers::PeerOwners,
 };
 
@@ -52,49 +47,12 @@ pub struct Agent {
     degraded: Vec<Degraded>,
 }
 
-/// Options that decide which collectors run and how.
-#[derive(Clone, Debug)]
-pub struct AgentOptions {
-    /// Whether to load the kernel drop probe.
-    pub drops_enabled: bool,
-    pub drops: ProbeOptions,
-    /// With `drops.locations`: how many distinct kernel functions `drop.location` names.
-    pub drop_locations_capacity: u32,
-    /// Override of the BTF file (tests and diagnostics); default `/sys/kernel/btf/vmlinux`.
-    pub btf_path: Option<std::path::PathBuf>,
-    pub ethtool: EthtoolConfig,
-    pub netdev: NetdevConfig,
-    pub netstat: NetstatConfig,
-    pub softnet: SoftnetConfig,
-    pub qdisc: QdiscConfig,
-    pub conntrack: ConntrackConfig,
-}
-
-impl Default for AgentOptions {
-    fn default() -> Self {
-        AgentOptions {
-            drops_enabled: true,
-            drops: ProbeOptions::default(),
-            drop_locations_capacity: crate::drops::locations::DEFAULT_CAPACITY,
-            btf_path: None,
-            ethtool: EthtoolConfig::default(),
-            netdev: NetdevConfig::default(),
-            netstat: NetstatConfig::default(),
-            softnet: SoftnetConfig::default(),
-            qdisc: QdiscConfig::default(),
-            conntrack: ConntrackConfig::default(),
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("rtnetlink: {0}")]
     Links(#[from] LinkError),
     #[error("ethtool collector: {0}")]
     Ethtool(#[from] EthtoolError),
-    #[error("netdev collector: {0}")]
-    Netdev(#[from] NetdevError),
     #[error("netstat collector: {0}")]
     Netstat(#[from] NetstatError),
     #[error("softnet collector: {0}")]
@@ -107,8 +65,9 @@ pub enum AgentError {
 
 impl Agent {
     /// Starts every collector that can run on this kernel; what cannot is reported in
-    /// [`Agent::degraded`] instead of failing the whole agent.
-    pub fn new(options: &AgentOptions) -> Result<Self, AgentError> {
+    /// [`Agent::degraded`] instead of failing the whole agent. Which collectors run and
+    /// how: the sections of `config` (and `config.btf`).
+    pub fn new(config: &Config) -> Result<Self, AgentError> {
         let links = Links::new()?;
         let mut agent = Agent {
             links,
@@ -127,85 +86,53 @@ impl Agent {
                 reason: format!("host veths get no workload attributes: {reason}"),
             }),
         }
-        if options.drops_enabled {
-            let mut options = options.clone();
-            // The symbol table first: without it the probe is loaded without locations.
-            let symbols = match options.drops.locations {
-                false => None,
-                true => match Kallsyms::load() {
-                    Ok(k) => Some(k),
-                    Err(e) => {
-                        agent.degraded.push(Degraded {
-                            collector: "drops.locations",
-                            reason: format!("drop locations off: {e}"),
-                        });
-                        options.drops.locations = false;
-                        None
-                    }
-                },
+        if config.drops.enabled {
+            let probe = ProbeOptions {
+                max_entries: config.drops.map_entries,
+                hook: config.drops.hook,
+                locations: config.drops.locations,
             };
-            match Self::drop_collector(&options).map(|c| match symbols {
-                Some(k) => c.with_locations(Locations::new(k, options.drop_locations_capacity)),
-                None => c,
-            }) {
+            let builder = drops::Builder::new(
+                probe,
+                config.drops.locations_capacity,
+                config.btf.as_deref(),
+            );
+            if let Some(e) = builder.locations_off() {
+                agent.degraded.push(Degraded {
+                    collector: "drops.locations",
+                    reason: format!("drop locations off: {e}"),
+                });
+            }
+            match builder.build() {
                 Ok(c) => agent.push(Box::new(c)),
-                Err(reason) => agent.degraded.push(Degraded {
+                Err(e) => agent.degraded.push(Degraded {
                     collector: "drops",
-                    reason,
+                    reason: error_chain(&e),
                 }),
             }
         }
-        if options.ethtool.enabled {
-            agent.push(Box::new(EthtoolCollector::new(&options.ethtool)?));
-            if options.ethtool.link_state {
-                agent.push(Box::new(LinkStateCollector::new(&options.ethtool)?));
+        if config.ethtool.enabled {
+            agent.push(Box::new(EthtoolCollector::new(&config.ethtool)?));
+            if config.ethtool.link_state {
+                agent.push(Box::new(LinkStateCollector::new(&config.ethtool)?));
             }
         }
-        if options.netdev.enabled {
-            agent.push(Box::new(NetdevCollector::new(&options.netdev)?));
+        if config.netdev.enabled {
+            agent.push(Box::new(NetdevCollector::new(&config.netdev)));
         }
-        if options.netstat.enabled {
-            agent.push(Box::new(NetstatCollector::new(&options.netstat)?));
+        if config.netstat.enabled {
+            agent.push(Box::new(NetstatCollector::new(&config.netstat)?));
         }
-        if options.softnet.enabled {
-            agent.push(Box::new(SoftnetCollector::new(&options.softnet)?));
+        if config.softnet.enabled {
+            agent.push(Box::new(SoftnetCollector::new(&config.softnet)?));
         }
-        if options.qdisc.enabled {
-            agent.push(Box::new(QdiscCollector::new(&options.qdisc)?));
+        if config.qdisc.enabled {
+            agent.push(Box::new(QdiscCollector::new(&config.qdisc)?));
         }
-        if options.conntrack.enabled {
-            agent.push(Box::new(ConntrackCollector::new(&options.conntrack)?));
+        if config.conntrack.enabled {
+            agent.push(Box::new(ConntrackCollector::new(&config.conntrack)?));
         }
         Ok(agent)
-    }
-
-    fn drop_collector(options: &AgentOptions) -> Result<DropCollector, String> {
-        let btf = match &options.btf_path {
-            Some(path) => Btf::from_file(path),
-            None => Btf::from_sys(),
-        }
-        .map_err(|e| e.to_string())?;
-        let reasons = DropReasons::load(
-            &btf,
-            options
-                .btf_path
-                .is_none()
-                .then(|| std::path::Path::new("/sys/kernel/btf")),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut probe = DropProbe::load(&btf, &options.drops).map_err(|e| {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                source = s.source();
-            }
-            msg
-        })?;
-        crate::ebpf_log::spawn(probe.ebpf_mut());
-        let host = netns::current_netns_inode().map_err(|e| format!("/proc/self/ns/net: {e}"))?;
-        Ok(DropCollector::new(probe, reasons, host))
     }
 
     fn push(&mut self, collector: Box<dyn Collector>) {

@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 pub use crate::config::LogFormat;
 use crate::{
-    config::{self, Overrides},
-    export::Protocol,
+    config::{self, Overrides, Protocol},
+    drops::Hook,
     snapshot::Format,
 };
 
@@ -58,7 +58,7 @@ pub struct Cli {
         default_value = "auto",
         hide_short_help = true
     )]
-    pub drop_hook: crate::drops::probe::Hook,
+    pub drop_hook: DropHook,
 
     #[command(subcommand)]
     pub command: Command,
@@ -144,6 +144,29 @@ impl RunArgs {
     }
 }
 
+/// `--drop-hook`: how the drop probe attaches to `kfree_skb` (the probe's [`Hook`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DropHook {
+    /// The BTF-enabled tracepoint where it loads, else the raw tracepoint.
+    #[default]
+    Auto,
+    /// Only the BTF-enabled tracepoint (`tp_btf`, direct loads).
+    Btf,
+    /// Only the raw tracepoint (`bpf_probe_read_kernel`): what kernels without BTF-enabled
+    /// tracepoints run.
+    Raw,
+}
+
+impl From<DropHook> for Hook {
+    fn from(hook: DropHook) -> Hook {
+        match hook {
+            DropHook::Auto => Hook::Auto,
+            DropHook::Btf => Hook::Btf,
+            DropHook::Raw => Hook::Raw,
+        }
+    }
+}
+
 /// Output of `check`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CheckFormat {
@@ -187,6 +210,8 @@ impl Cli {
         let mut o = Overrides {
             log_format: self.log_format,
             drop_map_entries: self.drop_map_entries,
+            drop_hook: self.drop_hook.into(),
+            btf: self.btf.clone(),
             ..Overrides::default()
         };
         let export = match &self.command {
@@ -195,7 +220,11 @@ impl Cli {
                 Some(&args.export)
             }
             Command::Check(args) => Some(&args.export),
-            Command::Snapshot(_) | Command::Reasons { .. } => None,
+            Command::Snapshot(args) => {
+                o.drop_locations = args.locations;
+                None
+            }
+            Command::Reasons { .. } => None,
         };
         if let Some(e) = export {
             o.prometheus_listen = e.prometheus_listen;

@@ -14,7 +14,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     agent::Agent,
-    export::{ConfigError, ExportConfig, ExportError, Exporters, PrometheusConfig, SharedAgent},
+    config::Config,
+    export::{ExportError, Exporters, SharedAgent},
     losses,
     snapshot::{self, Point},
 };
@@ -30,46 +31,17 @@ pub enum DaemonError {
     Export(#[from] ExportError),
 }
 
-/// What the daemon needs besides the agent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DaemonSettings {
-    /// How often to collect and export.
-    pub interval: Duration,
-    /// Print what was lost since the previous interval ("where packets died") to stdout.
-    pub summary: bool,
-    /// OTLP export.
-    pub export: ExportConfig,
-    /// Prometheus scrape endpoint.
-    pub prometheus: PrometheusConfig,
-}
-
-impl DaemonSettings {
-    /// Default export and Prometheus settings with the process's `OTEL_*` environment
-    /// applied (for callers without a configuration file).
-    pub fn from_env(interval: Duration, summary: bool) -> Result<Self, ConfigError> {
-        let env = |k: &str| std::env::var(k).ok();
-        let mut export = ExportConfig::default();
-        export.apply_env(env)?;
-        let mut prometheus = PrometheusConfig::default();
-        prometheus.apply_env(env)?;
-        Ok(DaemonSettings {
-            interval,
-            summary,
-            export,
-            prometheus,
-        })
-    }
-}
-
-/// Collects every `settings.interval` and exports until a shutdown signal arrives.
-pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonError> {
+/// Collects every `config.interval` and exports (`config.export`, `config.prometheus`)
+/// until a shutdown signal arrives. `summary`: print what was lost since the previous
+/// interval ("where packets died") to stdout.
+pub async fn run(agent: Agent, config: &Config, summary: bool) -> Result<(), DaemonError> {
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::Signal("SIGTERM", e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Signal("SIGINT", e))?;
     for d in agent.degraded() {
         tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);
     }
-    let interval = settings.interval;
+    let interval = config.interval;
     let agent = SharedAgent::new(agent);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -77,9 +49,8 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
     // The first tick is immediate: the first cycle runs before the exporters start, so
     // they are sized from real series.
     ticker.tick().await;
-    let mut output = cycle(&agent, settings.summary, &mut last);
-    let mut exporters = match Exporters::start(&agent, &settings.export, &settings.prometheus).await
-    {
+    let mut output = cycle(&agent, summary, &mut last);
+    let mut exporters = match Exporters::start(&agent, &config.export, &config.prometheus).await {
         Ok(e) => e,
         Err(e) => {
             drop(agent.take());
@@ -112,7 +83,7 @@ pub async fn run(agent: Agent, settings: DaemonSettings) -> Result<(), DaemonErr
         }
         tokio::select! {
             _ = ticker.tick() => {
-                output = cycle(&agent, settings.summary, &mut last);
+                output = cycle(&agent, summary, &mut last);
                 // From the loop, after the cycle: a hung collection stops the pings.
                 notifier.cycle_done();
                 exporters.export().await;

@@ -5,11 +5,110 @@
 //! (`eth.*` matches `eth0` but not `veth0`). A name is selected when it matches at least one
 //! `include` pattern (or `include` is empty) and no `exclude` pattern.
 //!
-//! Patterns are compiled once, when the config is loaded. Collectors are expected to call
-//! [`NameFilter::matches`] only when a name first appears and cache the answer, not on
-//! every cycle.
+//! A [`Pattern`] is compiled when it is read (deserializing the configuration, or
+//! [`Pattern::new`]); a [`NameFilter`] is made of compiled patterns and compiles nothing.
+//! Collectors call [`NameFilter::matches`] only when a name first appears and cache the
+//! answer, not on every cycle.
+
+use std::fmt;
 
 use regex::Regex;
+use serde::{Deserialize, Deserializer};
+
+/// One anchored regular expression (`^(?:PATTERN)$`), compiled.
+#[derive(Clone)]
+pub struct Pattern {
+    source: Box<str>,
+    regex: Regex,
+}
+
+/// A pattern that does not compile; the message quotes the pattern as written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid regular expression {pattern:?}: {detail}")]
+pub struct PatternError {
+    pub pattern: String,
+    pub detail: String,
+}
+
+impl Pattern {
+    /// Compiles `source`, anchored.
+    pub fn new(source: &str) -> Result<Pattern, PatternError> {
+        match Regex::new(&format!("^(?:{source})$")) {
+            Ok(regex) => Ok(Pattern {
+                source: source.into(),
+                regex,
+            }),
+            Err(e) => {
+                let detail = match e {
+                    regex::Error::Syntax(detail) => {
+                        // The syntax error quotes the anchored pattern; show the user's.
+                        let detail = detail.lines().last().unwrap_or_default().trim();
+                        detail.strip_prefix("error: ").unwrap_or(detail).to_string()
+                    }
+                    other => other.to_string(),
+                };
+                Err(PatternError {
+                    pattern: source.to_string(),
+                    detail,
+                })
+            }
+        }
+    }
+
+    /// Compiles every pattern of `sources`, stopping at the first that fails.
+    pub fn list<S: AsRef<str>>(sources: &[S]) -> Result<Vec<Pattern>, PatternError> {
+        sources.iter().map(|s| Pattern::new(s.as_ref())).collect()
+    }
+
+    /// The pattern as written (not anchored).
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether `name` matches as a whole.
+    pub fn is_match(&self, name: &str) -> bool {
+        self.regex.is_match(name)
+    }
+}
+
+/// Two patterns are equal when they are written the same.
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Pattern {}
+
+impl PartialEq<&str> for Pattern {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.source == *other
+    }
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.source, f)
+    }
+}
+
+/// A string, compiled on the spot: a bad pattern is an error of the value being read (in
+/// a configuration file, its key path and position).
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Pattern;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a regular expression")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Pattern, E> {
+                Pattern::new(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
 
 /// An include/exclude list of anchored regular expressions over names.
 #[derive(Clone, Debug, Default)]
@@ -19,15 +118,13 @@ pub struct NameFilter {
 }
 
 impl NameFilter {
-    /// Compiles `include` and `exclude` patterns. Each is anchored (`^(?:PATTERN)$`).
-    ///
-    /// The error of the first pattern that fails to compile is returned; its message
-    /// quotes that pattern.
-    pub fn new(include: &[String], exclude: &[String]) -> Result<NameFilter, regex::Error> {
-        Ok(NameFilter {
-            include: compile_all(include)?,
-            exclude: compile_all(exclude)?,
-        })
+    /// A filter of compiled patterns (nothing is compiled here).
+    pub fn new(include: &[Pattern], exclude: &[Pattern]) -> NameFilter {
+        let regexes = |list: &[Pattern]| list.iter().map(|p| p.regex.clone()).collect();
+        NameFilter {
+            include: regexes(include),
+            exclude: regexes(exclude),
+        }
     }
 
     /// A filter that selects every name.
@@ -48,24 +145,17 @@ impl NameFilter {
     }
 }
 
-fn compile_all(patterns: &[String]) -> Result<Vec<Regex>, regex::Error> {
-    patterns
-        .iter()
-        .map(|p| Regex::new(&format!("^(?:{p})$")))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn s(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn s(v: &[&str]) -> Vec<Pattern> {
+        Pattern::list(v).unwrap()
     }
 
     #[test]
     fn empty_selects_everything() {
-        let f = NameFilter::new(&[], &[]).unwrap();
+        let f = NameFilter::new(&[], &[]);
         assert!(f.is_all());
         assert!(f.matches("eth0"));
         assert!(f.matches(""));
@@ -74,13 +164,13 @@ mod tests {
 
     #[test]
     fn patterns_are_anchored() {
-        let f = NameFilter::new(&s(&["eth.*"]), &[]).unwrap();
+        let f = NameFilter::new(&s(&["eth.*"]), &[]);
         assert!(f.matches("eth0"));
         assert!(!f.matches("veth0"));
-        let f = NameFilter::new(&s(&["eth0"]), &[]).unwrap();
+        let f = NameFilter::new(&s(&["eth0"]), &[]);
         assert!(!f.matches("eth01"));
         // Alternation inside a pattern stays anchored as a whole.
-        let f = NameFilter::new(&s(&["lo|eth0"]), &[]).unwrap();
+        let f = NameFilter::new(&s(&["lo|eth0"]), &[]);
         assert!(f.matches("lo"));
         assert!(f.matches("eth0"));
         assert!(!f.matches("lo0"));
@@ -89,20 +179,33 @@ mod tests {
 
     #[test]
     fn exclude_wins_over_include() {
-        let f = NameFilter::new(&s(&["eth.*", "lo"]), &s(&["eth1", "veth.*"])).unwrap();
+        let f = NameFilter::new(&s(&["eth.*", "lo"]), &s(&["eth1", "veth.*"]));
         assert!(f.matches("eth0"));
         assert!(!f.matches("eth1"));
         assert!(f.matches("lo"));
         assert!(!f.matches("veth9"));
         assert!(!f.matches("docker0"));
-        let f = NameFilter::new(&[], &s(&["veth.*"])).unwrap();
+        let f = NameFilter::new(&[], &s(&["veth.*"]));
         assert!(f.matches("eth0"));
         assert!(!f.matches("veth0"));
     }
 
     #[test]
     fn bad_pattern_is_named_in_the_error() {
-        let err = NameFilter::new(&s(&["ok"]), &s(&["eth[0-"])).unwrap_err();
-        assert!(err.to_string().contains("eth[0-"), "{err}");
+        let err = Pattern::list(&["ok", "eth[0-"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("invalid regular expression \"eth[0-\": ") && !msg.contains("^(?:"),
+            "{msg}"
+        );
+        assert_eq!(Pattern::new("eth.*").unwrap(), "eth.*");
+        let p: Vec<Pattern> = serde_json::from_str(r#"["lo", "eth.*"]"#).unwrap();
+        assert!(p[1].is_match("eth0") && !p[1].is_match("veth0"));
+        let err = serde_json::from_str::<Vec<Pattern>>(r#"["ok", "(bad"]"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("invalid regular expression \"(bad\""),
+            "{err}"
+        );
     }
 }

@@ -22,6 +22,7 @@ pub mod netns;
 pub mod notify;
 pub mod ratelimit;
 pub mod snapshot;
+pub mod sys;
 pub mod workload;
 
 /// The build script's git description, tested here (build scripts have no test harness).

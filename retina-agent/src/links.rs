@@ -978,7 +978,7 @@ impl Table {
                     {
                         dump.error.get_or_insert(LinkError::Kernel {
                             netns_inode: dump.netns_inode,
-                            source: io::Error::from_raw_os_error(-err),
+                            source: io::Error::from_raw_os_error(err.saturating_neg()),
                         });
                     }
                     return Step::Done;
@@ -2054,6 +2054,18 @@ mod tests {
         let m = nlmsg(NLMSG_DONE, &(-libc::EMSGSIZE).to_ne_bytes());
         assert_eq!(t.feed(&mut d, &m), Step::Done);
         assert!(matches!(d.error, Some(LinkError::Kernel { .. })));
+        // DONE and ERROR carrying i32::MIN, which has no positive errno (found by fuzzing).
+        for ty in [NLMSG_DONE, NLMSG_ERROR] {
+            let mut d = dump();
+            let m = nlmsg(ty, &[i32::MIN.to_ne_bytes(), [0; 4]].concat());
+            assert_eq!(t.feed(&mut d, &m), Step::Done);
+            match d.error {
+                Some(LinkError::Kernel { source, .. }) => {
+                    assert_eq!(source.raw_os_error(), Some(i32::MAX))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
         // Truncated NLMSG_ERROR.
         let mut d = dump();
         assert_eq!(t.feed(&mut d, &nlmsg(NLMSG_ERROR, &[1, 2])), Step::Done);

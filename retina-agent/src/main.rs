@@ -3,13 +3,13 @@ use std::{io::IsTerminal, os::fd::AsFd, process::ExitCode};
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches};
 use retina_agent::{
-    agent::{Agent, AgentOptions},
+    agent::Agent,
     btf::Btf,
     check,
     cli::{CheckArgs, CheckFormat, Cli, Command, SnapshotArgs},
     config::{self, Config, ConfigError, LogConfig, LogFormat, Overrides},
     daemon,
-    drops::{probe::ProbeOptions, reasons::DropReasons},
+    drops::reasons::DropReasons,
     generate, losses,
     snapshot::{self, Format},
 };
@@ -60,15 +60,7 @@ fn emit(text: &str) -> Result<()> {
 /// An error and its causes, each said once: our error types already print their source in
 /// their own message, so a cause is only added when the text so far does not contain it.
 fn chain(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
+    retina_agent::sys::error_chain(e.as_ref())
 }
 
 fn main() -> ExitCode {
@@ -154,26 +146,6 @@ fn fallback_log(overrides: &Overrides) -> LogConfig {
         })
 }
 
-fn agent_options(cli: &Cli, config: &Config) -> AgentOptions {
-    AgentOptions {
-        drops_enabled: config.drops.enabled,
-        drops: ProbeOptions {
-            max_entries: config.drops.map_entries,
-            hook: cli.drop_hook,
-            locations: config.drops.locations
-                || matches!(&cli.command, Command::Snapshot(s) if s.locations),
-        },
-        drop_locations_capacity: config.drops.locations_capacity,
-        btf_path: cli.btf.clone(),
-        ethtool: config.ethtool.clone(),
-        netdev: config.netdev.clone(),
-        netstat: config.netstat.clone(),
-        softnet: config.softnet.clone(),
-        qdisc: config.qdisc.clone(),
-        conntrack: config.conntrack.clone(),
-    }
-}
-
 async fn dispatch(cli: Cli, loaded: Result<config::Loaded, ConfigError>) -> Result<ExitCode> {
     let loaded = match (&cli.command, loaded) {
         (Command::Check(args), loaded) => return Ok(check_command(&cli, args, loaded.as_ref())),
@@ -184,22 +156,15 @@ async fn dispatch(cli: Cli, loaded: Result<config::Loaded, ConfigError>) -> Resu
     if matches!(cli.command, Command::Run(_)) {
         tracing::info!(config = %loaded.origin, "configuration");
     }
-    let options = agent_options(&cli, config);
     match &cli.command {
-        Command::Reasons { format } => reasons(&options, *format),
-        Command::Snapshot(args) => snapshot_command(&options, args).await,
+        Command::Reasons { format } => reasons(cli.btf.as_deref(), *format),
+        Command::Snapshot(args) => snapshot_command(config, args).await,
         Command::Run(args) => {
             let summary = args
                 .summary()
                 .unwrap_or_else(|| std::io::stdout().is_terminal());
-            let agent = Agent::new(&options).context("starting the agent")?;
-            let settings = daemon::DaemonSettings {
-                interval: config.interval,
-                summary,
-                export: config.export.clone(),
-                prometheus: config.prometheus.clone(),
-            };
-            daemon::run(agent, settings).await?;
+            let agent = Agent::new(config).context("starting the agent")?;
+            daemon::run(agent, config, summary).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(_) => unreachable!("handled above"),
@@ -214,7 +179,7 @@ fn check_command(
     let checks = check::run(&check::Input {
         config: loaded,
         btf_path: cli.btf.as_deref(),
-        hook: cli.drop_hook,
+        hook: cli.drop_hook.into(),
     });
     let text = match args.format {
         CheckFormat::Text => check::render_text(&checks),
@@ -234,13 +199,12 @@ fn check_command(
     }
 }
 
-fn reasons(options: &AgentOptions, format: Format) -> Result<ExitCode> {
-    let btf = match &options.btf_path {
+fn reasons(btf_path: Option<&std::path::Path>, format: Format) -> Result<ExitCode> {
+    let btf = match btf_path {
         Some(p) => Btf::from_file(p)?,
         None => Btf::from_sys()?,
     };
-    let modules = options
-        .btf_path
+    let modules = btf_path
         .is_none()
         .then(|| std::path::Path::new("/sys/kernel/btf"));
     let reasons = DropReasons::load(&btf, modules)?;
@@ -263,8 +227,8 @@ fn reasons(options: &AgentOptions, format: Format) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn snapshot_command(options: &AgentOptions, args: &SnapshotArgs) -> Result<ExitCode> {
-    let mut agent = Agent::new(options).context("starting the agent")?;
+async fn snapshot_command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
+    let mut agent = Agent::new(config).context("starting the agent")?;
     for d in agent.degraded() {
         tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);
     }

@@ -508,17 +508,17 @@ fn missing_or_broken_btf_gives_a_clear_reason() -> anyhow::Result<()> {
 #[test]
 fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
     use retina_agent::{
-        agent::{Agent, AgentOptions},
-        drops::probe::ProbeOptions,
+        agent::Agent,
+        config::{Config, DropsConfig},
         metrics::{Metric, Number},
     };
     require_root();
-    let options = AgentOptions {
-        drops: ProbeOptions {
-            max_entries: 64,
-            ..ProbeOptions::default()
+    let options = Config {
+        drops: DropsConfig {
+            map_entries: 64,
+            ..DropsConfig::default()
         },
-        ..AgentOptions::default()
+        ..Config::default()
     };
     let rt = runtime()?;
     let _rt = rt.enter();
@@ -668,17 +668,17 @@ fn assert_series_leave_with(
 #[test]
 fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
     use retina_agent::{
-        agent::{Agent, AgentOptions},
-        drops::probe::ProbeOptions,
+        agent::Agent,
+        config::{Config, DropsConfig},
     };
     require_root();
     for locations in [false, true] {
-        let options = AgentOptions {
-            drops: ProbeOptions {
+        let options = Config {
+            drops: DropsConfig {
                 locations,
-                ..ProbeOptions::default()
+                ..DropsConfig::default()
             },
-            ..AgentOptions::default()
+            ..Config::default()
         };
         let rt = runtime()?;
         let _rt = rt.enter();
@@ -707,11 +707,11 @@ fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
 /// every dead interface's keys until the map is 75 % full, and the memory with them).
 #[test]
 fn keys_of_an_interface_deleted_in_a_named_namespace_leave_with_it() -> anyhow::Result<()> {
-    use retina_agent::agent::{Agent, AgentOptions};
+    use retina_agent::{agent::Agent, config::Config};
     require_root();
     let rt = runtime()?;
     let _rt = rt.enter();
-    let mut agent = Agent::new(&AgentOptions::default())?;
+    let mut agent = Agent::new(&Config::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     let ns = NetNs::new("rnd")?;
     let inode = ns.inode()?.to_string();
@@ -739,13 +739,14 @@ fn keys_of_an_interface_deleted_in_a_named_namespace_leave_with_it() -> anyhow::
 #[test]
 fn missed_drops_are_the_kernels_recursion_misses() -> anyhow::Result<()> {
     use retina_agent::{
-        agent::{Agent, AgentOptions},
+        agent::Agent,
+        config::Config,
         metrics::{Metric, Number},
     };
     require_root();
     let rt = runtime()?;
     let _rt = rt.enter();
-    let mut agent = Agent::new(&AgentOptions::default())?;
+    let mut agent = Agent::new(&Config::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     let ns = NetNs::new("rmis")?;
     ns.exec(&traffic(), &["udp", "127.0.0.1:9", "2000", "32"])?;

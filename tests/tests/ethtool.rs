@@ -18,6 +18,7 @@ use retina_agent::{
             LinkStateCollector, QueueMode, Reply, parse_queue_stat,
         },
     },
+    filter::Pattern,
     links::Links,
     metrics::{Metric, Number},
 };
@@ -114,7 +115,7 @@ fn ifindex(name: &str) -> Result<u32> {
 fn config(mode: QueueMode, include: &[&str]) -> EthtoolConfig {
     EthtoolConfig {
         per_queue: mode,
-        interfaces_include: include.iter().map(|s| s.to_string()).collect(),
+        interfaces_include: Pattern::list(include).expect("test patterns compile"),
         interfaces_exclude: Vec::new(),
         ..EthtoolConfig::default()
     }

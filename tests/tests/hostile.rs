@@ -17,11 +17,12 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use opentelemetry::KeyValue;
 use retina_agent::{
-    agent::{Agent, AgentOptions},
+    agent::Agent,
     collectors::{
         Collector,
         ethtool::{EthtoolCollector, EthtoolConfig, LinkStateCollector},
     },
+    config::Config,
     links::Links,
     metrics::{Metric, Number},
 };
@@ -440,7 +441,7 @@ fn deleted_namespaces_are_released() -> Result<()> {
     const N: usize = 30;
     let rt = runtime()?;
     let _rt = rt.enter();
-    let mut agent = Agent::new(&AgentOptions::default())?;
+    let mut agent = Agent::new(&Config::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     agent.cycle();
     let before = fds()?;
@@ -503,7 +504,7 @@ fn a_drop_series_follows_an_interface_rename() -> Result<()> {
     require_root();
     let rt = runtime()?;
     let _rt = rt.enter();
-    let mut agent = Agent::new(&AgentOptions::default())?;
+    let mut agent = Agent::new(&Config::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     let ns = NetNs::new("rren")?;
     let mut veth = Veth::new("rrn")?;

@@ -21,6 +21,7 @@ use retina_agent::{
         netdev::{NetdevCollector, NetdevConfig},
         netstat::{NetstatCollector, NetstatConfig},
     },
+    filter::Pattern,
     links::{LinkStats, Links},
     metrics::{Metric, Number},
 };
@@ -201,9 +202,9 @@ fn udp_datagrams_move_veth_counters_exactly() -> Result<()> {
     assert_eq!(inner.netns_inode(), ns.inode()?);
     assert_ne!(inner.netns_inode(), host.netns_inode());
     let mut netdev = NetdevCollector::new(&NetdevConfig {
-        include: vec![veth.host.clone()],
+        include: vec![Pattern::new(&veth.host)?],
         ..NetdevConfig::default()
-    })?;
+    });
 
     let before = settled(&mut host, &veth.host)?;
     let peer_before = settled(&mut inner, &veth.peer)?;
@@ -263,7 +264,7 @@ fn churn_leaves_nothing_stale() -> Result<()> {
     // compared with sysfs exactly.
     let ns = NetNs::new("rch")?;
     let mut links = Links::open_in_netns(&netns_path(&ns))?;
-    let mut netdev = NetdevCollector::new(&NetdevConfig::default())?;
+    let mut netdev = NetdevCollector::new(&NetdevConfig::default());
     links.refresh()?;
     assert_eq!(table_names(&links), BTreeSet::from(["lo".to_string()]));
 
@@ -543,9 +544,9 @@ fn steady_state_cycle_allocates_nothing() -> Result<()> {
     let inside = NsProcess::start(&ns)?;
     let mut links = Links::open_in_netns(&netns_path(&ns))?;
     let mut netdev = NetdevCollector::new(&NetdevConfig {
-        exclude: vec!["ab1.*".into()],
+        exclude: Pattern::list(&["ab1.*"])?,
         ..NetdevConfig::default()
-    })?;
+    });
     let mut netstat = NetstatCollector::new(&NetstatConfig {
         proc_root: inside.proc_root(),
         ..NetstatConfig::default()

@@ -444,23 +444,17 @@ impl BpfAttr {
 fn bpf(cmd: i64, attr: &mut BpfAttr) -> Result<i32, String> {
     // SAFETY: attr is a zero-initialised bpf_attr of 128 bytes whose pointers (if any)
     // point to live buffers.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut BpfAttr,
-            std::mem::size_of::<BpfAttr>(),
-        )
-    };
-    if r < 0 {
-        Err(errno_name())
-    } else {
-        Ok(r as i32)
+    match unsafe { retina_agent::sys::bpf(cmd, attr) } {
+        Ok(fd) => Ok(fd as i32),
+        Err(e) => Err(errno_text(e)),
     }
 }
 
 fn errno_name() -> String {
-    let err = std::io::Error::last_os_error();
+    errno_text(std::io::Error::last_os_error())
+}
+
+fn errno_text(err: std::io::Error) -> String {
     match err.raw_os_error() {
         Some(libc::EPERM) => "EPERM".into(),
         Some(libc::EACCES) => "EACCES".into(),

@@ -7,8 +7,17 @@ use super::*;
 
 const FILE: &str = "/etc/retina-agent/hostile.toml";
 
+/// `text` parsed and checked, without environment and flags.
+fn check(text: &str) -> Result<Config, ConfigError> {
+    resolve(
+        Some(parse(text, Path::new(FILE))?),
+        &|_: &str| None,
+        &Overrides::default(),
+    )
+}
+
 fn refused(text: &str, key: &str, reason: &str) {
-    let err = parse(text, Path::new(FILE)).expect_err(text);
+    let err = check(text).expect_err(text);
     let msg = err.to_string();
     assert!(
         msg.starts_with(&format!("{FILE}: key `{key}`: ")) && msg.contains(reason),
@@ -64,7 +73,7 @@ fn durations_and_sizes_out_of_range_are_refused() {
         ),
         ("[drops]\nmap_entries = 1048577", "drops.map_entries"),
     ] {
-        let err = parse(text, Path::new(FILE)).expect_err(text);
+        let err = check(text).expect_err(text);
         let msg = err.to_string();
         assert!(
             msg.starts_with(&format!("{FILE}: key `{key}`: ")),
@@ -88,7 +97,7 @@ fn durations_and_sizes_out_of_range_are_refused() {
         "[ethtool]\nlink_state_interval = \"1s\"\nmax_interfaces = 1048576",
         "[drops]\nmap_entries = 1048576",
     ] {
-        parse(text, Path::new(FILE)).unwrap_or_else(|e| panic!("{text}: {e}"));
+        check(text).unwrap_or_else(|e| panic!("{text}: {e}"));
     }
 }
 
@@ -184,11 +193,7 @@ fn endpoints_that_only_look_like_urls_are_refused() {
             reason,
         );
     }
-    parse(
-        "[export]\nendpoint = \"http://host:65535\"",
-        Path::new(FILE),
-    )
-    .unwrap();
+    check("[export]\nendpoint = \"http://host:65535\"").unwrap();
 }
 
 #[test]

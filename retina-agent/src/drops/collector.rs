@@ -211,10 +211,6 @@ impl DropCollector {
         &mut self.probe
     }
 
-    pub fn reasons(&self) -> &DropReasons {
-        &self.reasons
-    }
-
     fn in_host(&self, key: &DropKey) -> bool {
         key.netns == self.host_netns || key.netns == 0
     }
@@ -279,9 +275,9 @@ impl DropCollector {
 
 impl DropCollector {
     /// A host interface renamed, or given another peer workload, since its series were
-    /// made: their attributes take the new name and workload (the series stays one series for the exporters' delta and cumulative state,
-    /// keyed by the kernel key). Only runs when the link table changed; allocates only
-    /// for the series of a renamed interface.
+    /// made: their attributes take the new name and workload (the series stays one series
+    /// for the exporters' delta and cumulative state, keyed by the kernel key). Only runs
+    /// when the link table changed; allocates only for the series of a renamed interface.
     fn follow_renames(&mut self, links: &Links) {
         let host = self.host_netns;
         let stale: Vec<DropKey> = self
@@ -409,9 +405,10 @@ impl Collector for DropCollector {
     }
 
     fn collect(&mut self, links: &Links) -> Result<(), CollectError> {
-        // Keys are never deleted from the map, so values only grow: read them into the
-        // series table, creating series (the only allocation) for new keys.
-        // Series retired last cycle have had their final value exported.
+        // A key's values only grow while it is in the map (only `prune` removes keys, and
+        // retires their series): read them into the series table, creating series (the
+        // only allocation of a cycle that prunes nothing) for new keys. Series retired
+        // last cycle have had their final value exported.
         let retired_overflow = &mut self.location_overflow_retired;
         self.series.retain(|k, s| {
             if s.retired && k.location == locations::UNNAMED {

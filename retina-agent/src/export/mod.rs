@@ -19,7 +19,6 @@
 //! not an SDK reader (a second reader would double the callbacks' work).
 
 pub mod catalog;
-mod config;
 mod otlp;
 mod prometheus;
 mod resource;
@@ -32,11 +31,9 @@ use std::{
     time::Instant,
 };
 
-use crate::agent::Agent;
-pub use config::{
-    Compression, ConfigError, DEFAULT_GRPC_ENDPOINT, DEFAULT_HTTP_ENDPOINT,
-    DEFAULT_PROMETHEUS_LISTEN, DEFAULT_SERVICE_NAME, ExportConfig, PrometheusConfig, Protocol,
-    Temporality, interval_from_env,
+use crate::{
+    agent::Agent,
+    config::{ExportConfig, PrometheusConfig},
 };
 pub use otlp::{partial_success_layer, partial_success_totals};
 pub use prometheus::family_name;
@@ -74,8 +71,6 @@ impl SharedAgent {
 /// What the exporters could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("export configuration: {0}")]
-    Config(#[from] ConfigError),
     #[error("reading {what} {}: {source}", path.display())]
     ReadFile {
         what: &'static str,
@@ -128,7 +123,6 @@ impl Exporters {
             tracing::info!("OTLP export and Prometheus endpoint both disabled");
             return Ok(exporters);
         }
-        export.validate()?;
         let catalog = {
             let guard = agent.lock();
             let Some(a) = guard.as_ref() else {

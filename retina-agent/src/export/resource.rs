@@ -1,37 +1,9 @@
 //! The OpenTelemetry resource: who is reporting (service, host, OS).
 
-use std::ffi::CStr;
-
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::{Resource, resource::TelemetryResourceDetector};
 
-use super::config::ExportConfig;
-
-/// `uname(2)` fields as strings.
-struct Uname {
-    release: String,
-    machine: String,
-    nodename: String,
-}
-
-fn uname() -> Option<Uname> {
-    // SAFETY: utsname is plain data; uname fills it and NUL-terminates every field.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return None;
-    }
-    let field = |f: &[libc::c_char]| {
-        // SAFETY: the kernel NUL-terminates each field within its array.
-        unsafe { CStr::from_ptr(f.as_ptr()) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    Some(Uname {
-        release: field(&u.release),
-        machine: field(&u.machine),
-        nodename: field(&u.nodename),
-    })
-}
+use crate::{config::ExportConfig, sys::uname};
 
 /// `host.arch` per the semantic conventions.
 fn host_arch(machine: &str) -> &str {

@@ -8,33 +8,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
+use retina_agent::sys::{
+    BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_LOAD,
+    BPF_RAW_TRACEPOINT_OPEN, bpf,
+};
 use serde_json::{Value, json};
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
-    // SAFETY: `attr` is the bpf_attr variant `cmd` expects (the kernel checks that bytes
-    // beyond the ones it knows are zero), and every pointer in it refers to live memory of
-    // the size the command needs.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>(),
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
 
 const BPF_PROG_TYPE_TRACING: u32 = 26;
 const BPF_TRACE_RAW_TP: u32 = 23;
@@ -108,7 +88,9 @@ fn load_and_attach(
         attach_btf_obj_fd: 0,
         _pad: 0,
     };
-    let fd = match bpf(BPF_PROG_LOAD, &mut attr) {
+    // SAFETY: a BPF_PROG_LOAD attr (unknown trailing fields zero) whose instruction,
+    // license and log pointers refer to live buffers of the lengths given.
+    let fd = match unsafe { bpf(BPF_PROG_LOAD, &mut attr) } {
         Ok(fd) => fd,
         Err(e) => {
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
@@ -131,7 +113,8 @@ fn load_and_attach(
         _pad: 0,
         cookie: 0,
     };
-    let fd = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)
+    // SAFETY: a BPF_RAW_TRACEPOINT_OPEN attr whose name is null or a live C string.
+    let fd = unsafe { bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr) }
         .with_context(|| format!("BPF_RAW_TRACEPOINT_OPEN {tracepoint:?}"))?;
     // SAFETY: as above.
     let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -335,7 +318,8 @@ fn percpu_map_with(map_type: u32, key: &[u8], max_entries: u32) -> Result<OwnedF
         max_entries,
         map_flags: 0,
     };
-    let fd = bpf(BPF_MAP_CREATE, &mut attr).context("BPF_MAP_CREATE")?;
+    // SAFETY: a BPF_MAP_CREATE attr without pointers.
+    let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr) }.context("BPF_MAP_CREATE")?;
     // SAFETY: a new descriptor that nothing else owns.
     let map = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     // Per-CPU values: one 16-byte slot per possible CPU.
@@ -348,7 +332,9 @@ fn percpu_map_with(map_type: u32, key: &[u8], max_entries: u32) -> Result<OwnedF
         value: values.as_ptr() as u64,
         flags: 0,
     };
-    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("BPF_MAP_UPDATE_ELEM")?;
+    // SAFETY: a BPF_MAP_UPDATE_ELEM attr pointing at a live key of `key_size` bytes and
+    // one live 16-byte value per possible CPU.
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.context("BPF_MAP_UPDATE_ELEM")?;
     Ok(map)
 }
 
@@ -522,7 +508,8 @@ impl ProgInfo {
             info_len: std::mem::size_of_val(&buf) as u32,
             info: buf.as_mut_ptr() as u64,
         };
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD")?;
+        // SAFETY: a BPF_OBJ_GET_INFO_BY_FD attr pointing at `info_len` writable bytes.
+        unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }.context("BPF_OBJ_GET_INFO_BY_FD")?;
         ensure!(
             attr.info_len >= 220,
             "bpf_prog_info too short ({} bytes): kernel without run-time statistics",

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path, time::Instant};
 use anyhow::{Context, Result, bail};
 use opentelemetry::KeyValue;
 use retina_agent::{
-    agent::{Agent, AgentOptions},
+    agent::Agent,
     btf::Btf,
     collectors::{
         Collector,
@@ -18,6 +18,7 @@ use retina_agent::{
         qdisc::{QdiscCollector, QdiscConfig},
         softnet::{SoftnetCollector, SoftnetConfig},
     },
+    config::Config,
     drops::{
         DropCollector,
         probe::{DropProbe, ProbeOptions},
@@ -50,7 +51,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
 /// statistics and link-state collectors when `Agent::new` does not add them itself.
 pub fn full_agent() -> Result<Agent> {
     let _rt = runtime()?.enter();
-    let mut agent = Agent::new(&AgentOptions::default()).context("starting the agent")?;
+    let mut agent = Agent::new(&Config::default()).context("starting the agent")?;
     if let Some(d) = agent.degraded().first() {
         bail!(
             "the agent could not start `{}`: {} (the bench needs every collector)",
@@ -109,7 +110,7 @@ impl Parts {
         Ok(Parts {
             links: Links::new()?,
             ethtool: EthtoolCollector::new(&EthtoolConfig::default())?,
-            netdev: NetdevCollector::new(&NetdevConfig::default())?,
+            netdev: NetdevCollector::new(&NetdevConfig::default()),
             netstat: NetstatCollector::new(&NetstatConfig::default())?,
             drops: drop_collector()?,
             softnet: SoftnetCollector::new(&SoftnetConfig::default())?,

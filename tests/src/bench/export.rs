@@ -15,7 +15,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use retina_agent::export::{ExportConfig, Exporters, PrometheusConfig, SharedAgent};
+use retina_agent::{
+    config::{ExportConfig, PrometheusConfig},
+    export::{Exporters, SharedAgent},
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 

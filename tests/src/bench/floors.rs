@@ -15,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
+use retina_agent::sys::{BPF_MAP_LOOKUP_BATCH, bpf};
 
 const NETLINK_ROUTE: libc::c_int = 0;
 const NLMSG_DONE: u16 = 3;
@@ -186,8 +187,6 @@ impl ProcFloor {
     }
 }
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
 #[repr(C)]
 struct BatchAttr {
     in_batch: u64,
@@ -240,17 +239,9 @@ impl MapFloor {
             first = false;
             // SAFETY: a BPF_MAP_LOOKUP_BATCH attr whose buffers hold `count` keys and
             // `count * ncpus` values of this map's sizes.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &raw mut attr,
-                    std::mem::size_of::<BatchAttr>(),
-                )
-            };
+            let r = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
             total += attr.count as usize;
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
+            if let Err(e) = r {
                 ensure!(e.raw_os_error() == Some(libc::ENOENT), "map batch: {e}");
                 return Ok(total);
             }

@@ -23,7 +23,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use opentelemetry::KeyValue;
 use retina_agent::{
-    export::{ExportConfig, Exporters, PrometheusConfig, SharedAgent},
+    config::{ExportConfig, PrometheusConfig},
+    export::{Exporters, SharedAgent},
     metrics::{Metric, Number},
 };
 use retina_tests::alloc;

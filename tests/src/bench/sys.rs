@@ -126,10 +126,9 @@ pub fn machine() -> Value {
         .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
         .map(|(_, m)| m.trim().to_string())
         .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let kernel = retina_agent::sys::uname()
+        .map(|u| u.release)
+        .unwrap_or_default();
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
         .output()

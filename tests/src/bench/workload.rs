@@ -289,7 +289,7 @@ pub fn run(count: usize, runs: usize) -> Result<WorkloadReport> {
     // Series per workload: one drop per pod, then the interface, driver and drop
     // collectors over the resolved link table.
     let mut collectors: Vec<Box<dyn Collector>> = vec![
-        Box::new(NetdevCollector::new(&NetdevConfig::default())?),
+        Box::new(NetdevCollector::new(&NetdevConfig::default())),
         Box::new(EthtoolCollector::new(&EthtoolConfig::default())?),
         Box::new(super::cycle::drop_collector()?),
     ];

@@ -137,8 +137,8 @@ impl EthtoolCollector {
         Ok(EthtoolCollector {
             sock: EthtoolSocket::new().map_err(EthtoolError::Socket)?,
             scratch: GuardedBuf::new(4096).map_err(EthtoolError::Buffer)?,
-            interfaces: config.interface_filter()?,
-            stats: config.stat_filter()?,
+            interfaces: config.interface_filter(),
+            stats: config.stat_filter(),
             mode: config.per_queue,
             retry_cycles: u64::from(config.unsupported_retry_cycles.max(1)),
             max_interfaces: config.max_interfaces,

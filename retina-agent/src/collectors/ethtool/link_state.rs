@@ -154,7 +154,7 @@ impl LinkStateCollector {
     /// the runtime runs it.
     pub fn new(config: &EthtoolConfig) -> Result<LinkStateCollector, EthtoolError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(EthtoolError::Runtime)?;
-        let filter = config.interface_filter()?;
+        let filter = config.interface_filter();
         let shared = Arc::new(Shared::default());
         let (stop, stopped) = oneshot::channel();
         let (finished, done) = watch::channel(0);
@@ -435,7 +435,7 @@ mod tests {
         });
         let (stop, _) = oneshot::channel();
         let mut c = LinkStateCollector::with_task(
-            NameFilter::new(&[], &[]).unwrap(),
+            NameFilter::all(),
             Arc::new(Shared::default()),
             task,
             done,

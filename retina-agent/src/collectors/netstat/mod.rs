@@ -56,7 +56,7 @@ use serde::Deserialize;
 use self::parse::{build_lines, build_pairs, check_values, scan_lines, scan_pairs, to_number};
 use crate::{
     collectors::{CollectError, Collector},
-    filter::NameFilter,
+    filter::{NameFilter, Pattern},
     links::Links,
     metrics::{Kind, Metric, Number, Visitor},
 };
@@ -106,9 +106,9 @@ pub struct NetstatConfig {
     pub proc_root: PathBuf,
     /// Fields to export, as anchored regular expressions over `GROUP:FIELD`
     /// (`TcpExt:ListenDrops`, `Tcp:.*`); empty = all.
-    pub include: Vec<String>,
+    pub include: Vec<Pattern>,
     /// Fields never exported (same syntax); wins over `include`.
-    pub exclude: Vec<String>,
+    pub exclude: Vec<Pattern>,
 }
 
 impl Default for NetstatConfig {
@@ -154,8 +154,6 @@ pub enum Problem {
 /// Why the `netstat` collector could not be built or a cycle failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetstatError {
-    #[error("invalid field pattern: {0}")]
-    Filter(#[from] regex::Error),
     #[error("path {} contains a NUL byte", path.display())]
     Path { path: PathBuf },
     #[error("reading {}: {source}", path.display())]
@@ -226,10 +224,9 @@ pub struct NetstatCollector {
 }
 
 impl NetstatCollector {
-    /// Compiles the field filter and prepares the three file paths under
-    /// `config.proc_root`.
+    /// Prepares the field filter and the three file paths under `config.proc_root`.
     pub fn new(config: &NetstatConfig) -> Result<NetstatCollector, NetstatError> {
-        let filter = NameFilter::new(&config.include, &config.exclude)?;
+        let filter = NameFilter::new(&config.include, &config.exclude);
         let net = config.proc_root.join("net");
         Ok(NetstatCollector {
             filter,

@@ -31,9 +31,8 @@ use self::{
     pipeline::{Pipeline, Sources, limit_for},
     streak::Streak,
 };
-use super::{
-    ExportError, SharedAgent, catalog::Catalog, config::ExportConfig, selfmetrics::ExportStats,
-};
+use super::{ExportError, SharedAgent, catalog::Catalog, selfmetrics::ExportStats};
+use crate::config::ExportConfig;
 
 /// Extra time an export gets beyond the transport's own timeout, so that the transport's
 /// error (with its reason) usually wins over the hard stop.

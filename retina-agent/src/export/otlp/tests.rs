@@ -15,7 +15,7 @@ use prost::Message as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 
 use super::{partial, transport};
-use crate::export::config::{ExportConfig, Protocol};
+use crate::config::{ExportConfig, Protocol};
 
 const REJECTED: i64 = 7;
 

@@ -26,25 +26,11 @@ use opentelemetry_otlp::{
 };
 use opentelemetry_sdk::metrics::Temporality as SdkTemporality;
 
-use super::super::{
-    ExportError,
-    config::{Compression, ExportConfig, Protocol, Temporality},
-};
+use super::super::ExportError;
+use crate::config::{Compression, ExportConfig, Protocol, Temporality};
 
 /// An error and its sources, `: `-separated, without repeats.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut next = e.source();
-    while let Some(cur) = next {
-        let part = cur.to_string();
-        if !s.contains(&part) {
-            s.push_str(": ");
-            s.push_str(&part);
-        }
-        next = cur.source();
-    }
-    s
-}
+pub(crate) use crate::sys::error_chain as chain;
 
 /// A PEM file: a regular file of at most [`crate::fsutil::PEM_MAX_BYTES`].
 fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ExportError> {

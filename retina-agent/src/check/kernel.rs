@@ -1,0 +1,311 @@
+//! The drop counter's checks: kernel version, BTF, capabilities, tracepoint, and a real
+//! load of the probe.
+
+use std::path::Path;
+
+use super::{Check, Status};
+use crate::{
+    btf::{Btf, VMLINUX_BTF},
+    drops::{
+        Hook,
+        preflight::{Preflight, preflight},
+        probe::ProbeError,
+    },
+    sys::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, effective_caps, error_chain, uname},
+};
+
+/// Oldest kernel whose `kfree_skb` tracepoint carries the drop reason.
+pub const MIN_KERNEL: (u32, u32) = (5, 17);
+
+/// The drop counter's checks, in the order they are printed: kernel, btf, capabilities,
+/// tracepoint, probe.
+pub(super) fn drop_counter(btf_path: Option<&Path>, map_entries: u32, hook: Hook) -> [Check; 5] {
+    let (btf_check, btf) = btf(btf_path);
+    let preflight = btf.as_ref().map(|btf| preflight(btf, map_entries, hook));
+    let (tracepoint, probe) = match &preflight {
+        Some(p) => (tracepoint(p), probe(p, map_entries)),
+        None => (
+            Check::fail(
+                "tracepoint",
+                "not checked: no BTF",
+                "see the btf check above",
+            ),
+            Check::fail("probe", "not loaded: no BTF", "see the btf check above"),
+        ),
+    };
+    let release = uname().map(|u| u.release);
+    [
+        kernel(release.as_deref(), tracepoint.status),
+        btf_check,
+        capabilities(effective_caps()),
+        tracepoint,
+        probe,
+    ]
+}
+
+/// `(major, minor)` of a kernel release string such as `6.18.0-1-amd64`.
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The kernel version; an older kernel only fails when BTF does not show a backported
+/// drop reason either (`tracepoint`).
+fn kernel(release: Option<&str>, tracepoint: Status) -> Check {
+    const NAME: &str = "kernel";
+    let Some(release) = release else {
+        return Check::warn(NAME, "uname failed", "the tracepoint check below decides");
+    };
+    let need = format!(
+        "drop reasons need {}.{} or newer",
+        MIN_KERNEL.0, MIN_KERNEL.1
+    );
+    match parse_release(release) {
+        Some(v) if v >= MIN_KERNEL => Check::pass(NAME, format!("Linux {release} ({need})")),
+        Some(_) if tracepoint == Status::Pass => Check::warn(
+            NAME,
+            format!(
+                "Linux {release} is older than {}.{}, but its BTF shows the drop reason (backport)",
+                MIN_KERNEL.0, MIN_KERNEL.1
+            ),
+            "nothing to do if the probe check passes",
+        ),
+        Some(_) => Check::fail(
+            NAME,
+            format!("Linux {release}: {need}"),
+            "upgrade the kernel to 5.17 or newer; the netdev, netstat and ethtool collectors work without it (drops.enabled = false)",
+        ),
+        None => Check::warn(
+            NAME,
+            format!("cannot parse kernel release {release:?}"),
+            "the tracepoint check below decides",
+        ),
+    }
+}
+
+fn btf(path: Option<&Path>) -> (Check, Option<Btf>) {
+    const NAME: &str = "btf";
+    let loaded = match path {
+        Some(p) => Btf::from_file(p),
+        None => Btf::from_sys(),
+    };
+    let shown = path.map_or(VMLINUX_BTF.to_string(), |p| p.display().to_string());
+    let btf = match loaded {
+        Ok(btf) => btf,
+        Err(e) => {
+            return (
+                Check::fail(
+                    NAME,
+                    e.to_string(),
+                    "the kernel must be built with CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 2020 are)",
+                ),
+                None,
+            );
+        }
+    };
+    let check = match btf.enum_values("skb_drop_reason") {
+        Some(values) if !values.is_empty() => Check::pass(
+            NAME,
+            format!(
+                "{shown}: parsed; enum skb_drop_reason has {} reasons",
+                values.len()
+            ),
+        ),
+        _ => Check::fail(
+            NAME,
+            format!("{shown}: parsed, but it has no enum skb_drop_reason"),
+            "drop reasons appeared in Linux 5.17; upgrade the kernel or set drops.enabled = false",
+        ),
+    };
+    (check, Some(btf))
+}
+
+/// CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) load the probe: without them, FAIL.
+/// CAP_NET_ADMIN and CAP_SYS_ADMIN are reported, not required: ethtool get-commands,
+/// rtnetlink dumps and /proc/net are unprivileged, and without CAP_SYS_ADMIN only the
+/// interface names of drops in other named namespaces are missing (the packaged unit
+/// grants CAP_BPF and CAP_PERFMON only).
+pub fn capabilities(caps: Option<u64>) -> Check {
+    const NAME: &str = "capabilities";
+    let Some(caps) = caps else {
+        return Check::warn(
+            NAME,
+            "cannot read CapEff from /proc/self/status",
+            "the probe check below decides",
+        );
+    };
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    let names = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ];
+    let present: Vec<&str> = names
+        .iter()
+        .filter(|(c, _)| has(*c))
+        .map(|(_, n)| *n)
+        .collect();
+    let present = if present.is_empty() {
+        "none".to_string()
+    } else {
+        present.join(", ")
+    };
+    let missing: Vec<&str> = if has(CAP_SYS_ADMIN) {
+        Vec::new()
+    } else {
+        names[..2]
+            .iter()
+            .filter(|(c, _)| !has(*c))
+            .map(|(_, n)| *n)
+            .collect()
+    };
+    if !missing.is_empty() {
+        return Check::fail(
+            NAME,
+            format!(
+                "missing {} (effective: {present}); loading the drop probe needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
+                missing.join(", ")
+            ),
+            "run as root, or grant them: AmbientCapabilities=CAP_BPF CAP_PERFMON in the systemd unit (as packaging/retina-agent.service does), or `setcap cap_bpf,cap_perfmon+ep` on the binary",
+        );
+    }
+    let mut detail = format!("effective: {present}");
+    if !has(CAP_SYS_ADMIN) {
+        detail.push_str(
+            " (without CAP_SYS_ADMIN, drops in other named namespaces carry no interface name)",
+        );
+    }
+    Check::pass(NAME, detail)
+}
+
+fn tracepoint(preflight: &Preflight) -> Check {
+    const NAME: &str = "tracepoint";
+    match &preflight.tracepoint {
+        Ok(()) => Check::pass(
+            NAME,
+            "kfree_skb has the reason argument; sk_buff/net_device offsets found in BTF",
+        ),
+        Err(e @ (ProbeError::NoTracepoint | ProbeError::NoReasonArgument { .. })) => Check::fail(
+            NAME,
+            e.to_string(),
+            "drop reasons need Linux 5.17 or newer; set drops.enabled = false to run without them",
+        ),
+        Err(e) => Check::fail(
+            NAME,
+            error_chain(e),
+            "this kernel's structure layout is not what the probe expects; please report it with `uname -r`",
+        ),
+    }
+}
+
+fn probe(preflight: &Preflight, map_entries: u32) -> Check {
+    const NAME: &str = "probe";
+    match &preflight.load {
+        Ok(attached) => Check::pass(
+            NAME,
+            format!(
+                "loaded, attached to {} kfree_skb and detached (map capacity {map_entries})",
+                attached.as_str()
+            ),
+        ),
+        Err(e) => {
+            let hint = match e {
+                ProbeError::Capabilities { .. } => {
+                    "run as root or grant CAP_BPF and CAP_PERFMON (see the capabilities check)"
+                }
+                ProbeError::NoTracepoint | ProbeError::NoReasonArgument { .. } => {
+                    "drop reasons need Linux 5.17 or newer"
+                }
+                _ => {
+                    "the kernel refused the program: `dmesg` and `bpftool prog` may say more; a lower drops.map_entries helps if memory is short"
+                }
+            };
+            Check::fail(NAME, error_chain(e), hint)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_release() {
+        assert_eq!(parse_release("6.18.0-1-amd64"), Some((6, 18)));
+        assert_eq!(parse_release("5.4.0"), Some((5, 4)));
+        assert_eq!(parse_release("5.17"), Some((5, 17)));
+        assert_eq!(parse_release("garbage"), None);
+        assert_eq!(kernel(Some("6.18.0"), Status::Pass).status, Status::Pass);
+        assert_eq!(kernel(Some("5.17.3"), Status::Fail).status, Status::Pass);
+        assert_eq!(
+            kernel(Some("5.14.0-rhel"), Status::Pass).status,
+            Status::Warn
+        );
+        let old = kernel(Some("5.10.0"), Status::Fail);
+        assert_eq!(old.status, Status::Fail);
+        assert!(old.detail.contains("5.17") && old.hint.is_some(), "{old:?}");
+    }
+
+    #[test]
+    fn capability_sets() {
+        let bits = |caps: &[u32]| Some(caps.iter().fold(0u64, |a, c| a | (1 << c)));
+        assert_eq!(
+            capabilities(bits(&[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN])).status,
+            Status::Pass
+        );
+        assert_eq!(
+            capabilities(bits(&[CAP_SYS_ADMIN, CAP_NET_ADMIN])).status,
+            Status::Pass
+        );
+        assert_eq!(capabilities(bits(&[CAP_SYS_ADMIN])).status, Status::Pass);
+        // The packaged unit's set.
+        let packaged = capabilities(bits(&[CAP_BPF, CAP_PERFMON]));
+        assert_eq!(packaged.status, Status::Pass);
+        assert!(
+            packaged.detail.contains("without CAP_SYS_ADMIN"),
+            "{packaged:?}"
+        );
+        let none = capabilities(Some(0));
+        assert_eq!(none.status, Status::Fail);
+        assert!(
+            none.detail
+                .starts_with("missing CAP_BPF, CAP_PERFMON (effective: none)"),
+            "{none:?}"
+        );
+        assert!(none.hint.unwrap().contains("AmbientCapabilities"));
+        let partial = capabilities(bits(&[CAP_BPF, CAP_NET_ADMIN]));
+        assert_eq!(partial.status, Status::Fail);
+        assert!(
+            partial.detail.starts_with("missing CAP_PERFMON "),
+            "{partial:?}"
+        );
+        assert_eq!(capabilities(None).status, Status::Warn);
+    }
+
+    #[test]
+    fn btf_without_drop_reasons_fails() {
+        let mut b = crate::btf::tests::Builder::new();
+        b.int("int", 4);
+        let dir = std::env::temp_dir().join(format!("retina-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("btf");
+        std::fs::write(&path, b.build()).unwrap();
+        let (c, parsed) = btf(Some(&path));
+        assert!(parsed.is_some());
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("no enum skb_drop_reason"), "{c:?}");
+        let t = tracepoint(&Preflight {
+            tracepoint: crate::drops::preflight::tracepoint(parsed.as_ref().unwrap()),
+            load: Err(ProbeError::NoKernelBtf),
+        });
+        assert_eq!(t.status, Status::Fail);
+        let (c, parsed) = btf(Some(&dir.join("missing")));
+        assert!(parsed.is_none());
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.hint.unwrap().contains("CONFIG_DEBUG_INFO_BTF"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
