@@ -36,9 +36,21 @@ use super::{
     sys::{self, Rusage, Summary},
 };
 
+/// The runtime the link-state collector's task runs on, for the whole process: the bench
+/// drives cycles itself, so this stands in for the daemon's runtime.
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = retina_tests::runtime()?;
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
 /// The agent as the daemon assembles it: drops, netdev, netstat, plus the NIC driver
-/// statistics and link-state collectors when `Agent::new` does not add them itself (yet).
+/// statistics and link-state collectors when `Agent::new` does not add them itself.
 pub fn full_agent() -> Result<Agent> {
+    let _rt = runtime()?.enter();
     let mut agent = Agent::new(&Config::default()).context("starting the agent")?;
     if let Some(d) = agent.degraded().first() {
         bail!(
@@ -337,7 +349,7 @@ pub fn run(agent: &mut Agent, parts: &mut Parts, cycles: usize) -> Result<CycleR
     }
 
     // A tight loop of whole cycles only: user/system split and process-wide CPU (the
-    // link-state worker thread included).
+    // runtime thread running the link-state task included).
     let tight = cycles.min(500);
     let ru0 = Rusage::thread();
     let pc0 = sys::process_cpu_ns();

@@ -56,6 +56,18 @@ pub fn helper_bin(name: &str) -> PathBuf {
     path
 }
 
+/// A tokio runtime standing in for the agent's, for tests that build collectors outside
+/// of one (the link-state collector runs as a task on the runtime it is created on). Its
+/// one worker thread runs that task while the test thread runs collection cycles; `enter`
+/// it while building the collectors or the agent.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting a tokio runtime")
+}
+
 /// Fails the test unless it runs as root: privileged tests must never skip quietly.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

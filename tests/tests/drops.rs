@@ -526,6 +526,8 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
         },
         ..Config::default()
     };
+    let rt = runtime()?;
+    let _rt = rt.enter();
     let mut agent = Agent::new(&options)?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     let t = traffic();
@@ -715,6 +717,8 @@ fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
             },
             ..Config::default()
         };
+        let rt = runtime()?;
+        let _rt = rt.enter();
         let mut agent = Agent::new(&options)?;
         assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
         let ns = NetNs::new("rdel")?;
@@ -741,6 +745,8 @@ fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
 fn keys_of_an_interface_deleted_in_a_named_namespace_leave_with_it() -> anyhow::Result<()> {
     use retina_agent::{agent::Agent, config::Config};
     require_root();
+    let rt = runtime()?;
+    let _rt = rt.enter();
     let mut agent = Agent::new(&Config::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     let ns = NetNs::new("rnd")?;
@@ -773,6 +779,8 @@ fn missed_drops_are_the_kernels_recursion_misses() -> anyhow::Result<()> {
         metrics::{Metric, Number},
     };
     require_root();
+    let rt = runtime()?;
+    let _rt = rt.enter();
     let mut agent = Agent::new(&Config::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     let ns = NetNs::new("rmis")?;

@@ -370,6 +370,8 @@ fn churn_leaves_no_state_behind() -> Result<()> {
     let mut links = Links::new()?;
     // Every interface (lo too): the collector must track exactly the link table.
     let mut c = EthtoolCollector::new(&config(QueueMode::Sum, &[]))?;
+    let rt = runtime()?;
+    let _rt = rt.enter();
     let mut ls = LinkStateCollector::new(&config(QueueMode::Sum, &[]))?;
     cycle(&mut links, &mut c)?;
     let mut gone = Vec::new();
@@ -377,7 +379,7 @@ fn churn_leaves_no_state_behind() -> Result<()> {
         let pairs: Vec<Veth> = (0..4).map(|_| Veth::new("retc")).collect::<Result<_>>()?;
         cycle(&mut links, &mut c)?;
         ls.collect(&links).map_err(|e| anyhow::anyhow!("{e}"))?;
-        ls.refresh_blocking(&links, Duration::from_secs(10))?;
+        rt.block_on(ls.refresh(&links, Duration::from_secs(10)))?;
         let points = capture(&c);
         let link_points = capture(&ls);
         for v in &pairs {
@@ -540,9 +542,11 @@ fn link_state_matches_ethtool() -> Result<()> {
     let veth = Veth::new("retk")?;
     let mut links = Links::new()?;
     links.refresh()?;
+    let rt = runtime()?;
+    let _rt = rt.enter();
     let mut ls = LinkStateCollector::new(&config(QueueMode::Sum, &[&veth.host, "eth0"]))?;
     ls.collect(&links).map_err(|e| anyhow::anyhow!("{e}"))?;
-    ls.refresh_blocking(&links, Duration::from_secs(10))?;
+    rt.block_on(ls.refresh(&links, Duration::from_secs(10)))?;
     let points = capture(&ls);
     let get = |metric: &str, iface: &str, second: &str| {
         points

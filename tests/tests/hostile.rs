@@ -397,10 +397,12 @@ fn a_non_utf8_interface_name_spoils_nothing() -> Result<()> {
         interfaces_exclude: Vec::new(),
         ..EthtoolConfig::default()
     };
+    let rt = runtime()?;
+    let _rt = rt.enter();
     let mut ls = LinkStateCollector::new(&config)?;
     ls.collect(&links).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The odd interface's message does not decode: reported, but only it is missing.
-    let refresh = ls.refresh_blocking(&links, Duration::from_secs(10));
+    let refresh = rt.block_on(ls.refresh(&links, Duration::from_secs(10)));
     eprintln!("link-state refresh with the odd name: {refresh:?}");
     let points = by_interface(&ls);
     for name in [&odd.host, &normal.host, &normal.peer] {
@@ -437,6 +439,8 @@ fn fds() -> Result<usize> {
 fn deleted_namespaces_are_released() -> Result<()> {
     require_root();
     const N: usize = 30;
+    let rt = runtime()?;
+    let _rt = rt.enter();
     let mut agent = Agent::new(&Config::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     agent.cycle();
@@ -498,6 +502,8 @@ fn deleted_namespaces_are_released() -> Result<()> {
 #[test]
 fn a_drop_series_follows_an_interface_rename() -> Result<()> {
     require_root();
+    let rt = runtime()?;
+    let _rt = rt.enter();
     let mut agent = Agent::new(&Config::default())?;
     assert!(agent.degraded().is_empty(), "{:?}", agent.degraded());
     let ns = NetNs::new("rren")?;

@@ -3,7 +3,7 @@
 //!
 //! A counting global allocator counts `alloc`/`alloc_zeroed`/`realloc` calls made on the
 //! test's own thread while counting is switched on (other threads — the test harness, the
-//! link-state worker — allocate freely). 16 veth pairs are created, a few warm-up cycles
+//! tokio worker running the link-state task — allocate freely). 16 veth pairs are created, a few warm-up cycles
 //! size every buffer, then 1000 cycles must allocate exactly nothing.
 //!
 //! To cover another collector, add one line to `collectors()`. The drop collector runs with
@@ -167,6 +167,8 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
         ],
     )?;
     let mut links = Links::new()?;
+    let rt = runtime()?;
+    let _rt = rt.enter();
     let mut collectors = collectors()?;
     // Datagrams to a closed port, one drop key, for the whole test.
     let ns = NetNs::new("rzal")?;

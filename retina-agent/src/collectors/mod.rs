@@ -5,6 +5,7 @@
 
 pub mod conntrack;
 pub mod ethtool;
+pub mod interfaces;
 pub mod netdev;
 pub mod netstat;
 pub mod procfile;
@@ -21,8 +22,8 @@ use crate::{
 pub type CollectError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 pub trait Collector: Send {
-    /// Short stable name (`drops`, `ethtool`, `netdev`, `netstat`), used in logs and in
-    /// self-telemetry.
+    /// Short stable name (`drops`, `ethtool`, `ethtool_link`, `netdev`, `netstat`, ...),
+    /// used in logs and in self-telemetry.
     fn name(&self) -> &'static str;
 
     /// Every metric this collector can emit, so exporters can register instruments once.

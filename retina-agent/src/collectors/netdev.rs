@@ -20,9 +20,9 @@ use opentelemetry::KeyValue;
 use serde::Deserialize;
 
 use crate::{
-    collectors::{CollectError, Collector},
+    collectors::{CollectError, Collector, interfaces::Interfaces},
     filter::{NameFilter, Pattern},
-    links::{LinkStats, Links},
+    links::{Link, LinkStats, Links},
     metrics::{Kind, Metric, Number, Visitor, attr},
 };
 
@@ -89,26 +89,13 @@ struct Series {
     stats: LinkStats,
 }
 
-/// What the collector keeps per ifindex (also for interfaces the filter rejects, so the
-/// filter runs once per interface, not once per cycle).
-#[derive(Debug)]
-struct Iface {
-    ifindex: u32,
-    /// [`Link::instance`](crate::links::Link::instance) the entry was built for.
-    instance: u64,
-    /// Cycle that last saw the interface.
-    seen: u64,
-    /// `None` when the filter rejects the interface.
-    series: Option<Series>,
-}
-
 /// Interface counters from the [`Links`] table.
 #[derive(Debug)]
 pub struct NetdevCollector {
     filter: NameFilter,
-    /// Sorted by ifindex.
-    ifaces: Vec<Iface>,
-    cycle: u64,
+    /// Per interface (also those the filter rejects, `None`: the filter runs once per
+    /// interface, not once per cycle).
+    ifaces: Interfaces<Option<Series>>,
 }
 
 impl NetdevCollector {
@@ -121,71 +108,51 @@ impl NetdevCollector {
     pub fn with_filter(filter: NameFilter) -> NetdevCollector {
         NetdevCollector {
             filter,
-            ifaces: Vec::new(),
-            cycle: 0,
+            ifaces: Interfaces::new(),
         }
     }
 
     /// Copies the counters of every interface in `links`; interfaces no longer there are
     /// forgotten. Allocates only for an interface that is new (or renamed/recreated).
     pub fn update(&mut self, links: &Links) {
-        self.cycle += 1;
-        let cycle = self.cycle;
+        self.ifaces.begin();
         for link in links.iter() {
-            let i = match self
-                .ifaces
-                .binary_search_by_key(&link.ifindex, |i| i.ifindex)
-            {
-                Ok(i) if self.ifaces[i].instance == link.instance => i,
-                found => {
-                    let series = self.filter.matches(&link.name).then(|| {
-                        let set = |direction: &'static str| {
-                            let mut kv = vec![
-                                KeyValue::new(attr::INTERFACE_NAME, link.name.clone()),
-                                KeyValue::new(attr::IO_DIRECTION, direction),
-                            ];
-                            if let Some(w) = &link.workload {
-                                w.push_attributes(&mut kv);
-                            }
-                            kv.into_boxed_slice()
-                        };
-                        Series {
-                            receive: set("receive"),
-                            transmit: set("transmit"),
-                            stats: link.stats,
-                        }
-                    });
-                    let iface = Iface {
-                        ifindex: link.ifindex,
-                        instance: link.instance,
-                        seen: cycle,
-                        series,
-                    };
-                    match found {
-                        Ok(i) => {
-                            self.ifaces[i] = iface;
-                            i
-                        }
-                        Err(i) => {
-                            self.ifaces.insert(i, iface);
-                            i
-                        }
-                    }
-                }
+            let filter = &self.filter;
+            let Some((series, _)) = self.ifaces.track(link, |link| series(filter, link)) else {
+                continue;
             };
-            let iface = &mut self.ifaces[i];
-            iface.seen = cycle;
-            if let Some(series) = &mut iface.series {
+            if let Some(series) = series {
                 series.stats = link.stats;
             }
         }
-        self.ifaces.retain(|i| i.seen == cycle);
+        self.ifaces.end();
     }
 
     /// Number of interfaces currently exported.
     pub fn exported(&self) -> usize {
-        self.ifaces.iter().filter(|i| i.series.is_some()).count()
+        self.ifaces.values().filter(|s| s.is_some()).count()
     }
+}
+
+/// The attribute sets of `link`, if `filter` selects it.
+fn series(filter: &NameFilter, link: &Link) -> Option<Series> {
+    filter.matches(&link.name).then(|| {
+        let set = |direction: &'static str| {
+            let mut kv = vec![
+                KeyValue::new(attr::INTERFACE_NAME, link.name.clone()),
+                KeyValue::new(attr::IO_DIRECTION, direction),
+            ];
+            if let Some(w) = &link.workload {
+                w.push_attributes(&mut kv);
+            }
+            kv.into_boxed_slice()
+        };
+        Series {
+            receive: set("receive"),
+            transmit: set("transmit"),
+            stats: link.stats,
+        }
+    })
 }
 
 impl Collector for NetdevCollector {
@@ -203,7 +170,7 @@ impl Collector for NetdevCollector {
     }
 
     fn visit(&self, visitor: &mut dyn Visitor) {
-        for s in self.ifaces.iter().filter_map(|i| i.series.as_ref()) {
+        for s in self.ifaces.values().flatten() {
             let st = &s.stats;
             let (rx, tx) = (&s.receive[..], &s.transmit[..]);
             visitor.point(&NETWORK_IO, rx, Number::U64(st.rx_bytes));
@@ -223,7 +190,6 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::links::Link;
 
     fn link(ifindex: u32, name: &str, base: u64) -> Link {
         let mut l = Link::new(ifindex, name);
@@ -328,10 +294,7 @@ mod tests {
         assert_eq!(names(&c), ["eth7", "veth2"]);
         // Nothing stale is kept, not even for rejected interfaces.
         assert_eq!(c.ifaces.len(), 4);
-        assert_eq!(
-            c.ifaces.iter().map(|i| i.ifindex).collect::<Vec<_>>(),
-            [1, 2, 6, 8]
-        );
+        assert_eq!(c.ifaces.ifindexes().collect::<Vec<_>>(), [1, 2, 6, 8]);
 
         // Renamed so the filter now rejects it: ifindex 2 stops being exported.
         links.upsert(link(2, "wan0", 0));
@@ -344,7 +307,7 @@ mod tests {
         let mut links = Links::from_links([link(2, "eth0", 10)]);
         let mut c = NetdevCollector::with_filter(NameFilter::all());
         c.collect(&links).unwrap();
-        let name_ptr = match &c.ifaces[0].series.as_ref().unwrap().receive[0].value {
+        let name_ptr = match &c.ifaces.get(2).unwrap().as_ref().unwrap().receive[0].value {
             opentelemetry::Value::String(s) => s.as_str().as_ptr(),
             v => panic!("{v:?}"),
         };
@@ -357,7 +320,7 @@ mod tests {
             points(&c)[&key("system.network.io", "eth0", "receive")],
             5000
         );
-        let again = match &c.ifaces[0].series.as_ref().unwrap().receive[0].value {
+        let again = match &c.ifaces.get(2).unwrap().as_ref().unwrap().receive[0].value {
             opentelemetry::Value::String(s) => s.as_str().as_ptr(),
             v => panic!("{v:?}"),
         };

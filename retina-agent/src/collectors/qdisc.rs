@@ -28,29 +28,31 @@
 //! `qdisc.parent` in tc's notation (`1:`, `1:10`, `root`, `ffff:fff1`), `qdisc.class`
 //! (`qdisc` or `class`).
 
+mod msg;
+mod table;
+#[cfg(test)]
+mod tests;
+
 use std::{
     io,
     os::fd::{AsRawFd, OwnedFd, RawFd},
-    sync::Arc,
 };
 
-use opentelemetry::KeyValue;
 use serde::Deserialize;
 
+pub use self::msg::{TcMsg, TcStats, classid, parse_tc, qdisc_handle};
+use self::{
+    msg::{RTM_GETQDISC, RTM_GETTCLASS, TCMSG_LEN},
+    table::{Dump, Step, Table},
+};
 use crate::{
     collectors::{CollectError, Collector},
     links::{
-        self, INITIAL_BUF, LinkError, Links, MAX_ATTEMPTS, MAX_BUF, Malformed, NLM_F_DUMP_INTR,
-        NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP, NLMSG_OVERRUN, RECV_TIMEOUT, align4,
-        lossy_arc, lossy_eq, read_i32, read_u16, read_u32,
+        self, INITIAL_BUF, LinkError, Links, MAX_ATTEMPTS, MAX_BUF, Malformed, NLMSG_HDRLEN,
+        RECV_TIMEOUT, read_u32,
     },
-    metrics::{Kind, Metric, Number, Visitor, attr},
+    metrics::{Kind, Metric, Number, Visitor},
 };
-
-mod msg;
-
-use msg::{RTM_GETQDISC, RTM_GETTCLASS, RTM_NEWQDISC, RTM_NEWTCLASS, TCMSG_LEN};
-pub use msg::{TcMsg, TcStats, classid, parse_tc, qdisc_handle};
 
 pub const QDISC_PACKETS: Metric = Metric {
     name: "retina.qdisc.packets",
@@ -189,50 +191,6 @@ pub enum QdiscError {
     },
     #[error("rtnetlink {op}: qdiscs kept changing during {attempts} dumps")]
     Inconsistent { op: &'static str, attempts: u32 },
-}
-
-/// One exported qdisc or class.
-#[derive(Debug)]
-struct Series {
-    key: (u32, bool, u32, u32),
-    /// [`Link::instance`](crate::links::Link::instance) the attributes were built for.
-    instance: u64,
-    /// [`Links::generation`] when `instance` was last checked.
-    generation: u64,
-    kind: Arc<str>,
-    /// Not a kind of [`NO_CLASSES`].
-    classful: bool,
-    attrs: [KeyValue; 5],
-    stats: TcStats,
-    seen: u64,
-}
-
-#[derive(Debug, Default)]
-struct Table {
-    /// Sorted by key (ifindex, is class, handle, parent).
-    series: Vec<Series>,
-    stamp: u64,
-    /// Interfaces with a classful qdisc, from this cycle's qdisc dump.
-    classful: Vec<u32>,
-    classes: bool,
-    /// Index of the series after the one last applied.
-    cursor: usize,
-}
-
-/// State of one dump while its datagrams arrive.
-struct Dump {
-    op: &'static str,
-    seq: u32,
-    portid: u32,
-    class: bool,
-    interrupted: bool,
-    error: Option<QdiscError>,
-}
-
-enum Step {
-    More,
-    Done,
-    Abort,
 }
 
 /// Qdisc and class statistics over rtnetlink.
@@ -440,160 +398,6 @@ impl QdiscCollector {
     }
 }
 
-impl Table {
-    fn feed(&mut self, links: &Links, dump: &mut Dump, data: &[u8]) -> Step {
-        let mut off = 0;
-        while off < data.len() {
-            let left = data.len() - off;
-            let len = if left >= NLMSG_HDRLEN {
-                read_u32(data, off) as usize
-            } else {
-                0
-            };
-            if len < NLMSG_HDRLEN || len > left {
-                dump.error.get_or_insert(QdiscError::Malformed {
-                    op: dump.op,
-                    offset: off,
-                    ifindex: None,
-                    what: if left < NLMSG_HDRLEN {
-                        Malformed::TrailingBytes { left }
-                    } else {
-                        Malformed::MessageLength {
-                            len: len as u32,
-                            avail: left,
-                        }
-                    },
-                });
-                return Step::Abort;
-            }
-            let ty = read_u16(data, off + 4);
-            let flags = read_u16(data, off + 6);
-            let seq = read_u32(data, off + 8);
-            let pid = read_u32(data, off + 12);
-            let payload = &data[off + NLMSG_HDRLEN..off + len];
-            let at = off;
-            off += align4(len);
-            if seq != dump.seq || pid != dump.portid {
-                continue;
-            }
-            if flags & NLM_F_DUMP_INTR != 0 {
-                dump.interrupted = true;
-            }
-            match ty {
-                NLMSG_NOOP => {}
-                NLMSG_DONE | NLMSG_ERROR => {
-                    let err = payload.get(..4).map_or(0, |b| read_i32(b, 0));
-                    if err < 0 {
-                        dump.error.get_or_insert(QdiscError::Kernel {
-                            op: dump.op,
-                            source: io::Error::from_raw_os_error(err.saturating_neg()),
-                        });
-                    }
-                    return Step::Done;
-                }
-                NLMSG_OVERRUN => {
-                    dump.error.get_or_insert(QdiscError::Kernel {
-                        op: dump.op,
-                        source: io::Error::from_raw_os_error(libc::ENOBUFS),
-                    });
-                    return Step::Abort;
-                }
-                RTM_NEWQDISC | RTM_NEWTCLASS if (ty == RTM_NEWTCLASS) == dump.class => {
-                    match parse_tc(payload) {
-                        Ok(msg) => self.apply(links, dump.class, &msg),
-                        Err((ifindex, what)) => {
-                            dump.error.get_or_insert(QdiscError::Malformed {
-                                op: dump.op,
-                                offset: at,
-                                ifindex,
-                                what,
-                            });
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        Step::More
-    }
-
-    fn apply(&mut self, links: &Links, class: bool, m: &TcMsg<'_>) {
-        let key = (m.ifindex, class, m.handle, m.parent);
-        // Fast path: dumps come in the same order every cycle, so the series after the
-        // last one applied is usually this one; its interface is known to be the same
-        // device while the link table's generation has not moved.
-        let found = match self.series.get(self.cursor) {
-            Some(s) if s.key == key => Ok(self.cursor),
-            _ => self.series.binary_search_by_key(&key, |s| s.key),
-        };
-        if let (Ok(i), Some(stats)) = (found, m.stats) {
-            let generation = links.generation();
-            let s = &mut self.series[i];
-            let same_kind = s.kind.as_bytes() == m.kind || lossy_eq(m.kind, &s.kind);
-            let same_link = s.generation == generation
-                || links
-                    .get(m.ifindex)
-                    .is_some_and(|l| l.instance == s.instance);
-            if same_kind && same_link {
-                s.generation = generation;
-                s.stats = stats;
-                s.seen = self.stamp;
-                let classful = s.classful;
-                self.cursor = i + 1;
-                self.note_classful(class, classful, m.ifindex);
-                return;
-            }
-        }
-        let classful = !NO_CLASSES.iter().any(|k| k.as_bytes() == m.kind);
-        self.note_classful(class, classful, m.ifindex);
-        let Some(stats) = m.stats else { return };
-        // An interface the link table does not know yet is picked up next cycle.
-        let Some(link) = links.get(m.ifindex) else {
-            return;
-        };
-        let kind = lossy_arc(m.kind);
-        let handle = if class {
-            classid(m.handle)
-        } else {
-            qdisc_handle(m.handle)
-        };
-        let s = Series {
-            key,
-            instance: link.instance,
-            generation: links.generation(),
-            attrs: [
-                KeyValue::new(attr::INTERFACE_NAME, link.name.clone()),
-                KeyValue::new(ATTR_KIND, kind.clone()),
-                KeyValue::new(ATTR_HANDLE, handle),
-                KeyValue::new(ATTR_PARENT, classid(m.parent)),
-                KeyValue::new(ATTR_CLASS, if class { "class" } else { "qdisc" }),
-            ],
-            kind,
-            classful,
-            stats,
-            seen: self.stamp,
-        };
-        let i = match found {
-            Ok(i) => {
-                self.series[i] = s;
-                i
-            }
-            Err(i) => {
-                self.series.insert(i, s);
-                i
-            }
-        };
-        self.cursor = i + 1;
-    }
-
-    /// Remembers that the interface of a qdisc of a classful kind needs a class dump.
-    fn note_classful(&mut self, class: bool, classful: bool, ifindex: u32) {
-        if !class && classful && self.classes && self.classful.last() != Some(&ifindex) {
-            self.classful.push(ifindex);
-        }
-    }
-}
-
 impl Collector for QdiscCollector {
     fn name(&self) -> &'static str {
         "qdisc"
@@ -620,134 +424,5 @@ impl Collector for QdiscCollector {
             visitor.point(&QDISC_BACKLOG, a, Number::U64(st.backlog));
             visitor.point(&QDISC_QLEN, a, Number::U64(st.qlen));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{
-        msg::{TC_H_ROOT, TCA_KIND, TCA_STATS_BASIC, TCA_STATS_QUEUE, TCA_STATS2, build::*},
-        *,
-    };
-
-    /// One netlink message of type `ty` around `payload`.
-    fn nlmsg(out: &mut Vec<u8>, ty: u16, seq: u32, payload: &[u8]) {
-        let len = NLMSG_HDRLEN + payload.len();
-        out.extend_from_slice(&(len as u32).to_ne_bytes());
-        out.extend_from_slice(&ty.to_ne_bytes());
-        out.extend_from_slice(&0u16.to_ne_bytes());
-        out.extend_from_slice(&seq.to_ne_bytes());
-        out.extend_from_slice(&7u32.to_ne_bytes());
-        out.extend_from_slice(payload);
-        while !out.len().is_multiple_of(4) {
-            out.push(0);
-        }
-    }
-
-    fn qdisc_msg(ifindex: i32, handle: u32, parent: u32, kind: &[u8], drops: u32) -> Vec<u8> {
-        let mut p = tcmsg(ifindex, handle, parent);
-        nla(&mut p, TCA_KIND, kind);
-        let mut nested = Vec::new();
-        nla(&mut nested, TCA_STATS_BASIC, &basic(100, 10));
-        nla(&mut nested, TCA_STATS_QUEUE, &queue([0, 0, drops, 0, 0]));
-        nla(&mut p, TCA_STATS2, &nested);
-        p
-    }
-
-    fn feed(t: &mut Table, links: &Links, seq: u32, msgs: &[Vec<u8>]) -> bool {
-        let mut data = Vec::new();
-        for m in msgs {
-            nlmsg(&mut data, RTM_NEWQDISC, seq, m);
-        }
-        nlmsg(&mut data, NLMSG_DONE, seq, &0i32.to_ne_bytes());
-        let mut dump = Dump {
-            op: "test",
-            seq,
-            portid: 7,
-            class: false,
-            interrupted: false,
-            error: None,
-        };
-        t.stamp += 1;
-        t.cursor = 0;
-        t.classful.clear();
-        let done = matches!(t.feed(links, &mut dump, &data), Step::Done);
-        done && dump.error.is_none()
-    }
-
-    #[test]
-    fn series_are_updated_in_place_and_rebuilt_on_change() {
-        let mut links = Links::from_links([
-            crate::links::Link::new(2, "eth0"),
-            crate::links::Link::new(3, "veth1"),
-        ]);
-        let mut t = Table {
-            classes: true,
-            ..Table::default()
-        };
-        let msgs = |drops| {
-            vec![
-                qdisc_msg(2, 0x10000, TC_H_ROOT, b"htb\0", drops),
-                qdisc_msg(2, 0x100000, 0x10010, b"pfifo\0", drops),
-                qdisc_msg(3, 0, TC_H_ROOT, b"noqueue\0", 0),
-                // An interface the link table does not know: skipped.
-                qdisc_msg(9, 0, TC_H_ROOT, b"noqueue\0", 0),
-            ]
-        };
-        assert!(feed(&mut t, &links, 1, &msgs(1)));
-        assert_eq!(t.series.len(), 3);
-        assert_eq!(t.classful, [2]);
-        let attrs_ptr = t.series[0].attrs.as_ptr();
-        let handle = t.series[1].attrs[2].value.to_string();
-        assert_eq!(handle, "10:");
-        assert_eq!(t.series[1].attrs[3].value.to_string(), "1:10");
-        assert!(feed(&mut t, &links, 2, &msgs(5)));
-        assert_eq!(t.series[0].stats.drops, 5);
-        assert_eq!(
-            t.series[0].attrs.as_ptr(),
-            attrs_ptr,
-            "rebuilt without a change"
-        );
-        assert!(t.series.iter().all(|s| s.seen == t.stamp));
-        // The root qdisc replaced by another kind, and eth0 renamed: rebuilt.
-        links.upsert(crate::links::Link::new(2, "wan0"));
-        let mut m = msgs(0);
-        m[0] = qdisc_msg(2, 0x10000, TC_H_ROOT, b"prio\0", 0);
-        assert!(feed(&mut t, &links, 3, &m));
-        assert_eq!(t.series[0].attrs[1].value.to_string(), "prio");
-        assert_eq!(t.series[0].attrs[0].value.to_string(), "wan0");
-        assert_eq!(t.series[1].attrs[0].value.to_string(), "wan0");
-        // A reply to another request is ignored; a malformed message is an error.
-        let mut data = Vec::new();
-        nlmsg(
-            &mut data,
-            RTM_NEWQDISC,
-            99,
-            &qdisc_msg(2, 0x20000, TC_H_ROOT, b"tbf\0", 0),
-        );
-        nlmsg(&mut data, RTM_NEWQDISC, 4, &[0; 8]);
-        nlmsg(&mut data, NLMSG_DONE, 4, &0i32.to_ne_bytes());
-        let mut dump = Dump {
-            op: "RTM_GETQDISC dump",
-            seq: 4,
-            portid: 7,
-            class: false,
-            interrupted: false,
-            error: None,
-        };
-        assert!(matches!(t.feed(&links, &mut dump, &data), Step::Done));
-        let err = dump.error.expect("malformed message").to_string();
-        assert!(
-            err.contains("RTM_GETQDISC dump") && err.contains("shorter"),
-            "{err}"
-        );
-        assert_eq!(t.series.len(), 3);
-    }
-
-    #[test]
-    fn config_defaults() {
-        let c = QdiscConfig::default();
-        assert!(c.enabled && c.classes);
-        assert!(serde_json::from_str::<QdiscConfig>(r#"{"class": true}"#).is_err());
     }
 }

@@ -1,33 +1,35 @@
-//! Link state (speed, duplex, rings, channels) from the ethtool generic-netlink family.
+//! The `ethtool_link` collector: speed, duplex, ring sizes and channel counts of every
+//! selected interface, from the ethtool generic-netlink family ([`query_link_state`]).
 //!
-//! [`query_link_state`] does the work: three dump requests (`ETHTOOL_MSG_LINKMODES_GET`,
-//! `ETHTOOL_MSG_RINGS_GET`, `ETHTOOL_MSG_CHANNELS_GET`) over one fresh connection, each
-//! answering for every interface that supports it. The `ethtool` crate builds and parses
-//! those messages with heap allocations, so this never runs inside a collection cycle:
-//! [`LinkStateCollector`] runs it on a thread of its own (a current-thread tokio runtime)
-//! every `link_state_interval`, and sooner when `collect` sees a new interface; `collect`
-//! only swaps in the latest prepared result, and `visit` reads it.
+//! That query allocates, so it never runs inside a collection cycle: a task on the agent's
+//! tokio runtime waits, in one `select!`, for the refresh interval, for a trigger (a new
+//! interface, or [`LinkStateCollector::refresh`]) and for shutdown; it runs the query,
+//! builds the data points and publishes them. `collect` only swaps in the newest
+//! published result, and `visit` reads it.
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Condvar, Mutex, MutexGuard},
-    thread::JoinHandle,
-    time::{Duration, Instant},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
-use ethtool::{
-    EthtoolAttr, EthtoolChannelAttr, EthtoolHeader, EthtoolLinkModeAttr, EthtoolLinkModeDuplex,
-    EthtoolRingAttr,
-};
-use futures_util::StreamExt;
 use opentelemetry::KeyValue;
+use tokio::{
+    sync::{Notify, oneshot, watch},
+    task::JoinHandle,
+    time::Instant,
+};
 
 use super::{
     EthtoolConfig, EthtoolError, NIC_CHANNEL_COUNT, NIC_LINK_DUPLEX, NIC_LINK_SPEED, NIC_RING_SIZE,
     attr,
+    netlink::{LinkStateError, LinkStateTable, query_link_state},
 };
 use crate::{
-    collectors::{CollectError, Collector},
+    collectors::{
+        CollectError, Collector,
+        interfaces::{Change, Interfaces},
+    },
     filter::NameFilter,
     links::Links,
     metrics::{Metric, Number, Visitor, attr::INTERFACE_NAME},
@@ -40,205 +42,10 @@ static LINK_METRICS: [&Metric; 4] = [
     &NIC_CHANNEL_COUNT,
 ];
 
-/// Event-triggered refreshes (a new interface) are at least this far apart.
+/// Triggered refreshes (a new interface) are at least this far apart.
 const MIN_GAP: Duration = Duration::from_secs(1);
 
-/// `SPEED_UNKNOWN` in `<linux/ethtool.h>`.
-const SPEED_UNKNOWN: u32 = u32::MAX;
-
-/// Why a link-state refresh failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LinkStateError {
-    #[error("ethtool netlink: opening the connection: {0}")]
-    Connect(String),
-    #[error("ethtool netlink: {request} dump: {error}")]
-    Request {
-        request: &'static str,
-        error: String,
-    },
-    #[error("ethtool link state: {0}")]
-    Worker(String),
-    #[error("ethtool link state: no refresh within {0:?}")]
-    Timeout(Duration),
-}
-
-/// One interface's link state as the kernel reported it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LinkState {
-    pub name: String,
-    /// Mb/s; `None` when unknown (no carrier, virtual device without a speed).
-    pub speed_mbps: Option<u32>,
-    /// `Some(true)` full, `Some(false)` half, `None` unknown.
-    pub duplex_full: Option<bool>,
-    /// `(ring, setting, size)`: ring `rx`/`tx`/`rx_mini`/`rx_jumbo`, setting
-    /// `current`/`max`. Only rings the driver has.
-    pub rings: Vec<(&'static str, &'static str, u32)>,
-    /// `(type, setting, count)`: type `rx`/`tx`/`other`/`combined`, setting
-    /// `current`/`max`. Only channel types the driver has.
-    pub channels: Vec<(&'static str, &'static str, u32)>,
-}
-
-/// Link state by ifindex.
-pub type LinkStateTable = BTreeMap<u32, LinkState>;
-
-fn header(h: &[EthtoolHeader]) -> (Option<u32>, Option<String>) {
-    let mut index = None;
-    let mut name = None;
-    for a in h {
-        match a {
-            EthtoolHeader::DevIndex(i) => index = Some(*i),
-            EthtoolHeader::DevName(n) => name = Some(n.clone()),
-            _ => {}
-        }
-    }
-    (index, name)
-}
-
-/// Reads the link state of every interface whose name `filter` selects, with three
-/// dumps over a new ethtool netlink connection. Needs a tokio runtime with IO enabled.
-///
-/// A message that does not decode (the `ethtool` crate refuses an interface name that is
-/// not UTF-8) costs only its own interface: the rest of the dump is still read. The first
-/// error is returned next to the (partial) table.
-pub async fn query_link_state(
-    filter: &NameFilter,
-) -> Result<(LinkStateTable, Option<LinkStateError>), LinkStateError> {
-    let (conn, mut handle, _) =
-        ethtool::new_connection().map_err(|e| LinkStateError::Connect(e.to_string()))?;
-    let mut table = LinkStateTable::new();
-    let mut first_error = None;
-    let work = async {
-        for request in ["LINKMODES", "RINGS", "CHANNELS"] {
-            let result = match request {
-                "LINKMODES" => handle
-                    .link_mode()
-                    .get(None)
-                    .execute()
-                    .await
-                    .map(|s| s.boxed_local()),
-                "RINGS" => handle
-                    .ring()
-                    .get(None)
-                    .execute()
-                    .await
-                    .map(|s| s.boxed_local()),
-                _ => handle
-                    .channel()
-                    .get(None)
-                    .execute()
-                    .await
-                    .map(|s| s.boxed_local()),
-            };
-            let mut stream = match result {
-                Ok(s) => s,
-                Err(e) => {
-                    first_error.get_or_insert(LinkStateError::Request {
-                        request,
-                        error: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            while let Some(msg) = stream.next().await {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        // One message the crate cannot decode (an interface whose name is
-                        // not UTF-8: it parses names as `String`) spoils only that
-                        // interface: the rest of the dump still comes.
-                        first_error.get_or_insert(LinkStateError::Request {
-                            request,
-                            error: e.to_string(),
-                        });
-                        continue;
-                    }
-                };
-                apply_link_state(&mut table, filter, &msg.payload.nlas);
-            }
-        }
-    };
-    // The connection future drives the socket; it is dropped (closing the socket) once
-    // the requests are done.
-    tokio::select! {
-        biased;
-        () = work => {}
-        () = conn => {
-            return Err(LinkStateError::Connect("connection closed".into()));
-        }
-    }
-    Ok((table, first_error))
-}
-
-/// Folds one reply message (its attributes as the `ethtool` crate decoded them) into
-/// `table`, as [`query_link_state`] does with every message of its dumps. Public as the
-/// entry point of the fuzz target `ethtool` (`fuzz/`).
-pub fn apply_link_state(table: &mut LinkStateTable, filter: &NameFilter, nlas: &[EthtoolAttr]) {
-    let (mut index, mut name) = (None, None);
-    for nla in nlas {
-        let h = match nla {
-            EthtoolAttr::LinkMode(EthtoolLinkModeAttr::Header(h))
-            | EthtoolAttr::Ring(EthtoolRingAttr::Header(h))
-            | EthtoolAttr::Channel(EthtoolChannelAttr::Header(h)) => h,
-            _ => continue,
-        };
-        (index, name) = header(h);
-    }
-    let (Some(index), Some(name)) = (index, name) else {
-        return;
-    };
-    if !filter.matches(&name) {
-        return;
-    }
-    let state = table.entry(index).or_insert_with(|| LinkState {
-        name,
-        ..LinkState::default()
-    });
-    for nla in nlas {
-        match nla {
-            EthtoolAttr::LinkMode(EthtoolLinkModeAttr::Speed(s)) => {
-                state.speed_mbps = (*s != SPEED_UNKNOWN && *s != 0).then_some(*s);
-            }
-            EthtoolAttr::LinkMode(EthtoolLinkModeAttr::Duplex(d)) => {
-                state.duplex_full = match d {
-                    EthtoolLinkModeDuplex::Full => Some(true),
-                    EthtoolLinkModeDuplex::Half => Some(false),
-                    _ => None,
-                };
-            }
-            EthtoolAttr::Ring(r) => {
-                let (ring, setting, v) = match r {
-                    EthtoolRingAttr::Rx(v) => ("rx", "current", v),
-                    EthtoolRingAttr::RxMax(v) => ("rx", "max", v),
-                    EthtoolRingAttr::Tx(v) => ("tx", "current", v),
-                    EthtoolRingAttr::TxMax(v) => ("tx", "max", v),
-                    EthtoolRingAttr::RxMini(v) => ("rx_mini", "current", v),
-                    EthtoolRingAttr::RxMiniMax(v) => ("rx_mini", "max", v),
-                    EthtoolRingAttr::RxJumbo(v) => ("rx_jumbo", "current", v),
-                    EthtoolRingAttr::RxJumboMax(v) => ("rx_jumbo", "max", v),
-                    _ => continue,
-                };
-                state.rings.push((ring, setting, *v));
-            }
-            EthtoolAttr::Channel(c) => {
-                let (kind, setting, v) = match c {
-                    EthtoolChannelAttr::RxCount(v) => ("rx", "current", v),
-                    EthtoolChannelAttr::RxMax(v) => ("rx", "max", v),
-                    EthtoolChannelAttr::TxCount(v) => ("tx", "current", v),
-                    EthtoolChannelAttr::TxMax(v) => ("tx", "max", v),
-                    EthtoolChannelAttr::OtherCount(v) => ("other", "current", v),
-                    EthtoolChannelAttr::OtherMax(v) => ("other", "max", v),
-                    EthtoolChannelAttr::CombinedCount(v) => ("combined", "current", v),
-                    EthtoolChannelAttr::CombinedMax(v) => ("combined", "max", v),
-                    _ => continue,
-                };
-                state.channels.push((kind, setting, *v));
-            }
-            _ => {}
-        }
-    }
-}
-
-/// One interface's data points, built on the worker thread.
+/// One interface's data points, built by the task.
 struct Prepared {
     name: Arc<str>,
     points: Box<[Point]>,
@@ -291,147 +98,133 @@ fn prepare(table: LinkStateTable) -> BTreeMap<u32, Prepared> {
         .collect()
 }
 
+/// What the task hands to the collector.
 #[derive(Default)]
-struct SharedState {
-    requested: bool,
-    shutdown: bool,
-    /// Refreshes completed so far.
+struct Shared {
+    slot: Mutex<Slot>,
+    /// Asks the task for a refresh (a permit is kept until the task takes it).
+    trigger: Notify,
+}
+
+/// The newest finished refresh, until `collect` installs it.
+#[derive(Default)]
+struct Slot {
+    /// Refreshes finished so far.
     generation: u64,
     published: Option<BTreeMap<u32, Prepared>>,
     error: Option<LinkStateError>,
-    /// The worker thread has ended without being asked to (it failed to start its
-    /// runtime, or panicked).
-    exited: bool,
-}
-
-#[derive(Default)]
-struct Shared {
-    state: Mutex<SharedState>,
-    /// Wakes the worker (request or shutdown).
-    wake: Condvar,
-    /// Signals a finished refresh.
-    done: Condvar,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, SharedState> {
-        // A poisoned lock only means the worker panicked mid-update: the data is plain.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        // A poisoned lock only means the task panicked mid-update: the data is plain.
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-struct Known {
-    instance: u64,
-    seen: u64,
 }
 
 /// Speed, duplex, ring sizes and channel counts of every selected interface.
 ///
-/// Owns a worker thread (named `retina-ethtool-link`, with a current-thread tokio
-/// runtime) that runs [`query_link_state`] every `link_state_interval`, and soon after
+/// Owns a task on the tokio runtime it was created on (the agent's) that runs
+/// [`query_link_state`] every `link_state_interval`, and soon after
 /// [`Collector::collect`] sees an interface it had not seen before. `collect` never
 /// blocks and, in steady state, never allocates: it installs the newest finished refresh,
-/// forgets interfaces that are gone from the link table or were re-created, and wakes the
-/// worker for new ones. Dropping the collector stops the worker.
+/// forgets interfaces that are gone from the link table or were re-created, and triggers
+/// the task for new ones. Dropping the collector stops the task.
 ///
 /// The agent adds it like any other collector; there is nothing else to call. One-shot
-/// users (the `snapshot` command, tests) call [`LinkStateCollector::refresh_blocking`] to
-/// wait for a fresh result.
+/// users (tests) await [`LinkStateCollector::refresh`] for a fresh result.
 pub struct LinkStateCollector {
     shared: Arc<Shared>,
-    worker: Option<JoinHandle<()>>,
+    task: JoinHandle<()>,
+    /// The generation of the last finished refresh; closed when the task ends.
+    done: watch::Receiver<u64>,
+    /// Dropped with the collector: the task's shutdown signal.
+    _stop: oneshot::Sender<()>,
     filter: NameFilter,
     table: BTreeMap<u32, Prepared>,
-    known: BTreeMap<u32, Known>,
-    cycle: u64,
+    known: Interfaces<()>,
     /// Generation of the installed table.
     installed: u64,
-    /// The worker's end has been logged.
+    /// The task's end has been logged.
     exit_logged: bool,
 }
 
 impl LinkStateCollector {
-    /// Starts the worker; the first refresh begins right away.
+    /// Starts the task on the current tokio runtime; the first refresh begins as soon as
+    /// the runtime runs it.
     pub fn new(config: &EthtoolConfig) -> Result<LinkStateCollector, EthtoolError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(EthtoolError::Runtime)?;
         let filter = config.interface_filter();
         let shared = Arc::new(Shared::default());
-        shared.lock().requested = true;
-        let worker = {
-            let shared = shared.clone();
-            let filter = filter.clone();
-            let interval = config.link_state_interval.max(MIN_GAP);
-            std::thread::Builder::new()
-                .name("retina-ethtool-link".into())
-                .spawn(move || worker(&shared, &filter, interval))
-                .map_err(EthtoolError::Thread)?
-        };
-        Ok(LinkStateCollector {
-            shared,
-            worker: Some(worker),
-            filter,
-            table: BTreeMap::new(),
-            known: BTreeMap::new(),
-            cycle: 0,
-            installed: 0,
-            exit_logged: false,
-        })
+        let (stop, stopped) = oneshot::channel();
+        let (finished, done) = watch::channel(0);
+        let interval = config.link_state_interval.max(MIN_GAP);
+        let task = runtime.spawn(run(
+            shared.clone(),
+            filter.clone(),
+            interval,
+            stopped,
+            finished,
+        ));
+        Ok(LinkStateCollector::with_task(
+            filter, shared, task, done, stop,
+        ))
     }
 
-    /// Asks the worker for a refresh now and waits (up to `timeout`) for it to finish,
-    /// then installs it as `collect` would.
-    pub fn refresh_blocking(
+    fn with_task(
+        filter: NameFilter,
+        shared: Arc<Shared>,
+        task: JoinHandle<()>,
+        done: watch::Receiver<u64>,
+        stop: oneshot::Sender<()>,
+    ) -> LinkStateCollector {
+        LinkStateCollector {
+            shared,
+            task,
+            done,
+            _stop: stop,
+            filter,
+            table: BTreeMap::new(),
+            known: Interfaces::new(),
+            installed: 0,
+            exit_logged: false,
+        }
+    }
+
+    /// Triggers a refresh now and waits (up to `timeout`) for it to finish, then installs
+    /// it as `collect` would. The task runs on its runtime meanwhile: on a current-thread
+    /// runtime, await this inside that runtime's `block_on`.
+    pub async fn refresh(
         &mut self,
         links: &Links,
         timeout: Duration,
     ) -> Result<(), LinkStateError> {
-        // A timeout too long to add to the clock is no deadline.
-        let deadline = Instant::now().checked_add(timeout);
-        let target = {
-            let mut s = self.shared.lock();
-            s.requested = true;
-            self.shared.wake.notify_all();
-            s.generation + 1
-        };
-        let mut s = self.shared.lock();
-        while s.generation < target && !s.exited {
-            s = match deadline {
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(LinkStateError::Timeout(timeout));
-                    }
-                    self.shared
-                        .done
-                        .wait_timeout(s, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-                None => self.shared.done.wait(s).unwrap_or_else(|e| e.into_inner()),
-            };
+        let target = self.shared.lock().generation + 1;
+        self.shared.trigger.notify_one();
+        let mut done = self.done.clone();
+        match tokio::time::timeout(timeout, done.wait_for(|g| *g >= target)).await {
+            Err(_) => return Err(LinkStateError::Timeout(timeout)),
+            Ok(Err(_)) => return Err(self.task_gone()),
+            Ok(Ok(_)) => {}
         }
-        if s.exited {
-            drop(s);
-            return Err(self.worker_gone());
-        }
-        let error = s.error.clone();
-        drop(s);
+        let error = self.shared.lock().error.clone();
         self.install(links);
         error.map_or(Ok(()), Err)
     }
 
-    /// The error for a worker that has ended: logged once, then returned every cycle (so
+    /// The error for a task that has ended: logged once, then returned every cycle (so
     /// `retina.agent.collect.failures{collector="ethtool_link"}` keeps counting), with no
     /// stale link state left to export.
-    fn worker_gone(&mut self) -> LinkStateError {
+    fn task_gone(&mut self) -> LinkStateError {
         self.table.clear();
         if !self.exit_logged {
             self.exit_logged = true;
             tracing::error!(
-                "ethtool link state: the worker thread has ended; link speed, duplex, rings and \
+                "ethtool link state: the refresh task has ended; link speed, duplex, rings and \
                  channels are no longer reported"
             );
         }
-        LinkStateError::Worker("the worker thread has ended".into())
+        LinkStateError::Worker("the refresh task has ended".into())
     }
 
     /// Interfaces with link state currently held.
@@ -461,97 +254,68 @@ impl LinkStateCollector {
     }
 }
 
-/// Marks the worker as ended when it returns or unwinds, unless it was told to stop.
-struct ExitGuard<'a>(&'a Shared);
-
-impl Drop for ExitGuard<'_> {
-    fn drop(&mut self) {
-        let mut s = self.0.lock();
-        if !s.shutdown {
-            s.exited = true;
-            self.0.done.notify_all();
-        }
+/// Waits until `deadline`; forever when there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
-fn worker(shared: &Shared, filter: &NameFilter, interval: Duration) {
-    let _exit = ExitGuard(shared);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("ethtool link state: starting the worker's runtime: {e}");
-            return;
-        }
-    };
+/// The refresh task: one refresh right away, then one `interval` after the previous one,
+/// or at least [`MIN_GAP`] after it when triggered; until `stop` fires or its sender is
+/// dropped.
+async fn run(
+    shared: Arc<Shared>,
+    filter: NameFilter,
+    interval: Duration,
+    mut stop: oneshot::Receiver<()>,
+    finished: watch::Sender<u64>,
+) {
     let mut last: Option<Instant> = None;
+    let mut requested = false;
     loop {
-        {
-            let mut s = shared.lock();
-            // `None`: no periodic refresh is due (the interval runs past the clock's end;
-            // the configuration caps it far below that).
-            let next = match last {
-                None => Some(Instant::now()),
-                Some(l) => l.checked_add(interval),
-            };
-            loop {
-                if s.shutdown {
-                    return;
-                }
-                let now = Instant::now();
-                let gap_ok = last.is_none_or(|l| now.saturating_duration_since(l) >= MIN_GAP);
-                if (s.requested && gap_ok) || next.is_some_and(|n| now >= n) {
-                    break;
-                }
-                let until = if s.requested {
-                    Some(last.and_then(|l| l.checked_add(MIN_GAP)).unwrap_or(now))
-                } else {
-                    next
-                };
-                s = match until {
-                    Some(until) => {
-                        shared
-                            .wake
-                            .wait_timeout(s, until.saturating_duration_since(now))
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0
-                    }
-                    None => shared.wake.wait(s).unwrap_or_else(|e| e.into_inner()),
-                };
+        // `None`: no periodic refresh is due (the interval runs past the clock's end; the
+        // configuration caps it far below that).
+        let due = match last {
+            None => Some(Instant::now()),
+            Some(l) => l.checked_add(interval),
+        };
+        let soon = last.and_then(|l| l.checked_add(MIN_GAP));
+        tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            () = shared.trigger.notified(), if !requested => {
+                requested = true;
+                continue;
             }
-            s.requested = false;
+            () = sleep_until(soon.or(due)), if requested => {}
+            () = sleep_until(due) => {}
         }
+        requested = false;
         last = Some(Instant::now());
-        let result = runtime.block_on(query_link_state(filter));
-        let mut s = shared.lock();
-        match result {
-            Ok((table, partial)) => {
-                if let Some(e) = &partial {
-                    tracing::debug!("ethtool link state: {e}");
-                }
-                s.published = Some(prepare(table));
-                s.error = partial;
-            }
-            Err(e) => {
-                tracing::debug!("ethtool link state: {e}");
-                s.error = Some(e);
-            }
+        let result = tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            r = query_link_state(&filter) => r,
+        };
+        let (published, error) = match result {
+            Ok((table, partial)) => (Some(prepare(table)), partial),
+            Err(e) => (None, Some(e)),
+        };
+        if let Some(e) = &error {
+            tracing::debug!("ethtool link state: {e}");
         }
-        s.generation += 1;
-        shared.done.notify_all();
-    }
-}
-
-impl Drop for LinkStateCollector {
-    fn drop(&mut self) {
-        self.shared.lock().shutdown = true;
-        self.shared.wake.notify_all();
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
+        let generation = {
+            let mut s = shared.lock();
+            if published.is_some() {
+                s.published = published;
+            }
+            s.error = error;
+            s.generation += 1;
+            s.generation
+        };
+        finished.send_replace(generation);
     }
 }
 
@@ -565,38 +329,26 @@ impl Collector for LinkStateCollector {
     }
 
     fn collect(&mut self, links: &Links) -> Result<(), CollectError> {
-        if self.shared.lock().exited {
-            return Err(Box::new(self.worker_gone()));
+        if self.task.is_finished() {
+            return Err(Box::new(self.task_gone()));
         }
-        self.cycle += 1;
-        let cycle = self.cycle;
+        let cycle = self.known.begin();
         let mut new = false;
         for link in links.iter() {
-            match self.known.entry(link.ifindex) {
-                std::collections::btree_map::Entry::Occupied(o) => {
-                    let k = o.into_mut();
-                    if k.instance != link.instance {
-                        // Another device behind this ifindex: what we hold is not its.
-                        k.instance = link.instance;
-                        self.table.remove(&link.ifindex);
-                        new |= self.filter.matches(&link.name);
-                    }
-                    k.seen = cycle;
+            match self.known.track(link, |_| ()) {
+                Some((_, Change::Replaced)) => {
+                    // Another device behind this ifindex: what we hold is not its.
+                    self.table.remove(&link.ifindex);
+                    new |= self.filter.matches(&link.name);
                 }
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    // The first cycle's interfaces are covered by the initial refresh.
-                    new |= cycle > 1 && self.filter.matches(&link.name);
-                    v.insert(Known {
-                        instance: link.instance,
-                        seen: cycle,
-                    });
-                }
+                // The first cycle's interfaces are covered by the initial refresh.
+                Some((_, Change::Added)) => new |= cycle > 1 && self.filter.matches(&link.name),
+                Some((_, Change::Kept)) | None => {}
             }
         }
-        self.known.retain(|_, k| k.seen == cycle);
+        self.known.end();
         if new {
-            self.shared.lock().requested = true;
-            self.shared.wake.notify_all();
+            self.shared.trigger.notify_one();
         }
         match self.install(links) {
             Some(e) => Err(Box::new(e)),
@@ -616,70 +368,100 @@ impl Collector for LinkStateCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collectors::ethtool::LinkState;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
 
     #[test]
-    fn an_interval_past_the_clock_s_end_does_not_kill_the_worker() {
-        // The configuration caps link_state_interval at a day; the worker must not rely on it.
+    fn an_interval_past_the_clock_s_end_does_not_kill_the_task() {
+        // The configuration caps link_state_interval at a day; the task must not rely on it.
         let config = EthtoolConfig {
             link_state_interval: Duration::MAX,
             ..EthtoolConfig::default()
         };
-        let mut c = LinkStateCollector::new(&config).unwrap();
+        let rt = runtime();
+        let mut c = {
+            let _rt = rt.enter();
+            LinkStateCollector::new(&config).unwrap()
+        };
         let links = Links::from_links([]);
         for _ in 0..2 {
-            if let Err(e) = c.refresh_blocking(&links, Duration::from_secs(30)) {
+            if let Err(e) = rt.block_on(c.refresh(&links, Duration::from_secs(30))) {
                 assert!(!matches!(e, LinkStateError::Worker(_)), "{e}");
             }
-            assert!(!c.shared.lock().exited);
+            assert!(!c.task.is_finished());
         }
     }
 
     #[test]
-    fn a_worker_that_ends_is_reported_every_cycle() {
-        let shared = Arc::new(Shared::default());
-        let worker = {
-            let shared = shared.clone();
-            std::thread::spawn(move || {
-                let _exit = ExitGuard(&shared);
-                panic!("injected worker failure");
-            })
+    fn no_runtime_is_an_error() {
+        let err = LinkStateCollector::new(&EthtoolConfig::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("tokio runtime"), "{err}");
+    }
+
+    #[test]
+    fn dropping_the_collector_stops_the_task() {
+        let rt = runtime();
+        let c = {
+            let _rt = rt.enter();
+            LinkStateCollector::new(&EthtoolConfig::default()).unwrap()
         };
-        assert!(worker.join().is_err());
-        let mut c = LinkStateCollector {
-            shared,
-            worker: None,
-            filter: NameFilter::all(),
-            table: prepare(LinkStateTable::from([(
-                1,
-                LinkState {
-                    name: "eth0".into(),
-                    speed_mbps: Some(1000),
-                    ..LinkState::default()
-                },
-            )])),
-            known: BTreeMap::new(),
-            cycle: 0,
-            installed: 0,
-            exit_logged: false,
-        };
+        let mut done = c.done.clone();
+        drop(c);
+        // The task saw its shutdown: its end closes the channel.
+        rt.block_on(async { while done.changed().await.is_ok() {} });
+    }
+
+    #[test]
+    fn a_task_that_ends_is_reported_every_cycle() {
+        let rt = runtime();
+        let (finished, done) = watch::channel(0);
+        let task = rt.spawn(async move {
+            let _finished = finished;
+            panic!("injected task failure");
+        });
+        rt.block_on(async {
+            while !task.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        });
+        let (stop, _) = oneshot::channel();
+        let mut c = LinkStateCollector::with_task(
+            NameFilter::all(),
+            Arc::new(Shared::default()),
+            task,
+            done,
+            stop,
+        );
+        c.table = prepare(LinkStateTable::from([(
+            1,
+            LinkState {
+                name: "eth0".into(),
+                speed_mbps: Some(1000),
+                ..LinkState::default()
+            },
+        )]));
         let links = Links::from_links([crate::links::Link::new(1, "eth0")]);
         for _ in 0..3 {
             let e = c.collect(&links).unwrap_err();
             assert_eq!(
                 e.to_string(),
-                "ethtool link state: the worker thread has ended"
+                "ethtool link state: the refresh task has ended"
             );
             // Nothing stale is left to export.
             assert_eq!(c.interfaces(), 0);
         }
         assert!(c.exit_logged);
-        let e = c.refresh_blocking(&links, Duration::MAX).unwrap_err();
+        let e = rt.block_on(c.refresh(&links, Duration::MAX)).unwrap_err();
         assert!(matches!(e, LinkStateError::Worker(_)), "{e}");
-        // A shutdown the collector asked for is not a failure.
-        let shared = Arc::new(Shared::default());
-        shared.lock().shutdown = true;
-        drop(ExitGuard(&shared));
-        assert!(!shared.lock().exited);
     }
 
     #[test]
