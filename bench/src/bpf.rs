@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use retina_agent::sys::{
+use retina_agent::kernel::sys::{
     BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_LOAD,
     BPF_RAW_TRACEPOINT_OPEN, bpf,
 };

@@ -8,7 +8,6 @@ use anyhow::{Context, Result, bail};
 use opentelemetry::KeyValue;
 use retina_agent::{
     agent::Agent,
-    btf::Btf,
     collectors::{
         Collector,
         conntrack::{ConntrackCollector, ConntrackConfig},
@@ -24,8 +23,9 @@ use retina_agent::{
         probe::{DropProbe, ProbeOptions},
         reasons::DropReasons,
     },
-    links::Links,
-    metrics::{Metric, Number},
+    kernel::btf::Btf,
+    kernel::links::Links,
+    model::{Metric, Number},
 };
 use retina_tests::alloc;
 use serde_json::{Value, json};
@@ -75,7 +75,7 @@ pub fn drop_collector() -> Result<DropCollector> {
     let btf = Btf::from_sys()?;
     let reasons = DropReasons::load(&btf, Some(Path::new("/sys/kernel/btf")))?;
     let probe = DropProbe::load(&btf, &ProbeOptions::default())?;
-    let host = retina_agent::netns::current_netns_inode()?;
+    let host = retina_agent::kernel::netns::current_netns_inode()?;
     Ok(DropCollector::new(probe, reasons, host))
 }
 

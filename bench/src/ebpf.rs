@@ -13,8 +13,8 @@ use opentelemetry::KeyValue;
 use retina_agent::{
     collectors::Collector,
     drops::DropCollector,
-    links::Links,
-    metrics::{Metric, Number, attr},
+    kernel::links::Links,
+    model::{Metric, Number, attr},
 };
 use retina_tests::NetNs;
 use serde_json::{Value, json};
@@ -62,14 +62,14 @@ fn drop_collector_with_locations() -> Result<DropCollector> {
         probe::{DropProbe, ProbeOptions},
         reasons::DropReasons,
     };
-    let btf = retina_agent::btf::Btf::from_sys()?;
+    let btf = retina_agent::kernel::btf::Btf::from_sys()?;
     let reasons = DropReasons::load(&btf, Some(std::path::Path::new("/sys/kernel/btf")))?;
     let options = ProbeOptions {
         locations: true,
         ..ProbeOptions::default()
     };
     let probe = DropProbe::load(&btf, &options)?;
-    let host = retina_agent::netns::current_netns_inode()?;
+    let host = retina_agent::kernel::netns::current_netns_inode()?;
     Ok(DropCollector::new(probe, reasons, host)
         .with_locations(Locations::new(Kallsyms::load()?, DEFAULT_CAPACITY)))
 }
@@ -179,7 +179,8 @@ fn program_json(r: &(u64, f64, ProgInfo)) -> Value {
 pub fn run(packets: u64) -> Result<EbpfReport> {
     let stats = BpfStats::enable()?;
     let tp = c"kfree_skb";
-    let o = retina_agent::drops::probe::offsets_from_btf(&retina_agent::btf::Btf::from_sys()?)?;
+    let o =
+        retina_agent::drops::probe::offsets_from_btf(&retina_agent::kernel::btf::Btf::from_sys()?)?;
     let reads = ReadOffsets {
         skb_dev: o.skb_dev,
         skb_len: o.skb_len,

@@ -70,9 +70,9 @@ pub fn measure(rotel: &Path, exports: usize) -> Result<Figures> {
     let mut agent = cycle::full_agent()?;
     agent.cycle();
     let mut points = 0;
-    agent.visit(&mut |_: &'static retina_agent::metrics::Metric,
+    agent.visit(&mut |_: &'static retina_agent::model::Metric,
                       _: &[opentelemetry::KeyValue],
-                      _: retina_agent::metrics::Number| points += 1);
+                      _: retina_agent::model::Number| points += 1);
     let shared = SharedAgent::new(agent);
     let (grpc, http) = (sys::free_port()?, sys::free_port()?);
     let mut cmd = Command::new(rotel);

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use retina_agent::sys::{BPF_MAP_LOOKUP_BATCH, bpf};
+use retina_agent::kernel::sys::{BPF_MAP_LOOKUP_BATCH, bpf};
 
 const NETLINK_ROUTE: libc::c_int = 0;
 const NLMSG_DONE: u16 = 3;

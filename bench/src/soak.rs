@@ -25,7 +25,7 @@ use opentelemetry::KeyValue;
 use retina_agent::{
     config::{ExportConfig, PrometheusConfig},
     export::{Exporters, SharedAgent},
-    metrics::{Metric, Number},
+    model::{Metric, Number},
 };
 use retina_tests::alloc;
 use serde_json::{Value, json};
@@ -255,9 +255,9 @@ fn points(shared: &SharedAgent) -> u64 {
     let guard = shared.lock();
     let mut n = 0u64;
     if let Some(a) = guard.as_ref() {
-        a.visit(&mut |_: &'static retina_agent::metrics::Metric,
+        a.visit(&mut |_: &'static retina_agent::model::Metric,
                       _: &[opentelemetry::KeyValue],
-                      _: retina_agent::metrics::Number| n += 1);
+                      _: retina_agent::model::Number| n += 1);
     }
     n
 }

@@ -126,7 +126,7 @@ pub fn machine() -> Value {
         .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
         .map(|(_, m)| m.trim().to_string())
         .unwrap_or_default();
-    let kernel = retina_agent::sys::uname()
+    let kernel = retina_agent::kernel::sys::uname()
         .map(|u| u.release)
         .unwrap_or_default();
     let date = Command::new("date")

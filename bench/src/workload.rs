@@ -26,8 +26,8 @@ use retina_agent::{
         ethtool::{EthtoolCollector, EthtoolConfig},
         netdev::{NetdevCollector, NetdevConfig},
     },
-    links::Links,
-    metrics::{Metric, Number},
+    kernel::links::Links,
+    model::{Metric, Number},
     workload::{Workloads, peers::PeerOwners},
 };
 use retina_tests::workload::Workload;
@@ -167,7 +167,7 @@ fn time<T>(f: impl FnOnce() -> T) -> (u64, u64, T) {
 
 pub fn run(count: usize, runs: usize) -> Result<WorkloadReport> {
     let pods = Pods::new(count)?;
-    let host = retina_agent::netns::current_netns_inode()?;
+    let host = retina_agent::kernel::netns::current_netns_inode()?;
     let mut links = Links::new()?;
     links.refresh()?;
     let host_links_with_peer = links.iter().filter(|l| l.link_netnsid.is_some()).count();

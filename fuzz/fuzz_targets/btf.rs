@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use retina_agent::{
-    btf::Btf,
+    kernel::btf::Btf,
     drops::{
         probe::{not_drop_reasons, offsets_from_btf},
         reasons::DropReasons,

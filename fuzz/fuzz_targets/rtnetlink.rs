@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 use retina_agent::{
     collectors::{ethtool::IfName, netdev::NetdevCollector, qdisc::QdiscCollector},
     filter::NameFilter,
-    links::Links,
+    kernel::links::Links,
 };
 use retina_agent_fuzz::{records, runs};
 

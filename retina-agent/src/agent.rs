@@ -14,10 +14,10 @@ use crate::{
     },
     config::Config,
     drops::{self, probe::ProbeOptions},
-    links::{LinkError, Links},
-    metrics::Visitor,
-    netns,
-    sys::error_chain,
+    kernel::links::{LinkError, Links},
+    kernel::netns,
+    kernel::sys::error_chain,
+    model::Visitor,
     workload::peers::PeerOwners,
 };
 

@@ -2,7 +2,6 @@
 //! netstat counters, collected without per-cycle allocation and exported as metrics.
 
 pub mod agent;
-pub mod btf;
 pub mod cli;
 pub mod collectors;
 pub mod commands;
@@ -12,13 +11,11 @@ pub mod ebpf_log;
 pub mod export;
 pub mod filter;
 pub mod fsutil;
-pub mod links;
+pub mod kernel;
 pub mod memory;
-pub mod metrics;
-pub mod netns;
+pub mod model;
 pub mod notify;
 pub mod ratelimit;
-pub mod sys;
 pub mod workload;
 
 /// The build script's git description, tested here (build scripts have no test harness).

@@ -45,7 +45,7 @@ fn init_logging(log: &LogConfig) {
 /// An error and its causes, each said once: our error types already print their source in
 /// their own message, so a cause is only added when the text so far does not contain it.
 fn chain(e: &anyhow::Error) -> String {
-    retina_agent::sys::error_chain(e.as_ref())
+    retina_agent::kernel::sys::error_chain(e.as_ref())
 }
 
 fn main() -> ExitCode {

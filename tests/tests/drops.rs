@@ -516,7 +516,7 @@ fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
     use retina_agent::{
         agent::Agent,
         config::{Config, DropsConfig},
-        metrics::{Metric, Number},
+        model::{Metric, Number},
     };
     require_root();
     let options = Config {
@@ -652,7 +652,7 @@ fn drops_and_pruned(
     agent: &retina_agent::agent::Agent,
     ours: &dyn Fn(&[opentelemetry::KeyValue]) -> bool,
 ) -> (u64, u64) {
-    use retina_agent::metrics::{Metric, Number};
+    use retina_agent::model::{Metric, Number};
     let (mut drops, mut pruned) = (0, 0);
     agent.visit(
         &mut |m: &'static Metric, attrs: &[opentelemetry::KeyValue], v: Number| {
@@ -776,7 +776,7 @@ fn missed_drops_are_the_kernels_recursion_misses() -> anyhow::Result<()> {
     use retina_agent::{
         agent::Agent,
         config::Config,
-        metrics::{Metric, Number},
+        model::{Metric, Number},
     };
     require_root();
     let rt = runtime()?;
@@ -838,7 +838,7 @@ fn removed_keys_free_their_slot_and_leave_no_stale_cache() -> anyhow::Result<()>
     use retina_agent::drops::probe::{DropProbe, ProbeOptions};
     use retina_ebpf_common::{DROPS_MAP, DropKey};
     require_root();
-    let btf = retina_agent::btf::Btf::from_sys()?;
+    let btf = retina_agent::kernel::btf::Btf::from_sys()?;
     let mut probe = DropProbe::load(
         &btf,
         &ProbeOptions {

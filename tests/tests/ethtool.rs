@@ -25,8 +25,8 @@ use retina_agent::{
         },
     },
     filter::Pattern,
-    links::Links,
-    metrics::{Metric, Number},
+    kernel::links::Links,
+    model::{Metric, Number},
 };
 use retina_tests::*;
 

@@ -23,8 +23,8 @@ use retina_agent::{
         ethtool::{EthtoolCollector, EthtoolConfig, LinkStateCollector},
     },
     config::Config,
-    links::Links,
-    metrics::{Metric, Number},
+    kernel::links::Links,
+    model::{Metric, Number},
 };
 use retina_tests::{child::*, *};
 

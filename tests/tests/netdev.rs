@@ -1,4 +1,4 @@
-//! Interface counters end to end: the rtnetlink table (`retina_agent::links::Links`) and
+//! Interface counters end to end: the rtnetlink table (`retina_agent::kernel::links::Links`) and
 //! the `netdev` / `netstat` collectors against real veth pairs and namespaces.
 //!
 //! Also checks the project's central rule on the real kernel: once warmed up, a cycle
@@ -22,8 +22,8 @@ use retina_agent::{
         netstat::{NetstatCollector, NetstatConfig},
     },
     filter::Pattern,
-    links::{LinkStats, Links},
-    metrics::{Metric, Number},
+    kernel::links::{LinkStats, Links},
+    model::{Metric, Number},
 };
 use retina_tests::*;
 

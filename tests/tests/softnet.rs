@@ -13,8 +13,8 @@ use retina_agent::{
         Collector,
         softnet::{SoftnetCollector, SoftnetConfig},
     },
-    links::Links,
-    metrics::{Metric, Number},
+    kernel::links::Links,
+    model::{Metric, Number},
 };
 use retina_tests::*;
 

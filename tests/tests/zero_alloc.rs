@@ -25,8 +25,8 @@ use retina_agent::{
         qdisc::{QdiscCollector, QdiscConfig},
         softnet::{SoftnetCollector, SoftnetConfig},
     },
-    links::Links,
-    metrics::{Metric, Number},
+    kernel::links::Links,
+    model::{Metric, Number},
     workload::peers::PeerOwners,
 };
 use retina_tests::*;
@@ -61,14 +61,14 @@ fn drops_with_locations() -> Result<retina_agent::drops::DropCollector> {
         probe::{DropProbe, ProbeOptions},
         reasons::DropReasons,
     };
-    let btf = retina_agent::btf::Btf::from_sys()?;
+    let btf = retina_agent::kernel::btf::Btf::from_sys()?;
     let reasons = DropReasons::load(&btf, Some(std::path::Path::new("/sys/kernel/btf")))?;
     let options = ProbeOptions {
         locations: true,
         ..ProbeOptions::default()
     };
     let probe = DropProbe::load(&btf, &options)?;
-    let host = retina_agent::netns::current_netns_inode()?;
+    let host = retina_agent::kernel::netns::current_netns_inode()?;
     Ok(DropCollector::new(probe, reasons, host)
         .with_locations(Locations::new(Kallsyms::load()?, DEFAULT_CAPACITY)))
 }
@@ -175,8 +175,9 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
     // One veth's peer in that namespace: a host link with IFLA_LINK_NETNSID, resolved to
     // the namespace's (sender) process.
     veths[1].move_peer(&ns)?;
-    *peers().lock().expect("peers") =
-        Some(PeerOwners::new(retina_agent::netns::current_netns_inode()?)?);
+    *peers().lock().expect("peers") = Some(PeerOwners::new(
+        retina_agent::kernel::netns::current_netns_inode()?,
+    )?);
     let _sender = Child(
         std::process::Command::new("ip")
             .args(["netns", "exec", &ns.name, &traffic(), "udp", "127.0.0.1:9"])

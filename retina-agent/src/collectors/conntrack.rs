@@ -40,8 +40,8 @@ use crate::{
         CollectError, Collector,
         procfile::{NulPath, ProcFile, Wide, dec_u64, hex_u64, parse_cpu_list},
     },
-    links::Links,
-    metrics::{Kind, Metric, Number, Visitor},
+    kernel::links::Links,
+    model::{Kind, Metric, Number, Visitor},
 };
 
 pub const CONNTRACK_ENTRIES: Metric = Metric {

@@ -42,7 +42,7 @@ pub use self::{
 };
 use crate::{
     filter::{NameFilter, Pattern},
-    metrics::{Kind, Metric},
+    model::{Kind, Metric},
 };
 
 /// Attribute keys of the NIC metrics.

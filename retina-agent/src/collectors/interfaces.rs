@@ -2,7 +2,7 @@
 //! the `netdev`, `ethtool` and `ethtool_link` collectors share.
 //!
 //! A cycle calls [`Interfaces::begin`], then [`Interfaces::track`] for every link of the
-//! cycle's [`Links`](crate::links::Links) table, then [`Interfaces::end`]. The caller's
+//! cycle's [`Links`](crate::kernel::links::Links) table, then [`Interfaces::end`]. The caller's
 //! closure builds an entry when its ifindex first appears, or when the ifindex now names
 //! another device (another [`Link::instance`] or another name); `end` forgets every entry
 //! the cycle did not track. Entries live in one vector sorted by ifindex and are updated in
@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::links::Link;
+use crate::kernel::links::Link;
 
 /// What [`Interfaces::track`] did with a link's entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +170,7 @@ impl<T> Entry<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::links::Links;
+    use crate::kernel::links::Links;
 
     /// Tracks every link of `links` in one cycle, building `name#n` entries; returns what
     /// happened to each.

@@ -13,8 +13,8 @@ pub mod qdisc;
 pub mod softnet;
 
 use crate::{
-    links::Links,
-    metrics::{Metric, Visitor},
+    kernel::links::Links,
+    model::{Metric, Visitor},
 };
 
 /// The error a collection cycle can end with. Each collector returns its own typed error

@@ -22,8 +22,8 @@ use serde::Deserialize;
 use crate::{
     collectors::{CollectError, Collector, interfaces::Interfaces},
     filter::{NameFilter, Pattern},
-    links::{Link, LinkStats, Links},
-    metrics::{Kind, Metric, Number, Visitor, attr},
+    kernel::links::{Link, LinkStats, Links},
+    model::{Kind, Metric, Number, Visitor, attr},
 };
 
 pub const NETWORK_IO: Metric = Metric {

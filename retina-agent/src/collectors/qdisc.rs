@@ -47,11 +47,11 @@ use self::{
 };
 use crate::{
     collectors::{CollectError, Collector},
-    links::{
+    kernel::links::{
         self, INITIAL_BUF, LinkError, Links, MAX_ATTEMPTS, MAX_BUF, Malformed, NLMSG_HDRLEN,
         RECV_TIMEOUT, read_u32,
     },
-    metrics::{Kind, Metric, Number, Visitor},
+    model::{Kind, Metric, Number, Visitor},
 };
 
 pub const QDISC_PACKETS: Metric = Metric {

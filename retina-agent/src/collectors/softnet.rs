@@ -44,8 +44,8 @@ use crate::{
         CollectError, Collector,
         procfile::{NulPath, ProcFile, Wide, hex_u64, parse_cpu_list},
     },
-    links::Links,
-    metrics::{Kind, Metric, Number, Visitor},
+    kernel::links::Links,
+    model::{Kind, Metric, Number, Visitor},
 };
 
 pub const SOFTNET_PROCESSED: Metric = Metric {

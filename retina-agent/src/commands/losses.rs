@@ -17,7 +17,7 @@ use serde_json::Value as Json;
 
 use crate::{
     commands::snapshot::Point,
-    metrics::{Kind, Number, attr},
+    model::{Kind, Number, attr},
 };
 
 /// Where in the path of a packet a counter counts losses.
@@ -318,7 +318,7 @@ pub fn render(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metric;
+    use crate::model::Metric;
 
     fn metric(name: &'static str, kind: Kind) -> &'static Metric {
         Box::leak(Box::new(Metric {

@@ -12,7 +12,7 @@ use crate::{
     agent::Agent,
     cli::SnapshotArgs,
     config::Config,
-    metrics::{Kind, Metric, Number},
+    model::{Kind, Metric, Number},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -10,7 +10,7 @@ use super::{
     probe::{DropProbe, ProbeError, ProbeOptions},
     reasons::{DropReasons, ReasonsError},
 };
-use crate::btf::{Btf, BtfError};
+use crate::kernel::btf::{Btf, BtfError};
 
 /// Why the drop collector could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,7 @@ impl<'a> Builder<'a> {
         let reasons = DropReasons::load(&btf, modules)?;
         let mut probe = DropProbe::load(&btf, &self.probe)?;
         crate::ebpf_log::spawn(probe.ebpf_mut());
-        let host = crate::netns::current_netns_inode().map_err(BuildError::HostNetns)?;
+        let host = crate::kernel::netns::current_netns_inode().map_err(BuildError::HostNetns)?;
         let collector = DropCollector::new(probe, reasons, host);
         Ok(match self.symbols {
             Some(k) => collector.with_locations(Locations::new(k, self.locations_capacity)),

@@ -16,9 +16,9 @@ use super::{
 };
 use crate::{
     collectors::{CollectError, Collector},
-    links::Links,
-    metrics::{Kind, Metric, Number, Visitor, attr},
-    netns::NetnsNames,
+    kernel::links::Links,
+    kernel::netns::NetnsNames,
+    model::{Kind, Metric, Number, Visitor, attr},
     workload::{Workload, Workloads},
 };
 
@@ -324,7 +324,7 @@ impl DropCollector {
     /// attributes instead of going to the overflow counter, and memory stays flat.
     fn prune(&mut self, links: &Links, namespaces: bool) -> Result<(), DropCollectError> {
         let live = if namespaces {
-            crate::netns::live_netns_inodes()
+            crate::kernel::netns::live_netns_inodes()
         } else {
             Default::default()
         };

@@ -4,7 +4,7 @@
 use retina_ebpf_common::BTF_PROGRAM_NAME;
 
 use super::probe::{DropProbe, Hook, ProbeError, ProbeOptions, offsets_from_btf};
-use crate::btf::Btf;
+use crate::kernel::btf::Btf;
 
 /// Which flavour of the program attached to `kfree_skb`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
-use crate::btf::{Btf, BtfError};
+use crate::kernel::btf::{Btf, BtfError};
 
 /// The enum the kernel passes to `trace_kfree_skb()`.
 pub const CORE_ENUM: &str = "skb_drop_reason";
@@ -119,7 +119,7 @@ impl DropReasons {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::btf::tests::Builder;
+    use crate::kernel::btf::tests::Builder;
 
     fn btf(build: impl FnOnce(&mut Builder)) -> Btf {
         let mut b = Builder::new();

@@ -13,7 +13,7 @@ use opentelemetry::KeyValue;
 use super::selfmetrics::{self, ExportStats};
 use crate::{
     agent::Agent,
-    metrics::{Metric, Number},
+    model::{Metric, Number},
 };
 
 /// One exported metric and where its points come from.

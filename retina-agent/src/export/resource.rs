@@ -3,7 +3,7 @@
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::{Resource, resource::TelemetryResourceDetector};
 
-use crate::{config::ExportConfig, sys::uname};
+use crate::{config::ExportConfig, kernel::sys::uname};
 
 /// `host.arch` per the semantic conventions.
 fn host_arch(machine: &str) -> &str {

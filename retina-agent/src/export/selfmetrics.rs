@@ -21,7 +21,7 @@ use opentelemetry::KeyValue;
 
 use crate::{
     agent::Agent,
-    metrics::{Kind, Metric, Number, Visitor},
+    model::{Kind, Metric, Number, Visitor},
 };
 
 pub const COLLECT_DURATION: Metric = Metric {

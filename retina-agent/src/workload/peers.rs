@@ -28,7 +28,7 @@ use std::{
 };
 
 use super::{Workload, Workloads};
-use crate::links::{
+use crate::kernel::links::{
     self, Attrs, LinkError, Links, Messages, NETNSA_FD, NETNSA_NSID, NLMSG_ERROR, NLMSG_HDRLEN,
     RTGENMSG_LEN, RTM_GETNSID, RTM_NEWNSID, read_i32,
 };
@@ -152,7 +152,7 @@ impl PeerOwners {
             }
             // Namespaces bound by `ip netns` or a CNI plugin with no process in them (yet):
             // known to have no workload, so not waited for.
-            for dir in crate::netns::BIND_DIRS {
+            for dir in crate::kernel::netns::BIND_DIRS {
                 let Ok(entries) = std::fs::read_dir(dir) else {
                     continue;
                 };
@@ -364,7 +364,7 @@ mod tests {
     fn the_host_namespace_has_no_nsid_for_itself_or_is_asked_without_error() {
         // Asking about our own namespace is valid and answers "not assigned" or an id;
         // it must not fail (this runs without privileges).
-        let host = crate::netns::current_netns_inode().unwrap();
+        let host = crate::kernel::netns::current_netns_inode().unwrap();
         let mut p = PeerOwners::new(host).unwrap();
         let me = std::path::Path::new("/proc/self/ns/net");
         let r = p.nsid_of(me, Some(host)).unwrap();

@@ -30,7 +30,7 @@ impl BpfAttr {
 fn bpf(cmd: i64, attr: &mut BpfAttr) -> Result<i32, String> {
     // SAFETY: attr is a zero-initialised bpf_attr of 128 bytes whose pointers (if any)
     // point to live buffers.
-    match unsafe { retina_agent::sys::bpf(cmd, attr) } {
+    match unsafe { retina_agent::kernel::sys::bpf(cmd, attr) } {
         Ok(fd) => Ok(fd as i32),
         Err(e) => Err(errno_text(e)),
     }
@@ -168,7 +168,7 @@ fn child_probe() -> BTreeMap<&'static str, String> {
 
     // An rtnetlink link dump (with the link notification subscription), a counters-only
     // RTM_GETSTATS dump, and /proc/net (the netdev and netstat collectors).
-    let links = retina_agent::links::Links::new().and_then(|mut l| l.refresh().map(|_| l));
+    let links = retina_agent::kernel::links::Links::new().and_then(|mut l| l.refresh().map(|_| l));
     out.insert(
         "rtnetlink_link_dump",
         match &links {

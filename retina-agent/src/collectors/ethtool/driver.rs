@@ -13,8 +13,8 @@ use super::{
 use crate::{
     collectors::{CollectError, Collector, interfaces::Interfaces},
     filter::NameFilter,
-    links::{Link, Links},
-    metrics::{Metric, Number, Visitor, attr::INTERFACE_NAME},
+    kernel::links::{Link, Links},
+    model::{Metric, Number, Visitor, attr::INTERFACE_NAME},
 };
 
 /// Ioctls issued since the collector was created, by command (self-telemetry and tests).

@@ -99,7 +99,7 @@ impl IfName {
         Self::from_bytes(name.as_bytes())
     }
 
-    /// [`IfName::new`] for a name as the kernel has it ([`crate::links::Link::name_bytes`]),
+    /// [`IfName::new`] for a name as the kernel has it ([`crate::kernel::links::Link::name_bytes`]),
     /// which need not be UTF-8.
     pub fn from_bytes(bytes: &[u8]) -> Option<IfName> {
         if bytes.is_empty() || bytes.len() >= IFNAMSIZ || bytes.contains(&0) {

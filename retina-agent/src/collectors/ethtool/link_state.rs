@@ -31,8 +31,8 @@ use crate::{
         interfaces::{Change, Interfaces},
     },
     filter::NameFilter,
-    links::Links,
-    metrics::{Metric, Number, Visitor, attr::INTERFACE_NAME},
+    kernel::links::Links,
+    model::{Metric, Number, Visitor, attr::INTERFACE_NAME},
 };
 
 static LINK_METRICS: [&Metric; 4] = [
@@ -449,7 +449,7 @@ mod tests {
                 ..LinkState::default()
             },
         )]));
-        let links = Links::from_links([crate::links::Link::new(1, "eth0")]);
+        let links = Links::from_links([crate::kernel::links::Link::new(1, "eth0")]);
         for _ in 0..3 {
             let e = c.collect(&links).unwrap_err();
             assert_eq!(

@@ -57,8 +57,8 @@ use self::parse::{build_lines, build_pairs, check_values, scan_lines, scan_pairs
 use crate::{
     collectors::{CollectError, Collector},
     filter::{NameFilter, Pattern},
-    links::Links,
-    metrics::{Kind, Metric, Number, Visitor},
+    kernel::links::Links,
+    model::{Kind, Metric, Number, Visitor},
 };
 
 pub const NETSTAT_COUNTER: Metric = Metric {

@@ -9,7 +9,7 @@ use opentelemetry::KeyValue;
 use super::{ATTR_FIELD, ATTR_GROUP, GAUGES, Problem, Raw, Slot};
 use crate::{
     filter::NameFilter,
-    metrics::{Kind, Number},
+    model::{Kind, Number},
 };
 
 /// Non-empty lines with their 1-based numbers.

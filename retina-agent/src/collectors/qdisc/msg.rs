@@ -1,7 +1,7 @@
 //! Qdisc and class messages of rtnetlink (`RTM_NEWQDISC`, `RTM_NEWTCLASS`): parsed and
 //! validated in place, and handles in tc's notation.
 
-use crate::links::{Attrs, Malformed, nul_terminated, read_i32, read_u32, read_u64};
+use crate::kernel::links::{Attrs, Malformed, nul_terminated, read_i32, read_u32, read_u64};
 
 // ---- Kernel UAPI (rtnetlink.h, pkt_sched.h, gen_stats.h) ----
 pub(super) const RTM_NEWQDISC: u16 = 36;

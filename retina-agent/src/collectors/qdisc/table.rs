@@ -11,18 +11,18 @@ use super::{
     msg::{RTM_NEWQDISC, RTM_NEWTCLASS, TcMsg, TcStats, classid, parse_tc, qdisc_handle},
 };
 use crate::{
-    links::{
+    kernel::links::{
         Links, Malformed, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP,
         NLMSG_OVERRUN, align4, lossy_arc, lossy_eq, read_i32, read_u16, read_u32,
     },
-    metrics::attr,
+    model::attr,
 };
 
 /// One exported qdisc or class.
 #[derive(Debug)]
 pub(super) struct Series {
     pub(super) key: (u32, bool, u32, u32),
-    /// [`Link::instance`](crate::links::Link::instance) the attributes were built for.
+    /// [`Link::instance`](crate::kernel::links::Link::instance) the attributes were built for.
     pub(super) instance: u64,
     /// [`Links::generation`] when `instance` was last checked.
     pub(super) generation: u64,

@@ -4,7 +4,7 @@ use super::{
     },
     *,
 };
-use crate::links::NLMSG_DONE;
+use crate::kernel::links::NLMSG_DONE;
 
 /// One netlink message of type `ty` around `payload`.
 fn nlmsg(out: &mut Vec<u8>, ty: u16, seq: u32, payload: &[u8]) {
@@ -54,8 +54,8 @@ fn feed(t: &mut Table, links: &Links, seq: u32, msgs: &[Vec<u8>]) -> bool {
 #[test]
 fn series_are_updated_in_place_and_rebuilt_on_change() {
     let mut links = Links::from_links([
-        crate::links::Link::new(2, "eth0"),
-        crate::links::Link::new(3, "veth1"),
+        crate::kernel::links::Link::new(2, "eth0"),
+        crate::kernel::links::Link::new(3, "veth1"),
     ]);
     let mut t = Table {
         classes: true,
@@ -86,7 +86,7 @@ fn series_are_updated_in_place_and_rebuilt_on_change() {
     );
     assert!(t.series.iter().all(|s| s.seen == t.stamp));
     // The root qdisc replaced by another kind, and eth0 renamed: rebuilt.
-    links.upsert(crate::links::Link::new(2, "wan0"));
+    links.upsert(crate::kernel::links::Link::new(2, "wan0"));
     let mut m = msgs(0);
     m[0] = qdisc_msg(2, 0x10000, TC_H_ROOT, b"prio\0", 0);
     assert!(feed(&mut t, &links, 3, &m));

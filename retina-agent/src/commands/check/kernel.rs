@@ -5,13 +5,15 @@ use std::path::Path;
 
 use super::{Check, Status};
 use crate::{
-    btf::{Btf, VMLINUX_BTF},
     drops::{
         Hook,
         preflight::{Preflight, preflight},
         probe::ProbeError,
     },
-    sys::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, effective_caps, error_chain, uname},
+    kernel::btf::{Btf, VMLINUX_BTF},
+    kernel::sys::{
+        CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, effective_caps, error_chain, uname,
+    },
 };
 
 /// Oldest kernel whose `kfree_skb` tracepoint carries the drop reason.
@@ -287,7 +289,7 @@ mod tests {
 
     #[test]
     fn btf_without_drop_reasons_fails() {
-        let mut b = crate::btf::tests::Builder::new();
+        let mut b = crate::kernel::btf::tests::Builder::new();
         b.int("int", 4);
         let dir = std::env::temp_dir().join(format!("retina-check-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

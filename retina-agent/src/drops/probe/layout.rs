@@ -5,7 +5,7 @@
 use retina_ebpf_common::{OFFSETS_HAS_NETNS, OFFSETS_VALID, Offsets, REASON_ARG, TRACEPOINT};
 
 use super::ProbeError;
-use crate::btf::Btf;
+use crate::kernel::btf::Btf;
 
 /// Derives the offsets the program needs from the running kernel's BTF.
 pub fn offsets_from_btf(btf: &Btf) -> Result<Offsets, ProbeError> {
@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn not_drop_reasons_follow_the_kernels_numbering() {
-        use crate::btf::tests::Builder;
+        use crate::kernel::btf::tests::Builder;
         let mask = |values: &[(&str, u32)]| {
             let mut b = Builder::new();
             b.enumeration("skb_drop_reason", values);

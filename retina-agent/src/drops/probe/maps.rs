@@ -11,7 +11,7 @@ use aya::{Ebpf, maps::Map};
 use retina_ebpf_common::{COUNTS_MAP, DropKey, DropValue, EPOCH_MAP, FREE_SLOTS_MAP};
 
 use super::ProbeError;
-use crate::sys::{
+use crate::kernel::sys::{
     BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_BATCH, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM,
     BPF_OBJ_GET_INFO_BY_FD, bpf,
 };

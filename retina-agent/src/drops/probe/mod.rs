@@ -27,8 +27,8 @@ pub use self::{
     maps::ReadBuffers,
 };
 use crate::{
-    btf::{Btf, BtfError},
-    sys::{CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, effective_caps},
+    kernel::btf::{Btf, BtfError},
+    kernel::sys::{CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, effective_caps},
 };
 
 /// The eBPF object built by `cargo xtask build`, embedded so the binary is self-contained.

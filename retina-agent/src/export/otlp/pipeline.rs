@@ -33,7 +33,7 @@ use super::super::{
     catalog::{Catalog, counter_value},
     selfmetrics::ExportStats,
 };
-use crate::metrics::Kind;
+use crate::model::Kind;
 
 /// The smallest cardinality limit given to an instrument.
 pub(super) const MIN_LIMIT: usize = 64;
@@ -167,7 +167,7 @@ fn register(
     sources: &Sources,
     observed: &Arc<[AtomicUsize]>,
     i: usize,
-    m: &'static crate::metrics::Metric,
+    m: &'static crate::model::Metric,
 ) {
     let (agent, catalog, stats, observed) = (
         sources.agent.clone(),

@@ -30,7 +30,7 @@ use super::super::ExportError;
 use crate::config::{Compression, ExportConfig, Protocol, Temporality};
 
 /// An error and its sources, `: `-separated, without repeats.
-pub(crate) use crate::sys::error_chain as chain;
+pub(crate) use crate::kernel::sys::error_chain as chain;
 
 /// A PEM file: a regular file of at most [`crate::fsutil::PEM_MAX_BYTES`].
 fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ExportError> {

@@ -22,7 +22,7 @@ use super::super::{
     catalog::{Catalog, counter_value},
     selfmetrics::ExportStats,
 };
-use crate::metrics::{Kind, Metric, Number};
+use crate::model::{Kind, Metric, Number};
 
 /// The Prometheus unit word for an OpenTelemetry (UCUM) unit; `None` adds nothing.
 fn unit_word(unit: &str, kind: Kind) -> Option<&'static str> {

@@ -2,7 +2,7 @@
 
 use std::{os::unix::fs::MetadataExt, path::Path};
 
-use crate::links::{FULL_DUMP_EVERY, Link, LinkError, Links, uapi::RTM_GETLINK};
+use crate::kernel::links::{FULL_DUMP_EVERY, Link, LinkError, Links, uapi::RTM_GETLINK};
 
 /// Against the real kernel (unprivileged): the first refresh is a full dump, the
 /// safety net forces another within `FULL_DUMP_EVERY` refreshes. Link changes between
@@ -154,14 +154,14 @@ fn opens_in_own_netns_by_path() {
 
 #[test]
 fn a_request_too_large_for_the_frame_is_refused_not_sent() {
-    let (sock, _) = crate::links::open_socket(0, 0).unwrap();
+    let (sock, _) = crate::kernel::links::open_socket(0, 0).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-    let err = crate::links::send_request(fd, RTM_GETLINK, 0, 1, &[0; 21]).unwrap_err();
+    let err = crate::kernel::links::send_request(fd, RTM_GETLINK, 0, 1, &[0; 21]).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
     // The largest body fits (a tcmsg-sized RTM_GETLINK header is accepted by the kernel,
     // which answers with a dump or an error, not silence).
-    crate::links::send_dump_request(fd, RTM_GETLINK, 2, &[0; 20]).unwrap();
+    crate::kernel::links::send_dump_request(fd, RTM_GETLINK, 2, &[0; 20]).unwrap();
     let mut buf = vec![0; 64 * 1024];
-    assert!(crate::links::recv(fd, &mut buf, 0).unwrap() >= 16);
-    crate::links::drain(fd, &mut buf, Some(2));
+    assert!(crate::kernel::links::recv(fd, &mut buf, 0).unwrap() >= 16);
+    crate::kernel::links::drain(fd, &mut buf, Some(2));
 }

@@ -1,7 +1,7 @@
 //! Message and attribute parsers: valid messages, every kind of malformed one.
 
 use super::*;
-use crate::links::{
+use crate::kernel::links::{
     Malformed,
     parse::{is_link_event, parse_link, parse_stats_msg},
 };
@@ -262,7 +262,7 @@ fn link_events_are_recognised() {
 
 #[test]
 fn messages_walk_a_datagram_and_stop_at_broken_framing() {
-    use crate::links::Messages;
+    use crate::kernel::links::Messages;
     let a = nlmsg(RTM_NEWLINK, &link_payload(3, "eth0", 0));
     let b = nlmsg_full(NLMSG_DONE, 2, SEQ + 1, PID + 1, &[0; 4]);
     let dg = [a.clone(), b.clone()].concat();

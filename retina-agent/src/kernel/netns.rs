@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::links::Links;
+use crate::kernel::links::Links;
 
 /// Where `ip netns` and CNI plugins bind named namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";

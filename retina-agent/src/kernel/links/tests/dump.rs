@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::links::{Link, LinkError, Links, Malformed, OperState, lossy_eq, parse::parse_link};
+use crate::kernel::links::{
+    Link, LinkError, Links, Malformed, OperState, lossy_eq, parse::parse_link,
+};
 
 #[test]
 fn every_truncation_of_a_message_is_an_error_not_a_panic() {
