@@ -150,9 +150,8 @@ impl EthtoolSocket {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a freshly opened descriptor that nothing else owns.
-        Ok(EthtoolSocket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(EthtoolSocket { fd })
     }
 
     /// Issues `SIOCETHTOOL` for `name` with `data` as `ifr_data`.
