@@ -8,6 +8,11 @@ use anyhow::{Context, Result, bail};
 use opentelemetry::KeyValue;
 use retina_agent::{
     agent::Agent,
+    collectors::drops::{
+        DropCollector,
+        probe::{DropProbe, ProbeOptions},
+        reasons::DropReasons,
+    },
     collectors::{
         Collector,
         conntrack::{ConntrackCollector, ConntrackConfig},
@@ -18,11 +23,6 @@ use retina_agent::{
         softnet::{SoftnetCollector, SoftnetConfig},
     },
     config::Config,
-    drops::{
-        DropCollector,
-        probe::{DropProbe, ProbeOptions},
-        reasons::DropReasons,
-    },
     kernel::btf::Btf,
     kernel::links::Links,
     model::{Metric, Number},

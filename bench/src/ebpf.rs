@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use opentelemetry::KeyValue;
 use retina_agent::{
     collectors::Collector,
-    drops::DropCollector,
+    collectors::drops::DropCollector,
     kernel::links::Links,
     model::{Metric, Number, attr},
 };
@@ -56,7 +56,7 @@ pub struct EbpfReport {
 
 /// The agent's drop collector with drop locations on, as `drops.locations = true` loads it.
 fn drop_collector_with_locations() -> Result<DropCollector> {
-    use retina_agent::drops::{
+    use retina_agent::collectors::drops::{
         kallsyms::Kallsyms,
         locations::{DEFAULT_CAPACITY, Locations},
         probe::{DropProbe, ProbeOptions},
@@ -179,8 +179,9 @@ fn program_json(r: &(u64, f64, ProgInfo)) -> Value {
 pub fn run(packets: u64) -> Result<EbpfReport> {
     let stats = BpfStats::enable()?;
     let tp = c"kfree_skb";
-    let o =
-        retina_agent::drops::probe::offsets_from_btf(&retina_agent::kernel::btf::Btf::from_sys()?)?;
+    let o = retina_agent::collectors::drops::probe::offsets_from_btf(
+        &retina_agent::kernel::btf::Btf::from_sys()?,
+    )?;
     let reads = ReadOffsets {
         skb_dev: o.skb_dev,
         skb_len: o.skb_len,

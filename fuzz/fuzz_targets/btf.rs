@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use retina_agent::{
     kernel::btf::Btf,
-    drops::{
+    collectors::drops::{
         probe::{not_drop_reasons, offsets_from_btf},
         reasons::DropReasons,
     },

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
+    collectors::drops::{self, probe::ProbeOptions},
     collectors::{
         Collector,
         conntrack::{ConntrackCollector, ConntrackError},
@@ -13,7 +14,6 @@ use crate::{
         softnet::{SoftnetCollector, SoftnetError},
     },
     config::Config,
-    drops::{self, probe::ProbeOptions},
     kernel::links::{LinkError, Links},
     kernel::netns,
     kernel::sys::error_chain,

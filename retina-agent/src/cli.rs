@@ -9,9 +9,9 @@ use clap::{Args, Parser, Subcommand};
 
 pub use crate::config::LogFormat;
 use crate::{
+    collectors::drops::Hook,
     commands::snapshot::Format,
     config::{self, Overrides, Protocol},
-    drops::Hook,
 };
 
 /// What `--version` prints after the name: the package version and the git commit the

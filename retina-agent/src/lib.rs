@@ -6,7 +6,6 @@ pub mod cli;
 pub mod collectors;
 pub mod commands;
 pub mod config;
-pub mod drops;
 pub mod ebpf_log;
 pub mod export;
 pub mod filter;

@@ -835,7 +835,7 @@ fn missed_drops_are_the_kernels_recursion_misses() -> anyhow::Result<()> {
 /// slot now holding another key.
 #[test]
 fn removed_keys_free_their_slot_and_leave_no_stale_cache() -> anyhow::Result<()> {
-    use retina_agent::drops::probe::{DropProbe, ProbeOptions};
+    use retina_agent::collectors::drops::probe::{DropProbe, ProbeOptions};
     use retina_ebpf_common::{DROPS_MAP, DropKey};
     require_root();
     let btf = retina_agent::kernel::btf::Btf::from_sys()?;

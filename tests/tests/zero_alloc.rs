@@ -53,8 +53,8 @@ fn collectors() -> Result<Vec<Box<dyn Collector>>> {
 }
 
 /// The drop collector as `drops.locations = true` builds it.
-fn drops_with_locations() -> Result<retina_agent::drops::DropCollector> {
-    use retina_agent::drops::{
+fn drops_with_locations() -> Result<retina_agent::collectors::drops::DropCollector> {
+    use retina_agent::collectors::drops::{
         DropCollector,
         kallsyms::Kallsyms,
         locations::{DEFAULT_CAPACITY, Locations},

@@ -4,6 +4,7 @@
 //! names fetched, buffers sized), `collect` allocates nothing, and `visit` never does.
 
 pub mod conntrack;
+pub mod drops;
 pub mod ethtool;
 pub mod interfaces;
 pub mod netdev;

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, path::Path, process::ExitCode};
 use anyhow::{Context as _, Result};
 
 use super::{emit, snapshot::Format};
-use crate::{drops::reasons::DropReasons, kernel::btf::Btf};
+use crate::{collectors::drops::reasons::DropReasons, kernel::btf::Btf};
 
 /// Lists the reasons of the running kernel, or of the BTF file `btf_path`.
 pub fn command(btf_path: Option<&Path>, format: Format) -> Result<ExitCode> {

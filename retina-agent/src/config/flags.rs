@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use super::{Config, LogFormat, Overridden, export::Protocol, limits};
-use crate::drops::probe::Hook;
+use crate::collectors::drops::probe::Hook;
 
 /// Values given on the command line; each one that is set wins over file and environment.
 #[derive(Clone, Debug, Default, PartialEq)]

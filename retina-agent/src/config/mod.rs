@@ -48,11 +48,11 @@ pub use self::{
     flags::{Overrides, endpoint_host_port, parse_duration, parse_endpoint, parse_interval},
 };
 use crate::{
+    collectors::drops::probe::Hook,
     collectors::{
         conntrack::ConntrackConfig, ethtool::EthtoolConfig, netdev::NetdevConfig,
         netstat::NetstatConfig, qdisc::QdiscConfig, softnet::SoftnetConfig,
     },
-    drops::probe::Hook,
 };
 
 /// Where the daemon looks for its configuration when `--config` is not given. A missing
@@ -162,7 +162,7 @@ impl Default for DropsConfig {
             enabled: true,
             map_entries: retina_ebpf_common::DEFAULT_DROPS_MAX_ENTRIES,
             locations: false,
-            locations_capacity: crate::drops::locations::DEFAULT_CAPACITY,
+            locations_capacity: crate::collectors::drops::locations::DEFAULT_CAPACITY,
             hook: Hook::Auto,
         }
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::{Check, Status};
 use crate::{
-    drops::{
+    collectors::drops::{
         Hook,
         preflight::{Preflight, preflight},
         probe::ProbeError,
@@ -300,7 +300,7 @@ mod tests {
         assert_eq!(c.status, Status::Fail);
         assert!(c.detail.contains("no enum skb_drop_reason"), "{c:?}");
         let t = tracepoint(&Preflight {
-            tracepoint: crate::drops::preflight::tracepoint(parsed.as_ref().unwrap()),
+            tracepoint: crate::collectors::drops::preflight::tracepoint(parsed.as_ref().unwrap()),
             load: Err(ProbeError::NoKernelBtf),
         });
         assert_eq!(t.status, Status::Fail);

@@ -22,8 +22,8 @@ pub use self::{
 };
 use crate::{
     cli::CheckFormat,
+    collectors::drops::Hook,
     config::{ConfigError, Loaded, Origin},
-    drops::Hook,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

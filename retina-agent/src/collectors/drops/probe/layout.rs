@@ -46,7 +46,7 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<Offsets, ProbeError> {
 /// 1 and NOT_SPECIFIED = 2; 5.17: neither, NOT_SPECIFIED = 0), so they come from BTF like
 /// the reason names.
 pub fn not_drop_reasons(btf: &Btf) -> u32 {
-    btf.enum_values(crate::drops::reasons::CORE_ENUM)
+    btf.enum_values(crate::collectors::drops::reasons::CORE_ENUM)
         .unwrap_or_default()
         .iter()
         .filter(|v| matches!(v.name.as_str(), "SKB_NOT_DROPPED_YET" | "SKB_CONSUMED"))
