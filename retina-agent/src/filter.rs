@@ -61,11 +61,13 @@ impl Pattern {
     }
 
     /// The pattern as written (not anchored).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn as_str(&self) -> &str {
         &self.source
     }
 
     /// Whether `name` matches as a whole.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn is_match(&self, name: &str) -> bool {
         self.regex.is_match(name)
     }
@@ -128,6 +130,7 @@ impl NameFilter {
     }
 
     /// A filter that selects every name.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn all() -> NameFilter {
         NameFilter::default()
     }
@@ -140,6 +143,7 @@ impl NameFilter {
     }
 
     /// Whether this filter selects every name (no patterns at all).
+    #[cfg(test)]
     pub fn is_all(&self) -> bool {
         self.include.is_empty() && self.exclude.is_empty()
     }

@@ -33,10 +33,12 @@ use std::{io, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 
+pub use self::{driver::EthtoolCollector, ioctl::MAX_STATS, link_state::LinkStateCollector};
+/// The pieces the integration tests, the bench and the fuzz targets drive directly.
+#[cfg(feature = "internals")]
 pub use self::{
-    driver::{EthtoolCollector, InterfaceStatus, IoctlCounts, StatPoint, parse_replies},
-    ioctl::{DrvInfo, EthtoolSocket, GuardedBuf, IfName, MAX_STATS, Reply},
-    link_state::LinkStateCollector,
+    driver::{InterfaceStatus, IoctlCounts, StatPoint, parse_replies},
+    ioctl::{DrvInfo, EthtoolSocket, GuardedBuf, IfName, Reply},
     netlink::{LinkState, LinkStateError, LinkStateTable, apply_link_state, query_link_state},
     queue::{QueueStat, parse as parse_queue_stat},
 };

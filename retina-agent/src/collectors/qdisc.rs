@@ -40,6 +40,7 @@ use std::{
 
 use serde::Deserialize;
 
+#[cfg(feature = "internals")]
 pub use self::msg::{TcMsg, TcStats, classid, parse_tc, qdisc_handle};
 use self::{
     msg::{RTM_GETQDISC, RTM_GETTCLASS, TCMSG_LEN},
@@ -229,6 +230,7 @@ impl QdiscCollector {
     }
 
     /// Number of qdiscs and classes exported.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn exported(&self) -> usize {
         self.table.series.len()
     }
@@ -262,6 +264,7 @@ impl QdiscCollector {
     /// `links`; each dump's sequence number and port id are those of its first message.
     /// Returns the number of series exported, or the first dump's error. The entry point
     /// of the fuzz target `rtnetlink` (`fuzz/`) and of tests.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn apply_replies(
         links: &Links,
         qdiscs: &[&[u8]],

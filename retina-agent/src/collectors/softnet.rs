@@ -149,12 +149,6 @@ pub enum Problem {
     DuplicateCpu { cpu: u64 },
     #[error("CPU number {cpu} is out of range")]
     CpuRange { cpu: u64 },
-    #[error("{rows} rows but {cpus} online CPUs in {path}")]
-    OnlineMismatch {
-        rows: usize,
-        cpus: usize,
-        path: String,
-    },
 }
 
 /// Why the `softnet` collector could not be built or a cycle failed.
@@ -279,11 +273,13 @@ impl SoftnetCollector {
     }
 
     /// Number of CPUs currently exported.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn cpus(&self) -> usize {
         self.cpus.len()
     }
 
     /// Column count of the file at the last successful read (0 before).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn columns(&self) -> usize {
         self.columns
     }

@@ -38,15 +38,15 @@ use std::{
 use serde::Deserialize;
 
 pub use self::{
-    env::{EnvLookup, check_env_utf8, check_process_env, process_env},
+    env::{EnvLookup, check_process_env, process_env},
     error::{ConfigError, Invalid},
-    export::{
-        Compression, DEFAULT_GRPC_ENDPOINT, DEFAULT_HTTP_ENDPOINT, DEFAULT_PROMETHEUS_LISTEN,
-        DEFAULT_SERVICE_NAME, ExportConfig, PrometheusConfig, Protocol, Temporality,
-    },
+    export::{Compression, ExportConfig, PrometheusConfig, Protocol, Temporality},
     file::{FileConfig, parse},
     flags::{Overrides, endpoint_host_port, parse_duration, parse_endpoint, parse_interval},
 };
+/// Driven directly by the fuzz targets.
+#[cfg(any(test, feature = "internals"))]
+pub use self::env::check_env_utf8;
 use crate::{
     collectors::drops::probe::Hook,
     collectors::{

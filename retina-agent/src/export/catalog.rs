@@ -87,6 +87,7 @@ impl Catalog {
         self.entries.len()
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -35,8 +35,9 @@ use crate::{
     agent::Agent,
     config::{ExportConfig, PrometheusConfig},
 };
-pub use otlp::{partial_success_layer, partial_success_totals};
-pub use prometheus::family_name;
+pub use otlp::partial_success_layer;
+#[cfg(feature = "internals")]
+pub use otlp::partial_success_totals;
 
 /// The agent, shared between the daemon loop (which collects) and the exporters'
 /// callbacks (which read). `None` once the daemon has taken it back to drop it (detaching
@@ -165,6 +166,7 @@ impl Exporters {
     }
 
     /// The Prometheus endpoint's bound address (useful with port 0).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn prometheus_addr(&self) -> Option<SocketAddr> {
         self.prometheus.as_ref().map(|s| s.addr())
     }
@@ -185,6 +187,7 @@ impl Exporters {
     }
 
     /// Waits until the OTLP export in flight, if any, has finished.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub async fn flush(&mut self) {
         if let Some(o) = &mut self.otlp {
             o.flush().await;
@@ -192,6 +195,7 @@ impl Exporters {
     }
 
     /// The OTLP exporter's counters (successes, failures, skips), if OTLP is on.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn otlp_stats(&self) -> Option<Arc<selfmetrics::ExportStats>> {
         self.otlp.as_ref().map(|o| o.stats())
     }

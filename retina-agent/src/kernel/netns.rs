@@ -162,11 +162,6 @@ impl NetnsNames {
         released
     }
 
-    /// Named namespaces with an open rtnetlink socket.
-    pub fn open_sockets(&self) -> usize {
-        self.by_inode.values().filter(|n| n.links.is_some()).count()
-    }
-
     fn named(&mut self, inode: u32) -> Option<&mut Named> {
         let recently_missed = self
             .unnamed

@@ -207,6 +207,7 @@ impl DropCollector {
         }
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn probe_mut(&mut self) -> &mut DropProbe {
         &mut self.probe
     }

@@ -12,6 +12,6 @@ pub mod preflight;
 pub mod probe;
 pub mod reasons;
 
-pub use builder::{BuildError, Builder};
+pub use builder::Builder;
 pub use collector::DropCollector;
 pub use probe::Hook;

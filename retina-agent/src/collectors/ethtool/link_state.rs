@@ -137,6 +137,7 @@ pub struct LinkStateCollector {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
     /// The generation of the last finished refresh; closed when the task ends.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     done: watch::Receiver<u64>,
     /// Dropped with the collector: the task's shutdown signal.
     _stop: oneshot::Sender<()>,
@@ -194,6 +195,7 @@ impl LinkStateCollector {
     /// Triggers a refresh now and waits (up to `timeout`) for it to finish, then installs
     /// it as `collect` would. The task runs on its runtime meanwhile: on a current-thread
     /// runtime, await this inside that runtime's `block_on`.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub async fn refresh(
         &mut self,
         links: &Links,
@@ -228,6 +230,7 @@ impl LinkStateCollector {
     }
 
     /// Interfaces with link state currently held.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn interfaces(&self) -> usize {
         self.table.len()
     }
@@ -368,7 +371,7 @@ impl Collector for LinkStateCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::ethtool::LinkState;
+    use crate::collectors::ethtool::netlink::LinkState;
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()

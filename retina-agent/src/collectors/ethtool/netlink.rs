@@ -32,6 +32,7 @@ pub enum LinkStateError {
     #[error("ethtool link state: {0}")]
     Worker(String),
     #[error("ethtool link state: no refresh within {0:?}")]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     Timeout(Duration),
 }
 

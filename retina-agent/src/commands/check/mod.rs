@@ -16,10 +16,7 @@ use std::{fmt, path::Path, process::ExitCode};
 
 use serde_json::json;
 
-pub use self::{
-    endpoints::{CONNECT_TIMEOUT, mount_points, otlp, prometheus},
-    kernel::{MIN_KERNEL, capabilities, parse_release},
-};
+pub use self::endpoints::{CONNECT_TIMEOUT, otlp, prometheus};
 use crate::{
     cli::CheckFormat,
     collectors::drops::Hook,

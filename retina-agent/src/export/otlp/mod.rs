@@ -24,7 +24,9 @@ use opentelemetry_sdk::{
 };
 use tokio::task::JoinHandle;
 
-pub use partial::{layer as partial_success_layer, totals as partial_success_totals};
+pub use partial::layer as partial_success_layer;
+#[cfg(feature = "internals")]
+pub use partial::totals as partial_success_totals;
 pub(crate) use transport::chain;
 
 use self::{
@@ -286,6 +288,7 @@ impl Otlp {
 
     /// Waits for the export in flight, if any, to finish (the bench measures whole exports
     /// with it).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub(super) async fn flush(&mut self) {
         if let Some(h) = self.in_flight.take()
             && let Ok(rm) = h.await

@@ -33,8 +33,6 @@ use opentelemetry::KeyValue;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::Semaphore, task::AbortHandle, task::JoinHandle};
 
-pub use encode::family_name;
-
 use super::{ExportError, SharedAgent, catalog::Catalog, selfmetrics::ExportStats};
 
 pub const METRICS_PATH: &str = "/metrics";

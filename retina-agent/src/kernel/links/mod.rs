@@ -68,7 +68,9 @@ pub(crate) use socket::{drain, open_socket, recv, send_dump_request, send_reques
 pub use table::Link;
 use table::Table;
 pub(crate) use table::{lossy_arc, lossy_eq};
-pub use uapi::{LinkStats, LinkStatsDetail, OperState};
+pub use uapi::LinkStats;
+#[cfg(test)]
+use uapi::OperState;
 pub(crate) use uapi::{
     NETNSA_FD, NETNSA_NSID, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP,
     NLMSG_OVERRUN, RTGENMSG_LEN, RTM_GETNSID, RTM_NEWNSID, align4, read_i32, read_u16, read_u32,
@@ -267,6 +269,7 @@ impl Links {
     /// A fixed table without a kernel socket, for tests and replays:
     /// [`refresh`](Links::refresh) fails with [`LinkError::Detached`]. Links are sorted by
     /// ifindex; of duplicates the last one wins.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn from_links(links: impl IntoIterator<Item = Link>) -> Links {
         let mut l = Links::with(None, 0);
         for link in links {
@@ -292,17 +295,20 @@ impl Links {
     }
 
     /// Inserts or replaces the link with `link.ifindex` (for tests and replays).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn upsert(&mut self, link: Link) {
         self.table.upsert(link);
     }
 
     /// Removes the link with this ifindex (for tests and replays).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn remove(&mut self, ifindex: u32) -> Option<Link> {
         self.table.remove(ifindex)
     }
 
     /// Full `RTM_GETLINK` dumps done so far by [`refresh`](Links::refresh) (the others
     /// only asked for counters); for diagnostics and tests.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn full_dumps(&self) -> u64 {
         self.full_dumps
     }
@@ -310,6 +316,7 @@ impl Links {
     /// Inode number of the network namespace this table describes (what the agent
     /// exports as `network.namespace.inode`); 0 for a table built by
     /// [`from_links`](Links::from_links).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn netns_inode(&self) -> u64 {
         self.netns_inode
     }
@@ -338,6 +345,7 @@ impl Links {
     }
 
     /// The interface with this name, if any (a linear search).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn get_by_name(&self, name: &str) -> Option<&Link> {
         self.iter().find(|l| &*l.name == name)
     }
@@ -348,10 +356,12 @@ impl Links {
     }
 
     /// Number of interfaces.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn len(&self) -> usize {
         self.table.entries.len()
     }
 
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn is_empty(&self) -> bool {
         self.table.entries.is_empty()
     }
@@ -402,6 +412,7 @@ impl Links {
     /// was complete and consistent (a link dump then prunes the interfaces it did not
     /// report); `Ok(false)`: a refresh would dump again. The entry point of the fuzz target
     /// `rtnetlink` (`fuzz/`) and of tests.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn apply_replies(&mut self, stats: bool, datagrams: &[&[u8]]) -> Result<bool, LinkError> {
         let (seq, portid) = datagrams
             .iter()

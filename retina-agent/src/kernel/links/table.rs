@@ -59,6 +59,7 @@ pub struct Link {
 impl Link {
     /// A link with the given identity and zeroed counters, with a fresh
     /// [`instance`](Link::instance) (for tests and replays).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn new(ifindex: u32, name: &str) -> Link {
         Link {
             ifindex,
@@ -82,11 +83,13 @@ impl Link {
     }
 
     /// `IFF_UP`: administratively up.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn is_up(&self) -> bool {
         self.flags & libc::IFF_UP as u32 != 0
     }
 
     /// `IFF_LOOPBACK`.
+    #[cfg(test)]
     pub fn is_loopback(&self) -> bool {
         self.flags & libc::IFF_LOOPBACK as u32 != 0
     }
@@ -132,6 +135,7 @@ impl Table {
     }
 
     /// Inserts or replaces the link with `link.ifindex`.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub(super) fn upsert(&mut self, link: Link) {
         self.generation += 1;
         match self.find(link.ifindex) {
@@ -141,6 +145,7 @@ impl Table {
     }
 
     /// Removes the link with this ifindex.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub(super) fn remove(&mut self, ifindex: u32) -> Option<Link> {
         let i = self.find(ifindex).ok()?;
         self.generation += 1;

@@ -157,6 +157,7 @@ pub struct DropProbe {
     overflow: OwnedFd,
     ncpus: usize,
     max_entries: u32,
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     locations: bool,
     epoch: u32,
     /// Slots of removed keys, freed at the next read.
@@ -284,6 +285,7 @@ impl DropProbe {
     }
 
     /// Whether the program puts the drop location into the keys.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn locations(&self) -> bool {
         self.locations
     }
