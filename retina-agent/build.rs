@@ -1,4 +1,4 @@
-//! Locates the eBPF object built by `cargo xtask build` so `src/ebpf.rs` can embed it, and
+//! Locates the eBPF object built by `cargo xtask build` so `src/collectors/drops/probe/mod.rs` can embed it, and
 //! records the git commit the agent is built from for `--version` (`RETINA_GIT_COMMIT`).
 
 use std::path::PathBuf;
