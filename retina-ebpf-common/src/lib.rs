@@ -57,6 +57,9 @@ pub const REASON_ARG: usize = 2;
 /// Index of the `location` argument (the return address into the function that freed the
 /// packet), the same on every kernel.
 pub const LOCATION_ARG: usize = 1;
+/// Index of the `rx_sk` argument (Linux 6.11+): the socket a received packet had reached
+/// when it was dropped, which `skb->sk` does not hold on the receive path.
+pub const RX_SK_ARG: usize = 3;
 
 /// What one counted drop is aggregated by.
 #[repr(C)]
@@ -75,6 +78,10 @@ pub struct DropKey {
     /// address inside the function that dropped it) when the loader enabled locations
     /// ([`LOCATIONS_GLOBAL`]); 0 otherwise.
     pub location: u64,
+    /// The cgroup v2 id (the inode of its directory) of the socket the packet had reached:
+    /// the tracepoint's `rx_sk` where the kernel has it, else `skb->sk`; 0 when the packet
+    /// had reached no socket or the kernel does not say ([`OFFSETS_HAS_SK_CGROUP`]).
+    pub cgroup: u64,
 }
 
 /// One entry of the per-CPU key-to-slot cache. Valid when `epoch` equals the current
@@ -102,6 +109,11 @@ pub const OFFSETS_HAS_NETNS: u32 = 1;
 /// The `Offsets::flags` bit saying the loader filled the offsets in. The program counts
 /// nothing without it, so an object loaded without the loader can never read at offset 0.
 pub const OFFSETS_VALID: u32 = 1 << 1;
+/// The `Offsets::flags` bit saying sockets carry a cgroup v2 pointer the program can follow
+/// to the cgroup's id (`sk_cgrp_data.cgroup->kn->id`).
+pub const OFFSETS_HAS_SK_CGROUP: u32 = 1 << 2;
+/// The `Offsets::flags` bit saying the tracepoint has the `rx_sk` argument ([`RX_SK_ARG`]).
+pub const OFFSETS_HAS_RX_SK: u32 = 1 << 3;
 
 /// Byte offsets of the kernel structure fields the program reads, derived from the running
 /// kernel's BTF by the loader and written into the program's read-only data before load.
@@ -124,6 +136,12 @@ pub struct Offsets {
     pub sk_net: u32,
     /// `struct net`: `ns.inum`.
     pub net_inum: u32,
+    /// `struct sock`: `sk_cgrp_data.cgroup`.
+    pub sk_cgroup: u32,
+    /// `struct cgroup`: `kn`.
+    pub cgroup_kn: u32,
+    /// `struct kernfs_node`: `id` (a `u64`).
+    pub kn_id: u32,
     /// `OFFSETS_*` bits.
     pub flags: u32,
 }
@@ -139,6 +157,9 @@ impl Offsets {
             dev_net: 0,
             sk_net: 0,
             net_inum: 0,
+            sk_cgroup: 0,
+            cgroup_kn: 0,
+            kn_id: 0,
             flags: 0,
         }
     }
@@ -158,8 +179,8 @@ mod user {
 }
 
 // Padding-free layouts: a size that is the sum of the fields proves there is no padding.
-const _: () = assert!(core::mem::size_of::<DropKey>() == 4 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<DropKey>() == 4 * 4 + 2 * 8);
 const _: () = assert!(core::mem::size_of::<DropValue>() == 16);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 9 * 4);
-const _: () = assert!(core::mem::size_of::<CacheEntry>() == 24 + 2 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 12 * 4);
+const _: () = assert!(core::mem::size_of::<CacheEntry>() == 32 + 2 * 4);
 const _: () = assert!(CACHE_ENTRIES.is_power_of_two());

@@ -1,5 +1,5 @@
-//! Counts every packet the kernel drops, by drop reason, network namespace, interface and
-//! L3 protocol. Nothing is sent to user space per packet.
+//! Counts every packet the kernel drops, by drop reason, network namespace, interface, L3
+//! protocol and the cgroup of the socket the packet had reached. Nothing is sent to user space per packet.
 //!
 //! The counts live in an array (`DROP_COUNTS`), one slot per key and CPU, which user space
 //! reads through a memory mapping; the hash map `DROPS` says which slot a key has. A per-CPU
@@ -26,7 +26,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use retina_ebpf_common::{
     CACHE_ENTRIES, CacheEntry, DEFAULT_DROPS_MAX_ENTRIES, DropKey, DropValue, LOCATION_ARG,
-    OFFSETS_HAS_NETNS, OFFSETS_VALID, Offsets, REASON_ARG,
+    OFFSETS_HAS_NETNS, OFFSETS_HAS_RX_SK, OFFSETS_HAS_SK_CGROUP, OFFSETS_VALID, Offsets,
+    REASON_ARG, RX_SK_ARG,
 };
 
 /// Filled in by the loader from kernel BTF (read-only data, constant once loaded).
@@ -88,9 +89,13 @@ const EEXIST: i32 = 17;
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     // A failed kernel read only loses the attributes it would have given; never the count.
-    try_kfree_skb::<ProbeRead, _>(&ctx, ctx.arg(0), ctx.arg::<u64>(REASON_ARG), || {
-        ctx.arg(LOCATION_ARG)
-    });
+    try_kfree_skb::<ProbeRead, _>(
+        &ctx,
+        ctx.arg(0),
+        ctx.arg::<u64>(REASON_ARG),
+        || ctx.arg(LOCATION_ARG),
+        || ctx.arg(RX_SK_ARG),
+    );
     0
 }
 
@@ -101,9 +106,13 @@ pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
 /// constants, so each load is checked against the kernel's BTF like `skb->dev` would be.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
-    try_kfree_skb::<DirectLoad, _>(&ctx, ctx.arg(0), ctx.arg::<u64>(REASON_ARG), || {
-        ctx.arg(LOCATION_ARG)
-    });
+    try_kfree_skb::<DirectLoad, _>(
+        &ctx,
+        ctx.arg(0),
+        ctx.arg::<u64>(REASON_ARG),
+        || ctx.arg(LOCATION_ARG),
+        || ctx.arg(RX_SK_ARG),
+    );
     0
 }
 
@@ -159,12 +168,25 @@ fn netns_inum<K: Kernel>(net_holder: u64, net_offset: u32) -> u32 {
         .unwrap_or(0)
 }
 
+/// The cgroup v2 id of socket `sk` (`sk->sk_cgrp_data.cgroup->kn->id`); 0 when unknown.
+#[inline(always)]
+fn sk_cgroup_id<K: Kernel>(sk: u64) -> u64 {
+    if offset!(flags) & OFFSETS_HAS_SK_CGROUP == 0 {
+        return 0;
+    }
+    K::read::<u64>(sk, offset!(sk_cgroup))
+        .and_then(|cgroup| K::read::<u64>(cgroup, offset!(cgroup_kn)))
+        .and_then(|kn| K::read::<u64>(kn, offset!(kn_id)))
+        .unwrap_or(0)
+}
+
 #[inline(always)]
 fn try_kfree_skb<K: Kernel, C: EbpfContext>(
     ctx: &C,
     skb: u64,
     reason: u64,
     location: impl FnOnce() -> u64,
+    rx_sk: impl FnOnce() -> u64,
 ) {
     if offset!(flags) & OFFSETS_VALID == 0 {
         return;
@@ -176,6 +198,18 @@ fn try_kfree_skb<K: Kernel, C: EbpfContext>(
         return;
     }
 
+    // The socket the packet had reached: on the receive path only `rx_sk` says (6.11+;
+    // without the flag the verifier removes the read of an argument the kernel lacks).
+    let rx_sk = if offset!(flags) & OFFSETS_HAS_RX_SK != 0 {
+        rx_sk()
+    } else {
+        0
+    };
+    let sk: u64 = if rx_sk != 0 {
+        rx_sk
+    } else {
+        K::read(skb, offset!(skb_sk)).unwrap_or(0)
+    };
     let dev: u64 = K::read(skb, offset!(skb_dev)).unwrap_or(0);
     let (ifindex, netns) = if dev != 0 {
         (
@@ -183,9 +217,9 @@ fn try_kfree_skb<K: Kernel, C: EbpfContext>(
             netns_inum::<K>(dev, offset!(dev_net)),
         )
     } else {
-        let sk: u64 = K::read(skb, offset!(skb_sk)).unwrap_or(0);
         (0, netns_inum::<K>(sk, offset!(sk_net)))
     };
+    let cgroup = sk_cgroup_id::<K>(sk);
     let protocol = u16::from_be(K::read::<u16>(skb, offset!(skb_protocol)).unwrap_or(0));
     let len = K::read::<u32>(skb, offset!(skb_len)).unwrap_or(0) as u64;
 
@@ -201,6 +235,7 @@ fn try_kfree_skb<K: Kernel, C: EbpfContext>(
         netns,
         protocol: protocol as u32,
         location,
+        cgroup,
     };
     match slot(&key).and_then(count_of) {
         Some(value) => {
@@ -239,11 +274,13 @@ fn slot(key: &DropKey) -> Option<u32> {
     // user space carries the old epoch and is never used.
     let epoch = DROP_EPOCH.get(0).copied().unwrap_or(0);
     let location = (key.location ^ (key.location >> 32)) as u32;
+    let cgroup = (key.cgroup ^ (key.cgroup >> 32)) as u32;
     let h = (key.reason
         ^ key.ifindex.rotate_left(8)
         ^ key.netns.rotate_left(16)
         ^ key.protocol
-        ^ location.rotate_left(24))
+        ^ location.rotate_left(24)
+        ^ cgroup.rotate_left(4))
     .wrapping_mul(0x9e37_79b1);
     let entry = DROP_CACHE.get_ptr_mut(h >> (32 - CACHE_ENTRIES.trailing_zeros()))?;
     // SAFETY: this CPU's cache entry, as in `try_kfree_skb`.

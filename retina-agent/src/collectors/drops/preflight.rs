@@ -3,6 +3,7 @@
 
 use retina_ebpf_common::BTF_PROGRAM_NAME;
 
+pub use super::probe::SocketOwners;
 use super::probe::{DropProbe, Hook, ProbeError, ProbeOptions, offsets_from_btf};
 use crate::kernel::btf::Btf;
 
@@ -28,8 +29,8 @@ impl Attached {
 #[derive(Debug)]
 pub struct Preflight {
     /// Whether the kernel's `kfree_skb` tracepoint carries the drop reason and BTF has the
-    /// `sk_buff`/`net_device` fields the program reads.
-    pub tracepoint: Result<(), ProbeError>,
+    /// `sk_buff`/`net_device` fields the program reads; if so, which socket owners it sees.
+    pub tracepoint: Result<SocketOwners, ProbeError>,
     /// Loading the probe as the agent would (a drop map of `max_entries` entries) and
     /// attaching it, then detaching it: which flavour attached, or why it did not.
     pub load: Result<Attached, ProbeError>,
@@ -44,8 +45,8 @@ pub fn preflight(btf: &Btf, max_entries: u32, hook: Hook) -> Preflight {
 }
 
 /// Whether the probe finds its tracepoint and structure layout in `btf`.
-pub fn tracepoint(btf: &Btf) -> Result<(), ProbeError> {
-    offsets_from_btf(btf).map(|_| ())
+pub fn tracepoint(btf: &Btf) -> Result<SocketOwners, ProbeError> {
+    offsets_from_btf(btf).map(|o| SocketOwners::of(&o))
 }
 
 fn load(btf: &Btf, max_entries: u32, hook: Hook) -> Result<Attached, ProbeError> {

@@ -186,9 +186,12 @@ pub fn capabilities(caps: Option<u64>) -> Check {
 fn tracepoint(preflight: &Preflight) -> Check {
     const NAME: &str = "tracepoint";
     match &preflight.tracepoint {
-        Ok(()) => Check::pass(
+        Ok(owners) => Check::pass(
             NAME,
-            "kfree_skb has the reason argument; sk_buff/net_device offsets found in BTF",
+            format!(
+                "kfree_skb has the reason argument; sk_buff/net_device offsets found in BTF; {}",
+                owners.as_str()
+            ),
         ),
         Err(e @ (ProbeError::NoTracepoint | ProbeError::NoReasonArgument { .. })) => Check::fail(
             NAME,

@@ -2,20 +2,23 @@
 //! arguments, the structure offsets the program reads, and which reason values are not
 //! drops.
 
-use retina_ebpf_common::{OFFSETS_HAS_NETNS, OFFSETS_VALID, Offsets, REASON_ARG, TRACEPOINT};
+use retina_ebpf_common::{
+    OFFSETS_HAS_NETNS, OFFSETS_HAS_RX_SK, OFFSETS_HAS_SK_CGROUP, OFFSETS_VALID, Offsets,
+    REASON_ARG, RX_SK_ARG, TRACEPOINT,
+};
 
 use super::ProbeError;
 use crate::kernel::btf::Btf;
 
 /// Derives the offsets the program needs from the running kernel's BTF.
 pub fn offsets_from_btf(btf: &Btf) -> Result<Offsets, ProbeError> {
-    match btf.tracepoint_args(TRACEPOINT) {
+    let args = match btf.tracepoint_args(TRACEPOINT) {
         None => return Err(ProbeError::NoTracepoint),
         Some(n) if (n as usize) <= REASON_ARG => {
             return Err(ProbeError::NoReasonArgument { found: n });
         }
-        Some(_) => {}
-    }
+        Some(n) => n as usize,
+    };
     let field = |s: &str, f: &str| btf.field_offset(s, f).map_err(ProbeError::Layout);
     let mut offsets = Offsets {
         skb_dev: field("sk_buff", "dev")?,
@@ -37,7 +40,55 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<Offsets, ProbeError> {
         offsets.net_inum = net_inum;
         offsets.flags |= OFFSETS_HAS_NETNS;
     }
+    // The socket's cgroup v2 (CONFIG_SOCK_CGROUP_DATA; a plain pointer since 5.15).
+    if let (Ok(sk_cgroup), Ok(cgroup_kn), Ok(kn_id)) = (
+        btf.field_offset("sock", "sk_cgrp_data.cgroup"),
+        btf.field_offset("cgroup", "kn"),
+        btf.field_offset("kernfs_node", "id"),
+    ) {
+        offsets.sk_cgroup = sk_cgroup;
+        offsets.cgroup_kn = cgroup_kn;
+        offsets.kn_id = kn_id;
+        offsets.flags |= OFFSETS_HAS_SK_CGROUP;
+    }
+    if args > RX_SK_ARG {
+        offsets.flags |= OFFSETS_HAS_RX_SK;
+    }
     Ok(offsets)
+}
+
+/// Which drops this kernel lets the probe attribute to the cgroup owning their socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketOwners {
+    /// Received packets too: the tracepoint passes `rx_sk` (Linux 6.11+).
+    Received,
+    /// Only packets whose `skb->sk` is still set (those a local socket sent).
+    SentOnly,
+    /// None: sockets carry no cgroup v2 pointer in this kernel's BTF.
+    Unavailable,
+}
+
+impl SocketOwners {
+    /// What the offsets derived from BTF allow.
+    pub fn of(offsets: &Offsets) -> SocketOwners {
+        if offsets.flags & OFFSETS_HAS_SK_CGROUP == 0 {
+            SocketOwners::Unavailable
+        } else if offsets.flags & OFFSETS_HAS_RX_SK == 0 {
+            SocketOwners::SentOnly
+        } else {
+            SocketOwners::Received
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketOwners::Received => "socket owners of received and sent packets",
+            SocketOwners::SentOnly => {
+                "socket owners of sent packets only (no rx_sk argument before Linux 6.11)"
+            }
+            SocketOwners::Unavailable => "no socket owners (no sk_cgrp_data.cgroup in BTF)",
+        }
+    }
 }
 
 /// Values of `enum skb_drop_reason` that are not drops, as a bit mask (bit N: value N):
@@ -138,7 +189,13 @@ mod tests {
     fn offsets_on_this_kernel() {
         let btf = Btf::from_sys().unwrap();
         let o = offsets_from_btf(&btf).unwrap();
-        assert_eq!(o.flags, OFFSETS_VALID | OFFSETS_HAS_NETNS);
+        let args = btf.tracepoint_args(TRACEPOINT).unwrap() as usize;
+        let rx_sk = if args > RX_SK_ARG { OFFSETS_HAS_RX_SK } else { 0 };
+        assert_eq!(
+            o.flags,
+            OFFSETS_VALID | OFFSETS_HAS_NETNS | OFFSETS_HAS_SK_CGROUP | rx_sk
+        );
+        assert!(o.sk_cgroup > 0 && o.cgroup_kn > 0);
         // Sanity against the layout every 64-bit kernel shares: dev follows next/prev.
         assert_eq!(o.skb_dev, 16);
         assert!(o.skb_len > o.skb_dev && o.net_inum > 0 && o.dev_ifindex > 0);
