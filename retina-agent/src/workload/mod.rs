@@ -11,6 +11,7 @@
 
 pub mod cgroup;
 pub mod peers;
+pub mod sockets;
 
 use std::{
     collections::HashMap,
@@ -31,6 +32,10 @@ pub mod attr {
     pub const POD_UID: &str = "k8s.pod.uid";
     pub const CONTAINER_ID: &str = "container.id";
     pub const SYSTEMD_UNIT: &str = "systemd.unit";
+    /// The cgroup v2 path of the socket a dropped packet had reached.
+    pub const SOCKET_CGROUP: &str = "socket.cgroup";
+    /// Its cgroup id (never reused, so two incarnations of one service stay two series).
+    pub const SOCKET_CGROUP_ID: &str = "socket.cgroup.id";
 }
 
 /// A namespace the last scan did not find is scanned for again after this long.

@@ -19,7 +19,7 @@ use crate::{
     kernel::links::Links,
     kernel::netns::NetnsNames,
     model::{Kind, Metric, Number, Visitor, attr},
-    workload::{Workload, Workloads},
+    workload::{Workload, Workloads, attr as workload_attr, sockets::SocketOwners},
 };
 
 pub const DROP_COUNT: Metric = Metric {
@@ -147,6 +147,8 @@ pub struct DropCollector {
     host_netns: u32,
     netns: NetnsNames,
     workloads: Workloads,
+    /// The cgroups of the sockets dropped packets had reached.
+    owners: SocketOwners,
     series: HashMap<DropKey, Series>,
     overflow: DropValue,
     missed: u64,
@@ -175,6 +177,7 @@ impl DropCollector {
             host_netns,
             netns: NetnsNames::new(),
             workloads: Workloads::new(host_netns),
+            owners: SocketOwners::new(),
             series: HashMap::with_capacity(capacity),
             overflow: DropValue::default(),
             missed: 0,
@@ -255,11 +258,26 @@ impl DropCollector {
                 attrs.push(KeyValue::new(attr::NETNS_NAME, Value::String(ns.into())));
             }
         }
-        // The pod, container or service living in that namespace; for a host interface,
-        // the one in its peer's namespace (a pod's host veth).
-        let workload = match self.in_host(key) {
-            true => self.peer(key, links),
-            false => self.workloads.lookup(key.netns),
+        // The pod, container or service that owns the socket the packet had reached; else
+        // the one living in that namespace; for a host interface, the one in its peer's
+        // namespace (a pod's host veth).
+        let owner = self.owners.get(key.cgroup).cloned();
+        if key.cgroup != 0 {
+            attrs.push(KeyValue::new(
+                workload_attr::SOCKET_CGROUP_ID,
+                i64::try_from(key.cgroup).unwrap_or(i64::MAX),
+            ));
+        }
+        if let Some(o) = &owner {
+            attrs.push(KeyValue::new(
+                workload_attr::SOCKET_CGROUP,
+                Value::String(o.path.clone().into()),
+            ));
+        }
+        let workload = match owner {
+            Some(o) if !o.workload.is_empty() => Some(o.workload.clone()),
+            _ if self.in_host(key) => self.peer(key, links),
+            _ => self.workloads.lookup(key.netns),
         };
         if let Some(w) = workload {
             w.push_attributes(&mut attrs);
@@ -331,6 +349,7 @@ impl DropCollector {
         };
         let (host, cycle) = (self.host_netns, self.cycle);
         let netns = &mut self.netns;
+        let owners = &self.owners;
         let since = Instant::now();
         let dead: Vec<DropKey> = self
             .series
@@ -347,7 +366,7 @@ impl DropCollector {
                     } else {
                         netns.has_interface(k.netns, k.ifindex, since) == Some(false)
                     };
-                ns_gone || dev_gone
+                ns_gone || dev_gone || owners.is_gone(k.cgroup)
             })
             .map(|(k, _)| *k)
             .collect();
@@ -384,6 +403,12 @@ impl DropCollector {
             );
             self.entries = self.entries.saturating_sub(kernel_keys.len() as u64);
         }
+        let series = &self.series;
+        self.owners.forget_gone(|id| {
+            series
+                .iter()
+                .any(|(k, s)| k.cgroup == id && !s.retired)
+        });
         Ok(())
     }
 }
@@ -443,6 +468,8 @@ impl Collector for DropCollector {
             .map_err(DropCollectError)?;
         self.cycle += 1;
         let born = self.cycle;
+        // New socket cgroups: one walk of the cgroup tree for all of them.
+        self.owners.resolve(fresh.iter().map(|(k, _)| k.cgroup));
         for (mut key, value) in fresh {
             if let Some(l) = &mut self.locations {
                 key.location = l.learn(key.location);
@@ -479,6 +506,9 @@ impl Collector for DropCollector {
         let full = entries * 100 >= u64::from(self.probe.max_entries()) * PRUNE_AT_PERCENT;
         let links_changed = self.links_generation != Some(links.generation());
         self.links_generation = Some(links.generation());
+        // A socket-owning cgroup removed (its service stopped, its pod went): one stat per
+        // owner each cycle, so its series leave within two intervals.
+        let owners_gone = self.owners.check();
         if full
             && self
                 .last_prune
@@ -486,7 +516,7 @@ impl Collector for DropCollector {
         {
             self.last_prune = Some(Instant::now());
             self.prune(links, true)?;
-        } else if links_changed {
+        } else if links_changed || owners_gone {
             // Interfaces came or went (a pod's veth goes with its namespace): shed the keys
             // of host interfaces and of namespaces that are gone right away, so a workload
             // that has gone leaves the export within two intervals and churn does not pile

@@ -1,0 +1,136 @@
+use std::os::unix::fs::MetadataExt as _;
+
+use super::*;
+
+const ID: &str = "4f1e2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+
+/// A directory tree standing for a cgroup v2 mount: a directory's inode is its "id".
+struct FakeTree(PathBuf);
+
+impl FakeTree {
+    fn new(tag: &str) -> FakeTree {
+        let dir = std::env::temp_dir().join(format!("retina-owners-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        FakeTree(dir)
+    }
+
+    /// Creates cgroup `rel` (with an interface file beside it, as cgroupfs has) and returns
+    /// its id.
+    fn add(&self, rel: &str) -> u64 {
+        let dir = self.0.join(rel.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+        std::fs::metadata(&dir).unwrap().ino()
+    }
+}
+
+impl Drop for FakeTree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn ids_resolve_to_paths_and_the_workloads_they_name() {
+    let t = FakeTree::new("resolve");
+    let unit = t.add("/system.slice/unbound.service");
+    let pod = t.add(&format!(
+        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0b1c2d3e_4f50_6172_8394_a5b6c7d8e9f0.slice/cri-containerd-{ID}.scope"
+    ));
+    let session = t.add("/user.slice/user-0.slice/session-1.scope");
+    let root = std::fs::metadata(&t.0).unwrap().ino();
+    let mut o = SocketOwners::with_root(Some(t.0.clone()));
+    o.resolve([unit, pod, session, root, 0]);
+    let got = |id| o.get(id).map(|o| (o.path.to_string(), (*o.workload).clone()));
+    let (path, w) = got(unit).unwrap();
+    assert_eq!(path, "/system.slice/unbound.service");
+    assert_eq!(w.unit.as_deref(), Some("unbound.service"));
+    let (_, w) = got(pod).unwrap();
+    assert_eq!(w.container_id.as_deref(), Some(ID));
+    assert_eq!(
+        w.pod_uid.as_deref(),
+        Some("0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0")
+    );
+    let (path, w) = got(session).unwrap();
+    assert_eq!(path, "/user.slice/user-0.slice/session-1.scope");
+    assert!(w.is_empty());
+    assert_eq!(got(root).unwrap().0, "/");
+    // 0 is "no socket": never looked up.
+    assert!(o.knows(0) && o.get(0).is_none());
+}
+
+#[test]
+fn removed_and_never_found_cgroups_are_gone_and_forgotten() {
+    let t = FakeTree::new("gone");
+    let a = t.add("/system.slice/a.service");
+    let b = t.add("/system.slice/b.service");
+    let mut o = SocketOwners::with_root(Some(t.0.clone()));
+    let unknown = u64::MAX;
+    o.resolve([a, b, unknown]);
+    assert!(o.get(unknown).is_none() && o.knows(unknown));
+    assert!(o.check(), "the unknown id was never found");
+    assert!(o.is_gone(unknown) && !o.is_gone(a) && !o.is_gone(b));
+    o.forget_gone(|_| false);
+    assert!(!o.check());
+    std::fs::remove_dir_all(t.0.join("system.slice/b.service")).unwrap();
+    assert!(o.check());
+    assert!(o.is_gone(b) && !o.is_gone(a));
+    // Still needed (a series too young to remove): kept, and gone again next check.
+    o.forget_gone(|id| id == b);
+    assert!(o.check() && o.is_gone(b));
+    o.forget_gone(|_| false);
+    assert!(!o.knows(b) && o.get(a).is_some());
+}
+
+#[test]
+fn without_cgroup_v2_nothing_resolves_and_nothing_is_gone() {
+    let mut o = SocketOwners::with_root(None);
+    o.resolve([7, 8]);
+    assert!(o.get(7).is_none() && o.knows(8));
+    assert!(!o.check());
+    assert!(!o.is_gone(7));
+}
+
+#[test]
+fn hostile_names_give_no_attribute_and_deep_trees_are_bounded() {
+    let t = FakeTree::new("hostile");
+    // Ids of the wrong length and odd characters: a path, but no workload.
+    let short = t.add(&format!("/system.slice/docker-{}.scope", &ID[..63]));
+    let upper = t.add(&format!("/system.slice/docker-{}.scope", ID.to_uppercase()));
+    let odd = t.add("/system.slice/a b$.service");
+    let mut deep = String::new();
+    for i in 0..MAX_DEPTH + 4 {
+        deep.push_str(&format!("/d{i}"));
+    }
+    let too_deep = t.add(&deep);
+    let mut o = SocketOwners::with_root(Some(t.0.clone()));
+    o.resolve([short, upper, odd, too_deep]);
+    for id in [short, upper, odd] {
+        let owner = o.get(id).unwrap();
+        assert!(owner.workload.is_empty(), "{}", owner.path);
+    }
+    assert!(o.get(too_deep).is_none(), "below MAX_DEPTH is not walked");
+    // The walk did not see everything, so the id is not taken for gone.
+    assert!(!o.check() && !o.is_gone(too_deep));
+}
+
+#[test]
+fn the_cgroup2_mount_is_read_from_mountinfo() {
+    let hybrid = "25 30 0:22 / /sys/fs/cgroup ro,nosuid shared:9 - tmpfs tmpfs ro,mode=755\n\
+        26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw\n\
+        27 25 0:24 / /sys/fs/cgroup/systemd rw shared:11 - cgroup cgroup rw,name=systemd\n";
+    assert_eq!(
+        mount_of(hybrid, "cgroup2"),
+        Some(PathBuf::from("/sys/fs/cgroup/unified"))
+    );
+    let escaped = "1 0 0:1 / /mnt/with\\040space rw - cgroup2 none rw\n";
+    assert_eq!(
+        mount_of(escaped, "cgroup2"),
+        Some(PathBuf::from("/mnt/with space"))
+    );
+    assert_eq!(mount_of("garbage\n\n - \n", "cgroup2"), None);
+    assert_eq!(mount_of("1 2 3 - cgroup2 x y\n", "cgroup2"), None);
+    // Unescaping never reads past the end.
+    assert_eq!(unescape("a\\04"), PathBuf::from("a\\04"));
+}
