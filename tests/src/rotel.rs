@@ -308,3 +308,55 @@ pub fn start_agent(dir: &TempDir, tag: &str, grpc: u16, env: &[(&str, String)]) 
     })?;
     Ok(proc)
 }
+
+/// Sum of the points of `metric` in `points` whose attributes include `want`.
+pub fn total(points: &[DataPoint], metric: &str, want: &[(&str, &str)]) -> f64 {
+    points
+        .iter()
+        .filter(|p| {
+            p.metric == metric
+                && want
+                    .iter()
+                    .all(|(k, v)| p.attrs.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|p| p.value)
+        .sum()
+}
+
+/// rotel and the agent (`run --interval 1s`, OTLP/gRPC), killed on drop.
+pub struct Export {
+    pub rotel: Proc,
+    pub agent: Proc,
+    _dir: TempDir,
+}
+
+impl Export {
+    pub fn start(tag: &str) -> Result<Export> {
+        let dir = TempDir::new(tag)?;
+        let (grpc, http) = (crate::free_port()?, crate::free_port()?);
+        let rotel = start_rotel(&dir, grpc, http, "rotel")?;
+        let agent = start_agent(&dir, "agent", grpc, &[])?;
+        Ok(Export {
+            rotel,
+            agent,
+            _dir: dir,
+        })
+    }
+
+    pub fn exports(&mut self) -> Result<Vec<Vec<DataPoint>>> {
+        self.rotel.ensure_alive()?;
+        self.agent.ensure_alive()?;
+        Ok(rotel_exports(&self.rotel.log_text()))
+    }
+
+    /// Waits for an export in which `ok` holds; returns it.
+    pub fn wait(
+        &mut self,
+        what: &str,
+        mut ok: impl FnMut(&[DataPoint]) -> bool,
+    ) -> Result<Vec<DataPoint>> {
+        wait_for(what, PATIENCE, || {
+            Ok(self.exports()?.pop().filter(|e| ok(e)))
+        })
+    }
+}

@@ -9,7 +9,11 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use retina_tests::{workload::Workload, *};
+use retina_tests::{
+    rotel::{Export, total},
+    workload::Workload,
+    *,
+};
 
 const ID: &str = "4f1e2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 
@@ -172,20 +176,6 @@ impl Drop for Pod {
     }
 }
 
-/// Sum of the points of `metric` in `points` whose attributes include `want`.
-fn total(points: &[rotel::DataPoint], metric: &str, want: &[(&str, &str)]) -> f64 {
-    points
-        .iter()
-        .filter(|p| {
-            p.metric == metric
-                && want
-                    .iter()
-                    .all(|(k, v)| p.attrs.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|p| p.value)
-        .sum()
-}
-
 /// A `sum by (k8s.pod.uid)` of one export: per metric, the total of the pod's points.
 fn by_pod(points: &[rotel::DataPoint], uid: &str) -> std::collections::BTreeMap<String, f64> {
     let mut m = std::collections::BTreeMap::new();
@@ -196,44 +186,6 @@ fn by_pod(points: &[rotel::DataPoint], uid: &str) -> std::collections::BTreeMap<
         *m.entry(p.metric.clone()).or_insert(0.0) += p.value;
     }
     m
-}
-
-/// rotel and the agent (`run --interval 1s`, OTLP/gRPC), killed on drop.
-struct Export {
-    rotel: rotel::Proc,
-    agent: rotel::Proc,
-    _dir: TempDir,
-}
-
-impl Export {
-    fn start(tag: &str) -> Result<Export> {
-        let dir = TempDir::new(tag)?;
-        let (grpc, http) = (free_port()?, free_port()?);
-        let rotel = rotel::start_rotel(&dir, grpc, http, "rotel")?;
-        let agent = rotel::start_agent(&dir, "agent", grpc, &[])?;
-        Ok(Export {
-            rotel,
-            agent,
-            _dir: dir,
-        })
-    }
-
-    fn exports(&mut self) -> Result<Vec<Vec<rotel::DataPoint>>> {
-        self.rotel.ensure_alive()?;
-        self.agent.ensure_alive()?;
-        Ok(rotel::rotel_exports(&self.rotel.log_text()))
-    }
-
-    /// Waits for an export in which `ok` holds; returns it.
-    fn wait(
-        &mut self,
-        what: &str,
-        mut ok: impl FnMut(&[rotel::DataPoint]) -> bool,
-    ) -> Result<Vec<rotel::DataPoint>> {
-        rotel::wait_for(what, rotel::PATIENCE, || {
-            Ok(self.exports()?.pop().filter(|e| ok(e)))
-        })
-    }
 }
 
 #[test]

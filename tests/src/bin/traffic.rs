@@ -2,6 +2,8 @@
 //! datagrams of PAYLOAD_BYTES (default 32) and exits 0 once all were handed to the kernel.
 //! `traffic raw IFACE COUNT ETHERTYPE` sends COUNT minimal Ethernet frames (broadcast,
 //! 46 zero bytes of payload) with the hexadecimal ETHERTYPE out of IFACE (AF_PACKET).
+//! `traffic sink ADDR:PORT RCVBUF` binds a UDP socket with SO_RCVBUF set to RCVBUF, prints
+//! its port on a line and then sleeps without ever reading, so its receive buffer fills.
 
 #![allow(
     clippy::unwrap_used,
@@ -16,6 +18,9 @@ fn main() {
     if args.len() == 5 && args[1] == "raw" {
         raw(&args[2], args[3].parse().expect("COUNT"), &args[4]);
         return;
+    }
+    if args.len() == 4 && args[1] == "sink" {
+        sink(&args[2], args[3].parse().expect("RCVBUF"));
     }
     if args.len() < 4 || args[1] != "udp" {
         eprintln!("usage: traffic udp ADDR:PORT COUNT [PAYLOAD_BYTES]");
@@ -86,4 +91,27 @@ fn raw(iface: &str, count: u64, ethertype: &str) {
     }
     // SAFETY: our descriptor, closed once.
     unsafe { libc::close(fd) };
+}
+
+fn sink(addr: &str, rcvbuf: i32) -> ! {
+    use std::{io::Write as _, os::fd::AsRawFd as _};
+    let socket = UdpSocket::bind(addr.parse::<SocketAddr>().expect("ADDR:PORT")).expect("bind");
+    // SAFETY: setsockopt on our own socket with a pointer to a live i32 and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const rcvbuf).cast(),
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+    assert!(r == 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+    let port = socket.local_addr().expect("local_addr").port();
+    let mut out = std::io::stdout();
+    writeln!(out, "{port}").expect("stdout");
+    out.flush().expect("stdout");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
 }

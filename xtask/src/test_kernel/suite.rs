@@ -66,6 +66,12 @@ pub const EXCLUSIONS: &[Exclusion] = &[
         needs: Needs::Tool("rotel-agent"),
     },
     Exclusion {
+        file: "socket_owner",
+        tests: &["a_stopped_services_series_leave_the_export_within_two_intervals"],
+        kernels: &[],
+        needs: Needs::Tool("rotel-agent"),
+    },
+    Exclusion {
         file: "dashboard",
         tests: &["every_dashboard_query_returns_data_from_a_real_prometheus"],
         kernels: &[],
