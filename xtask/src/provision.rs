@@ -29,6 +29,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "lintian",
     "man-db",
     "iputils-arping",
+    // A real container runtime for tests/container_runtime.rs: podman with runc (crun
+    // refuses hybrid cgroup hosts), a busybox root file system imported locally.
+    "podman",
+    "runc",
+    "busybox-static",
 ];
 
 /// PyPI requirements (pip syntax, e.g. `name==1.2.3`) installed into `.tools/venv`, whose

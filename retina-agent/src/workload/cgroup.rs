@@ -7,6 +7,7 @@
 //! | kubelet, cgroupfs driver | `/kubepods/besteffort/pod<uid>/<id>` | pod uid, container id |
 //! | docker, podman, CRI-O scopes | `/system.slice/docker-<id>.scope`, `…/libpod-<id>.scope`, `…/crio-<id>.scope` | container id |
 //! | docker, cgroupfs driver | `/docker/<id>` | container id |
+//! | podman, cgroupfs manager | `/libpod_parent/libpod-<id>` | container id |
 //! | a systemd service | `/system.slice/unbound.service` | unit |
 //!
 //! A container id is exactly 64 lowercase hex digits and a pod uid a canonical UUID;
@@ -113,6 +114,7 @@ pub fn parse(path: &str) -> Workload {
     let mut ambiguous = false;
     let mut under_kubepods = false;
     let mut under_docker = false;
+    let mut under_libpod = false;
     let mut under_pod = false;
     for c in path.split('/').filter(|c| !c.is_empty()) {
         if c == "kubepods" || c.starts_with("kubepods.") || c.starts_with("kubepods-") {
@@ -131,11 +133,15 @@ pub fn parse(path: &str) -> Workload {
             set(&mut container, &mut ambiguous, id);
         } else if is_hex64(c) && (under_pod || under_docker) {
             set(&mut container, &mut ambiguous, c);
+        } else if let Some(id) = c.strip_prefix("libpod-").filter(|id| under_libpod && is_hex64(id))
+        {
+            set(&mut container, &mut ambiguous, id);
         } else if let Some(u) = service_unit(c) {
             // The innermost service counts (a service nested in a slice of services).
             unit = Some(u.to_string());
         }
         under_docker = c == "docker";
+        under_libpod = c == "libpod_parent";
     }
     if ambiguous {
         return Workload::default();
@@ -228,6 +234,10 @@ mod tests {
             ),
             (format!("/docker/{ID}"), w(None, Some(ID), None)),
             (
+                format!("/libpod_parent/libpod-{ID}"),
+                w(None, Some(ID), None),
+            ),
+            (
                 "/system.slice/unbound.service".to_string(),
                 w(None, None, Some("unbound.service")),
             ),
@@ -264,6 +274,10 @@ mod tests {
             format!("/kubepods.slice/kubepods-pod{}.slice", &uid_[1..]),
             format!("/kubepods.slice/kubepods-pod{uid_}x.slice"),
             format!("/elsewhere/pod{UID}/{ID}"),
+            // podman's cgroupfs layout only directly below libpod_parent, and not conmon's.
+            format!("/libpod-{ID}"),
+            format!("/libpod_parent/libpod-conmon-{ID}"),
+            format!("/libpod_parent/libpod-{short}"),
             "/system.slice/.service".to_string(),
             "/system.slice/bad unit.service".to_string(),
             "/system.slice/ünïcode.service".to_string(),

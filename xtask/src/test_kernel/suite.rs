@@ -66,6 +66,12 @@ pub const EXCLUSIONS: &[Exclusion] = &[
         needs: Needs::Tool("rotel-agent"),
     },
     Exclusion {
+        file: "container_runtime",
+        tests: &[],
+        kernels: &[],
+        needs: Needs::Tool("podman"),
+    },
+    Exclusion {
         file: "socket_owner",
         tests: &["a_stopped_services_series_leave_the_export_within_two_intervals"],
         kernels: &[],
