@@ -8,6 +8,10 @@
 //!   updated), CPU and wall;
 //! * the steady per-cycle check (`PeerOwners::update` with nothing to do): CPU and
 //!   allocations;
+//! * the socket owners' cgroup walk (`SocketOwners::resolve` of an id that is nowhere, so
+//!   the whole tree is walked: what a cycle with a new socket cgroup costs at most) and the
+//!   per-cycle check of 256 owners (`SocketOwners::check`, one `stat` each): CPU, and
+//!   allocations of the check;
 //! * the series per workload: netdev, ethtool and drop collectors (one NO_SOCKET drop on
 //!   each pod's loopback) visited, points counted per `k8s.pod.uid`.
 //!
@@ -28,7 +32,7 @@ use retina_agent::{
     },
     kernel::links::Links,
     model::{Metric, Number},
-    workload::{Workloads, peers::PeerOwners},
+    workload::{Workloads, peers::PeerOwners, sockets::SocketOwners},
 };
 use retina_tests::workload::Workload;
 use serde_json::{Value, json};
@@ -40,6 +44,8 @@ pub struct Pods {
     pub names: Vec<String>,
     pub veths: Vec<String>,
     pub uids: Vec<String>,
+    /// Each pod's container cgroup (below the cgroup v2 root).
+    pub cgroups: Vec<String>,
     /// In creation order (the first made the shared parent cgroups): dropped in reverse.
     workloads: Vec<Workload>,
 }
@@ -53,6 +59,7 @@ impl Pods {
             uids: (0..count)
                 .map(|i| format!("{:08x}-0000-4000-8000-{i:012x}", std::process::id()))
                 .collect(),
+            cgroups: Vec::new(),
             workloads: Vec::new(),
         };
         let mut lines: Vec<String> = pods
@@ -72,6 +79,7 @@ impl Pods {
                 "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{id}.scope"
             );
             pods.workloads.push(Workload::start(name, &path)?);
+            pods.cgroups.push(path);
         }
         Ok(pods)
     }
@@ -147,6 +155,12 @@ pub struct WorkloadReport {
     pub resolve_wall_us: sys::Summary,
     pub update_cpu_ns: f64,
     pub update_allocs_per_call: f64,
+    pub owners_walk_cpu_us: sys::Summary,
+    pub owners_walk_wall_us: sys::Summary,
+    pub owners_check_cpu_us: f64,
+    pub owners_check_allocs: f64,
+    /// Pods whose container cgroup the walk found, of the pods.
+    pub owners_found: usize,
     /// Pods whose host veth got their uid.
     pub pods_resolved: usize,
     /// Points per pod uid: min, median, max, and by metric for the first pod.
@@ -231,6 +245,36 @@ pub fn run(count: usize, runs: usize) -> Result<WorkloadReport> {
     let update_cpu_ns = c as f64 / CALLS as f64;
     let update_allocs_per_call = allocs as f64 / CALLS as f64;
 
+    // Socket owners: a full walk (an id that is nowhere) and the per-cycle check.
+    let root = retina_tests::workload::cgroup_v2_root()?;
+    let (mut cpu, mut wall) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        sys::check_stop()?;
+        let mut owners = SocketOwners::with_root(Some(root.clone()));
+        let (c, t, ()) = time(|| owners.resolve([u64::MAX]));
+        cpu.push(c);
+        wall.push(t);
+    }
+    let owners_walk_cpu_us = sys::Summary::of(&cpu).scaled(1e-3);
+    let owners_walk_wall_us = sys::Summary::of(&wall).scaled(1e-3);
+    let ids: Vec<u64> = pods
+        .cgroups
+        .iter()
+        .map(|p| std::fs::metadata(root.join(p)).map(|m| std::os::unix::fs::MetadataExt::ino(&m)))
+        .collect::<std::io::Result<_>>()?;
+    let mut owners = SocketOwners::with_root(Some(root.clone()));
+    owners.resolve(ids.iter().copied());
+    let owners_found = ids.iter().filter(|id| owners.get(**id).is_some()).count();
+    const CHECKS: usize = 200;
+    let (c, _, (allocs, gone)) =
+        time(|| retina_tests::alloc::count(|| (0..CHECKS).filter(|_| owners.check()).count()));
+    ensure!(
+        gone == 0,
+        "a pod's cgroup went during the check measurement"
+    );
+    let owners_check_cpu_us = c as f64 / CHECKS as f64 / 1e3;
+    let owners_check_allocs = allocs as f64 / CHECKS as f64;
+
     // Series per workload: one drop per pod, then the interface, driver and drop
     // collectors over the resolved link table.
     let mut collectors: Vec<Box<dyn Collector>> = vec![
@@ -283,6 +327,11 @@ pub fn run(count: usize, runs: usize) -> Result<WorkloadReport> {
         "peer_resolve_wall_us": resolve_wall_us.json(),
         "steady_update_cpu_ns": sys::round3(update_cpu_ns),
         "steady_update_allocs_per_call": update_allocs_per_call,
+        "socket_owners_walk_cpu_us": owners_walk_cpu_us.json(),
+        "socket_owners_walk_wall_us": owners_walk_wall_us.json(),
+        "socket_owners_check_cpu_us": sys::round3(owners_check_cpu_us),
+        "socket_owners_check_allocs": owners_check_allocs,
+        "socket_owners_found": owners_found,
         "pods_resolved": pods_resolved,
         "series_per_pod": series_per_pod.json(),
         "first_pod_series_by_metric": first.clone(),
@@ -299,6 +348,11 @@ pub fn run(count: usize, runs: usize) -> Result<WorkloadReport> {
         resolve_wall_us,
         update_cpu_ns,
         update_allocs_per_call,
+        owners_walk_cpu_us,
+        owners_walk_wall_us,
+        owners_check_cpu_us,
+        owners_check_allocs,
+        owners_found,
         pods_resolved,
         series_per_pod,
         first_pod_by_metric: first,

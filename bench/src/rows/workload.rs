@@ -52,6 +52,34 @@ pub fn add(table: &mut Table, s: &str, r: &WorkloadReport) {
     );
     table.info(
         s,
+        "socket owners: full cgroup walk CPU / wall median",
+        format!(
+            "{} / {}",
+            fmt_us(r.owners_walk_cpu_us.median),
+            fmt_us(r.owners_walk_wall_us.median)
+        ),
+    );
+    table.push(
+        s,
+        "socket owners: pods' container cgroups found by the walk",
+        format!("{} / {}", r.owners_found, r.pods),
+        "all",
+        Status::check(r.owners_found == r.pods),
+    );
+    table.info(
+        s,
+        "socket owners: per-cycle check of every pod's cgroup, CPU",
+        fmt_us(r.owners_check_cpu_us),
+    );
+    table.push(
+        s,
+        "allocations per socket-owner check",
+        format!("{:.3}", r.owners_check_allocs),
+        "0",
+        Status::check(r.owners_check_allocs == 0.0),
+    );
+    table.info(
+        s,
         "series per workload: min / median / max",
         format!(
             "{} / {} / {}",
