@@ -4,8 +4,14 @@
 //!
 //! Ids are resolved by walking the cgroup v2 tree, once per collection cycle that brings
 //! ids not seen before (never per cycle otherwise). Kernel cgroup ids are never reused, so
-//! an answer stays right for as long as the cgroup exists; [`SocketOwners::check`] tells,
-//! with one `stat` per owner, which of them have since been removed.
+//! an answer stays right for as long as the cgroup exists.
+//!
+//! [`SocketOwners::check`] tells which owners have since been removed. A cgroup can only be
+//! removed once it is empty, and the kernel reports a cgroup emptying as a change of its
+//! `cgroup.events` file (`populated 0`), which inotify delivers. So each cycle costs one
+//! non-blocking read of the inotify descriptor, plus one `stat` per owner that is empty;
+//! every owner is `stat`ed once a minute as well, and every cycle where inotify is not
+//! available.
 
 use std::{
     collections::HashMap,
@@ -13,7 +19,10 @@ use std::{
     os::unix::fs::{DirEntryExt as _, MetadataExt as _},
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, Instant},
 };
+
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
 use super::cgroup::{self, MAX_DEPTH, Workload};
 
@@ -21,6 +30,10 @@ use super::cgroup::{self, MAX_DEPTH, Workload};
 pub const MAX_CGROUPS: usize = 100_000;
 /// The most of `/proc/self/mountinfo` that is read.
 const MAX_MOUNTINFO: u64 = 1024 * 1024;
+/// Every owner is `stat`ed this often, whatever inotify said.
+pub const FULL_CHECK: Duration = Duration::from_secs(60);
+/// Room for a few dozen inotify events per read (no names: the watches are on files).
+const EVENT_BUFFER: usize = 4096;
 
 /// A socket-owning cgroup.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,6 +53,12 @@ struct Entry {
     /// Not found by a walk that saw the whole tree: the cgroup was removed before it.
     missing: bool,
     gone: bool,
+    /// Its `cgroup.events`, watched; `None` (the root, or no inotify): `stat`ed every cycle
+    /// unless it is the root, which is never removed.
+    watch: Option<WatchDescriptor>,
+    /// Empty when last seen (or its watch overflowed): `stat`ed every cycle until it is
+    /// gone or populated again.
+    empty: bool,
 }
 
 /// Socket owners by cgroup id.
@@ -49,6 +68,11 @@ pub struct SocketOwners {
     /// and none is taken for gone.
     root: Option<PathBuf>,
     by_id: HashMap<u64, Entry>,
+    /// Watches of the owners' `cgroup.events`; `None` where inotify could not be had.
+    notify: Option<Inotify>,
+    watched: HashMap<WatchDescriptor, u64>,
+    events: Box<[u8]>,
+    last_full: Instant,
 }
 
 impl SocketOwners {
@@ -61,9 +85,22 @@ impl SocketOwners {
 
     /// With another cgroup v2 root (tests), or none.
     pub fn with_root(root: Option<PathBuf>) -> SocketOwners {
+        let notify = match Inotify::init() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(
+                    "inotify unavailable ({e}): socket-owning cgroups are checked with a stat each cycle"
+                );
+                None
+            }
+        };
         SocketOwners {
             root,
             by_id: HashMap::new(),
+            notify,
+            watched: HashMap::new(),
+            events: vec![0; EVENT_BUFFER].into_boxed_slice(),
+            last_full: Instant::now(),
         }
     }
 
@@ -88,14 +125,25 @@ impl SocketOwners {
         };
         for (id, owner) in wanted {
             let missing = complete && owner.is_none();
-            self.by_id.insert(
-                id,
-                Entry {
-                    owner,
-                    missing,
-                    gone: false,
-                },
-            );
+            let mut entry = Entry {
+                owner,
+                missing,
+                gone: false,
+                watch: None,
+                empty: false,
+            };
+            if let (Some(o), Some(n)) = (&entry.owner, &mut self.notify)
+                && &*o.path != "/"
+            {
+                // Watched first, then read: an emptying in between is not missed.
+                let events = o.dir.join("cgroup.events");
+                if let Ok(wd) = n.watches().add(&events, WatchMask::MODIFY) {
+                    self.watched.insert(wd.clone(), id);
+                    entry.watch = Some(wd);
+                    entry.empty = !populated(&events);
+                }
+            }
+            self.by_id.insert(id, entry);
         }
     }
 
@@ -108,15 +156,62 @@ impl SocketOwners {
     /// walk could find them) as gone; true when there is one. One `stat` per owner;
     /// allocates nothing.
     pub fn check(&mut self) -> bool {
+        let full = self.changes() || self.last_full.elapsed() >= FULL_CHECK;
+        if full {
+            self.last_full = Instant::now();
+        }
         let mut any = false;
         for (id, e) in &mut self.by_id {
             e.gone = match &e.owner {
                 None => e.missing,
-                Some(o) => std::fs::symlink_metadata(&o.dir).map_or(true, |m| m.ino() != *id),
+                // The root is never removed.
+                Some(o) if &*o.path == "/" => false,
+                Some(o) if full || e.empty || e.watch.is_none() => {
+                    std::fs::symlink_metadata(&o.dir).map_or(true, |m| m.ino() != *id)
+                }
+                Some(_) => false,
             };
             any |= e.gone;
         }
         any
+    }
+
+    /// Reads what inotify has (without waiting): an owner whose `cgroup.events` changed is
+    /// read again (empty or populated). True when events were lost (a full queue, a
+    /// failed read), so that every owner must be checked.
+    fn changes(&mut self) -> bool {
+        let Some(n) = &mut self.notify else {
+            return false;
+        };
+        let mut lost = false;
+        loop {
+            let events = match n.read_events(&mut self.events) {
+                Ok(events) => events,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return true,
+            };
+            let mut read = false;
+            for event in events {
+                read = true;
+                if event.mask.contains(EventMask::Q_OVERFLOW) {
+                    lost = true;
+                }
+                let Some(e) = self.watched.get(&event.wd).and_then(|id| self.by_id.get_mut(id))
+                else {
+                    continue;
+                };
+                // IGNORED: the watch is gone with the file; only a stat can tell now.
+                e.empty = event.mask.contains(EventMask::IGNORED)
+                    || e
+                        .owner
+                        .as_ref()
+                        .is_none_or(|o| !populated(&o.dir.join("cgroup.events")));
+            }
+            if !read {
+                break;
+            }
+        }
+        lost
     }
 
     /// Whether cgroup `id` was found gone by the last [`SocketOwners::check`].
@@ -126,7 +221,18 @@ impl SocketOwners {
 
     /// Forgets the cgroups found gone, but for those `in_use` still says are needed.
     pub fn forget_gone(&mut self, in_use: impl Fn(u64) -> bool) {
-        self.by_id.retain(|id, e| !e.gone || in_use(*id));
+        let (notify, watched) = (&mut self.notify, &mut self.watched);
+        self.by_id.retain(|id, e| {
+            let keep = !e.gone || in_use(*id);
+            if !keep && let Some(wd) = e.watch.take() {
+                watched.remove(&wd);
+                if let Some(n) = notify {
+                    // The file is gone with its cgroup, and its watch with it, normally.
+                    let _ = n.watches().remove(wd);
+                }
+            }
+            keep
+        });
     }
 }
 
@@ -134,6 +240,18 @@ impl Default for SocketOwners {
     fn default() -> Self {
         SocketOwners::new()
     }
+}
+
+/// Whether a `cgroup.events` file says `populated 1`; false when it cannot be read.
+fn populated(events: &Path) -> bool {
+    let mut buf = [0u8; 256];
+    let Ok(mut f) = std::fs::File::open(events) else {
+        return false;
+    };
+    let n = f.read(&mut buf).unwrap_or(0);
+    buf[..n]
+        .split(|b| *b == b'\n')
+        .any(|line| line == b"populated 1")
 }
 
 /// Walks the tree below `root` (at most [`MAX_DEPTH`] deep and [`MAX_CGROUPS`] cgroups),

@@ -134,3 +134,38 @@ fn the_cgroup2_mount_is_read_from_mountinfo() {
     // Unescaping never reads past the end.
     assert_eq!(unescape("a\\04"), PathBuf::from("a\\04"));
 }
+
+/// What the kernel does to a cgroup that empties and goes: `cgroup.events` changes to
+/// `populated 0`, then the directory disappears without an event of its own (a rename
+/// stands for the removal here: it too keeps the watched file and sends nothing).
+#[test]
+fn owners_are_checked_when_they_empty_and_once_a_minute() {
+    let t = FakeTree::new("events");
+    let a = t.add("/system.slice/a.service");
+    let b = t.add("/system.slice/b.service");
+    for s in ["a", "b"] {
+        let f = t.0.join(format!("system.slice/{s}.service/cgroup.events"));
+        std::fs::write(f, "populated 1\nfrozen 0\n").unwrap();
+    }
+    let away = t.0.join("away");
+    std::fs::create_dir_all(&away).unwrap();
+    let mut o = SocketOwners::with_root(Some(t.0.clone()));
+    assert!(o.notify.is_some(), "inotify is needed by this test");
+    o.resolve([a, b]);
+    assert!(!o.check());
+    // a goes without emptying first (impossible for a real cgroup): no event, no stat, so
+    // it is only found by the check once a minute.
+    std::fs::rename(t.0.join("system.slice/a.service"), away.join("a")).unwrap();
+    assert!(!o.check() && !o.is_gone(a), "a populated owner is not stat'ed each cycle");
+    o.last_full = Instant::now().checked_sub(FULL_CHECK).unwrap();
+    assert!(o.check() && o.is_gone(a));
+    o.forget_gone(|_| false);
+    // b empties: from then on it is stat'ed every cycle, and found gone as soon as it is.
+    let events = t.0.join("system.slice/b.service/cgroup.events");
+    std::fs::write(&events, "populated 0\nfrozen 0\n").unwrap();
+    assert!(!o.check() && !o.is_gone(b));
+    std::fs::rename(t.0.join("system.slice/b.service"), away.join("b")).unwrap();
+    assert!(o.check() && o.is_gone(b));
+    o.forget_gone(|_| false);
+    assert!(!o.knows(a) && !o.knows(b) && o.watched.is_empty());
+}
