@@ -10,8 +10,9 @@
 //!   allocations;
 //! * the socket owners' cgroup walk (`SocketOwners::resolve` of an id that is nowhere, so
 //!   the whole tree is walked: what a cycle with a new socket cgroup costs at most) and the
-//!   per-cycle check of 256 owners (`SocketOwners::check`, one `stat` each): CPU, and
-//!   allocations of the check;
+//!   per-cycle check of 256 owners (`SocketOwners::check`: a read of the inotify
+//!   descriptor watching their `cgroup.events`; none has emptied): CPU, and allocations of
+//!   the check;
 //! * the series per workload: netdev, ethtool and drop collectors (one NO_SOCKET drop on
 //!   each pod's loopback) visited, points counted per `k8s.pod.uid`.
 //!
