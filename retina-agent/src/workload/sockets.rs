@@ -85,7 +85,8 @@ impl SocketOwners {
 
     /// With another cgroup v2 root (tests), or none.
     pub fn with_root(root: Option<PathBuf>) -> SocketOwners {
-        let notify = match Inotify::init() {
+        // Without cgroup v2 nothing is resolved, so nothing is watched.
+        let notify = root.as_ref().and_then(|_| match Inotify::init() {
             Ok(n) => Some(n),
             Err(e) => {
                 tracing::warn!(
@@ -93,7 +94,7 @@ impl SocketOwners {
                 );
                 None
             }
-        };
+        });
         SocketOwners {
             root,
             by_id: HashMap::new(),
@@ -153,8 +154,9 @@ impl SocketOwners {
     }
 
     /// Marks the cgroups removed since they were found (and those removed before a whole
-    /// walk could find them) as gone; true when there is one. One `stat` per owner;
-    /// allocates nothing.
+    /// walk could find them) as gone; true when there is one. Reads the inotify events,
+    /// then `stat`s the owners that emptied (all of them once every [`FULL_CHECK`], or
+    /// when events were lost); allocates nothing unless an owner's `cgroup.events` changed.
     pub fn check(&mut self) -> bool {
         let full = self.changes() || self.last_full.elapsed() >= FULL_CHECK;
         if full {
