@@ -1,5 +1,6 @@
 //! Counts every packet the kernel drops, by drop reason, network namespace, interface, L3
-//! protocol and the cgroup of the socket the packet had reached. Nothing is sent to user space per packet.
+//! protocol and the cgroup of the socket the packet had reached. Nothing is sent to user
+//! space per packet.
 //!
 //! The counts live in an array (`DROP_COUNTS`), one slot per key and CPU, which user space
 //! reads through a memory mapping; the hash map `DROPS` says which slot a key has. A per-CPU

@@ -506,8 +506,8 @@ impl Collector for DropCollector {
         let full = entries * 100 >= u64::from(self.probe.max_entries()) * PRUNE_AT_PERCENT;
         let links_changed = self.links_generation != Some(links.generation());
         self.links_generation = Some(links.generation());
-        // A socket-owning cgroup removed (its service stopped, its pod went): one stat per
-        // owner each cycle, so its series leave within two intervals.
+        // A socket-owning cgroup removed (its service stopped, its pod went), so that its
+        // series leave within two intervals (inotify says which owners emptied).
         let owners_gone = self.owners.check();
         if full
             && self

@@ -3,8 +3,10 @@
 
 use retina_ebpf_common::BTF_PROGRAM_NAME;
 
-pub use super::probe::SocketOwners;
-use super::probe::{DropProbe, Hook, ProbeError, ProbeOptions, offsets_from_btf};
+
+use super::probe::{
+    DropProbe, Hook, ProbeError, ProbeOptions, SocketOwnerSupport, offsets_from_btf,
+};
 use crate::kernel::btf::Btf;
 
 /// Which flavour of the program attached to `kfree_skb`.
@@ -30,7 +32,7 @@ impl Attached {
 pub struct Preflight {
     /// Whether the kernel's `kfree_skb` tracepoint carries the drop reason and BTF has the
     /// `sk_buff`/`net_device` fields the program reads; if so, which socket owners it sees.
-    pub tracepoint: Result<SocketOwners, ProbeError>,
+    pub tracepoint: Result<SocketOwnerSupport, ProbeError>,
     /// Loading the probe as the agent would (a drop map of `max_entries` entries) and
     /// attaching it, then detaching it: which flavour attached, or why it did not.
     pub load: Result<Attached, ProbeError>,
@@ -45,8 +47,8 @@ pub fn preflight(btf: &Btf, max_entries: u32, hook: Hook) -> Preflight {
 }
 
 /// Whether the probe finds its tracepoint and structure layout in `btf`.
-pub fn tracepoint(btf: &Btf) -> Result<SocketOwners, ProbeError> {
-    offsets_from_btf(btf).map(|o| SocketOwners::of(&o))
+pub fn tracepoint(btf: &Btf) -> Result<SocketOwnerSupport, ProbeError> {
+    offsets_from_btf(btf).map(|o| SocketOwnerSupport::of(&o))
 }
 
 fn load(btf: &Btf, max_entries: u32, hook: Hook) -> Result<Attached, ProbeError> {

@@ -59,7 +59,7 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<Offsets, ProbeError> {
 
 /// Which drops this kernel lets the probe attribute to the cgroup owning their socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SocketOwners {
+pub enum SocketOwnerSupport {
     /// Received packets too: the tracepoint passes `rx_sk` (Linux 6.11+).
     Received,
     /// Only packets whose `skb->sk` is still set (those a local socket sent).
@@ -68,25 +68,25 @@ pub enum SocketOwners {
     Unavailable,
 }
 
-impl SocketOwners {
+impl SocketOwnerSupport {
     /// What the offsets derived from BTF allow.
-    pub fn of(offsets: &Offsets) -> SocketOwners {
+    pub fn of(offsets: &Offsets) -> SocketOwnerSupport {
         if offsets.flags & OFFSETS_HAS_SK_CGROUP == 0 {
-            SocketOwners::Unavailable
+            SocketOwnerSupport::Unavailable
         } else if offsets.flags & OFFSETS_HAS_RX_SK == 0 {
-            SocketOwners::SentOnly
+            SocketOwnerSupport::SentOnly
         } else {
-            SocketOwners::Received
+            SocketOwnerSupport::Received
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
-            SocketOwners::Received => "socket owners of received and sent packets",
-            SocketOwners::SentOnly => {
+            SocketOwnerSupport::Received => "socket owners of received and sent packets",
+            SocketOwnerSupport::SentOnly => {
                 "socket owners of sent packets only (no rx_sk argument before Linux 6.11)"
             }
-            SocketOwners::Unavailable => "no socket owners (no sk_cgrp_data.cgroup in BTF)",
+            SocketOwnerSupport::Unavailable => "no socket owners (no sk_cgrp_data.cgroup in BTF)",
         }
     }
 }

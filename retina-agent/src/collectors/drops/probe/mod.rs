@@ -23,7 +23,7 @@ use retina_ebpf_common::{
 
 use self::maps::{Counts, batch_read, map_fd, push_slot, set_epoch};
 pub use self::{
-    layout::{SocketOwners, not_drop_reasons, offsets_from_btf},
+    layout::{SocketOwnerSupport, not_drop_reasons, offsets_from_btf},
     maps::ReadBuffers,
 };
 use crate::{
@@ -241,7 +241,7 @@ impl DropProbe {
         tracing::info!(
             program,
             "drop probe attached to kfree_skb; {}",
-            SocketOwners::of(&offsets).as_str()
+            SocketOwnerSupport::of(&offsets).as_str()
         );
         let program_fd = ebpf
             .program(program)
