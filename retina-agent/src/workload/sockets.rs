@@ -28,8 +28,8 @@ use super::cgroup::{self, MAX_DEPTH, Workload};
 
 /// The most cgroups one walk visits (a busy Kubernetes node has a few thousand).
 pub const MAX_CGROUPS: usize = 100_000;
-/// The most of `/proc/self/mountinfo` that is read.
-const MAX_MOUNTINFO: u64 = 1024 * 1024;
+/// The largest `/proc/self/mountinfo` read (a busy node has a few hundred mounts, ~100 KiB).
+const MAX_MOUNTINFO: u64 = 16 << 20;
 /// Every owner is `stat`ed this often, whatever inotify said.
 pub const FULL_CHECK: Duration = Duration::from_secs(60);
 /// Room for a few dozen inotify events per read (no names: the watches are on files).
@@ -158,6 +158,10 @@ impl SocketOwners {
     /// then `stat`s the owners that emptied (all of them once every [`FULL_CHECK`], or
     /// when events were lost); allocates nothing unless an owner's `cgroup.events` changed.
     pub fn check(&mut self) -> bool {
+        if self.by_id.is_empty() {
+            // Nothing watched: no syscall.
+            return false;
+        }
         let full = self.changes() || self.last_full.elapsed() >= FULL_CHECK;
         if full {
             self.last_full = Instant::now();
@@ -318,11 +322,17 @@ fn fill(wanted: &mut HashMap<u64, Option<Arc<Owner>>>, ino: u64, rel: &str, dir:
 
 /// The mount point of the first cgroup v2 file system in `/proc/self/mountinfo`.
 fn cgroup2_mount() -> Option<PathBuf> {
-    let mut text = String::new();
-    std::fs::File::open("/proc/self/mountinfo")
-        .and_then(|f| f.take(MAX_MOUNTINFO).read_to_string(&mut text))
+    const MOUNTINFO: &str = "/proc/self/mountinfo";
+    let text = crate::fsutil::read_regular_string(Path::new(MOUNTINFO), MAX_MOUNTINFO)
+        .inspect_err(|e| {
+            tracing::warn!("cannot read {MOUNTINFO} ({e}): drops are not attributed to socket owners")
+        })
         .ok()?;
-    mount_of(&text, "cgroup2")
+    let root = mount_of(&text, "cgroup2");
+    if root.is_none() {
+        tracing::info!("no cgroup v2 mounted: drops are not attributed to socket owners");
+    }
+    root
 }
 
 /// The mount point of the first file system of type `fstype` in mountinfo `text`.
