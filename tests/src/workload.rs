@@ -78,17 +78,19 @@ impl Drop for Workload {
         let _ = self.child.kill();
         let _ = self.child.wait();
         for dir in self.created.iter().rev() {
-            let mut removed = false;
-            for _ in 0..100 {
-                if std::fs::remove_dir(dir).is_ok() {
-                    removed = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !removed {
-                eprintln!("cleanup: could not remove {}", dir.display());
-            }
+            remove_cgroup(dir);
         }
     }
+}
+
+/// Removes the empty cgroup `dir` (for up to 2 s, while its last process is reaped);
+/// says so on stderr when it cannot. For cleanup on drop.
+pub fn remove_cgroup(dir: &std::path::Path) {
+    for _ in 0..100 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("cleanup: could not remove {}", dir.display());
 }

@@ -10,13 +10,12 @@ use std::{
     io::{BufRead as _, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    time::Duration,
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use retina_tests::{
     rotel::{self, Export, total},
-    workload::cgroup_v2_root,
+    workload::{cgroup_v2_root, remove_cgroup},
     *,
 };
 
@@ -113,17 +112,6 @@ impl Drop for Slice {
     fn drop(&mut self) {
         remove_cgroup(&self.0);
     }
-}
-
-/// Removes an empty cgroup, waiting for its last process to be reaped.
-fn remove_cgroup(dir: &std::path::Path) {
-    for _ in 0..100 {
-        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("cleanup: could not remove {}", dir.display());
 }
 
 /// Whether this kernel's `kfree_skb` tracepoint passes the receiving socket (6.11+).
