@@ -199,8 +199,16 @@ pub struct SnapshotArgs {
     /// After CMD exits, wait this long for packets it sent to be processed (softirq).
     #[arg(long, value_parser = parse_settle, default_value = "200ms")]
     pub settle: Duration,
-    /// Command to run while watching; the window is its lifetime.
-    #[arg(last = true)]
+    /// Run CMD as this user: its uid, primary group and supplementary groups from the
+    /// user database (needs root, e.g. `sudo retina-agent snapshot --user "$SUDO_USER" --
+    /// curl ...`).
+    #[arg(long, value_name = "NAME", requires = "command")]
+    pub user: Option<String>,
+    /// Command to run while watching; the window is its lifetime. CMD runs as the caller
+    /// (or `--user`), never with the agent's capabilities: its ambient and inheritable sets
+    /// are cleared, so under the unit it has none. Under sudo without `--user` it runs as
+    /// root.
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 

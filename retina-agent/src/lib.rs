@@ -33,6 +33,7 @@ modules! {
     config;
     ebpf_log;
     export;
+    fdshortage;
     filter;
     fsutil;
     kernel;

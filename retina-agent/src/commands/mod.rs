@@ -3,6 +3,7 @@
 //! [`reasons`] and the hidden [`generate`] (man pages, completions).
 
 pub mod check;
+pub mod child;
 pub mod generate;
 pub mod losses;
 pub mod reasons;

@@ -176,6 +176,8 @@ pub fn render_table(points: &[Point]) -> String {
 /// Takes two snapshots around `args`' window (a duration, or a command and its settle
 /// time) and prints their difference, or the second one with `--cumulative`.
 pub async fn command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
+    // An unknown user is refused before anything is attached.
+    let account = args.user.as_deref().map(super::child::lookup).transpose()?;
     let mut agent = Agent::new(config).context("starting the agent")?;
     for d in agent.degraded() {
         tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);
@@ -191,12 +193,22 @@ pub async fn command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
             .as_fd()
             .try_clone_to_owned()
             .context("duplicating stderr for the command's output")?;
-        let status = tokio::process::Command::new(program)
-            .args(rest)
-            .stdout(std::process::Stdio::from(stdout))
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(rest).stdout(std::process::Stdio::from(stdout));
+        let whom = match &account {
+            Some(a) => format!(" as {} (uid {})", a.name, a.uid),
+            None => {
+                if let Some(note) = super::child::sudo_note(program) {
+                    eprintln!("{note}");
+                }
+                String::new()
+            }
+        };
+        super::child::confine(&mut cmd, account);
+        let status = cmd
             .status()
             .await
-            .with_context(|| format!("running {program}"))?;
+            .with_context(|| format!("running {program}{whom}"))?;
         if !status.success() {
             eprintln!("retina-agent: {program} exited with {status}");
             code = ExitCode::from(status.code().map_or(1, |c| c.clamp(1, 255) as u8));

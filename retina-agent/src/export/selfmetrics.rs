@@ -4,6 +4,7 @@
 //! |---|---|---|---|---|
 //! | `retina.agent.collect.duration` | gauge | `s` | `collector` | time the collector's last collection took |
 //! | `retina.agent.collect.failures` | sum | `{failure}` | `collector` | collections that failed (the collector keeps its previous values) |
+//! | `retina.agent.descriptor.shortages` | sum | `{lookup}` | `lost` (`interface.name`, `workload`) | lookups that failed for want of a file descriptor, so a series went out without that attribute ([`crate::fdshortage`]) |
 //! | `retina.agent.export.failures` | sum | `{failure}` | `exporter` (`otlp`) | OTLP exports that failed or timed out |
 //! | `retina.agent.export.skipped` | sum | `{export}` | `exporter` (`otlp`) | exports not started because the previous one was still in flight |
 //! | `retina.agent.export.rejected` | sum | `{data_point}` | `exporter` (`otlp`) | data points the collector said it rejected (OTLP partial success) |
@@ -21,6 +22,7 @@ use opentelemetry::KeyValue;
 
 use crate::{
     agent::Agent,
+    fdshortage::{self, Lost},
     model::{Kind, Metric, Number, Visitor},
 };
 
@@ -34,6 +36,12 @@ pub const COLLECT_FAILURES: Metric = Metric {
     name: "retina.agent.collect.failures",
     unit: "{failure}",
     description: "Collections that failed; the collector keeps its previous values",
+    kind: Kind::Counter,
+};
+pub const DESCRIPTOR_SHORTAGES: Metric = Metric {
+    name: "retina.agent.descriptor.shortages",
+    unit: "{lookup}",
+    description: "Lookups that failed for want of a file descriptor (EMFILE, ENFILE); the series went out without the attribute named by `lost`",
     kind: Kind::Counter,
 };
 pub const EXPORT_FAILURES: Metric = Metric {
@@ -65,16 +73,19 @@ pub const EXPORT_DURATION: Metric = Metric {
 pub static METRICS: &[&Metric] = &[
     &COLLECT_DURATION,
     &COLLECT_FAILURES,
+    &DESCRIPTOR_SHORTAGES,
     &EXPORT_FAILURES,
     &EXPORT_SKIPPED,
     &EXPORT_REJECTED,
     &EXPORT_DURATION,
 ];
 /// How many of [`METRICS`] are about collection (the rest need an OTLP exporter).
-const COLLECT_METRICS: usize = 2;
+const COLLECT_METRICS: usize = 3;
 
 /// Attribute naming the collector.
 pub const ATTR_COLLECTOR: &str = "collector";
+/// Attribute naming what a descriptor shortage cost ([`fdshortage::Lost::as_str`]).
+pub const ATTR_LOST: &str = "lost";
 /// Attribute naming the exporter (`otlp`).
 pub const ATTR_EXPORTER: &str = "exporter";
 
@@ -122,6 +133,10 @@ pub fn visit(agent: &Agent, export: Option<&ExportStats>, v: &mut dyn Visitor) {
             Number::F64(stats.duration.as_secs_f64()),
         );
         v.point(&COLLECT_FAILURES, &attrs, Number::U64(stats.failures));
+    }
+    for lost in Lost::ALL {
+        let attrs = [KeyValue::new(ATTR_LOST, lost.as_str())];
+        v.point(&DESCRIPTOR_SHORTAGES, &attrs, Number::U64(fdshortage::count(lost)));
     }
     let Some(s) = export else { return };
     let otlp = [KeyValue::new(ATTR_EXPORTER, "otlp")];

@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::kernel::links::Links;
+use crate::{
+    fdshortage::{self, Lost},
+    kernel::links::Links,
+};
 
 /// Where `ip netns` and CNI plugins bind named namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
@@ -108,8 +111,12 @@ impl NetnsNames {
     }
 
     fn scan(&mut self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                fdshortage::failed(Lost::InterfaceName, &e);
+                return;
+            }
         };
         let mut seen = HashMap::new();
         for entry in entries.flatten() {
@@ -195,9 +202,14 @@ impl NetnsNames {
         let named = self.named(inode)?;
         if named.links.is_none() {
             match Links::open_in_netns(&named.path) {
-                Ok(links) => named.links = Some(links),
+                Ok(links) => {
+                    fdshortage::succeeded(Lost::InterfaceName);
+                    named.links = Some(links);
+                }
                 Err(e) => {
-                    tracing::debug!(netns = %named.name, "cannot open rtnetlink in namespace: {e}");
+                    if !fdshortage::failed(Lost::InterfaceName, &e) {
+                        tracing::debug!(netns = %named.name, "cannot open rtnetlink in namespace: {e}");
+                    }
                     return None;
                 }
             }

@@ -116,8 +116,12 @@ impl Workloads {
     pub fn scan(&mut self) {
         self.last_scan = Some(Instant::now());
         let mut found: HashMap<u32, Workload> = HashMap::new();
-        let Ok(procs) = std::fs::read_dir(&self.proc_root) else {
-            return;
+        let procs = match std::fs::read_dir(&self.proc_root) {
+            Ok(procs) => procs,
+            Err(e) => {
+                crate::fdshortage::failed(crate::fdshortage::Lost::Workload, &e);
+                return;
+            }
         };
         self.pids.clear();
         let mut text = String::new();
@@ -146,11 +150,18 @@ impl Workloads {
             let read = std::fs::File::open(dir.join("cgroup"))
                 .and_then(|f| f.take(MAX_CGROUP_FILE).read_to_string(&mut text));
             let w = match read {
-                Ok(_) => cgroup::process_path(&text)
-                    .map(cgroup::parse)
-                    .unwrap_or_default(),
-                // The process is gone, or the file is not text: it tells nothing.
-                Err(_) => continue,
+                Ok(_) => {
+                    crate::fdshortage::succeeded(crate::fdshortage::Lost::Workload);
+                    cgroup::process_path(&text)
+                        .map(cgroup::parse)
+                        .unwrap_or_default()
+                }
+                // The process is gone, or the file is not text: it tells nothing. Or no
+                // descriptor was left: that is counted and logged.
+                Err(e) => {
+                    crate::fdshortage::failed(crate::fdshortage::Lost::Workload, &e);
+                    continue;
+                }
             };
             self.pids.entry(netns).or_insert(pid);
             found

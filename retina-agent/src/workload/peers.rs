@@ -28,6 +28,7 @@ use std::{
 };
 
 use super::{Workload, Workloads};
+use crate::fdshortage::{self, Lost};
 use crate::kernel::links::{
     self, Attrs, LinkError, Links, Messages, NETNSA_FD, NETNSA_NSID, NLMSG_ERROR, NLMSG_HDRLEN,
     RTGENMSG_LEN, RTM_GETNSID, RTM_NEWNSID, read_i32,
@@ -201,8 +202,16 @@ impl PeerOwners {
         path: &std::path::Path,
         netns: Option<u32>,
     ) -> Result<Option<i32>, PeerError> {
-        let Ok(file) = std::fs::File::open(path) else {
-            return Ok(None);
+        let file = match std::fs::File::open(path) {
+            Ok(file) => {
+                fdshortage::succeeded(Lost::Workload);
+                file
+            }
+            // Gone meanwhile, or no descriptor left (then counted and logged).
+            Err(e) => {
+                fdshortage::failed(Lost::Workload, &e);
+                return Ok(None);
+            }
         };
         let same = netns.is_none_or(|netns| {
             file.metadata()

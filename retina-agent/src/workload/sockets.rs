@@ -279,10 +279,15 @@ fn walk(root: &Path, wanted: &mut HashMap<u64, Option<Arc<Owner>>>) -> bool {
         if visited >= MAX_CGROUPS {
             return false;
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            // Removed meanwhile, or unreadable: what is below it was not seen.
-            complete = false;
-            continue;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                // Removed meanwhile, or unreadable, or no descriptor left (counted and
+                // logged): what is below it was not seen.
+                crate::fdshortage::failed(crate::fdshortage::Lost::Workload, &e);
+                complete = false;
+                continue;
+            }
         };
         for entry in entries.flatten() {
             // Cgroups are directories; the interface files beside them are not.
