@@ -68,6 +68,8 @@ umount /sys/kernel/tracing 2>/dev/null
 # --- the test binaries -----------------------------------------------------------------
 # Nothing else is mounted: the tests mount tracefs or bpffs themselves where they need them.
 export RETINA_AGENT_BIN=/usr/bin/retina-agent
+# The OTLP collector of the export tests (tests/src/rotel.rs), from the `rotel` wheel.
+export RETINA_ROTEL_AGENT=/usr/bin/rotel-agent
 export RUST_BACKTRACE=1
 limit=$(cat /etc/retina-guest/test-timeout)
 mkdir -p /tmp/results

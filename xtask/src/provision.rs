@@ -398,6 +398,21 @@ pub fn python_venv(ws: &Workspace) -> Result<Option<PathBuf>> {
     Ok(Some(bin))
 }
 
+/// `rotel-agent`, the collector binary inside the `rotel` wheel of the venv whose `bin/` is
+/// `venv_bin` (what the export tests run, on the host and in the QEMU guests).
+pub fn rotel_agent(venv_bin: &Path) -> Result<PathBuf> {
+    let out = util::capture(Command::new(venv_bin.join("python3")).args([
+        "-c",
+        "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+    ]))
+    .context("cannot locate rotel-agent in the venv (PyPI `rotel`)")?;
+    let path = PathBuf::from(out.trim());
+    if !path.is_file() {
+        bail!("the `rotel` wheel has no rotel-agent at {}", path.display());
+    }
+    Ok(path)
+}
+
 /// `.tools/bin/cargo-deb`, built (`cargo install --locked`, about a minute) unless the one
 /// there already reports [`CARGO_DEB_VERSION`].
 pub fn cargo_deb(ws: &Workspace) -> Result<PathBuf> {

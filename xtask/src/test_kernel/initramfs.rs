@@ -1,11 +1,13 @@
 //! The guest's initramfs, written here as an uncompressed `newc` cpio archive: busybox
 //! (static), the agent, the test binaries and the `traffic` helper (stripped of debug
 //! info), the programs the tests run with the shared libraries `ldd` names, the kernel
-//! modules the guest loads, and `xtask/guest/init.sh` as `/init`.
+//! modules the guest loads, `rotel-agent` (the OTLP collector of the export tests, from the
+//! `rotel` wheel in the tools venv) and `xtask/guest/init.sh` as `/init`.
 //!
 //! Layout: the test binaries in `/opt/retina/deps/NAME`, `traffic` in `/opt/retina/` (a test
 //! binary finds its helpers one directory above its own, as in `target/debug/deps`), the
-//! agent in `/usr/bin/retina-agent`; `/etc/retina-guest/` holds what `/init` reads: the
+//! agent in `/usr/bin/retina-agent`, the collector in `/usr/bin/rotel-agent` (`/init` names
+//! it to the tests in `RETINA_ROTEL_AGENT`); `/etc/retina-guest/` holds what `/init` reads: the
 //! kernel package, the modules in load order, `test-timeout` (seconds per test binary) and
 //! `suite` (one line per test file:
 //! `NAME PATH LIBTEST-ARGS...`).
@@ -32,8 +34,30 @@ const GUEST_INIT: &str = include_str!("../../guest/init.sh");
 /// busybox's applets) and `jq` for `/init`'s report. Their Debian packages are in
 /// [`super::APT_PACKAGES`].
 pub const GUEST_TOOLS: &[&str] = &[
-    "ip", "tc", "nft", "ethtool", "jq", "bpftool", "setpriv", "strace", "arping",
+    "ip",
+    "tc",
+    "nft",
+    "ethtool",
+    "jq",
+    "bpftool",
+    "setpriv",
+    "strace",
+    "arping",
+    "prometheus",
 ];
+
+/// Programs the guest gets from the tools venv rather than the host's PATH: the OTLP
+/// collector from PyPI `rotel` ([`Payload::rotel`]).
+pub const GUEST_VENV_TOOLS: &[&str] = &["rotel-agent"];
+
+/// Every program the guest has besides busybox's applets: what lifts a tool exclusion.
+pub fn guest_programs() -> Vec<&'static str> {
+    GUEST_TOOLS
+        .iter()
+        .chain(GUEST_VENV_TOOLS)
+        .copied()
+        .collect()
+}
 
 /// Where the test binaries go in the guest.
 pub const GUEST_DEPS: &str = "/opt/retina/deps";
@@ -42,6 +66,9 @@ pub const GUEST_DEPS: &str = "/opt/retina/deps";
 pub struct Payload<'a> {
     pub agent: &'a Path,
     pub traffic: &'a Path,
+    /// `rotel-agent` from the `rotel` wheel (linked against the host's libpython, which
+    /// `ldd` names and the guest gets; it runs without the Python standard library).
+    pub rotel: &'a Path,
     /// The test files this guest runs (those with `not_run` are left out).
     pub plan: &'a [Planned<'a>],
     /// Seconds the guest gives one test binary before it kills it.
@@ -278,6 +305,10 @@ pub fn assemble(kernel: &Kernel, payload: &Payload, strip_dir: &Path, out: &Path
     tree.binary(
         "opt/retina/traffic",
         &stripped(payload.traffic, &strip_dir.join("traffic"))?,
+    )?;
+    tree.binary(
+        "usr/bin/rotel-agent",
+        &stripped(payload.rotel, &strip_dir.join("rotel-agent"))?,
     )?;
     for tool in GUEST_TOOLS {
         tree.binary(&format!("usr/bin/{tool}"), &host_tool(tool)?)?;

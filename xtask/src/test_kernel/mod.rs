@@ -8,7 +8,8 @@
 //! - [`suite`]: the test binaries (cargo's JSON messages) and the one table of what a guest
 //!   cannot run, and why;
 //! - [`modules`], [`initramfs`]: the guest's initramfs (busybox, the agent, the tests, their
-//!   tools and libraries, the kernel modules), `xtask/guest/init.sh` as `/init`;
+//!   tools and libraries, `rotel-agent` from the venv's `rotel` wheel, the kernel modules),
+//!   `xtask/guest/init.sh` as `/init`;
 //! - [`qemu`]: booting, KVM when it works, TCG otherwise;
 //! - [`report`]: the guest's console protocol, the verdicts, the kernel matrix
 //!   (`target/test-kernel/matrix.md`; `--write-docs` puts it into docs/kernels.md).
@@ -37,7 +38,8 @@ use qemu::Accel;
 use report::{Console, KernelRun};
 
 /// Debian packages this command needs on the host (the guest's programs are copied from
-/// here: [`initramfs::GUEST_TOOLS`]).
+/// here: [`initramfs::GUEST_TOOLS`]; `python3-venv` for the venv whose `rotel` wheel gives
+/// the guest its OTLP collector).
 pub const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -52,6 +54,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "dash",
     "xz-utils",
     "iputils-arping",
+    "prometheus",
+    "python3",
+    "python3-venv",
 ];
 
 #[derive(clap::Args)]
@@ -102,8 +107,11 @@ pub fn run(args: &Args) -> Result<()> {
     let ws = Workspace::locate()?;
     let profile = Profile::from_release(args.release);
 
-    util::banner("provisioning: QEMU, busybox and the guest's tools");
+    util::banner("provisioning: QEMU, busybox, the guest's tools, the Python venv (rotel)");
     provision::apt_packages(APT_PACKAGES, privilege)?;
+    let venv_bin = provision::python_venv(&ws)?
+        .context("the guests need rotel-agent from the venv, but PYPI_PACKAGES is empty")?;
+    let rotel = provision::rotel_agent(&venv_bin)?;
     let packages = if args.kernel.is_empty() {
         packages::default_kernels(privilege)?
     } else {
@@ -127,7 +135,7 @@ pub fn run(args: &Args) -> Result<()> {
     let accel = args.accel.resolve();
     let mut runs = Vec::new();
     for package in &packages {
-        let run = run_kernel(&ws, args, &built, &suite, package, accel, privilege)
+        let run = run_kernel(&ws, args, &built, &suite, &rotel, package, accel, privilege)
             .with_context(|| format!("cannot run the tests on {package}"))?;
         runs.push(run);
     }
@@ -177,6 +185,7 @@ fn run_kernel(
     args: &Args,
     built: &build::Built,
     suite: &suite::Suite,
+    rotel: &std::path::Path,
     package: &str,
     accel: Accel,
     privilege: Privilege,
@@ -191,7 +200,7 @@ fn run_kernel(
             .config_value("CONFIG_DEBUG_INFO_BTF")
             .unwrap_or("not set")
     );
-    let plan = suite::plan(suite, &kernel.package, initramfs::GUEST_TOOLS);
+    let plan = suite::plan(suite, &kernel.package, &initramfs::guest_programs());
     for planned in &plan {
         if let Some(reason) = &planned.not_run {
             eprintln!(
@@ -214,6 +223,7 @@ fn run_kernel(
     let payload = initramfs::Payload {
         agent: &built.agent,
         traffic: &suite.traffic,
+        rotel,
         plan: &plan,
         test_timeout: args.test_timeout,
     };

@@ -50,20 +50,16 @@ pub const EXCLUSIONS: &[Exclusion] = &[
         kernels: &[],
         needs: Needs::Workspace,
     },
+    // The TLS terminator in front of the collector is a Python script (with `openssl` for
+    // the certificates); the guest has no Python standard library.
     Exclusion {
         file: "export",
-        tests: &[],
-        kernels: &[],
-        needs: Needs::Tool("rotel-agent"),
-    },
-    Exclusion {
-        file: "workload",
         tests: &[
-            "a_pods_host_veth_carries_the_pod_on_interface_driver_and_drop_series",
-            "a_workload_that_has_gone_leaves_the_export_within_two_intervals",
+            "tls::otlp_grpc_over_mutual_tls_with_a_custom_ca",
+            "tls::otlp_http_over_mutual_tls_with_a_custom_ca",
         ],
         kernels: &[],
-        needs: Needs::Tool("rotel-agent"),
+        needs: Needs::Tool("python3"),
     },
     Exclusion {
         file: "container_runtime",
@@ -71,21 +67,14 @@ pub const EXCLUSIONS: &[Exclusion] = &[
         kernels: &[],
         needs: Needs::Tool("podman"),
     },
-    Exclusion {
-        file: "socket_owner",
-        tests: &["a_stopped_services_series_leave_the_export_within_two_intervals"],
-        kernels: &[],
-        needs: Needs::Tool("rotel-agent"),
-    },
+    // Both read dashboards/*.json from the repository (the second also runs Prometheus,
+    // which the guest has).
     Exclusion {
         file: "dashboard",
-        tests: &["every_dashboard_query_returns_data_from_a_real_prometheus"],
-        kernels: &[],
-        needs: Needs::Tool("prometheus"),
-    },
-    Exclusion {
-        file: "dashboard",
-        tests: &["dashboard_is_well_formed"],
+        tests: &[
+            "dashboard_is_well_formed",
+            "every_dashboard_query_returns_data_from_a_real_prometheus",
+        ],
         kernels: &[],
         needs: Needs::Workspace,
     },
@@ -351,10 +340,14 @@ mod tests {
 
     #[test]
     fn exclusions_by_file_test_and_tool() {
+        let tls = [
+            "tls::otlp_grpc_over_mutual_tls_with_a_custom_ca",
+            "tls::otlp_http_over_mutual_tls_with_a_custom_ca",
+        ];
         let suite = Suite {
             files: vec![
                 file("drops", &["a", "b"]),
-                file("export", &["x"]),
+                file("export", &["otlp::x", tls[0], tls[1]]),
                 file(
                     "dashboard",
                     &[
@@ -367,23 +360,30 @@ mod tests {
             traffic: PathBuf::new(),
         };
         check_exclusions(&suite.files).unwrap();
-        let plan = plan(&suite, "linux-image-6.1.0-57-cloud-amd64-unsigned", &["ip"]);
+        let guest = ["ip", "rotel-agent", "prometheus"];
+        let plan = plan(&suite, "linux-image-6.1.0-57-cloud-amd64-unsigned", &guest);
         assert!(plan[0].not_run.is_none() && plan[0].skipped.is_empty());
         assert!(plan[0].args().is_empty());
-        assert!(plan[1].not_run.as_deref().unwrap().contains("rotel-agent"));
-        // Both dashboard tests are out for different reasons: the file does not run.
+        // The export tests run, but for the two that need Python.
+        assert!(plan[1].not_run.is_none());
+        assert_eq!(
+            plan[1].args(),
+            ["--exact", "--skip", tls[0], "--skip", tls[1]]
+        );
+        assert!(plan[1].skipped.iter().all(|(_, r)| r.contains("python3")));
+        // Every test of the file is out: the file does not run.
         let dash = plan[2].not_run.as_deref().unwrap();
+        assert!(dash.contains("repository"), "{dash}");
         assert!(
-            dash.contains("prometheus") && dash.contains("repository"),
-            "{dash}"
+            plan[3]
+                .not_run
+                .as_deref()
+                .unwrap()
+                .contains("systemd-analyze")
         );
         // With the tool in the guest, its exclusion no longer applies.
-        let plan = super::plan(&suite, "k", &["prometheus"]);
-        assert!(plan[2].not_run.is_none());
-        assert_eq!(
-            plan[2].args(),
-            ["--exact", "--skip", "dashboard_is_well_formed"]
-        );
+        let plan = super::plan(&suite, "k", &["python3"]);
+        assert!(plan[1].not_run.is_none() && plan[1].args().is_empty());
         // A kernel-specific exclusion applies to that kernel's packages only.
         let only_61 = [Exclusion {
             file: "drops",
