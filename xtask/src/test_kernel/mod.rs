@@ -121,7 +121,7 @@ pub fn run(args: &Args) -> Result<()> {
 
     let built = build::build(&ws, profile)?;
     util::banner("building the integration tests (as `cargo xtask test` does)");
-    let suite = suite::build(&ws, profile, &built)?;
+    let suite = suite::build(&ws, profile, &built, rotel)?;
     eprintln!(
         "test files: {}",
         suite
@@ -135,7 +135,7 @@ pub fn run(args: &Args) -> Result<()> {
     let accel = args.accel.resolve();
     let mut runs = Vec::new();
     for package in &packages {
-        let run = run_kernel(&ws, args, &built, &suite, &rotel, package, accel, privilege)
+        let run = run_kernel(&ws, args, &built, &suite, package, accel, privilege)
             .with_context(|| format!("cannot run the tests on {package}"))?;
         runs.push(run);
     }
@@ -185,7 +185,6 @@ fn run_kernel(
     args: &Args,
     built: &build::Built,
     suite: &suite::Suite,
-    rotel: &std::path::Path,
     package: &str,
     accel: Accel,
     privilege: Privilege,
@@ -223,7 +222,7 @@ fn run_kernel(
     let payload = initramfs::Payload {
         agent: &built.agent,
         traffic: &suite.traffic,
-        rotel,
+        rotel: &suite.rotel,
         plan: &plan,
         test_timeout: args.test_timeout,
     };

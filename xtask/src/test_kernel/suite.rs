@@ -118,6 +118,8 @@ pub struct Suite {
     pub files: Vec<TestFile>,
     /// The `traffic` helper the tests find next to their own directory.
     pub traffic: PathBuf,
+    /// The OTLP collector the export tests run (`rotel-agent` from the venv's wheel).
+    pub rotel: PathBuf,
 }
 
 /// What one guest runs of one test file.
@@ -131,7 +133,7 @@ pub struct Planned<'a> {
 
 /// Builds (or finds up to date) the test binaries as `cargo xtask test` does and lists
 /// their tests.
-pub fn build(ws: &Workspace, profile: Profile, built: &Built) -> Result<Suite> {
+pub fn build(ws: &Workspace, profile: Profile, built: &Built, rotel: PathBuf) -> Result<Suite> {
     let mut cmd = util::cargo();
     cmd.current_dir(&ws.root)
         .env("RETINA_EBPF_OBJECT", &built.ebpf_object)
@@ -171,7 +173,11 @@ pub fn build(ws: &Workspace, profile: Profile, built: &Built) -> Result<Suite> {
         bail!("cargo reported no integration test binaries of {TESTS_PACKAGE}");
     }
     check_exclusions(&files)?;
-    Ok(Suite { files, traffic })
+    Ok(Suite {
+        files,
+        traffic,
+        rotel,
+    })
 }
 
 enum Artifact {
@@ -358,6 +364,7 @@ mod tests {
                 file("packaging", &["p"]),
             ],
             traffic: PathBuf::new(),
+            rotel: PathBuf::new(),
         };
         check_exclusions(&suite.files).unwrap();
         let guest = ["ip", "rotel-agent", "prometheus"];
