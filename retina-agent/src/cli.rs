@@ -200,8 +200,8 @@ pub struct SnapshotArgs {
     #[arg(long, value_parser = parse_settle, default_value = "200ms")]
     pub settle: Duration,
     /// Run CMD as this user: its uid, primary group and supplementary groups from the
-    /// user database (needs root, e.g. `sudo retina-agent snapshot --user "$SUDO_USER" --
-    /// curl ...`).
+    /// user database (needs root: `sudo retina-agent snapshot --user "$USER" -- curl ...`
+    /// from a shell, `--user "$SUDO_USER"` in a script run with sudo).
     #[arg(long, value_name = "NAME", requires = "command")]
     pub user: Option<String>,
     /// Command to run while watching; the window is its lifetime. CMD runs as the caller
