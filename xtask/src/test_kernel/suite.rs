@@ -28,6 +28,8 @@ pub enum Needs {
     Tool(&'static str),
     /// The repository's files (the guest has the binaries, not the source tree).
     Workspace,
+    /// Something the kernel lacks (with [`Exclusion::kernels`]): the reason, as a phrase.
+    Kernel(&'static str),
 }
 
 /// A test file, or some of its tests, that a guest does not run, and why.
@@ -60,6 +62,16 @@ pub const EXCLUSIONS: &[Exclusion] = &[
         ],
         kernels: &[],
         needs: Needs::Tool("python3"),
+    },
+    // The test fails loudly where the kernel cannot give receive drops an owner.
+    Exclusion {
+        file: "socket_owner",
+        tests: &["a_stopped_services_series_leave_the_export_within_two_intervals"],
+        kernels: &["linux-image-6.1."],
+        needs: Needs::Kernel(
+            "needs the rx_sk argument of kfree_skb (Linux 6.11+) for receive drops to have \
+             an owner series",
+        ),
     },
     Exclusion {
         file: "container_runtime",
@@ -99,6 +111,7 @@ impl Needs {
             Needs::Workspace => {
                 "reads the repository's files, which the guest does not have".to_string()
             }
+            Needs::Kernel(why) => (*why).to_string(),
         }
     }
 }
