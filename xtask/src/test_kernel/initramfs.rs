@@ -225,6 +225,15 @@ fn host_tool(name: &str) -> Result<PathBuf> {
         })
 }
 
+/// Where Debian keeps the system's CA certificates (package `ca-certificates`).
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn host_ca_bundle() -> Result<PathBuf> {
+    let path = PathBuf::from(CA_BUNDLE);
+    fs::canonicalize(&path)
+        .with_context(|| format!("{CA_BUNDLE} is missing (Debian package `ca-certificates`)"))
+}
+
 /// Copies `src` to `dst` without debug info (a debug agent is mostly DWARF), or as it is
 /// when `strip` is missing.
 fn stripped(src: &Path, dst: &Path) -> Result<PathBuf> {
@@ -289,6 +298,9 @@ pub fn assemble(kernel: &Kernel, payload: &Payload, strip_dir: &Path, out: &Path
         "etc/group",
         "root:x:0:\nnogroup:x:65534:\n".to_string(),
     );
+    // The system's CA certificates, as on any node: the agent's OTLP/HTTP client loads
+    // them even for a plain `http://` endpoint, and refuses to start without any.
+    tree.file(CA_BUNDLE, &host_ca_bundle()?)?;
     data(
         &mut tree,
         "etc/retina-guest/package",

@@ -55,6 +55,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "xz-utils",
     "iputils-arping",
     "prometheus",
+    "ca-certificates",
     "python3",
     "python3-venv",
 ];
