@@ -6,6 +6,7 @@ pub mod check;
 pub mod generate;
 pub mod losses;
 pub mod reasons;
+pub mod reload;
 pub mod run;
 pub mod snapshot;
 
