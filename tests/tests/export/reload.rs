@@ -18,11 +18,8 @@ fn config_text(interval: &str, grpc: u16, prom: u16, extra: &str) -> String {
 /// Sends `signal` to `pid`.
 fn signal(pid: i32, signal: libc::c_int) -> Result<()> {
     // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-    ensure!(
-        unsafe { libc::kill(pid, signal) } == 0,
-        "kill {pid}: {}",
-        std::io::Error::last_os_error()
-    );
+    let r = unsafe { libc::kill(pid, signal) };
+    ensure!(r == 0, "kill {pid}: {}", std::io::Error::last_os_error());
     Ok(())
 }
 
