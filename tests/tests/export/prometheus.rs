@@ -418,6 +418,11 @@ fn promtool_and_prometheus_accept_the_endpoint() -> Result<()> {
     })?;
     let ns = NetNs::new("rptool")?;
     make_drops(&ns)?;
+    wait_for("the drop series on /metrics", PATIENCE, || {
+        agent.ensure_alive()?;
+        let (_, body) = scrape_as(port, "")?;
+        Ok(body.contains("retina_drop_count_total{").then_some(()))
+    })?;
 
     for accept in [
         "",
