@@ -8,7 +8,8 @@
 //!   `[softnet]`, `[qdisc]`, `[conntrack]`: enabling, disabling, filters), each collector
 //!   whose section changed being rebuilt ([`Agent::reconfigure`]); `[export]` and
 //!   `[prometheus]`, by restarting the exporters (a final OTLP export first, within
-//!   [`SHUTDOWN_BUDGET`]), which is also done when the set of collectors changed.
+//!   [`SHUTDOWN_BUDGET`]), which is also done when a collector was rebuilt, started or
+//!   dropped (the exporters index the collectors' metrics at start).
 //! - Kept until a restart, with a warning naming the key: `[drops]` (the eBPF program and
 //!   its maps stay loaded and attached, so drop counts go on exactly), `--drop-hook`,
 //!   `--btf`, and `[log]`.
