@@ -63,6 +63,49 @@ pub enum AgentError {
     Conntrack(#[from] ConntrackError),
 }
 
+/// The collectors besides `drops`, in the order the agent runs them.
+const OTHERS: [&str; 7] = [
+    "ethtool",
+    "ethtool_link",
+    "netdev",
+    "netstat",
+    "softnet",
+    "qdisc",
+    "conntrack",
+];
+
+/// The collector `name` (one of [`OTHERS`]) as `config` has it; `None` when disabled.
+fn build_other(name: &str, config: &Config) -> Result<Option<Box<dyn Collector>>, AgentError> {
+    let c: Box<dyn Collector> = match name {
+        "ethtool" if config.ethtool.enabled => Box::new(EthtoolCollector::new(&config.ethtool)?),
+        "ethtool_link" if config.ethtool.enabled && config.ethtool.link_state => {
+            Box::new(LinkStateCollector::new(&config.ethtool)?)
+        }
+        "netdev" if config.netdev.enabled => Box::new(NetdevCollector::new(&config.netdev)),
+        "netstat" if config.netstat.enabled => Box::new(NetstatCollector::new(&config.netstat)?),
+        "softnet" if config.softnet.enabled => Box::new(SoftnetCollector::new(&config.softnet)?),
+        "qdisc" if config.qdisc.enabled => Box::new(QdiscCollector::new(&config.qdisc)?),
+        "conntrack" if config.conntrack.enabled => {
+            Box::new(ConntrackCollector::new(&config.conntrack)?)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(c))
+}
+
+/// Whether the configuration section of collector `name` differs between `a` and `b`.
+fn section_changed(name: &str, a: &Config, b: &Config) -> bool {
+    match name {
+        "ethtool" | "ethtool_link" => a.ethtool != b.ethtool,
+        "netdev" => a.netdev != b.netdev,
+        "netstat" => a.netstat != b.netstat,
+        "softnet" => a.softnet != b.softnet,
+        "qdisc" => a.qdisc != b.qdisc,
+        "conntrack" => a.conntrack != b.conntrack,
+        _ => false,
+    }
+}
+
 impl Agent {
     /// Starts every collector that can run on this kernel; what cannot is reported in
     /// [`Agent::degraded`] instead of failing the whole agent. Which collectors run and
@@ -111,33 +154,73 @@ impl Agent {
                 }),
             }
         }
-        if config.ethtool.enabled {
-            agent.push(Box::new(EthtoolCollector::new(&config.ethtool)?));
-            if config.ethtool.link_state {
-                agent.push(Box::new(LinkStateCollector::new(&config.ethtool)?));
+        for &name in &OTHERS {
+            if let Some(c) = build_other(name, config)? {
+                agent.push(c);
             }
-        }
-        if config.netdev.enabled {
-            agent.push(Box::new(NetdevCollector::new(&config.netdev)));
-        }
-        if config.netstat.enabled {
-            agent.push(Box::new(NetstatCollector::new(&config.netstat)?));
-        }
-        if config.softnet.enabled {
-            agent.push(Box::new(SoftnetCollector::new(&config.softnet)?));
-        }
-        if config.qdisc.enabled {
-            agent.push(Box::new(QdiscCollector::new(&config.qdisc)?));
-        }
-        if config.conntrack.enabled {
-            agent.push(Box::new(ConntrackCollector::new(&config.conntrack)?));
         }
         Ok(agent)
     }
 
-    fn push(&mut self, collector: Box<dyn Collector>) {
+    /// Applies a re-read configuration (SIGHUP) to the collectors other than `drops`: a
+    /// collector whose section changed is rebuilt, one newly enabled is started, one
+    /// disabled is dropped; the others (and `drops`, with its eBPF program and maps) are
+    /// kept as they are, with their failure counts. Collectors read the kernel's running
+    /// totals, so a rebuilt one exports the same counts. Nothing changes when a collector
+    /// cannot be built. Returns the names of the collectors rebuilt, started or dropped.
+    pub fn reconfigure(
+        &mut self,
+        old: &Config,
+        new: &Config,
+    ) -> Result<Vec<&'static str>, AgentError> {
+        // Everything that can fail first, so that a failure changes nothing.
+        let mut fresh = Vec::new();
+        for &name in OTHERS.iter().filter(|n| section_changed(n, old, new)) {
+            fresh.push((name, build_other(name, new)?));
+        }
+        let mut previous: Vec<_> = std::mem::take(&mut self.collectors)
+            .into_iter()
+            .zip(std::mem::take(&mut self.stats))
+            .map(Some)
+            .collect();
+        let mut take_previous = |name: &str| {
+            previous
+                .iter_mut()
+                .find(|p| p.as_ref().is_some_and(|(c, _)| c.name() == name))
+                .and_then(Option::take)
+        };
+        if let Some((c, s)) = take_previous("drops") {
+            self.push_with(c, s);
+        }
+        let mut changed = Vec::new();
+        for &name in &OTHERS {
+            let before = take_previous(name);
+            match fresh.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, new_collector)) => {
+                    if before.is_some() || new_collector.is_some() {
+                        changed.push(name);
+                    }
+                    if let Some(c) = new_collector.take() {
+                        self.push_with(c, before.map(|(_, s)| s).unwrap_or_default());
+                    }
+                }
+                None => {
+                    if let Some((c, s)) = before {
+                        self.push_with(c, s);
+                    }
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    fn push_with(&mut self, collector: Box<dyn Collector>, stats: CollectorStats) {
         self.collectors.push(collector);
-        self.stats.push(CollectorStats::default());
+        self.stats.push(stats);
+    }
+
+    fn push(&mut self, collector: Box<dyn Collector>) {
+        self.push_with(collector, CollectorStats::default());
     }
 
     /// Adds a collector (used to plug in the NIC, netdev and netstat collectors).

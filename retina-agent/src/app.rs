@@ -159,8 +159,11 @@ async fn dispatch(cli: Cli, loaded: Result<config::Loaded, ConfigError>) -> Resu
             let summary = args
                 .summary()
                 .unwrap_or_else(|| std::io::stdout().is_terminal());
+            // Before the probe loads: from here on SIGHUP reloads, never kills.
+            let hup = commands::run::hangup()?;
+            let reloader = commands::reload::Reloader::new(cli.config.clone(), cli.overrides());
             let agent = Agent::new(config).context("starting the agent")?;
-            commands::run::run(agent, config, summary).await?;
+            commands::run::run(agent, config, summary, hup, &reloader).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(_) => unreachable!("handled above"),

@@ -67,6 +67,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: collect every interval and export.
+    ///
+    /// SIGTERM or SIGINT stops it after a final collection and export; SIGHUP
+    /// (`systemctl reload retina-agent`) reads the configuration again and applies it,
+    /// or refuses it and keeps the running one (SIGNALS in retina-agent(1)).
     Run(RunArgs),
     /// Attach, wait DURATION or run CMD, and print what happened in that window.
     Snapshot(SnapshotArgs),

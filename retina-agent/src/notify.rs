@@ -6,6 +6,8 @@
 //! - `STATUS=` a line for `systemctl status`: the interval and the degraded collectors;
 //! - `WATCHDOG=1` from the collection loop after a cycle, at most every half watchdog
 //!   period: a collection that hangs stops the pings, and systemd restarts the agent;
+//! - `RELOADING=1` (with `MONOTONIC_USEC=`) when a SIGHUP reload begins, `READY=1` when
+//!   it is done;
 //! - `STOPPING=1` when shutdown begins.
 //!
 //! The crate builds each message on the heap, so pings are rate-limited rather than sent
@@ -70,6 +72,18 @@ impl Notifier {
         }
         self.last_ping = Some(now);
         self.send(&[NotifyState::Watchdog]);
+    }
+
+    /// `RELOADING=1` and the monotonic clock, as `Type=notify-reload` expects; `ready`
+    /// ends the reload.
+    pub fn reloading(&self) {
+        if !self.enabled {
+            return;
+        }
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.send(&[NotifyState::Reloading, now]),
+            Err(e) => tracing::debug!("sd_notify: reading the monotonic clock: {e}"),
+        }
     }
 
     /// `STOPPING=1` with the reason as the status.

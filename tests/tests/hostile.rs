@@ -26,7 +26,11 @@ use retina_agent::{
     kernel::links::Links,
     model::{Metric, Number},
 };
-use retina_tests::{child::*, *};
+use retina_tests::{
+    child::*,
+    rotel::{PATIENCE, Proc, wait_for},
+    *,
+};
 
 /// A configuration the agent must refuse: `run` and `check` both exit 2, at once, and say
 /// `needle` (the file, key or variable and the reason).
@@ -617,5 +621,130 @@ fn snapshot_json_keeps_the_command_s_stdout_out() -> Result<()> {
         .with_context(|| format!("stdout: {}", String::from_utf8_lossy(&out.stdout)))?;
     assert!(doc["metrics"].is_array(), "{doc}");
     assert!(stderr.contains("{\"not\": \"the snapshot\"}"), "{stderr}");
+    Ok(())
+}
+
+/// An interface whose name is the bytes `name`, created with `ip link add`, with a veth
+/// peer of a plain name; deleted on drop.
+struct OddVeth {
+    name: &'static [u8],
+    peer: String,
+}
+
+impl OddVeth {
+    fn new(name: &'static [u8], peer_prefix: &str) -> Result<OddVeth> {
+        let _ = std::process::Command::new("ip")
+            .args([
+                OsStr::new("link"),
+                OsStr::new("del"),
+                OsStr::from_bytes(name),
+            ])
+            .output();
+        let peer = unique_name(peer_prefix);
+        let out = std::process::Command::new("ip")
+            .args([
+                OsStr::new("link"),
+                OsStr::new("add"),
+                OsStr::from_bytes(name),
+            ])
+            .args(["type", "veth", "peer", "name", &peer])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "ip link add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let odd = OddVeth { name, peer };
+        for n in [OsStr::from_bytes(odd.name), OsStr::new(&odd.peer)] {
+            let out = std::process::Command::new("ip")
+                .args([OsStr::new("link"), OsStr::new("set"), n, OsStr::new("up")])
+                .output()?;
+            ensure!(out.status.success(), "ip link set up: {out:?}");
+        }
+        Ok(odd)
+    }
+}
+
+impl Drop for OddVeth {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args([
+                OsStr::new("link"),
+                OsStr::new("del"),
+                OsStr::from_bytes(self.name),
+            ])
+            .output();
+    }
+}
+
+/// Whether a scrape has the link speed of interface `name`.
+fn has_link_speed(scrape: &str, name: &str) -> bool {
+    scrape.lines().any(|l| {
+        l.starts_with("retina_nic_link_speed")
+            && l.contains(&format!("network_interface_name=\"{name}\""))
+    })
+}
+
+/// Issue 26, item 6: the daemon (run as the unit runs it) sees `ip link add $'pz\xff'`.
+/// The kernel's link-state messages about it do not decode; that is no collector failure
+/// (`collect_failures{collector="ethtool_link"}` stays 0), the interface is named once in
+/// the log, and the other interfaces keep their link state, over several refreshes.
+#[test]
+fn a_non_utf8_interface_name_is_no_link_state_failure() -> Result<()> {
+    require_root();
+    let dir = TempDir::shared("roddls")?;
+    let port = free_port()?;
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interval = \"1s\"\n[ethtool]\nlink_state_interval = \"1s\"\n[export]\nenabled = false\n\
+             [prometheus]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
+    )?;
+    let cmd = agent_as_unit(&[
+        "--config",
+        config.to_str().context("utf-8")?,
+        "run",
+        "--no-summary",
+    ]);
+    let mut agent = Proc::spawn("agent", cmd, dir.join("agent.log"))?;
+    let addr = format!("127.0.0.1:{port}");
+    let mut scrape_when = |what: &str, ok: &dyn Fn(&str) -> bool| -> Result<String> {
+        wait_for(what, PATIENCE, || {
+            agent.ensure_alive()?;
+            Ok(match http_get(&addr, "/metrics") {
+                Ok((200, body)) if ok(&body) => Some(body),
+                _ => None,
+            })
+        })
+    };
+    scrape_when("the endpoint", &|_| true)?;
+    let odd = OddVeth::new(b"pz\xff", "rpz")?;
+    // Its peer's link speed comes from a refresh that also read the odd interface.
+    scrape_when("the odd veth's peer", &|b| has_link_speed(b, &odd.peer))?;
+    // Two more refreshes, each after a new interface: the odd one is still there.
+    let mut later = Vec::new();
+    for prefix in ["rls1", "rls2"] {
+        let v = Veth::new(prefix)?;
+        scrape_when("a later refresh", &|b| has_link_speed(b, &v.host))?;
+        later.push(v);
+    }
+    let scrape = scrape_when("a scrape", &|_| true)?;
+    let log = agent.log_text();
+    assert_eq!(
+        collect_failures(&scrape, "ethtool_link").unwrap_or(0),
+        0,
+        "{log}"
+    );
+    let named: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("name is not UTF-8"))
+        .collect();
+    assert_eq!(named.len(), 1, "{log}");
+    assert!(named[0].contains("pz\\xff"), "{named:?}");
+    assert!(!log.contains("collection failed"), "{log}");
+    let (status, _) = agent.terminate(Duration::from_secs(15))?;
+    assert!(status.success(), "{}", agent.log_text());
     Ok(())
 }

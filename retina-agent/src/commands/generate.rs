@@ -65,6 +65,9 @@ pub fn write_all(dir: &Path) -> Result<Vec<PathBuf>, GenerateError> {
         let page = page_of(sub);
         let mut text = Vec::new();
         page.render(&mut text).map_err(|e| write_error(&man, e))?;
+        if sub.get_name() == "run" {
+            signals().to_writer(&mut text).map_err(|e| write_error(&man, e))?;
+        }
         see_also(&[BIN])
             .to_writer(&mut text)
             .map_err(|e| write_error(&man, e))?;
@@ -84,6 +87,7 @@ fn main_page(cmd: &clap::Command) -> Result<Vec<u8>, GenerateError> {
     let mut text = Vec::new();
     let err = |e| write_error(Path::new("retina-agent.1"), e);
     page_of(cmd).render(&mut text).map_err(err)?;
+    signals().to_writer(&mut text).map_err(err)?;
     let mut roff = Roff::new();
     roff.control("SH", ["FILES"]);
     for (path, what) in [
@@ -133,6 +137,36 @@ fn with_all_help(cmd: clap::Command) -> clap::Command {
         }
     })
     .mut_subcommands(with_all_help)
+}
+
+/// SIGNALS: what `run` does on SIGTERM, SIGINT and SIGHUP (`systemctl reload`), and what
+/// a reload applies and what needs a restart (src/commands/reload.rs).
+fn signals() -> Roff {
+    let mut roff = Roff::new();
+    roff.control("SH", ["SIGNALS"]);
+    for (signal, what) in [
+        (
+            "SIGTERM, SIGINT",
+            "Stop: one last collection and export (within 3 s), the eBPF program detached, exit 0.",
+        ),
+        (
+            "SIGHUP",
+            "Read the configuration again (the same file, environment and flags) and apply it \
+             (systemctl reload retina-agent). Applied: interval; the collector sections \
+             (ethtool, netdev, netstat, softnet, qdisc, conntrack: enabled, filters, \
+             settings); export and prometheus (the exporters restart, after a final export). \
+             The eBPF program and its maps stay attached: drop counts go on exactly. Kept \
+             until a restart, with a warning naming the key: the drops section \
+             (map_entries, locations, enabled), --drop-hook, --btf and the log section. A \
+             configuration that does not load is refused and logged with its file, key and \
+             reason; the daemon goes on with the previous one.",
+        ),
+    ] {
+        roff.control("TP", [])
+            .text([bold(signal)])
+            .text([roman(what)]);
+    }
+    roff
 }
 
 fn see_also(pages: &[&str]) -> Roff {

@@ -7,6 +7,7 @@ pub mod child;
 pub mod generate;
 pub mod losses;
 pub mod reasons;
+pub mod reload;
 pub mod run;
 pub mod snapshot;
 

@@ -6,15 +6,16 @@
 //! scraped. On SIGTERM or SIGINT, or when the reader of the `--summary` output has gone
 //! (`run --summary | head -2`: EPIPE on stdout): one last cycle and export, bounded by
 //! [`SHUTDOWN_BUDGET`], then the agent is dropped (the eBPF program detached) and `run`
-//! returns.
+//! returns. On SIGHUP the configuration is read again and applied ([`reload`]).
 
 use std::time::{Duration, Instant};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     agent::Agent,
     commands::losses,
+    commands::reload::{self, Reloader},
     commands::snapshot::{self, Point},
     config::Config,
     export::{ExportError, Exporters, SharedAgent},
@@ -31,16 +32,30 @@ pub enum DaemonError {
     Export(#[from] ExportError),
 }
 
+/// The SIGHUP handler, installed before anything starts: from then on SIGHUP never kills
+/// the daemon (its default action), even while the probe loads.
+pub fn hangup() -> Result<Signal, DaemonError> {
+    signal(SignalKind::hangup()).map_err(|e| DaemonError::Signal("SIGHUP", e))
+}
+
 /// Collects every `config.interval` and exports (`config.export`, `config.prometheus`)
-/// until a shutdown signal arrives. `summary`: print what was lost since the previous
-/// interval ("where packets died") to stdout.
-pub async fn run(agent: Agent, config: &Config, summary: bool) -> Result<(), DaemonError> {
+/// until a shutdown signal arrives; on SIGHUP (`hup`), re-reads the configuration with
+/// `reloader` and applies it. `summary`: print what was lost since the previous interval
+/// ("where packets died") to stdout.
+pub async fn run(
+    agent: Agent,
+    config: &Config,
+    summary: bool,
+    mut hup: Signal,
+    reloader: &Reloader,
+) -> Result<(), DaemonError> {
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::Signal("SIGTERM", e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Signal("SIGINT", e))?;
     for d in agent.degraded() {
         tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);
     }
+    let mut config = config.clone();
     let interval = config.interval;
     let agent = SharedAgent::new(agent);
     let mut ticker = tokio::time::interval(interval);
@@ -87,6 +102,17 @@ pub async fn run(agent: Agent, config: &Config, summary: bool) -> Result<(), Dae
                 // From the loop, after the cycle: a hung collection stops the pings.
                 notifier.cycle_done();
                 exporters.export().await;
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reading the configuration again");
+                notifier.reloading();
+                let running = reload::Running {
+                    agent: &agent,
+                    config: &mut config,
+                    ticker: &mut ticker,
+                };
+                exporters = reload::reload(reloader, running, exporters).await;
+                notifier.ready(&ready_status(&agent, config.interval));
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }

@@ -180,7 +180,8 @@ pub struct ExportConfig {
     /// Extra resource attributes (default none), e.g. `"deployment.environment.name" =
     /// "prod"`. The agent sets `service.name`, `service.version`, `host.name`, `host.id`,
     /// `host.arch`, `os.type` and `os.version` itself; entries here override all but
-    /// `service.name` (use `service_name`).
+    /// `service.name` (use `service_name`). Keys that would become the same Prometheus
+    /// label, or a reserved one, are refused ([`crate::export::check_resource_attributes`]).
     pub resource_attributes: BTreeMap<String, String>,
 }
 

@@ -58,6 +58,9 @@ pub(super) fn config(config: &Config) -> Result<(), Violation> {
         .map_err(|r| Violation::at(&["ethtool", "unsupported_retry_cycles"], r))?;
     limits::size(e.max_interfaces, limits::MAX_INTERFACES)
         .map_err(|r| Violation::at(&["ethtool", "max_interfaces"], r))?;
+    // Checked with OTLP off too: the Prometheus `target_info` carries them.
+    crate::export::check_resource_attributes(&config.export.resource_attributes)
+        .map_err(|r| Violation::at(&["export", "resource_attributes"], r))?;
     export(&config.export)
 }
 

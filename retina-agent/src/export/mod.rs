@@ -36,6 +36,7 @@ use crate::{
     config::{ExportConfig, PrometheusConfig},
 };
 pub use otlp::partial_success_layer;
+pub use resource::check_attributes as check_resource_attributes;
 #[cfg(feature = "internals")]
 pub use otlp::partial_success_totals;
 
@@ -165,6 +166,15 @@ impl Exporters {
         Ok(exporters)
     }
 
+    /// No output at all (what is left when a reload can start none).
+    pub fn none() -> Self {
+        Exporters {
+            otlp: None,
+            prometheus: None,
+            exports_since_release: 0,
+        }
+    }
+
     /// The Prometheus endpoint's bound address (useful with port 0).
     #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn prometheus_addr(&self) -> Option<SocketAddr> {
@@ -208,7 +218,7 @@ impl Exporters {
             o.finish(deadline).await;
         }
         if let Some(s) = self.prometheus.take() {
-            s.stop();
+            s.stop().await;
         }
     }
 }

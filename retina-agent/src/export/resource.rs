@@ -1,5 +1,7 @@
 //! The OpenTelemetry resource: who is reporting (service, host, OS).
 
+use std::collections::BTreeMap;
+
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::{Resource, resource::TelemetryResourceDetector};
 
@@ -59,6 +61,65 @@ pub fn build(config: &ExportConfig) -> Resource {
         .build()
 }
 
+/// The resource keys the agent sets itself (the SDK's `telemetry.sdk.*` included). A
+/// configured attribute of the same key replaces the agent's value.
+pub const AGENT_KEYS: [&str; 10] = [
+    "service.name",
+    "service.version",
+    "os.type",
+    "os.version",
+    "host.arch",
+    "host.name",
+    "host.id",
+    "telemetry.sdk.language",
+    "telemetry.sdk.name",
+    "telemetry.sdk.version",
+];
+
+/// Why the configured resource attributes cannot all be labels of the Prometheus
+/// `target_info`, if they cannot: a key that becomes a label reserved by Prometheus
+/// (`__name__`, anything starting with `__`), or two keys (configured, or configured and
+/// the agent's own, [`AGENT_KEYS`]) that become the same label (`host_name` and
+/// `host.name`; `a.b` and `a_b`). Prometheus refuses such a scrape whole ("label name is
+/// not unique"), so they are refused at load rather than renamed behind the user's back.
+pub fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), String> {
+    let mut labels: BTreeMap<String, &str> = AGENT_KEYS
+        .iter()
+        .map(|k| (super::prometheus::label_name(k), *k))
+        .collect();
+    for key in attributes.keys() {
+        if key.is_empty() {
+            return Err("an attribute has an empty key".into());
+        }
+        let label = super::prometheus::label_name(key);
+        if label.starts_with("__") {
+            return Err(format!(
+                "{key:?} becomes the Prometheus label {label}, and names starting with `__` are \
+                 reserved by Prometheus; rename it"
+            ));
+        }
+        match labels.get(&label) {
+            // The same key as one of the agent's: it replaces the agent's value.
+            Some(other) if *other == key.as_str() => {}
+            Some(other) => {
+                let whose = if AGENT_KEYS.contains(other) && !attributes.contains_key(*other) {
+                    "the agent's own"
+                } else {
+                    "the attribute"
+                };
+                return Err(format!(
+                    "{key:?} and {whose} {other:?} both become the Prometheus label {label} of \
+                     target_info, which Prometheus refuses (\"label name is not unique\"); \
+                     rename or remove {key:?}"
+                ));
+            }
+            None => {}
+        }
+        labels.insert(label, key.as_str());
+    }
+    Ok(())
+}
+
 /// The resource's attributes sorted by key (the Prometheus `target_info` labels).
 pub fn sorted_attributes(resource: &Resource) -> Vec<KeyValue> {
     let mut attrs: Vec<KeyValue> = resource
@@ -72,6 +133,34 @@ pub fn sorted_attributes(resource: &Resource) -> Vec<KeyValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(pairs: &[(&str, &str)]) -> Result<(), String> {
+        check_attributes(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn colliding_or_reserved_attributes_are_refused() {
+        check(&[("host.name", "n"), ("k8s.node.name", "n"), ("env", "x")]).unwrap();
+        let e = check(&[("host_name", "node-7")]).unwrap_err();
+        assert!(
+            e.contains("\"host_name\" and the agent's own \"host.name\"") && e.contains("host_name"),
+            "{e}"
+        );
+        let e = check(&[("a.b", "1"), ("a_b", "2")]).unwrap_err();
+        assert!(e.contains("\"a_b\" and the attribute \"a.b\""), "{e}");
+        let e = check(&[("__name__", "x")]).unwrap_err();
+        assert!(e.contains("\"__name__\"") && e.contains("reserved"), "{e}");
+        assert!(check(&[("..x", "x")]).unwrap_err().contains("reserved"));
+        assert!(check(&[("", "x")]).is_err());
+        // Collides only with the agent's key it also replaces: both set by the user.
+        let e = check(&[("host.name", "a"), ("host_name", "b")]).unwrap_err();
+        assert!(e.contains("\"host_name\" and the attribute \"host.name\""), "{e}");
+    }
 
     #[test]
     fn has_host_and_service_attributes() {

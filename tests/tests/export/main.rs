@@ -37,6 +37,7 @@ mod hostile;
 mod http;
 mod otlp;
 mod prometheus;
+mod reload;
 mod resilience;
 mod tls;
 

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// The `Accept` header Prometheus 2.42 sends.
+const OPENMETRICS: &str = "Accept: application/openmetrics-text;version=1.0.0,\
+    application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+
 #[test]
 fn prometheus_scrapes_the_drop_series() -> Result<()> {
     require_root();
@@ -41,7 +45,9 @@ fn prometheus_scrapes_the_drop_series() -> Result<()> {
     ];
     let body = wait_for("the drop series on /metrics", PATIENCE, || {
         agent.proc.ensure_alive()?;
-        let (status, body) = http_request(port, "GET", "/metrics", "")?;
+        // As Prometheus asks: OpenMetrics (without it the endpoint answers in the text
+        // format 0.0.4).
+        let (status, body) = http_request(port, "GET", "/metrics", OPENMETRICS)?;
         ensure!(status == 200, "GET /metrics: {status}");
         Ok(scrape_value(&body, "retina_drop_count_total", &labels)
             .is_some_and(|v| v >= DROPS as f64)
@@ -278,5 +284,244 @@ fn stalled_scrapers_cannot_lock_the_prometheus_endpoint() -> Result<()> {
     agent.proc.ensure_alive()?;
     drop(hostile);
     agent.stop()?;
+    Ok(())
+}
+
+/// Resource attributes that would give `target_info` one label twice, or a label
+/// Prometheus reserves, are refused at load: `run` and `check` exit 2 naming the key,
+/// from the environment and from the file (which is named).
+#[test]
+fn colliding_resource_attributes_are_refused_at_load() -> Result<()> {
+    require_root();
+    let dir = TempDir::shared("rattrs")?;
+    let empty = dir.join("empty.toml");
+    std::fs::write(&empty, "")?;
+    let colliding = dir.join("colliding.toml");
+    std::fs::write(
+        &colliding,
+        "[export.resource_attributes]\n\"a.b\" = \"1\"\na_b = \"2\"\n",
+    )?;
+    let cases: [(&std::path::Path, Option<&str>, &[&str]); 4] = [
+        (
+            &empty,
+            Some("host_name=node-7"),
+            &["\"host_name\"", "\"host.name\""],
+        ),
+        (&empty, Some("a.b=1,a_b=2"), &["\"a.b\"", "\"a_b\""]),
+        (&empty, Some("__name__=x"), &["\"__name__\"", "reserved"]),
+        (&colliding, None, &["\"a.b\"", "\"a_b\"", "colliding.toml"]),
+    ];
+    for (config, attrs, needles) in cases {
+        for command in ["run", "check"] {
+            let mut args = vec!["--config", config.to_str().context("utf-8")?, command];
+            if command == "run" {
+                args.push("--no-summary");
+            }
+            let mut cmd = retina_tests::child::agent_as_unit(&args);
+            if let Some(a) = attrs {
+                cmd.env("OTEL_RESOURCE_ATTRIBUTES", a);
+            }
+            let out = cmd.stdin(Stdio::null()).output()?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(2), "{command} {attrs:?}: {text}");
+            for needle in needles.iter().chain(&["export.resource_attributes"]) {
+                assert!(
+                    text.contains(needle),
+                    "{command} {attrs:?}: {needle:?} not in {text}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The lint findings of `promtool check metrics` (Prometheus 2.42) on the agent's metric
+/// names: a type word in the name, `_count` on a gauge. Not format errors.
+const PROMTOOL_NAMING_FINDINGS: [(&str, &str); 3] = [
+    (
+        "retina_netstat_counter_total ",
+        "should not include type 'counter'",
+    ),
+    ("retina_netstat_gauge ", "should not include type 'gauge'"),
+    (
+        "retina_nic_channel_count ",
+        "should not have \"_count\" suffix",
+    ),
+];
+
+/// One `GET /metrics` with `accept` (none when empty): the Content-Type and the body.
+fn scrape_as(port: u16, accept: &str) -> Result<(String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}Connection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        })
+        .map(|(_, v)| v.trim().to_string())
+        .context("no Content-Type")?;
+    ensure!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "chunked answer: {head}"
+    );
+    Ok((content_type, body.to_string()))
+}
+
+/// The endpoint negotiates its format: `promtool check metrics` (the text format parser
+/// and its lint) passes on what a plain client gets; Prometheus 2.42 (OpenMetrics) keeps
+/// the target up with configured resource attributes, one of which replaces the agent's
+/// own `host.name`, and stores `target_info` with them.
+#[test]
+fn promtool_and_prometheus_accept_the_endpoint() -> Result<()> {
+    require_root();
+    let dir = TempDir::shared("rpromtool")?;
+    let port = free_port()?;
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interval = \"1s\"\n[export]\nenabled = false\n[prometheus]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
+    )?;
+    let mut cmd = retina_tests::child::agent_as_unit(&[
+        "--config",
+        config.to_str().context("utf-8")?,
+        "run",
+        "--no-summary",
+    ]);
+    cmd.env(
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "host.name=node-7,deployment.environment.name=prod,k8s.node.name=node-7",
+    );
+    let mut agent = Proc::spawn("agent", cmd, dir.join("agent.log"))?;
+    wait_for("the agent to start", PATIENCE, || {
+        agent.ensure_alive()?;
+        Ok(agent
+            .log_text()
+            .contains("retina-agent running")
+            .then_some(()))
+    })?;
+    let ns = NetNs::new("rptool")?;
+    make_drops(&ns)?;
+    wait_for("the drop series on /metrics", PATIENCE, || {
+        agent.ensure_alive()?;
+        let (_, body) = scrape_as(port, "")?;
+        Ok(body.contains("retina_drop_count_total{").then_some(()))
+    })?;
+
+    for accept in [
+        "",
+        "Accept: */*\r\n",
+        "Accept: text/plain;version=0.0.4\r\n",
+    ] {
+        let (content_type, body) = scrape_as(port, accept)?;
+        assert_eq!(
+            content_type, "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        assert!(!body.contains("# EOF"), "{body}");
+        let mut promtool = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("promtool (Debian package prometheus)")?;
+        promtool
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(body.as_bytes())?;
+        let out = promtool.wait_with_output()?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Exit 0, or 3 ("lint problems", after a successful parse) for only the naming
+        // findings on three metric names that predate this test (docs/reliability.md:
+        // renaming them would break dashboards, so it is left to a decision). A parse
+        // error (exit 1) or any other finding fails.
+        let only_known_names = said.lines().filter(|l| !l.trim().is_empty()).all(|l| {
+            PROMTOOL_NAMING_FINDINGS
+                .iter()
+                .any(|(name, finding)| l.starts_with(name) && l.contains(finding))
+        });
+        assert!(
+            out.status.success() || (out.status.code() == Some(3) && only_known_names),
+            "promtool check metrics ({accept:?}): {}: {said}\n{body}",
+            out.status
+        );
+        assert!(
+            body.contains("# TYPE target_info gauge")
+                && body.contains("host_name=\"node-7\"")
+                && body.contains("# TYPE retina_drop_count_total counter"),
+            "{body}"
+        );
+    }
+    let (content_type, body) = scrape_as(port, OPENMETRICS)?;
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type}"
+    );
+    assert_eq!(body.lines().last(), Some("# EOF"));
+
+    let prom_port = free_port()?;
+    let prom_config = dir.join("prometheus.yml");
+    std::fs::write(
+        &prom_config,
+        format!(
+            "global:\n  scrape_interval: 1s\n\
+             scrape_configs:\n  - job_name: retina\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    )?;
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!("--config.file={}", prom_config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"));
+    let mut prom = Proc::spawn("prometheus", cmd, dir.join("prometheus.log"))?;
+    wait_for_port(prom_port)?;
+    let query = format!(
+        "/api/v1/query?query={}",
+        url_encode(
+            "target_info{job=\"retina\",host_name=\"node-7\",deployment_environment_name=\"prod\"}"
+        )
+    );
+    wait_for("target_info in Prometheus", PATIENCE, || {
+        prom.ensure_alive()?;
+        agent.ensure_alive()?;
+        let (status, body) = http_request(prom_port, "GET", &query, "")?;
+        ensure!(status == 200, "{query}: {status} {body}");
+        Ok(body.contains("\"os_type\":\"linux\"").then_some(()))
+    })?;
+    let up = format!("/api/v1/query?query={}", url_encode("up{job=\"retina\"}"));
+    let (_, up) = http_request(prom_port, "GET", &up, "")?;
+    assert!(up.contains("\"1\""), "target not up: {up}");
+    let targets = http_request(prom_port, "GET", "/api/v1/targets", "")?.1;
+    assert!(
+        targets.contains("\"health\":\"up\"") && !targets.contains("not unique"),
+        "{targets}"
+    );
+    let (status, _) = agent.terminate(Duration::from_secs(15))?;
+    assert!(status.success(), "{}", agent.log_text());
     Ok(())
 }

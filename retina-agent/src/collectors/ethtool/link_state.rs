@@ -113,6 +113,8 @@ struct Slot {
     generation: u64,
     published: Option<BTreeMap<u32, Prepared>>,
     error: Option<LinkStateError>,
+    /// Messages of the newest refresh refused for a name that is not UTF-8.
+    odd_names: u32,
 }
 
 impl Shared {
@@ -148,6 +150,9 @@ pub struct LinkStateCollector {
     installed: u64,
     /// The task's end has been logged.
     exit_logged: bool,
+    /// Interfaces (by [`Link::instance`](crate::kernel::links::Link)) already named in
+    /// the log for having no link state because their name is not UTF-8.
+    odd_logged: Vec<u64>,
 }
 
 impl LinkStateCollector {
@@ -189,6 +194,7 @@ impl LinkStateCollector {
             known: Interfaces::new(),
             installed: 0,
             exit_logged: false,
+            odd_logged: Vec::new(),
         }
     }
 
@@ -229,6 +235,38 @@ impl LinkStateCollector {
         LinkStateError::Worker("the refresh task has ended".into())
     }
 
+    /// The kernel's link-state messages about an interface whose name is not UTF-8 do not
+    /// decode (the `ethtool` crate parses names as `String`): that interface gets no link
+    /// state, which is not a collection failure. Each such interface is named in the log
+    /// once (its ifindex and its name with U+FFFD for the invalid bytes).
+    fn name_odd_interfaces(&mut self, links: &Links) {
+        let mut named = false;
+        for link in links.iter().filter(|l| l.raw_name.is_some()) {
+            named = true;
+            if self.odd_logged.contains(&link.instance) {
+                continue;
+            }
+            self.odd_logged.push(link.instance);
+            tracing::warn!(
+                ifindex = link.ifindex,
+                interface = %link.name,
+                "ethtool link state: the interface's name is not UTF-8 (bytes \"{}\"); it \
+                 gets no link speed, duplex, rings or channels",
+                link.name_bytes().escape_ascii()
+            );
+        }
+        // Gone from the link table: their entries go, so that a list rebuilt by renames
+        // stays as short as the odd interfaces there are.
+        self.odd_logged
+            .retain(|i| links.iter().any(|l| l.instance == *i));
+        if !named {
+            tracing::debug!(
+                "ethtool link state: a message named an interface whose name is not UTF-8, \
+                 no longer in the link table"
+            );
+        }
+    }
+
     /// Interfaces with link state currently held.
     #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn interfaces(&self) -> usize {
@@ -239,6 +277,7 @@ impl LinkStateCollector {
     /// match the link table. Returns the refresh's error, if it had one.
     fn install(&mut self, links: &Links) -> Option<LinkStateError> {
         let mut error = None;
+        let mut odd_names = 0;
         {
             let mut s = self.shared.lock();
             if s.generation > self.installed {
@@ -247,7 +286,11 @@ impl LinkStateCollector {
                     self.table = new;
                 }
                 error = s.error.take();
+                odd_names = std::mem::take(&mut s.odd_names);
             }
+        }
+        if odd_names > 0 {
+            self.name_odd_interfaces(links);
         }
         // Entries of interfaces gone from the link table, or whose ifindex now names
         // another device, are dropped right away; the device's successor gets a refresh.
@@ -302,9 +345,9 @@ async fn run(
             _ = &mut stop => return,
             r = query_link_state(&filter) => r,
         };
-        let (published, error) = match result {
-            Ok((table, partial)) => (Some(prepare(table)), partial),
-            Err(e) => (None, Some(e)),
+        let (published, error, odd_names) = match result {
+            Ok((table, partial)) => (Some(prepare(table)), partial.error, partial.odd_names),
+            Err(e) => (None, Some(e), 0),
         };
         if let Some(e) = &error {
             tracing::debug!("ethtool link state: {e}");
@@ -315,6 +358,7 @@ async fn run(
                 s.published = published;
             }
             s.error = error;
+            s.odd_names = odd_names;
             s.generation += 1;
             s.generation
         };

@@ -68,21 +68,40 @@ fn header(h: &[EthtoolHeader]) -> (Option<u32>, Option<String>) {
     (index, name)
 }
 
+/// What a refresh could not read, beside the (partial) table it returns.
+#[derive(Debug, Clone, Default)]
+pub struct Partial {
+    /// The first error that is a real failure.
+    pub error: Option<LinkStateError>,
+    /// The most messages of one dump that named an interface whose name is not UTF-8
+    /// (the `ethtool` crate parses names as `String` and refuses those messages). Not a
+    /// failure: such an interface simply has no link state.
+    pub odd_names: u32,
+}
+
+/// Whether a decode error is the `ethtool` crate refusing an interface name that is not
+/// UTF-8 (its header's `ETHTOOL_A_HEADER_DEV_NAME`), rather than anything else.
+fn is_odd_name(e: &ethtool::EthtoolError) -> bool {
+    matches!(e, ethtool::EthtoolError::Bug(detail) if detail.contains("ETHTOOL_A_HEADER_DEV_NAME"))
+}
+
 /// Reads the link state of every interface whose name `filter` selects, with three
 /// dumps over a new ethtool netlink connection. Needs a tokio runtime with IO enabled.
 ///
-/// A message that does not decode (the `ethtool` crate refuses an interface name that is
-/// not UTF-8) costs only its own interface: the rest of the dump is still read. The first
-/// error is returned next to the (partial) table.
+/// A message that does not decode costs only its own interface: the rest of the dump is
+/// still read. One refused for an interface name that is not UTF-8 is counted in
+/// [`Partial::odd_names`]; the first other error is [`Partial::error`].
 pub async fn query_link_state(
     filter: &NameFilter,
-) -> Result<(LinkStateTable, Option<LinkStateError>), LinkStateError> {
+) -> Result<(LinkStateTable, Partial), LinkStateError> {
     let (conn, mut handle, _) =
         ethtool::new_connection().map_err(|e| LinkStateError::Connect(e.to_string()))?;
     let mut table = LinkStateTable::new();
     let mut first_error = None;
+    let mut odd_names = 0;
     let work = async {
         for request in ["LINKMODES", "RINGS", "CHANNELS"] {
+            let mut odd_here = 0;
             let result = match request {
                 "LINKMODES" => handle
                     .link_mode()
@@ -111,10 +130,13 @@ pub async fn query_link_state(
             while let Some(msg) = stream.next().await {
                 let msg = match msg {
                     Ok(m) => m,
+                    // One message the crate cannot decode spoils only that interface:
+                    // the rest of the dump still comes.
+                    Err(e) if is_odd_name(&e) => {
+                        odd_here += 1;
+                        continue;
+                    }
                     Err(e) => {
-                        // One message the crate cannot decode (an interface whose name is
-                        // not UTF-8: it parses names as `String`) spoils only that
-                        // interface: the rest of the dump still comes.
                         first_error.get_or_insert(LinkStateError::Request {
                             request,
                             error: e.to_string(),
@@ -124,6 +146,7 @@ pub async fn query_link_state(
                 };
                 apply_link_state(&mut table, filter, &msg.payload.nlas);
             }
+            odd_names = u32::max(odd_names, odd_here);
         }
     };
     // The connection future drives the socket; it is dropped (closing the socket) once
@@ -135,7 +158,13 @@ pub async fn query_link_state(
             return Err(LinkStateError::Connect("connection closed".into()));
         }
     }
-    Ok((table, first_error))
+    Ok((
+        table,
+        Partial {
+            error: first_error,
+            odd_names,
+        },
+    ))
 }
 
 /// Folds one reply message (its attributes as the `ethtool` crate decoded them) into

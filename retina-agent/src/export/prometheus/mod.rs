@@ -1,6 +1,8 @@
 //! The Prometheus scrape endpoint: `GET /metrics` in the OpenMetrics text format, encoded
 //! by the Prometheus project's `prometheus-client` crate ([`encode`]) straight from the
 //! collectors' values, served by a minimal HTTP/1.1 server (hyper) on the daemon's runtime.
+//! OpenMetrics goes to clients that ask for it by `Accept` (Prometheus does); the others
+//! get the same samples in the text format 0.0.4 ([`format`]).
 //!
 //! Bounded everywhere, so that no client can keep a scrape out:
 //! - request headers must arrive within [`HEADER_TIMEOUT`] and fit in [`MAX_HEADER_BYTES`];
@@ -15,6 +17,9 @@
 //! Other paths get 404, other methods 405.
 
 mod encode;
+mod format;
+
+pub(super) use encode::label_name;
 
 use std::{
     collections::VecDeque,
@@ -40,7 +45,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 const MAX_CONNECTIONS: usize = 32;
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The running endpoint; stops accepting when stopped or dropped.
 pub(super) struct Server {
@@ -66,8 +70,11 @@ impl Server {
         self.addr
     }
 
-    pub(super) fn stop(self) {
+    /// Stops accepting and waits until the listening socket is closed (so that the same
+    /// address can be bound again right away, as a reload may).
+    pub(super) async fn stop(mut self) {
         self.task.abort();
+        let _ = (&mut self.task).await;
     }
 }
 
@@ -163,19 +170,22 @@ async fn handle(
             .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
         return Ok(r);
     }
+    let format = format::negotiate(req.headers().get(header::ACCEPT));
     // One scrape at a time; the others wait here, not on a thread of their own.
     let Ok(_permit) = scraper.one_at_a_time.acquire().await else {
         return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
     };
     // Reading the values locks the agent, which a collection cycle holds: off the runtime.
     let s = scraper.clone();
-    match tokio::task::spawn_blocking(move || s.scrape()).await {
+    match tokio::task::spawn_blocking(move || s.scrape(format)).await {
         Ok(Ok(body)) => {
             let mut r = Response::new(Full::new(body));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static(CONTENT_TYPE),
+                header::HeaderValue::from_static(format.content_type()),
             );
+            r.headers_mut()
+                .insert(header::VARY, header::HeaderValue::from_static("accept"));
             Ok(r)
         }
         Ok(Err(e)) => {
@@ -192,7 +202,8 @@ async fn handle(
 /// What a scrape reads, and the text buffer it reuses.
 pub(super) struct Scraper {
     registry: Registry,
-    buffer: Mutex<String>,
+    /// The OpenMetrics exposition, then (for the text format) its translation.
+    buffer: Mutex<(String, String)>,
     one_at_a_time: Semaphore,
 }
 
@@ -212,21 +223,31 @@ impl Scraper {
         )));
         Scraper {
             registry,
-            buffer: Mutex::new(String::new()),
+            buffer: Mutex::new((String::new(), String::new())),
             one_at_a_time: Semaphore::new(1),
         }
     }
 
-    /// The whole exposition of the current values.
-    pub(super) fn scrape(&self) -> Result<Bytes, std::fmt::Error> {
-        let mut out = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        out.clear();
-        prometheus_client::encoding::text::encode(&mut *out, &self.registry)?;
+    /// The whole exposition of the current values, in `format`.
+    fn scrape(&self, format: format::Format) -> Result<Bytes, std::fmt::Error> {
+        let mut buffers = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        let (om, text) = &mut *buffers;
+        om.clear();
+        prometheus_client::encoding::text::encode(om, &self.registry)?;
+        let out: &str = match format {
+            format::Format::OpenMetrics => om.as_str(),
+            format::Format::Text => {
+                format::to_text(om, text)?;
+                text.as_str()
+            }
+        };
         let body = Bytes::copy_from_slice(out.as_bytes());
         // Give back what a burst of series left, never in a steady state.
-        if out.capacity() > 2 * out.len() + 64 * 1024 {
-            let keep = out.len() + out.len() / 2;
-            out.shrink_to(keep);
+        for b in [om, text] {
+            if b.capacity() > 2 * b.len() + 64 * 1024 {
+                let keep = b.len() + b.len() / 2;
+                b.shrink_to(keep);
+            }
         }
         Ok(body)
     }
