@@ -74,6 +74,10 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(
+    clippy::enum_variant_names,
+    reason = "each is a child process the bench starts, and its name says so"
+)]
 enum Sub {
     /// The memory soak's child process (started by the bench itself).
     #[command(hide = true)]

@@ -504,7 +504,17 @@ impl Collector for DropCollector {
         self.entries = entries;
         // Sockets in deleted namespaces would keep those namespaces alive.
         self.netns.release_deleted();
-        let full = entries * 100 >= u64::from(self.probe.max_entries()) * PRUNE_AT_PERCENT;
+        // The user namespaces' pool spilled since the last cycle: its keys may be of
+        // namespaces gone (a flood that stopped), which nothing else would remove while the
+        // host's links stay as they are.
+        let user_ns_overflow = self
+            .probe
+            .user_ns_overflow(&mut self.buffers)
+            .map_err(DropCollectError)?;
+        let pool_full = user_ns_overflow.packets != self.user_ns_overflow.packets;
+        self.user_ns_overflow = user_ns_overflow;
+        let full = pool_full
+            || entries * 100 >= u64::from(self.probe.max_entries()) * PRUNE_AT_PERCENT;
         let links_changed = self.links_generation != Some(links.generation());
         self.links_generation = Some(links.generation());
         // A socket-owning cgroup removed (its service stopped, its pod went), so that its
@@ -533,10 +543,6 @@ impl Collector for DropCollector {
         self.overflow = self
             .probe
             .overflow(&mut self.buffers)
-            .map_err(DropCollectError)?;
-        self.user_ns_overflow = self
-            .probe
-            .user_ns_overflow(&mut self.buffers)
             .map_err(DropCollectError)?;
         self.missed = self.probe.missed().map_err(DropCollectError)?;
         Ok(())
