@@ -204,38 +204,3 @@ fn unnamed_ethertypes_share_one_series() -> Result<()> {
     );
     Ok(())
 }
-
-/// After a flood stops, its namespace's keys leave the pool when the next namespace owned
-/// by a user namespace finds it full (the pool spilling starts the housekeeping that
-/// removes keys of namespaces gone, at most once a minute): the next one gets series.
-#[test]
-fn a_stopped_floods_keys_leave_the_pool_for_the_next_user_namespace() -> Result<()> {
-    require_root();
-    let dir = TempDir::shared("drop-flood")?;
-    let (_agent, addr) = agent_as_unit(&dir, "[drops]\nmap_entries = 64")?;
-    let (mut first, gone) = flood(Some(1))?;
-    assert!(first.child().wait()?.success());
-    let (_second, next) = flood(None)?;
-    let mine = [("network_namespace_inode", next.as_str())];
-    let old = [("network_namespace_inode", gone.as_str())];
-    let text = poll::until(|| {
-        let text = scrape(&addr)?;
-        let done = !samples(&text, "retina_drop_count_total", &mine).is_empty()
-            && samples(&text, "retina_drop_count_total", &old).is_empty();
-        Ok(done.then_some(text))
-    })?;
-    let text = text.unwrap_or(scrape(&addr)?);
-    assert!(
-        !samples(&text, "retina_drop_count_total", &mine).is_empty(),
-        "the second flood got no series: {text}"
-    );
-    assert!(
-        samples(&text, "retina_drop_count_total", &old).is_empty(),
-        "{text}"
-    );
-    assert!(
-        total(&text, "retina_drop_map_pruned_total", &[]) > 0,
-        "{text}"
-    );
-    Ok(())
-}
