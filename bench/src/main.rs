@@ -14,6 +14,9 @@
 //!    collector going up and down;
 //! 7. the real daemon at `--interval 10s` next to node_exporter scraped every 10 s;
 //! 8. one OTLP export (SDK and exporter) and one Prometheus scrape, CPU per interface count;
+//! 10. the daemon as the unit runs it under an unprivileged user's EtherType flood (issue
+//!     26): CPU per cycle, RSS and scrape size before, at the onset and during the flood
+//!     (`--only flood`);
 //! 9. the workload mapping at `--pods` pods (namespace, veth, process in a kubelet cgroup):
 //!    the /proc scan and the veth-peer resolution, the steady per-cycle check, and the
 //!    series per workload (`--only workload`).
@@ -31,6 +34,7 @@ mod bpf;
 mod cycle;
 mod ebpf;
 mod export;
+mod flood;
 mod floors;
 mod net;
 mod node_exporter;
@@ -70,15 +74,39 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(
+    clippy::enum_variant_names,
+    reason = "each is a child process the bench starts, and its name says so"
+)]
 enum Sub {
     /// The memory soak's child process (started by the bench itself).
     #[command(hide = true)]
     SoakChild(soak::SoakArgs),
+    /// The EtherType flood (section 10), run as an unprivileged user.
+    #[command(hide = true)]
+    FloodChild,
+    /// N datagrams to 127.0.0.1:9 (section 10, inside a namespace).
+    #[command(hide = true)]
+    UdpChild { n: u64 },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     sys::install_signal_handlers();
+    let child = match &cli.command {
+        Some(Sub::FloodChild) => Some(retina_tests::flood::run(None)),
+        Some(Sub::UdpChild { n }) => Some(flood::udp_child(*n)),
+        _ => None,
+    };
+    if let Some(r) = child {
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Sub::SoakChild(args)) = &cli.command {
         return match soak::child(args) {
             Ok(()) => ExitCode::SUCCESS,

@@ -30,8 +30,8 @@ pub struct Opts {
     /// A shorter run (under 3 minutes).
     #[arg(long)]
     pub quick: bool,
-    /// Sections to run: cycle, node-exporter, export, ebpf, soak, agent, workload [default:
-    /// all].
+    /// Sections to run: cycle, node-exporter, export, ebpf, soak, agent, workload, flood
+    /// [default: all].
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// The release agent binary, for section 7 [default: next to this binary].
@@ -55,7 +55,7 @@ pub struct Opts {
     pub out: Option<PathBuf>,
 }
 
-pub const SECTIONS: [&str; 7] = [
+pub const SECTIONS: [&str; 8] = [
     "cycle",
     "node-exporter",
     "export",
@@ -63,6 +63,7 @@ pub const SECTIONS: [&str; 7] = [
     "soak",
     "agent",
     "workload",
+    "flood",
 ];
 
 impl Opts {

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    agent_run, cycle, ebpf, export,
+    agent_run, cycle, ebpf, export, flood,
     net::BenchNet,
     node_exporter,
     opts::{Opts, SECTIONS},
@@ -221,6 +221,29 @@ pub fn run(
             }
             Some(_) => eprintln!("warning: no node_exporter: skipping section 7"),
             None => eprintln!("warning: no retina-agent binary (--agent-bin): skipping section 7"),
+        }
+    }
+    if opts.runs("flood") {
+        let agent_bin = opts.agent_bin.clone().or_else(|| {
+            let p = std::env::current_exe().ok()?.parent()?.join("retina-agent");
+            p.is_file().then_some(p)
+        });
+        match agent_bin {
+            Some(bin) => {
+                let seconds = opts.pick(None, 30, 15);
+                banner(&format!(
+                    "[10] retina-agent as the unit, run --interval 1s, under an EtherType flood from a user namespace, {seconds} s windows"
+                ));
+                let r = flood::run(&flood::Options {
+                    agent_bin: &bin,
+                    window: Duration::from_secs(seconds),
+                    log: out_dir.join("flood-agent.log"),
+                })?;
+                rows::flood::add(table, &r);
+                table.flush_new();
+                doc.insert("flood".into(), r);
+            }
+            None => eprintln!("warning: no retina-agent binary (--agent-bin): skipping section 10"),
         }
     }
     drop(net);

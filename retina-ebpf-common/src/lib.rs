@@ -39,6 +39,27 @@ pub const CACHE_ENTRIES: u32 = 64;
 /// Per-CPU array with one [`DropValue`]: drops that could not be counted in [`DROPS_MAP`]
 /// because it was full.
 pub const OVERFLOW_MAP: &str = "DROP_OVERFLOW";
+/// Stack of the free slots reserved for keys of network namespaces owned by a user
+/// namespace other than the initial one (`unshare -Urn`, rootless containers): the slots
+/// `[capacity - pool, capacity)`. Such keys take slots only from here, so whatever an
+/// unprivileged user does in namespaces of their own, they occupy at most `pool` keys and
+/// never the slots of the host's and root-created namespaces, which take from
+/// [`FREE_SLOTS_MAP`] first and from here only when that is empty.
+pub const USERNS_FREE_SLOTS_MAP: &str = "DROP_USERNS_SLOTS";
+/// Per-CPU array with one [`DropValue`]: drops in namespaces owned by a non-initial user
+/// namespace that found the reserved pool ([`USERNS_FREE_SLOTS_MAP`]) empty.
+pub const USERNS_OVERFLOW_MAP: &str = "DROP_USERNS_OVERFLOW";
+/// Array of [`PROTOCOL_WORDS`] `u32`s, a bit set over the 65 536 EtherTypes: bit `p % 32`
+/// of word `p / 32` set means EtherType `p` keeps its own key; any other is counted as
+/// [`PROTOCOL_OTHER`]. The loader sets the bits of the EtherTypes the kernel names
+/// (`ETH_P_*` of `linux/if_ether.h`), so a flood of frames with made-up EtherTypes makes one
+/// key, not 65 536.
+pub const PROTOCOLS_MAP: &str = "DROP_PROTOCOLS";
+/// Words of [`PROTOCOLS_MAP`].
+pub const PROTOCOL_WORDS: u32 = 65536 / 32;
+/// [`DropKey::protocol`] of every EtherType not in [`PROTOCOLS_MAP`]: outside the 16-bit
+/// range, so it never equals a real EtherType.
+pub const PROTOCOL_OTHER: u32 = 0x1_0000;
 /// The read-only global holding the [`Offsets`] the loader derived from kernel BTF.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// The read-only global holding the bit mask of `enum skb_drop_reason` values that are not
@@ -72,7 +93,8 @@ pub struct DropKey {
     /// Inode number of the network namespace of the device (or of the socket when there is
     /// no device); 0 when neither is known.
     pub netns: u32,
-    /// `skb->protocol` (the L3 EtherType) in host byte order.
+    /// `skb->protocol` (the L3 EtherType) in host byte order when the kernel names it
+    /// ([`PROTOCOLS_MAP`]), else [`PROTOCOL_OTHER`].
     pub protocol: u32,
     /// The kernel address the packet was freed from (the tracepoint's `location`: a return
     /// address inside the function that dropped it) when the loader enabled locations
@@ -114,6 +136,10 @@ pub const OFFSETS_VALID: u32 = 1 << 1;
 pub const OFFSETS_HAS_SK_CGROUP: u32 = 1 << 2;
 /// The `Offsets::flags` bit saying the tracepoint has the `rx_sk` argument ([`RX_SK_ARG`]).
 pub const OFFSETS_HAS_RX_SK: u32 = 1 << 3;
+/// The `Offsets::flags` bit saying the program can tell the user namespace owning a
+/// network namespace (`net->user_ns->level`), to keep the keys of namespaces owned by
+/// non-initial user namespaces in their reserved pool ([`USERNS_FREE_SLOTS_MAP`]).
+pub const OFFSETS_HAS_USER_NS: u32 = 1 << 4;
 
 /// Byte offsets of the kernel structure fields the program reads, derived from the running
 /// kernel's BTF by the loader and written into the program's read-only data before load.
@@ -142,6 +168,10 @@ pub struct Offsets {
     pub cgroup_kn: u32,
     /// `struct kernfs_node`: `id` (a `u64`).
     pub kn_id: u32,
+    /// `struct net`: `user_ns` (the user namespace owning the network namespace).
+    pub net_user_ns: u32,
+    /// `struct user_namespace`: `level` (0 for the initial user namespace only).
+    pub user_ns_level: u32,
     /// `OFFSETS_*` bits.
     pub flags: u32,
 }
@@ -160,6 +190,8 @@ impl Offsets {
             sk_cgroup: 0,
             cgroup_kn: 0,
             kn_id: 0,
+            net_user_ns: 0,
+            user_ns_level: 0,
             flags: 0,
         }
     }
@@ -181,6 +213,6 @@ mod user {
 // Padding-free layouts: a size that is the sum of the fields proves there is no padding.
 const _: () = assert!(core::mem::size_of::<DropKey>() == 4 * 4 + 2 * 8);
 const _: () = assert!(core::mem::size_of::<DropValue>() == 16);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 12 * 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 14 * 4);
 const _: () = assert!(core::mem::size_of::<CacheEntry>() == 32 + 2 * 4);
 const _: () = assert!(CACHE_ENTRIES.is_power_of_two());

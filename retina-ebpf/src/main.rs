@@ -27,8 +27,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use retina_ebpf_common::{
     CACHE_ENTRIES, CacheEntry, DEFAULT_DROPS_MAX_ENTRIES, DropKey, DropValue, LOCATION_ARG,
-    OFFSETS_HAS_NETNS, OFFSETS_HAS_RX_SK, OFFSETS_HAS_SK_CGROUP, OFFSETS_VALID, Offsets,
-    REASON_ARG, RX_SK_ARG,
+    OFFSETS_HAS_NETNS, OFFSETS_HAS_RX_SK, OFFSETS_HAS_SK_CGROUP, OFFSETS_HAS_USER_NS,
+    OFFSETS_VALID, Offsets, PROTOCOL_OTHER, PROTOCOL_WORDS, REASON_ARG, RX_SK_ARG,
 };
 
 /// Filled in by the loader from kernel BTF (read-only data, constant once loaded).
@@ -55,6 +55,17 @@ static COUNTS_STRIDE: u32 = 0;
 #[map]
 static DROP_FREE_SLOTS: Stack<u32> = Stack::with_max_entries(DEFAULT_DROPS_MAX_ENTRIES, 0);
 
+/// Slots reserved for keys of namespaces owned by a non-initial user namespace (see
+/// `retina_ebpf_common::USERNS_FREE_SLOTS_MAP`); filled by the loader. Such keys take slots
+/// only from here; other keys take from here only when [`DROP_FREE_SLOTS`] is empty.
+#[map]
+static DROP_USERNS_SLOTS: Stack<u32> = Stack::with_max_entries(1, 0);
+
+/// Bit set of the EtherTypes that keep their own key (the ones the kernel names); every
+/// other is counted as `PROTOCOL_OTHER`. Filled by the loader.
+#[map]
+static DROP_PROTOCOLS: Array<u32> = Array::with_max_entries(PROTOCOL_WORDS, 0);
+
 /// Epoch of the [`CACHE`] entries (index 0); set to 1 by the loader, incremented by user
 /// space when it removes keys.
 #[map]
@@ -67,6 +78,11 @@ static DROP_CACHE: PerCpuArray<CacheEntry> = PerCpuArray::with_max_entries(CACHE
 /// Drops that found no free slot (or `DROPS` full): counted here so none is lost silently.
 #[map]
 static DROP_OVERFLOW: PerCpuArray<DropValue> = PerCpuArray::with_max_entries(1, 0);
+
+/// Drops in namespaces owned by a non-initial user namespace that found their reserved
+/// pool ([`DROP_USERNS_SLOTS`]) empty.
+#[map]
+static DROP_USERNS_OVERFLOW: PerCpuArray<DropValue> = PerCpuArray::with_max_entries(1, 0);
 
 /// Bit N set: reason value N is not a drop (`SKB_NOT_DROPPED_YET`, `SKB_CONSUMED`). Filled
 /// in by the loader from kernel BTF, like [`OFFSETS`], because the numbers moved: 5.17 has
@@ -159,14 +175,36 @@ macro_rules! offset {
     };
 }
 
+/// The `struct net` of a device or socket, and its inode number (0 when unknown).
 #[inline(always)]
-fn netns_inum<K: Kernel>(net_holder: u64, net_offset: u32) -> u32 {
+fn netns<K: Kernel>(net_holder: u64, net_offset: u32) -> (u64, u32) {
     if offset!(flags) & OFFSETS_HAS_NETNS == 0 {
-        return 0;
+        return (0, 0);
     }
-    K::read::<u64>(net_holder, net_offset)
-        .and_then(|net| K::read::<u32>(net, offset!(net_inum)))
-        .unwrap_or(0)
+    let net = K::read::<u64>(net_holder, net_offset).unwrap_or(0);
+    (net, K::read::<u32>(net, offset!(net_inum)).unwrap_or(0))
+}
+
+/// Whether network namespace `net` is owned by a user namespace other than the initial one
+/// (`net->user_ns->level != 0`): one any unprivileged user can create (`unshare -Urn`) and
+/// do anything in. Unknown (no such fields, a failed read): no.
+#[inline(always)]
+fn owned_by_user_ns<K: Kernel>(net: u64) -> bool {
+    if offset!(flags) & OFFSETS_HAS_USER_NS == 0 {
+        return false;
+    }
+    K::read::<u64>(net, offset!(net_user_ns))
+        .and_then(|user_ns| K::read::<u32>(user_ns, offset!(user_ns_level)))
+        .is_some_and(|level| level != 0)
+}
+
+/// `protocol` if it keeps its own key ([`DROP_PROTOCOLS`]), else `PROTOCOL_OTHER`.
+#[inline(always)]
+fn fold_protocol(protocol: u32) -> u32 {
+    match DROP_PROTOCOLS.get(protocol >> 5) {
+        Some(word) if word & (1 << (protocol & 31)) != 0 => protocol,
+        _ => PROTOCOL_OTHER,
+    }
 }
 
 /// The cgroup v2 id of socket `sk` (`sk->sk_cgrp_data.cgroup->kn->id`); 0 when unknown.
@@ -212,13 +250,13 @@ fn try_kfree_skb<K: Kernel, C: EbpfContext>(
         K::read(skb, offset!(skb_sk)).unwrap_or(0)
     };
     let dev: u64 = K::read(skb, offset!(skb_dev)).unwrap_or(0);
-    let (ifindex, netns) = if dev != 0 {
+    let (ifindex, (net, netns)) = if dev != 0 {
         (
             K::read::<u32>(dev, offset!(dev_ifindex)).unwrap_or(0),
-            netns_inum::<K>(dev, offset!(dev_net)),
+            netns::<K>(dev, offset!(dev_net)),
         )
     } else {
-        (0, netns_inum::<K>(sk, offset!(sk_net)))
+        (0, netns::<K>(sk, offset!(sk_net)))
     };
     let cgroup = sk_cgroup_id::<K>(sk);
     let protocol = u16::from_be(K::read::<u16>(skb, offset!(skb_protocol)).unwrap_or(0));
@@ -238,8 +276,9 @@ fn try_kfree_skb<K: Kernel, C: EbpfContext>(
         location,
         cgroup,
     };
-    match slot(&key).and_then(count_of) {
-        Some(value) => {
+    // Whether the namespace is an unprivileged user's is asked only when a key is created.
+    match slot(&key, || owned_by_user_ns::<K>(net)).and_then(|s| count_of(s).ok_or(Spill::Full)) {
+        Ok(value) => {
             // SAFETY: the pointer is this CPU's element of the array, valid for the duration
             // of the program; only programs on this CPU write it, one at a time (the
             // program does not run nested on one CPU), with aligned 8-byte stores that user
@@ -249,8 +288,18 @@ fn try_kfree_skb<K: Kernel, C: EbpfContext>(
                 (*value).bytes += len;
             }
         }
-        None => overflow(ctx, len),
+        Err(spill) => overflow(ctx, spill, len),
     }
+}
+
+/// Why a drop found no slot.
+#[derive(Clone, Copy)]
+enum Spill {
+    /// The map is full (or a slot was out of range).
+    Full,
+    /// The drop is in a namespace owned by a non-initial user namespace, and the slots
+    /// reserved for those are taken.
+    UserNs,
 }
 
 /// This CPU's counts of `slot` (`COUNTS_STRIDE - 1`: the keys this CPU created); `None`
@@ -268,9 +317,11 @@ fn count_of(slot: u32) -> Option<*mut DropValue> {
 }
 
 /// The slot of `key` in `DROP_COUNTS`: from this CPU's cache when it holds `key` for the
-/// current epoch, else from `DROPS` (creating the key with a free slot), caching the answer.
+/// current epoch, else from `DROPS` (creating the key, its protocol folded, with a free
+/// slot), caching the answer. The cache holds the key as read (its protocol not folded),
+/// so a cache hit costs no fold.
 #[inline(always)]
-fn slot(key: &DropKey) -> Option<u32> {
+fn slot(key: &DropKey, owned_by_user_ns: impl FnOnce() -> bool) -> Result<u32, Spill> {
     // Read before `DROPS`, so a mapping cached from a lookup that raced with a removal by
     // user space carries the old epoch and is never used.
     let epoch = DROP_EPOCH.get(0).copied().unwrap_or(0);
@@ -283,29 +334,53 @@ fn slot(key: &DropKey) -> Option<u32> {
         ^ location.rotate_left(24)
         ^ cgroup.rotate_left(4))
     .wrapping_mul(0x9e37_79b1);
-    let entry = DROP_CACHE.get_ptr_mut(h >> (32 - CACHE_ENTRIES.trailing_zeros()))?;
+    let entry = DROP_CACHE
+        .get_ptr_mut(h >> (32 - CACHE_ENTRIES.trailing_zeros()))
+        .ok_or(Spill::Full)?;
     // SAFETY: this CPU's cache entry, as in `try_kfree_skb`.
     let entry = unsafe { &mut *entry };
     if entry.epoch == epoch && entry.key == *key {
-        return Some(entry.slot);
+        return Ok(entry.slot);
     }
-    let slot = lookup_or_create(key)?;
+    let folded = DropKey {
+        protocol: fold_protocol(key.protocol),
+        ..*key
+    };
+    let slot = lookup_or_create(&folded, owned_by_user_ns)?;
     *entry = CacheEntry {
         key: *key,
         slot,
         epoch,
     };
-    Some(slot)
+    Ok(slot)
 }
 
 #[inline(always)]
-fn lookup_or_create(key: &DropKey) -> Option<u32> {
+fn lookup_or_create(key: &DropKey, owned_by_user_ns: impl FnOnce() -> bool) -> Result<u32, Spill> {
     if let Some(slot) = DROPS.get_ptr(key) {
         // SAFETY: a value pointer of the hash map, valid while the program runs.
-        return Some(unsafe { *slot });
+        return Ok(unsafe { *slot });
     }
-    // A never-used slot holds zeros, and user space zeroes a slot before freeing it.
-    let slot = DROP_FREE_SLOTS.pop().ok().flatten()?;
+    // A never-used slot holds zeros, and user space zeroes a slot before freeing it. A
+    // namespace an unprivileged user owns takes only from its reserved pool; others take
+    // from the shared slots first.
+    let spill = if owned_by_user_ns() {
+        Spill::UserNs
+    } else if let Some(slot) = DROP_FREE_SLOTS.pop().ok().flatten() {
+        return insert(key, slot, &DROP_FREE_SLOTS).ok_or(Spill::Full);
+    } else {
+        Spill::Full
+    };
+    match DROP_USERNS_SLOTS.pop().ok().flatten() {
+        Some(slot) => insert(key, slot, &DROP_USERNS_SLOTS).ok_or(Spill::Full),
+        None => Err(spill),
+    }
+}
+
+/// Creates `key` with `slot` (taken from `from`, where it goes back if the key cannot be
+/// created).
+#[inline(always)]
+fn insert(key: &DropKey, slot: u32, from: &Stack<u32>) -> Option<u32> {
     match DROPS.insert(key, slot, BPF_NOEXIST) {
         Ok(()) => {
             // Tell user space there is a new key (after inserting it).
@@ -320,7 +395,7 @@ fn lookup_or_create(key: &DropKey) -> Option<u32> {
         Err(e) => {
             // Another CPU created the key between our lookup and insert (use its slot), or
             // the map is full: our slot was never counted into, so it is still free.
-            let _ = DROP_FREE_SLOTS.push(slot, 0);
+            let _ = from.push(slot, 0);
             if e == -EEXIST {
                 // SAFETY: as above.
                 DROPS.get_ptr(key).map(|s| unsafe { *s })
@@ -332,15 +407,19 @@ fn lookup_or_create(key: &DropKey) -> Option<u32> {
 }
 
 #[inline(always)]
-fn overflow<C: EbpfContext>(ctx: &C, len: u64) {
-    if let Some(value) = DROP_OVERFLOW.get_ptr_mut(0) {
+fn overflow<C: EbpfContext>(ctx: &C, spill: Spill, len: u64) {
+    let map = match spill {
+        Spill::Full => &DROP_OVERFLOW,
+        Spill::UserNs => &DROP_USERNS_OVERFLOW,
+    };
+    if let Some(value) = map.get_ptr_mut(0) {
         // SAFETY: as in `add`.
         let first = unsafe {
             (*value).packets += 1;
             (*value).bytes += len;
             (*value).packets == 1
         };
-        if first {
+        if first && matches!(spill, Spill::Full) {
             warn!(
                 ctx,
                 "drop map full: drops now counted in DROP_OVERFLOW only (this CPU reports once)"

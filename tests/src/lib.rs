@@ -20,6 +20,7 @@ use std::{
 
 pub mod alloc;
 pub mod child;
+pub mod flood;
 pub mod poll;
 pub mod rotel;
 pub mod workload;

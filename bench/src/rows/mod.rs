@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cycle;
 pub mod ebpf;
 pub mod export;
+pub mod flood;
 pub mod node_exporter;
 pub mod soak;
 pub mod workload;

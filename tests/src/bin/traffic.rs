@@ -4,6 +4,9 @@
 //! 46 zero bytes of payload) with the hexadecimal ETHERTYPE out of IFACE (AF_PACKET).
 //! `traffic sink ADDR:PORT RCVBUF` binds a UDP socket with SO_RCVBUF set to RCVBUF, prints
 //! its port on a line and then sleeps without ever reading, so its receive buffer fills.
+//! `traffic flood [PASSES]`, run as an unprivileged user: the EtherType flood of issue 26
+//! (`retina_tests::flood`) from a user and network namespace of its own; prints
+//! `netns <inode>` after the first pass, then goes on (forever without PASSES).
 
 #![allow(
     clippy::unwrap_used,
@@ -15,6 +18,14 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() <= 3 && args.get(1).is_some_and(|a| a == "flood") {
+        let passes = args.get(2).map(|n| n.parse().expect("PASSES"));
+        if let Err(e) = retina_tests::flood::run(passes) {
+            eprintln!("traffic flood: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.len() == 5 && args[1] == "raw" {
         raw(&args[2], args[3].parse().expect("COUNT"), &args[4]);
         return;

@@ -11,6 +11,7 @@ use retina_ebpf_common::{DropKey, DropValue};
 
 use super::{
     locations::{self, Locations},
+    protocols::network_type,
     probe::{DropProbe, ReadBuffers},
     reasons::DropReasons,
 };
@@ -34,10 +35,15 @@ pub const DROP_BYTES: Metric = Metric {
     description: "Bytes of the packets the kernel dropped (skb->len at the drop point)",
     kind: Kind::Counter,
 };
+/// The attribute of the overflow series of the slots reserved for namespaces owned by
+/// non-initial user namespaces: `drop.pool="user_namespace"`.
+pub const POOL: &str = "drop.pool";
+pub const POOL_USER_NAMESPACE: &str = "user_namespace";
+
 pub const OVERFLOW_COUNT: Metric = Metric {
     name: "retina.drop.overflow.count",
     unit: "{packet}",
-    description: "Drops counted without attributes because the drop map was full",
+    description: "Drops counted without attributes because the drop map was full (drop.pool=user_namespace: the part reserved for namespaces of non-initial user namespaces was)",
     kind: Kind::Counter,
 };
 pub const OVERFLOW_BYTES: Metric = Metric {
@@ -116,17 +122,6 @@ static METRICS_WITH_LOCATIONS: &[&Metric] = &[
     &LOCATIONS_NAMED,
 ];
 
-/// The `network.type` of an EtherType: OpenTelemetry's `ipv4`/`ipv6`, `arp`, else hex.
-fn network_type(protocol: u32) -> Option<Value> {
-    match protocol {
-        0 => None,
-        0x0800 => Some(Value::from("ipv4")),
-        0x86dd => Some(Value::from("ipv6")),
-        0x0806 => Some(Value::from("arp")),
-        p => Some(Value::from(format!("0x{p:04x}"))),
-    }
-}
-
 struct Series {
     attributes: Box<[KeyValue]>,
     value: DropValue,
@@ -151,6 +146,10 @@ pub struct DropCollector {
     owners: SocketOwners,
     series: HashMap<DropKey, Series>,
     overflow: DropValue,
+    /// Drops in namespaces owned by non-initial user namespaces that found their pool full.
+    user_ns_overflow: DropValue,
+    /// `drop.pool="user_namespace"`, made once.
+    user_ns_pool: [KeyValue; 1],
     missed: u64,
     entries: u64,
     pruned: u64,
@@ -180,6 +179,8 @@ impl DropCollector {
             owners: SocketOwners::new(),
             series: HashMap::with_capacity(capacity),
             overflow: DropValue::default(),
+            user_ns_overflow: DropValue::default(),
+            user_ns_pool: [KeyValue::new(POOL, POOL_USER_NAMESPACE)],
             missed: 0,
             entries: 0,
             pruned: 0,
@@ -503,7 +504,17 @@ impl Collector for DropCollector {
         self.entries = entries;
         // Sockets in deleted namespaces would keep those namespaces alive.
         self.netns.release_deleted();
-        let full = entries * 100 >= u64::from(self.probe.max_entries()) * PRUNE_AT_PERCENT;
+        // The user namespaces' pool spilled since the last cycle: its keys may be of
+        // namespaces gone (a flood that stopped), which nothing else would remove while the
+        // host's links stay as they are.
+        let user_ns_overflow = self
+            .probe
+            .user_ns_overflow(&mut self.buffers)
+            .map_err(DropCollectError)?;
+        let pool_full = user_ns_overflow.packets != self.user_ns_overflow.packets;
+        self.user_ns_overflow = user_ns_overflow;
+        let full = pool_full
+            || entries * 100 >= u64::from(self.probe.max_entries()) * PRUNE_AT_PERCENT;
         let links_changed = self.links_generation != Some(links.generation());
         self.links_generation = Some(links.generation());
         // A socket-owning cgroup removed (its service stopped, its pod went), so that its
@@ -544,6 +555,16 @@ impl Collector for DropCollector {
         }
         visitor.point(&OVERFLOW_COUNT, &[], Number::U64(self.overflow.packets));
         visitor.point(&OVERFLOW_BYTES, &[], Number::U64(self.overflow.bytes));
+        visitor.point(
+            &OVERFLOW_COUNT,
+            &self.user_ns_pool,
+            Number::U64(self.user_ns_overflow.packets),
+        );
+        visitor.point(
+            &OVERFLOW_BYTES,
+            &self.user_ns_pool,
+            Number::U64(self.user_ns_overflow.bytes),
+        );
         visitor.point(&MAP_ENTRIES, &[], Number::U64(self.entries));
         visitor.point(&MAP_PRUNED, &[], Number::U64(self.pruned));
         visitor.point(&MISSED, &[], Number::U64(self.missed));

@@ -10,6 +10,7 @@ pub mod kallsyms;
 pub mod locations;
 pub mod preflight;
 pub mod probe;
+pub mod protocols;
 pub mod reasons;
 
 pub use builder::Builder;

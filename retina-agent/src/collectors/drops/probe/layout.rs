@@ -3,8 +3,8 @@
 //! drops.
 
 use retina_ebpf_common::{
-    OFFSETS_HAS_NETNS, OFFSETS_HAS_RX_SK, OFFSETS_HAS_SK_CGROUP, OFFSETS_VALID, Offsets,
-    REASON_ARG, RX_SK_ARG, TRACEPOINT,
+    OFFSETS_HAS_NETNS, OFFSETS_HAS_RX_SK, OFFSETS_HAS_SK_CGROUP, OFFSETS_HAS_USER_NS,
+    OFFSETS_VALID, Offsets, REASON_ARG, RX_SK_ARG, TRACEPOINT,
 };
 
 use super::ProbeError;
@@ -39,6 +39,16 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<Offsets, ProbeError> {
         offsets.sk_net = sk_net;
         offsets.net_inum = net_inum;
         offsets.flags |= OFFSETS_HAS_NETNS;
+        // The user namespace owning each network namespace (CONFIG_USER_NS), so the keys of
+        // namespaces an unprivileged user made stay in their reserved pool.
+        if let (Ok(net_user_ns), Ok(user_ns_level)) = (
+            btf.field_offset("net", "user_ns"),
+            btf.field_offset("user_namespace", "level"),
+        ) {
+            offsets.net_user_ns = net_user_ns;
+            offsets.user_ns_level = user_ns_level;
+            offsets.flags |= OFFSETS_HAS_USER_NS;
+        }
     }
     // The socket's cgroup v2 (CONFIG_SOCK_CGROUP_DATA; a plain pointer since 5.15).
     if let (Ok(sk_cgroup), Ok(cgroup_kn), Ok(kn_id)) = (
@@ -193,8 +203,9 @@ mod tests {
         let rx_sk = if args > RX_SK_ARG { OFFSETS_HAS_RX_SK } else { 0 };
         assert_eq!(
             o.flags,
-            OFFSETS_VALID | OFFSETS_HAS_NETNS | OFFSETS_HAS_SK_CGROUP | rx_sk
+            OFFSETS_VALID | OFFSETS_HAS_NETNS | OFFSETS_HAS_SK_CGROUP | OFFSETS_HAS_USER_NS | rx_sk
         );
+        assert!(o.net_user_ns > 0 && o.user_ns_level > 0);
         assert!(o.sk_cgroup > 0 && o.cgroup_kn > 0);
         // Sanity against the layout every 64-bit kernel shares: dev follows next/prev.
         assert_eq!(o.skb_dev, 16);

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::{Ebpf, maps::Map};
-use retina_ebpf_common::{COUNTS_MAP, DropKey, DropValue, EPOCH_MAP, FREE_SLOTS_MAP};
+use retina_ebpf_common::{COUNTS_MAP, DropKey, DropValue, EPOCH_MAP, PROTOCOLS_MAP};
 
 use super::ProbeError;
 use crate::kernel::sys::{
@@ -289,10 +289,20 @@ fn update_u32(map: &OwnedFd, key: Option<&u32>, value: u32) -> io::Result<()> {
     unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
 }
 
-/// Makes `slot` free again: pushes it on the free-slot stack.
-pub(super) fn push_slot(free_slots: &OwnedFd, slot: u32) -> Result<(), ProbeError> {
-    update_u32(free_slots, None, slot).map_err(|source| ProbeError::Read {
-        map: FREE_SLOTS_MAP,
+/// Makes `slot` free again: pushes it on the free-slot stack `free_slots` (the map
+/// `name`).
+pub(super) fn push_slot(
+    free_slots: &OwnedFd,
+    name: &'static str,
+    slot: u32,
+) -> Result<(), ProbeError> {
+    update_u32(free_slots, None, slot).map_err(|source| ProbeError::Read { map: name, source })
+}
+
+/// Writes word `index` of the bit set of EtherTypes that keep their own key.
+pub(super) fn set_protocol_word(protocols: &OwnedFd, index: u32, word: u32) -> Result<(), ProbeError> {
+    update_u32(protocols, Some(&index), word).map_err(|source| ProbeError::Read {
+        map: PROTOCOLS_MAP,
         source,
     })
 }

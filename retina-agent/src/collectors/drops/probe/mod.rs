@@ -18,10 +18,11 @@ use aya::{
 use retina_ebpf_common::{
     BTF_PROGRAM_NAME, COUNTS_MAP, COUNTS_STRIDE_GLOBAL, DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP,
     DropKey, DropValue, EPOCH_MAP, FREE_SLOTS_MAP, LOCATIONS_GLOBAL, NOT_DROP_REASONS_GLOBAL,
-    OFFSETS_GLOBAL, OVERFLOW_MAP, PROGRAM_NAME, TRACEPOINT,
+    OFFSETS_GLOBAL, OVERFLOW_MAP, PROGRAM_NAME, PROTOCOLS_MAP, TRACEPOINT, USERNS_FREE_SLOTS_MAP,
+    USERNS_OVERFLOW_MAP,
 };
 
-use self::maps::{Counts, batch_read, map_fd, push_slot, set_epoch};
+use self::maps::{Counts, batch_read, map_fd, push_slot, set_epoch, set_protocol_word};
 pub use self::{
     layout::{SocketOwnerSupport, not_drop_reasons, offsets_from_btf},
     maps::ReadBuffers,
@@ -136,6 +137,15 @@ pub enum Hook {
     Raw,
 }
 
+/// The part of a drop map of `capacity` keys that keys of network namespaces owned by a
+/// non-initial user namespace may occupy (together): a sixteenth, at least one. Such a
+/// namespace is one any unprivileged user can make (`unshare -Urn`) and do anything in, so
+/// its keys must not be able to push the host's and root-created namespaces' drops into
+/// overflow (issue 26); a rootless container makes a handful of keys.
+pub fn user_ns_pool(capacity: u32) -> u32 {
+    (capacity / 16).clamp(1, capacity.max(1))
+}
+
 /// The loaded, attached program. Dropping it detaches the program and frees the maps.
 ///
 /// The program keeps each key's counts in its own slot of a memory-mapped array (one region
@@ -153,8 +163,13 @@ pub struct DropProbe {
     drops: OwnedFd,
     counts: Counts,
     free_slots: OwnedFd,
+    /// The free slots reserved for namespaces owned by non-initial user namespaces: those
+    /// from `shared` up.
+    userns_slots: OwnedFd,
+    shared: u32,
     epoch_map: OwnedFd,
     overflow: OwnedFd,
+    userns_overflow: OwnedFd,
     ncpus: usize,
     max_entries: u32,
     #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
@@ -185,6 +200,8 @@ impl DropProbe {
         // that CPU created).
         let too_big = || ProbeError::Capacity(options.max_entries);
         let stride = options.max_entries.checked_add(1).ok_or_else(too_big)?;
+        let pool = user_ns_pool(options.max_entries);
+        let shared = options.max_entries - pool;
         let counts_entries = u32::try_from(ncpus)
             .ok()
             .and_then(|n| n.checked_mul(stride))
@@ -199,15 +216,27 @@ impl DropProbe {
             .override_global(LOCATIONS_GLOBAL, &u32::from(options.locations), true)
             .map_max_entries(DROPS_MAP, options.max_entries)
             .map_max_entries(COUNTS_MAP, counts_entries)
-            .map_max_entries(FREE_SLOTS_MAP, options.max_entries)
+            .map_max_entries(FREE_SLOTS_MAP, shared.max(1))
+            .map_max_entries(USERNS_FREE_SLOTS_MAP, pool)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let kernel_btf = aya::Btf::from_sys_fs().ok();
         // Before the program is attached: every slot free (slot 0 on top), epoch 1.
         let free_slots = map_fd(&ebpf, FREE_SLOTS_MAP)?;
-        for slot in (0..options.max_entries).rev() {
-            push_slot(&free_slots, slot)?;
+        for slot in (0..shared).rev() {
+            push_slot(&free_slots, FREE_SLOTS_MAP, slot)?;
         }
+        let userns_slots = map_fd(&ebpf, USERNS_FREE_SLOTS_MAP)?;
+        for slot in (shared..options.max_entries).rev() {
+            push_slot(&userns_slots, USERNS_FREE_SLOTS_MAP, slot)?;
+        }
+        let protocols = map_fd(&ebpf, PROTOCOLS_MAP)?;
+        for (i, word) in super::protocols::words().into_iter().enumerate() {
+            if word != 0 {
+                set_protocol_word(&protocols, i as u32, word)?;
+            }
+        }
+        drop(protocols);
         let epoch_map = map_fd(&ebpf, EPOCH_MAP)?;
         let epoch = 1;
         set_epoch(&epoch_map, epoch)?;
@@ -254,6 +283,7 @@ impl DropProbe {
         let drops = map_fd(&ebpf, DROPS_MAP)?;
         let counts = Counts::map(map_fd(&ebpf, COUNTS_MAP)?.as_fd(), ncpus, stride as usize)?;
         let overflow = map_fd(&ebpf, OVERFLOW_MAP)?;
+        let userns_overflow = map_fd(&ebpf, USERNS_OVERFLOW_MAP)?;
         Ok(DropProbe {
             ebpf,
             program,
@@ -261,8 +291,11 @@ impl DropProbe {
             drops,
             counts,
             free_slots,
+            userns_slots,
+            shared,
             epoch_map,
             overflow,
+            userns_overflow,
             ncpus,
             max_entries: options.max_entries,
             locations: options.locations,
@@ -288,6 +321,7 @@ impl DropProbe {
     pub fn max_entries(&self) -> u32 {
         self.max_entries
     }
+
 
     /// Whether the program puts the drop location into the keys.
     #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
@@ -393,7 +427,11 @@ impl DropProbe {
         }
         while let Some(slot) = self.pending.pop() {
             self.counts.zero(slot);
-            push_slot(&self.free_slots, slot)?;
+            if slot < self.shared {
+                push_slot(&self.free_slots, FREE_SLOTS_MAP, slot)?;
+            } else {
+                push_slot(&self.userns_slots, USERNS_FREE_SLOTS_MAP, slot)?;
+            }
         }
         Ok(())
     }
@@ -403,6 +441,19 @@ impl DropProbe {
         maps::sum_per_cpu(self.overflow.as_fd(), buffers, self.ncpus).map_err(|source| {
             ProbeError::Read {
                 map: OVERFLOW_MAP,
+                source,
+            }
+        })
+    }
+}
+
+impl DropProbe {
+    /// Drops in namespaces owned by non-initial user namespaces that found their reserved
+    /// pool full, summed over CPUs.
+    pub fn user_ns_overflow(&self, buffers: &mut ReadBuffers) -> Result<DropValue, ProbeError> {
+        maps::sum_per_cpu(self.userns_overflow.as_fd(), buffers, self.ncpus).map_err(|source| {
+            ProbeError::Read {
+                map: USERNS_OVERFLOW_MAP,
                 source,
             }
         })
@@ -419,4 +470,19 @@ fn attach_btf(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), ProbeError> {
     program.load(TRACEPOINT, btf).map_err(ProbeError::Program)?;
     program.attach().map_err(ProbeError::Program)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_ns_pool;
+
+    #[test]
+    fn the_user_namespace_pool_is_a_sixteenth_and_never_empty() {
+        assert_eq!(user_ns_pool(16384), 1024);
+        assert_eq!(user_ns_pool(64), 4);
+        // A tiny map still has a pool (then shared with everyone: nothing else is left).
+        assert_eq!(user_ns_pool(8), 1);
+        assert_eq!(user_ns_pool(1), 1);
+        assert_eq!(user_ns_pool(1 << 20), 1 << 16);
+    }
 }
