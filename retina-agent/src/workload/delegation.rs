@@ -185,6 +185,7 @@ mod tests {
 
     fn require_root() {
         assert_eq!(
+            // SAFETY: geteuid has no preconditions.
             unsafe { libc::geteuid() },
             0,
             "this test chowns directories to another user: run it as root"

@@ -206,7 +206,9 @@ fn removed_cgroups_are_remembered_and_never_walked_for_again() {
 
 #[test]
 fn a_socket_cgroup_delegated_to_a_user_is_that_users() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "chowns a directory: run as root");
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "chowns a directory: run as root");
     let t = FakeTree::new("delegated");
     let d = t.0.join("d");
     std::fs::create_dir(&d).unwrap();
