@@ -254,14 +254,16 @@ fn a_stopped_services_series_leave_the_export_within_two_intervals() -> Result<(
     Ok(())
 }
 
-/// A shell sending `per_second` datagrams to `port` every second until dropped.
+/// A shell sending `per_second` datagrams a second to `port` (a fifth of them every
+/// 0.2 s, so every collection interval sees some) until dropped.
 struct Feeder(Child);
 
 impl Feeder {
     fn start(port: u16, per_second: u32) -> Result<Feeder> {
         let script = format!(
-            "while :; do '{}' udp 127.0.0.1:{port} {per_second} 64 || exit 1; sleep 1; done",
-            traffic()
+            "while :; do '{}' udp 127.0.0.1:{port} {} 64 || exit 1; sleep 0.2; done",
+            traffic(),
+            per_second.div_ceil(5)
         );
         let child = Command::new("sh")
             .args(["-c", &script])
