@@ -39,6 +39,7 @@ mod floors;
 mod net;
 mod node_exporter;
 mod opts;
+mod removed_owners;
 mod report;
 mod rows;
 mod run;

@@ -167,6 +167,8 @@ pub struct WorkloadReport {
     /// Points per pod uid: min, median, max, and by metric for the first pod.
     pub series_per_pod: sys::Summary,
     pub first_pod_by_metric: BTreeMap<String, usize>,
+    /// Socket cgroup ids that are nowhere, per cycle: walked for, or remembered.
+    pub removed: super::removed_owners::RemovedReport,
     pub json: Value,
 }
 
@@ -275,6 +277,7 @@ pub fn run(count: usize, runs: usize) -> Result<WorkloadReport> {
     );
     let owners_check_cpu_us = c as f64 / CHECKS as f64 / 1e3;
     let owners_check_allocs = allocs as f64 / CHECKS as f64;
+    let removed = super::removed_owners::run(runs)?;
 
     // Series per workload: one drop per pod, then the interface, driver and drop
     // collectors over the resolved link table.
@@ -336,6 +339,7 @@ pub fn run(count: usize, runs: usize) -> Result<WorkloadReport> {
         "pods_resolved": pods_resolved,
         "series_per_pod": series_per_pod.json(),
         "first_pod_series_by_metric": first.clone(),
+        "removed_socket_cgroups": removed.json.clone(),
     });
     drop(collectors);
     drop(pods);
@@ -357,6 +361,7 @@ pub fn run(count: usize, runs: usize) -> Result<WorkloadReport> {
         pods_resolved,
         series_per_pod,
         first_pod_by_metric: first,
+        removed,
         json,
     })
 }

@@ -71,6 +71,15 @@ pub fn add(table: &mut Table, s: &str, r: &WorkloadReport) {
         "socket owners: per-cycle check of every pod's cgroup, CPU",
         fmt_us(r.owners_check_cpu_us),
     );
+    table.info(
+        s,
+        "socket owners: 100 removed ids among 5000 empty cgroups, CPU per cycle: walk (before) / remembered (now), median",
+        format!(
+            "{} / {}",
+            fmt_us(r.removed.walk_cpu_us.median),
+            fmt_us(r.removed.cached_cpu_us.median)
+        ),
+    );
     table.push(
         s,
         "allocations per socket-owner check",

@@ -1,19 +1,31 @@
 //! What a cgroup path says about the workload in it: the Kubernetes pod, the container and
 //! the systemd service, as kubelet, the container runtimes and systemd name their cgroups.
 //!
+//! Patterns are matched only where those managers put them, anchored at the hierarchy's
+//! root, never anywhere in the path: a tenant who can create cgroups somewhere (a
+//! delegated subtree) could otherwise name one like any pod, container or service.
+//!
 //! | layout | example | gives |
 //! |---|---|---|
 //! | kubelet, systemd driver | `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid with _>.slice/cri-containerd-<id>.scope` | pod uid (`_` → `-`), container id |
-//! | kubelet, cgroupfs driver | `/kubepods/besteffort/pod<uid>/<id>` | pod uid, container id |
-//! | docker, podman, CRI-O scopes | `/system.slice/docker-<id>.scope`, `…/libpod-<id>.scope`, `…/crio-<id>.scope` | container id |
+//! | kubelet, cgroupfs driver | `/kubepods/besteffort/pod<uid>/<id>` (or `crio-<id>`) | pod uid, container id |
+//! | docker, podman, CRI-O scopes | `/system.slice/docker-<id>.scope`, `/machine.slice/libpod-<id>.scope`, `…/crio-<id>.scope` | container id |
 //! | docker, cgroupfs driver | `/docker/<id>` | container id |
 //! | podman, cgroupfs manager | `/libpod_parent/libpod-<id>` | container id |
 //! | a systemd service | `/system.slice/unbound.service` | unit |
 //!
+//! The systemd layouts must follow systemd's own structure: a chain of slices from the
+//! root, each named after its parent (`a.slice/a-b.slice/a-b-c.slice`), then one unit
+//! directly in the last slice; the kubelet's pod slices are the second or third slice of
+//! `kubepods.slice`. What lies below a unit or a container's cgroup (a service's
+//! `Delegate=` subtree, a container's own cgroups) belongs to that unit or container,
+//! whatever it is named.
+//!
 //! A container id is exactly 64 lowercase hex digits and a pod uid a canonical UUID;
-//! anything that only looks close (another length, other characters, two different pods in
-//! one path, a path deeper than [`MAX_DEPTH`] or longer than [`MAX_PATH`]) gives nothing,
-//! never a wrong attribute.
+//! anything that only looks close (another length, other characters, another place, a
+//! path deeper than [`MAX_DEPTH`] or longer than [`MAX_PATH`]) gives nothing, never a wrong
+//! attribute. Whether a cgroup was delegated to an unprivileged user (and so named by
+//! them) is read from the file system by [`super::delegation`].
 
 use std::sync::Arc;
 
@@ -24,6 +36,8 @@ pub const MAX_DEPTH: usize = 64;
 
 /// The scope prefixes of container runtimes (`<prefix>-<id>.scope`).
 const SCOPE_PREFIXES: [&str; 4] = ["docker-", "cri-containerd-", "crio-", "libpod-"];
+/// The kubelet's QoS classes below `kubepods` (the guaranteed class has none).
+const QOS: [&str; 2] = ["besteffort", "burstable"];
 
 /// The workload a cgroup path names; empty for a path that names none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,11 +48,18 @@ pub struct Workload {
     pub container_id: Option<Arc<str>>,
     /// The systemd service unit (`systemd.unit`), for processes outside containers.
     pub unit: Option<Arc<str>>,
+    /// `user.id`: the uid a cgroup subtree was delegated to (its directory's owner), for a
+    /// cgroup in or below one. Such a cgroup gives nothing else but the unit the
+    /// delegated directory itself is (`user@1000.service`): its name below is the user's.
+    pub user_id: Option<u32>,
 }
 
 impl Workload {
     pub fn is_empty(&self) -> bool {
-        self.pod_uid.is_none() && self.container_id.is_none() && self.unit.is_none()
+        self.pod_uid.is_none()
+            && self.container_id.is_none()
+            && self.unit.is_none()
+            && self.user_id.is_none()
     }
 
     /// What two processes of one namespace have in common: each field kept only where
@@ -50,8 +71,14 @@ impl Workload {
             pod_uid: same(&self.pod_uid, &other.pod_uid),
             container_id: same(&self.container_id, &other.container_id),
             unit: same(&self.unit, &other.unit),
+            user_id: if self.user_id == other.user_id {
+                self.user_id
+            } else {
+                None
+            },
         }
     }
+
 }
 
 fn is_hex64(s: &str) -> bool {
@@ -67,7 +94,7 @@ fn is_uuid(s: &str) -> bool {
         })
 }
 
-/// A systemd unit name: `name.service`, with the characters systemd allows.
+/// A systemd service unit name: `name.service`, with the characters systemd allows.
 fn service_unit(c: &str) -> Option<&str> {
     let stem = c.strip_suffix(".service")?;
     (!stem.is_empty()
@@ -76,14 +103,6 @@ fn service_unit(c: &str) -> Option<&str> {
             b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.' | b'@' | b'\\')
         }))
     .then_some(c)
-}
-
-/// The pod uid of a kubelet systemd-driver slice (`kubepods-…-pod<uid>.slice`).
-fn slice_pod(c: &str) -> Option<String> {
-    let rest = c.strip_prefix("kubepods")?.strip_suffix(".slice")?;
-    let (_, uid) = rest.rsplit_once("-pod")?;
-    let uid = uid.replace('_', "-");
-    is_uuid(&uid).then_some(uid)
 }
 
 /// The container id of a runtime's scope (`docker-<id>.scope`, ...).
@@ -95,71 +114,139 @@ fn scope_container(c: &str) -> Option<&str> {
         .filter(|id| is_hex64(id))
 }
 
-/// Records `value` for one field, or marks the field ambiguous if it differs from a value
-/// found earlier in the same path.
-fn set(field: &mut Option<String>, ambiguous: &mut bool, value: &str) {
-    match field {
-        Some(v) if v != value => *ambiguous = true,
-        Some(_) => {}
-        None => *field = Some(value.to_string()),
+/// The parts of a path, or `None` for one too long or too deep to parse.
+fn components(path: &str) -> Option<Vec<&str>> {
+    if path.len() > MAX_PATH {
+        return None;
     }
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    (parts.len() < MAX_DEPTH).then_some(parts)
 }
 
-/// The workload of the cgroup at `path` (as in `/proc/PID/cgroup`).
+fn arc(s: &str) -> Option<Arc<str>> {
+    Some(Arc::from(s))
+}
+
+/// The workload of the cgroup at `path` (as in `/proc/PID/cgroup`), by its name alone.
 pub fn parse(path: &str) -> Workload {
-    if path.len() > MAX_PATH || path.split('/').count() > MAX_DEPTH {
+    let Some(parts) = components(path) else {
         return Workload::default();
-    }
-    let (mut pod, mut container, mut unit) = (None, None, None);
-    let mut ambiguous = false;
-    let mut under_kubepods = false;
-    let mut under_docker = false;
-    let mut under_libpod = false;
-    let mut under_pod = false;
-    for c in path.split('/').filter(|c| !c.is_empty()) {
-        if c == "kubepods" || c.starts_with("kubepods.") || c.starts_with("kubepods-") {
-            under_kubepods = true;
-        }
-        if let Some(uid) = slice_pod(c) {
-            set(&mut pod, &mut ambiguous, &uid);
-            under_pod = true;
-        } else if under_kubepods
-            && let Some(uid) = c.strip_prefix("pod")
-            && is_uuid(uid)
-        {
-            set(&mut pod, &mut ambiguous, uid);
-            under_pod = true;
-        } else if let Some(id) = scope_container(c) {
-            set(&mut container, &mut ambiguous, id);
-        } else if is_hex64(c) && (under_pod || under_docker) {
-            set(&mut container, &mut ambiguous, c);
-        } else if let Some(id) = c.strip_prefix("libpod-").filter(|id| under_libpod && is_hex64(id))
-        {
-            set(&mut container, &mut ambiguous, id);
-        } else if let Some(u) = service_unit(c) {
-            // The innermost service counts (a service nested in a slice of services).
-            unit = Some(u.to_string());
-        }
-        under_docker = c == "docker";
-        under_libpod = c == "libpod_parent";
-    }
-    if ambiguous {
-        return Workload::default();
-    }
-    let arc = |s: Option<String>| s.map(Arc::<str>::from);
-    let containerised = pod.is_some() || container.is_some();
-    Workload {
-        pod_uid: arc(pod),
-        container_id: arc(container),
-        // A container's cgroup may sit below a service (docker.service's children); the
-        // service is then not the workload.
-        unit: if containerised { None } else { arc(unit) },
+    };
+    match parts.first().copied() {
+        Some("kubepods") => kubelet_cgroupfs(&parts[1..]),
+        Some("docker") => container(parts.get(1).copied().filter(|c| is_hex64(c))),
+        Some("libpod_parent") => container(
+            parts
+                .get(1)
+                .and_then(|c| c.strip_prefix("libpod-"))
+                .filter(|id| is_hex64(id)),
+        ),
+        Some(_) => systemd(&parts),
+        None => Workload::default(),
     }
 }
 
-/// The cgroup path of a process, from the text of `/proc/PID/cgroup`: the cgroup v2 entry
+fn container(id: Option<&str>) -> Workload {
+    Workload {
+        container_id: id.and_then(arc),
+        ..Workload::default()
+    }
+}
+
+/// `kubepods/[besteffort|burstable/]pod<uid>[/<id>|/crio-<id>[/...]]`, below `kubepods`.
+fn kubelet_cgroupfs(parts: &[&str]) -> Workload {
+    let parts = match parts.first() {
+        Some(q) if QOS.contains(q) => &parts[1..],
+        _ => parts,
+    };
+    let Some(uid) = parts
+        .first()
+        .and_then(|c| c.strip_prefix("pod"))
+        .filter(|u| is_uuid(u))
+    else {
+        return Workload::default();
+    };
+    let id = parts
+        .get(1)
+        .map(|c| c.strip_prefix("crio-").unwrap_or(*c))
+        .filter(|id| is_hex64(id));
+    Workload {
+        pod_uid: arc(uid),
+        container_id: id.and_then(arc),
+        ..Workload::default()
+    }
+}
+
+/// systemd's layout: slices from the root, each named after its parent, then a unit.
+fn systemd(parts: &[&str]) -> Workload {
+    let mut parent: Option<&str> = None;
+    let mut pod = None;
+    let mut depth = 0;
+    for c in parts {
+        let Some(stem) = c.strip_suffix(".slice") else {
+            return systemd_unit(c, pod);
+        };
+        let nested = match parent {
+            None => !stem.is_empty() && !stem.contains('-'),
+            Some(p) => stem
+                .strip_prefix(p)
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|r| !r.is_empty() && !r.contains('-')),
+        };
+        if !nested || pod.is_some() {
+            // Not a slice systemd would make here, or a slice inside a pod's.
+            return Workload::default();
+        }
+        depth += 1;
+        if parts[0] == "kubepods.slice" && (depth == 2 || depth == 3) {
+            pod = slice_pod(stem);
+        }
+        parent = Some(stem);
+    }
+    Workload {
+        pod_uid: pod.as_deref().and_then(arc),
+        ..Workload::default()
+    }
+}
+
+/// The pod uid of a kubelet systemd-driver slice stem (`kubepods[-qos]-pod<uid with _>`).
+fn slice_pod(stem: &str) -> Option<String> {
+    let rest = stem.strip_prefix("kubepods-")?;
+    let rest = QOS
+        .iter()
+        .find_map(|q| rest.strip_prefix(q).and_then(|r| r.strip_prefix('-')))
+        .unwrap_or(rest);
+    let uid = rest.strip_prefix("pod")?.replace('_', "-");
+    is_uuid(&uid).then_some(uid)
+}
+
+/// The unit `c` directly in a slice (in a pod's slice when `pod` is set).
+fn systemd_unit(c: &str, pod: Option<String>) -> Workload {
+    let container_id = scope_container(c).and_then(arc);
+    let unit = match (&pod, &container_id) {
+        (None, None) => service_unit(c).and_then(arc),
+        _ => None,
+    };
+    Workload {
+        pod_uid: pod.as_deref().and_then(arc),
+        container_id,
+        unit,
+        user_id: None,
+    }
+}
+
+/// The hierarchy a process's cgroup path is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hierarchy {
+    /// cgroup v2 (`0::PATH`).
+    V2,
+    /// The v1 `name=systemd` hierarchy of a hybrid host.
+    SystemdV1,
+}
+
+/// The cgroup of a process, from the text of `/proc/PID/cgroup`: the cgroup v2 entry
 /// (`0::PATH`) unless it is the root, else the v1 `name=systemd` entry (hybrid hosts).
-pub fn process_path(text: &str) -> Option<&str> {
+pub fn process_cgroup(text: &str) -> Option<(Hierarchy, &str)> {
     let mut v2 = None;
     let mut systemd = None;
     for line in text.lines() {
@@ -175,9 +262,9 @@ pub fn process_path(text: &str) -> Option<&str> {
         }
     }
     match (v2, systemd) {
-        (Some(p), _) if p != "/" => Some(p),
-        (_, Some(p)) => Some(p),
-        (p, None) => p,
+        (Some(p), _) if p != "/" => Some((Hierarchy::V2, p)),
+        (_, Some(p)) => Some((Hierarchy::SystemdV1, p)),
+        (p, None) => p.map(|p| (Hierarchy::V2, p)),
     }
 }
 
@@ -193,6 +280,7 @@ mod tests {
             pod_uid: pod.map(Arc::from),
             container_id: container.map(Arc::from),
             unit: unit.map(Arc::from),
+            user_id: None,
         }
     }
 
@@ -287,14 +375,14 @@ mod tests {
     }
 
     #[test]
-    fn two_pods_or_containers_in_one_path_give_nothing() {
+    fn a_second_pod_or_container_below_the_first_is_the_first() {
         let other = UID.replace('0', "1");
         let uid_ = UID.replace('-', "_");
         let p = format!("/kubepods.slice/kubepods-pod{uid_}.slice/x/kubepods/pod{other}/{ID}");
-        assert_eq!(parse(&p), Workload::default());
+        assert_eq!(parse(&p), w(Some(UID), None, None));
         let id2 = ID.replace('4', "5");
         let p = format!("/system.slice/docker-{ID}.scope/docker-{id2}.scope");
-        assert_eq!(parse(&p), Workload::default());
+        assert_eq!(parse(&p), w(None, Some(ID), None));
     }
 
     #[test]
@@ -317,12 +405,78 @@ mod tests {
     }
 
     #[test]
-    fn a_service_above_a_container_is_not_the_workload() {
+    fn what_lies_below_a_unit_or_a_container_is_theirs() {
+        let uid_ = UID.replace('-', "_");
+        let id2 = ID.replace('4', "5");
+        // A service's delegated subtree, whatever it names, is the service's.
         let p = format!(
-            "/system.slice/containerd.service/kubepods-pod{}.slice/cri-containerd-{ID}.scope",
-            UID.replace('-', "_")
+            "/system.slice/containerd.service/kubepods-pod{uid_}.slice/cri-containerd-{ID}.scope"
         );
-        assert_eq!(parse(&p), w(Some(UID), Some(ID), None));
+        assert_eq!(parse(&p), w(None, None, Some("containerd.service")));
+        // A container's own cgroups (cgroupns, nested runtimes) are the container's.
+        for below in [
+            format!("/docker-{id2}.scope"),
+            format!("/kubepods/pod{UID}/{id2}"),
+            "/sshd.service".to_string(),
+        ] {
+            let p = format!("/system.slice/docker-{ID}.scope{below}");
+            assert_eq!(parse(&p), w(None, Some(ID), None), "{p}");
+            let p = format!("/kubepods/burstable/pod{UID}/{ID}{below}");
+            assert_eq!(parse(&p), w(Some(UID), Some(ID), None), "{p}");
+        }
+        // A user's manager: the unit is user@UID.service, not what runs in it.
+        let p = "/user.slice/user-1000.slice/user@1000.service/app.slice/evil.service";
+        assert_eq!(parse(p), w(None, None, Some("user@1000.service")));
+    }
+
+    /// The probe's forged cgroups (issue 26): each pattern anywhere but where its manager
+    /// puts it, and slices systemd would never make.
+    #[test]
+    fn patterns_count_only_where_their_managers_put_them() {
+        let uid_ = UID.replace('-', "_");
+        for prefix in ["/d", "/d/x", "/system.slice/x", "/retina", "/kubepods.slice/y"] {
+            for forged in [
+                format!("kubepods-burstable-pod{uid_}.slice"),
+                format!("kubepods-pod{uid_}.slice"),
+                format!("kubepods.slice/kubepods-pod{uid_}.slice"),
+                format!("docker-{ID}.scope"),
+                "sshd.service".to_string(),
+                format!("libpod_parent/libpod-{ID}"),
+                format!("kubepods/pod{UID}/{ID}"),
+                format!("kubepods/besteffort/pod{UID}/{ID}"),
+                format!("docker/{ID}"),
+            ] {
+                let p = format!("{prefix}/{forged}");
+                assert_eq!(parse(&p), Workload::default(), "{p}");
+            }
+        }
+        for p in [
+            // Slices not named after their parent, or with a '-' at the top.
+            format!("/kubepods.slice/burstable.slice/kubepods-burstable-pod{uid_}.slice"),
+            format!("/kubepods.slice/other-burstable.slice/kubepods-burstable-pod{uid_}.slice"),
+            format!("/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice"),
+            format!("/a-b.slice/docker-{ID}.scope"),
+            "/a-b.slice/sshd.service".to_string(),
+            format!("/system.slice/x.slice/docker-{ID}.scope"),
+            // A pod slice too deep in kubepods, or inside another pod's.
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-x.slice/kubepods-burstable-x-pod{uid_}.slice"
+            ),
+            format!("/kubepods.slice/kubepods-pod{uid_}.slice/kubepods-pod{uid_}-a.slice"),
+            // A pod slice outside kubepods.slice.
+            format!("/system.slice/system-kubepods.slice/system-kubepods-pod{uid_}.slice"),
+            // cgroupfs layouts with a wrong level.
+            format!("/kubepods/guaranteed/pod{UID}/{ID}"),
+            format!("/kubepods/x/besteffort/pod{UID}/{ID}"),
+            format!("/docker/x/{ID}"),
+            format!("/libpod_parent/x/libpod-{ID}"),
+        ] {
+            assert_eq!(parse(&p), Workload::default(), "{p}");
+        }
+    }
+
+    fn process_path(text: &str) -> Option<&str> {
+        process_cgroup(text).map(|(_, p)| p)
     }
 
     #[test]
@@ -335,6 +489,11 @@ mod tests {
         assert_eq!(process_path(hybrid), Some("/system.slice/b.service"));
         let both = "1:name=systemd:/init.scope\n0::/kubepods/pod1\n";
         assert_eq!(process_path(both), Some("/kubepods/pod1"));
+        assert_eq!(
+            process_cgroup(hybrid),
+            Some((Hierarchy::SystemdV1, "/system.slice/b.service"))
+        );
+        assert_eq!(process_cgroup(both), Some((Hierarchy::V2, "/kubepods/pod1")));
         assert_eq!(process_path("garbage\n::\n"), None);
         assert_eq!(process_path(""), None);
     }

@@ -10,6 +10,7 @@
 //! workload attributes.
 
 pub mod cgroup;
+pub mod delegation;
 pub mod peers;
 pub mod sockets;
 
@@ -32,6 +33,8 @@ pub mod attr {
     pub const POD_UID: &str = "k8s.pod.uid";
     pub const CONTAINER_ID: &str = "container.id";
     pub const SYSTEMD_UNIT: &str = "systemd.unit";
+    /// The uid a cgroup subtree was delegated to (OpenTelemetry's `user.id`).
+    pub const USER_ID: &str = "user.id";
     /// The cgroup v2 path of the socket a dropped packet had reached.
     pub const SOCKET_CGROUP: &str = "socket.cgroup";
     /// Its cgroup id (never reused, so two incarnations of one service stay two series).
@@ -55,6 +58,9 @@ impl Workload {
         push(attr::CONTAINER_ID, &self.container_id);
         push(attr::POD_UID, &self.pod_uid);
         push(attr::SYSTEMD_UNIT, &self.unit);
+        if let Some(uid) = self.user_id {
+            out.push(KeyValue::new(attr::USER_ID, uid.to_string()));
+        }
     }
 }
 
@@ -67,11 +73,16 @@ pub struct Workloads {
     /// One process of each namespace of `by_netns`, as the scan saw it.
     pids: HashMap<u32, u32>,
     last_scan: Option<Instant>,
+    /// Process cgroups, checked for delegation to unprivileged users.
+    cgroups: delegation::Cgroups,
 }
 
 impl Workloads {
     pub fn new(host_netns: u32) -> Workloads {
-        Workloads::with_proc(host_netns, "/proc")
+        Workloads {
+            cgroups: delegation::Cgroups::new(),
+            ..Workloads::with_proc(host_netns, "/proc")
+        }
     }
 
     /// With another `/proc` (tests).
@@ -82,6 +93,8 @@ impl Workloads {
             by_netns: HashMap::new(),
             pids: HashMap::new(),
             last_scan: None,
+            // A fake /proc's cgroups do not exist: judged by their names.
+            cgroups: delegation::Cgroups::names_only(),
         }
     }
 
@@ -152,9 +165,7 @@ impl Workloads {
             let w = match read {
                 Ok(_) => {
                     crate::fdshortage::succeeded(crate::fdshortage::Lost::Workload);
-                    cgroup::process_path(&text)
-                        .map(cgroup::parse)
-                        .unwrap_or_default()
+                    self.cgroups.of_process(&text)
                 }
                 // The process is gone, or the file is not text: it tells nothing. Or no
                 // descriptor was left: that is counted and logged.

@@ -4,7 +4,12 @@
 //!
 //! Ids are resolved by walking the cgroup v2 tree, once per collection cycle that brings
 //! ids not seen before (never per cycle otherwise). Kernel cgroup ids are never reused, so
-//! an answer stays right for as long as the cgroup exists.
+//! an answer stays right for as long as the cgroup exists, and an id once found removed
+//! stays removed: the last [`MAX_REMOVED`] such ids are remembered (with what they were),
+//! so a socket that outlives its cgroup and keeps dropping costs no walk.
+//!
+//! A cgroup delegated to an unprivileged user, or below one, is that user's
+//! ([`super::delegation`]): its owner is the user, not what its name claims.
 //!
 //! [`SocketOwners::check`] tells which owners have since been removed. A cgroup can only be
 //! removed once it is empty, and the kernel reports a cgroup emptying as a change of its
@@ -24,7 +29,10 @@ use std::{
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
-use super::cgroup::{self, MAX_DEPTH, Workload};
+use super::{
+    cgroup::{MAX_DEPTH, Workload},
+    delegation,
+};
 
 /// The most cgroups one walk visits (a busy Kubernetes node has a few thousand).
 pub const MAX_CGROUPS: usize = 100_000;
@@ -34,6 +42,8 @@ const MAX_MOUNTINFO: u64 = 16 << 20;
 pub const FULL_CHECK: Duration = Duration::from_secs(60);
 /// Room for a few dozen inotify events per read (no names: the watches are on files).
 const EVENT_BUFFER: usize = 4096;
+/// Removed cgroups remembered (a negative cache: their ids are never looked up again).
+pub const MAX_REMOVED: usize = 16_384;
 
 /// A socket-owning cgroup.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,6 +69,8 @@ struct Entry {
     /// Empty when last seen (or its watch overflowed): `stat`ed every cycle until it is
     /// gone or populated again.
     empty: bool,
+    /// Known removed (from the negative cache): gone, with no `stat`.
+    removed: bool,
 }
 
 /// Socket owners by cgroup id.
@@ -73,6 +85,10 @@ pub struct SocketOwners {
     watched: HashMap<WatchDescriptor, u64>,
     events: Box<[u8]>,
     last_full: Instant,
+    /// Cgroups found removed and forgotten, with what they were; oldest first in
+    /// `removed_order`. At most [`MAX_REMOVED`].
+    removed: HashMap<u64, Option<Arc<Owner>>>,
+    removed_order: std::collections::VecDeque<u64>,
 }
 
 impl SocketOwners {
@@ -102,6 +118,8 @@ impl SocketOwners {
             watched: HashMap::new(),
             events: vec![0; EVENT_BUFFER].into_boxed_slice(),
             last_full: Instant::now(),
+            removed: HashMap::new(),
+            removed_order: std::collections::VecDeque::new(),
         }
     }
 
@@ -110,13 +128,29 @@ impl SocketOwners {
         id == 0 || self.by_id.contains_key(&id)
     }
 
-    /// Looks up every id of `ids` not known yet, with at most one walk of the tree.
+    /// Looks up every id of `ids` not known yet, with at most one walk of the tree (none
+    /// for ids already found removed).
     pub fn resolve(&mut self, ids: impl IntoIterator<Item = u64>) {
-        let mut wanted: HashMap<u64, Option<Arc<Owner>>> = ids
-            .into_iter()
-            .filter(|id| !self.knows(*id))
-            .map(|id| (id, None))
-            .collect();
+        let mut wanted: HashMap<u64, Option<Arc<Owner>>> = HashMap::new();
+        for id in ids {
+            if self.knows(id) {
+                continue;
+            }
+            if let Some(owner) = self.removed.get(&id) {
+                // Removed before: it still is (ids are never reused).
+                let entry = Entry {
+                    owner: owner.clone(),
+                    missing: true,
+                    gone: true,
+                    watch: None,
+                    empty: false,
+                    removed: true,
+                };
+                self.by_id.insert(id, entry);
+                continue;
+            }
+            wanted.insert(id, None);
+        }
         if wanted.is_empty() {
             return;
         }
@@ -132,6 +166,7 @@ impl SocketOwners {
                 gone: false,
                 watch: None,
                 empty: false,
+                removed: false,
             };
             if let (Some(o), Some(n)) = (&entry.owner, &mut self.notify)
                 && &*o.path != "/"
@@ -169,6 +204,7 @@ impl SocketOwners {
         let mut any = false;
         for (id, e) in &mut self.by_id {
             e.gone = match &e.owner {
+                _ if e.removed => true,
                 None => e.missing,
                 // The root is never removed.
                 Some(o) if &*o.path == "/" => false,
@@ -225,20 +261,38 @@ impl SocketOwners {
         self.by_id.get(&id).is_some_and(|e| e.gone)
     }
 
-    /// Forgets the cgroups found gone, but for those `in_use` still says are needed.
+    /// Forgets the cgroups found gone, but for those `in_use` still says are needed;
+    /// they are remembered as removed (so that a socket still in one costs no walk).
     pub fn forget_gone(&mut self, in_use: impl Fn(u64) -> bool) {
         let (notify, watched) = (&mut self.notify, &mut self.watched);
+        let (removed, order) = (&mut self.removed, &mut self.removed_order);
         self.by_id.retain(|id, e| {
             let keep = !e.gone || in_use(*id);
-            if !keep && let Some(wd) = e.watch.take() {
-                watched.remove(&wd);
-                if let Some(n) = notify {
-                    // The file is gone with its cgroup, and its watch with it, normally.
-                    let _ = n.watches().remove(wd);
+            if !keep {
+                if let Some(wd) = e.watch.take() {
+                    watched.remove(&wd);
+                    if let Some(n) = notify {
+                        // The file is gone with its cgroup, and its watch with it, normally.
+                        let _ = n.watches().remove(wd);
+                    }
+                }
+                if removed.insert(*id, e.owner.take()).is_none() {
+                    order.push_back(*id);
+                }
+                while order.len() > MAX_REMOVED {
+                    if let Some(old) = order.pop_front() {
+                        removed.remove(&old);
+                    }
                 }
             }
             keep
         });
+    }
+
+    /// How many removed cgroups are remembered (tests, bench).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests and the bench"))]
+    pub fn removed_len(&self) -> usize {
+        self.removed.len()
     }
 }
 
@@ -266,7 +320,7 @@ fn populated(events: &Path) -> bool {
 fn walk(root: &Path, wanted: &mut HashMap<u64, Option<Arc<Owner>>>) -> bool {
     let mut missing = wanted.len();
     if let Ok(m) = std::fs::symlink_metadata(root) {
-        missing -= usize::from(fill(wanted, m.ino(), "/", root));
+        missing -= usize::from(fill(wanted, m.ino(), root, "/", root));
     }
     // (directory, its path below the root, depth)
     let mut stack: Vec<(PathBuf, String, usize)> = vec![(root.to_path_buf(), String::new(), 0)];
@@ -298,7 +352,7 @@ fn walk(root: &Path, wanted: &mut HashMap<u64, Option<Arc<Owner>>>) -> bool {
             visited += 1;
             let child_rel = format!("{rel}/{name}");
             let child = entry.path();
-            missing -= usize::from(fill(wanted, entry.ino(), &child_rel, &child));
+            missing -= usize::from(fill(wanted, entry.ino(), root, &child_rel, &child));
             if depth + 1 < MAX_DEPTH {
                 stack.push((child, child_rel, depth + 1));
             } else {
@@ -309,14 +363,21 @@ fn walk(root: &Path, wanted: &mut HashMap<u64, Option<Arc<Owner>>>) -> bool {
     complete || missing == 0
 }
 
-/// Records the cgroup at `dir` (`rel` below the root) if its id is wanted and not yet
-/// found; true when it was.
-fn fill(wanted: &mut HashMap<u64, Option<Arc<Owner>>>, ino: u64, rel: &str, dir: &Path) -> bool {
+/// Records the cgroup at `dir` (`rel` below `root`) if its id is wanted and not yet
+/// found; true when it was. Its workload is what its path names where root named it,
+/// else the user it is delegated to (no workload if its directories cannot be read).
+fn fill(
+    wanted: &mut HashMap<u64, Option<Arc<Owner>>>,
+    ino: u64,
+    root: &Path,
+    rel: &str,
+    dir: &Path,
+) -> bool {
     match wanted.get_mut(&ino) {
         Some(slot @ None) => {
             *slot = Some(Arc::new(Owner {
                 path: Arc::from(rel),
-                workload: Arc::new(cgroup::parse(rel)),
+                workload: Arc::new(delegation::workload_at(root, rel).unwrap_or_default()),
                 dir: dir.to_path_buf(),
             }));
             true
@@ -342,12 +403,19 @@ fn cgroup2_mount() -> Option<PathBuf> {
 
 /// The mount point of the first file system of type `fstype` in mountinfo `text`.
 fn mount_of(text: &str, fstype: &str) -> Option<PathBuf> {
+    mount_with(text, fstype, None)
+}
+
+/// The mount point of the first file system of type `fstype` in mountinfo `text` whose
+/// super options include `option` (`name=systemd`), if given.
+pub(super) fn mount_with(text: &str, fstype: &str, option: Option<&str>) -> Option<PathBuf> {
     text.lines().find_map(|line| {
         // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
         let (left, right) = line.split_once(" - ")?;
-        (right.split(' ').next() == Some(fstype))
-            .then(|| left.split(' ').nth(4).map(unescape))
-            .flatten()
+        let mut r = right.split(' ');
+        let matches = r.next() == Some(fstype)
+            && option.is_none_or(|o| r.nth(1).is_some_and(|s| s.split(',').any(|x| x == o)));
+        matches.then(|| left.split(' ').nth(4).map(unescape)).flatten()
     })
 }
 

@@ -124,6 +124,12 @@ fn the_cgroup2_mount_is_read_from_mountinfo() {
         mount_of(hybrid, "cgroup2"),
         Some(PathBuf::from("/sys/fs/cgroup/unified"))
     );
+    assert_eq!(
+        mount_with(hybrid, "cgroup", Some("name=systemd")),
+        Some(PathBuf::from("/sys/fs/cgroup/systemd"))
+    );
+    let v1 = "27 25 0:24 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+    assert_eq!(mount_with(v1, "cgroup", Some("name=systemd")), None);
     let escaped = "1 0 0:1 / /mnt/with\\040space rw - cgroup2 none rw\n";
     assert_eq!(
         mount_of(escaped, "cgroup2"),
@@ -168,4 +174,52 @@ fn owners_are_checked_when_they_empty_and_once_a_minute() {
     assert!(o.check() && o.is_gone(b));
     o.forget_gone(|_| false);
     assert!(!o.knows(a) && !o.knows(b) && o.watched.is_empty());
+}
+
+#[test]
+fn removed_cgroups_are_remembered_and_never_walked_for_again() {
+    let t = FakeTree::new("negative");
+    let a = t.add("/system.slice/a.service");
+    let mut o = SocketOwners::with_root(Some(t.0.clone()));
+    o.resolve([a]);
+    std::fs::remove_dir_all(t.0.join("system.slice/a.service")).unwrap();
+    assert!(o.check() && o.is_gone(a));
+    o.forget_gone(|_| false);
+    assert!(!o.knows(a) && o.removed_len() == 1);
+    // A socket still in it drops again: its key comes back. A walk could not find it (the
+    // root is elsewhere now); the negative cache answers, with what the cgroup was.
+    o.root = Some(t.0.join("nowhere"));
+    o.resolve([a]);
+    let owner = o.get(a).expect("remembered");
+    assert_eq!(&*owner.path, "/system.slice/a.service");
+    assert_eq!(owner.workload.unit.as_deref(), Some("a.service"));
+    assert!(o.check() && o.is_gone(a));
+    // Bounded: the oldest are forgotten first.
+    for id in 0..MAX_REMOVED as u64 + 10 {
+        o.removed.insert(u64::MAX - id, None);
+        o.removed_order.push_back(u64::MAX - id);
+    }
+    o.forget_gone(|_| false);
+    assert_eq!(o.removed_len(), MAX_REMOVED);
+    assert_eq!(o.removed_order.len(), MAX_REMOVED);
+}
+
+#[test]
+fn a_socket_cgroup_delegated_to_a_user_is_that_users() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "chowns a directory: run as root");
+    let t = FakeTree::new("delegated");
+    let d = t.0.join("d");
+    std::fs::create_dir(&d).unwrap();
+    std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+    let forged = t.add(&format!("/d/docker-{ID}.scope"));
+    let real = t.add(&format!("/system.slice/docker-{ID}.scope"));
+    let mut o = SocketOwners::with_root(Some(t.0.clone()));
+    o.resolve([forged, real]);
+    let w = o.get(forged).map(|o| (*o.workload).clone()).unwrap();
+    assert_eq!(w.user_id, Some(65534));
+    assert_eq!((w.container_id, w.pod_uid, w.unit), (None, None, None));
+    let w = o.get(real).map(|o| (*o.workload).clone()).unwrap();
+    assert_eq!((w.container_id.as_deref(), w.user_id), (Some(ID), None));
 }

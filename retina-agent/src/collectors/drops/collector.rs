@@ -97,6 +97,10 @@ pub const LOCATIONS_NAMED: Metric = Metric {
 const PRUNE_AT_PERCENT: u64 = 75;
 /// ... and runs at most this often.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// A series of a removed socket cgroup that kept growing after the removal was seen (a
+/// socket that outlived its cgroup: handed to another process, or its process moved
+/// out) is taken as closed only after this many cycles without a drop.
+pub const ORPHAN_IDLE_CYCLES: u64 = 60;
 
 static METRICS: &[&Metric] = &[
     &MAP_PRUNED,
@@ -133,6 +137,23 @@ struct Series {
     /// For a host interface: the workload of its peer namespace the attributes were made
     /// with (a pod's host veth), so a change is followed like a rename.
     peer: Option<Arc<Workload>>,
+    /// The packets of the last cycle, and the last cycle they grew in.
+    prev: u64,
+    grew: u64,
+    /// The cycle its socket's cgroup was first found removed; 0 while it exists.
+    gone_at: u64,
+}
+
+impl Series {
+    /// Whether a series whose socket's cgroup was removed is done: it did not grow this
+    /// cycle and, if it grew after the removal was seen (the socket outlived its cgroup),
+    /// not for [`ORPHAN_IDLE_CYCLES`]. Until then its key stays, so its count never
+    /// restarts while the socket still drops.
+    fn owner_done(&self, cycle: u64) -> bool {
+        self.gone_at != 0
+            && self.grew < cycle
+            && (self.grew <= self.gone_at || cycle - self.grew >= ORPHAN_IDLE_CYCLES)
+    }
 }
 
 pub struct DropCollector {
@@ -348,9 +369,9 @@ impl DropCollector {
         } else {
             Default::default()
         };
+        self.mark_gone_owners();
         let (host, cycle) = (self.host_netns, self.cycle);
         let netns = &mut self.netns;
-        let owners = &self.owners;
         let since = Instant::now();
         let dead: Vec<DropKey> = self
             .series
@@ -367,10 +388,40 @@ impl DropCollector {
                     } else {
                         netns.has_interface(k.netns, k.ifindex, since) == Some(false)
                     };
-                ns_gone || dev_gone || owners.is_gone(k.cgroup)
+                ns_gone || dev_gone || s.owner_done(cycle)
             })
             .map(|(k, _)| *k)
             .collect();
+        self.retire(dead)
+    }
+
+    /// The series of removed socket cgroups that are done ([`Series::owner_done`]), alone:
+    /// no link dump, no `/proc` scan. Runs each cycle while such a cgroup is held.
+    fn retire_gone_owners(&mut self) -> Result<(), DropCollectError> {
+        self.mark_gone_owners();
+        let cycle = self.cycle;
+        let dead: Vec<DropKey> = self
+            .series
+            .iter()
+            .filter(|(_, s)| !s.retired && s.born < cycle && s.owner_done(cycle))
+            .map(|(k, _)| *k)
+            .collect();
+        self.retire(dead)
+    }
+
+    /// Notes the cycle each series' socket cgroup was first found removed in.
+    fn mark_gone_owners(&mut self) {
+        let (owners, cycle) = (&self.owners, self.cycle);
+        for (k, s) in self.series.iter_mut() {
+            if s.gone_at == 0 && k.cgroup != 0 && !s.retired && owners.is_gone(k.cgroup) {
+                s.gone_at = cycle;
+            }
+        }
+    }
+
+    /// Removes the kernel keys of `dead` series and retires them (their final values are
+    /// exported once more); forgets socket cgroups no series needs any more.
+    fn retire(&mut self, dead: Vec<DropKey>) -> Result<(), DropCollectError> {
         // The kernel keys behind the dead series: the same keys, or with locations every
         // key whose address is in the series' function.
         let kernel_keys: Vec<DropKey> = if self.locations.is_some() {
@@ -489,6 +540,9 @@ impl Collector for DropCollector {
                     born,
                     retired: false,
                     peer,
+                    prev: value.packets,
+                    grew: born,
+                    gone_at: 0,
                 },
             );
         }
@@ -520,6 +574,13 @@ impl Collector for DropCollector {
         // A socket-owning cgroup removed (its service stopped, its pod went), so that its
         // series leave within two intervals (inotify says which owners emptied).
         let owners_gone = self.owners.check();
+        let cycle = self.cycle;
+        for s in self.series.values_mut() {
+            if s.value.packets != s.prev {
+                s.prev = s.value.packets;
+                s.grew = cycle;
+            }
+        }
         if full
             && self
                 .last_prune
@@ -527,7 +588,7 @@ impl Collector for DropCollector {
         {
             self.last_prune = Some(Instant::now());
             self.prune(links, true)?;
-        } else if links_changed || owners_gone {
+        } else if links_changed {
             // Interfaces came or went (a pod's veth goes with its namespace): shed the keys
             // of host interfaces and of namespaces that are gone right away, so a workload
             // that has gone leaves the export within two intervals and churn does not pile
@@ -536,6 +597,8 @@ impl Collector for DropCollector {
             // namespace.
             let namespaces = self.series.keys().any(|k| !self.in_host(k));
             self.prune(links, namespaces)?;
+        } else if owners_gone {
+            self.retire_gone_owners()?;
         }
         if links_changed {
             self.follow_renames(links);
