@@ -4,6 +4,7 @@
 //! |---|---|---|---|---|
 //! | `retina.agent.collect.duration` | gauge | `s` | `collector` | time the collector's last collection took |
 //! | `retina.agent.collect.failures` | sum | `{failure}` | `collector` | collections that failed (the collector keeps its previous values) |
+//! | `retina.agent.collector.degraded` | gauge | `{collector}` | `collector` | 1 for each part that could not start ([`Agent::degraded`]); no point when all run |
 //! | `retina.agent.export.failures` | sum | `{failure}` | `exporter` (`otlp`) | OTLP exports that failed or timed out |
 //! | `retina.agent.export.skipped` | sum | `{export}` | `exporter` (`otlp`) | exports not started because the previous one was still in flight |
 //! | `retina.agent.export.rejected` | sum | `{data_point}` | `exporter` (`otlp`) | data points the collector said it rejected (OTLP partial success) |
@@ -14,6 +15,7 @@
 //! metric listed there is exported without anything to add here.
 //!
 //! [`Collector::metrics`]: crate::collectors::Collector::metrics
+//! [`Agent::degraded`]: crate::agent::Agent::degraded
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +37,12 @@ pub const COLLECT_FAILURES: Metric = Metric {
     unit: "{failure}",
     description: "Collections that failed; the collector keeps its previous values",
     kind: Kind::Counter,
+};
+pub const COLLECTOR_DEGRADED: Metric = Metric {
+    name: "retina.agent.collector.degraded",
+    unit: "{collector}",
+    description: "1 for each collector that could not start (see the log or `retina-agent snapshot` for why)",
+    kind: Kind::Gauge,
 };
 pub const EXPORT_FAILURES: Metric = Metric {
     name: "retina.agent.export.failures",
@@ -65,13 +73,14 @@ pub const EXPORT_DURATION: Metric = Metric {
 pub static METRICS: &[&Metric] = &[
     &COLLECT_DURATION,
     &COLLECT_FAILURES,
+    &COLLECTOR_DEGRADED,
     &EXPORT_FAILURES,
     &EXPORT_SKIPPED,
     &EXPORT_REJECTED,
     &EXPORT_DURATION,
 ];
 /// How many of [`METRICS`] are about collection (the rest need an OTLP exporter).
-const COLLECT_METRICS: usize = 2;
+const COLLECT_METRICS: usize = 3;
 
 /// Attribute naming the collector.
 pub const ATTR_COLLECTOR: &str = "collector";
@@ -122,6 +131,10 @@ pub fn visit(agent: &Agent, export: Option<&ExportStats>, v: &mut dyn Visitor) {
             Number::F64(stats.duration.as_secs_f64()),
         );
         v.point(&COLLECT_FAILURES, &attrs, Number::U64(stats.failures));
+    }
+    for d in agent.degraded() {
+        let attrs = [KeyValue::new(ATTR_COLLECTOR, d.collector)];
+        v.point(&COLLECTOR_DEGRADED, &attrs, Number::U64(1));
     }
     let Some(s) = export else { return };
     let otlp = [KeyValue::new(ATTR_EXPORTER, "otlp")];
