@@ -14,6 +14,12 @@
 //!   only change: expressions, rate windows and thresholds are the shipped ones), so the
 //!   test takes seconds instead of ten minutes.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed unwrap is the test failing, with its message"
+)]
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
