@@ -54,9 +54,17 @@ const FILES: &[(&str, u32)] = &[
     ),
     ("/usr/share/doc/retina-agent/operations.md", 0o644),
     ("/usr/share/doc/retina-agent/metrics.md", 0o644),
+    ("/usr/share/doc/retina-agent/runbooks.md", 0o644),
     ("/usr/share/doc/retina-agent/copyright", 0o644),
     ("/usr/share/doc/retina-agent/changelog.Debian.gz", 0o644),
     ("/usr/share/retina-agent/grafana/retina-agent.json", 0o644),
+    ("/usr/share/retina-agent/alerts/agent.yml", 0o644),
+    ("/usr/share/retina-agent/alerts/conntrack.yml", 0o644),
+    ("/usr/share/retina-agent/alerts/drops.yml", 0o644),
+    ("/usr/share/retina-agent/alerts/nic.yml", 0o644),
+    ("/usr/share/retina-agent/alerts/qdisc.yml", 0o644),
+    ("/usr/share/retina-agent/alerts/sockets.yml", 0o644),
+    ("/usr/share/retina-agent/alerts/softnet.yml", 0o644),
     ("/usr/share/lintian/overrides/retina-agent", 0o644),
 ];
 
@@ -194,6 +202,26 @@ fn lintian_accepts_the_package_and_its_contents_are_right() -> Result<()> {
         fs::read_to_string(x.join(&UNIT_PATH[1..]))?,
         fs::read_to_string(repo().join("packaging/retina-agent.service"))?
     );
+    // The alerting rules are the repository's, every one of them (and not their tests).
+    let mut shipped: Vec<String> = fs::read_dir(x.join("usr/share/retina-agent/alerts"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    shipped.sort();
+    let mut repo_rules: Vec<String> = fs::read_dir(repo().join("packaging/alerts"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|n| n.ends_with(".yml"))
+        .collect();
+    repo_rules.sort();
+    assert_eq!(shipped, repo_rules);
+    for name in &shipped {
+        assert_eq!(
+            fs::read(x.join("usr/share/retina-agent/alerts").join(name))?,
+            fs::read(repo().join("packaging/alerts").join(name))?,
+            "{name}"
+        );
+    }
 
     // Every man page renders with `man -l`, without a groff warning (what lintian's
     // groff-message check runs), and says what its command is.

@@ -1,5 +1,5 @@
 //! `cargo xtask install`: build the release agent and install it with its systemd unit,
-//! default configuration, documentation and Grafana dashboard.
+//! default configuration, documentation, Grafana dashboard and alerting rules.
 //!
 //! Layout (`D` = `--destdir`, empty by default; `P` = `--prefix`, `/usr` by default):
 //!
@@ -8,8 +8,9 @@
 //! | the release binary | `D/P/bin/retina-agent` | 0755 |
 //! | `packaging/retina-agent.service` | `D/lib/systemd/system/retina-agent.service`, with `ExecStart=` pointing at `P/bin/retina-agent` | 0644 |
 //! | `packaging/config.toml` | `D/etc/retina-agent/config.toml` (an existing one is kept, unless staging into a destdir) | 0644 |
-//! | `docs/operations.md`, `docs/metrics.md` | `D/P/share/doc/retina-agent/` | 0644 |
+//! | `docs/operations.md`, `docs/metrics.md`, `docs/runbooks.md` | `D/P/share/doc/retina-agent/` | 0644 |
 //! | `packaging/grafana/retina-agent.json` | `D/P/share/retina-agent/grafana/retina-agent.json` | 0644 |
+//! | `packaging/alerts/*.yml` (the Prometheus alerting rules) | `D/P/share/retina-agent/alerts/` | 0644 |
 //! | man pages and completions (`retina-agent generate`) | `D/P/share/man/man1/`, `D/P/share/{bash-completion/completions,zsh/vendor-completions,fish/vendor_completions.d}/` | 0644 |
 //!
 //! `cargo xtask package` installs the same files with cargo-deb (`[package.metadata.deb]`).
@@ -34,8 +35,10 @@ pub const UNIT_SOURCE: &str = "packaging/retina-agent.service";
 /// The default configuration (written by the config owners; installed, never generated).
 pub const CONFIG_SOURCE: &str = "packaging/config.toml";
 pub const DASHBOARD_SOURCE: &str = "packaging/grafana/retina-agent.json";
+/// The Prometheus alerting rules: every `*.yml` directly in it (not its `tests/`).
+pub const ALERTS_SOURCE: &str = "packaging/alerts";
 /// Documentation installed next to the binary (those that exist).
-const DOCS: &[&str] = &["docs/operations.md", "docs/metrics.md"];
+const DOCS: &[&str] = &["docs/operations.md", "docs/metrics.md", "docs/runbooks.md"];
 
 /// The binary path the unit in the repository names (the default prefix).
 const UNIT_BINARY: &str = "/usr/bin/retina-agent";
@@ -142,6 +145,7 @@ struct Sources {
     config: PathBuf,
     dashboard: Option<PathBuf>,
     docs: Vec<PathBuf>,
+    alerts: Vec<PathBuf>,
 }
 
 impl Sources {
@@ -160,11 +164,22 @@ impl Sources {
             .map(|doc| ws.root.join(doc))
             .filter(|p| p.is_file())
             .collect();
+        let mut alerts: Vec<PathBuf> = match fs::read_dir(ws.root.join(ALERTS_SOURCE)) {
+            Ok(dir) => dir
+                .map(|e| e.map(|e| e.path()))
+                .collect::<io::Result<Vec<_>>>()
+                .with_context(|| format!("cannot list {ALERTS_SOURCE}"))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("cannot list {ALERTS_SOURCE}")),
+        };
+        alerts.retain(|p| p.is_file() && p.extension().is_some_and(|x| x == "yml"));
+        alerts.sort();
         Ok(Sources {
             unit,
             config,
             dashboard,
             docs,
+            alerts,
         })
     }
 }
@@ -239,6 +254,12 @@ fn install_tree(
     if let Some(dashboard) = &sources.dashboard {
         let to = under(&prefix.join("share/retina-agent/grafana/retina-agent.json"));
         copy_file(dashboard, &to, 0o644)?;
+        done.push(to.display().to_string());
+    }
+    let alerts_dir = under(&prefix.join("share/retina-agent/alerts"));
+    for rules in &sources.alerts {
+        let to = alerts_dir.join(rules.file_name().context("rule file without a name")?);
+        copy_file(rules, &to, 0o644)?;
         done.push(to.display().to_string());
     }
     Ok(done)
@@ -472,6 +493,7 @@ mod tests {
             config: src.join("config.toml"),
             dashboard: None,
             docs: Vec::new(),
+            alerts: Vec::new(),
         };
         fs::write(&sources.unit, UNIT).unwrap();
         fs::write(&sources.config, "# default\n").unwrap();

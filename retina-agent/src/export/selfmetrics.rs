@@ -5,6 +5,7 @@
 //! | `retina.agent.collect.duration` | gauge | `s` | `collector` | time the collector's last collection took |
 //! | `retina.agent.collect.failures` | sum | `{failure}` | `collector` | collections that failed (the collector keeps its previous values) |
 //! | `retina.agent.descriptor.shortages` | sum | `{lookup}` | `lost` (`interface.name`, `workload`) | lookups that failed for want of a file descriptor, so a series went out without that attribute ([`crate::fdshortage`]) |
+//! | `retina.agent.collector.degraded` | gauge | `{collector}` | `collector` | 1 for each part that could not start ([`Agent::degraded`]); no point when all run |
 //! | `retina.agent.export.failures` | sum | `{failure}` | `exporter` (`otlp`) | OTLP exports that failed or timed out |
 //! | `retina.agent.export.skipped` | sum | `{export}` | `exporter` (`otlp`) | exports not started because the previous one was still in flight |
 //! | `retina.agent.export.rejected` | sum | `{data_point}` | `exporter` (`otlp`) | data points the collector said it rejected (OTLP partial success) |
@@ -15,6 +16,7 @@
 //! metric listed there is exported without anything to add here.
 //!
 //! [`Collector::metrics`]: crate::collectors::Collector::metrics
+//! [`Agent::degraded`]: crate::agent::Agent::degraded
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,6 +45,12 @@ pub const DESCRIPTOR_SHORTAGES: Metric = Metric {
     unit: "{lookup}",
     description: "Lookups that failed for want of a file descriptor (EMFILE, ENFILE); the series went out without the attribute named by `lost`",
     kind: Kind::Counter,
+};
+pub const COLLECTOR_DEGRADED: Metric = Metric {
+    name: "retina.agent.collector.degraded",
+    unit: "{collector}",
+    description: "1 for each collector that could not start (see the log or `retina-agent snapshot` for why)",
+    kind: Kind::Gauge,
 };
 pub const EXPORT_FAILURES: Metric = Metric {
     name: "retina.agent.export.failures",
@@ -74,13 +82,15 @@ pub static METRICS: &[&Metric] = &[
     &COLLECT_DURATION,
     &COLLECT_FAILURES,
     &DESCRIPTOR_SHORTAGES,
+
+    &COLLECTOR_DEGRADED,
     &EXPORT_FAILURES,
     &EXPORT_SKIPPED,
     &EXPORT_REJECTED,
     &EXPORT_DURATION,
 ];
 /// How many of [`METRICS`] are about collection (the rest need an OTLP exporter).
-const COLLECT_METRICS: usize = 3;
+const COLLECT_METRICS: usize = 4;
 
 /// Attribute naming the collector.
 pub const ATTR_COLLECTOR: &str = "collector";
@@ -137,6 +147,10 @@ pub fn visit(agent: &Agent, export: Option<&ExportStats>, v: &mut dyn Visitor) {
     for lost in Lost::ALL {
         let attrs = [KeyValue::new(ATTR_LOST, lost.as_str())];
         v.point(&DESCRIPTOR_SHORTAGES, &attrs, Number::U64(fdshortage::count(lost)));
+    }
+    for d in agent.degraded() {
+        let attrs = [KeyValue::new(ATTR_COLLECTOR, d.collector)];
+        v.point(&COLLECTOR_DEGRADED, &attrs, Number::U64(1));
     }
     let Some(s) = export else { return };
     let otlp = [KeyValue::new(ATTR_EXPORTER, "otlp")];
