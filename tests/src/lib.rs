@@ -22,6 +22,7 @@ pub mod alloc;
 pub mod child;
 pub mod poll;
 pub mod rotel;
+pub mod unit;
 pub mod workload;
 
 use anyhow::{Context, Result, bail, ensure};

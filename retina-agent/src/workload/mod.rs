@@ -1,10 +1,14 @@
 //! Which workload lives in a network namespace: the pod, container or systemd service
 //! whose processes run in it, from their cgroups ([`cgroup`]).
 //!
-//! The map is built by one scan of `/proc` (each process's `ns/net` and `cgroup`) and
-//! consulted when a drop series first appears, so `/proc` is never read per cycle: a
-//! namespace not in the map is looked up again by a new scan at most every
-//! [`RESCAN_AFTER`]. Every process of a namespace must agree on an attribute for the
+//! The map is built by one walk over every process, consulted when a drop series first
+//! appears, so nothing is read per cycle: a namespace not in the map is looked up again by
+//! a new walk at most every [`RESCAN_AFTER`]. The walk is a BPF task iterator ([`tasks`]:
+//! each process's namespace inode and cgroup v2 id, the id resolved to its path by the
+//! socket-owner resolver) wherever it loads; else a scan of `/proc` (each process's
+//! `ns/net` and `cgroup`), which as a non-root user without CAP_SYS_PTRACE sees only the
+//! agent's own user's namespaces: that is said once in the log, with the count of
+//! processes refused. Every process of a namespace must agree on an attribute for the
 //! namespace to get it (a pod's containers share the pod's namespace: the pod uid is
 //! kept, a container id only if there is one container). The host's namespace gets no
 //! workload attributes.
@@ -12,6 +16,7 @@
 pub mod cgroup;
 pub mod peers;
 pub mod sockets;
+pub mod tasks;
 
 use std::{
     collections::HashMap,
@@ -58,7 +63,7 @@ impl Workload {
     }
 }
 
-/// Workloads by network namespace inode, from the last scan of `/proc`.
+/// Workloads by network namespace inode, from the last walk over the processes.
 #[derive(Debug)]
 pub struct Workloads {
     proc_root: PathBuf,
@@ -67,11 +72,47 @@ pub struct Workloads {
     /// One process of each namespace of `by_netns`, as the scan saw it.
     pids: HashMap<u32, u32>,
     last_scan: Option<Instant>,
+    /// The task iterator; `None`: `/proc` is scanned.
+    tasks: Option<tasks::Tasks>,
+    /// Processes whose `/proc/PID/ns/net` the last `/proc` scan was refused.
+    denied: usize,
 }
 
 impl Workloads {
+    /// With the task iterator where it loads, else `/proc`.
     pub fn new(host_netns: u32) -> Workloads {
-        Workloads::with_proc(host_netns, "/proc")
+        let mut w = Workloads::with_proc(host_netns, "/proc");
+        w.tasks = tasks::Tasks::load();
+        w
+    }
+
+    /// Whether the map is built from the task iterator (else from `/proc`).
+    pub fn from_tasks(&self) -> bool {
+        self.tasks.is_some()
+    }
+
+    /// The namespace process `pid` was in at the last walk of the task iterator; `None`
+    /// without it.
+    pub fn netns_of(&self, pid: u32) -> Option<u32> {
+        self.tasks.as_ref()?.netns_of(pid)
+    }
+
+    /// Walks the processes again (without rebuilding the map), for [`Workloads::netns_of`];
+    /// false without the task iterator or when the walk failed.
+    pub fn walk_again(&mut self) -> bool {
+        self.tasks.as_mut().is_some_and(|t| t.walk().is_ok())
+    }
+
+    /// Inodes of every network namespace alive as far as this host can tell: those of
+    /// all processes (from a fresh walk), and those bound in the usual directories.
+    pub fn live_netns_inodes(&mut self) -> std::collections::HashSet<u32> {
+        if let Some(t) = &mut self.tasks
+            && let Ok(mut live) = t.live_netns()
+        {
+            crate::kernel::netns::add_bound(&mut live);
+            return live;
+        }
+        crate::kernel::netns::live_netns_inodes()
     }
 
     /// With another `/proc` (tests).
@@ -82,6 +123,8 @@ impl Workloads {
             by_netns: HashMap::new(),
             pids: HashMap::new(),
             last_scan: None,
+            tasks: None,
+            denied: 0,
         }
     }
 
@@ -112,14 +155,35 @@ impl Workloads {
         &self.proc_root
     }
 
-    /// Rebuilds the map from `/proc`.
+    /// Rebuilds the map from the task iterator, or from `/proc` without it (or when a
+    /// walk fails).
     pub fn scan(&mut self) {
         self.last_scan = Some(Instant::now());
+        if let Some(t) = &mut self.tasks {
+            let mut found: HashMap<u32, Workload> = HashMap::new();
+            let mut pids = HashMap::new();
+            let proc_root = &self.proc_root;
+            let walked = t.scan(self.host_netns, &mut found, &mut pids, |pid| {
+                let mut text = String::new();
+                read_cgroup(&proc_root.join(pid.to_string()), &mut text)
+            });
+            if walked.is_ok() {
+                self.pids = pids;
+                self.by_netns = found.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+                return;
+            }
+        }
+        self.scan_proc();
+    }
+
+    /// Rebuilds the map from `/proc`.
+    fn scan_proc(&mut self) {
         let mut found: HashMap<u32, Workload> = HashMap::new();
         let Ok(procs) = std::fs::read_dir(&self.proc_root) else {
             return;
         };
         self.pids.clear();
+        let mut denied = 0usize;
         let mut text = String::new();
         for entry in procs.flatten() {
             let is_pid = entry
@@ -133,24 +197,24 @@ impl Workloads {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            let Some(netns) = std::fs::metadata(dir.join("ns/net"))
-                .ok()
-                .and_then(|m| u32::try_from(m.ino()).ok())
-            else {
+            let netns = match std::fs::metadata(dir.join("ns/net")) {
+                Ok(m) => u32::try_from(m.ino()).ok(),
+                // The ptrace access check: another user's process, and no CAP_SYS_PTRACE.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    denied += 1;
+                    None
+                }
+                Err(_) => None,
+            };
+            let Some(netns) = netns else {
                 continue;
             };
             if netns == self.host_netns {
                 continue;
             }
-            text.clear();
-            let read = std::fs::File::open(dir.join("cgroup"))
-                .and_then(|f| f.take(MAX_CGROUP_FILE).read_to_string(&mut text));
-            let w = match read {
-                Ok(_) => cgroup::process_path(&text)
-                    .map(cgroup::parse)
-                    .unwrap_or_default(),
-                // The process is gone, or the file is not text: it tells nothing.
-                Err(_) => continue,
+            // The process is gone, or the file is not text: it tells nothing.
+            let Some(w) = read_cgroup(&dir, &mut text) else {
+                continue;
             };
             self.pids.entry(netns).or_insert(pid);
             found
@@ -159,7 +223,28 @@ impl Workloads {
                 .or_insert(w);
         }
         self.by_netns = found.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        if denied > 0 && self.denied == 0 {
+            tasks::say_once(format_args!(
+                "{denied} processes' network namespaces cannot be read from {}/PID/ns/net (the kernel's ptrace access check: the agent is not root and has no CAP_SYS_PTRACE, and no task iterator): drops in their namespaces and their pods' host veths carry no pod, container or unit",
+                self.proc_root.display()
+            ));
+        }
+        self.denied = denied;
     }
+}
+
+/// The workload named by the cgroup v2 line of `dir/cgroup` (a `/proc/PID`); `None` when
+/// it cannot be read (the process is gone, the file is not text).
+fn read_cgroup(dir: &std::path::Path, text: &mut String) -> Option<Workload> {
+    text.clear();
+    std::fs::File::open(dir.join("cgroup"))
+        .and_then(|f| f.take(MAX_CGROUP_FILE).read_to_string(text))
+        .ok()?;
+    Some(
+        cgroup::process_path(text)
+            .map(cgroup::parse)
+            .unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
