@@ -44,9 +44,10 @@ fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
 
 /// `struct bpf_iter__task`: `{ struct bpf_iter_meta *meta; struct task_struct *task; }`,
 /// and `struct bpf_iter_meta` starts with `struct seq_file *seq`.
+/// Not `pub`: only the kernel calls it, with its context (`no_mangle` keeps the symbol).
 #[unsafe(link_section = "iter/task")]
 #[unsafe(no_mangle)]
-pub fn retina_tasks(ctx: *mut u64) -> i32 {
+fn retina_tasks(ctx: *mut u64) -> i32 {
     if offset!(flags) & TASK_OFFSETS_VALID == 0 {
         return 0;
     }

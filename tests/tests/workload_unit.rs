@@ -11,7 +11,7 @@
 
 use anyhow::{Result, ensure};
 use retina_tests::{
-    unit::{Proc, snapshot_as_unit},
+    unit::{self, Proc, snapshot_as_unit},
     workload::Workload,
     *,
 };
@@ -230,4 +230,40 @@ fn pods_containers_and_units_are_attributed_as_the_unit_runs_the_agent() -> Resu
 #[test]
 fn attribution_holds_with_protect_proc_invisible() -> Result<()> {
     attribution_as_the_unit(Proc::Invisible, 0x20, 82)
+}
+
+#[test]
+fn check_as_the_unit_passes_the_workloads_line() -> Result<()> {
+    require_root();
+    // A namespace with a process of its own, so the walk has something to count.
+    let c = case("system.slice/retina-test-check.service", None, None, None)?;
+    let args = unit::setpriv_args(&unit::unit_capabilities());
+    let config = repo().join("packaging/config.toml");
+    let out = std::process::Command::new(&args[0])
+        .args(&args[1..])
+        .arg(agent_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["check", "--format", "json"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let line = doc["checks"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == "workloads"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no workloads check: {doc:#}"));
+    assert_eq!(line["status"], "PASS", "{line:#}");
+    let detail = line["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("BPF task iterator"), "{detail}");
+    // At least the host's namespace and the test's.
+    let namespaces: u64 = detail
+        .split(" processes in ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no namespace count in {detail}"));
+    assert!(namespaces >= 2, "{detail}");
+    drop(c);
+    Ok(())
 }

@@ -87,7 +87,7 @@ impl Workloads {
     }
 
     /// Whether the map is built from the task iterator (else from `/proc`).
-    pub fn from_tasks(&self) -> bool {
+    pub fn uses_tasks(&self) -> bool {
         self.tasks.is_some()
     }
 

@@ -142,7 +142,7 @@ impl PeerOwners {
                 .namespaces()
                 .map(|(ns, pid, w)| (ns, pid, w.clone()))
                 .collect();
-            let by_pid = self.workloads.from_tasks();
+            let by_pid = self.workloads.uses_tasks();
             // (namespace, pid, nsid, workload) asked by pid, confirmed below.
             let mut asked = Vec::new();
             for (netns, pid, w) in found {
@@ -428,5 +428,15 @@ mod tests {
                 .unwrap(),
             None
         );
+        // By pid (what the task iterator gives): our own process answers like our
+        // descriptor did, and a pid no process has is "no namespace", not an error.
+        let by_fd = p.nsid_of(me, Some(host)).unwrap();
+        assert_eq!(p.nsid_of_pid(std::process::id()).unwrap(), by_fd);
+        let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(p.nsid_of_pid(max).unwrap(), None);
     }
 }

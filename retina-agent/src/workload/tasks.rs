@@ -82,9 +82,11 @@ impl Tasks {
     }
 
     /// Fills `found` (workload by namespace) and `pids` (one process by namespace) from a
-    /// fresh walk, for every namespace but `host`'s. A process whose cgroup id is unknown
-    /// (this kernel's BTF has none) is read from `/proc/PID/cgroup` by `from_proc`, which
-    /// every user may read; one whose cgroup was removed meanwhile tells nothing.
+    /// fresh walk, for every namespace but `host`'s. A process whose cgroup v2 id is
+    /// unknown (this kernel's BTF has none, the cgroup was removed meanwhile) or names no
+    /// workload is read from `/proc/PID/cgroup` by `from_proc` (which every user may read
+    /// where `/proc` shows the process); a process that tells nothing either way is left
+    /// out.
     pub fn scan(
         &mut self,
         host: u32,
@@ -102,10 +104,13 @@ impl Tasks {
                 .filter(|id| *id != 0),
         );
         for r in self.records.iter().filter(foreign) {
-            let w = if r.cgroup == 0 {
-                from_proc(r.tgid)
-            } else {
-                self.owners.get(r.cgroup).map(|o| Workload::clone(&o.workload))
+            // A cgroup v2 path that names no workload (the v2 root of a hybrid host, whose
+            // runtimes use v1 and `name=systemd`) or is unknown: `/proc/PID/cgroup`, as the
+            // `/proc` scan reads it (the v2 line, else the `name=systemd` one).
+            let v2 = self.owners.get(r.cgroup).map(|o| Workload::clone(&o.workload));
+            let w = match v2 {
+                Some(w) if !w.is_empty() => Some(w),
+                v2 => from_proc(r.tgid).or(v2),
             };
             let Some(w) = w else { continue };
             pids.entry(r.netns).or_insert(r.tgid);
