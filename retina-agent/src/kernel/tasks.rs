@@ -78,6 +78,16 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<TaskOffsets, TasksError> {
     Ok(o)
 }
 
+/// `PROC_PID_INIT_INO`: the inode of the initial pid namespace (`include/linux/proc_ns.h`).
+const INITIAL_PID_NS: u64 = 0xEFFF_FFFC;
+
+/// Whether this process runs in the initial pid namespace, where the iterator's pids (the
+/// kernel's global ones) are the pids this process sees.
+pub fn in_initial_pid_ns() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == INITIAL_PID_NS)
+}
+
 /// The loaded iterator program.
 pub struct TaskIter {
     ebpf: Ebpf,
@@ -175,6 +185,13 @@ mod tests {
     use std::os::unix::fs::MetadataExt as _;
 
     use super::*;
+
+    #[test]
+    fn the_tests_run_in_the_initial_pid_namespace() {
+        // As the agent does under its unit; inside a pid namespace pids are not asked by
+        // pid (`workload::peers`).
+        assert!(in_initial_pid_ns());
+    }
 
     #[test]
     fn offsets_on_this_kernel() {

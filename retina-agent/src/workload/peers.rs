@@ -142,7 +142,10 @@ impl PeerOwners {
                 .namespaces()
                 .map(|(ns, pid, w)| (ns, pid, w.clone()))
                 .collect();
-            let by_pid = self.workloads.uses_tasks();
+            // The iterator's pids are the kernel's global ones: asked by pid only where they
+            // are ours too (not inside a pid namespace, where the /proc path's inode check
+            // turns a pid that is not ours into "not found").
+            let by_pid = self.workloads.uses_tasks() && crate::kernel::tasks::in_initial_pid_ns();
             // (namespace, pid, nsid, workload) asked by pid, confirmed below.
             let mut asked = Vec::new();
             for (netns, pid, w) in found {
