@@ -13,19 +13,31 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::{TempDir, agent_bin, repo};
+use crate::{TempDir, agent_bin};
+
+/// The unit and the packaged configuration, compiled in: the 6.1 and 6.12 guests run these
+/// tests without the repository.
+const UNIT: &str = include_str!("../../packaging/retina-agent.service");
+const CONFIG: &str = include_str!("../../packaging/config.toml");
 
 /// The capabilities the unit grants (`CAP_BPF`, ...), from `CapabilityBoundingSet=`.
 pub fn unit_capabilities() -> Vec<String> {
-    let path = repo().join("packaging/retina-agent.service");
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let caps: Vec<String> = text
+    let caps: Vec<String> = UNIT
         .lines()
         .filter_map(|l| l.trim().strip_prefix("CapabilityBoundingSet="))
         .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
         .collect();
     assert!(!caps.is_empty(), "the unit sets no CapabilityBoundingSet=");
     caps
+}
+
+/// The packaged configuration, written to `dir` (readable by uid 65534).
+pub fn packaged_config(dir: &TempDir) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.path().join("config.toml");
+    fs::write(&path, CONFIG)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    Ok(path)
 }
 
 /// `setpriv` arguments for uid/gid 65534 with exactly `caps` and no_new_privs.
@@ -82,7 +94,7 @@ pub fn snapshot_as_unit(
         ready = ready.display(),
         done = done.display()
     );
-    let config = repo().join("packaging/config.toml");
+    let config = packaged_config(&dir)?;
     let mut agent: Vec<String> = setpriv_args(&unit_capabilities());
     agent.push(agent_bin().display().to_string());
     agent.extend(
@@ -110,7 +122,7 @@ pub fn snapshot_as_unit(
             // A mount namespace of its own with a private /proc, as systemd sets up
             // ProtectProc=invisible; then the agent, as the unit's user.
             let mut c = Command::new("unshare");
-            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            c.args(["-m", "--propagation", "private", "sh", "-c"])
                 .arg("mount -t proc -o hidepid=invisible proc /proc && exec \"$@\"")
                 .arg("sh")
                 .args(&agent);

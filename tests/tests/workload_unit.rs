@@ -238,7 +238,8 @@ fn check_as_the_unit_passes_the_workloads_line() -> Result<()> {
     // A namespace with a process of its own, so the walk has something to count.
     let c = case("system.slice/retina-test-check.service", None, None, None)?;
     let args = unit::setpriv_args(&unit::unit_capabilities());
-    let config = repo().join("packaging/config.toml");
+    let dir = TempDir::shared("rwuc")?;
+    let config = unit::packaged_config(&dir)?;
     let out = std::process::Command::new(&args[0])
         .args(&args[1..])
         .arg(agent_bin())
