@@ -44,4 +44,15 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", object.display());
     println!("cargo:rustc-env=RETINA_EBPF_OBJECT={}", object.display());
+    // The task iterator (`retina-ebpf/src/tasks.rs`) is built beside it, by the same build.
+    let tasks = object.with_file_name("retina-tasks");
+    if !tasks.is_file() {
+        println!(
+            "cargo::error=the eBPF object {} does not exist: build the workspace with `cargo xtask build`",
+            tasks.display()
+        );
+        return;
+    }
+    println!("cargo:rerun-if-changed={}", tasks.display());
+    println!("cargo:rustc-env=RETINA_TASKS_OBJECT={}", tasks.display());
 }

@@ -5,6 +5,8 @@
 //! `aya::Pod` impls the agent needs; the eBPF side builds without it.
 #![no_std]
 
+pub mod tasks;
+
 /// Name of the eBPF program (and of the raw tracepoint it attaches to).
 pub const PROGRAM_NAME: &str = "kfree_skb";
 /// Name of the same program as a BTF-enabled tracepoint (`tp_btf`), which reads kernel

@@ -23,6 +23,7 @@ pub mod child;
 pub mod flood;
 pub mod poll;
 pub mod rotel;
+pub mod unit;
 pub mod workload;
 
 use anyhow::{Context, Result, bail, ensure};

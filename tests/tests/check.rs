@@ -19,13 +19,14 @@ use anyhow::{Context, Result};
 use retina_tests::*;
 
 /// Every check, in output order.
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 11] = [
     "config",
     "kernel",
     "btf",
     "capabilities",
     "tracepoint",
     "probe",
+    "workloads",
     "bpffs",
     "tracefs",
     "otlp",
@@ -235,6 +236,14 @@ fn without_capabilities_the_capability_check_fails_with_a_hint() -> Result<()> {
     assert!(hint.contains("CAP_BPF") && hint.contains("root"), "{hint}");
     // The real load is refused too, and says why.
     assert_eq!(status_of(&checks, "probe"), "FAIL", "{stdout}");
+    // So is the task iterator: pod attribution falls back to /proc, which refuses other
+    // users' namespaces, and the check says so (issue 26, item 1).
+    assert_eq!(status_of(&checks, "workloads"), "WARN", "{stdout}");
+    let detail = &find(&checks, "workloads").detail;
+    assert!(
+        detail.contains("task iterator") && detail.contains("are refused"),
+        "{detail}"
+    );
     // What does not need privileges still passes.
     for name in ["config", "kernel", "btf", "tracepoint", "prometheus"] {
         assert_eq!(status_of(&checks, name), "PASS", "{name}: {stdout}");

@@ -26,7 +26,9 @@ pub(crate) const BIND_DIRS: &[&str] = &[NETNS_RUN_DIR, "/var/run/docker/netns"];
 
 /// Inodes of every network namespace that is still alive as far as this host can tell:
 /// those of all processes, and those bound in the usual directories. Reads /proc, so it is
-/// for occasional housekeeping, not for every cycle.
+/// for occasional housekeeping, not for every cycle; as a non-root user without
+/// CAP_SYS_PTRACE it sees only its own user's processes, so
+/// [`crate::workload::Workloads::live_netns_inodes`] (the task iterator) is preferred.
 pub fn live_netns_inodes() -> std::collections::HashSet<u32> {
     let mut live = std::collections::HashSet::new();
     let mut add = |path: &Path| {
@@ -47,14 +49,23 @@ pub fn live_netns_inodes() -> std::collections::HashSet<u32> {
             }
         }
     }
+    add_bound(&mut live);
+    live
+}
+
+/// Adds the inodes of the namespaces bound in [`BIND_DIRS`] to `live`.
+pub fn add_bound(live: &mut std::collections::HashSet<u32>) {
     for dir in BIND_DIRS {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
-                add(&entry.path());
+                if let Ok(meta) = std::fs::metadata(entry.path())
+                    && let Ok(ino) = u32::try_from(meta.ino())
+                {
+                    live.insert(ino);
+                }
             }
         }
     }
-    live
 }
 
 /// Inode of the namespace this process runs in (the host namespace for the daemon).

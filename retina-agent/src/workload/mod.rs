@@ -1,10 +1,14 @@
 //! Which workload lives in a network namespace: the pod, container or systemd service
 //! whose processes run in it, from their cgroups ([`cgroup`]).
 //!
-//! The map is built by one scan of `/proc` (each process's `ns/net` and `cgroup`) and
-//! consulted when a drop series first appears, so `/proc` is never read per cycle: a
-//! namespace not in the map is looked up again by a new scan at most every
-//! [`RESCAN_AFTER`]. Every process of a namespace must agree on an attribute for the
+//! The map is built by one walk over every process, consulted when a drop series first
+//! appears, so nothing is read per cycle: a namespace not in the map is looked up again by
+//! a new walk at most every [`RESCAN_AFTER`]. The walk is a BPF task iterator ([`tasks`]:
+//! each process's namespace inode and cgroup v2 id, the id resolved to its path by the
+//! socket-owner resolver) wherever it loads; else a scan of `/proc` (each process's
+//! `ns/net` and `cgroup`), which as a non-root user without CAP_SYS_PTRACE sees only the
+//! agent's own user's namespaces: that is said once in the log, with the count of
+//! processes refused. Every process of a namespace must agree on an attribute for the
 //! namespace to get it (a pod's containers share the pod's namespace: the pod uid is
 //! kept, a container id only if there is one container). The host's namespace gets no
 //! workload attributes.
@@ -13,6 +17,7 @@ pub mod cgroup;
 pub mod delegation;
 pub mod peers;
 pub mod sockets;
+pub mod tasks;
 
 use std::{
     collections::HashMap,
@@ -64,7 +69,7 @@ impl Workload {
     }
 }
 
-/// Workloads by network namespace inode, from the last scan of `/proc`.
+/// Workloads by network namespace inode, from the last walk over the processes.
 #[derive(Debug)]
 pub struct Workloads {
     proc_root: PathBuf,
@@ -75,14 +80,48 @@ pub struct Workloads {
     last_scan: Option<Instant>,
     /// Process cgroups, checked for delegation to unprivileged users.
     cgroups: delegation::Cgroups,
+    /// The task iterator; `None`: `/proc` is scanned.
+    tasks: Option<tasks::Tasks>,
+    /// Processes whose `/proc/PID/ns/net` the last `/proc` scan was refused.
+    denied: usize,
 }
 
 impl Workloads {
+    /// With the task iterator where it loads, else `/proc`.
     pub fn new(host_netns: u32) -> Workloads {
-        Workloads {
-            cgroups: delegation::Cgroups::new(),
-            ..Workloads::with_proc(host_netns, "/proc")
+        let mut w = Workloads::with_proc(host_netns, "/proc");
+        w.cgroups = delegation::Cgroups::new();
+        w.tasks = tasks::Tasks::load();
+        w
+    }
+
+    /// Whether the map is built from the task iterator (else from `/proc`).
+    pub fn uses_tasks(&self) -> bool {
+        self.tasks.is_some()
+    }
+
+    /// The namespace process `pid` was in at the last walk of the task iterator; `None`
+    /// without it.
+    pub fn netns_of(&self, pid: u32) -> Option<u32> {
+        self.tasks.as_ref()?.netns_of(pid)
+    }
+
+    /// Walks the processes again (without rebuilding the map), for [`Workloads::netns_of`];
+    /// false without the task iterator or when the walk failed.
+    pub fn walk_again(&mut self) -> bool {
+        self.tasks.as_mut().is_some_and(|t| t.walk().is_ok())
+    }
+
+    /// Inodes of every network namespace alive as far as this host can tell: those of
+    /// all processes (from a fresh walk), and those bound in the usual directories.
+    pub fn live_netns_inodes(&mut self) -> std::collections::HashSet<u32> {
+        if let Some(t) = &mut self.tasks
+            && let Ok(mut live) = t.live_netns()
+        {
+            crate::kernel::netns::add_bound(&mut live);
+            return live;
         }
+        crate::kernel::netns::live_netns_inodes()
     }
 
     /// With another `/proc` (tests).
@@ -95,6 +134,8 @@ impl Workloads {
             last_scan: None,
             // A fake /proc's cgroups do not exist: judged by their names.
             cgroups: delegation::Cgroups::names_only(),
+            tasks: None,
+            denied: 0,
         }
     }
 
@@ -125,9 +166,30 @@ impl Workloads {
         &self.proc_root
     }
 
-    /// Rebuilds the map from `/proc`.
+    /// Rebuilds the map from the task iterator, or from `/proc` without it (or when a
+    /// walk fails).
     pub fn scan(&mut self) {
         self.last_scan = Some(Instant::now());
+        if let Some(t) = &mut self.tasks {
+            let mut found: HashMap<u32, Workload> = HashMap::new();
+            let mut pids = HashMap::new();
+            let proc_root = &self.proc_root;
+            let cgroups = &mut self.cgroups;
+            let walked = t.scan(self.host_netns, &mut found, &mut pids, |pid| {
+                let mut text = String::new();
+                read_cgroup(&proc_root.join(pid.to_string()), &mut text, cgroups)
+            });
+            if walked.is_ok() {
+                self.pids = pids;
+                self.by_netns = found.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+                return;
+            }
+        }
+        self.scan_proc();
+    }
+
+    /// Rebuilds the map from `/proc`.
+    fn scan_proc(&mut self) {
         let mut found: HashMap<u32, Workload> = HashMap::new();
         let procs = match std::fs::read_dir(&self.proc_root) {
             Ok(procs) => procs,
@@ -137,6 +199,7 @@ impl Workloads {
             }
         };
         self.pids.clear();
+        let mut denied = 0usize;
         let mut text = String::new();
         for entry in procs.flatten() {
             let is_pid = entry
@@ -150,29 +213,23 @@ impl Workloads {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            let Some(netns) = std::fs::metadata(dir.join("ns/net"))
-                .ok()
-                .and_then(|m| u32::try_from(m.ino()).ok())
-            else {
+            let netns = match std::fs::metadata(dir.join("ns/net")) {
+                Ok(m) => u32::try_from(m.ino()).ok(),
+                // The ptrace access check: another user's process, and no CAP_SYS_PTRACE.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    denied += 1;
+                    None
+                }
+                Err(_) => None,
+            };
+            let Some(netns) = netns else {
                 continue;
             };
             if netns == self.host_netns {
                 continue;
             }
-            text.clear();
-            let read = std::fs::File::open(dir.join("cgroup"))
-                .and_then(|f| f.take(MAX_CGROUP_FILE).read_to_string(&mut text));
-            let w = match read {
-                Ok(_) => {
-                    crate::fdshortage::succeeded(crate::fdshortage::Lost::Workload);
-                    self.cgroups.of_process(&text)
-                }
-                // The process is gone, or the file is not text: it tells nothing. Or no
-                // descriptor was left: that is counted and logged.
-                Err(e) => {
-                    crate::fdshortage::failed(crate::fdshortage::Lost::Workload, &e);
-                    continue;
-                }
+            let Some(w) = read_cgroup(&dir, &mut text, &mut self.cgroups) else {
+                continue;
             };
             self.pids.entry(netns).or_insert(pid);
             found
@@ -181,6 +238,38 @@ impl Workloads {
                 .or_insert(w);
         }
         self.by_netns = found.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        if denied > 0 && self.denied == 0 {
+            tasks::say_once(format_args!(
+                "{denied} processes' network namespaces cannot be read from {}/PID/ns/net (the kernel's ptrace access check: the agent is not root and has no CAP_SYS_PTRACE, and no task iterator): drops in their namespaces and their pods' host veths carry no pod, container or unit",
+                self.proc_root.display()
+            ));
+        }
+        self.denied = denied;
+    }
+}
+
+/// The workload named by the cgroup v2 line of `dir/cgroup` (a `/proc/PID`); `None` when
+/// it cannot be read (the process is gone, the file is not text).
+/// The workload of the process at `dir` from its `cgroup` file, checked for delegation by
+/// `cgroups`. `None`: the process is gone, or the file is not text (it tells nothing), or no
+/// descriptor was left (counted and logged).
+fn read_cgroup(
+    dir: &std::path::Path,
+    text: &mut String,
+    cgroups: &mut delegation::Cgroups,
+) -> Option<Workload> {
+    text.clear();
+    let read = std::fs::File::open(dir.join("cgroup"))
+        .and_then(|f| f.take(MAX_CGROUP_FILE).read_to_string(text));
+    match read {
+        Ok(_) => {
+            crate::fdshortage::succeeded(crate::fdshortage::Lost::Workload);
+            Some(cgroups.of_process(text))
+        }
+        Err(e) => {
+            crate::fdshortage::failed(crate::fdshortage::Lost::Workload, &e);
+            None
+        }
     }
 }
 

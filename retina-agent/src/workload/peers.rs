@@ -2,9 +2,13 @@
 //! (`IFLA_LINK_NETNSID` in the host's link dump) carries the workload of that namespace.
 //!
 //! The nsid is the host namespace's own number for the peer namespace. It is matched by
-//! asking the kernel (`RTM_GETNSID` with `NETNSA_FD`) for the nsid of each namespace a
-//! process runs in, through a descriptor of that process's `/proc/PID/ns/net` whose inode
-//! is checked against the scan (a recycled pid cannot lend another namespace's workload).
+//! asking the kernel (`RTM_GETNSID`) for the nsid of each namespace a process runs in.
+//! With the task iterator ([`super::tasks`]) the process is named by its pid
+//! (`NETNSA_PID`, which the kernel resolves without the ptrace access check that
+//! `/proc/PID/ns/net` needs, so it works as the unit's non-root user), and a second walk
+//! confirms that each pid asked about is still in the namespace the first walk saw (a
+//! recycled pid cannot lend another namespace's workload). Without it, through a
+//! descriptor of the process's `/proc/PID/ns/net` whose inode is checked against the scan.
 //!
 //! Namespaces bound by `ip netns` or a CNI plugin (`/run/netns`, `/var/run/docker/netns`)
 //! with no process in them are matched too, as having no workload.
@@ -139,17 +143,36 @@ impl PeerOwners {
                 .namespaces()
                 .map(|(ns, pid, w)| (ns, pid, w.clone()))
                 .collect();
+            // The iterator's pids are the kernel's global ones: asked by pid only where they
+            // are ours too (not inside a pid namespace, where the /proc path's inode check
+            // turns a pid that is not ours into "not found").
+            let by_pid = self.workloads.uses_tasks() && crate::kernel::tasks::in_initial_pid_ns();
+            // (namespace, pid, nsid, workload) asked by pid, confirmed below.
+            let mut asked = Vec::new();
             for (netns, pid, w) in found {
-                if by_nsid.len() == wanted.len() {
+                if by_nsid.len() + asked.len() >= wanted.len() {
                     break;
                 }
                 let path = self.workloads.proc_root().join(format!("{pid}/ns/net"));
-                match self.nsid_of(&path, Some(netns)) {
+                let nsid = if by_pid {
+                    self.nsid_of_pid(pid)
+                } else {
+                    self.nsid_of(&path, Some(netns))
+                };
+                match nsid {
+                    Ok(Some(id)) if wanted.contains(&id) && by_pid => asked.push((netns, pid, id, w)),
                     Ok(Some(id)) if wanted.contains(&id) => {
                         by_nsid.insert(id, (!w.is_empty()).then_some(w));
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!("{e}"),
+                }
+            }
+            if !asked.is_empty() && self.workloads.walk_again() {
+                for (netns, pid, id, w) in asked {
+                    if self.workloads.netns_of(pid) == Some(netns) {
+                        by_nsid.insert(id, (!w.is_empty()).then_some(w));
+                    }
                 }
             }
             // Namespaces bound by `ip netns` or a CNI plugin with no process in them (yet):
@@ -220,6 +243,29 @@ impl PeerOwners {
         if !same {
             return Ok(None);
         }
+        self.ask(path, NETNSA_FD, file.as_raw_fd() as u32)
+    }
+
+    /// The nsid the host gives the namespace process `pid` runs in (`NETNSA_PID`, a pid
+    /// of the agent's pid namespace); `None` when the namespace has no nsid here.
+    fn nsid_of_pid(&mut self, pid: u32) -> Result<Option<i32>, PeerError> {
+        let path = std::path::PathBuf::from(format!("pid {pid}"));
+        match self.ask(&path, NETNSA_PID, pid) {
+            // The process is gone.
+            Err(PeerError::Io { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {
+                Ok(None)
+            }
+            r => r,
+        }
+    }
+
+    /// `RTM_GETNSID` with attribute `attr` = `value`; `path` names the namespace in errors.
+    fn ask(
+        &mut self,
+        path: &std::path::Path,
+        attr: u16,
+        value: u32,
+    ) -> Result<Option<i32>, PeerError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let io = |op, source| PeerError::Io {
@@ -227,7 +273,7 @@ impl PeerOwners {
             op,
             source,
         };
-        send_getnsid(self.sock.as_raw_fd(), seq, file.as_raw_fd())
+        send_getnsid(self.sock.as_raw_fd(), seq, attr, value)
             .map_err(|e| io("sending RTM_GETNSID", e))?;
         // The reply to this request; older ones (a timed-out request) are skipped.
         for _ in 0..8 {
@@ -299,15 +345,18 @@ fn parse_reply(data: &[u8], seq: u32) -> Reply {
     }
 }
 
-/// `RTM_GETNSID` for the namespace of descriptor `ns_fd`: a `struct rtgenmsg`
-/// (`AF_UNSPEC`, padded) and a `NETNSA_FD` attribute.
-fn send_getnsid(fd: RawFd, seq: u32, ns_fd: RawFd) -> io::Result<()> {
+/// `NETNSA_PID` (`include/uapi/linux/net_namespace.h`): the namespace of a process.
+const NETNSA_PID: u16 = 2;
+
+/// `RTM_GETNSID` for a namespace named by a `u32` attribute (`NETNSA_FD`: a descriptor;
+/// `NETNSA_PID`: a process): a `struct rtgenmsg` (`AF_UNSPEC`, padded) and the attribute.
+fn send_getnsid(fd: RawFd, seq: u32, attr: u16, value: u32) -> io::Result<()> {
     const ATTR_LEN: usize = 8;
     let mut body = [0u8; RTGENMSG_LEN + ATTR_LEN];
     let a = &mut body[RTGENMSG_LEN..];
     a[0..2].copy_from_slice(&(ATTR_LEN as u16).to_ne_bytes());
-    a[2..4].copy_from_slice(&NETNSA_FD.to_ne_bytes());
-    a[4..8].copy_from_slice(&(ns_fd as u32).to_ne_bytes());
+    a[2..4].copy_from_slice(&attr.to_ne_bytes());
+    a[4..8].copy_from_slice(&value.to_ne_bytes());
     links::send_request(fd, RTM_GETNSID, 0, seq, &body)
 }
 
@@ -391,5 +440,15 @@ mod tests {
                 .unwrap(),
             None
         );
+        // By pid (what the task iterator gives): our own process answers like our
+        // descriptor did, and a pid no process has is "no namespace", not an error.
+        let by_fd = p.nsid_of(me, Some(host)).unwrap();
+        assert_eq!(p.nsid_of_pid(std::process::id()).unwrap(), by_fd);
+        let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(p.nsid_of_pid(max).unwrap(), None);
     }
 }

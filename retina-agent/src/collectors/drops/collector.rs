@@ -365,7 +365,7 @@ impl DropCollector {
     /// attributes instead of going to the overflow counter, and memory stays flat.
     fn prune(&mut self, links: &Links, namespaces: bool) -> Result<(), DropCollectError> {
         let live = if namespaces {
-            crate::kernel::netns::live_netns_inodes()
+            self.workloads.live_netns_inodes()
         } else {
             Default::default()
         };

@@ -11,6 +11,7 @@
 
 mod endpoints;
 mod kernel;
+mod workloads;
 
 use std::{fmt, path::Path, process::ExitCode};
 
@@ -142,6 +143,9 @@ pub fn run(input: &Input<'_>) -> Vec<Check> {
             }
         }
     }
+
+    // Pod, container and unit attribution: the task iterator, or what /proc shows.
+    checks.push(workloads::workloads());
 
     // Informational: the agent needs neither.
     checks.extend(endpoints::mounts());

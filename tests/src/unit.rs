@@ -1,0 +1,169 @@
+//! The agent as the packaged unit runs it, for tests outside `tests/packaging/` (which has
+//! its own copy with the unit checks): uid/gid 65534, exactly the capabilities of
+//! `packaging/retina-agent.service` (bounding, inheritable, ambient), no_new_privs; and,
+//! optionally, `ProtectProc=invisible`: a private `/proc` mounted with `hidepid=invisible`
+//! in a mount namespace of its own, which is what systemd gives the service.
+
+use std::{
+    fs,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::{TempDir, agent_bin};
+
+/// The unit and the packaged configuration, compiled in: the 6.1 and 6.12 guests run these
+/// tests without the repository.
+const UNIT: &str = include_str!("../../packaging/retina-agent.service");
+const CONFIG: &str = include_str!("../../packaging/config.toml");
+
+/// The capabilities the unit grants (`CAP_BPF`, ...), from `CapabilityBoundingSet=`.
+pub fn unit_capabilities() -> Vec<String> {
+    let caps: Vec<String> = UNIT
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("CapabilityBoundingSet="))
+        .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    assert!(!caps.is_empty(), "the unit sets no CapabilityBoundingSet=");
+    caps
+}
+
+/// The packaged configuration, written to `dir` (readable by uid 65534).
+pub fn packaged_config(dir: &TempDir) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.path().join("config.toml");
+    fs::write(&path, CONFIG)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    Ok(path)
+}
+
+/// `setpriv` arguments for uid/gid 65534 with exactly `caps` and no_new_privs.
+pub fn setpriv_args(caps: &[String]) -> Vec<String> {
+    let mut list = String::from("-all");
+    for cap in caps {
+        list.push_str(",+");
+        list.push_str(&cap.trim_start_matches("CAP_").to_ascii_lowercase());
+    }
+    vec![
+        "setpriv".into(),
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        format!("--inh-caps={list}"),
+        format!("--ambient-caps={list}"),
+        format!("--bounding-set={list}"),
+        "--no-new-privs".into(),
+    ]
+}
+
+/// How `/proc` looks to the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proc {
+    /// The host's `/proc`.
+    Host,
+    /// `ProtectProc=invisible`: a private `/proc` with `hidepid=invisible`.
+    Invisible,
+}
+
+/// Kills the agent (and reaps it) on drop.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `retina-agent snapshot --cumulative --format json` as the unit runs it, watching while
+/// `during` runs (as root, in the test's process: the agent's own child command could not
+/// enter a network namespace without CAP_SYS_ADMIN). Returns the document and the agent's
+/// stderr.
+pub fn snapshot_as_unit(
+    proc: Proc,
+    during: impl FnOnce() -> Result<()>,
+) -> Result<(Value, String)> {
+    let dir = TempDir::shared("runit")?;
+    let ready = dir.path().join("ready");
+    let done = dir.path().join("done");
+    let script = format!(
+        "touch {ready}; while [ ! -e {done} ]; do sleep 0.02; done",
+        ready = ready.display(),
+        done = done.display()
+    );
+    let config = packaged_config(&dir)?;
+    let mut agent: Vec<String> = setpriv_args(&unit_capabilities());
+    agent.push(agent_bin().display().to_string());
+    agent.extend(
+        [
+            "--config",
+            config.to_str().context("config path")?,
+            "snapshot",
+            "--cumulative",
+            "--format",
+            "json",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]
+        .map(String::from),
+    );
+    let mut cmd = match proc {
+        Proc::Host => {
+            let mut c = Command::new(&agent[0]);
+            c.args(&agent[1..]);
+            c
+        }
+        Proc::Invisible => {
+            // A mount namespace of its own with a private /proc, as systemd sets up
+            // ProtectProc=invisible; then the agent, as the unit's user.
+            let mut c = Command::new("unshare");
+            c.args(["-m", "--propagation", "private", "sh", "-c"])
+                .arg("mount -t proc -o hidepid=invisible proc /proc && exec \"$@\"")
+                .arg("sh")
+                .args(&agent);
+            c
+        }
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(fs::File::create(dir.path().join("stdout"))?)
+        .stderr(fs::File::create(dir.path().join("stderr"))?);
+    let mut child = Kill(cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?);
+    let stderr = || fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        if let Some(status) = child.0.try_wait()? {
+            bail!("the agent exited early ({status}): {}", stderr());
+        }
+        ensure!(
+            Instant::now() < end,
+            "the agent did not start: {}",
+            stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    during()?;
+    fs::write(&done, b"")?;
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.0.try_wait()? {
+            break status;
+        }
+        ensure!(Instant::now() < end, "the agent did not exit: {}", stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = stderr();
+    ensure!(status.success(), "agent failed ({status}): {stderr}");
+    let stdout = fs::read(dir.path().join("stdout"))?;
+    let doc = serde_json::from_slice(&stdout).with_context(|| {
+        format!(
+            "parsing the snapshot: {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&stdout)
+        )
+    })?;
+    Ok((doc, stderr))
+}
