@@ -58,7 +58,21 @@ pub(super) fn config(config: &Config) -> Result<(), Violation> {
         .map_err(|r| Violation::at(&["ethtool", "unsupported_retry_cycles"], r))?;
     limits::size(e.max_interfaces, limits::MAX_INTERFACES)
         .map_err(|r| Violation::at(&["ethtool", "max_interfaces"], r))?;
+    series_caps(&config.export)?;
     export(&config.export)
+}
+
+/// `export.series_caps`: both outputs apply them, so they are checked even with OTLP off.
+fn series_caps(c: &ExportConfig) -> Result<(), Violation> {
+    for (metric, &cap) in &c.series_caps {
+        limits::size(cap, limits::SERIES_CAP).map_err(|r| {
+            Violation::at(
+                &["export", "series_caps"],
+                format!("{metric:?}: {r} (remove the key for no cap)"),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// A level or `tracing` filter directives. Stricter than `EnvFilter` on one point: a bare

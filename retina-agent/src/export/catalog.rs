@@ -5,15 +5,24 @@
 //! while a collector hands out all of its points in one walk. [`Catalog::visit_metric`]
 //! walks only the collectors that list the metric and passes on that metric's points,
 //! straight from the collectors' state: nothing is copied or buffered in between.
+//!
+//! The catalog also holds what both outputs must agree on: the series policy
+//! (`export.series`: a collector's counter that has been zero since the agent started is
+//! left out under `informative`) and the per-metric series caps (`export.series_caps`,
+//! [`Caps`]).
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use opentelemetry::KeyValue;
 
-use super::selfmetrics::{self, ExportStats};
+use super::selfmetrics::{self, ExportStats, SERIES_CAPPED};
 use crate::{
     agent::Agent,
-    model::{Metric, Number},
+    config::SeriesPolicy,
+    model::{Kind, Metric, Number},
 };
 
 /// One exported metric and where its points come from.
@@ -24,6 +33,10 @@ struct Entry {
     collectors: Vec<usize>,
     /// Whether the self-telemetry emits it.
     self_telemetry: bool,
+    /// The most series it exports (`export.series_caps`), if capped.
+    cap: Option<usize>,
+    /// Series that did not fit under `cap` in the last export or scrape.
+    over: AtomicUsize,
 }
 
 /// The metrics the outputs carry, each with a stable index.
@@ -31,17 +44,28 @@ struct Entry {
 pub struct Catalog {
     entries: Vec<Entry>,
     by_name: HashMap<&'static str, usize>,
+    policy: SeriesPolicy,
 }
+
+/// The attributes of the SDK's overflow series, which the Prometheus output reproduces.
+pub const OVERFLOW_KEY: &str = "otel.metric.overflow";
 
 impl Catalog {
     /// Every metric of `agent`'s collectors, then the self-telemetry (`export_stats`:
     /// whether the export metrics are included). A name listed twice with another kind
     /// or unit keeps its first definition, with a warning; points of the other are not
-    /// exported.
-    pub fn new(agent: &Agent, export_stats: bool) -> Catalog {
+    /// exported. `policy` and `caps` are `export.series` and `export.series_caps`; a cap
+    /// naming a metric that no enabled collector exports is logged and ignored.
+    pub fn new(
+        agent: &Agent,
+        export_stats: bool,
+        policy: SeriesPolicy,
+        caps: &BTreeMap<String, usize>,
+    ) -> Catalog {
         let mut c = Catalog {
             entries: Vec::new(),
             by_name: HashMap::new(),
+            policy,
         };
         for (i, (collector, _)) in agent.collectors().enumerate() {
             for &m in collector.metrics() {
@@ -53,6 +77,16 @@ impl Catalog {
         for &m in selfmetrics::metrics(export_stats) {
             if let Some(e) = c.add(m, "agent") {
                 e.self_telemetry = true;
+            }
+        }
+        for (name, &cap) in caps {
+            match c.by_name.get(name.as_str()) {
+                Some(&i) => c.entries[i].cap = Some(cap),
+                None => tracing::warn!(
+                    metric = %name,
+                    "export.series_caps names a metric that no enabled collector exports; \
+                     ignored (the metric names are in docs/metrics.md)"
+                ),
             }
         }
         c
@@ -76,6 +110,8 @@ impl Catalog {
                     metric: m,
                     collectors: Vec::new(),
                     self_telemetry: false,
+                    cap: None,
+                    over: AtomicUsize::new(0),
                 });
                 self.entries.len() - 1
             }
@@ -97,8 +133,69 @@ impl Catalog {
         self.entries.iter().map(|e| e.metric)
     }
 
+    /// The series cap of metric `i`, if it has one.
+    pub fn cap(&self, i: usize) -> Option<usize> {
+        self.entries.get(i).and_then(|e| e.cap)
+    }
+
+    /// Records that metric `i` had `series` series in an export or scrape: how many did not
+    /// fit under its cap, for `retina.agent.export.series.capped`, with a log line when
+    /// the metric goes over its cap and when it is back under.
+    pub fn record_series(&self, i: usize, series: usize) {
+        let Some(e) = self.entries.get(i) else { return };
+        let Some(cap) = e.cap else { return };
+        let over = series.saturating_sub(cap);
+        let before = e.over.swap(over, Ordering::Relaxed);
+        if before == 0 && over > 0 {
+            tracing::warn!(
+                metric = e.metric.name,
+                cap,
+                over,
+                "metric {} hit its series cap ({cap}, export.series_caps): {over} series did \
+                 not fit and are folded into its otel.metric.overflow series",
+                e.metric.name
+            );
+        } else if before > 0 && over == 0 {
+            tracing::info!(
+                metric = e.metric.name,
+                cap,
+                "metric {} is back under its series cap",
+                e.metric.name
+            );
+        }
+    }
+
+    /// Hands the points of metric `i` to `f` as the Prometheus output exports them: the
+    /// first `cap` series, then (past the cap) one series with `otel.metric.overflow=true`
+    /// and the value of the last series that did not fit, as the SDK's cardinality limit
+    /// does for the OTLP output's observable instruments. Records the count.
+    pub fn visit_capped(
+        &self,
+        i: usize,
+        agent: &Agent,
+        export_stats: Option<&ExportStats>,
+        f: &mut dyn FnMut(&[KeyValue], Number),
+    ) {
+        let cap = self.cap(i).unwrap_or(usize::MAX);
+        let mut n = 0usize;
+        let mut last_over = None;
+        self.visit_metric(i, agent, export_stats, &mut |attrs, value| {
+            n += 1;
+            if n <= cap {
+                f(attrs, value);
+            } else {
+                last_over = Some(value);
+            }
+        });
+        if let Some(value) = last_over {
+            f(&[KeyValue::new(OVERFLOW_KEY, true)], value);
+        }
+        self.record_series(i, n);
+    }
+
     /// Hands every current point of metric `i` to `f`: from the collectors that list it,
-    /// and from the self-telemetry (`export_stats`: the OTLP exporter's counters).
+    /// and from the self-telemetry (`export_stats`: the OTLP exporter's counters). Under
+    /// the `informative` policy a collector's counter at zero is left out.
     pub fn visit_metric(
         &self,
         i: usize,
@@ -110,8 +207,11 @@ impl Catalog {
             return;
         };
         let want = entry.metric;
+        let skip_zero = self.policy == SeriesPolicy::Informative && want.kind == Kind::Counter;
         let mut only = |m: &'static Metric, attrs: &[KeyValue], value: Number| {
-            if std::ptr::eq(m, want) || (m.name == want.name && same_type(m, want)) {
+            if (std::ptr::eq(m, want) || (m.name == want.name && same_type(m, want)))
+                && !(skip_zero && counter_value(value) == Some(0))
+            {
                 f(attrs, value);
             }
         };
@@ -122,8 +222,25 @@ impl Catalog {
                 collector.visit(&mut only);
             }
         }
-        if entry.self_telemetry {
-            selfmetrics::visit(agent, export_stats, &mut only);
+        if !entry.self_telemetry {
+            return;
+        }
+        if std::ptr::eq(want, &SERIES_CAPPED) {
+            for e in self.entries.iter().filter(|e| e.cap.is_some()) {
+                let over = e.over.load(Ordering::Relaxed);
+                f(
+                    &[KeyValue::new(selfmetrics::ATTR_METRIC, e.metric.name)],
+                    Number::U64(over as u64),
+                );
+            }
+        } else {
+            // The agent's own counters are exported at zero too: alerts read them.
+            let mut own = |m: &'static Metric, attrs: &[KeyValue], value: Number| {
+                if std::ptr::eq(m, want) || (m.name == want.name && same_type(m, want)) {
+                    f(attrs, value);
+                }
+            };
+            selfmetrics::visit(agent, export_stats, &mut own);
         }
     }
 
