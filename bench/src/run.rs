@@ -4,8 +4,8 @@
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value, json};
 use retina_agent::config::SeriesPolicy;
+use serde_json::{Map, Value, json};
 
 use crate::{
     agent_run, cycle, ebpf, export,

@@ -47,6 +47,17 @@ pub struct Catalog {
     policy: SeriesPolicy,
 }
 
+/// Collectors' health counters, exported at zero under every policy like the agent's own
+/// metrics: alerts read them, and an alert on a series that appears only with its first
+/// count misses that count.
+const ALWAYS_EXPORTED: &[&str] = &[
+    "retina.drop.overflow.count",
+    "retina.drop.overflow.bytes",
+    "retina.drop.missed",
+    "retina.drop.map.pruned",
+    "retina.drop.location.overflow",
+];
+
 /// The attributes of the SDK's overflow series, which the Prometheus output reproduces.
 pub const OVERFLOW_KEY: &str = "otel.metric.overflow";
 
@@ -203,11 +214,24 @@ impl Catalog {
         export_stats: Option<&ExportStats>,
         f: &mut dyn FnMut(&[KeyValue], Number),
     ) {
+        self.visit(i, agent, export_stats, self.policy, f)
+    }
+
+    fn visit(
+        &self,
+        i: usize,
+        agent: &Agent,
+        export_stats: Option<&ExportStats>,
+        policy: SeriesPolicy,
+        f: &mut dyn FnMut(&[KeyValue], Number),
+    ) {
         let Some(entry) = self.entries.get(i) else {
             return;
         };
         let want = entry.metric;
-        let skip_zero = self.policy == SeriesPolicy::Informative && want.kind == Kind::Counter;
+        let skip_zero = policy == SeriesPolicy::Informative
+            && want.kind == Kind::Counter
+            && !ALWAYS_EXPORTED.contains(&want.name);
         let mut only = |m: &'static Metric, attrs: &[KeyValue], value: Number| {
             if (std::ptr::eq(m, want) || (m.name == want.name && same_type(m, want)))
                 && !(skip_zero && counter_value(value) == Some(0))
@@ -225,7 +249,8 @@ impl Catalog {
         if !entry.self_telemetry {
             return;
         }
-        if std::ptr::eq(want, &SERIES_CAPPED) {
+        // By name: `SERIES_CAPPED` is a `const`, so its address is not unique.
+        if want.name == SERIES_CAPPED.name {
             for e in self.entries.iter().filter(|e| e.cap.is_some()) {
                 let over = e.over.load(Ordering::Relaxed);
                 f(
@@ -244,12 +269,29 @@ impl Catalog {
         }
     }
 
-    /// How many points each metric has right now.
+    /// How many points each metric exports right now.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn count_points(&self, agent: &Agent, export_stats: Option<&ExportStats>) -> Vec<usize> {
+        self.count(agent, export_stats, self.policy)
+    }
+
+    /// How many series each metric holds right now, exported or not (zero counters
+    /// included): what the SDK's limits are sized from, so that counters starting to count
+    /// do not make the pipeline grow (a rebuild restarts the sums' start times).
+    pub fn count_held(&self, agent: &Agent, export_stats: Option<&ExportStats>) -> Vec<usize> {
+        self.count(agent, export_stats, SeriesPolicy::Everything)
+    }
+
+    fn count(
+        &self,
+        agent: &Agent,
+        export_stats: Option<&ExportStats>,
+        policy: SeriesPolicy,
+    ) -> Vec<usize> {
         (0..self.len())
             .map(|i| {
                 let mut n = 0;
-                self.visit_metric(i, agent, export_stats, &mut |_, _| n += 1);
+                self.visit(i, agent, export_stats, policy, &mut |_, _| n += 1);
                 n
             })
             .collect()

@@ -169,7 +169,10 @@ fn deleted_interface_leaves_the_export(protocol: &str) -> Result<()> {
         }
     }
     eprintln!("{protocol}: {compared} surviving sums kept their start times");
-    assert!(compared > 0, "no surviving sum to compare: {starts_before:?}");
+    assert!(
+        compared > 0,
+        "no surviving sum to compare: {starts_before:?}"
+    );
     agent.stop()?;
     Ok(())
 }

@@ -141,7 +141,7 @@ impl Otlp {
         let limits: Vec<usize> = {
             let guard = agent.lock();
             match guard.as_ref() {
-                Some(a) => catalog.count_points(a, Some(&stats)),
+                Some(a) => catalog.count_held(a, Some(&stats)),
                 None => vec![0; catalog.len()],
             }
         }
