@@ -112,15 +112,23 @@ pub fn run(o: &Options) -> Result<Value> {
     let collect_only = o.log.with_file_name("collect-only.toml");
     std::fs::write(&collect_only, "[export]\nenabled = false\n")
         .with_context(|| format!("writing {}", collect_only.display()))?;
+    // The agent with every series exported (`export.series = "everything"`).
+    let everything = o.log.with_file_name("everything.toml");
+    std::fs::write(&everything, "[export]\nseries = \"everything\"\n")
+        .with_context(|| format!("writing {}", everything.display()))?;
     let mut agents = Vec::new();
-    for (name, outputs) in [("agent", true), ("agent_collection_only", false)] {
+    for (name, outputs, config) in [
+        ("agent", true, None),
+        ("agent_everything", true, Some(&everything)),
+        ("agent_collection_only", false, Some(&collect_only)),
+    ] {
         let prom: SocketAddr = ([127, 0, 0, 1], sys::free_port()?).into();
         let log_path = o.log.with_file_name(format!("{name}-run.log"));
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new(o.agent_bin);
-        if !outputs {
-            cmd.arg("--config").arg(&collect_only);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
         }
         cmd.args(["run", "--interval", "10s"])
             .env(
@@ -143,11 +151,7 @@ pub fn run(o: &Options) -> Result<Value> {
             command: format!(
                 "{}{} run --interval 10s{}",
                 o.agent_bin.display(),
-                if outputs {
-                    String::new()
-                } else {
-                    format!(" --config {}", collect_only.display())
-                },
+                config.map_or(String::new(), |c| format!(" --config {}", c.display())),
                 if outputs { "" } else { " --no-prometheus" },
             ),
             child,

@@ -6,6 +6,11 @@
 //! and the HTTP exchange, client side included) is timed with the process's CPU clock, so
 //! the blocking thread a scrape runs on is counted too. Collection cycles run between
 //! exports but are not in the figures.
+//!
+//! It runs once per series policy (`informative`, the default, and `everything`). With the
+//! default policy it then measures a collector outage: [`PACED`] cycles paced at [`PACE`]
+//! with the collector up (collection plus export), then as many with it killed, and
+//! compares the CPU per cycle.
 
 use std::{
     net::SocketAddr,
@@ -16,8 +21,8 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use retina_agent::{
-    config::{ExportConfig, PrometheusConfig},
-    export::{Exporters, SharedAgent},
+    config::{ExportConfig, PrometheusConfig, SeriesPolicy},
+    export::{Exporters, SharedAgent, catalog::Catalog},
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -29,8 +34,26 @@ use super::{
 
 /// Exports and scrapes before the measured ones (connections made, buffers sized).
 const WARM: usize = 10;
+/// Cycles of each half of the outage measurement, and their pacing (the daemon's loop at a
+/// short interval: the exporter's backoff is in wall time).
+pub const PACED: usize = 40;
+pub const PACE: Duration = Duration::from_millis(500);
+
+/// CPU per cycle (collection and export) with the collector up, then down.
+pub struct Outage {
+    pub up_us: Summary,
+    pub down_us: Summary,
+    /// Exports attempted (and failed) while down, of [`PACED`].
+    pub attempts: u64,
+    /// CPU of the first failed export alone (collect, encode, refused connection).
+    pub first_failure_us: f64,
+}
 
 pub struct Figures {
+    pub policy: &'static str,
+    /// Points the outputs carry under the policy; `points` is every series held.
+    pub exported_points: usize,
+    pub outage: Option<Outage>,
     pub points: usize,
     pub otlp_cpu_us: Summary,
     pub sdk_collect_us: Summary,
@@ -65,14 +88,29 @@ async fn scrape(addr: SocketAddr) -> Result<usize> {
     Ok(out.len())
 }
 
-/// `exports` measured OTLP exports and as many scrapes.
-pub fn measure(rotel: &Path, exports: usize) -> Result<Figures> {
+pub fn policy_name(p: SeriesPolicy) -> &'static str {
+    match p {
+        SeriesPolicy::Informative => "informative",
+        SeriesPolicy::Everything => "everything",
+    }
+}
+
+/// `exports` measured OTLP exports and as many scrapes under `policy`; with `outage`, the
+/// collector-down measurement after them.
+pub fn measure(
+    rotel: &Path,
+    exports: usize,
+    policy: SeriesPolicy,
+    outage: bool,
+) -> Result<Figures> {
     let mut agent = cycle::full_agent()?;
     agent.cycle();
     let mut points = 0;
     agent.visit(&mut |_: &'static retina_agent::model::Metric,
                       _: &[opentelemetry::KeyValue],
                       _: retina_agent::model::Number| points += 1);
+    let catalog = Catalog::new(&agent, true, policy, &Default::default());
+    let exported_points: usize = catalog.count_points(&agent, None).iter().sum();
     let shared = SharedAgent::new(agent);
     let (grpc, http) = (sys::free_port()?, sys::free_port()?);
     let mut cmd = Command::new(rotel);
@@ -83,7 +121,7 @@ pub fn measure(rotel: &Path, exports: usize) -> Result<Figures> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let _rotel = ChildGuard::spawn("rotel-agent", &mut cmd)?;
+    let mut rotel_guard = Some(ChildGuard::spawn("rotel-agent", &mut cmd)?);
     wait_for_port(grpc)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -94,6 +132,7 @@ pub fn measure(rotel: &Path, exports: usize) -> Result<Figures> {
             endpoint: Some(format!("http://127.0.0.1:{grpc}")),
             timeout: Duration::from_secs(5),
             insecure: true,
+            series: policy,
             ..ExportConfig::default()
         };
         let prometheus = PrometheusConfig {
@@ -145,11 +184,64 @@ pub fn measure(rotel: &Path, exports: usize) -> Result<Figures> {
                 scrapes.push(c1 - c0);
             }
         }
+        let outage = if outage {
+            let mut up = Vec::with_capacity(PACED);
+            for _ in 0..PACED {
+                sys::check_stop()?;
+                tokio::time::sleep(PACE).await;
+                let c0 = sys::process_cpu_ns();
+                cycle();
+                ex.export().await;
+                ex.flush().await;
+                up.push(sys::process_cpu_ns() - c0);
+            }
+            drop(rotel_guard.take());
+            let failed_before = stats.failures.load(std::sync::atomic::Ordering::Relaxed);
+            let mut down = Vec::with_capacity(PACED);
+            let mut first_failure = 0;
+            for i in 0..PACED {
+                sys::check_stop()?;
+                tokio::time::sleep(PACE).await;
+                let c0 = sys::process_cpu_ns();
+                cycle();
+                ex.export().await;
+                ex.flush().await;
+                let c = sys::process_cpu_ns() - c0;
+                if i == 0 {
+                    first_failure = c;
+                }
+                down.push(c);
+            }
+            let attempts =
+                stats.failures.load(std::sync::atomic::Ordering::Relaxed) - failed_before;
+            Some(Outage {
+                up_us: Summary::of(&up).scaled(1e-3),
+                down_us: Summary::of(&down).scaled(1e-3),
+                attempts,
+                first_failure_us: first_failure as f64 * 1e-3,
+            })
+        } else {
+            None
+        };
         ex.shutdown(Instant::now() + Duration::from_secs(3)).await;
         let otlp_cpu_us = Summary::of(&otlp).scaled(1e-3);
         let sdk_collect_us = Summary::of(&collect).scaled(1e-3);
         let scrape_cpu_us = Summary::of(&scrapes).scaled(1e-3);
+        let outage_json = outage.as_ref().map(|o| {
+            json!({
+                "pace_ms": PACE.as_millis() as u64,
+                "cycles": PACED,
+                "cpu_per_cycle_up_us": o.up_us.json(),
+                "cpu_per_cycle_down_us": o.down_us.json(),
+                "mean_ratio_down_up": o.down_us.mean / o.up_us.mean,
+                "attempts_while_down": o.attempts,
+                "first_failed_export_cpu_us": o.first_failure_us,
+            })
+        });
         let json = json!({
+            "policy": policy_name(policy),
+            "exported_points": exported_points,
+            "collector_outage": outage_json,
             "data_points": points,
             "exports": exports,
             "otlp_export_cpu_us": otlp_cpu_us.json(),
@@ -159,6 +251,9 @@ pub fn measure(rotel: &Path, exports: usize) -> Result<Figures> {
             "exports_succeeded": successes,
         });
         Ok(Figures {
+            policy: policy_name(policy),
+            exported_points,
+            outage,
             points,
             otlp_cpu_us,
             sdk_collect_us,

@@ -205,6 +205,10 @@ pub struct DataPoint {
     pub metric: String,
     pub attrs: BTreeMap<String, String>,
     pub value: f64,
+    /// The point's `StartTimestamp` as rotel prints it (empty if it printed none).
+    pub start: String,
+    /// The metric's `DataType` (`Sum`, `Gauge`).
+    pub kind: String,
 }
 
 /// Parses rotel's `--debug-log-verbosity detailed` output (the collector's debug exporter
@@ -222,6 +226,8 @@ pub fn parse_rotel(text: &str) -> Vec<DataPoint> {
     let mut state = State::Other;
     let mut metric = String::new();
     let mut attrs = BTreeMap::new();
+    let mut start = String::new();
+    let mut kind = String::new();
     for line in text.lines() {
         let trimmed = line.trim();
         if line.starts_with("ResourceMetrics #") || line.starts_with("ScopeMetrics #") {
@@ -229,15 +235,22 @@ pub fn parse_rotel(text: &str) -> Vec<DataPoint> {
         } else if line.starts_with("Metric #") {
             state = State::Descriptor;
             metric.clear();
+            kind.clear();
         } else if line.starts_with("NumberDataPoints #") {
             state = State::Point;
             attrs = BTreeMap::new();
+            start.clear();
+        } else if let Some(v) = line.strip_prefix("StartTimestamp: ")
+            && state == State::Point
+        {
+            start = v.trim().to_string();
         } else if let Some(kv) = trimmed.strip_prefix("-> ") {
             let Some((k, v)) = kv.split_once(": ") else {
                 continue;
             };
             match state {
                 State::Descriptor if k == "Name" => metric = v.to_string(),
+                State::Descriptor if k == "DataType" => kind = v.trim().to_string(),
                 State::Point => {
                     // `Str(lo)`, `Int(4026531840)`, `Double(1.5)`, `Bool(true)`
                     let v = match (v.find('('), v.rfind(')')) {
@@ -256,6 +269,8 @@ pub fn parse_rotel(text: &str) -> Vec<DataPoint> {
                 metric: metric.clone(),
                 attrs: attrs.clone(),
                 value,
+                start: start.clone(),
+                kind: kind.clone(),
             });
         }
     }

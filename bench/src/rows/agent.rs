@@ -17,6 +17,7 @@ pub fn add(table: &mut Table, r: &Value) {
     };
     for (who, label) in [
         ("agent", "retina-agent"),
+        ("agent_everything", "retina-agent, series = everything"),
         ("agent_collection_only", "retina-agent, export off"),
         ("node_exporter", "node_exporter"),
     ] {
@@ -57,10 +58,20 @@ pub fn add(table: &mut Table, r: &Value) {
         Status::check(rss < 20.0),
     );
     let ratio = f("node_exporter", "cpu_ms_per_10s") / f("agent", "cpu_ms_per_10s");
-    table.info(
+    table.push(
         s,
-        "CPU: node_exporter / retina-agent",
+        "CPU: node_exporter / retina-agent (default series policy)",
         format!("{ratio:.1}x"),
+        ">= 15x",
+        Status::check(ratio >= 15.0),
+    );
+    let ratio = f("node_exporter", "cpu_ms_per_10s") / f("agent_everything", "cpu_ms_per_10s");
+    table.push(
+        s,
+        "CPU: node_exporter / retina-agent, every series exported",
+        format!("{ratio:.1}x"),
+        ">= 8x",
+        Status::check(ratio >= 8.0),
     );
     let ratio = f("node_exporter", "cpu_ms_per_10s") / f("agent_collection_only", "cpu_ms_per_10s");
     table.info(

@@ -416,10 +416,23 @@ impl Collector for QdiscCollector {
 
     fn visit(&self, visitor: &mut dyn Visitor) {
         for s in &self.table.series {
+            let queueless = match &*s.kind {
+                // `noqueue` has no enqueue function: the kernel transmits past it and counts
+                // nothing. `noop` (a device that is down) is the kernel's one shared
+                // qdisc, which frees what it gets without counting.
+                "noqueue" | "noop" => continue,
+                // Classify only: no queue, no shaping, no requeue; packets, bytes and
+                // drops (TC_ACT_SHOT) count.
+                "ingress" | "clsact" => true,
+                _ => false,
+            };
             let (a, st) = (&s.attrs[..], &s.stats);
             visitor.point(&QDISC_PACKETS, a, Number::U64(st.packets));
             visitor.point(&QDISC_BYTES, a, Number::U64(st.bytes));
             visitor.point(&QDISC_DROPS, a, Number::U64(st.drops));
+            if queueless {
+                continue;
+            }
             visitor.point(&QDISC_OVERLIMITS, a, Number::U64(st.overlimits));
             if let Some(r) = st.requeues {
                 visitor.point(&QDISC_REQUEUES, a, Number::U64(r));

@@ -119,6 +119,32 @@ impl FromStr for Compression {
     }
 }
 
+/// Which series the outputs (OTLP and Prometheus alike) carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeriesPolicy {
+    /// Counters that have been zero ever since the agent started are left out until their
+    /// first count, as drop series are (`informative`, the default). Gauges are always
+    /// exported.
+    #[default]
+    Informative,
+    /// Every series a collector holds (`everything`).
+    Everything,
+}
+
+impl FromStr for SeriesPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "informative" => Ok(SeriesPolicy::Informative),
+            "everything" => Ok(SeriesPolicy::Everything),
+            other => Err(format!(
+                "unknown series policy {other:?}; expected informative or everything"
+            )),
+        }
+    }
+}
+
 /// `[export]`: OTLP push of every metric the agent collects.
 ///
 /// Environment variables (they override the file; flags override them), read by
@@ -183,6 +209,14 @@ pub struct ExportConfig {
     /// `service.name` (use `service_name`). Keys that would become the same Prometheus
     /// label, or a reserved one, are refused ([`crate::export::check_resource_attributes`]).
     pub resource_attributes: BTreeMap<String, String>,
+    /// Which series both outputs carry: `informative` (default: counters still at zero
+    /// since the agent started are left out until their first count) or `everything`.
+    pub series: SeriesPolicy,
+    /// Per metric, the most series it exports (default none: no cap), e.g.
+    /// `"retina.nic.driver.stat" = 4000`. Series beyond the cap are folded into one series
+    /// with `otel.metric.overflow = true` (the SDK's cardinality limit), logged, and
+    /// counted by `retina.agent.export.series.capped`. Applies to Prometheus too.
+    pub series_caps: BTreeMap<String, usize>,
 }
 
 impl Default for ExportConfig {
@@ -201,6 +235,8 @@ impl Default for ExportConfig {
             insecure: false,
             service_name: DEFAULT_SERVICE_NAME.to_string(),
             resource_attributes: BTreeMap::new(),
+            series: SeriesPolicy::Informative,
+            series_caps: BTreeMap::new(),
         }
     }
 }
@@ -227,6 +263,8 @@ impl fmt::Debug for ExportConfig {
             .field("insecure", &self.insecure)
             .field("service_name", &self.service_name)
             .field("resource_attributes", &self.resource_attributes)
+            .field("series", &self.series)
+            .field("series_caps", &self.series_caps)
             .finish()
     }
 }

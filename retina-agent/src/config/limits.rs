@@ -28,6 +28,8 @@ pub const MAP_ENTRIES: (u32, u32) = (1, 1 << 20);
 pub const UNSUPPORTED_RETRY_CYCLES: (u32, u32) = (1, 1_000_000);
 /// `ethtool.max_interfaces`: 1 to 1048576 interfaces.
 pub const MAX_INTERFACES: (usize, usize) = (1, 1 << 20);
+/// `export.series_caps.*`: 1 to 1048576 series per metric.
+pub const SERIES_CAP: (usize, usize) = (1, 1 << 20);
 
 /// `Ok` if `d` is within `range`, else why not.
 pub fn duration(d: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {

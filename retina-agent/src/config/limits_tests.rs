@@ -72,6 +72,14 @@ fn durations_and_sizes_out_of_range_are_refused() {
             "ethtool.max_interfaces",
         ),
         ("[drops]\nmap_entries = 1048577", "drops.map_entries"),
+        (
+            "[export]\nseries_caps = { \"retina.nic.driver.stat\" = 0 }",
+            "export.series_caps",
+        ),
+        (
+            "[export]\nseries_caps = { \"system.network.io\" = 1048577 }",
+            "export.series_caps",
+        ),
     ] {
         let err = check(text).expect_err(text);
         let msg = err.to_string();
@@ -96,6 +104,7 @@ fn durations_and_sizes_out_of_range_are_refused() {
         "[export]\ntimeout = \"10m\"",
         "[ethtool]\nlink_state_interval = \"1s\"\nmax_interfaces = 1048576",
         "[drops]\nmap_entries = 1048576",
+        "[export]\nseries = \"everything\"\nseries_caps = { \"system.network.io\" = 1 }",
     ] {
         check(text).unwrap_or_else(|e| panic!("{text}: {e}"));
     }

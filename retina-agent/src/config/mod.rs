@@ -40,7 +40,9 @@ use serde::Deserialize;
 pub use self::{
     env::{EnvLookup, check_process_env, process_env},
     error::{ConfigError, Invalid},
-    export::{Compression, ExportConfig, PrometheusConfig, Protocol, Temporality},
+    export::{
+        Compression, ExportConfig, PrometheusConfig, Protocol, SeriesPolicy, Temporality,
+    },
     file::{FileConfig, parse},
     flags::{Overrides, endpoint_host_port, parse_duration, parse_endpoint, parse_interval},
 };

@@ -61,7 +61,21 @@ pub(super) fn config(config: &Config) -> Result<(), Violation> {
     // Checked with OTLP off too: the Prometheus `target_info` carries them.
     crate::export::check_resource_attributes(&config.export.resource_attributes)
         .map_err(|r| Violation::at(&["export", "resource_attributes"], r))?;
+    series_caps(&config.export)?;
     export(&config.export)
+}
+
+/// `export.series_caps`: both outputs apply them, so they are checked even with OTLP off.
+fn series_caps(c: &ExportConfig) -> Result<(), Violation> {
+    for (metric, &cap) in &c.series_caps {
+        limits::size(cap, limits::SERIES_CAP).map_err(|r| {
+            Violation::at(
+                &["export", "series_caps"],
+                format!("{metric:?}: {r} (remove the key for no cap)"),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// A level or `tracing` filter directives. Stricter than `EnvFilter` on one point: a bare

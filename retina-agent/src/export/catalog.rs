@@ -5,15 +5,24 @@
 //! while a collector hands out all of its points in one walk. [`Catalog::visit_metric`]
 //! walks only the collectors that list the metric and passes on that metric's points,
 //! straight from the collectors' state: nothing is copied or buffered in between.
+//!
+//! The catalog also holds what both outputs must agree on: the series policy
+//! (`export.series`: a collector's counter that has been zero since the agent started is
+//! left out under `informative`) and the per-metric series caps (`export.series_caps`,
+//! [`Caps`]).
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use opentelemetry::KeyValue;
 
-use super::selfmetrics::{self, ExportStats};
+use super::selfmetrics::{self, ExportStats, SERIES_CAPPED};
 use crate::{
     agent::Agent,
-    model::{Metric, Number},
+    config::SeriesPolicy,
+    model::{Kind, Metric, Number},
 };
 
 /// One exported metric and where its points come from.
@@ -24,6 +33,10 @@ struct Entry {
     collectors: Vec<usize>,
     /// Whether the self-telemetry emits it.
     self_telemetry: bool,
+    /// The most series it exports (`export.series_caps`), if capped.
+    cap: Option<usize>,
+    /// Series that did not fit under `cap` in the last export or scrape.
+    over: AtomicUsize,
 }
 
 /// The metrics the outputs carry, each with a stable index.
@@ -31,17 +44,39 @@ struct Entry {
 pub struct Catalog {
     entries: Vec<Entry>,
     by_name: HashMap<&'static str, usize>,
+    policy: SeriesPolicy,
 }
+
+/// Collectors' health counters, exported at zero under every policy like the agent's own
+/// metrics: alerts read them, and an alert on a series that appears only with its first
+/// count misses that count.
+const ALWAYS_EXPORTED: &[&str] = &[
+    "retina.drop.overflow.count",
+    "retina.drop.overflow.bytes",
+    "retina.drop.missed",
+    "retina.drop.map.pruned",
+    "retina.drop.location.overflow",
+];
+
+/// The attributes of the SDK's overflow series, which the Prometheus output reproduces.
+pub const OVERFLOW_KEY: &str = "otel.metric.overflow";
 
 impl Catalog {
     /// Every metric of `agent`'s collectors, then the self-telemetry (`export_stats`:
     /// whether the export metrics are included). A name listed twice with another kind
     /// or unit keeps its first definition, with a warning; points of the other are not
-    /// exported.
-    pub fn new(agent: &Agent, export_stats: bool) -> Catalog {
+    /// exported. `policy` and `caps` are `export.series` and `export.series_caps`; a cap
+    /// naming a metric that no enabled collector exports is logged and ignored.
+    pub fn new(
+        agent: &Agent,
+        export_stats: bool,
+        policy: SeriesPolicy,
+        caps: &BTreeMap<String, usize>,
+    ) -> Catalog {
         let mut c = Catalog {
             entries: Vec::new(),
             by_name: HashMap::new(),
+            policy,
         };
         for (i, (collector, _)) in agent.collectors().enumerate() {
             for &m in collector.metrics() {
@@ -53,6 +88,16 @@ impl Catalog {
         for &m in selfmetrics::metrics(export_stats) {
             if let Some(e) = c.add(m, "agent") {
                 e.self_telemetry = true;
+            }
+        }
+        for (name, &cap) in caps {
+            match c.by_name.get(name.as_str()) {
+                Some(&i) => c.entries[i].cap = Some(cap),
+                None => tracing::warn!(
+                    metric = %name,
+                    "export.series_caps names a metric that no enabled collector exports; \
+                     ignored (the metric names are in docs/metrics.md)"
+                ),
             }
         }
         c
@@ -76,6 +121,8 @@ impl Catalog {
                     metric: m,
                     collectors: Vec::new(),
                     self_telemetry: false,
+                    cap: None,
+                    over: AtomicUsize::new(0),
                 });
                 self.entries.len() - 1
             }
@@ -97,8 +144,69 @@ impl Catalog {
         self.entries.iter().map(|e| e.metric)
     }
 
+    /// The series cap of metric `i`, if it has one.
+    pub fn cap(&self, i: usize) -> Option<usize> {
+        self.entries.get(i).and_then(|e| e.cap)
+    }
+
+    /// Records that metric `i` had `series` series in an export or scrape: how many did not
+    /// fit under its cap, for `retina.agent.export.series.capped`, with a log line when
+    /// the metric goes over its cap and when it is back under.
+    pub fn record_series(&self, i: usize, series: usize) {
+        let Some(e) = self.entries.get(i) else { return };
+        let Some(cap) = e.cap else { return };
+        let over = series.saturating_sub(cap);
+        let before = e.over.swap(over, Ordering::Relaxed);
+        if before == 0 && over > 0 {
+            tracing::warn!(
+                metric = e.metric.name,
+                cap,
+                over,
+                "metric {} hit its series cap ({cap}, export.series_caps): {over} series did \
+                 not fit and are folded into its otel.metric.overflow series",
+                e.metric.name
+            );
+        } else if before > 0 && over == 0 {
+            tracing::info!(
+                metric = e.metric.name,
+                cap,
+                "metric {} is back under its series cap",
+                e.metric.name
+            );
+        }
+    }
+
+    /// Hands the points of metric `i` to `f` as the Prometheus output exports them: the
+    /// first `cap` series, then (past the cap) one series with `otel.metric.overflow=true`
+    /// and the value of the last series that did not fit, as the SDK's cardinality limit
+    /// does for the OTLP output's observable instruments. Records the count.
+    pub fn visit_capped(
+        &self,
+        i: usize,
+        agent: &Agent,
+        export_stats: Option<&ExportStats>,
+        f: &mut dyn FnMut(&[KeyValue], Number),
+    ) {
+        let cap = self.cap(i).unwrap_or(usize::MAX);
+        let mut n = 0usize;
+        let mut last_over = None;
+        self.visit_metric(i, agent, export_stats, &mut |attrs, value| {
+            n += 1;
+            if n <= cap {
+                f(attrs, value);
+            } else {
+                last_over = Some(value);
+            }
+        });
+        if let Some(value) = last_over {
+            f(&[KeyValue::new(OVERFLOW_KEY, true)], value);
+        }
+        self.record_series(i, n);
+    }
+
     /// Hands every current point of metric `i` to `f`: from the collectors that list it,
-    /// and from the self-telemetry (`export_stats`: the OTLP exporter's counters).
+    /// and from the self-telemetry (`export_stats`: the OTLP exporter's counters). Under
+    /// the `informative` policy a collector's counter at zero is left out.
     pub fn visit_metric(
         &self,
         i: usize,
@@ -106,12 +214,28 @@ impl Catalog {
         export_stats: Option<&ExportStats>,
         f: &mut dyn FnMut(&[KeyValue], Number),
     ) {
+        self.visit(i, agent, export_stats, self.policy, f)
+    }
+
+    fn visit(
+        &self,
+        i: usize,
+        agent: &Agent,
+        export_stats: Option<&ExportStats>,
+        policy: SeriesPolicy,
+        f: &mut dyn FnMut(&[KeyValue], Number),
+    ) {
         let Some(entry) = self.entries.get(i) else {
             return;
         };
         let want = entry.metric;
+        let skip_zero = policy == SeriesPolicy::Informative
+            && want.kind == Kind::Counter
+            && !ALWAYS_EXPORTED.contains(&want.name);
         let mut only = |m: &'static Metric, attrs: &[KeyValue], value: Number| {
-            if std::ptr::eq(m, want) || (m.name == want.name && same_type(m, want)) {
+            if (std::ptr::eq(m, want) || (m.name == want.name && same_type(m, want)))
+                && !(skip_zero && counter_value(value) == Some(0))
+            {
                 f(attrs, value);
             }
         };
@@ -122,17 +246,52 @@ impl Catalog {
                 collector.visit(&mut only);
             }
         }
-        if entry.self_telemetry {
-            selfmetrics::visit(agent, export_stats, &mut only);
+        if !entry.self_telemetry {
+            return;
+        }
+        // By name: `SERIES_CAPPED` is a `const`, so its address is not unique.
+        if want.name == SERIES_CAPPED.name {
+            for e in self.entries.iter().filter(|e| e.cap.is_some()) {
+                let over = e.over.load(Ordering::Relaxed);
+                f(
+                    &[KeyValue::new(selfmetrics::ATTR_METRIC, e.metric.name)],
+                    Number::U64(over as u64),
+                );
+            }
+        } else {
+            // The agent's own counters are exported at zero too: alerts read them.
+            let mut own = |m: &'static Metric, attrs: &[KeyValue], value: Number| {
+                if std::ptr::eq(m, want) || (m.name == want.name && same_type(m, want)) {
+                    f(attrs, value);
+                }
+            };
+            selfmetrics::visit(agent, export_stats, &mut own);
         }
     }
 
-    /// How many points each metric has right now.
+    /// How many points each metric exports right now.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
     pub fn count_points(&self, agent: &Agent, export_stats: Option<&ExportStats>) -> Vec<usize> {
+        self.count(agent, export_stats, self.policy)
+    }
+
+    /// How many series each metric holds right now, exported or not (zero counters
+    /// included): what the SDK's limits are sized from, so that counters starting to count
+    /// do not make the pipeline grow (a rebuild restarts the sums' start times).
+    pub fn count_held(&self, agent: &Agent, export_stats: Option<&ExportStats>) -> Vec<usize> {
+        self.count(agent, export_stats, SeriesPolicy::Everything)
+    }
+
+    fn count(
+        &self,
+        agent: &Agent,
+        export_stats: Option<&ExportStats>,
+        policy: SeriesPolicy,
+    ) -> Vec<usize> {
         (0..self.len())
             .map(|i| {
                 let mut n = 0;
-                self.visit_metric(i, agent, export_stats, &mut |_, _| n += 1);
+                self.visit(i, agent, export_stats, policy, &mut |_, _| n += 1);
                 n
             })
             .collect()
@@ -155,6 +314,103 @@ pub fn counter_value(n: Number) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        collectors::{CollectError, Collector},
+        kernel::links::Links,
+        model::Visitor,
+    };
+
+    static COUNTER: Metric = Metric {
+        name: "test.counter",
+        unit: "{packet}",
+        description: "",
+        kind: Kind::Counter,
+    };
+    static METRICS: &[&Metric] = &[&COUNTER];
+
+    /// One counter with five series, valued 0 to 4.
+    struct Five;
+
+    impl Collector for Five {
+        fn name(&self) -> &'static str {
+            "five"
+        }
+        fn metrics(&self) -> &'static [&'static Metric] {
+            METRICS
+        }
+        fn collect(&mut self, _: &Links) -> Result<(), CollectError> {
+            Ok(())
+        }
+        fn visit(&self, v: &mut dyn Visitor) {
+            for i in 0..5u64 {
+                v.point(&COUNTER, &[KeyValue::new("i", i as i64)], Number::U64(i));
+            }
+        }
+    }
+
+    fn agent() -> Agent {
+        let mut config = crate::config::Config::default();
+        config.drops.enabled = false;
+        config.ethtool.enabled = false;
+        config.netdev.enabled = false;
+        config.netstat.enabled = false;
+        config.softnet.enabled = false;
+        config.qdisc.enabled = false;
+        config.conntrack.enabled = false;
+        let mut a = Agent::new(&config).unwrap();
+        a.add(Box::new(Five));
+        a
+    }
+
+    /// What `visit_capped` hands out for metric `name`, then the capped gauge's points.
+    fn exported(c: &Catalog, a: &Agent, name: &str) -> (Vec<(String, f64)>, Vec<f64>) {
+        let index = |n: &str| c.metrics().position(|m| m.name == n).unwrap();
+        let mut points = Vec::new();
+        c.visit_capped(index(name), a, None, &mut |attrs, v| {
+            points.push((format!("{}={}", attrs[0].key, attrs[0].value), v.as_f64()));
+        });
+        let mut capped = Vec::new();
+        c.visit_capped(index(SERIES_CAPPED.name), a, None, &mut |attrs, v| {
+            assert_eq!(attrs[0].value.as_str(), name);
+            capped.push(v.as_f64());
+        });
+        (points, capped)
+    }
+
+    #[test]
+    fn policy_and_caps_shape_what_is_exported() {
+        let a = agent();
+        let none = BTreeMap::new();
+        let caps = BTreeMap::from([("test.counter".to_string(), 2)]);
+
+        // Informative, no cap: the zero series is left out; no capped gauge.
+        let c = Catalog::new(&a, false, SeriesPolicy::Informative, &none);
+        let (points, capped) = exported(&c, &a, "test.counter");
+        assert_eq!(points.len(), 4, "{points:?}");
+        assert!(capped.is_empty());
+        assert_eq!(c.count_points(&a, None)[0], 4);
+        assert_eq!(c.count_held(&a, None)[0], 5);
+
+        // Everything, capped at 2: two series, then the overflow one with the last value.
+        let c = Catalog::new(&a, false, SeriesPolicy::Everything, &caps);
+        let (points, capped) = exported(&c, &a, "test.counter");
+        assert_eq!(
+            points,
+            [
+                ("i=0".to_string(), 0.0),
+                ("i=1".to_string(), 1.0),
+                ("otel.metric.overflow=true".to_string(), 4.0)
+            ]
+        );
+        assert_eq!(capped, [3.0]);
+
+        // Informative, capped at 2: series 1 and 2 fit, 3 and 4 do not.
+        let c = Catalog::new(&a, false, SeriesPolicy::Informative, &caps);
+        let (points, capped) = exported(&c, &a, "test.counter");
+        assert_eq!(points.len(), 3, "{points:?}");
+        assert_eq!(points[0], ("i=1".to_string(), 1.0));
+        assert_eq!(capped, [2.0]);
+    }
 
     #[test]
     fn counter_values() {

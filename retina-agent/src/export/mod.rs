@@ -130,7 +130,12 @@ impl Exporters {
             let Some(a) = guard.as_ref() else {
                 return Ok(exporters);
             };
-            Arc::new(catalog::Catalog::new(a, export.enabled))
+            Arc::new(catalog::Catalog::new(
+                a,
+                export.enabled,
+                export.series,
+                &export.series_caps,
+            ))
         };
         let resource = resource::build(export);
         if export.enabled {

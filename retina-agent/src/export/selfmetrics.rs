@@ -10,6 +10,7 @@
 //! | `retina.agent.export.skipped` | sum | `{export}` | `exporter` (`otlp`) | exports not started because the previous one was still in flight |
 //! | `retina.agent.export.rejected` | sum | `{data_point}` | `exporter` (`otlp`) | data points the collector said it rejected (OTLP partial success) |
 //! | `retina.agent.export.duration` | gauge | `s` | `exporter` (`otlp`) | time the last OTLP export took, encoding and send |
+//! | `retina.agent.export.series.capped` | gauge | `{series}` | `metric` | series of a metric with a configured cap (`export.series_caps`) that did not fit in the last export or scrape; one series per capped metric, `0` while under the cap |
 //!
 //! A collector's own health counters (the drop map's overflow, interfaces an ethtool
 //! collector had to skip, …) belong in that collector's [`Collector::metrics`] list: every
@@ -77,25 +78,34 @@ pub const EXPORT_DURATION: Metric = Metric {
     kind: Kind::Gauge,
 };
 
-/// Every self-telemetry metric: the collection ones first, then the export ones.
+pub const SERIES_CAPPED: Metric = Metric {
+    name: "retina.agent.export.series.capped",
+    unit: "{series}",
+    description: "Series of a metric with a configured cap (export.series_caps) that did not fit in the last export; they were folded into its otel.metric.overflow series",
+    kind: Kind::Gauge,
+};
+
+/// Every self-telemetry metric: those of both outputs first, then the OTLP ones.
 pub static METRICS: &[&Metric] = &[
     &COLLECT_DURATION,
     &COLLECT_FAILURES,
     &DESCRIPTOR_SHORTAGES,
-
     &COLLECTOR_DEGRADED,
+    &SERIES_CAPPED,
     &EXPORT_FAILURES,
     &EXPORT_SKIPPED,
     &EXPORT_REJECTED,
     &EXPORT_DURATION,
 ];
-/// How many of [`METRICS`] are about collection (the rest need an OTLP exporter).
-const COLLECT_METRICS: usize = 4;
+/// How many of [`METRICS`] every output has (the rest need an OTLP exporter).
+const COLLECT_METRICS: usize = 5;
 
 /// Attribute naming the collector.
 pub const ATTR_COLLECTOR: &str = "collector";
 /// Attribute naming what a descriptor shortage cost ([`fdshortage::Lost::as_str`]).
 pub const ATTR_LOST: &str = "lost";
+/// Attribute naming the metric of [`SERIES_CAPPED`].
+pub const ATTR_METRIC: &str = "metric";
 /// Attribute naming the exporter (`otlp`).
 pub const ATTR_EXPORTER: &str = "exporter";
 
@@ -105,6 +115,9 @@ pub struct ExportStats {
     pub failures: AtomicU64,
     pub skipped: AtomicU64,
     pub successes: AtomicU64,
+    /// Exports not started (nothing collected or encoded) while backing off after a
+    /// failure.
+    pub backed_off: AtomicU64,
     /// Data points the collector rejected in exports it otherwise accepted.
     pub rejected_points: AtomicU64,
     /// Duration of the last finished export, in nanoseconds.
@@ -133,7 +146,8 @@ pub fn metrics(export_stats: bool) -> &'static [&'static Metric] {
 }
 
 /// Hands the self-telemetry's current values to `v`; the export metrics only with
-/// `export` (the OTLP exporter's counters).
+/// `export` (the OTLP exporter's counters). [`SERIES_CAPPED`] is the catalog's own
+/// (`super::catalog`), not visited here.
 pub fn visit(agent: &Agent, export: Option<&ExportStats>, v: &mut dyn Visitor) {
     for (c, stats) in agent.collectors() {
         let attrs = [KeyValue::new(ATTR_COLLECTOR, c.name())];

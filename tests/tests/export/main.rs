@@ -39,6 +39,7 @@ mod otlp;
 mod prometheus;
 mod reload;
 mod resilience;
+mod series;
 mod tls;
 
 use http::{dechunk, http_request, scrape_value, url_encode};
@@ -119,8 +120,19 @@ fn start_agent_in(
     env: &[(&str, String)],
     procs: Option<&std::path::Path>,
 ) -> Result<Agent> {
+    start_agent_with(dir, tag, env, procs, "# empty: defaults\n")
+}
+
+/// [`start_agent_in`] with `config` as the configuration file's text.
+fn start_agent_with(
+    dir: &TempDir,
+    tag: &str,
+    env: &[(&str, String)],
+    procs: Option<&std::path::Path>,
+    config_text: &str,
+) -> Result<Agent> {
     let config = dir.join(&format!("{tag}.toml"));
-    std::fs::write(&config, "# empty: defaults\n")?;
+    std::fs::write(&config, config_text)?;
     let prometheus_port = match env
         .iter()
         .find(|(k, _)| *k == "OTEL_EXPORTER_PROMETHEUS_PORT")

@@ -100,6 +100,15 @@ fn deleted_interface_leaves_the_export(protocol: &str) -> Result<()> {
     ip(&["link", "set", &veth.host, "up"])?;
     ip(&["link", "set", &veth.peer, "up"])?;
     let mut agent = start_agent(&dir, "agent", &env)?;
+    // Start times of the surviving sums, read from the last export before the deletion.
+    let starts_before = wait_for("sums with start times", PATIENCE, || {
+        let exports = rotel_exports(&rotel.log_text());
+        Ok(exports
+            .last()
+            .filter(|e| names_interface(e, &veth.host))
+            .map(|e| sum_starts(e, &veth.host))
+            .filter(|s| !s.is_empty()))
+    })?;
     let name = veth.host.clone();
     wait_for(&format!("{name} in an export"), PATIENCE, || {
         rotel.ensure_alive()?;
@@ -136,8 +145,47 @@ fn deleted_interface_leaves_the_export(protocol: &str) -> Result<()> {
         after.iter().all(|e| names_interface(e, "lo")),
         "the other interfaces must stay"
     );
+    // Every surviving sum keeps its start time across the deletion and an addition.
+    let added = Veth::new("radd")?;
+    ip(&["link", "set", &added.host, "up"])?;
+    let seen = rotel_exports(&rotel.log_text()).len();
+    let exports = wait_for("an export naming the added interface", PATIENCE, || {
+        rotel.ensure_alive()?;
+        agent.proc.ensure_alive()?;
+        let exports = rotel_exports(&rotel.log_text());
+        Ok(exports
+            .iter()
+            .skip(seen)
+            .any(|e| names_interface(e, &added.host))
+            .then_some(exports))
+    })?;
+    let last = exports.last().context("no export")?;
+    let starts_after = sum_starts(last, &name);
+    let mut compared = 0;
+    for (series, start) in &starts_before {
+        if let Some(after) = starts_after.get(series) {
+            compared += 1;
+            assert_eq!(after, start, "start time of {series} changed");
+        }
+    }
+    eprintln!("{protocol}: {compared} surviving sums kept their start times");
+    assert!(
+        compared > 0,
+        "no surviving sum to compare: {starts_before:?}"
+    );
     agent.stop()?;
     Ok(())
+}
+
+/// The start time of every sum point of `export` that is not about interface `gone`,
+/// keyed by metric and attributes.
+fn sum_starts(export: &[DataPoint], gone: &str) -> BTreeMap<String, String> {
+    export
+        .iter()
+        .filter(|p| p.kind == "Sum" && !p.start.is_empty())
+        .filter(|p| p.attrs.get("network.interface.name").map(String::as_str) != Some(gone))
+        .map(|p| (format!("{} {:?}", p.metric, p.attrs), p.start.clone()))
+        .collect()
 }
 
 #[test]

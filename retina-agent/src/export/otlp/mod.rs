@@ -4,10 +4,13 @@
 //!
 //! The daemon drives it: right after each collection cycle [`Otlp::export`] collects the
 //! SDK's reader and sends the result on a task, unless the previous send is still in
-//! flight, in which case it is skipped and counted. A send is bounded by the configured
-//! timeout (retries of transient errors included) plus a margin, so a collector that
-//! accepts connections and never answers costs one task, never a queue.
+//! flight, in which case it is skipped and counted. A send is one attempt (the exporter's
+//! own retries are off) bounded by the configured timeout plus a margin, so a collector
+//! that accepts connections and never answers costs one task, never a queue. After a failed
+//! send the next exports wait out a [`backoff`] without collecting or encoding anything:
+//! a collector that is down costs less than one that is up.
 
+mod backoff;
 mod partial;
 mod pipeline;
 mod streak;
@@ -30,7 +33,8 @@ pub use partial::totals as partial_success_totals;
 pub(crate) use transport::chain;
 
 use self::{
-    pipeline::{Pipeline, Sources, limit_for},
+    backoff::Backoff,
+    pipeline::{Pipeline, Sources, capped_limit},
     streak::Streak,
 };
 use super::{ExportError, SharedAgent, catalog::Catalog, selfmetrics::ExportStats};
@@ -48,11 +52,17 @@ struct Shared {
     last_error: Arc<transport::LastError>,
     stats: Arc<ExportStats>,
     failures: Mutex<Streak>,
+    backoff: Mutex<Backoff>,
 }
 
 impl Shared {
+    fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        self.backoff.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn failed(&self, reason: &str) {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let wait = self.backoff().failed(Instant::now());
         let detail = self.last_error.take();
         let reason = match &detail {
             Some(d) => format!("{reason}: {d}"),
@@ -62,20 +72,28 @@ impl Shared {
         match streak.hit() {
             Some(0) => tracing::warn!(
                 endpoint = %self.endpoint,
-                "OTLP export failed: {reason}; collection continues, export is retried every \
-                 interval (logged again at most once a minute)"
+                "OTLP export failed: {reason}; collection continues, the next export is tried \
+                 in {} at the earliest, backing off up to {} while failures continue (logged \
+                 again at most once a minute)",
+                humantime::format_duration(wait),
+                humantime::format_duration(backoff::MAX)
             ),
             Some(n) => tracing::warn!(
                 endpoint = %self.endpoint,
                 failures = streak.count,
                 "OTLP export still failing ({n} more failures since the last message): {reason}"
             ),
-            None => tracing::debug!(endpoint = %self.endpoint, "OTLP export failed: {reason}"),
+            None => tracing::debug!(
+                endpoint = %self.endpoint,
+                "OTLP export failed: {reason}; next one in {} at the earliest",
+                humantime::format_duration(wait)
+            ),
         }
     }
 
     fn succeeded(&self) {
         self.stats.successes.fetch_add(1, Ordering::Relaxed);
+        self.backoff().succeeded();
         // A retried attempt's failure is no news once the export went through.
         let _ = self.last_error.take();
         let mut streak = self.failures.lock().unwrap_or_else(|e| e.into_inner());
@@ -123,12 +141,13 @@ impl Otlp {
         let limits: Vec<usize> = {
             let guard = agent.lock();
             match guard.as_ref() {
-                Some(a) => catalog.count_points(a, Some(&stats)),
+                Some(a) => catalog.count_held(a, Some(&stats)),
                 None => vec![0; catalog.len()],
             }
         }
         .into_iter()
-        .map(limit_for)
+        .enumerate()
+        .map(|(i, n)| capped_limit(n, catalog.cap(i)))
         .collect();
         let sources = Sources {
             agent: agent.clone(),
@@ -148,6 +167,7 @@ impl Otlp {
                 last_error,
                 stats,
                 failures: Mutex::new(Streak::default()),
+                backoff: Mutex::new(Backoff::default()),
             }),
             deadline: config.timeout.saturating_add(HARD_STOP_MARGIN),
             in_flight: None,
@@ -283,6 +303,11 @@ impl Otlp {
         }
         // The skip streak is not ended here: with a collector down and a short interval,
         // exports and skips alternate, and each would start a new streak (and a warning).
+        if self.shared.backoff().holds(Instant::now()) {
+            // Nothing is collected or encoded: the next export carries the totals.
+            self.shared.stats.backed_off.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         self.in_flight = self.start(self.deadline);
     }
 

@@ -3,9 +3,12 @@
 //! values through [`Catalog::visit_metric`].
 //!
 //! The cardinality limit of each instrument (the SDK reserves it up front, per instrument)
-//! is sized from the series that exist: twice the points seen, at least [`MIN_LIMIT`].
-//! When a metric grows past three quarters of its limit, [`Pipeline::outgrown`] says so
-//! and the exporter builds a new pipeline with larger limits.
+//! is sized from the series that exist: twice the points seen, at least [`MIN_LIMIT`], at
+//! most the metric's configured cap (`export.series_caps`). When an uncapped metric grows
+//! past three quarters of its limit, [`Pipeline::outgrown`] says so and the exporter builds
+//! a new pipeline with larger limits. A capped metric never grows past its cap: the SDK
+//! folds the series beyond it into its `otel.metric.overflow` series, and the catalog
+//! counts and logs them.
 
 use std::{
     sync::{
@@ -41,6 +44,11 @@ pub(super) const MIN_LIMIT: usize = 64;
 /// The limit for a metric that has `points` series now.
 pub(super) fn limit_for(points: usize) -> usize {
     points.saturating_mul(2).max(MIN_LIMIT)
+}
+
+/// The limit for a metric that has `points` series now and the cap `cap`.
+pub(super) fn capped_limit(points: usize, cap: Option<usize>) -> usize {
+    cap.map_or(limit_for(points), |c| limit_for(points).min(c))
 }
 
 /// The SDK takes its reader by value; the exporter keeps a handle to collect from it.
@@ -79,6 +87,8 @@ pub(super) struct Pipeline {
     _provider: SdkMeterProvider,
     reader: SharedReader,
     limits: Vec<usize>,
+    /// Per instrument, its configured cap.
+    caps: Vec<Option<usize>>,
     /// Points each instrument's callback observed in the last collect.
     observed: Arc<[AtomicUsize]>,
 }
@@ -117,10 +127,14 @@ impl Pipeline {
         for (i, m) in sources.catalog.metrics().enumerate() {
             register(&meter, sources, &observed, i, m);
         }
+        let caps = (0..sources.catalog.len())
+            .map(|i| sources.catalog.cap(i))
+            .collect();
         Pipeline {
             _provider: provider,
             reader,
             limits,
+            caps,
             observed,
         }
     }
@@ -130,29 +144,36 @@ impl Pipeline {
         self.reader.collect(rm)
     }
 
-    /// New limits if a metric came within a quarter of its limit in the last collect.
+    /// New limits if a metric below its cap came within a quarter of its limit in the
+    /// last collect.
     pub(super) fn outgrown(&self) -> Option<Vec<usize>> {
-        let grown = self
+        let next: Vec<usize> = self
             .observed
             .iter()
             .zip(&self.limits)
-            .any(|(n, &limit)| n.load(Ordering::Relaxed) > limit / 4 * 3);
-        grown.then(|| {
-            self.observed
-                .iter()
-                .zip(&self.limits)
-                .map(|(n, &limit)| limit_for(n.load(Ordering::Relaxed)).max(limit))
-                .collect()
-        })
+            .zip(&self.caps)
+            .map(|((n, &limit), &cap)| {
+                let n = n.load(Ordering::Relaxed);
+                if n > limit / 4 * 3 {
+                    capped_limit(n, cap).max(limit)
+                } else {
+                    limit
+                }
+            })
+            .collect();
+        (next != self.limits).then_some(next)
     }
 
-    /// Whether a metric reached its limit in the last collect (the SDK then folded the
-    /// extra series into one overflow series).
+    /// Whether a metric without a cap reached its limit in the last collect (the SDK then
+    /// folded the extra series into one overflow series).
     pub(super) fn overflowed(&self) -> bool {
         self.observed
             .iter()
             .zip(&self.limits)
-            .any(|(n, &limit)| n.load(Ordering::Relaxed) >= limit)
+            .zip(&self.caps)
+            .any(|((n, &limit), &cap)| {
+                n.load(Ordering::Relaxed) >= limit && cap.is_none_or(|c| limit < c)
+            })
     }
 
     /// The total of the cardinality limits (for the log).
@@ -192,6 +213,7 @@ fn register(
                         }
                     });
                     observed[i].store(n, Ordering::Relaxed);
+                    catalog.record_series(i, n);
                 })
                 .build();
         }
@@ -209,6 +231,7 @@ fn register(
                         n += 1;
                     });
                     observed[i].store(n, Ordering::Relaxed);
+                    catalog.record_series(i, n);
                 })
                 .build();
         }
@@ -224,5 +247,8 @@ mod tests {
         assert_eq!(limit_for(0), MIN_LIMIT);
         assert_eq!(limit_for(1000), 2000);
         assert_eq!(limit_for(usize::MAX), usize::MAX);
+        assert_eq!(capped_limit(1000, None), 2000);
+        assert_eq!(capped_limit(1000, Some(10)), 10);
+        assert_eq!(capped_limit(10, Some(5000)), MIN_LIMIT);
     }
 }

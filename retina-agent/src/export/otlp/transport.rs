@@ -4,7 +4,7 @@
 //! client certificate and key, so the agent builds the transport itself and hands it over:
 //! a tonic `Channel` (gRPC) or a reqwest `Client` (HTTP/protobuf), with rustls on ring,
 //! the configured CA bundle (or the system roots) and client identity. Everything else
-//! (timeouts, retries of transient errors, gzip, headers) goes through the exporter's
+//! (timeouts, retries (off: one attempt per export), gzip, headers) goes through the exporter's
 //! builder. Explicit settings win over the exporter's own reading of `OTEL_*`; the agent
 //! has already folded those variables into its configuration.
 //!
@@ -50,14 +50,11 @@ pub(super) fn sdk_temporality(t: Temporality) -> SdkTemporality {
     }
 }
 
-/// Retries of transient failures (connection refused, `UNAVAILABLE`, HTTP 429/502/503/504)
-/// within the export's timeout; the daemon's interval is the real retry cadence.
+/// One attempt per export: the exporter rebuilds and re-encodes the whole request for
+/// each retry, so retries made a collector that is down cost more CPU than one that is up.
+/// The exporter backs off itself instead, without collecting (`super::backoff`).
 fn retry_policy() -> RetryPolicy {
-    RetryPolicy::default()
-        .with_max_retries(2)
-        .with_initial_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_millis(400))
-        .with_max_jitter(Duration::from_millis(50))
+    RetryPolicy::default().with_max_retries(0)
 }
 
 fn compression(c: Compression) -> Option<opentelemetry_otlp::Compression> {

@@ -213,7 +213,7 @@ impl Collector for Families {
                     let mut slot = Some(&mut encoder);
                     let mut family = None;
                     let mut result = Ok(());
-                    self.catalog.visit_metric(
+                    self.catalog.visit_capped(
                         i,
                         agent,
                         self.export_stats.as_deref(),
