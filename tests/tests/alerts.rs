@@ -468,7 +468,9 @@ fn a_services_full_receive_buffer_fires_its_alert_in_a_real_prometheus() -> Resu
 
     // The service whose buffer will overflow, in a slice of its own.
     let root = cgroup_v2_root()?;
-    let slice = Slice(root.join(format!("retina-test-alerts-{}.slice", std::process::id())));
+    // A top-level slice's name has no `-` (systemd reads `a-b.slice` as `b` inside `a.slice`,
+    // and the agent names units only where systemd would put them).
+    let slice = Slice(root.join(format!("retinatestalerts{}.slice", std::process::id())));
     fs::create_dir(&slice.0).with_context(|| format!("mkdir {}", slice.0.display()))?;
     let unit = format!("retina-test-alerts-{}.service", std::process::id());
     let service = Service::start(&slice, &unit)?;

@@ -227,13 +227,26 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() -> Result<()> {
 
     // The agent with the packaged configuration, collecting every second, the Prometheus
     // endpoint on a free port. OTLP goes to a port nobody listens on: the export failure
-    // counters the dashboard shows exist only while OTLP export is on.
+    // counters the dashboard shows exist only while OTLP export is on. Every series is
+    // exported (`series = "everything"`): the packaged default leaves out counters that
+    // never counted, and this host has no NIC or interface drops and errors to show, so
+    // their panels would query names that exist but carry no series here.
     let otlp = format!("http://127.0.0.1:{}", free_port()?);
+    let packaged = fs::read_to_string(repo().join("packaging/config.toml"))?;
+    ensure!(
+        packaged.contains("series = \"informative\""),
+        "packaging/config.toml no longer sets `series = \"informative\"`: update this test"
+    );
+    let agent_config = dir.0.join("agent.toml");
+    fs::write(
+        &agent_config,
+        packaged.replace("series = \"informative\"", "series = \"everything\""),
+    )?;
     let mut agent = Guard::spawn(
         "retina-agent",
         Command::new(agent_bin())
             .arg("--config")
-            .arg(repo().join("packaging/config.toml"))
+            .arg(&agent_config)
             .args([
                 "run",
                 "--interval",
