@@ -25,6 +25,12 @@ fn verify_unit(root: &Path) -> Result<()> {
             fs::copy(entry.path(), &to)?;
         }
     }
+    // ExecReload= runs the host's /bin/kill (procps), which the destdir does not hold.
+    fs::create_dir_all(root.join("bin"))?;
+    let kill = root.join("bin/kill");
+    if !kill.exists() {
+        fs::copy("/bin/kill", &kill).context("copying /bin/kill (Debian package procps)")?;
+    }
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no", "--generators=no"])
         .arg(format!("--root={}", root.display()))

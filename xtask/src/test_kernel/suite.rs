@@ -90,6 +90,15 @@ pub const EXCLUSIONS: &[Exclusion] = &[
         kernels: &[],
         needs: Needs::Workspace,
     },
+    // Every test reads the rules, the runbooks, the dashboard or the packaged unit and
+    // configuration from the repository; the end-to-end one needs nothing of the kernel
+    // that the host run does not already show.
+    Exclusion {
+        file: "alerts",
+        tests: &[],
+        kernels: &[],
+        needs: Needs::Workspace,
+    },
     Exclusion {
         file: "packaging",
         tests: &[],
