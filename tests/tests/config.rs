@@ -353,7 +353,7 @@ fn snapshot_honours_the_file_and_the_flag_wins() -> Result<()> {
             "netdev.include = [\"lo\"] should leave only lo: {p}"
         );
     }
-    let netstat = points(&doc, "retina.netstat.counter", &[]);
+    let netstat = points(&doc, "retina.netstat.stat", &[]);
     ensure!(!netstat.is_empty(), "no netstat points: {doc:#}");
     for p in &netstat {
         assert_eq!(attr_str(p, "netstat.group").as_deref(), Some("Tcp"), "{p}");

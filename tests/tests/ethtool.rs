@@ -576,7 +576,7 @@ fn link_state_matches_ethtool() -> Result<()> {
                 .and_then(|v| v.parse::<u64>().ok());
             assert_eq!(
                 get(
-                    "retina.nic.channel.count",
+                    "retina.nic.channels",
                     &veth.host,
                     &format!("{kind}/{setting}")
                 ),

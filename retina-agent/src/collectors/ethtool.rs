@@ -21,7 +21,7 @@
 //! | `retina.nic.link.speed` | gauge | `bit/s` | `network.interface.name` |
 //! | `retina.nic.link.duplex` | gauge (1 full, 0 half) | `1` | `network.interface.name` |
 //! | `retina.nic.ring.size` | gauge | `{descriptor}` | `network.interface.name`, `nic.ring` (`rx`, `tx`, `rx_mini`, `rx_jumbo`), `nic.ring.setting` (`current`, `max`) |
-//! | `retina.nic.channel.count` | gauge | `{channel}` | `network.interface.name`, `nic.channel.type` (`rx`, `tx`, `other`, `combined`), `nic.channel.setting` (`current`, `max`) |
+//! | `retina.nic.channels` | gauge | `{channel}` | `network.interface.name`, `nic.channel.type` (`rx`, `tx`, `other`, `combined`), `nic.channel.setting` (`current`, `max`) |
 
 mod driver;
 mod ioctl;
@@ -104,7 +104,7 @@ pub static NIC_RING_SIZE: Metric = Metric {
 };
 
 pub static NIC_CHANNEL_COUNT: Metric = Metric {
-    name: "retina.nic.channel.count",
+    name: "retina.nic.channels",
     unit: "{channel}",
     description: "NIC channel count (ethtool -l), current setting and maximum",
     kind: Kind::Gauge,

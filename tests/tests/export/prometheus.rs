@@ -339,20 +339,6 @@ fn colliding_resource_attributes_are_refused_at_load() -> Result<()> {
     Ok(())
 }
 
-/// The lint findings of `promtool check metrics` (Prometheus 2.42) on the agent's metric
-/// names: a type word in the name, `_count` on a gauge. Not format errors.
-const PROMTOOL_NAMING_FINDINGS: [(&str, &str); 3] = [
-    (
-        "retina_netstat_counter_total ",
-        "should not include type 'counter'",
-    ),
-    ("retina_netstat_gauge ", "should not include type 'gauge'"),
-    (
-        "retina_nic_channel_count ",
-        "should not have \"_count\" suffix",
-    ),
-];
-
 /// One `GET /metrics` with `accept` (none when empty): the Content-Type and the body.
 fn scrape_as(port: u16, accept: &str) -> Result<(String, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
@@ -453,17 +439,9 @@ fn promtool_and_prometheus_accept_the_endpoint() -> Result<()> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        // Exit 0, or 3 ("lint problems", after a successful parse) for only the naming
-        // findings on three metric names that predate this test (docs/reliability.md:
-        // renaming them would break dashboards, so it is left to a decision). A parse
-        // error (exit 1) or any other finding fails.
-        let only_known_names = said.lines().filter(|l| !l.trim().is_empty()).all(|l| {
-            PROMTOOL_NAMING_FINDINGS
-                .iter()
-                .any(|(name, finding)| l.starts_with(name) && l.contains(finding))
-        });
+        // Exit 0: parsed, and no lint finding (a parse error exits 1, lint problems 3).
         assert!(
-            out.status.success() || (out.status.code() == Some(3) && only_known_names),
+            out.status.success(),
             "promtool check metrics ({accept:?}): {}: {said}\n{body}",
             out.status
         );

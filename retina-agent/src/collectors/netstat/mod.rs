@@ -9,8 +9,8 @@
 //!
 //! | name | kind | unit | what |
 //! |---|---|---|---|
-//! | `retina.netstat.counter` | cumulative sum | `1` | monotonic counters (almost every field) |
-//! | `retina.netstat.gauge` | gauge | `1` | the few fields that are states or settings |
+//! | `retina.netstat.stat` | cumulative sum | `1` | monotonic counters (almost every field) |
+//! | `retina.netstat.state` | gauge | `1` | the few fields that are states or settings |
 //!
 //! Attributes:
 //! - `netstat.group`: the protocol group as the kernel names it: `Ip`, `Icmp`, `IcmpMsg`,
@@ -19,8 +19,8 @@
 //! - `netstat.field`: the field name without its group, e.g. `ListenDrops` (from
 //!   `TcpExt: ... ListenDrops ...`) or `InReceives` (from `Ip6InReceives`).
 //!
-//! So `TcpExt: ListenDrops` is `retina.netstat.counter{netstat.group="TcpExt",
-//! netstat.field="ListenDrops"}` (Prometheus: `retina_netstat_counter_total{netstat_group=
+//! So `TcpExt: ListenDrops` is `retina.netstat.stat{netstat.group="TcpExt",
+//! netstat.field="ListenDrops"}` (Prometheus: `retina_netstat_stat_total{netstat_group=
 //! "TcpExt",netstat_field="ListenDrops"}`).
 //!
 //! Gauges (see [`GAUGES`]): `Ip:Forwarding`, `Ip:DefaultTTL`, `Tcp:RtoAlgorithm`,
@@ -62,14 +62,14 @@ use crate::{
 };
 
 pub const NETSTAT_COUNTER: Metric = Metric {
-    name: "retina.netstat.counter",
+    name: "retina.netstat.stat",
     unit: "1",
     description: "Kernel protocol counters from /proc/net/netstat, /proc/net/snmp and \
                   /proc/net/snmp6, by netstat.group and netstat.field",
     kind: Kind::Counter,
 };
 pub const NETSTAT_GAUGE: Metric = Metric {
-    name: "retina.netstat.gauge",
+    name: "retina.netstat.state",
     unit: "{value}",
     description: "Kernel protocol states and settings from /proc/net/snmp and \
                   /proc/net/netstat (e.g. Tcp CurrEstab, Tcp MaxConn), by netstat.group and \

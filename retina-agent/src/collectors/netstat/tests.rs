@@ -28,14 +28,14 @@ fn points(c: &NetstatCollector) -> BTreeMap<String, (&'static str, Number)> {
 
 fn counter(p: &BTreeMap<String, (&'static str, Number)>, k: &str) -> u64 {
     match p.get(k) {
-        Some(("retina.netstat.counter", Number::U64(v))) => *v,
+        Some(("retina.netstat.stat", Number::U64(v))) => *v,
         other => panic!("{k}: {other:?}"),
     }
 }
 
 fn gauge(p: &BTreeMap<String, (&'static str, Number)>, k: &str) -> f64 {
     match p.get(k) {
-        Some(("retina.netstat.gauge", Number::F64(v))) => *v,
+        Some(("retina.netstat.state", Number::F64(v))) => *v,
         other => panic!("{k}: {other:?}"),
     }
 }
@@ -106,7 +106,7 @@ fn parses_this_machines_files_exactly() {
     assert_eq!(p.len(), 84 + 229 + 90);
     let gauges = p
         .values()
-        .filter(|(m, _)| *m == "retina.netstat.gauge")
+        .filter(|(m, _)| *m == "retina.netstat.state")
         .count();
     assert_eq!(gauges, GAUGES.len());
     assert_eq!(c.exported(), p.len());

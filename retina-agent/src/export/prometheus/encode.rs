@@ -278,10 +278,10 @@ mod tests {
                 "retina_drop_count_total",
             ),
             (
-                "retina.netstat.counter",
+                "retina.netstat.stat",
                 "1",
                 Kind::Counter,
-                "retina_netstat_counter_total",
+                "retina_netstat_stat_total",
             ),
             ("retina.x.level", "1", Kind::Gauge, "retina_x_level_ratio"),
             (
