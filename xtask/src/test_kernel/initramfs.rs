@@ -44,6 +44,7 @@ pub const GUEST_TOOLS: &[&str] = &[
     "strace",
     "arping",
     "prometheus",
+    "promtool",
 ];
 
 /// Programs the guest gets from the tools venv rather than the host's PATH: the OTLP
