@@ -121,11 +121,18 @@ pub fn snapshot_as_unit(
         Proc::Invisible => {
             // A mount namespace of its own with a private /proc, as systemd sets up
             // ProtectProc=invisible; then the agent, as the unit's user.
+            // `setpriv` by its path: a busybox `sh` (the guests') runs its own applet of
+            // that name in preference to util-linux's, which lacks `--reuid`.
+            let setpriv = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .map(|dir| dir.join(&agent[0]))
+                .find(|p| p.is_file())
+                .with_context(|| format!("{} is not on PATH (util-linux)", agent[0]))?;
             let mut c = Command::new("unshare");
             c.args(["-m", "--propagation", "private", "sh", "-c"])
                 .arg("mount -t proc -o hidepid=invisible proc /proc && exec \"$@\"")
                 .arg("sh")
-                .args(&agent);
+                .arg(setpriv)
+                .args(&agent[1..]);
             c
         }
     };

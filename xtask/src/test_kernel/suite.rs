@@ -66,7 +66,10 @@ pub const EXCLUSIONS: &[Exclusion] = &[
     // The test fails loudly where the kernel cannot give receive drops an owner.
     Exclusion {
         file: "socket_owner",
-        tests: &["a_stopped_services_series_leave_the_export_within_two_intervals"],
+        tests: &[
+            "a_stopped_services_series_leave_the_export_within_two_intervals",
+            "a_socket_that_outlives_its_cgroup_keeps_one_rising_series",
+        ],
         kernels: &["linux-image-6.1."],
         needs: Needs::Kernel(
             "needs the rx_sk argument of kfree_skb (Linux 6.11+) for receive drops to have \
