@@ -10,7 +10,6 @@ use clap::{Args, Parser, Subcommand};
 pub use crate::config::LogFormat;
 use crate::{
     collectors::drops::Hook,
-    commands::snapshot::Format,
     config::{self, Overrides, Protocol},
 };
 
@@ -169,6 +168,13 @@ impl From<DropHook> for Hook {
             DropHook::Raw => Hook::Raw,
         }
     }
+}
+
+/// Output of `snapshot` and `reasons`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Json,
+    Table,
 }
 
 /// Output of `check`.

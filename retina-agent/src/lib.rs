@@ -41,6 +41,7 @@ modules! {
     model;
     notify;
     ratelimit;
+    report;
     workload;
 }
 

@@ -5,7 +5,6 @@
 pub mod check;
 pub mod child;
 pub mod generate;
-pub mod losses;
 pub mod reasons;
 pub mod reload;
 pub mod run;

@@ -5,8 +5,8 @@ use std::{fmt::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 
-use super::{emit, snapshot::Format};
-use crate::{collectors::drops::reasons::DropReasons, kernel::btf::Btf};
+use super::emit;
+use crate::{cli::Format, collectors::drops::reasons::DropReasons, kernel::btf::Btf};
 
 /// Lists the reasons of the running kernel, or of the BTF file `btf_path`.
 pub fn command(btf_path: Option<&Path>, format: Format) -> Result<ExitCode> {

@@ -14,11 +14,10 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     agent::Agent,
-    commands::losses,
     commands::reload::{self, Reloader},
-    commands::snapshot::{self, Point},
     config::Config,
     export::{ExportError, Exporters, SharedAgent},
+    report::{self, Point, losses},
 };
 
 /// Time the final collection and export may take after a shutdown signal.
@@ -171,11 +170,11 @@ fn cycle(agent: &SharedAgent, summary: bool, last: &mut Option<Vec<Point>>) -> O
 /// is the human view for a terminal, not the export path, so it may allocate.
 fn print_summary(agent: &Agent, last: &mut Option<Vec<Point>>) -> std::io::Result<()> {
     use std::io::Write;
-    let now = snapshot::capture_matching(agent, |m| losses::reads(m.name));
+    let now = report::capture_matching(agent, losses::reads);
     let Some(before) = last.replace(now.clone()) else {
         return Ok(());
     };
-    let rows = losses::rows(&snapshot::deltas(&before, now));
+    let rows = losses::rows(&report::deltas(&before, now));
     if rows.is_empty() {
         return Ok(());
     }

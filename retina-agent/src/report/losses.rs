@@ -15,9 +15,18 @@ use std::{cmp::Reverse, collections::BTreeMap, fmt::Write as _};
 
 use serde_json::Value as Json;
 
+use super::Point;
 use crate::{
-    commands::snapshot::Point,
-    model::{Kind, Number, attr},
+    collectors::{
+        conntrack::{self, CONNTRACK_STAT},
+        drops::collector::{DROP_COUNT, MISSED, OVERFLOW_COUNT},
+        ethtool::{self, NIC_DRIVER_STAT},
+        netdev::{NETWORK_DROPPED, NETWORK_ERRORS},
+        qdisc::{self, QDISC_DROPS, QDISC_OVERLIMITS},
+        softnet::{self, SOFTNET_DROPPED, SOFTNET_TIME_SQUEEZE},
+    },
+    model::{Kind, Metric, Number, attr},
+    workload::attr as workload_attr,
 };
 
 /// Where in the path of a packet a counter counts losses.
@@ -68,7 +77,7 @@ pub enum Filter {
 /// `label=value` (the first attribute of each alternative list that the point has).
 #[derive(Clone, Copy, Debug)]
 pub struct Rule {
-    pub metric: &'static str,
+    pub metric: &'static Metric,
     pub filter: Filter,
     pub layer: Layer,
     pub by: &'static [(&'static str, &'static [&'static str])],
@@ -81,15 +90,15 @@ const NETNS: (&str, &[&str]) = ("netns", &[attr::NETNS_NAME, attr::NETNS_INODE])
 const DIRECTION: (&str, &[&str]) = ("dir", &[attr::IO_DIRECTION]);
 /// The workload of the drop's namespace (see `crate::workload`), where there is one.
 const WORKLOAD: [(&str, &[&str]); 3] = [
-    ("pod", &[crate::workload::attr::POD_UID]),
-    ("container", &[crate::workload::attr::CONTAINER_ID]),
-    ("unit", &[crate::workload::attr::SYSTEMD_UNIT]),
+    ("pod", &[workload_attr::POD_UID]),
+    ("container", &[workload_attr::CONTAINER_ID]),
+    ("unit", &[workload_attr::SYSTEMD_UNIT]),
 ];
 const QDISC: [(&str, &[&str]); 4] = [
     IFACE,
-    ("qdisc", &["qdisc.kind"]),
-    ("handle", &["qdisc.handle"]),
-    ("parent", &["qdisc.parent"]),
+    ("qdisc", &[qdisc::ATTR_KIND]),
+    ("handle", &[qdisc::ATTR_HANDLE]),
+    ("parent", &[qdisc::ATTR_PARENT]),
 ];
 
 /// Driver statistics whose names say they count lost packets.
@@ -97,69 +106,69 @@ pub const NIC_LOSS_NAMES: &[&str] = &[
     "drop", "miss", "fifo", "discard", "nobuf", "no_buf", "overrun",
 ];
 
-/// Every loss counter the view knows, by metric name and attribute.
+/// Every loss counter the view knows, by metric and attribute.
 pub static RULES: &[Rule] = &[
     Rule {
-        metric: "retina.nic.driver.stat",
-        filter: Filter::Contains("nic.stat.name", NIC_LOSS_NAMES),
+        metric: &NIC_DRIVER_STAT,
+        filter: Filter::Contains(ethtool::attr::STAT_NAME, NIC_LOSS_NAMES),
         layer: Layer::Nic,
-        by: &[IFACE, ("stat", &["nic.stat.name"])],
+        by: &[IFACE, ("stat", &[ethtool::attr::STAT_NAME])],
         note: "",
     },
     Rule {
-        metric: "system.network.packet.dropped",
-        filter: Filter::Any,
-        layer: Layer::Nic,
-        by: &[IFACE, DIRECTION],
-        note: "",
-    },
-    Rule {
-        metric: "system.network.errors",
+        metric: &NETWORK_DROPPED,
         filter: Filter::Any,
         layer: Layer::Nic,
         by: &[IFACE, DIRECTION],
         note: "",
     },
     Rule {
-        metric: "retina.softnet.dropped",
+        metric: &NETWORK_ERRORS,
         filter: Filter::Any,
-        layer: Layer::Backlog,
-        by: &[("cpu", &["cpu"])],
+        layer: Layer::Nic,
+        by: &[IFACE, DIRECTION],
         note: "",
     },
     Rule {
-        metric: "retina.softnet.time_squeeze",
+        metric: &SOFTNET_DROPPED,
         filter: Filter::Any,
         layer: Layer::Backlog,
-        by: &[("cpu", &["cpu"])],
+        by: &[("cpu", &[softnet::ATTR_CPU])],
+        note: "",
+    },
+    Rule {
+        metric: &SOFTNET_TIME_SQUEEZE,
+        filter: Filter::Any,
+        layer: Layer::Backlog,
+        by: &[("cpu", &[softnet::ATTR_CPU])],
         note: "(softirq budget ran out with work left)",
     },
     Rule {
-        metric: "retina.qdisc.drops",
+        metric: &QDISC_DROPS,
         filter: Filter::Any,
         layer: Layer::Qdisc,
         by: &QDISC,
         note: "",
     },
     Rule {
-        metric: "retina.qdisc.overlimits",
+        metric: &QDISC_OVERLIMITS,
         filter: Filter::Any,
         layer: Layer::Qdisc,
         by: &QDISC,
         note: "(over the rate: delayed or dropped)",
     },
     Rule {
-        metric: "retina.conntrack.stat",
+        metric: &CONNTRACK_STAT,
         filter: Filter::OneOf(
-            "conntrack.stat",
+            conntrack::ATTR_STAT,
             &["drop", "early_drop", "insert_failed", "invalid"],
         ),
         layer: Layer::Conntrack,
-        by: &[("stat", &["conntrack.stat"])],
+        by: &[("stat", &[conntrack::ATTR_STAT])],
         note: "",
     },
     Rule {
-        metric: "retina.drop.count",
+        metric: &DROP_COUNT,
         filter: Filter::Any,
         layer: Layer::StackReason,
         by: &[
@@ -173,21 +182,21 @@ pub static RULES: &[Rule] = &[
         note: "",
     },
     Rule {
-        metric: "retina.drop.overflow.count",
+        metric: &OVERFLOW_COUNT,
         filter: Filter::Any,
         layer: Layer::StackReason,
         by: &[],
         note: "(drop map full: no reason kept)",
     },
     Rule {
-        metric: "retina.drop.missed",
+        metric: &MISSED,
         filter: Filter::Any,
         layer: Layer::StackReason,
         by: &[],
         note: "(not counted: probe already running on that CPU)",
     },
     Rule {
-        metric: "retina.drop.count",
+        metric: &DROP_COUNT,
         filter: Filter::Has(attr::DROP_LOCATION),
         layer: Layer::StackLocation,
         by: &[
@@ -204,8 +213,8 @@ pub static RULES: &[Rule] = &[
 ];
 
 /// Whether any rule reads `metric` (to capture only what the view needs).
-pub fn reads(metric: &str) -> bool {
-    RULES.iter().any(|r| r.metric == metric)
+pub fn reads(metric: &Metric) -> bool {
+    RULES.iter().any(|r| r.metric.name == metric.name)
 }
 
 /// One line of the view.
@@ -248,7 +257,7 @@ fn passes(filter: Filter, p: &Point) -> bool {
 pub fn rows(points: &[Point]) -> Vec<Row> {
     let mut sums: BTreeMap<(Layer, &'static str, String), u64> = BTreeMap::new();
     for rule in RULES {
-        for p in points.iter().filter(|p| p.metric.name == rule.metric) {
+        for p in points.iter().filter(|p| p.metric.name == rule.metric.name) {
             let Number::U64(n) = p.value else { continue };
             if n == 0 || p.metric.kind != Kind::Counter || !passes(rule.filter, p) {
                 continue;
@@ -262,7 +271,7 @@ pub fn rows(points: &[Point]) -> Vec<Row> {
             if !rule.note.is_empty() {
                 let _ = write!(place, "{}{}", sep(&place), rule.note);
             }
-            *sums.entry((rule.layer, rule.metric, place)).or_insert(0) += n;
+            *sums.entry((rule.layer, rule.metric.name, place)).or_insert(0) += n;
         }
     }
     let mut rows: Vec<Row> = sums
@@ -318,7 +327,6 @@ pub fn render(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Metric;
 
     fn metric(name: &'static str, kind: Kind) -> &'static Metric {
         Box::leak(Box::new(Metric {
@@ -498,6 +506,7 @@ mod tests {
     #[test]
     fn nothing_lost_says_so() {
         assert_eq!(render(&[]), "where packets died: no loss counter moved\n");
-        assert!(reads("retina.qdisc.drops") && !reads("retina.drop.map.entries"));
+        let gauge = metric("retina.drop.map.entries", Kind::Gauge);
+        assert!(reads(&QDISC_DROPS) && !reads(gauge));
     }
 }
