@@ -5,8 +5,14 @@
 //! point's attributes are `opentelemetry::KeyValue`s built once when a series first appears
 //! (interface names as shared `Arc<str>`, keys as `&'static str`), so visiting allocates
 //! nothing.
+//!
+//! [`Workload`] is the one value every layer passes along with a series: the pod,
+//! container or service of a network namespace, found by `crate::workload` and kept on the
+//! interfaces of `crate::kernel::links`, so both depend on it here.
 
-use opentelemetry::KeyValue;
+use std::sync::Arc;
+
+use opentelemetry::{KeyValue, Value};
 
 /// How a metric's values behave over time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +72,63 @@ impl<F: FnMut(&'static Metric, &[KeyValue], Number)> Visitor for F {
     }
 }
 
+/// The workload a cgroup path names (pod, container, service, delegated user); empty for
+/// one that names none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// `k8s.pod.uid`.
+    pub pod_uid: Option<Arc<str>>,
+    /// `container.id`.
+    pub container_id: Option<Arc<str>>,
+    /// The systemd service unit (`systemd.unit`), for processes outside containers.
+    pub unit: Option<Arc<str>>,
+    /// `user.id`: the uid a cgroup subtree was delegated to (its directory's owner), for a
+    /// cgroup in or below one. Such a cgroup gives nothing else but the unit the
+    /// delegated directory itself is (`user@1000.service`): its name below is the user's.
+    pub user_id: Option<u32>,
+}
+
+impl Workload {
+    pub fn is_empty(&self) -> bool {
+        self.pod_uid.is_none()
+            && self.container_id.is_none()
+            && self.unit.is_none()
+            && self.user_id.is_none()
+    }
+
+    /// What two processes of one namespace have in common: each field kept only where
+    /// both agree.
+    pub fn common(&self, other: &Workload) -> Workload {
+        let same =
+            |a: &Option<Arc<str>>, b: &Option<Arc<str>>| if a == b { a.clone() } else { None };
+        Workload {
+            pod_uid: same(&self.pod_uid, &other.pod_uid),
+            container_id: same(&self.container_id, &other.container_id),
+            unit: same(&self.unit, &other.unit),
+            user_id: if self.user_id == other.user_id {
+                self.user_id
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Appends the workload's attributes.
+    pub fn push_attributes(&self, out: &mut Vec<KeyValue>) {
+        let mut push = |key: &'static str, v: &Option<Arc<str>>| {
+            if let Some(v) = v {
+                out.push(KeyValue::new(key, Value::String(v.clone().into())));
+            }
+        };
+        push(attr::CONTAINER_ID, &self.container_id);
+        push(attr::POD_UID, &self.pod_uid);
+        push(attr::SYSTEMD_UNIT, &self.unit);
+        if let Some(uid) = self.user_id {
+            out.push(KeyValue::new(attr::USER_ID, uid.to_string()));
+        }
+    }
+}
+
 /// Attribute keys used across collectors (OpenTelemetry semantic conventions where one
 /// exists).
 pub mod attr {
@@ -77,4 +140,11 @@ pub mod attr {
     pub const NETNS_NAME: &str = "network.namespace.name";
     pub const DROP_REASON: &str = "drop.reason";
     pub const DROP_LOCATION: &str = "drop.location";
+    /// The [`super::Workload`]'s keys: OpenTelemetry semantic conventions for the pod and
+    /// the container; `systemd.unit` is the agent's own (the conventions have none).
+    pub const POD_UID: &str = "k8s.pod.uid";
+    pub const CONTAINER_ID: &str = "container.id";
+    pub const SYSTEMD_UNIT: &str = "systemd.unit";
+    /// The uid a cgroup subtree was delegated to (OpenTelemetry's `user.id`).
+    pub const USER_ID: &str = "user.id";
 }

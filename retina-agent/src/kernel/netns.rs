@@ -28,7 +28,7 @@ pub(crate) const BIND_DIRS: &[&str] = &[NETNS_RUN_DIR, "/var/run/docker/netns"];
 /// those of all processes, and those bound in the usual directories. Reads /proc, so it is
 /// for occasional housekeeping, not for every cycle; as a non-root user without
 /// CAP_SYS_PTRACE it sees only its own user's processes, so
-/// [`crate::workload::Workloads::live_netns_inodes`] (the task iterator) is preferred.
+/// `workload::Workloads::live_netns_inodes` (the task iterator) is preferred.
 pub fn live_netns_inodes() -> std::collections::HashSet<u32> {
     let mut live = std::collections::HashSet::new();
     let mut add = |path: &Path| {

@@ -26,7 +26,6 @@ use crate::{
         softnet::{self, SOFTNET_DROPPED, SOFTNET_TIME_SQUEEZE},
     },
     model::{Kind, Metric, Number, attr},
-    workload::attr as workload_attr,
 };
 
 /// Where in the path of a packet a counter counts losses.
@@ -90,9 +89,9 @@ const NETNS: (&str, &[&str]) = ("netns", &[attr::NETNS_NAME, attr::NETNS_INODE])
 const DIRECTION: (&str, &[&str]) = ("dir", &[attr::IO_DIRECTION]);
 /// The workload of the drop's namespace (see `crate::workload`), where there is one.
 const WORKLOAD: [(&str, &[&str]); 3] = [
-    ("pod", &[workload_attr::POD_UID]),
-    ("container", &[workload_attr::CONTAINER_ID]),
-    ("unit", &[workload_attr::SYSTEMD_UNIT]),
+    ("pod", &[attr::POD_UID]),
+    ("container", &[attr::CONTAINER_ID]),
+    ("unit", &[attr::SYSTEMD_UNIT]),
 ];
 const QDISC: [(&str, &[&str]); 4] = [
     IFACE,

@@ -29,6 +29,8 @@
 
 use std::sync::Arc;
 
+use crate::model::Workload;
+
 /// Paths longer than this are not parsed (the kernel allows 4096 per path).
 pub const MAX_PATH: usize = 4096;
 /// Paths with more components than this are not parsed.
@@ -38,48 +40,6 @@ pub const MAX_DEPTH: usize = 64;
 const SCOPE_PREFIXES: [&str; 4] = ["docker-", "cri-containerd-", "crio-", "libpod-"];
 /// The kubelet's QoS classes below `kubepods` (the guaranteed class has none).
 const QOS: [&str; 2] = ["besteffort", "burstable"];
-
-/// The workload a cgroup path names; empty for a path that names none.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Workload {
-    /// `k8s.pod.uid`.
-    pub pod_uid: Option<Arc<str>>,
-    /// `container.id`.
-    pub container_id: Option<Arc<str>>,
-    /// The systemd service unit (`systemd.unit`), for processes outside containers.
-    pub unit: Option<Arc<str>>,
-    /// `user.id`: the uid a cgroup subtree was delegated to (its directory's owner), for a
-    /// cgroup in or below one. Such a cgroup gives nothing else but the unit the
-    /// delegated directory itself is (`user@1000.service`): its name below is the user's.
-    pub user_id: Option<u32>,
-}
-
-impl Workload {
-    pub fn is_empty(&self) -> bool {
-        self.pod_uid.is_none()
-            && self.container_id.is_none()
-            && self.unit.is_none()
-            && self.user_id.is_none()
-    }
-
-    /// What two processes of one namespace have in common: each field kept only where
-    /// both agree.
-    pub fn common(&self, other: &Workload) -> Workload {
-        let same =
-            |a: &Option<Arc<str>>, b: &Option<Arc<str>>| if a == b { a.clone() } else { None };
-        Workload {
-            pod_uid: same(&self.pod_uid, &other.pod_uid),
-            container_id: same(&self.container_id, &other.container_id),
-            unit: same(&self.unit, &other.unit),
-            user_id: if self.user_id == other.user_id {
-                self.user_id
-            } else {
-                None
-            },
-        }
-    }
-
-}
 
 fn is_hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

@@ -18,7 +18,8 @@ use std::{
     sync::{Arc, Once},
 };
 
-use super::cgroup::{self, Hierarchy, Workload};
+use super::cgroup::{self, Hierarchy};
+use crate::model::Workload;
 
 /// Cached answers, at most (a busy node has a few thousand process cgroups).
 const MAX_CACHED: usize = 8192;

@@ -28,18 +28,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry::{KeyValue, Value};
+use crate::model::Workload;
 
-pub use cgroup::Workload;
-
-/// Attribute keys: OpenTelemetry semantic conventions for the pod and the container;
-/// `systemd.unit` is the agent's own (the conventions have none).
+/// Attribute keys of the socket owners ([`sockets`]); the workload's own are in
+/// [`crate::model::attr`].
 pub mod attr {
-    pub const POD_UID: &str = "k8s.pod.uid";
-    pub const CONTAINER_ID: &str = "container.id";
-    pub const SYSTEMD_UNIT: &str = "systemd.unit";
-    /// The uid a cgroup subtree was delegated to (OpenTelemetry's `user.id`).
-    pub const USER_ID: &str = "user.id";
     /// The cgroup v2 path of the socket a dropped packet had reached.
     pub const SOCKET_CGROUP: &str = "socket.cgroup";
     /// Its cgroup id (never reused, so two incarnations of one service stay two series).
@@ -51,23 +44,6 @@ pub const RESCAN_AFTER: Duration = Duration::from_secs(5);
 /// The most of a `/proc/PID/cgroup` file that is read (a hybrid host lists a dozen
 /// hierarchies; paths are at most 4096 bytes each).
 const MAX_CGROUP_FILE: u64 = 64 * 1024;
-
-impl Workload {
-    /// Appends the workload's attributes.
-    pub fn push_attributes(&self, out: &mut Vec<KeyValue>) {
-        let mut push = |key: &'static str, v: &Option<Arc<str>>| {
-            if let Some(v) = v {
-                out.push(KeyValue::new(key, Value::String(v.clone().into())));
-            }
-        };
-        push(attr::CONTAINER_ID, &self.container_id);
-        push(attr::POD_UID, &self.pod_uid);
-        push(attr::SYSTEMD_UNIT, &self.unit);
-        if let Some(uid) = self.user_id {
-            out.push(KeyValue::new(attr::USER_ID, uid.to_string()));
-        }
-    }
-}
 
 /// Workloads by network namespace inode, from the last walk over the processes.
 #[derive(Debug)]
@@ -275,6 +251,8 @@ fn read_cgroup(
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::KeyValue;
+
     use super::*;
 
     const ID: &str = "4f1e2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
@@ -350,7 +328,7 @@ mod tests {
         assert_eq!(
             attrs,
             vec![KeyValue::new(
-                attr::POD_UID,
+                crate::model::attr::POD_UID,
                 "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
             )]
         );

@@ -29,10 +29,8 @@ use std::{
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
-use super::{
-    cgroup::{MAX_DEPTH, Workload},
-    delegation,
-};
+use super::{cgroup::MAX_DEPTH, delegation};
+use crate::model::Workload;
 
 /// The most cgroups one walk visits (a busy Kubernetes node has a few thousand).
 pub const MAX_CGROUPS: usize = 100_000;

@@ -14,7 +14,8 @@ use std::{
 
 use retina_ebpf_common::tasks::TaskRecord;
 
-use super::{Workload, sockets::SocketOwners};
+use super::sockets::SocketOwners;
+use crate::model::Workload;
 use crate::kernel::{
     sys::error_chain,
     tasks::{TaskIter, TasksError},

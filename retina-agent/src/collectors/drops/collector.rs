@@ -19,8 +19,8 @@ use crate::{
     collectors::{CollectError, Collector},
     kernel::links::Links,
     kernel::netns::NetnsNames,
-    model::{Kind, Metric, Number, Visitor, attr},
-    workload::{Workload, Workloads, attr as workload_attr, sockets::SocketOwners},
+    model::{Kind, Metric, Number, Visitor, Workload, attr},
+    workload::{Workloads, attr as workload_attr, sockets::SocketOwners},
 };
 
 mod prune;

@@ -72,7 +72,7 @@ pub struct EthtoolCollector {
 struct Entry {
     name: Arc<str>,
     /// The workload of the interface's peer namespace (a pod's host veth), on its series.
-    workload: Option<Arc<crate::workload::Workload>>,
+    workload: Option<Arc<crate::model::Workload>>,
     state: State,
 }
 
@@ -198,7 +198,7 @@ impl EthtoolCollector {
         &mut self,
         ifname: IfName,
         name: &Arc<str>,
-        workload: Option<&crate::workload::Workload>,
+        workload: Option<&crate::model::Workload>,
     ) -> Setup {
         let err = |ioctl: &'static str, error: io::Error| EthtoolError::Ioctl {
             ifname: name.clone(),

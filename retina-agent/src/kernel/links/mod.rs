@@ -44,7 +44,7 @@
 //! proper ([`Link`]); `parse` the bounds-checked message and attribute parsers; `socket`
 //! the netlink sockets, requests, receives and the dump state machine; `uapi` the kernel's
 //! constants and structs. The qdisc collector and the veth peer resolver
-//! ([`crate::workload::peers`]) reuse the socket, framing and parsing helpers.
+//! (`workload::peers`) reuse the socket, framing and parsing helpers.
 
 mod parse;
 mod socket;
@@ -69,6 +69,7 @@ pub use table::Link;
 use table::Table;
 pub(crate) use table::{lossy_arc, lossy_eq};
 pub use uapi::LinkStats;
+use crate::model::Workload;
 #[cfg(test)]
 use uapi::OperState;
 pub(crate) use uapi::{
@@ -339,7 +340,7 @@ impl Links {
     pub fn set_workload(
         &mut self,
         ifindex: u32,
-        workload: Option<Arc<crate::workload::Workload>>,
+        workload: Option<Arc<Workload>>,
     ) -> bool {
         self.table.set_workload(ifindex, workload)
     }

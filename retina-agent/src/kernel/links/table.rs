@@ -11,6 +11,7 @@ use super::{
     parse::{LinkMsg, StatsMsg},
     uapi::{LinkStats, LinkStatsDetail, OperState},
 };
+use crate::model::Workload;
 
 /// Source of [`Link::instance`] ids, unique in the process.
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
@@ -51,9 +52,9 @@ pub struct Link {
     /// namespace, that namespace's id as this namespace numbers it (`RTM_GETNSID`).
     pub link_netnsid: Option<i32>,
     /// The workload of the peer's namespace (a pod's host-side veth), set by
-    /// [`crate::workload::peers::PeerOwners`]; collectors add its attributes to the
+    /// `workload::peers::PeerOwners`; collectors add its attributes to the
     /// interface's series. Changing it gives the link a new [`instance`](Link::instance).
-    pub workload: Option<Arc<crate::workload::Workload>>,
+    pub workload: Option<Arc<Workload>>,
 }
 
 impl Link {
@@ -157,7 +158,7 @@ impl Table {
     pub(super) fn set_workload(
         &mut self,
         ifindex: u32,
-        workload: Option<Arc<crate::workload::Workload>>,
+        workload: Option<Arc<Workload>>,
     ) -> bool {
         let Ok(i) = self.find(ifindex) else {
             return false;

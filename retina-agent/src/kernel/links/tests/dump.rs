@@ -508,7 +508,7 @@ fn the_peer_namespace_id_of_a_veth() {
 #[test]
 fn setting_a_workload_makes_a_new_instance() {
     let mut l = Links::from_links([Link::new(4, "veth4")]);
-    let w = Arc::new(crate::workload::Workload {
+    let w = Arc::new(crate::model::Workload {
         pod_uid: Some(Arc::from("0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0")),
         ..Default::default()
     });
