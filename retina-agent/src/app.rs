@@ -45,12 +45,6 @@ fn init_logging(log: &LogConfig) {
     }
 }
 
-/// An error and its causes, each said once: our error types already print their source in
-/// their own message, so a cause is only added when the text so far does not contain it.
-fn chain(e: &anyhow::Error) -> String {
-    crate::kernel::sys::error_chain(e.as_ref())
-}
-
 /// Runs retina-agent with the process's arguments and environment; the exit status.
 pub fn main() -> ExitCode {
     crate::memory::configure();
@@ -118,7 +112,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli, loaded)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", chain(&e));
+            eprintln!("error: {}", crate::kernel::sys::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -293,7 +293,32 @@ impl Default for PrometheusConfig {
     }
 }
 
+/// A header of `export.headers` that cannot be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadHeader {
+    #[error("{0:?} is not a valid header name")]
+    Name(String),
+    #[error("the value of {0:?} is not a valid header value (control characters?)")]
+    Value(String),
+}
+
 impl ExportConfig {
+    /// `headers` as request headers (gRPC metadata), the one check of their names and
+    /// values: the configuration's checks and the exporters both use it. Names are
+    /// lowercased; values are marked sensitive (never logged).
+    pub fn header_map(&self) -> Result<http::HeaderMap, BadHeader> {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in &self.headers {
+            let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+                .map_err(|_| BadHeader::Name(k.clone()))?;
+            let mut value =
+                http::HeaderValue::from_str(v).map_err(|_| BadHeader::Value(k.clone()))?;
+            value.set_sensitive(true);
+            map.insert(name, value);
+        }
+        Ok(map)
+    }
+
     /// The URL the exporter sends to: `endpoint` or the protocol's default, with a scheme
     /// (per `insecure`) and, for HTTP, the metrics path when the URL has none.
     pub fn resolved_endpoint(&self) -> String {

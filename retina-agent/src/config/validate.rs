@@ -167,20 +167,8 @@ pub(super) fn export(c: &ExportConfig) -> Result<(), Violation> {
     }
     limits::duration(c.timeout, limits::EXPORT_TIMEOUT)
         .map_err(|reason| Violation::at(TIMEOUT, reason))?;
-    for (k, v) in &c.headers {
-        if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-            return Err(Violation::at(
-                HEADERS,
-                format!("{k:?} is not a valid header name"),
-            ));
-        }
-        if http::HeaderValue::from_str(v).is_err() {
-            return Err(Violation::at(
-                HEADERS,
-                format!("the value of {k:?} is not a valid header value (control characters?)"),
-            ));
-        }
-    }
+    c.header_map()
+        .map_err(|e| Violation::at(HEADERS, e.to_string()))?;
     match (&c.client_cert_file, &c.client_key_file) {
         (Some(_), None) => {
             return Err(Violation::of(

@@ -13,7 +13,6 @@
 mod backoff;
 mod partial;
 mod pipeline;
-mod streak;
 mod transport;
 
 use std::{
@@ -30,15 +29,13 @@ use tokio::task::JoinHandle;
 pub use partial::layer as partial_success_layer;
 #[cfg(feature = "internals")]
 pub use partial::totals as partial_success_totals;
-pub(crate) use transport::chain;
 
 use self::{
     backoff::Backoff,
     pipeline::{Pipeline, Sources, capped_limit},
-    streak::Streak,
 };
 use super::{ExportError, SharedAgent, catalog::Catalog, selfmetrics::ExportStats};
-use crate::config::ExportConfig;
+use crate::{config::ExportConfig, kernel::sys::error_chain, ratelimit::Streak};
 
 /// Extra time an export gets beyond the transport's own timeout, so that the transport's
 /// error (with its reason) usually wins over the hard stop.
@@ -69,7 +66,7 @@ impl Shared {
             None => reason.to_string(),
         };
         let mut streak = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        match streak.hit() {
+        match streak.fail() {
             Some(0) => tracing::warn!(
                 endpoint = %self.endpoint,
                 "OTLP export failed: {reason}; collection continues, the next export is tried \
@@ -80,7 +77,7 @@ impl Shared {
             ),
             Some(n) => tracing::warn!(
                 endpoint = %self.endpoint,
-                failures = streak.count,
+                failures = streak.count(),
                 "OTLP export still failing ({n} more failures since the last message): {reason}"
             ),
             None => tracing::debug!(
@@ -216,7 +213,7 @@ impl Otlp {
         stats
             .rejected_points
             .fetch_add(new_points, Ordering::Relaxed);
-        if let Some(n) = self.rejections.hit() {
+        if let Some(n) = self.rejections.fail() {
             tracing::warn!(
                 endpoint = %self.shared.endpoint,
                 rejected_data_points = new_points,
@@ -287,7 +284,7 @@ impl Otlp {
     pub(super) async fn export(&mut self) {
         if !self.reap().await {
             self.shared.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            match self.skips.hit() {
+            match self.skips.fail() {
                 Some(0) => tracing::warn!(
                     endpoint = %self.shared.endpoint,
                     "previous OTLP export still in flight (collector slow or not answering); \
@@ -376,7 +373,7 @@ async fn send(
     shared.stats.record_duration(started.elapsed());
     match result {
         Ok(Ok(())) => shared.succeeded(),
-        Ok(Err(e)) => shared.failed(&chain(&e)),
+        Ok(Err(e)) => shared.failed(&error_chain(&e)),
         Err(_) => shared.failed(&format!(
             "no answer within {}",
             humantime::format_duration(deadline)

@@ -30,7 +30,7 @@ use super::super::ExportError;
 use crate::config::{Compression, ExportConfig, Protocol, Temporality};
 
 /// An error and its sources, `: `-separated, without repeats.
-pub(crate) use crate::kernel::sys::error_chain as chain;
+use crate::kernel::sys::error_chain;
 
 /// A PEM file: a regular file of at most [`crate::fsutil::PEM_MAX_BYTES`].
 fn read(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ExportError> {
@@ -71,18 +71,11 @@ fn build_err(endpoint: &str, reason: String) -> ExportError {
     }
 }
 
-/// The configured headers, checked; values are marked sensitive (never logged).
+/// The configured headers ([`ExportConfig::header_map`]).
 fn header_map(config: &ExportConfig, endpoint: &str) -> Result<http::HeaderMap, ExportError> {
-    let mut map = http::HeaderMap::new();
-    for (k, v) in &config.headers {
-        let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
-            .map_err(|_| build_err(endpoint, format!("header {k:?}: invalid name")))?;
-        let mut value = http::HeaderValue::from_str(v)
-            .map_err(|_| build_err(endpoint, format!("header {k:?}: invalid value")))?;
-        value.set_sensitive(true);
-        map.insert(name, value);
-    }
-    Ok(map)
+    config
+        .header_map()
+        .map_err(|e| build_err(endpoint, e.to_string()))
 }
 
 /// Why the last HTTP request failed, in full: the exporter's own error says only
@@ -132,7 +125,7 @@ impl HttpClient for Client {
                 Ok(response)
             }
             Err(e) => {
-                self.last_error.set(chain(&*e));
+                self.last_error.set(error_chain(&*e));
                 Err(e)
             }
         }
@@ -189,7 +182,7 @@ pub(super) fn exporter(
     };
     built
         .map(|e| (e, last_error))
-        .map_err(|e| build_err(endpoint, chain(&e)))
+        .map_err(|e| build_err(endpoint, error_chain(&e)))
 }
 
 /// A lazily connecting gRPC channel: bounded by the timeout, kept alive by HTTP/2 pings,
@@ -200,11 +193,11 @@ fn grpc_channel(
 ) -> Result<tonic::transport::Channel, ExportError> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
     let mut ep = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| build_err(endpoint, chain(&e)))?
+        .map_err(|e| build_err(endpoint, error_chain(&e)))?
         .timeout(config.timeout)
         .connect_timeout(config.timeout)
         .user_agent(concat!("retina-agent/", env!("CARGO_PKG_VERSION")))
-        .map_err(|e| build_err(endpoint, chain(&e)))?
+        .map_err(|e| build_err(endpoint, error_chain(&e)))?
         // Notice a dead connection (collector host gone) without waiting for TCP.
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
@@ -222,7 +215,7 @@ fn grpc_channel(
         }
         ep = ep
             .tls_config(tls)
-            .map_err(|e| ExportError::Tls(chain(&e)))?;
+            .map_err(|e| ExportError::Tls(error_chain(&e)))?;
     }
     Ok(ep.connect_lazy())
 }
@@ -240,7 +233,7 @@ fn http_client(config: &ExportConfig) -> Result<reqwest::Client, ExportError> {
         .user_agent(concat!("retina-agent/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &config.ca_file {
         let certs = reqwest::Certificate::from_pem_bundle(&read("CA file", path)?)
-            .map_err(|e| ExportError::Tls(format!("{}: {}", path.display(), chain(&e))))?;
+            .map_err(|e| ExportError::Tls(format!("{}: {}", path.display(), error_chain(&e))))?;
         client = client.tls_certs_only(certs);
     }
     if let (Some(cert), Some(key)) = (&config.client_cert_file, &config.client_key_file) {
@@ -248,8 +241,8 @@ fn http_client(config: &ExportConfig) -> Result<reqwest::Client, ExportError> {
         pem.push(b'\n');
         pem.extend(read("client key", key)?);
         let identity = reqwest::Identity::from_pem(&pem)
-            .map_err(|e| ExportError::Tls(format!("client certificate/key: {}", chain(&e))))?;
+            .map_err(|e| ExportError::Tls(format!("client certificate/key: {}", error_chain(&e))))?;
         client = client.identity(identity);
     }
-    client.build().map_err(|e| ExportError::Tls(chain(&e)))
+    client.build().map_err(|e| ExportError::Tls(error_chain(&e)))
 }
