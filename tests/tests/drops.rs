@@ -515,7 +515,8 @@ fn missing_or_broken_btf_gives_a_clear_reason() -> anyhow::Result<()> {
 fn a_nearly_full_map_sheds_keys_of_vanished_namespaces() -> anyhow::Result<()> {
     use retina_agent::{
         agent::Agent,
-        config::{Config, DropsConfig},
+        collectors::drops::DropsConfig,
+        config::Config,
         model::{Metric, Number},
     };
     require_root();
@@ -705,10 +706,7 @@ fn assert_series_leave_with(
 /// Also with drop locations on, where one series sums the keys of one function.
 #[test]
 fn keys_of_a_deleted_host_interface_leave_with_it() -> anyhow::Result<()> {
-    use retina_agent::{
-        agent::Agent,
-        config::{Config, DropsConfig},
-    };
+    use retina_agent::{agent::Agent, collectors::drops::DropsConfig, config::Config};
     require_root();
     for locations in [false, true] {
         let options = Config {

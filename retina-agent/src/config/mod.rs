@@ -49,12 +49,9 @@ pub use self::{
 /// Driven directly by the fuzz targets.
 #[cfg(any(test, feature = "internals"))]
 pub use self::env::check_env_utf8;
-use crate::{
-    collectors::drops::probe::Hook,
-    collectors::{
-        conntrack::ConntrackConfig, ethtool::EthtoolConfig, netdev::NetdevConfig,
-        netstat::NetstatConfig, qdisc::QdiscConfig, softnet::SoftnetConfig,
-    },
+use crate::collectors::{
+    conntrack::ConntrackConfig, drops::DropsConfig, ethtool::EthtoolConfig,
+    netdev::NetdevConfig, netstat::NetstatConfig, qdisc::QdiscConfig, softnet::SoftnetConfig,
 };
 
 /// Where the daemon looks for its configuration when `--config` is not given. A missing
@@ -137,37 +134,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for journald and log shippers.
     Json,
-}
-
-/// `[drops]`: the kernel packet drop counter (eBPF on the `kfree_skb` tracepoint).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DropsConfig {
-    /// Whether to load the eBPF probe and count drops by reason.
-    pub enabled: bool,
-    /// Capacity of the kernel drop map (distinct reason/namespace/interface/protocol keys);
-    /// drops beyond it are counted in `retina.drop.overflow.*`.
-    pub map_entries: u32,
-    /// Add `drop.location` (the kernel function that freed the packet) to the drop series.
-    pub locations: bool,
-    /// With `locations`: distinct functions named; drops elsewhere go without
-    /// `drop.location` and are counted in `retina.drop.location.overflow`.
-    pub locations_capacity: u32,
-    /// `--drop-hook`: how the probe attaches to `kfree_skb` (not a file key).
-    #[serde(skip)]
-    pub hook: Hook,
-}
-
-impl Default for DropsConfig {
-    fn default() -> Self {
-        DropsConfig {
-            enabled: true,
-            map_entries: retina_ebpf_common::DEFAULT_DROPS_MAX_ENTRIES,
-            locations: false,
-            locations_capacity: crate::collectors::drops::locations::DEFAULT_CAPACITY,
-            hook: Hook::Auto,
-        }
-    }
 }
 
 /// Where the configuration came from.

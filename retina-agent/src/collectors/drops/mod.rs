@@ -2,7 +2,7 @@
 //!
 //! The commands use three entry points: [`Builder`] makes the collector (for `run` and
 //! `snapshot`), [`preflight`] is what `check` asks of the probe, and [`Hook`] is how the
-//! probe attaches.
+//! probe attaches. [`DropsConfig`] is the collector's section of the configuration.
 
 pub mod builder;
 pub mod collector;
@@ -16,3 +16,36 @@ pub mod reasons;
 pub use builder::Builder;
 pub use collector::DropCollector;
 pub use probe::Hook;
+
+use serde::Deserialize;
+
+/// `[drops]`: the kernel packet drop counter (eBPF on the `kfree_skb` tracepoint).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DropsConfig {
+    /// Whether to load the eBPF probe and count drops by reason.
+    pub enabled: bool,
+    /// Capacity of the kernel drop map (distinct reason/namespace/interface/protocol keys);
+    /// drops beyond it are counted in `retina.drop.overflow.*`.
+    pub map_entries: u32,
+    /// Add `drop.location` (the kernel function that freed the packet) to the drop series.
+    pub locations: bool,
+    /// With `locations`: distinct functions named; drops elsewhere go without
+    /// `drop.location` and are counted in `retina.drop.location.overflow`.
+    pub locations_capacity: u32,
+    /// `--drop-hook`: how the probe attaches to `kfree_skb` (not a file key).
+    #[serde(skip)]
+    pub hook: Hook,
+}
+
+impl Default for DropsConfig {
+    fn default() -> Self {
+        DropsConfig {
+            enabled: true,
+            map_entries: retina_ebpf_common::DEFAULT_DROPS_MAX_ENTRIES,
+            locations: false,
+            locations_capacity: locations::DEFAULT_CAPACITY,
+            hook: Hook::Auto,
+        }
+    }
+}
