@@ -57,7 +57,7 @@ pub struct Cli {
         default_value = "auto",
         hide_short_help = true
     )]
-    pub drop_hook: DropHook,
+    pub drop_hook: Hook,
 
     #[command(subcommand)]
     pub command: Command,
@@ -147,29 +147,6 @@ impl RunArgs {
     }
 }
 
-/// `--drop-hook`: how the drop probe attaches to `kfree_skb` (the probe's [`Hook`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum DropHook {
-    /// The BTF-enabled tracepoint where it loads, else the raw tracepoint.
-    #[default]
-    Auto,
-    /// Only the BTF-enabled tracepoint (`tp_btf`, direct loads).
-    Btf,
-    /// Only the raw tracepoint (`bpf_probe_read_kernel`): what kernels without BTF-enabled
-    /// tracepoints run.
-    Raw,
-}
-
-impl From<DropHook> for Hook {
-    fn from(hook: DropHook) -> Hook {
-        match hook {
-            DropHook::Auto => Hook::Auto,
-            DropHook::Btf => Hook::Btf,
-            DropHook::Raw => Hook::Raw,
-        }
-    }
-}
-
 /// Output of `snapshot` and `reasons`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -228,7 +205,7 @@ impl Cli {
         let mut o = Overrides {
             log_format: self.log_format,
             drop_map_entries: self.drop_map_entries,
-            drop_hook: self.drop_hook.into(),
+            drop_hook: self.drop_hook,
             btf: self.btf.clone(),
             ..Overrides::default()
         };

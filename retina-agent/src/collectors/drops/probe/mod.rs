@@ -124,8 +124,8 @@ impl Default for ProbeOptions {
     }
 }
 
-/// How the probe attaches to `kfree_skb`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How the probe attaches to `kfree_skb` (`--drop-hook`: the variants' docs are its help).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Hook {
     /// The BTF-enabled tracepoint where it loads, else the raw tracepoint.
     #[default]
