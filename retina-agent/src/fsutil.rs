@@ -10,7 +10,7 @@ use std::{
     fs::File,
     io::{self, Read},
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::fs::{FileTypeExt, OpenOptionsExt},
     },
     path::Path,
@@ -125,18 +125,29 @@ pub fn read_regular_into(path: &CStr, buf: &mut Vec<u8>, cap: usize) -> io::Resu
         };
         return Err(not_regular(what));
     }
+    pread_to_end(fd.as_fd(), buf, cap)
+}
+
+/// Reads `fd` from offset 0 to its end into `buf` (cleared first; the file position is not
+/// used), retrying a read that a signal interrupted, growing `buf` only when the file
+/// outgrew its capacity, and refusing more than `cap` bytes. The one read loop of the
+/// agent's files: [`read_regular_into`] and the procfs files read every cycle
+/// (`collectors::procfile`).
+pub fn pread_to_end(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, cap: usize) -> io::Result<()> {
     buf.clear();
     loop {
         if buf.len() == buf.capacity() {
             buf.reserve(buf.capacity().max(4096));
         }
+        let offset = buf.len() as libc::off_t;
         let spare = buf.spare_capacity_mut();
         // SAFETY: `spare` is valid for writes of `spare.len()` bytes.
         let n = unsafe {
-            libc::read(
+            libc::pread(
                 fd.as_raw_fd(),
                 spare.as_mut_ptr().cast::<libc::c_void>(),
                 spare.len(),
+                offset,
             )
         };
         if n < 0 {

@@ -1,16 +1,18 @@
 //! A procfs (or sysfs) file kept open and read again from offset 0 every cycle, into a
-//! buffer reused across cycles: after the first read, a cycle costs one `pread` loop and
+//! buffer reused across cycles: after the first read, a cycle costs one `pread` loop ([`pread_to_end`]) and
 //! allocates nothing (seq_file and sysctl files produce fresh contents for a read at 0).
 
 use std::{
     ffi::CString,
     io,
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
 };
+
+use crate::fsutil::pread_to_end;
 
 /// The path contains a NUL byte.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +50,7 @@ impl ProcFile {
     /// is closed, so the next read opens it again (a module loaded or unloaded meanwhile).
     pub fn read(&mut self) -> io::Result<&[u8]> {
         let fd = match &self.fd {
-            Some(fd) => fd.as_raw_fd(),
+            Some(fd) => fd,
             None => {
                 // SAFETY: `cpath` is NUL-terminated; the descriptor is owned below.
                 let fd =
@@ -57,45 +59,16 @@ impl ProcFile {
                     return Err(io::Error::last_os_error());
                 }
                 // SAFETY: `fd` was just opened and is owned by nobody else.
-                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                self.fd = Some(owned);
-                fd
+                self.fd.insert(unsafe { OwnedFd::from_raw_fd(fd) })
             }
         };
-        match pread_all(fd, &mut self.buf) {
+        match pread_to_end(fd.as_fd(), &mut self.buf, usize::MAX) {
             Ok(()) => Ok(&self.buf),
             Err(e) => {
                 self.fd = None;
                 Err(e)
             }
         }
-    }
-}
-
-/// Reads from offset 0 to end of file into `buf` (cleared first), growing it only when the
-/// file outgrew its capacity.
-fn pread_all(fd: libc::c_int, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.clear();
-    loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.capacity().max(4096));
-        }
-        let offset = buf.len() as libc::off_t;
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: `spare` is valid for writes of `spare.len()` bytes.
-        let n = unsafe { libc::pread(fd, spare.as_mut_ptr().cast(), spare.len(), offset) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        // SAFETY: the kernel initialized `n` bytes of the spare capacity.
-        unsafe { buf.set_len(buf.len() + n as usize) };
     }
 }
 
