@@ -37,10 +37,9 @@ use serde::Deserialize;
 
 use crate::{
     collectors::{
-        CollectError, Collector,
+        ProcCollector,
         procfile::{NulPath, ProcFile, Wide, dec_u64, hex_u64, parse_cpu_list},
     },
-    kernel::links::Links,
     model::{Kind, Metric, Number, Visitor},
 };
 
@@ -400,20 +399,16 @@ impl ConntrackCollector {
     }
 }
 
-impl Collector for ConntrackCollector {
-    fn name(&self) -> &'static str {
-        "conntrack"
+impl ProcCollector for ConntrackCollector {
+    const NAME: &'static str = "conntrack";
+    const METRICS: &'static [&'static Metric] = METRICS;
+    type Error = ConntrackError;
+
+    fn read(&mut self) -> Result<(), ConntrackError> {
+        self.update()
     }
 
-    fn metrics(&self) -> &'static [&'static Metric] {
-        METRICS
-    }
-
-    fn collect(&mut self, _links: &Links) -> Result<(), CollectError> {
-        Ok(self.update()?)
-    }
-
-    fn visit(&self, visitor: &mut dyn Visitor) {
+    fn points(&self, visitor: &mut dyn Visitor) {
         if let Some(v) = self.count.value {
             visitor.point(&CONNTRACK_ENTRIES, &[], Number::U64(v));
         }

@@ -38,3 +38,39 @@ pub trait Collector: Send {
     /// Hands every data point from the last successful `collect` to `visitor`.
     fn visit(&self, visitor: &mut dyn Visitor);
 }
+
+/// The shape of the collectors that read procfs files again every cycle and need no
+/// interface table (`conntrack`, `softnet`, `netstat`): each says its name, its metrics,
+/// how it reads and what it holds, and is a [`Collector`] by that.
+pub trait ProcCollector: Send {
+    /// [`Collector::name`].
+    const NAME: &'static str;
+    /// [`Collector::metrics`].
+    const METRICS: &'static [&'static Metric];
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Reads the files again ([`Collector::collect`]).
+    fn read(&mut self) -> Result<(), Self::Error>;
+
+    /// Hands every data point from the last successful read to `visitor`
+    /// ([`Collector::visit`]).
+    fn points(&self, visitor: &mut dyn Visitor);
+}
+
+impl<T: ProcCollector> Collector for T {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn metrics(&self) -> &'static [&'static Metric] {
+        T::METRICS
+    }
+
+    fn collect(&mut self, _links: &Links) -> Result<(), CollectError> {
+        Ok(self.read()?)
+    }
+
+    fn visit(&self, visitor: &mut dyn Visitor) {
+        self.points(visitor);
+    }
+}

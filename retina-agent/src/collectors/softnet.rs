@@ -41,10 +41,9 @@ use serde::Deserialize;
 
 use crate::{
     collectors::{
-        CollectError, Collector,
+        ProcCollector,
         procfile::{NulPath, ProcFile, Wide, hex_u64, parse_cpu_list},
     },
-    kernel::links::Links,
     model::{Kind, Metric, Number, Visitor},
 };
 
@@ -393,20 +392,16 @@ impl Cpu {
     }
 }
 
-impl Collector for SoftnetCollector {
-    fn name(&self) -> &'static str {
-        "softnet"
+impl ProcCollector for SoftnetCollector {
+    const NAME: &'static str = "softnet";
+    const METRICS: &'static [&'static Metric] = METRICS;
+    type Error = SoftnetError;
+
+    fn read(&mut self) -> Result<(), SoftnetError> {
+        self.update()
     }
 
-    fn metrics(&self) -> &'static [&'static Metric] {
-        METRICS
-    }
-
-    fn collect(&mut self, _links: &Links) -> Result<(), CollectError> {
-        Ok(self.update()?)
-    }
-
-    fn visit(&self, visitor: &mut dyn Visitor) {
+    fn points(&self, visitor: &mut dyn Visitor) {
         for c in &self.cpus {
             let a = &c.attrs[..];
             visitor.point(&SOFTNET_PROCESSED, a, Number::U64(c.processed.get()));

@@ -55,9 +55,8 @@ use serde::Deserialize;
 
 use self::parse::{build_lines, build_pairs, check_values, scan_lines, scan_pairs, to_number};
 use crate::{
-    collectors::{CollectError, Collector},
+    collectors::ProcCollector,
     filter::{NameFilter, Pattern},
-    kernel::links::Links,
     model::{Kind, Metric, Number, Visitor},
 };
 
@@ -275,20 +274,16 @@ impl NetstatCollector {
     }
 }
 
-impl Collector for NetstatCollector {
-    fn name(&self) -> &'static str {
-        "netstat"
+impl ProcCollector for NetstatCollector {
+    const NAME: &'static str = "netstat";
+    const METRICS: &'static [&'static Metric] = METRICS;
+    type Error = NetstatError;
+
+    fn read(&mut self) -> Result<(), NetstatError> {
+        self.update()
     }
 
-    fn metrics(&self) -> &'static [&'static Metric] {
-        METRICS
-    }
-
-    fn collect(&mut self, _links: &Links) -> Result<(), CollectError> {
-        Ok(self.update()?)
-    }
-
-    fn visit(&self, visitor: &mut dyn Visitor) {
+    fn points(&self, visitor: &mut dyn Visitor) {
         for slot in self.sources.iter().flat_map(|s| &s.slots) {
             if let Some(attrs) = &slot.attrs {
                 let metric = match slot.kind {

@@ -1,6 +1,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use super::{parse::*, *};
+use crate::collectors::Collector;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/proc")

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::collectors::Collector;
 
 /// 2.6.35-3.10: 10 columns (received_rps last).
 const V2_6: &str = "0000a1b2 00000003 00000004 00000000 00000000 00000000 00000000 00000000 00000000 00000005\n\
