@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(s) = std::str::from_utf8(text) {
         // The flag parsers see single values; the whole text is one.
-        let _ = config::parse_duration(s);
+        let _ = retina_agent::duration::parse(s);
         let _ = config::parse_interval(s);
         if let Ok(e) = config::parse_endpoint(s) {
             let _ = config::endpoint_host_port(&e);

@@ -85,13 +85,13 @@ pub enum Command {
 }
 
 fn parse_snapshot_duration(s: &str) -> Result<Duration, String> {
-    let d = config::parse_duration(s)?;
+    let d = crate::duration::parse(s)?;
     config::limits::duration(d, config::limits::SNAPSHOT_DURATION)?;
     Ok(d)
 }
 
 fn parse_settle(s: &str) -> Result<Duration, String> {
-    let d = config::parse_duration(s)?;
+    let d = crate::duration::parse(s)?;
     config::limits::duration(d, config::limits::SNAPSHOT_SETTLE)?;
     Ok(d)
 }

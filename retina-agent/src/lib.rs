@@ -31,6 +31,7 @@ modules! {
     collectors;
     commands;
     config;
+    duration;
     ebpf_log;
     export;
     fdshortage;

@@ -97,8 +97,7 @@ fn the_unit_uses_notify_with_a_watchdog_the_pings_fit_in() -> Result<()> {
     };
     assert_eq!(value("Type"), Some("notify"));
     let watchdog = value("WatchdogSec").context("WatchdogSec=")?;
-    let watchdog: Duration =
-        retina_agent::config::parse_duration(watchdog).map_err(anyhow::Error::msg)?;
+    let watchdog: Duration = retina_agent::duration::parse(watchdog).map_err(anyhow::Error::msg)?;
     // The default interval is pinged every cycle or every few, well within the period.
     assert!(
         watchdog >= retina_agent::config::DEFAULT_INTERVAL * 3,

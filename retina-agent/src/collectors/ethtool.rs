@@ -170,7 +170,7 @@ pub struct EthtoolConfig {
     /// How often link state is refreshed: a duration string such as `"90s"`, `"5m"`
     /// (or a whole number of seconds); default `"60s"`. A new interface triggers a refresh
     /// sooner (at most one per second).
-    #[serde(deserialize_with = "duration::deserialize")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub link_state_interval: Duration,
 }
 
@@ -201,36 +201,6 @@ impl EthtoolConfig {
     /// The statistic-name filter.
     pub fn stat_filter(&self) -> NameFilter {
         NameFilter::new(&self.stats_include, &self.stats_exclude)
-    }
-}
-
-mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, de::Error};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-
-    /// A humantime string (`"60s"`, `"5m"`, `"500ms"`) or a whole number of seconds;
-    /// never zero.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let parsed = match Raw::deserialize(d)? {
-            Raw::Secs(s) => Duration::from_secs(s),
-            Raw::Text(t) => humantime::parse_duration(&t).map_err(|_| {
-                D::Error::custom(format!(
-                    "invalid duration {t:?} (examples: \"60s\", \"5m\", \"500ms\")"
-                ))
-            })?,
-        };
-        if parsed.is_zero() {
-            return Err(D::Error::custom("the duration must be greater than zero"));
-        }
-        Ok(parsed)
     }
 }
 

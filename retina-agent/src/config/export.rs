@@ -185,7 +185,7 @@ pub struct ExportConfig {
     /// none). Values are never logged.
     pub headers: BTreeMap<String, String>,
     /// Time one export may take, connecting included (default `10s`).
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub timeout: Duration,
     /// `cumulative` (default) or `delta` sums. Prometheus is always cumulative.
     pub temporality: Temporality,

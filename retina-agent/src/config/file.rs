@@ -2,16 +2,11 @@
 //! deserialized into [`Config`], with errors naming the file, the dotted key
 //! (`ethtool.stats_include[2]`), the reason and the position.
 
-use std::{
-    fmt,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
-use serde::Deserializer;
 use toml::de::{DeTable, DeValue};
 
-use super::{Config, ConfigError, DEFAULT_PATH, Invalid, error::Violation, parse_duration};
+use super::{Config, ConfigError, DEFAULT_PATH, Invalid, error::Violation};
 
 /// A configuration file as deserialized, before the environment and the flags; checked
 /// with them by [`super::resolve`].
@@ -24,28 +19,6 @@ pub struct FileConfig {
     path: PathBuf,
     /// Its text, for the position of a value the checks refuse.
     text: String,
-}
-
-pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    struct V;
-    impl serde::de::Visitor<'_> for V {
-        type Value = Duration;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a duration such as \"10s\", \"500ms\", \"1m\" or whole seconds")
-        }
-        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Duration, E> {
-            match u64::try_from(n) {
-                Ok(s) if s > 0 => Ok(Duration::from_secs(s)),
-                _ => Err(E::custom(format!(
-                    "invalid duration {n}: must be greater than zero"
-                ))),
-            }
-        }
-        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
-            parse_duration(s).map_err(E::custom)
-        }
-    }
-    d.deserialize_any(V)
 }
 
 /// Parses configuration text. `file` only names it in errors.

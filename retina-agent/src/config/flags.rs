@@ -67,19 +67,9 @@ impl Overrides {
     }
 }
 
-/// Accepts a humantime duration string greater than zero (`10s`, `500ms`, `1m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|_| format!("invalid duration {s:?} (examples: 10s, 500ms, 1m)"))?;
-    if d.is_zero() {
-        return Err(format!("invalid duration {s:?}: must be greater than zero"));
-    }
-    Ok(d)
-}
-
-/// [`parse_duration`] within [`limits::INTERVAL`] (the `--interval` flag).
+/// [`crate::duration::parse`] within [`limits::INTERVAL`] (the `--interval` flag).
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
+    let d = crate::duration::parse(s)?;
     limits::duration(d, limits::INTERVAL)?;
     Ok(d)
 }

@@ -44,7 +44,7 @@ pub use self::{
         Compression, ExportConfig, PrometheusConfig, Protocol, SeriesPolicy, Temporality,
     },
     file::{FileConfig, parse},
-    flags::{Overrides, endpoint_host_port, parse_duration, parse_endpoint, parse_interval},
+    flags::{Overrides, endpoint_host_port, parse_endpoint, parse_interval},
 };
 /// Driven directly by the fuzz targets.
 #[cfg(any(test, feature = "internals"))]
@@ -66,7 +66,7 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// How often to collect and export (default 10s).
-    #[serde(deserialize_with = "file::duration")]
+    #[serde(deserialize_with = "crate::duration::deserialize")]
     pub interval: Duration,
     pub log: LogConfig,
     pub drops: DropsConfig,
