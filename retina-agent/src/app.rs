@@ -135,7 +135,7 @@ async fn dispatch(cli: Cli, loaded: Result<config::Loaded, ConfigError>) -> Resu
             let input = commands::check::Input {
                 config: loaded.as_ref(),
                 btf_path: cli.btf.as_deref(),
-                hook: cli.drop_hook.into(),
+                hook: cli.drop_hook,
             };
             return Ok(commands::check::command(&input, args.format));
         }
