@@ -18,13 +18,19 @@
 //! drop collector is never touched. Restarted exporters start their own counters
 //! (`retina.agent.export.*`) from zero.
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use crate::{
-    commands::run::SHUTDOWN_BUDGET,
     config::{self, Config, ConfigError, Loaded, Overrides},
     export::{Exporters, SharedAgent},
 };
+
+/// Time a stop of the exporters may take, final OTLP export included: here when they
+/// restart, and in `run` for the final collection and export after a shutdown signal.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(3);
 
 /// How the daemon's configuration is read again.
 #[derive(Clone, Debug)]

@@ -14,14 +14,11 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     agent::Agent,
-    commands::reload::{self, Reloader},
+    commands::reload::{self, Reloader, SHUTDOWN_BUDGET},
     config::Config,
     export::{ExportError, Exporters, SharedAgent},
     report::{self, Point, losses},
 };
-
-/// Time the final collection and export may take after a shutdown signal.
-pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
