@@ -224,7 +224,7 @@ impl Agent {
     }
 
     /// Adds a collector (used to plug in the NIC, netdev and netstat collectors).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn add(&mut self, collector: Box<dyn Collector>) {
         self.push(collector);
     }
@@ -233,7 +233,7 @@ impl Agent {
         &self.degraded
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn links(&self) -> &Links {
         &self.links
     }

@@ -61,13 +61,13 @@ impl Pattern {
     }
 
     /// The pattern as written (not anchored).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn as_str(&self) -> &str {
         &self.source
     }
 
     /// Whether `name` matches as a whole.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn is_match(&self, name: &str) -> bool {
         self.regex.is_match(name)
     }
@@ -130,7 +130,7 @@ impl NameFilter {
     }
 
     /// A filter that selects every name.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn all() -> NameFilter {
         NameFilter::default()
     }

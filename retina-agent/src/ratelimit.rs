@@ -49,7 +49,7 @@ impl Streak {
     }
 
     /// Whether the last record was a failure.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn failing(&self) -> bool {
         self.failing
     }

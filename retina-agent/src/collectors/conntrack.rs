@@ -299,13 +299,13 @@ impl ConntrackCollector {
     }
 
     /// Whether conntrack was present at the last read.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn present(&self) -> bool {
         self.absent == Some(false)
     }
 
     /// Number of (statistic, CPU) counters exported.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn exported(&self) -> usize {
         self.stats.len()
     }

@@ -120,7 +120,7 @@ impl<T> Interfaces<T> {
     }
 
     /// The entry of `ifindex`, if it is tracked.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn get(&self, ifindex: u32) -> Option<&T> {
         self.index(ifindex).map(|i| &self.entries[i].value)
     }
@@ -131,12 +131,12 @@ impl<T> Interfaces<T> {
     }
 
     /// Number of interfaces tracked.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -147,7 +147,7 @@ impl<T> Interfaces<T> {
     }
 
     /// The tracked ifindexes, in order.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn ifindexes(&self) -> impl Iterator<Item = u32> + '_ {
         self.entries.iter().map(|e| e.ifindex)
     }

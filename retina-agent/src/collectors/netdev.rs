@@ -129,7 +129,7 @@ impl NetdevCollector {
     }
 
     /// Number of interfaces currently exported.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn exported(&self) -> usize {
         self.ifaces.values().filter(|s| s.is_some()).count()
     }

@@ -49,8 +49,7 @@ use self::{
 use crate::{
     collectors::{CollectError, Collector},
     kernel::links::{
-        self, INITIAL_BUF, LinkError, Links, MAX_ATTEMPTS, MAX_BUF, Malformed, NLMSG_HDRLEN,
-        RECV_TIMEOUT, read_u32,
+        self, INITIAL_BUF, LinkError, Links, MAX_ATTEMPTS, MAX_BUF, Malformed, RECV_TIMEOUT,
     },
     model::{Kind, Metric, Number, Visitor},
 };
@@ -230,7 +229,7 @@ impl QdiscCollector {
     }
 
     /// Number of qdiscs and classes exported.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn exported(&self) -> usize {
         self.table.series.len()
     }
@@ -264,7 +263,7 @@ impl QdiscCollector {
     /// `links`; each dump's sequence number and port id are those of its first message.
     /// Returns the number of series exported, or the first dump's error. The entry point
     /// of the fuzz target `rtnetlink` (`fuzz/`) and of tests.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn apply_replies(
         links: &Links,
         qdiscs: &[&[u8]],
@@ -281,8 +280,8 @@ impl QdiscCollector {
         {
             let (seq, portid) = datagrams
                 .iter()
-                .find(|d| d.len() >= NLMSG_HDRLEN)
-                .map_or((0, 0), |d| (read_u32(d, 8), read_u32(d, 12)));
+                .find(|d| d.len() >= links::NLMSG_HDRLEN)
+                .map_or((0, 0), |d| (links::read_u32(d, 8), links::read_u32(d, 12)));
             let mut dump = Dump {
                 op: if class {
                     "RTM_GETTCLASS dump"

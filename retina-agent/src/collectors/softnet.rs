@@ -273,13 +273,13 @@ impl SoftnetCollector {
     }
 
     /// Number of CPUs currently exported.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn cpus(&self) -> usize {
         self.cpus.len()
     }
 
     /// Column count of the file at the last successful read (0 before).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn columns(&self) -> usize {
         self.columns
     }

@@ -38,7 +38,7 @@ fn shown(value: &Option<String>) -> String {
 
 impl ConfigError {
     /// The problem in the file, if that is what this is.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn invalid(&self) -> Option<&Invalid> {
         match self {
             ConfigError::Invalid(i) => Some(i),

@@ -134,7 +134,7 @@ impl Catalog {
         self.entries.len()
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -270,7 +270,7 @@ impl Catalog {
     }
 
     /// How many points each metric exports right now.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn count_points(&self, agent: &Agent, export_stats: Option<&ExportStats>) -> Vec<usize> {
         self.count(agent, export_stats, self.policy)
     }

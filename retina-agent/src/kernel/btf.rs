@@ -363,7 +363,7 @@ impl Btf {
     }
 
     /// Size in bytes of `struct NAME`.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn struct_size(&self, name: &str) -> Option<u32> {
         self.find(KIND_STRUCT, name)
             .and_then(|id| self.ty(id))

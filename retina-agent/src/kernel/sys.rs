@@ -4,15 +4,15 @@
 use std::{ffi::CStr, io};
 
 /// `bpf(2)` commands (`enum bpf_cmd`, include/uapi/linux/bpf.h) used here and by the bench.
-#[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+#[cfg(feature = "internals")]
 pub const BPF_MAP_CREATE: libc::c_long = 0;
 pub const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 pub const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 pub const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-#[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+#[cfg(feature = "internals")]
 pub const BPF_PROG_LOAD: libc::c_long = 5;
 pub const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-#[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+#[cfg(feature = "internals")]
 pub const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 pub const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 

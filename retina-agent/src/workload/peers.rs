@@ -99,7 +99,7 @@ impl PeerOwners {
     }
 
     /// How many resolutions ran.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn runs(&self) -> u64 {
         self.runs
     }

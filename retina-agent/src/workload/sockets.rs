@@ -290,7 +290,7 @@ impl SocketOwners {
     }
 
     /// How many removed cgroups are remembered (tests, bench).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests and the bench"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn removed_len(&self) -> usize {
         self.removed.len()
     }

@@ -234,7 +234,7 @@ impl DropCollector {
         }
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn probe_mut(&mut self) -> &mut DropProbe {
         &mut self.probe
     }

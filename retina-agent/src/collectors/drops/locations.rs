@@ -86,7 +86,7 @@ impl Locations {
         self.names.len()
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn capacity(&self) -> usize {
         self.capacity
     }

@@ -107,12 +107,12 @@ impl DropReasons {
         self.names.iter().map(|(v, n)| (*v, &**n))
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn len(&self) -> usize {
         self.names.len()
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }

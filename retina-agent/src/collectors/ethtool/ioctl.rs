@@ -95,7 +95,7 @@ pub struct IfName([u8; IFNAMSIZ]);
 impl IfName {
     /// `None` when the name does not fit `IFNAMSIZ` or contains a NUL (the kernel never
     /// reports such a name).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn new(name: &str) -> Option<IfName> {
         Self::from_bytes(name.as_bytes())
     }
@@ -376,7 +376,7 @@ impl GuardedBuf {
     }
 
     /// Usable bytes before the guard page.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn capacity(&self) -> usize {
         self.usable
     }

@@ -6,7 +6,7 @@
 //! with heap allocations, so this runs in the link-state task, never in a collection
 //! cycle.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use ethtool::{
     EthtoolAttr, EthtoolChannelAttr, EthtoolHeader, EthtoolLinkModeAttr, EthtoolLinkModeDuplex,
@@ -32,8 +32,8 @@ pub enum LinkStateError {
     #[error("ethtool link state: {0}")]
     Worker(String),
     #[error("ethtool link state: no refresh within {0:?}")]
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    Timeout(Duration),
+    #[cfg(any(test, feature = "internals"))]
+    Timeout(std::time::Duration),
 }
 
 /// One interface's link state as the kernel reported it.

@@ -265,7 +265,7 @@ impl NetstatCollector {
     }
 
     /// Number of data points currently exported.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn exported(&self) -> usize {
         self.sources
             .iter()
@@ -399,7 +399,7 @@ impl Source {
 /// the `Lines` format of `/proc/net/snmp6`, else the `Pairs` format of `netstat` and
 /// `snmp`); for each cycle, the number of data points the filter selects or the error.
 /// The entry point of the fuzz target `procfs` (`fuzz/`) and of tests.
-#[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+#[cfg(feature = "internals")]
 pub fn parse_cycles(
     snmp6: bool,
     cycles: &[&[u8]],

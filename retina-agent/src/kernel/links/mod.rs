@@ -63,7 +63,7 @@ use std::{
 };
 
 pub(crate) use parse::{Attrs, Messages, nul_terminated};
-use socket::{Dump, DumpKind, Sockets, Step};
+use socket::{Dump, DumpKind, Sockets};
 pub(crate) use socket::{drain, open_socket, recv, send_dump_request, send_request};
 pub use table::Link;
 use table::Table;
@@ -269,7 +269,7 @@ impl Links {
     /// A fixed table without a kernel socket, for tests and replays:
     /// [`refresh`](Links::refresh) fails with [`LinkError::Detached`]. Links are sorted by
     /// ifindex; of duplicates the last one wins.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn from_links(links: impl IntoIterator<Item = Link>) -> Links {
         let mut l = Links::with(None, 0);
         for link in links {
@@ -295,20 +295,20 @@ impl Links {
     }
 
     /// Inserts or replaces the link with `link.ifindex` (for tests and replays).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn upsert(&mut self, link: Link) {
         self.table.upsert(link);
     }
 
     /// Removes the link with this ifindex (for tests and replays).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn remove(&mut self, ifindex: u32) -> Option<Link> {
         self.table.remove(ifindex)
     }
 
     /// Full `RTM_GETLINK` dumps done so far by [`refresh`](Links::refresh) (the others
     /// only asked for counters); for diagnostics and tests.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn full_dumps(&self) -> u64 {
         self.full_dumps
     }
@@ -316,7 +316,7 @@ impl Links {
     /// Inode number of the network namespace this table describes (what the agent
     /// exports as `network.namespace.inode`); 0 for a table built by
     /// [`from_links`](Links::from_links).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn netns_inode(&self) -> u64 {
         self.netns_inode
     }
@@ -345,7 +345,7 @@ impl Links {
     }
 
     /// The interface with this name, if any (a linear search).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn get_by_name(&self, name: &str) -> Option<&Link> {
         self.iter().find(|l| &*l.name == name)
     }
@@ -356,12 +356,12 @@ impl Links {
     }
 
     /// Number of interfaces.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn len(&self) -> usize {
         self.table.entries.len()
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn is_empty(&self) -> bool {
         self.table.entries.is_empty()
     }
@@ -412,7 +412,7 @@ impl Links {
     /// was complete and consistent (a link dump then prunes the interfaces it did not
     /// report); `Ok(false)`: a refresh would dump again. The entry point of the fuzz target
     /// `rtnetlink` (`fuzz/`) and of tests.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn apply_replies(&mut self, stats: bool, datagrams: &[&[u8]]) -> Result<bool, LinkError> {
         let (seq, portid) = datagrams
             .iter()
@@ -425,17 +425,17 @@ impl Links {
         };
         let mut dump = Dump::new(kind, seq, portid, self.netns_inode);
         self.table.begin_dump();
-        let mut step = Step::More;
+        let mut step = socket::Step::More;
         for data in datagrams {
             step = dump.feed(&mut self.table, data);
-            if step != Step::More {
+            if step != socket::Step::More {
                 break;
             }
         }
         if let Some(e) = dump.error {
             return Err(e);
         }
-        if step != Step::Done || dump.interrupted {
+        if step != socket::Step::Done || dump.interrupted {
             return Ok(false);
         }
         if kind == DumpKind::Links {

@@ -59,7 +59,7 @@ pub struct Link {
 impl Link {
     /// A link with the given identity and zeroed counters, with a fresh
     /// [`instance`](Link::instance) (for tests and replays).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn new(ifindex: u32, name: &str) -> Link {
         Link {
             ifindex,
@@ -83,7 +83,7 @@ impl Link {
     }
 
     /// `IFF_UP`: administratively up.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn is_up(&self) -> bool {
         self.flags & libc::IFF_UP as u32 != 0
     }
@@ -135,7 +135,7 @@ impl Table {
     }
 
     /// Inserts or replaces the link with `link.ifindex`.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub(super) fn upsert(&mut self, link: Link) {
         self.generation += 1;
         match self.find(link.ifindex) {
@@ -145,7 +145,7 @@ impl Table {
     }
 
     /// Removes the link with this ifindex.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub(super) fn remove(&mut self, ifindex: u32) -> Option<Link> {
         let i = self.find(ifindex).ok()?;
         self.generation += 1;

@@ -140,7 +140,7 @@ impl OperState {
     }
 
     /// The name `ip link` prints (`UP`, `DOWN`, ...).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn as_str(self) -> &'static str {
         match self {
             OperState::Unknown => "UNKNOWN",

@@ -172,7 +172,7 @@ pub struct DropProbe {
     userns_overflow: OwnedFd,
     ncpus: usize,
     max_entries: u32,
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     locations: bool,
     epoch: u32,
     /// Slots of removed keys, freed at the next read.
@@ -298,6 +298,7 @@ impl DropProbe {
             userns_overflow,
             ncpus,
             max_entries: options.max_entries,
+            #[cfg(feature = "internals")]
             locations: options.locations,
             epoch,
             pending: Vec::new(),
@@ -324,7 +325,7 @@ impl DropProbe {
 
 
     /// Whether the program puts the drop location into the keys.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn locations(&self) -> bool {
         self.locations
     }
