@@ -26,8 +26,8 @@ pub struct Pattern {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid regular expression {pattern:?}: {detail}")]
 pub struct PatternError {
-    pub pattern: String,
-    pub detail: String,
+    pub(crate) pattern: String,
+    pub(crate) detail: String,
 }
 
 impl Pattern {
@@ -60,15 +60,9 @@ impl Pattern {
         sources.iter().map(|s| Pattern::new(s.as_ref())).collect()
     }
 
-    /// The pattern as written (not anchored).
-    #[cfg(feature = "internals")]
-    pub fn as_str(&self) -> &str {
-        &self.source
-    }
-
     /// Whether `name` matches as a whole.
-    #[cfg(any(test, feature = "internals"))]
-    pub fn is_match(&self, name: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_match(&self, name: &str) -> bool {
         self.regex.is_match(name)
     }
 }
@@ -121,7 +115,7 @@ pub struct NameFilter {
 
 impl NameFilter {
     /// A filter of compiled patterns (nothing is compiled here).
-    pub fn new(include: &[Pattern], exclude: &[Pattern]) -> NameFilter {
+    pub(crate) fn new(include: &[Pattern], exclude: &[Pattern]) -> NameFilter {
         let regexes = |list: &[Pattern]| list.iter().map(|p| p.regex.clone()).collect();
         NameFilter {
             include: regexes(include),
@@ -137,14 +131,14 @@ impl NameFilter {
 
     /// Whether `name` is selected: it fully matches an `include` pattern (or there is
     /// none) and fully matches no `exclude` pattern.
-    pub fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         (self.include.is_empty() || self.include.iter().any(|r| r.is_match(name)))
             && !self.exclude.iter().any(|r| r.is_match(name))
     }
 
     /// Whether this filter selects every name (no patterns at all).
     #[cfg(test)]
-    pub fn is_all(&self) -> bool {
+    pub(crate) fn is_all(&self) -> bool {
         self.include.is_empty() && self.exclude.is_empty()
     }
 }

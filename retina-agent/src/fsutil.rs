@@ -17,13 +17,13 @@ use std::{
 };
 
 /// Largest configuration file the agent reads (1 MiB; the packaged one is ~6 KiB).
-pub const CONFIG_MAX_BYTES: u64 = 1 << 20;
+pub(crate) const CONFIG_MAX_BYTES: u64 = 1 << 20;
 /// Largest BTF blob (`/sys/kernel/btf/vmlinux` is 5-8 MiB on current kernels).
-pub const BTF_MAX_BYTES: u64 = 64 << 20;
+pub(crate) const BTF_MAX_BYTES: u64 = 64 << 20;
 /// Largest PEM file for TLS (CA bundles are ~200 KiB).
-pub const PEM_MAX_BYTES: u64 = 4 << 20;
+pub(crate) const PEM_MAX_BYTES: u64 = 4 << 20;
 /// Largest procfs statistics file (`/proc/net/snmp6` is ~10 KiB).
-pub const PROC_MAX_BYTES: usize = 1 << 20;
+pub(crate) const PROC_MAX_BYTES: usize = 1 << 20;
 
 /// What kind of file this is, for an error message.
 fn kind(ft: std::fs::FileType) -> &'static str {
@@ -57,7 +57,7 @@ fn too_big(cap: u64) -> io::Error {
 }
 
 /// Opens `path` for reading if it is a regular file (symbolic links followed).
-pub fn open_regular(path: &Path) -> io::Result<File> {
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -70,7 +70,7 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 }
 
 /// Reads the regular file at `path`, refusing one longer than `cap` bytes.
-pub fn read_regular(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+pub(crate) fn read_regular(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let file = open_regular(path)?;
     let len = file.metadata()?.len();
     if len > cap {
@@ -86,7 +86,7 @@ pub fn read_regular(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
 }
 
 /// [`read_regular`] for text.
-pub fn read_regular_string(path: &Path, cap: u64) -> io::Result<String> {
+pub(crate) fn read_regular_string(path: &Path, cap: u64) -> io::Result<String> {
     String::from_utf8(read_regular(path, cap)?)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
@@ -95,7 +95,7 @@ pub fn read_regular_string(path: &Path, cap: u64) -> io::Result<String> {
 /// `cap` bytes. Allocates only if the file outgrew the buffer's capacity; the path is
 /// already a C string, so opening allocates nothing either (for the per-cycle procfs
 /// reads).
-pub fn read_regular_into(path: &CStr, buf: &mut Vec<u8>, cap: usize) -> io::Result<()> {
+pub(crate) fn read_regular_into(path: &CStr, buf: &mut Vec<u8>, cap: usize) -> io::Result<()> {
     // SAFETY: `path` is NUL-terminated; the returned descriptor is owned below.
     let fd = unsafe {
         libc::open(

@@ -10,7 +10,7 @@ use opentelemetry::KeyValue;
 
 /// How a metric's values behave over time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A monotonic running total kept by the kernel: exported as a cumulative sum, so
     /// `rate()` works; the snapshot prints its change over the window.
     Counter,
@@ -20,7 +20,7 @@ pub enum Kind {
 
 impl Kind {
     /// The name used in the snapshot's JSON (`"sum"` or `"gauge"`, as in OTLP).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "sum",
             Kind::Gauge => "gauge",
@@ -34,9 +34,9 @@ pub struct Metric {
     /// OpenTelemetry name, e.g. `retina.drop.count`.
     pub name: &'static str,
     /// UCUM unit, e.g. `{packet}` or `By`.
-    pub unit: &'static str,
-    pub description: &'static str,
-    pub kind: Kind,
+    pub(crate) unit: &'static str,
+    pub(crate) description: &'static str,
+    pub(crate) kind: Kind,
 }
 
 /// One value of a data point.
@@ -69,12 +69,12 @@ impl<F: FnMut(&'static Metric, &[KeyValue], Number)> Visitor for F {
 /// Attribute keys used across collectors (OpenTelemetry semantic conventions where one
 /// exists).
 pub mod attr {
-    pub const INTERFACE_NAME: &str = "network.interface.name";
-    pub const INTERFACE_INDEX: &str = "network.interface.index";
-    pub const IO_DIRECTION: &str = "network.io.direction";
+    pub(crate) const INTERFACE_NAME: &str = "network.interface.name";
+    pub(crate) const INTERFACE_INDEX: &str = "network.interface.index";
+    pub(crate) const IO_DIRECTION: &str = "network.io.direction";
     pub const NETWORK_TYPE: &str = "network.type";
     pub const NETNS_INODE: &str = "network.namespace.inode";
-    pub const NETNS_NAME: &str = "network.namespace.name";
+    pub(crate) const NETNS_NAME: &str = "network.namespace.name";
     pub const DROP_REASON: &str = "drop.reason";
-    pub const DROP_LOCATION: &str = "drop.location";
+    pub(crate) const DROP_LOCATION: &str = "drop.location";
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// The logging state of one repeating failure.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Streak {
+pub(crate) struct Streak {
     failing: bool,
     /// Failures since the last logged line.
     unlogged: u64,
@@ -15,11 +15,11 @@ pub struct Streak {
 
 impl Streak {
     /// Repeats of a streak are logged at most this often.
-    pub const EVERY: Duration = Duration::from_secs(60);
+    pub(crate) const EVERY: Duration = Duration::from_secs(60);
 
     /// Records a failure. `Some(n)` when it should be logged, `n` being the failures
     /// since the previous line (0 for the first of a streak).
-    pub fn fail(&mut self) -> Option<u64> {
+    pub(crate) fn fail(&mut self) -> Option<u64> {
         self.fail_at(Instant::now())
     }
 
@@ -44,15 +44,10 @@ impl Streak {
     }
 
     /// Records a success; `true` if it ends a streak.
-    pub fn ok(&mut self) -> bool {
+    pub(crate) fn ok(&mut self) -> bool {
         std::mem::replace(&mut self.failing, false)
     }
 
-    /// Whether the last record was a failure.
-    #[cfg(feature = "internals")]
-    pub fn failing(&self) -> bool {
-        self.failing
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::kernel::links::Link;
 
 /// What [`Interfaces::track`] did with a link's entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// The entry describes the same device as in the previous cycle.
     Kept,
     /// The ifindex is new: its entry was just built.
@@ -26,7 +26,7 @@ pub enum Change {
 
 /// Per-ifindex state of type `T`, for the interfaces of the last cycle's link table.
 #[derive(Debug)]
-pub struct Interfaces<T> {
+pub(crate) struct Interfaces<T> {
     /// Sorted by ifindex.
     entries: Vec<Entry<T>>,
     cycle: u64,
@@ -54,13 +54,13 @@ impl<T> Default for Interfaces<T> {
 
 impl<T> Interfaces<T> {
     /// No limit on the number of interfaces.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Interfaces::with_limit(usize::MAX)
     }
 
     /// At most `limit` interfaces are tracked; [`Interfaces::track`] returns `None` for
     /// any new one beyond.
-    pub fn with_limit(limit: usize) -> Self {
+    pub(crate) fn with_limit(limit: usize) -> Self {
         Interfaces {
             entries: Vec::new(),
             cycle: 0,
@@ -69,20 +69,20 @@ impl<T> Interfaces<T> {
     }
 
     /// Starts a cycle; returns its number (the first cycle is 1).
-    pub fn begin(&mut self) -> u64 {
+    pub(crate) fn begin(&mut self) -> u64 {
         self.cycle += 1;
         self.cycle
     }
 
     /// The current cycle's number (0 before the first [`Interfaces::begin`]).
-    pub fn cycle(&self) -> u64 {
+    pub(crate) fn cycle(&self) -> u64 {
         self.cycle
     }
 
     /// Marks `link` as seen this cycle and returns its entry, built with `make` if the
     /// ifindex is new or now names another device. `None` (and `make` not called) when
     /// the ifindex is new and the limit is reached.
-    pub fn track(
+    pub(crate) fn track(
         &mut self,
         link: &Link,
         make: impl FnOnce(&Link) -> T,
@@ -113,7 +113,7 @@ impl<T> Interfaces<T> {
     }
 
     /// Ends the cycle: forgets every interface it did not track. Returns how many.
-    pub fn end(&mut self) -> usize {
+    pub(crate) fn end(&mut self) -> usize {
         let (cycle, before) = (self.cycle, self.entries.len());
         self.entries.retain(|e| e.seen == cycle);
         before - self.entries.len()
@@ -121,34 +121,34 @@ impl<T> Interfaces<T> {
 
     /// The entry of `ifindex`, if it is tracked.
     #[cfg(any(test, feature = "internals"))]
-    pub fn get(&self, ifindex: u32) -> Option<&T> {
+    pub(crate) fn get(&self, ifindex: u32) -> Option<&T> {
         self.index(ifindex).map(|i| &self.entries[i].value)
     }
 
     /// The entry of `ifindex`, if it is tracked.
-    pub fn get_mut(&mut self, ifindex: u32) -> Option<&mut T> {
+    pub(crate) fn get_mut(&mut self, ifindex: u32) -> Option<&mut T> {
         self.index(ifindex).map(|i| &mut self.entries[i].value)
     }
 
     /// Number of interfaces tracked.
     #[cfg(any(test, feature = "internals"))]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    #[cfg(any(test, feature = "internals"))]
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The entries in ifindex order.
-    pub fn values(&self) -> impl Iterator<Item = &T> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
         self.entries.iter().map(|e| &e.value)
     }
 
     /// The tracked ifindexes, in order.
-    #[cfg(any(test, feature = "internals"))]
-    pub fn ifindexes(&self) -> impl Iterator<Item = u32> + '_ {
+    #[cfg(test)]
+    pub(crate) fn ifindexes(&self) -> impl Iterator<Item = u32> + '_ {
         self.entries.iter().map(|e| e.ifindex)
     }
 

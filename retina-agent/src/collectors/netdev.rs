@@ -26,25 +26,25 @@ use crate::{
     model::{Kind, Metric, Number, Visitor, attr},
 };
 
-pub const NETWORK_IO: Metric = Metric {
+pub(crate) const NETWORK_IO: Metric = Metric {
     name: "system.network.io",
     unit: "By",
     description: "Bytes received and transmitted by the interface (rtnl_link_stats64 rx_bytes/tx_bytes)",
     kind: Kind::Counter,
 };
-pub const NETWORK_PACKETS: Metric = Metric {
+pub(crate) const NETWORK_PACKETS: Metric = Metric {
     name: "system.network.packet.count",
     unit: "{packet}",
     description: "Packets received and transmitted by the interface (rx_packets/tx_packets)",
     kind: Kind::Counter,
 };
-pub const NETWORK_DROPPED: Metric = Metric {
+pub(crate) const NETWORK_DROPPED: Metric = Metric {
     name: "system.network.packet.dropped",
     unit: "{packet}",
     description: "Packets the interface dropped on receive or transmit (rx_dropped/tx_dropped)",
     kind: Kind::Counter,
 };
-pub const NETWORK_ERRORS: Metric = Metric {
+pub(crate) const NETWORK_ERRORS: Metric = Metric {
     name: "system.network.errors",
     unit: "{error}",
     description: "Receive and transmit errors of the interface (rx_errors/tx_errors)",

@@ -16,12 +16,12 @@ use std::{
 #[derive(Debug, thiserror::Error)]
 #[error("path {} contains a NUL byte", path.display())]
 pub struct NulPath {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 /// One file, opened lazily and kept open while reads succeed.
 #[derive(Debug)]
-pub struct ProcFile {
+pub(crate) struct ProcFile {
     path: PathBuf,
     cpath: CString,
     fd: Option<OwnedFd>,
@@ -29,7 +29,7 @@ pub struct ProcFile {
 }
 
 impl ProcFile {
-    pub fn new(path: PathBuf, capacity: usize) -> Result<ProcFile, NulPath> {
+    pub(crate) fn new(path: PathBuf, capacity: usize) -> Result<ProcFile, NulPath> {
         let cpath = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| NulPath { path: path.clone() })?;
         Ok(ProcFile {
@@ -40,13 +40,13 @@ impl ProcFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The file's whole current contents. Opens it if needed; after a failed read the file
     /// is closed, so the next read opens it again (a module loaded or unloaded meanwhile).
-    pub fn read(&mut self) -> io::Result<&[u8]> {
+    pub(crate) fn read(&mut self) -> io::Result<&[u8]> {
         let fd = match &self.fd {
             Some(fd) => fd.as_raw_fd(),
             None => {
@@ -124,7 +124,7 @@ pub fn parse_cpu_list(text: &[u8], out: &mut Vec<u32>) -> Option<()> {
 }
 
 /// A decimal `u32` (no sign, no spaces).
-pub fn dec_u32(b: &[u8]) -> Option<u32> {
+pub(crate) fn dec_u32(b: &[u8]) -> Option<u32> {
     let v = dec_u64(b)?;
     u32::try_from(v).ok()
 }
@@ -166,17 +166,17 @@ pub fn hex_u64(b: &[u8]) -> Option<u64> {
 /// every change modulo 2^32 added (a collection interval is far shorter than the time
 /// any of these counters takes to wrap). Counters printed wider are taken as they are.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Wide {
+pub(crate) struct Wide {
     raw: u64,
     total: u64,
 }
 
 impl Wide {
-    pub fn new(raw: u64) -> Wide {
+    pub(crate) fn new(raw: u64) -> Wide {
         Wide { raw, total: raw }
     }
 
-    pub fn update(&mut self, raw: u64) {
+    pub(crate) fn update(&mut self, raw: u64) {
         if raw <= u64::from(u32::MAX) && self.raw <= u64::from(u32::MAX) {
             let delta = (raw as u32).wrapping_sub(self.raw as u32);
             self.total = self.total.wrapping_add(u64::from(delta));
@@ -186,7 +186,7 @@ impl Wide {
         self.raw = raw;
     }
 
-    pub fn get(self) -> u64 {
+    pub(crate) fn get(self) -> u64 {
         self.total
     }
 }

@@ -40,8 +40,6 @@ use std::{
 
 use serde::Deserialize;
 
-#[cfg(feature = "internals")]
-pub use self::msg::{TcMsg, TcStats, classid, parse_tc, qdisc_handle};
 use self::{
     msg::{RTM_GETQDISC, RTM_GETTCLASS, TCMSG_LEN},
     table::{Dump, Step, Table},
@@ -54,43 +52,43 @@ use crate::{
     model::{Kind, Metric, Number, Visitor},
 };
 
-pub const QDISC_PACKETS: Metric = Metric {
+pub(crate) const QDISC_PACKETS: Metric = Metric {
     name: "retina.qdisc.packets",
     unit: "{packet}",
     description: "Packets the qdisc or class sent (tc -s: Sent ... pkt)",
     kind: Kind::Counter,
 };
-pub const QDISC_BYTES: Metric = Metric {
+pub(crate) const QDISC_BYTES: Metric = Metric {
     name: "retina.qdisc.bytes",
     unit: "By",
     description: "Bytes the qdisc or class sent",
     kind: Kind::Counter,
 };
-pub const QDISC_DROPS: Metric = Metric {
+pub(crate) const QDISC_DROPS: Metric = Metric {
     name: "retina.qdisc.drops",
     unit: "{packet}",
     description: "Packets the qdisc or class dropped",
     kind: Kind::Counter,
 };
-pub const QDISC_OVERLIMITS: Metric = Metric {
+pub(crate) const QDISC_OVERLIMITS: Metric = Metric {
     name: "retina.qdisc.overlimits",
     unit: "{packet}",
     description: "Times the qdisc or class was over its limit (rate, queue) for a packet",
     kind: Kind::Counter,
 };
-pub const QDISC_REQUEUES: Metric = Metric {
+pub(crate) const QDISC_REQUEUES: Metric = Metric {
     name: "retina.qdisc.requeues",
     unit: "{packet}",
     description: "Packets put back in the queue because the device could not take them",
     kind: Kind::Counter,
 };
-pub const QDISC_BACKLOG: Metric = Metric {
+pub(crate) const QDISC_BACKLOG: Metric = Metric {
     name: "retina.qdisc.backlog",
     unit: "By",
     description: "Bytes waiting in the qdisc or class",
     kind: Kind::Gauge,
 };
-pub const QDISC_QLEN: Metric = Metric {
+pub(crate) const QDISC_QLEN: Metric = Metric {
     name: "retina.qdisc.qlen",
     unit: "{packet}",
     description: "Packets waiting in the qdisc or class",
@@ -108,14 +106,14 @@ static METRICS: &[&Metric] = &[
 ];
 
 /// Attribute keys.
-pub const ATTR_KIND: &str = "qdisc.kind";
-pub const ATTR_HANDLE: &str = "qdisc.handle";
-pub const ATTR_PARENT: &str = "qdisc.parent";
-pub const ATTR_CLASS: &str = "qdisc.class";
+pub(crate) const ATTR_KIND: &str = "qdisc.kind";
+pub(crate) const ATTR_HANDLE: &str = "qdisc.handle";
+pub(crate) const ATTR_PARENT: &str = "qdisc.parent";
+pub(crate) const ATTR_CLASS: &str = "qdisc.class";
 
 /// Qdisc kinds whose interfaces get no class dump: no classes, flows as classes, or classes
 /// that repeat a child qdisc's statistics.
-pub const NO_CLASSES: &[&str] = &[
+pub(crate) const NO_CLASSES: &[&str] = &[
     "noqueue",
     "noop",
     "pfifo_fast",
@@ -147,9 +145,9 @@ pub const NO_CLASSES: &[&str] = &[
 #[serde(deny_unknown_fields, default)]
 pub struct QdiscConfig {
     /// Whether the collector runs (default `true`).
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Whether classes of classful qdiscs are exported too (default `true`).
-    pub classes: bool,
+    pub(crate) classes: bool,
 }
 
 impl Default for QdiscConfig {
@@ -235,7 +233,7 @@ impl QdiscCollector {
     }
 
     /// Dumps every qdisc, then the classes of interfaces with classful qdiscs.
-    pub fn update(&mut self, links: &Links) -> Result<(), QdiscError> {
+    pub(crate) fn update(&mut self, links: &Links) -> Result<(), QdiscError> {
         let fd = self.sock.as_raw_fd();
         if self.dirty {
             links::drain(fd, &mut self.buf, None);

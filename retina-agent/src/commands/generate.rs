@@ -19,11 +19,11 @@ use clap_mangen::{
 use crate::cli::Cli;
 
 /// The name of the hidden subcommand.
-pub const SUBCOMMAND: &str = "generate";
+pub(crate) const SUBCOMMAND: &str = "generate";
 const BIN: &str = "retina-agent";
 
 #[derive(Debug, thiserror::Error)]
-pub enum GenerateError {
+pub(crate) enum GenerateError {
     #[error("{path}: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("`{SUBCOMMAND}` needs --out-dir")]
@@ -31,7 +31,7 @@ pub enum GenerateError {
 }
 
 /// The hidden subcommand, for `main` to add to [`Cli::command`].
-pub fn subcommand() -> clap::Command {
+pub(crate) fn subcommand() -> clap::Command {
     clap::Command::new(SUBCOMMAND)
         .hide(true)
         .about("Write the man pages (man/) and shell completions (completions/) into DIR")
@@ -45,7 +45,7 @@ pub fn subcommand() -> clap::Command {
 }
 
 /// Runs the subcommand; returns the files written.
-pub fn run(matches: &ArgMatches) -> Result<Vec<PathBuf>, GenerateError> {
+pub(crate) fn run(matches: &ArgMatches) -> Result<Vec<PathBuf>, GenerateError> {
     let dir = matches
         .get_one::<PathBuf>("out-dir")
         .ok_or(GenerateError::NoOutDir)?;
@@ -54,7 +54,7 @@ pub fn run(matches: &ArgMatches) -> Result<Vec<PathBuf>, GenerateError> {
 
 /// Writes `dir/man/retina-agent.1`, one `dir/man/retina-agent-<command>.1` per subcommand,
 /// and `dir/completions/{retina-agent.bash,_retina-agent,retina-agent.fish}`.
-pub fn write_all(dir: &Path) -> Result<Vec<PathBuf>, GenerateError> {
+pub(crate) fn write_all(dir: &Path) -> Result<Vec<PathBuf>, GenerateError> {
     let mut written = Vec::new();
     let man = dir.join("man");
     create_dir(&man)?;

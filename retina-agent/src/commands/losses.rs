@@ -22,7 +22,7 @@ use crate::{
 
 /// Where in the path of a packet a counter counts losses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Layer {
+pub(crate) enum Layer {
     /// The NIC, its driver, or the interface (ring full, FIFO overrun, interface drops).
     Nic,
     /// The per-CPU receive backlog (`/proc/net/softnet_stat`).
@@ -38,7 +38,7 @@ pub enum Layer {
 }
 
 impl Layer {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Layer::Nic => "NIC",
             Layer::Backlog => "backlog",
@@ -52,7 +52,7 @@ impl Layer {
 
 /// Which points of a metric a rule takes.
 #[derive(Clone, Copy, Debug)]
-pub enum Filter {
+pub(crate) enum Filter {
     /// Every point.
     Any,
     /// Points that have the attribute.
@@ -67,13 +67,13 @@ pub enum Filter {
 /// points with the same values of the `by` attributes are summed into one row, shown as
 /// `label=value` (the first attribute of each alternative list that the point has).
 #[derive(Clone, Copy, Debug)]
-pub struct Rule {
-    pub metric: &'static str,
-    pub filter: Filter,
-    pub layer: Layer,
-    pub by: &'static [(&'static str, &'static [&'static str])],
+pub(crate) struct Rule {
+    pub(crate) metric: &'static str,
+    pub(crate) filter: Filter,
+    pub(crate) layer: Layer,
+    pub(crate) by: &'static [(&'static str, &'static [&'static str])],
     /// Shown after the attributes (for counters without any).
-    pub note: &'static str,
+    pub(crate) note: &'static str,
 }
 
 const IFACE: (&str, &[&str]) = ("if", &[attr::INTERFACE_NAME, attr::INTERFACE_INDEX]);
@@ -93,12 +93,12 @@ const QDISC: [(&str, &[&str]); 4] = [
 ];
 
 /// Driver statistics whose names say they count lost packets.
-pub const NIC_LOSS_NAMES: &[&str] = &[
+pub(crate) const NIC_LOSS_NAMES: &[&str] = &[
     "drop", "miss", "fifo", "discard", "nobuf", "no_buf", "overrun",
 ];
 
 /// Every loss counter the view knows, by metric name and attribute.
-pub static RULES: &[Rule] = &[
+pub(crate) static RULES: &[Rule] = &[
     Rule {
         metric: "retina.nic.driver.stat",
         filter: Filter::Contains("nic.stat.name", NIC_LOSS_NAMES),
@@ -204,18 +204,18 @@ pub static RULES: &[Rule] = &[
 ];
 
 /// Whether any rule reads `metric` (to capture only what the view needs).
-pub fn reads(metric: &str) -> bool {
+pub(crate) fn reads(metric: &str) -> bool {
     RULES.iter().any(|r| r.metric == metric)
 }
 
 /// One line of the view.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Row {
-    pub packets: u64,
-    pub layer: Layer,
-    pub metric: &'static str,
+pub(crate) struct Row {
+    pub(crate) packets: u64,
+    pub(crate) layer: Layer,
+    pub(crate) metric: &'static str,
     /// `label=value ...`, then the rule's note.
-    pub place: String,
+    pub(crate) place: String,
 }
 
 fn attribute<'a>(p: &'a Point, key: &str) -> Option<&'a Json> {
@@ -245,7 +245,7 @@ fn passes(filter: Filter, p: &Point) -> bool {
 
 /// The non-zero loss counters among `points` (a window's changes, or running totals), by
 /// layer and place, largest first.
-pub fn rows(points: &[Point]) -> Vec<Row> {
+pub(crate) fn rows(points: &[Point]) -> Vec<Row> {
     let mut sums: BTreeMap<(Layer, &'static str, String), u64> = BTreeMap::new();
     for rule in RULES {
         for p in points.iter().filter(|p| p.metric.name == rule.metric) {
@@ -283,11 +283,11 @@ fn sep(s: &str) -> &'static str {
     if s.is_empty() { "" } else { " " }
 }
 
-pub const TITLE: &str = "where packets died";
+pub(crate) const TITLE: &str = "where packets died";
 
 /// The section as text: a title line, then one line per row (or a line saying nothing was
 /// lost).
-pub fn render(rows: &[Row]) -> String {
+pub(crate) fn render(rows: &[Row]) -> String {
     if rows.is_empty() {
         return format!("{TITLE}: no loss counter moved\n");
     }

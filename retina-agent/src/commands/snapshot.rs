@@ -16,17 +16,17 @@ use crate::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Json,
     Table,
 }
 
 /// One data point, owned, with attributes sorted by key.
 #[derive(Clone, Debug)]
-pub struct Point {
-    pub metric: &'static Metric,
-    pub attributes: Vec<(String, Json)>,
-    pub value: Number,
+pub(crate) struct Point {
+    pub(crate) metric: &'static Metric,
+    pub(crate) attributes: Vec<(String, Json)>,
+    pub(crate) value: Number,
 }
 
 fn json_value(v: &Value) -> Json {
@@ -39,12 +39,12 @@ fn json_value(v: &Value) -> Json {
 }
 
 /// Every data point the agent holds right now.
-pub fn capture(agent: &Agent) -> Vec<Point> {
+pub(crate) fn capture(agent: &Agent) -> Vec<Point> {
     capture_matching(agent, |_| true)
 }
 
 /// The data points of the metrics `keep` accepts.
-pub fn capture_matching(agent: &Agent, keep: impl Fn(&Metric) -> bool) -> Vec<Point> {
+pub(crate) fn capture_matching(agent: &Agent, keep: impl Fn(&Metric) -> bool) -> Vec<Point> {
     let mut points = Vec::new();
     agent.visit(
         &mut |metric: &'static Metric, attrs: &[KeyValue], value: Number| {
@@ -76,7 +76,7 @@ fn identity(p: &Point) -> String {
 
 /// The change of every counter between `before` and `after` (series that moved only, a
 /// counter that went backwards is taken as reset), and every gauge as it is in `after`.
-pub fn deltas(before: &[Point], after: Vec<Point>) -> Vec<Point> {
+pub(crate) fn deltas(before: &[Point], after: Vec<Point>) -> Vec<Point> {
     let base: HashMap<String, Number> = before.iter().map(|p| (identity(p), p.value)).collect();
     after
         .into_iter()
@@ -105,7 +105,7 @@ fn number_json(n: Number) -> Json {
 }
 
 /// Sorts points by metric name, then attributes, for stable output.
-pub fn sort(points: &mut [Point]) {
+pub(crate) fn sort(points: &mut [Point]) {
     points.sort_by(|a, b| {
         a.metric
             .name
@@ -114,7 +114,7 @@ pub fn sort(points: &mut [Point]) {
     });
 }
 
-pub fn render_json(points: &[Point], window: Option<Duration>, agent: &Agent) -> String {
+pub(crate) fn render_json(points: &[Point], window: Option<Duration>, agent: &Agent) -> String {
     let metrics: Vec<Json> = points
         .iter()
         .map(|p| {
@@ -140,7 +140,7 @@ pub fn render_json(points: &[Point], window: Option<Duration>, agent: &Agent) ->
     doc.to_string()
 }
 
-pub fn render_table(points: &[Point]) -> String {
+pub(crate) fn render_table(points: &[Point]) -> String {
     let value = |n: Number| match n {
         Number::U64(v) => v.to_string(),
         Number::F64(v) => v.to_string(),
@@ -175,7 +175,7 @@ pub fn render_table(points: &[Point]) -> String {
 
 /// Takes two snapshots around `args`' window (a duration, or a command and its settle
 /// time) and prints their difference, or the second one with `--cumulative`.
-pub async fn command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
+pub(crate) async fn command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
     // An unknown user is refused before anything is attached.
     let account = args.user.as_deref().map(super::child::lookup).transpose()?;
     let mut agent = Agent::new(config).context("starting the agent")?;

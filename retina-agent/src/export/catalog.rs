@@ -59,7 +59,7 @@ const ALWAYS_EXPORTED: &[&str] = &[
 ];
 
 /// The attributes of the SDK's overflow series, which the Prometheus output reproduces.
-pub const OVERFLOW_KEY: &str = "otel.metric.overflow";
+pub(crate) const OVERFLOW_KEY: &str = "otel.metric.overflow";
 
 impl Catalog {
     /// Every metric of `agent`'s collectors, then the self-telemetry (`export_stats`:
@@ -130,29 +130,24 @@ impl Catalog {
         self.entries.get_mut(i)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    #[cfg(feature = "internals")]
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The exported metrics, by index.
-    pub fn metrics(&self) -> impl ExactSizeIterator<Item = &'static Metric> + '_ {
+    pub(crate) fn metrics(&self) -> impl ExactSizeIterator<Item = &'static Metric> + '_ {
         self.entries.iter().map(|e| e.metric)
     }
 
     /// The series cap of metric `i`, if it has one.
-    pub fn cap(&self, i: usize) -> Option<usize> {
+    pub(crate) fn cap(&self, i: usize) -> Option<usize> {
         self.entries.get(i).and_then(|e| e.cap)
     }
 
     /// Records that metric `i` had `series` series in an export or scrape: how many did not
     /// fit under its cap, for `retina.agent.export.series.capped`, with a log line when
     /// the metric goes over its cap and when it is back under.
-    pub fn record_series(&self, i: usize, series: usize) {
+    pub(crate) fn record_series(&self, i: usize, series: usize) {
         let Some(e) = self.entries.get(i) else { return };
         let Some(cap) = e.cap else { return };
         let over = series.saturating_sub(cap);
@@ -180,7 +175,7 @@ impl Catalog {
     /// first `cap` series, then (past the cap) one series with `otel.metric.overflow=true`
     /// and the value of the last series that did not fit, as the SDK's cardinality limit
     /// does for the OTLP output's observable instruments. Records the count.
-    pub fn visit_capped(
+    pub(crate) fn visit_capped(
         &self,
         i: usize,
         agent: &Agent,
@@ -207,7 +202,7 @@ impl Catalog {
     /// Hands every current point of metric `i` to `f`: from the collectors that list it,
     /// and from the self-telemetry (`export_stats`: the OTLP exporter's counters). Under
     /// the `informative` policy a collector's counter at zero is left out.
-    pub fn visit_metric(
+    pub(crate) fn visit_metric(
         &self,
         i: usize,
         agent: &Agent,
@@ -278,7 +273,7 @@ impl Catalog {
     /// How many series each metric holds right now, exported or not (zero counters
     /// included): what the SDK's limits are sized from, so that counters starting to count
     /// do not make the pipeline grow (a rebuild restarts the sums' start times).
-    pub fn count_held(&self, agent: &Agent, export_stats: Option<&ExportStats>) -> Vec<usize> {
+    pub(crate) fn count_held(&self, agent: &Agent, export_stats: Option<&ExportStats>) -> Vec<usize> {
         self.count(agent, export_stats, SeriesPolicy::Everything)
     }
 
@@ -303,7 +298,7 @@ fn same_type(a: &Metric, b: &Metric) -> bool {
 }
 
 /// A counter value as `u64`; `None` for a value that cannot be one (negative, NaN).
-pub fn counter_value(n: Number) -> Option<u64> {
+pub(crate) fn counter_value(n: Number) -> Option<u64> {
     match n {
         Number::U64(v) => Some(v),
         Number::F64(v) if v.is_finite() && v >= 0.0 => Some(v as u64),

@@ -22,7 +22,7 @@ pub mod catalog;
 mod otlp;
 mod prometheus;
 mod resource;
-pub mod selfmetrics;
+pub(crate) mod selfmetrics;
 
 use std::{
     net::SocketAddr,
@@ -36,7 +36,7 @@ use crate::{
     config::{ExportConfig, PrometheusConfig},
 };
 pub use otlp::partial_success_layer;
-pub use resource::check_attributes as check_resource_attributes;
+pub(crate) use resource::check_attributes as check_resource_attributes;
 #[cfg(feature = "internals")]
 pub use otlp::partial_success_totals;
 
@@ -172,7 +172,7 @@ impl Exporters {
     }
 
     /// No output at all (what is left when a reload can start none).
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         Exporters {
             otlp: None,
             prometheus: None,

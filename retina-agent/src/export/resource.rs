@@ -32,7 +32,7 @@ fn machine_id() -> Option<String> {
 /// `host.arch`, `os.type`, `os.version` (kernel release), the SDK's `telemetry.sdk.*`,
 /// then the configured `resource_attributes` over them (except `service.name`, which is
 /// `service_name`).
-pub fn build(config: &ExportConfig) -> Resource {
+pub(crate) fn build(config: &ExportConfig) -> Resource {
     let mut attrs = vec![
         KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
         KeyValue::new("os.type", "linux"),
@@ -63,7 +63,7 @@ pub fn build(config: &ExportConfig) -> Resource {
 
 /// The resource keys the agent sets itself (the SDK's `telemetry.sdk.*` included). A
 /// configured attribute of the same key replaces the agent's value.
-pub const AGENT_KEYS: [&str; 10] = [
+pub(crate) const AGENT_KEYS: [&str; 10] = [
     "service.name",
     "service.version",
     "os.type",
@@ -82,7 +82,7 @@ pub const AGENT_KEYS: [&str; 10] = [
 /// the agent's own, [`AGENT_KEYS`]) that become the same label (`host_name` and
 /// `host.name`; `a.b` and `a_b`). Prometheus refuses such a scrape whole ("label name is
 /// not unique"), so they are refused at load rather than renamed behind the user's back.
-pub fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), String> {
+pub(crate) fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), String> {
     let mut labels: BTreeMap<String, &str> = AGENT_KEYS
         .iter()
         .map(|k| (super::prometheus::label_name(k), *k))
@@ -121,7 +121,7 @@ pub fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), Str
 }
 
 /// The resource's attributes sorted by key (the Prometheus `target_info` labels).
-pub fn sorted_attributes(resource: &Resource) -> Vec<KeyValue> {
+pub(crate) fn sorted_attributes(resource: &Resource) -> Vec<KeyValue> {
     let mut attrs: Vec<KeyValue> = resource
         .iter()
         .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))

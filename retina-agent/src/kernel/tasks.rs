@@ -30,7 +30,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("RETINA_TASKS_OBJECT"));
 const MAX_RECORDS: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
-pub enum TasksError {
+pub(crate) enum TasksError {
     #[error(
         "task iterator: missing capabilities {0}: loading it needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"
     )]
@@ -54,7 +54,7 @@ pub enum TasksError {
 }
 
 /// The offsets the iterator reads, from the running kernel's BTF.
-pub fn offsets_from_btf(btf: &Btf) -> Result<TaskOffsets, TasksError> {
+pub(crate) fn offsets_from_btf(btf: &Btf) -> Result<TaskOffsets, TasksError> {
     let field = |s: &str, f: &str| btf.field_offset(s, f).map_err(TasksError::Layout);
     let mut o = TaskOffsets {
         task_pid: field("task_struct", "pid")?,
@@ -83,13 +83,13 @@ const INITIAL_PID_NS: u64 = 0xEFFF_FFFC;
 
 /// Whether this process runs in the initial pid namespace, where the iterator's pids (the
 /// kernel's global ones) are the pids this process sees.
-pub fn in_initial_pid_ns() -> bool {
+pub(crate) fn in_initial_pid_ns() -> bool {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == INITIAL_PID_NS)
 }
 
 /// The loaded iterator program.
-pub struct TaskIter {
+pub(crate) struct TaskIter {
     ebpf: Ebpf,
     buf: Vec<u8>,
     has_cgroup: bool,
@@ -103,7 +103,7 @@ impl std::fmt::Debug for TaskIter {
 
 impl TaskIter {
     /// Loads the iterator for the running kernel.
-    pub fn load() -> Result<TaskIter, TasksError> {
+    pub(crate) fn load() -> Result<TaskIter, TasksError> {
         // Without them aya's feature probes fail quietly and the load fails later with a
         // relocation error that names no cause: say the cause.
         if let Some(caps) = effective_caps() {
@@ -143,12 +143,12 @@ impl TaskIter {
     }
 
     /// Whether records carry cgroup ids (else every `cgroup` is 0).
-    pub fn has_cgroup(&self) -> bool {
+    pub(crate) fn has_cgroup(&self) -> bool {
         self.has_cgroup
     }
 
     /// One walk over every process: replaces `out` with their records.
-    pub fn read(&mut self, out: &mut Vec<TaskRecord>) -> Result<(), TasksError> {
+    pub(crate) fn read(&mut self, out: &mut Vec<TaskRecord>) -> Result<(), TasksError> {
         out.clear();
         let program: &mut Iter = self
             .ebpf

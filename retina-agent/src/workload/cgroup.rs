@@ -30,9 +30,9 @@
 use std::sync::Arc;
 
 /// Paths longer than this are not parsed (the kernel allows 4096 per path).
-pub const MAX_PATH: usize = 4096;
+pub(crate) const MAX_PATH: usize = 4096;
 /// Paths with more components than this are not parsed.
-pub const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// The scope prefixes of container runtimes (`<prefix>-<id>.scope`).
 const SCOPE_PREFIXES: [&str; 4] = ["docker-", "cri-containerd-", "crio-", "libpod-"];
@@ -45,17 +45,17 @@ pub struct Workload {
     /// `k8s.pod.uid`.
     pub pod_uid: Option<Arc<str>>,
     /// `container.id`.
-    pub container_id: Option<Arc<str>>,
+    pub(crate) container_id: Option<Arc<str>>,
     /// The systemd service unit (`systemd.unit`), for processes outside containers.
-    pub unit: Option<Arc<str>>,
+    pub(crate) unit: Option<Arc<str>>,
     /// `user.id`: the uid a cgroup subtree was delegated to (its directory's owner), for a
     /// cgroup in or below one. Such a cgroup gives nothing else but the unit the
     /// delegated directory itself is (`user@1000.service`): its name below is the user's.
-    pub user_id: Option<u32>,
+    pub(crate) user_id: Option<u32>,
 }
 
 impl Workload {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pod_uid.is_none()
             && self.container_id.is_none()
             && self.unit.is_none()
@@ -64,7 +64,7 @@ impl Workload {
 
     /// What two processes of one namespace have in common: each field kept only where
     /// both agree.
-    pub fn common(&self, other: &Workload) -> Workload {
+    pub(crate) fn common(&self, other: &Workload) -> Workload {
         let same =
             |a: &Option<Arc<str>>, b: &Option<Arc<str>>| if a == b { a.clone() } else { None };
         Workload {
@@ -128,7 +128,7 @@ fn arc(s: &str) -> Option<Arc<str>> {
 }
 
 /// The workload of the cgroup at `path` (as in `/proc/PID/cgroup`), by its name alone.
-pub fn parse(path: &str) -> Workload {
+pub(crate) fn parse(path: &str) -> Workload {
     let Some(parts) = components(path) else {
         return Workload::default();
     };
@@ -237,7 +237,7 @@ fn systemd_unit(c: &str, pod: Option<String>) -> Workload {
 
 /// The hierarchy a process's cgroup path is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Hierarchy {
+pub(crate) enum Hierarchy {
     /// cgroup v2 (`0::PATH`).
     V2,
     /// The v1 `name=systemd` hierarchy of a hybrid host.
@@ -246,7 +246,7 @@ pub enum Hierarchy {
 
 /// The cgroup of a process, from the text of `/proc/PID/cgroup`: the cgroup v2 entry
 /// (`0::PATH`) unless it is the root, else the v1 `name=systemd` entry (hybrid hosts).
-pub fn process_cgroup(text: &str) -> Option<(Hierarchy, &str)> {
+pub(crate) fn process_cgroup(text: &str) -> Option<(Hierarchy, &str)> {
     let mut v2 = None;
     let mut systemd = None;
     for line in text.lines() {

@@ -29,7 +29,7 @@ const MAX_MOUNTINFO: u64 = 16 << 20;
 /// of `rel` naming the delegated directory; `None` when the hierarchy root's owner (root,
 /// or the mapped root of a container's user namespace) owns every directory on the way.
 /// An error when one cannot be `stat`ed (the cgroup is gone).
-pub fn delegated_to(root: &Path, rel: &str) -> io::Result<Option<(u32, usize)>> {
+pub(crate) fn delegated_to(root: &Path, rel: &str) -> io::Result<Option<(u32, usize)>> {
     let manager = std::fs::symlink_metadata(root)?.uid();
     let mut dir = root.to_path_buf();
     let mut end = 0;
@@ -50,7 +50,7 @@ pub fn delegated_to(root: &Path, rel: &str) -> io::Result<Option<(u32, usize)>> 
 /// The workload of the cgroup at `rel` below `root`: by its name where root named it,
 /// else the user it is delegated to (and what root named the delegated directory);
 /// `None` when its directories cannot be `stat`ed.
-pub fn workload_at(root: &Path, rel: &str) -> Option<Workload> {
+pub(crate) fn workload_at(root: &Path, rel: &str) -> Option<Workload> {
     match delegated_to(root, rel) {
         Ok(None) => Some(cgroup::parse(rel)),
         Ok(Some((uid, end))) => Some(Workload {
@@ -63,7 +63,7 @@ pub fn workload_at(root: &Path, rel: &str) -> Option<Workload> {
 
 /// The workloads of processes' cgroups, checked for delegation, cached by cgroup id.
 #[derive(Debug)]
-pub struct Cgroups {
+pub(crate) struct Cgroups {
     /// The cgroup v2 and v1 `name=systemd` mounts; `None` when not mounted.
     v2: Option<PathBuf>,
     systemd: Option<PathBuf>,
@@ -74,7 +74,7 @@ pub struct Cgroups {
 
 impl Cgroups {
     /// With this host's mounts, from `/proc/self/mountinfo`.
-    pub fn new() -> Cgroups {
+    pub(crate) fn new() -> Cgroups {
         let text = crate::fsutil::read_regular_string(
             Path::new("/proc/self/mountinfo"),
             MAX_MOUNTINFO,
@@ -87,7 +87,7 @@ impl Cgroups {
     }
 
     /// With these mounts (tests).
-    pub fn with_mounts(v2: Option<PathBuf>, systemd: Option<PathBuf>) -> Cgroups {
+    pub(crate) fn with_mounts(v2: Option<PathBuf>, systemd: Option<PathBuf>) -> Cgroups {
         Cgroups {
             v2,
             systemd,
@@ -98,7 +98,7 @@ impl Cgroups {
 
     /// Judging cgroups by their names alone, for a fake `/proc` whose cgroups do not
     /// exist (tests).
-    pub fn names_only() -> Cgroups {
+    pub(crate) fn names_only() -> Cgroups {
         Cgroups {
             check: false,
             ..Cgroups::with_mounts(None, None)
@@ -107,7 +107,7 @@ impl Cgroups {
 
     /// The workload of a process, from the text of its `/proc/PID/cgroup`; empty when its
     /// cgroup cannot be found in a mounted hierarchy.
-    pub fn of_process(&mut self, text: &str) -> Workload {
+    pub(crate) fn of_process(&mut self, text: &str) -> Workload {
         let Some((hierarchy, rel)) = cgroup::process_cgroup(text) else {
             return Workload::default();
         };

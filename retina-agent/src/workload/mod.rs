@@ -13,11 +13,11 @@
 //! kept, a container id only if there is one container). The host's namespace gets no
 //! workload attributes.
 
-pub mod cgroup;
-pub mod delegation;
+pub(crate) mod cgroup;
+pub(crate) mod delegation;
 pub mod peers;
 pub mod sockets;
-pub mod tasks;
+pub(crate) mod tasks;
 
 use std::{
     collections::HashMap,
@@ -30,31 +30,31 @@ use std::{
 
 use opentelemetry::{KeyValue, Value};
 
-pub use cgroup::Workload;
+pub(crate) use cgroup::Workload;
 
 /// Attribute keys: OpenTelemetry semantic conventions for the pod and the container;
 /// `systemd.unit` is the agent's own (the conventions have none).
-pub mod attr {
-    pub const POD_UID: &str = "k8s.pod.uid";
-    pub const CONTAINER_ID: &str = "container.id";
-    pub const SYSTEMD_UNIT: &str = "systemd.unit";
+pub(crate) mod attr {
+    pub(crate) const POD_UID: &str = "k8s.pod.uid";
+    pub(crate) const CONTAINER_ID: &str = "container.id";
+    pub(crate) const SYSTEMD_UNIT: &str = "systemd.unit";
     /// The uid a cgroup subtree was delegated to (OpenTelemetry's `user.id`).
-    pub const USER_ID: &str = "user.id";
+    pub(crate) const USER_ID: &str = "user.id";
     /// The cgroup v2 path of the socket a dropped packet had reached.
-    pub const SOCKET_CGROUP: &str = "socket.cgroup";
+    pub(crate) const SOCKET_CGROUP: &str = "socket.cgroup";
     /// Its cgroup id (never reused, so two incarnations of one service stay two series).
-    pub const SOCKET_CGROUP_ID: &str = "socket.cgroup.id";
+    pub(crate) const SOCKET_CGROUP_ID: &str = "socket.cgroup.id";
 }
 
 /// A namespace the last scan did not find is scanned for again after this long.
-pub const RESCAN_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const RESCAN_AFTER: Duration = Duration::from_secs(5);
 /// The most of a `/proc/PID/cgroup` file that is read (a hybrid host lists a dozen
 /// hierarchies; paths are at most 4096 bytes each).
 const MAX_CGROUP_FILE: u64 = 64 * 1024;
 
 impl Workload {
     /// Appends the workload's attributes.
-    pub fn push_attributes(&self, out: &mut Vec<KeyValue>) {
+    pub(crate) fn push_attributes(&self, out: &mut Vec<KeyValue>) {
         let mut push = |key: &'static str, v: &Option<Arc<str>>| {
             if let Some(v) = v {
                 out.push(KeyValue::new(key, Value::String(v.clone().into())));
@@ -96,25 +96,25 @@ impl Workloads {
     }
 
     /// Whether the map is built from the task iterator (else from `/proc`).
-    pub fn uses_tasks(&self) -> bool {
+    pub(crate) fn uses_tasks(&self) -> bool {
         self.tasks.is_some()
     }
 
     /// The namespace process `pid` was in at the last walk of the task iterator; `None`
     /// without it.
-    pub fn netns_of(&self, pid: u32) -> Option<u32> {
+    pub(crate) fn netns_of(&self, pid: u32) -> Option<u32> {
         self.tasks.as_ref()?.netns_of(pid)
     }
 
     /// Walks the processes again (without rebuilding the map), for [`Workloads::netns_of`];
     /// false without the task iterator or when the walk failed.
-    pub fn walk_again(&mut self) -> bool {
+    pub(crate) fn walk_again(&mut self) -> bool {
         self.tasks.as_mut().is_some_and(|t| t.walk().is_ok())
     }
 
     /// Inodes of every network namespace alive as far as this host can tell: those of
     /// all processes (from a fresh walk), and those bound in the usual directories.
-    pub fn live_netns_inodes(&mut self) -> std::collections::HashSet<u32> {
+    pub(crate) fn live_netns_inodes(&mut self) -> std::collections::HashSet<u32> {
         if let Some(t) = &mut self.tasks
             && let Ok(mut live) = t.live_netns()
         {
@@ -125,7 +125,7 @@ impl Workloads {
     }
 
     /// With another `/proc` (tests).
-    pub fn with_proc(host_netns: u32, proc_root: impl Into<PathBuf>) -> Workloads {
+    pub(crate) fn with_proc(host_netns: u32, proc_root: impl Into<PathBuf>) -> Workloads {
         Workloads {
             proc_root: proc_root.into(),
             host_netns,
@@ -141,7 +141,7 @@ impl Workloads {
 
     /// The workload of namespace `netns`; `None` for the host's, and for a namespace
     /// without one (or with no process in it).
-    pub fn lookup(&mut self, netns: u32) -> Option<Arc<Workload>> {
+    pub(crate) fn lookup(&mut self, netns: u32) -> Option<Arc<Workload>> {
         if netns == self.host_netns || netns == 0 {
             return None;
         }
@@ -162,7 +162,7 @@ impl Workloads {
     }
 
     /// The `/proc` this map reads.
-    pub fn proc_root(&self) -> &std::path::Path {
+    pub(crate) fn proc_root(&self) -> &std::path::Path {
         &self.proc_root
     }
 

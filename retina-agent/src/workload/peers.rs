@@ -39,12 +39,12 @@ use crate::kernel::links::{
 };
 
 /// Resolution runs again after this long while a veth's peer namespace is unknown.
-pub const PENDING_RESCAN: Duration = Duration::from_secs(5);
+pub(crate) const PENDING_RESCAN: Duration = Duration::from_secs(5);
 /// ... for this long after the link table changed (a namespace kept alive only by a
 /// descriptor, with no process and no bind mount, is not waited for forever) ...
-pub const PENDING_FOR: Duration = Duration::from_secs(60);
+pub(crate) const PENDING_FOR: Duration = Duration::from_secs(60);
 /// ... and after this long otherwise.
-pub const SLOW_RESCAN: Duration = Duration::from_secs(60);
+pub(crate) const SLOW_RESCAN: Duration = Duration::from_secs(60);
 /// Never more often than this, however often the link table changes.
 const MIN_GAP: Duration = Duration::from_secs(1);
 

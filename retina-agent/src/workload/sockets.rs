@@ -35,23 +35,23 @@ use super::{
 };
 
 /// The most cgroups one walk visits (a busy Kubernetes node has a few thousand).
-pub const MAX_CGROUPS: usize = 100_000;
+pub(crate) const MAX_CGROUPS: usize = 100_000;
 /// The largest `/proc/self/mountinfo` read (a busy node has a few hundred mounts, ~100 KiB).
 const MAX_MOUNTINFO: u64 = 16 << 20;
 /// Every owner is `stat`ed this often, whatever inotify said.
-pub const FULL_CHECK: Duration = Duration::from_secs(60);
+pub(crate) const FULL_CHECK: Duration = Duration::from_secs(60);
 /// Room for a few dozen inotify events per read (no names: the watches are on files).
 const EVENT_BUFFER: usize = 4096;
 /// Removed cgroups remembered (a negative cache: their ids are never looked up again).
-pub const MAX_REMOVED: usize = 16_384;
+pub(crate) const MAX_REMOVED: usize = 16_384;
 
 /// A socket-owning cgroup.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Owner {
     /// The cgroup's path below the cgroup v2 root (`/system.slice/unbound.service`).
-    pub path: Arc<str>,
+    pub(crate) path: Arc<str>,
     /// What the path names; empty for a cgroup that names no workload.
-    pub workload: Arc<Workload>,
+    pub(crate) workload: Arc<Workload>,
     /// The directory, to tell whether the cgroup still exists.
     dir: PathBuf,
 }
@@ -95,7 +95,7 @@ impl SocketOwners {
     /// With the cgroup v2 mount of this host (the first `cgroup2` entry of
     /// `/proc/self/mountinfo`: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid
     /// host).
-    pub fn new() -> SocketOwners {
+    pub(crate) fn new() -> SocketOwners {
         SocketOwners::with_root(cgroup2_mount())
     }
 
@@ -124,7 +124,7 @@ impl SocketOwners {
     }
 
     /// Whether `id` has been looked up (so [`SocketOwners::resolve`] need not see it).
-    pub fn knows(&self, id: u64) -> bool {
+    pub(crate) fn knows(&self, id: u64) -> bool {
         id == 0 || self.by_id.contains_key(&id)
     }
 
@@ -257,7 +257,7 @@ impl SocketOwners {
     }
 
     /// Whether cgroup `id` was found gone by the last [`SocketOwners::check`].
-    pub fn is_gone(&self, id: u64) -> bool {
+    pub(crate) fn is_gone(&self, id: u64) -> bool {
         self.by_id.get(&id).is_some_and(|e| e.gone)
     }
 

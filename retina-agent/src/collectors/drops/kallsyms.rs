@@ -7,7 +7,7 @@
 
 use std::{io, path::Path};
 
-pub const PROC_KALLSYMS: &str = "/proc/kallsyms";
+pub(crate) const PROC_KALLSYMS: &str = "/proc/kallsyms";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KallsymsError {
@@ -44,7 +44,7 @@ impl Kallsyms {
         Self::from_file(Path::new(PROC_KALLSYMS))
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, KallsymsError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, KallsymsError> {
         let text = std::fs::read_to_string(path).map_err(|source| KallsymsError::Read {
             path: path.display().to_string(),
             source,
@@ -54,7 +54,7 @@ impl Kallsyms {
 
     /// Parses the `ADDRESS TYPE NAME [MODULE]` lines of kallsyms; only text symbols
     /// (type `t`, `T`, `w`, `W`) are kept, since a drop location is always in code.
-    pub fn parse(path: &str, text: &str) -> Result<Self, KallsymsError> {
+    pub(crate) fn parse(path: &str, text: &str) -> Result<Self, KallsymsError> {
         let mut entries: Vec<(u64, &str)> = Vec::new();
         let mut nonzero = false;
         for (i, line) in text.lines().enumerate() {
@@ -100,13 +100,13 @@ impl Kallsyms {
         })
     }
 
-    #[cfg(any(test, feature = "internals"))]
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.addrs.len()
     }
 
-    #[cfg(any(test, feature = "internals"))]
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.addrs.is_empty()
     }
 
@@ -121,7 +121,7 @@ impl Kallsyms {
 
     /// The function `addr` lies in: its start address and name. `None` below the first
     /// symbol.
-    pub fn lookup(&self, addr: u64) -> Option<(u64, &str)> {
+    pub(crate) fn lookup(&self, addr: u64) -> Option<(u64, &str)> {
         let after = self.addrs.partition_point(|&a| a <= addr);
         let last = after.checked_sub(1)?;
         let start = self.addrs[last];

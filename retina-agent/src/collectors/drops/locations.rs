@@ -17,10 +17,10 @@ use super::kallsyms::Kallsyms;
 
 /// The series location of an address whose function could not be named (or a key without
 /// a location): the series carries no `drop.location`.
-pub const UNNAMED: u64 = 0;
+pub(crate) const UNNAMED: u64 = 0;
 /// The series location of addresses below every kernel symbol: `drop.location="unknown"`.
 /// Not a function start (those are kernel addresses, far above).
-pub const UNKNOWN: u64 = 1;
+pub(crate) const UNKNOWN: u64 = 1;
 
 /// Default of `drops.locations_capacity`.
 pub const DEFAULT_CAPACITY: u32 = 256;
@@ -47,7 +47,7 @@ impl Locations {
 
     /// The series location of `addr`, if it has been seen: no allocation, no lookup in
     /// the symbol table.
-    pub fn get(&self, addr: u64) -> Option<u64> {
+    pub(crate) fn get(&self, addr: u64) -> Option<u64> {
         if addr == 0 {
             return Some(UNNAMED);
         }
@@ -55,7 +55,7 @@ impl Locations {
     }
 
     /// The series location of `addr`, naming it from the symbol table the first time.
-    pub fn learn(&mut self, addr: u64) -> u64 {
+    pub(crate) fn learn(&mut self, addr: u64) -> u64 {
         if let Some(l) = self.get(addr) {
             return l;
         }
@@ -77,19 +77,15 @@ impl Locations {
     }
 
     /// The `drop.location` of a series location; `None` for [`UNNAMED`].
-    pub fn name(&self, location: u64) -> Option<&Value> {
+    pub(crate) fn name(&self, location: u64) -> Option<&Value> {
         self.names.get(&location)
     }
 
     /// Functions named so far (at most the capacity).
-    pub fn named(&self) -> usize {
+    pub(crate) fn named(&self) -> usize {
         self.names.len()
     }
 
-    #[cfg(feature = "internals")]
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
 }
 
 #[cfg(test)]

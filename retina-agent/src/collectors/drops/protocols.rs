@@ -118,7 +118,7 @@ pub const NAMED: &[u16] = &[
 
 /// [`NAMED`] as the words of the program's bit set (`DROP_PROTOCOLS`): bit `p % 32` of
 /// word `p / 32` for each EtherType `p` that keeps its own key.
-pub fn words() -> Vec<u32> {
+pub(crate) fn words() -> Vec<u32> {
     let mut words = vec![0u32; PROTOCOL_WORDS as usize];
     for &p in NAMED {
         words[usize::from(p) / 32] |= 1 << (p % 32);
@@ -128,7 +128,7 @@ pub fn words() -> Vec<u32> {
 
 /// The `network.type` of a key's protocol: OpenTelemetry's `ipv4`/`ipv6`, `arp`, `other`
 /// for the folded EtherTypes, else the EtherType in hex; none for 0.
-pub fn network_type(protocol: u32) -> Option<Value> {
+pub(crate) fn network_type(protocol: u32) -> Option<Value> {
     match protocol {
         0 => None,
         0x0800 => Some(Value::from("ipv4")),

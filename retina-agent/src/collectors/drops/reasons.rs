@@ -10,9 +10,9 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 use crate::kernel::btf::{Btf, BtfError};
 
 /// The enum the kernel passes to `trace_kfree_skb()`.
-pub const CORE_ENUM: &str = "skb_drop_reason";
+pub(crate) const CORE_ENUM: &str = "skb_drop_reason";
 /// Subsystem reasons occupy the bits above this shift (`SKB_DROP_REASON_SUBSYS_SHIFT`).
-pub const SUBSYS_SHIFT: u32 = 16;
+pub(crate) const SUBSYS_SHIFT: u32 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReasonsError {
@@ -95,7 +95,7 @@ impl DropReasons {
 
     /// The kernel's name for `value`, or `UNKNOWN_<value>` when this kernel names none.
     /// Allocates only for unknown values; callers resolve a name once per new series.
-    pub fn name(&self, value: u32) -> Arc<str> {
+    pub(crate) fn name(&self, value: u32) -> Arc<str> {
         self.names
             .get(&value)
             .cloned()
@@ -103,19 +103,10 @@ impl DropReasons {
     }
 
     /// Every known value and name, in value order.
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &str)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &str)> {
         self.names.iter().map(|(v, n)| (*v, &**n))
     }
 
-    #[cfg(feature = "internals")]
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    #[cfg(feature = "internals")]
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -180,12 +180,6 @@ impl EthtoolCollector {
         })
     }
 
-    /// Collection cycles run so far.
-    #[cfg(feature = "internals")]
-    pub fn cycles(&self) -> u64 {
-        self.entries.cycle()
-    }
-
     /// Ioctls issued so far, by command.
     #[cfg(feature = "internals")]
     pub fn ioctl_counts(&self) -> IoctlCounts {
@@ -489,7 +483,7 @@ fn fold(slots: &[u32], raw: &[u64], values: &mut [u64]) {
 
 /// One exported driver statistic: `nic.stat.name`, `nic.queue` (split mode) and value.
 #[cfg(feature = "internals")]
-pub type StatPoint = (String, Option<u32>, u64);
+pub(crate) type StatPoint = (String, Option<u32>, u64);
 
 /// What the collector makes of one interface's replies, without a socket: the
 /// `ETHTOOL_GSTRINGS` reply `gstrings` for `count` statistics (names as in

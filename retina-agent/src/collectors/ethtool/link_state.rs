@@ -271,8 +271,8 @@ impl LinkStateCollector {
     }
 
     /// Interfaces with link state currently held.
-    #[cfg(any(test, feature = "internals"))]
-    pub fn interfaces(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn interfaces(&self) -> usize {
         self.table.len()
     }
 

@@ -114,30 +114,30 @@ pub fn parse(name: &str) -> Option<QueueStat> {
 }
 
 /// Where one driver statistic goes.
-pub const DROPPED: u32 = u32::MAX;
+pub(crate) const DROPPED: u32 = u32::MAX;
 
 /// One output series before its attributes are built.
 #[derive(Debug, PartialEq, Eq)]
-pub struct SeriesSpec {
+pub(crate) struct SeriesSpec {
     /// `nic.stat.name`.
-    pub name: String,
+    pub(crate) name: String,
     /// `nic.queue`, in split mode only.
-    pub queue: Option<u32>,
+    pub(crate) queue: Option<u32>,
 }
 
 /// The mapping from a driver's statistics (in ETHTOOL_GSTRINGS order) to output series.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// For every driver statistic, its series index or [`DROPPED`].
-    pub slots: Vec<u32>,
-    pub series: Vec<SeriesSpec>,
+    pub(crate) slots: Vec<u32>,
+    pub(crate) series: Vec<SeriesSpec>,
 }
 
 /// Builds the mapping for one interface's statistic `names` under `mode`, keeping only
 /// series whose exported name `keep` accepts. Every series gets one statistic except in
 /// [`QueueMode::Sum`], where all queues' statistics of one exported name add up into one
 /// series. A name the driver reports twice is exported once (the first one).
-pub fn plan(names: &[String], mode: QueueMode, mut keep: impl FnMut(&str) -> bool) -> Plan {
+pub(crate) fn plan(names: &[String], mode: QueueMode, mut keep: impl FnMut(&str) -> bool) -> Plan {
     let parsed: Vec<Option<QueueStat>> = match mode {
         QueueMode::Keep => names.iter().map(|_| None).collect(),
         _ => names.iter().map(|n| parse(n)).collect(),

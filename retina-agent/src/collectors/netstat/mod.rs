@@ -61,14 +61,14 @@ use crate::{
     model::{Kind, Metric, Number, Visitor},
 };
 
-pub const NETSTAT_COUNTER: Metric = Metric {
+pub(crate) const NETSTAT_COUNTER: Metric = Metric {
     name: "retina.netstat.stat",
     unit: "1",
     description: "Kernel protocol counters from /proc/net/netstat, /proc/net/snmp and \
                   /proc/net/snmp6, by netstat.group and netstat.field",
     kind: Kind::Counter,
 };
-pub const NETSTAT_GAUGE: Metric = Metric {
+pub(crate) const NETSTAT_GAUGE: Metric = Metric {
     name: "retina.netstat.state",
     unit: "{value}",
     description: "Kernel protocol states and settings from /proc/net/snmp and \
@@ -80,12 +80,12 @@ pub const NETSTAT_GAUGE: Metric = Metric {
 static METRICS: &[&Metric] = &[&NETSTAT_COUNTER, &NETSTAT_GAUGE];
 
 /// Attribute key: the protocol group (`TcpExt`, `Ip6`, ...).
-pub const ATTR_GROUP: &str = "netstat.group";
+pub(crate) const ATTR_GROUP: &str = "netstat.group";
 /// Attribute key: the field within its group (`ListenDrops`, `InReceives`, ...).
-pub const ATTR_FIELD: &str = "netstat.field";
+pub(crate) const ATTR_FIELD: &str = "netstat.field";
 
 /// `(group, field)` pairs that are not monotonic counters.
-pub const GAUGES: &[(&str, &str)] = &[
+pub(crate) const GAUGES: &[(&str, &str)] = &[
     ("Ip", "Forwarding"),
     ("Ip", "DefaultTTL"),
     ("Tcp", "RtoAlgorithm"),
@@ -240,7 +240,7 @@ impl NetstatCollector {
 
     /// Reads and parses the three files. Every file is processed even if another fails;
     /// the first error is returned (later ones are logged).
-    pub fn update(&mut self) -> Result<(), NetstatError> {
+    pub(crate) fn update(&mut self) -> Result<(), NetstatError> {
         let mut first = None;
         for source in &mut self.sources {
             match source.update(&self.filter) {

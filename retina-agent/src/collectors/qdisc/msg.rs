@@ -25,29 +25,29 @@ pub(super) const TC_H_ROOT: u32 = 0xffff_ffff;
 
 /// The statistics of one qdisc or class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcStats {
-    pub bytes: u64,
-    pub packets: u64,
-    pub drops: u64,
-    pub overlimits: u64,
+pub(crate) struct TcStats {
+    pub(crate) bytes: u64,
+    pub(crate) packets: u64,
+    pub(crate) drops: u64,
+    pub(crate) overlimits: u64,
     /// Absent with the legacy `TCA_STATS` only.
-    pub requeues: Option<u64>,
-    pub backlog: u64,
-    pub qlen: u64,
+    pub(crate) requeues: Option<u64>,
+    pub(crate) backlog: u64,
+    pub(crate) qlen: u64,
 }
 
 /// One `RTM_NEWQDISC` / `RTM_NEWTCLASS` message, validated, borrowing the buffer.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TcMsg<'a> {
-    pub ifindex: u32,
-    pub handle: u32,
-    pub parent: u32,
-    pub kind: &'a [u8],
-    pub stats: Option<TcStats>,
+pub(crate) struct TcMsg<'a> {
+    pub(crate) ifindex: u32,
+    pub(crate) handle: u32,
+    pub(crate) parent: u32,
+    pub(crate) kind: &'a [u8],
+    pub(crate) stats: Option<TcStats>,
 }
 
 /// Parses the payload of a qdisc or class message.
-pub fn parse_tc(payload: &[u8]) -> Result<TcMsg<'_>, (Option<u32>, Malformed)> {
+pub(crate) fn parse_tc(payload: &[u8]) -> Result<TcMsg<'_>, (Option<u32>, Malformed)> {
     if payload.len() < TCMSG_LEN {
         return Err((
             None,
@@ -163,12 +163,12 @@ fn parse_stats2(nested: &[u8]) -> Result<Option<TcStats>, Malformed> {
 }
 
 /// A qdisc handle as tc prints it: the major number, `1:`.
-pub fn qdisc_handle(h: u32) -> String {
+pub(crate) fn qdisc_handle(h: u32) -> String {
     format!("{:x}:", h >> 16)
 }
 
 /// A class id or parent as tc prints it: `root`, `none`, `1:`, `:10`, `1:10`.
-pub fn classid(h: u32) -> String {
+pub(crate) fn classid(h: u32) -> String {
     let (maj, min) = (h >> 16, h & 0xffff);
     match h {
         TC_H_ROOT => "root".into(),

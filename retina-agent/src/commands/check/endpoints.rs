@@ -12,7 +12,7 @@ use super::Status;
 use crate::config;
 
 /// How long the collector reachability check waits for a TCP connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The informational mount checks: bpffs and tracefs.
 pub(super) fn mounts() -> [Check; 2] {
@@ -34,7 +34,7 @@ pub(super) fn mounts() -> [Check; 2] {
 }
 
 /// Mount points of file systems of type `fstype` in `/proc/self/mounts` text.
-pub fn mount_points<'a>(mounts: &'a str, fstype: &str) -> Vec<&'a str> {
+pub(crate) fn mount_points<'a>(mounts: &'a str, fstype: &str) -> Vec<&'a str> {
     mounts
         .lines()
         .filter_map(|l| {
@@ -60,7 +60,7 @@ fn mount(mounts: &str, name: &'static str, fstype: &str, hint: &str) -> Check {
 
 /// Whether the OTLP collector accepts TCP connections. The agent retries an unreachable
 /// collector, so this only warns.
-pub fn otlp(endpoint: &str, timeout: Duration) -> Check {
+pub(crate) fn otlp(endpoint: &str, timeout: Duration) -> Check {
     const NAME: &str = "otlp";
     let Some((host, port)) = config::endpoint_host_port(endpoint) else {
         return Check::fail(
@@ -100,7 +100,7 @@ pub fn otlp(endpoint: &str, timeout: Duration) -> Check {
 }
 
 /// Whether the Prometheus endpoint's address can be bound (the listener is closed again).
-pub fn prometheus(listen: SocketAddr) -> Check {
+pub(crate) fn prometheus(listen: SocketAddr) -> Check {
     const NAME: &str = "prometheus";
     match TcpListener::bind(listen) {
         Ok(_) => Check::pass(NAME, format!("{listen} can be bound")),

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Oldest kernel whose `kfree_skb` tracepoint carries the drop reason.
-pub const MIN_KERNEL: (u32, u32) = (5, 17);
+pub(crate) const MIN_KERNEL: (u32, u32) = (5, 17);
 
 /// The drop counter's checks, in the order they are printed: kernel, btf, capabilities,
 /// tracepoint, probe.
@@ -46,7 +46,7 @@ pub(super) fn drop_counter(btf_path: Option<&Path>, map_entries: u32, hook: Hook
 }
 
 /// `(major, minor)` of a kernel release string such as `6.18.0-1-amd64`.
-pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_release(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
@@ -129,7 +129,7 @@ fn btf(path: Option<&Path>) -> (Check, Option<Btf>) {
 /// rtnetlink dumps and /proc/net are unprivileged, and without CAP_SYS_ADMIN only the
 /// interface names of drops in other named namespaces are missing (the packaged unit
 /// grants CAP_BPF and CAP_PERFMON only).
-pub fn capabilities(caps: Option<u64>) -> Check {
+pub(crate) fn capabilities(caps: Option<u64>) -> Check {
     const NAME: &str = "capabilities";
     let Some(caps) = caps else {
         return Check::warn(

@@ -75,11 +75,11 @@ impl MetricReader for SharedReader {
 
 /// What every pipeline of one exporter shares.
 pub(super) struct Sources {
-    pub agent: SharedAgent,
-    pub catalog: Arc<Catalog>,
-    pub stats: Arc<ExportStats>,
-    pub resource: Resource,
-    pub temporality: Temporality,
+    pub(crate) agent: SharedAgent,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) stats: Arc<ExportStats>,
+    pub(crate) resource: Resource,
+    pub(crate) temporality: Temporality,
 }
 
 pub(super) struct Pipeline {

@@ -66,7 +66,7 @@ fn put_name(out: &mut impl std::fmt::Write, key: &str) -> std::fmt::Result {
 }
 
 /// The Prometheus label name of an attribute key (`host.name` → `host_name`).
-pub fn label_name(key: &str) -> String {
+pub(crate) fn label_name(key: &str) -> String {
     let mut name = String::with_capacity(key.len() + 1);
     // Writing into a String cannot fail.
     let _ = put_name(&mut name, key);
@@ -74,7 +74,7 @@ pub fn label_name(key: &str) -> String {
 }
 
 /// The name of `m`'s series as Prometheus stores them (counters with `_total`).
-pub fn family_name(m: &Metric) -> String {
+pub(crate) fn family_name(m: &Metric) -> String {
     let mut name = String::with_capacity(m.name.len() + 24);
     // Writing into a String cannot fail.
     let _ = put_name(&mut name, m.name);

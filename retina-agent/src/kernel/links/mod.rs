@@ -65,7 +65,7 @@ use std::{
 pub(crate) use parse::{Attrs, Messages, nul_terminated};
 use socket::{Dump, DumpKind, Sockets};
 pub(crate) use socket::{drain, open_socket, recv, send_dump_request, send_request};
-pub use table::Link;
+pub(crate) use table::Link;
 use table::Table;
 pub(crate) use table::{lossy_arc, lossy_eq};
 pub use uapi::LinkStats;
@@ -92,7 +92,7 @@ pub(crate) const MAX_ATTEMPTS: u32 = 4;
 const MAX_DRAIN: usize = 100_000;
 /// Refreshes after which a full `RTM_GETLINK` dump runs even though no notification asked
 /// for one: a safety net against a lost notification the kernel did not report.
-pub const FULL_DUMP_EVERY: u32 = 60;
+pub(crate) const FULL_DUMP_EVERY: u32 = 60;
 
 /// What was wrong with a reply from the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -296,13 +296,13 @@ impl Links {
 
     /// Inserts or replaces the link with `link.ifindex` (for tests and replays).
     #[cfg(any(test, feature = "internals"))]
-    pub fn upsert(&mut self, link: Link) {
+    pub(crate) fn upsert(&mut self, link: Link) {
         self.table.upsert(link);
     }
 
     /// Removes the link with this ifindex (for tests and replays).
-    #[cfg(any(test, feature = "internals"))]
-    pub fn remove(&mut self, ifindex: u32) -> Option<Link> {
+    #[cfg(test)]
+    pub(crate) fn remove(&mut self, ifindex: u32) -> Option<Link> {
         self.table.remove(ifindex)
     }
 
@@ -336,7 +336,7 @@ impl Links {
     /// Sets the workload of a link's peer namespace; a change gives the link a new
     /// [`instance`](Link::instance) (collectors rebuild its attribute sets) and the table a
     /// new generation. Returns whether it changed.
-    pub fn set_workload(
+    pub(crate) fn set_workload(
         &mut self,
         ifindex: u32,
         workload: Option<Arc<crate::workload::Workload>>,
@@ -361,6 +361,7 @@ impl Links {
         self.table.entries.len()
     }
 
+    /// Beside `len`, as clippy expects of a public type (`len_without_is_empty`).
     #[cfg(any(test, feature = "internals"))]
     pub fn is_empty(&self) -> bool {
         self.table.entries.is_empty()

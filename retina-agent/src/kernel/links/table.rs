@@ -28,9 +28,9 @@ pub struct Link {
     /// exported attribute has it; [`Link::name_bytes`] has the kernel's bytes.
     pub name: Arc<str>,
     /// The kernel's bytes of a name that is not UTF-8 (`None` when `name` is exact).
-    pub raw_name: Option<Arc<[u8]>>,
+    pub(crate) raw_name: Option<Arc<[u8]>>,
     /// `IFF_*` flags from `ifinfomsg`.
-    pub flags: u32,
+    pub(crate) flags: u32,
     pub stats: LinkStats,
     /// Identity of the device behind this ifindex, unique in the process. It changes when
     /// the ifindex (re)appears, when the interface is renamed or its kind changes, when
@@ -40,8 +40,8 @@ pub struct Link {
     /// state (cumulative sums, cached names) when this changes.
     pub instance: u64,
     /// Detailed counters from the rest of `rtnl_link_stats64`.
-    pub detail: LinkStatsDetail,
-    pub operstate: OperState,
+    pub(crate) detail: LinkStatsDetail,
+    pub(crate) operstate: OperState,
     /// `IFLA_MTU`, if the kernel reported it.
     pub mtu: Option<u32>,
     /// `IFLA_INFO_KIND` (`veth`, `bridge`, ...); `None` for devices without one (physical
@@ -59,8 +59,8 @@ pub struct Link {
 impl Link {
     /// A link with the given identity and zeroed counters, with a fresh
     /// [`instance`](Link::instance) (for tests and replays).
-    #[cfg(any(test, feature = "internals"))]
-    pub fn new(ifindex: u32, name: &str) -> Link {
+    #[cfg(test)]
+    pub(crate) fn new(ifindex: u32, name: &str) -> Link {
         Link {
             ifindex,
             name: Arc::from(name),
@@ -90,7 +90,7 @@ impl Link {
 
     /// `IFF_LOOPBACK`.
     #[cfg(test)]
-    pub fn is_loopback(&self) -> bool {
+    pub(crate) fn is_loopback(&self) -> bool {
         self.flags & libc::IFF_LOOPBACK as u32 != 0
     }
 }
@@ -145,7 +145,7 @@ impl Table {
     }
 
     /// Removes the link with this ifindex.
-    #[cfg(any(test, feature = "internals"))]
+    #[cfg(test)]
     pub(super) fn remove(&mut self, ifindex: u32) -> Option<Link> {
         let i = self.find(ifindex).ok()?;
         self.generation += 1;

@@ -69,7 +69,7 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<Offsets, ProbeError> {
 
 /// Which drops this kernel lets the probe attribute to the cgroup owning their socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SocketOwnerSupport {
+pub(crate) enum SocketOwnerSupport {
     /// Received packets too: the tracepoint passes `rx_sk` (Linux 6.11+).
     Received,
     /// Only packets whose `skb->sk` is still set (those a local socket sent).
@@ -80,7 +80,7 @@ pub enum SocketOwnerSupport {
 
 impl SocketOwnerSupport {
     /// What the offsets derived from BTF allow.
-    pub fn of(offsets: &Offsets) -> SocketOwnerSupport {
+    pub(crate) fn of(offsets: &Offsets) -> SocketOwnerSupport {
         if offsets.flags & OFFSETS_HAS_SK_CGROUP == 0 {
             SocketOwnerSupport::Unavailable
         } else if offsets.flags & OFFSETS_HAS_RX_SK == 0 {
@@ -90,7 +90,7 @@ impl SocketOwnerSupport {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SocketOwnerSupport::Received => "socket owners of received and sent packets",
             SocketOwnerSupport::SentOnly => {
