@@ -345,3 +345,6 @@ pub(super) fn has_path(url: &str) -> bool {
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests;

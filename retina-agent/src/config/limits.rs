@@ -53,3 +53,6 @@ pub fn size<T: PartialOrd + std::fmt::Display>(n: T, (min, max): (T, T)) -> Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

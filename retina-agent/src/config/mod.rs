@@ -302,9 +302,3 @@ pub(crate) fn load(
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod export_tests;
-
-#[cfg(test)]
-mod limits_tests;

@@ -444,5 +444,4 @@ fn unescape(s: &str) -> PathBuf {
 }
 
 #[cfg(test)]
-#[path = "sockets_tests.rs"]
 mod tests;
