@@ -51,23 +51,4 @@ impl Streak {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_then_once_a_minute_with_a_count() {
-        let t0 = Instant::now();
-        let mut s = Streak::default();
-        assert_eq!(s.fail_at(t0), Some(0));
-        for i in 1..60 {
-            assert_eq!(s.fail_at(t0 + Duration::from_secs(i)), None);
-        }
-        // 60 failures after the first one, the last at +60 s.
-        assert_eq!(s.fail_at(t0 + Duration::from_secs(60)), Some(60));
-        assert_eq!(s.fail_at(t0 + Duration::from_secs(61)), None);
-        assert!(s.ok());
-        assert!(!s.ok());
-        // A new streak logs its first failure at once.
-        assert_eq!(s.fail_at(t0 + Duration::from_secs(62)), Some(0));
-    }
-}
+mod tests;
