@@ -31,11 +31,11 @@ pub struct Degraded {
 /// The outcome of one collector in one cycle.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CollectorStats {
-    pub duration: Duration,
-    pub failures: u64,
-    pub last_failed: bool,
+    pub(crate) duration: Duration,
+    pub(crate) failures: u64,
+    pub(crate) last_failed: bool,
     /// Logging of the current streak of failures.
-    pub streak: crate::ratelimit::Streak,
+    pub(crate) streak: crate::ratelimit::Streak,
 }
 
 pub struct Agent {
@@ -168,7 +168,7 @@ impl Agent {
     /// kept as they are, with their failure counts. Collectors read the kernel's running
     /// totals, so a rebuilt one exports the same counts. Nothing changes when a collector
     /// cannot be built. Returns the names of the collectors rebuilt, started or dropped.
-    pub fn reconfigure(
+    pub(crate) fn reconfigure(
         &mut self,
         old: &Config,
         new: &Config,
@@ -224,7 +224,7 @@ impl Agent {
     }
 
     /// Adds a collector (used to plug in the NIC, netdev and netstat collectors).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn add(&mut self, collector: Box<dyn Collector>) {
         self.push(collector);
     }
@@ -233,7 +233,7 @@ impl Agent {
         &self.degraded
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn links(&self) -> &Links {
         &self.links
     }

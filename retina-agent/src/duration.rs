@@ -22,7 +22,7 @@ pub fn parse(s: &str) -> Result<Duration, String> {
 
 /// A file key's duration (`#[serde(deserialize_with = "crate::duration::deserialize")]`):
 /// a string for [`parse`], or a whole number of seconds greater than zero.
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct V;
     impl serde::de::Visitor<'_> for V {
         type Value = Duration;

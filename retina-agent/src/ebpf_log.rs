@@ -5,7 +5,7 @@ use tokio::io::unix::AsyncFd;
 
 /// Starts a task that drains the program's log ring buffer whenever it has records. Needs
 /// a tokio runtime; without one (or without the log map) eBPF logs are not shown.
-pub fn spawn(ebpf: &mut Ebpf) {
+pub(crate) fn spawn(ebpf: &mut Ebpf) {
     let logger = match aya_log::EbpfLogger::init(ebpf) {
         Ok(logger) => logger,
         Err(e) => {

@@ -30,7 +30,7 @@ use crate::ratelimit::Streak;
 
 /// What a failed lookup cost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lost {
+pub(crate) enum Lost {
     /// The interface names (and namespace names) of drops in other network namespaces.
     InterfaceName,
     /// The pod, container or unit of a namespace or socket.
@@ -38,10 +38,10 @@ pub enum Lost {
 }
 
 impl Lost {
-    pub const ALL: [Lost; 2] = [Lost::InterfaceName, Lost::Workload];
+    pub(crate) const ALL: [Lost; 2] = [Lost::InterfaceName, Lost::Workload];
 
     /// The value of the `lost` attribute.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Lost::InterfaceName => "interface.name",
             Lost::Workload => "workload",
@@ -68,7 +68,7 @@ static FAILING: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false
 static STREAKS: LazyLock<Mutex<[Streak; 2]>> = LazyLock::new(Mutex::default);
 
 /// The `EMFILE`/`ENFILE` in `e` or its sources, if any.
-pub fn shortage<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a io::Error> {
+pub(crate) fn shortage<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a io::Error> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<io::Error>()
@@ -83,7 +83,7 @@ pub fn shortage<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a io::Error> {
 
 /// Records the failure `e` of a lookup that cost `lost`. True when it was a descriptor
 /// shortage: then it is counted, and logged as described in the module documentation.
-pub fn failed(lost: Lost, e: &(dyn Error + 'static)) -> bool {
+pub(crate) fn failed(lost: Lost, e: &(dyn Error + 'static)) -> bool {
     let Some(io) = shortage(e) else {
         return false;
     };
@@ -112,7 +112,7 @@ pub fn failed(lost: Lost, e: &(dyn Error + 'static)) -> bool {
 
 /// Records a lookup of `lost` that got its descriptors: ends a streak (logged at info).
 /// Costs one atomic load unless a streak is open.
-pub fn succeeded(lost: Lost) {
+pub(crate) fn succeeded(lost: Lost) {
     if !FAILING[lost.index()].load(Ordering::Relaxed) {
         return;
     }
@@ -131,37 +131,9 @@ pub fn succeeded(lost: Lost) {
 }
 
 /// Lookups that cost `lost` for want of a descriptor since the agent started.
-pub fn count(lost: Lost) -> u64 {
+pub(crate) fn count(lost: Lost) -> u64 {
     COUNTS[lost.index()].load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("opening namespace: {source}")]
-    struct Wrapped {
-        source: io::Error,
-    }
-
-    #[test]
-    fn only_descriptor_shortages_are_counted_also_when_wrapped() {
-        let before = count(Lost::Workload);
-        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
-        assert!(failed(Lost::Workload, &emfile));
-        let enfile = Wrapped {
-            source: io::Error::from_raw_os_error(libc::ENFILE),
-        };
-        assert!(failed(Lost::Workload, &enfile));
-        let eperm = Wrapped {
-            source: io::Error::from_raw_os_error(libc::EPERM),
-        };
-        assert!(!failed(Lost::Workload, &eperm));
-        assert!(!failed(Lost::Workload, &io::Error::other("gone")));
-        assert_eq!(count(Lost::Workload), before + 2);
-        assert!(FAILING[Lost::Workload.index()].load(Ordering::Relaxed));
-        succeeded(Lost::Workload);
-        assert!(!FAILING[Lost::Workload.index()].load(Ordering::Relaxed));
-    }
-}
+mod tests;

@@ -26,8 +26,8 @@ pub struct Pattern {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid regular expression {pattern:?}: {detail}")]
 pub struct PatternError {
-    pub pattern: String,
-    pub detail: String,
+    pub(crate) pattern: String,
+    pub(crate) detail: String,
 }
 
 impl Pattern {
@@ -60,15 +60,9 @@ impl Pattern {
         sources.iter().map(|s| Pattern::new(s.as_ref())).collect()
     }
 
-    /// The pattern as written (not anchored).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn as_str(&self) -> &str {
-        &self.source
-    }
-
     /// Whether `name` matches as a whole.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn is_match(&self, name: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_match(&self, name: &str) -> bool {
         self.regex.is_match(name)
     }
 }
@@ -121,7 +115,7 @@ pub struct NameFilter {
 
 impl NameFilter {
     /// A filter of compiled patterns (nothing is compiled here).
-    pub fn new(include: &[Pattern], exclude: &[Pattern]) -> NameFilter {
+    pub(crate) fn new(include: &[Pattern], exclude: &[Pattern]) -> NameFilter {
         let regexes = |list: &[Pattern]| list.iter().map(|p| p.regex.clone()).collect();
         NameFilter {
             include: regexes(include),
@@ -130,86 +124,24 @@ impl NameFilter {
     }
 
     /// A filter that selects every name.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn all() -> NameFilter {
         NameFilter::default()
     }
 
     /// Whether `name` is selected: it fully matches an `include` pattern (or there is
     /// none) and fully matches no `exclude` pattern.
-    pub fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         (self.include.is_empty() || self.include.iter().any(|r| r.is_match(name)))
             && !self.exclude.iter().any(|r| r.is_match(name))
     }
 
     /// Whether this filter selects every name (no patterns at all).
     #[cfg(test)]
-    pub fn is_all(&self) -> bool {
+    pub(crate) fn is_all(&self) -> bool {
         self.include.is_empty() && self.exclude.is_empty()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn s(v: &[&str]) -> Vec<Pattern> {
-        Pattern::list(v).unwrap()
-    }
-
-    #[test]
-    fn empty_selects_everything() {
-        let f = NameFilter::new(&[], &[]);
-        assert!(f.is_all());
-        assert!(f.matches("eth0"));
-        assert!(f.matches(""));
-        assert!(NameFilter::all().matches("lo"));
-    }
-
-    #[test]
-    fn patterns_are_anchored() {
-        let f = NameFilter::new(&s(&["eth.*"]), &[]);
-        assert!(f.matches("eth0"));
-        assert!(!f.matches("veth0"));
-        let f = NameFilter::new(&s(&["eth0"]), &[]);
-        assert!(!f.matches("eth01"));
-        // Alternation inside a pattern stays anchored as a whole.
-        let f = NameFilter::new(&s(&["lo|eth0"]), &[]);
-        assert!(f.matches("lo"));
-        assert!(f.matches("eth0"));
-        assert!(!f.matches("lo0"));
-        assert!(!f.matches("xeth0"));
-    }
-
-    #[test]
-    fn exclude_wins_over_include() {
-        let f = NameFilter::new(&s(&["eth.*", "lo"]), &s(&["eth1", "veth.*"]));
-        assert!(f.matches("eth0"));
-        assert!(!f.matches("eth1"));
-        assert!(f.matches("lo"));
-        assert!(!f.matches("veth9"));
-        assert!(!f.matches("docker0"));
-        let f = NameFilter::new(&[], &s(&["veth.*"]));
-        assert!(f.matches("eth0"));
-        assert!(!f.matches("veth0"));
-    }
-
-    #[test]
-    fn bad_pattern_is_named_in_the_error() {
-        let err = Pattern::list(&["ok", "eth[0-"]).unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.starts_with("invalid regular expression \"eth[0-\": ") && !msg.contains("^(?:"),
-            "{msg}"
-        );
-        assert_eq!(Pattern::new("eth.*").unwrap(), "eth.*");
-        let p: Vec<Pattern> = serde_json::from_str(r#"["lo", "eth.*"]"#).unwrap();
-        assert!(p[1].is_match("eth0") && !p[1].is_match("veth0"));
-        let err = serde_json::from_str::<Vec<Pattern>>(r#"["ok", "(bad"]"#).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("invalid regular expression \"(bad\""),
-            "{err}"
-        );
-    }
-}
+mod tests;

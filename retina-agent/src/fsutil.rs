@@ -17,13 +17,13 @@ use std::{
 };
 
 /// Largest configuration file the agent reads (1 MiB; the packaged one is ~6 KiB).
-pub const CONFIG_MAX_BYTES: u64 = 1 << 20;
+pub(crate) const CONFIG_MAX_BYTES: u64 = 1 << 20;
 /// Largest BTF blob (`/sys/kernel/btf/vmlinux` is 5-8 MiB on current kernels).
-pub const BTF_MAX_BYTES: u64 = 64 << 20;
+pub(crate) const BTF_MAX_BYTES: u64 = 64 << 20;
 /// Largest PEM file for TLS (CA bundles are ~200 KiB).
-pub const PEM_MAX_BYTES: u64 = 4 << 20;
+pub(crate) const PEM_MAX_BYTES: u64 = 4 << 20;
 /// Largest procfs statistics file (`/proc/net/snmp6` is ~10 KiB).
-pub const PROC_MAX_BYTES: usize = 1 << 20;
+pub(crate) const PROC_MAX_BYTES: usize = 1 << 20;
 
 /// What kind of file this is, for an error message.
 fn kind(ft: std::fs::FileType) -> &'static str {
@@ -57,7 +57,7 @@ fn too_big(cap: u64) -> io::Error {
 }
 
 /// Opens `path` for reading if it is a regular file (symbolic links followed).
-pub fn open_regular(path: &Path) -> io::Result<File> {
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -70,7 +70,7 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 }
 
 /// Reads the regular file at `path`, refusing one longer than `cap` bytes.
-pub fn read_regular(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+pub(crate) fn read_regular(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let file = open_regular(path)?;
     let len = file.metadata()?.len();
     if len > cap {
@@ -86,7 +86,7 @@ pub fn read_regular(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
 }
 
 /// [`read_regular`] for text.
-pub fn read_regular_string(path: &Path, cap: u64) -> io::Result<String> {
+pub(crate) fn read_regular_string(path: &Path, cap: u64) -> io::Result<String> {
     String::from_utf8(read_regular(path, cap)?)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
@@ -95,7 +95,7 @@ pub fn read_regular_string(path: &Path, cap: u64) -> io::Result<String> {
 /// `cap` bytes. Allocates only if the file outgrew the buffer's capacity; the path is
 /// already a C string, so opening allocates nothing either (for the per-cycle procfs
 /// reads).
-pub fn read_regular_into(path: &CStr, buf: &mut Vec<u8>, cap: usize) -> io::Result<()> {
+pub(crate) fn read_regular_into(path: &CStr, buf: &mut Vec<u8>, cap: usize) -> io::Result<()> {
     // SAFETY: `path` is NUL-terminated; the returned descriptor is owned below.
     let fd = unsafe {
         libc::open(
@@ -170,55 +170,4 @@ pub fn pread_to_end(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, cap: usize) -> io::Re
 }
 
 #[cfg(test)]
-mod tests {
-    use std::ffi::CString;
-
-    use super::*;
-
-    fn temp(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("retina-fsutil-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
-    }
-
-    #[test]
-    fn special_files_are_refused_at_once() {
-        let fifo = temp("fifo");
-        let _ = std::fs::remove_file(&fifo);
-        let c = CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `c` is a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        for (path, what) in [
-            (fifo.as_path(), "a FIFO"),
-            (Path::new("/dev/zero"), "a character device"),
-            (Path::new("/etc"), "a directory"),
-        ] {
-            let e = read_regular(path, 1 << 20).unwrap_err();
-            assert_eq!(e.to_string(), format!("not a regular file ({what})"));
-            let cpath = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-            let e = read_regular_into(&cpath, &mut Vec::new(), 1 << 20).unwrap_err();
-            assert_eq!(e.to_string(), format!("not a regular file ({what})"));
-        }
-        std::fs::remove_file(&fifo).unwrap();
-    }
-
-    #[test]
-    fn size_cap() {
-        let f = temp("big");
-        std::fs::write(&f, vec![b'x'; 1001]).unwrap();
-        assert_eq!(read_regular(&f, 1001).unwrap().len(), 1001);
-        let e = read_regular(&f, 1000).unwrap_err();
-        assert!(e.to_string().contains("limit of 1000 bytes"), "{e}");
-        let c = CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
-        let mut buf = Vec::new();
-        read_regular_into(&c, &mut buf, 1001).unwrap();
-        assert_eq!(buf.len(), 1001);
-        assert!(read_regular_into(&c, &mut buf, 1000).is_err());
-        // procfs reports size 0: the cap is still enforced by reading.
-        let mut buf = Vec::new();
-        read_regular_into(c"/proc/self/status", &mut buf, PROC_MAX_BYTES).unwrap();
-        assert!(buf.starts_with(b"Name:"));
-        assert!(read_regular_into(c"/proc/self/status", &mut buf, 16).is_err());
-        std::fs::remove_file(&f).unwrap();
-    }
-}
+mod tests;

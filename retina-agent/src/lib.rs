@@ -5,7 +5,10 @@
 //! are crate-private, so rustc reports what nothing uses. The integration tests, the bench
 //! and the fuzz targets reach inside through the `internals` feature, which makes the
 //! modules public; nothing else enables it (`cargo xtask clippy` lints the crate without
-//! it too, so dead code cannot hide behind the tests).
+//! it too, so dead code cannot hide behind the tests). Inside the modules, `pub` marks what
+//! those crates use and `pub(crate)` the rest; what only they call is
+//! `#[cfg(feature = "internals")]`, what the unit tests call too
+//! `#[cfg(any(test, feature = "internals"))]`, so the binary carries none of it.
 
 mod app;
 

@@ -16,7 +16,7 @@ use opentelemetry::{KeyValue, Value};
 
 /// How a metric's values behave over time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A monotonic running total kept by the kernel: exported as a cumulative sum, so
     /// `rate()` works; the snapshot prints its change over the window.
     Counter,
@@ -26,7 +26,7 @@ pub enum Kind {
 
 impl Kind {
     /// The name used in the snapshot's JSON (`"sum"` or `"gauge"`, as in OTLP).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "sum",
             Kind::Gauge => "gauge",
@@ -40,9 +40,9 @@ pub struct Metric {
     /// OpenTelemetry name, e.g. `retina.drop.count`.
     pub name: &'static str,
     /// UCUM unit, e.g. `{packet}` or `By`.
-    pub unit: &'static str,
-    pub description: &'static str,
-    pub kind: Kind,
+    pub(crate) unit: &'static str,
+    pub(crate) description: &'static str,
+    pub(crate) kind: Kind,
 }
 
 /// One value of a data point.
@@ -79,17 +79,17 @@ pub struct Workload {
     /// `k8s.pod.uid`.
     pub pod_uid: Option<Arc<str>>,
     /// `container.id`.
-    pub container_id: Option<Arc<str>>,
+    pub(crate) container_id: Option<Arc<str>>,
     /// The systemd service unit (`systemd.unit`), for processes outside containers.
-    pub unit: Option<Arc<str>>,
+    pub(crate) unit: Option<Arc<str>>,
     /// `user.id`: the uid a cgroup subtree was delegated to (its directory's owner), for a
     /// cgroup in or below one. Such a cgroup gives nothing else but the unit the
     /// delegated directory itself is (`user@1000.service`): its name below is the user's.
-    pub user_id: Option<u32>,
+    pub(crate) user_id: Option<u32>,
 }
 
 impl Workload {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pod_uid.is_none()
             && self.container_id.is_none()
             && self.unit.is_none()
@@ -98,7 +98,7 @@ impl Workload {
 
     /// What two processes of one namespace have in common: each field kept only where
     /// both agree.
-    pub fn common(&self, other: &Workload) -> Workload {
+    pub(crate) fn common(&self, other: &Workload) -> Workload {
         let same =
             |a: &Option<Arc<str>>, b: &Option<Arc<str>>| if a == b { a.clone() } else { None };
         Workload {
@@ -114,7 +114,7 @@ impl Workload {
     }
 
     /// Appends the workload's attributes.
-    pub fn push_attributes(&self, out: &mut Vec<KeyValue>) {
+    pub(crate) fn push_attributes(&self, out: &mut Vec<KeyValue>) {
         let mut push = |key: &'static str, v: &Option<Arc<str>>| {
             if let Some(v) = v {
                 out.push(KeyValue::new(key, Value::String(v.clone().into())));
@@ -132,19 +132,19 @@ impl Workload {
 /// Attribute keys used across collectors (OpenTelemetry semantic conventions where one
 /// exists).
 pub mod attr {
-    pub const INTERFACE_NAME: &str = "network.interface.name";
-    pub const INTERFACE_INDEX: &str = "network.interface.index";
-    pub const IO_DIRECTION: &str = "network.io.direction";
+    pub(crate) const INTERFACE_NAME: &str = "network.interface.name";
+    pub(crate) const INTERFACE_INDEX: &str = "network.interface.index";
+    pub(crate) const IO_DIRECTION: &str = "network.io.direction";
     pub const NETWORK_TYPE: &str = "network.type";
     pub const NETNS_INODE: &str = "network.namespace.inode";
-    pub const NETNS_NAME: &str = "network.namespace.name";
+    pub(crate) const NETNS_NAME: &str = "network.namespace.name";
     pub const DROP_REASON: &str = "drop.reason";
-    pub const DROP_LOCATION: &str = "drop.location";
+    pub(crate) const DROP_LOCATION: &str = "drop.location";
     /// The [`super::Workload`]'s keys: OpenTelemetry semantic conventions for the pod and
     /// the container; `systemd.unit` is the agent's own (the conventions have none).
-    pub const POD_UID: &str = "k8s.pod.uid";
-    pub const CONTAINER_ID: &str = "container.id";
-    pub const SYSTEMD_UNIT: &str = "systemd.unit";
+    pub(crate) const POD_UID: &str = "k8s.pod.uid";
+    pub(crate) const CONTAINER_ID: &str = "container.id";
+    pub(crate) const SYSTEMD_UNIT: &str = "systemd.unit";
     /// The uid a cgroup subtree was delegated to (OpenTelemetry's `user.id`).
-    pub const USER_ID: &str = "user.id";
+    pub(crate) const USER_ID: &str = "user.id";
 }

@@ -19,7 +19,7 @@ use sd_notify::NotifyState;
 
 /// The agent's side of the notify protocol.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     enabled: bool,
     /// `WATCHDOG_USEC` when it is meant for this process.
     watchdog: Option<Duration>,
@@ -28,7 +28,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// From the environment systemd sets (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`).
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         Notifier {
             enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
             watchdog: sd_notify::watchdog_enabled().filter(|d| !d.is_zero()),
@@ -37,7 +37,7 @@ impl Notifier {
     }
 
     /// The watchdog period systemd asked for, if any.
-    pub fn watchdog(&self) -> Option<Duration> {
+    pub(crate) fn watchdog(&self) -> Option<Duration> {
         self.watchdog
     }
 
@@ -51,7 +51,7 @@ impl Notifier {
     }
 
     /// `READY=1` with a first status line.
-    pub fn ready(&mut self, status: &str) {
+    pub(crate) fn ready(&mut self, status: &str) {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
         if self.watchdog.is_some() {
             self.last_ping = Some(Instant::now());
@@ -61,7 +61,7 @@ impl Notifier {
 
     /// After a collection cycle: `WATCHDOG=1` when half the watchdog period has passed
     /// since the last ping.
-    pub fn cycle_done(&mut self) {
+    pub(crate) fn cycle_done(&mut self) {
         let Some(period) = self.watchdog else { return };
         let now = Instant::now();
         if self
@@ -76,7 +76,7 @@ impl Notifier {
 
     /// `RELOADING=1` and the monotonic clock, as `Type=notify-reload` expects; `ready`
     /// ends the reload.
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         if !self.enabled {
             return;
         }
@@ -87,52 +87,10 @@ impl Notifier {
     }
 
     /// `STOPPING=1` with the reason as the status.
-    pub fn stopping(&self, status: &str) {
+    pub(crate) fn stopping(&self, status: &str) {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::os::unix::net::UnixDatagram;
-
-    use super::*;
-
-    #[test]
-    fn messages_reach_the_socket_and_pings_are_rate_limited() {
-        let dir = std::env::temp_dir().join(format!("retina-notify-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("notify.sock");
-        let _ = std::fs::remove_file(&path);
-        let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_nonblocking(true).unwrap();
-        // The crate reads NOTIFY_SOCKET itself; the notifier is built by hand so the
-        // test's own environment is not changed for other tests.
-        let mut n = Notifier {
-            enabled: true,
-            watchdog: Some(Duration::from_secs(3600)),
-            last_ping: None,
-        };
-        // SAFETY: no other test reads or writes NOTIFY_SOCKET.
-        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
-        n.ready("collecting every 10s");
-        n.cycle_done(); // within half the period of the ready ping: nothing
-        n.stopping("SIGTERM");
-        // SAFETY: as above.
-        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
-        let mut got = Vec::new();
-        let mut buf = [0u8; 512];
-        while let Ok(len) = sock.recv(&mut buf) {
-            got.push(String::from_utf8_lossy(&buf[..len]).into_owned());
-        }
-        assert_eq!(
-            got,
-            [
-                "READY=1\nSTATUS=collecting every 10s\n",
-                "WATCHDOG=1\n",
-                "STOPPING=1\nSTATUS=SIGTERM\n"
-            ]
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 /// The logging state of one repeating failure.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Streak {
+pub(crate) struct Streak {
     /// When the current streak started; `None`: not failing.
     since: Option<Instant>,
     /// Failures in the current streak.
@@ -20,11 +20,11 @@ pub struct Streak {
 
 impl Streak {
     /// Repeats of a streak are logged at most this often.
-    pub const EVERY: Duration = Duration::from_secs(60);
+    pub(crate) const EVERY: Duration = Duration::from_secs(60);
 
     /// Records a failure. `Some(n)` when it should be logged, `n` being the failures
     /// since the previous line (0 for the first of a streak).
-    pub fn fail(&mut self) -> Option<u64> {
+    pub(crate) fn fail(&mut self) -> Option<u64> {
         self.fail_at(Instant::now())
     }
 
@@ -48,12 +48,12 @@ impl Streak {
     }
 
     /// Records a success; `true` if it ends a streak.
-    pub fn ok(&mut self) -> bool {
+    pub(crate) fn ok(&mut self) -> bool {
         self.end().is_some()
     }
 
     /// Records a success; the length and duration of the streak it ends, if any.
-    pub fn end(&mut self) -> Option<(u64, Duration)> {
+    pub(crate) fn end(&mut self) -> Option<(u64, Duration)> {
         let since = self.since.take()?;
         let count = std::mem::take(&mut self.count);
         self.unlogged = 0;
@@ -62,52 +62,11 @@ impl Streak {
     }
 
     /// Failures in the current streak (0 when not failing).
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count
     }
-
-    /// Whether the last record was a failure.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn failing(&self) -> bool {
-        self.since.is_some()
-    }
 }
+
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_then_once_a_minute_with_a_count() {
-        let t0 = Instant::now();
-        let mut s = Streak::default();
-        assert_eq!(s.fail_at(t0), Some(0));
-        for i in 1..60 {
-            assert_eq!(s.fail_at(t0 + Duration::from_secs(i)), None);
-        }
-        // 60 failures after the first one, the last at +60 s.
-        assert_eq!(s.fail_at(t0 + Duration::from_secs(60)), Some(60));
-        assert_eq!(s.fail_at(t0 + Duration::from_secs(61)), None);
-        assert_eq!(s.count(), 62);
-        assert!(s.ok());
-        assert!(!s.ok());
-        // A new streak logs its first failure at once.
-        assert_eq!(s.fail_at(t0 + Duration::from_secs(62)), Some(0));
-    }
-
-    #[test]
-    fn the_end_of_a_streak_says_how_long_it_was() {
-        let mut s = Streak::default();
-        assert_eq!(s.fail(), Some(0));
-        assert_eq!(s.fail(), None);
-        assert_eq!(s.fail(), None);
-        assert_eq!(s.count(), 3);
-        s.last_logged = Instant::now().checked_sub(Streak::EVERY);
-        assert_eq!(s.fail(), Some(3));
-        let (n, _) = s.end().unwrap();
-        assert_eq!(n, 4);
-        assert_eq!(s.count(), 0);
-        assert!(s.end().is_none());
-        assert_eq!(s.fail(), Some(0));
-    }
-}
+mod tests;

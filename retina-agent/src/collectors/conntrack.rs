@@ -43,20 +43,20 @@ use crate::{
     model::{Kind, Metric, Number, Visitor},
 };
 
-pub const CONNTRACK_ENTRIES: Metric = Metric {
+pub(crate) const CONNTRACK_ENTRIES: Metric = Metric {
     name: "retina.conntrack.entries",
     unit: "{entry}",
     description: "Connections in the conntrack table (nf_conntrack_count)",
     kind: Kind::Gauge,
 };
-pub const CONNTRACK_LIMIT: Metric = Metric {
+pub(crate) const CONNTRACK_LIMIT: Metric = Metric {
     name: "retina.conntrack.limit",
     unit: "{entry}",
     description: "Size limit of the conntrack table (nf_conntrack_max); new connections \
                   beyond it are dropped unless an unassured one can be evicted",
     kind: Kind::Gauge,
 };
-pub const CONNTRACK_STAT: Metric = Metric {
+pub(crate) const CONNTRACK_STAT: Metric = Metric {
     name: "retina.conntrack.stat",
     unit: "{event}",
     description: "Connection tracking events per CPU from /proc/net/stat/nf_conntrack \
@@ -68,9 +68,9 @@ pub const CONNTRACK_STAT: Metric = Metric {
 static METRICS: &[&Metric] = &[&CONNTRACK_ENTRIES, &CONNTRACK_LIMIT, &CONNTRACK_STAT];
 
 /// Attribute key: the statistic, as the header of /proc/net/stat/nf_conntrack names it.
-pub const ATTR_STAT: &str = "conntrack.stat";
+pub(crate) const ATTR_STAT: &str = "conntrack.stat";
 /// Attribute key: the CPU number.
-pub const ATTR_CPU: &str = "cpu";
+pub(crate) const ATTR_CPU: &str = "cpu";
 
 /// The column that repeats the table size on every line (exported as
 /// `retina.conntrack.entries` from its own file instead).
@@ -81,11 +81,11 @@ const ENTRIES_COLUMN: &[u8] = b"entries";
 #[serde(deny_unknown_fields, default)]
 pub struct ConntrackConfig {
     /// Whether the collector runs (default `true`).
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Where procfs is mounted (default `/proc`).
-    pub proc_root: PathBuf,
+    pub(crate) proc_root: PathBuf,
     /// Where sysfs is mounted (default `/sys`), for the possible CPU list.
-    pub sys_root: PathBuf,
+    pub(crate) sys_root: PathBuf,
 }
 
 impl Default for ConntrackConfig {
@@ -298,13 +298,13 @@ impl ConntrackCollector {
     }
 
     /// Whether conntrack was present at the last read.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn present(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn present(&self) -> bool {
         self.absent == Some(false)
     }
 
     /// Number of (statistic, CPU) counters exported.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn exported(&self) -> usize {
         self.stats.len()
     }
@@ -317,7 +317,7 @@ impl ConntrackCollector {
         }
     }
 
-    pub fn update(&mut self) -> Result<(), ConntrackError> {
+    pub(crate) fn update(&mut self) -> Result<(), ConntrackError> {
         let text = match self.stats_file.read() {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -37,10 +37,10 @@ pub use self::{driver::EthtoolCollector, ioctl::MAX_STATS, link_state::LinkState
 /// The pieces the integration tests, the bench and the fuzz targets drive directly.
 #[cfg(feature = "internals")]
 pub use self::{
-    driver::{InterfaceStatus, IoctlCounts, StatPoint, parse_replies},
-    ioctl::{DrvInfo, EthtoolSocket, GuardedBuf, IfName, Reply},
-    netlink::{LinkState, LinkStateError, LinkStateTable, apply_link_state, query_link_state},
-    queue::{QueueStat, parse as parse_queue_stat},
+    driver::{InterfaceStatus, parse_replies},
+    ioctl::{EthtoolSocket, GuardedBuf, IfName, Reply},
+    netlink::{LinkStateTable, apply_link_state},
+    queue::parse as parse_queue_stat,
 };
 use crate::{
     filter::{NameFilter, Pattern},
@@ -48,62 +48,62 @@ use crate::{
 };
 
 /// Attribute keys of the NIC metrics.
-pub mod attr {
+pub(crate) mod attr {
     /// The driver's statistic name (`ethtool -S`), with the queue number removed in the
     /// `split` and `sum` modes.
-    pub const STAT_NAME: &str = "nic.stat.name";
+    pub(crate) const STAT_NAME: &str = "nic.stat.name";
     /// Queue number of a per-queue statistic (`split` mode only), an integer.
-    pub const QUEUE: &str = "nic.queue";
-    pub const DRIVER: &str = "nic.driver";
-    pub const DRIVER_VERSION: &str = "nic.driver.version";
-    pub const FIRMWARE_VERSION: &str = "nic.firmware.version";
-    pub const BUS_INFO: &str = "nic.bus_info";
+    pub(crate) const QUEUE: &str = "nic.queue";
+    pub(crate) const DRIVER: &str = "nic.driver";
+    pub(crate) const DRIVER_VERSION: &str = "nic.driver.version";
+    pub(crate) const FIRMWARE_VERSION: &str = "nic.firmware.version";
+    pub(crate) const BUS_INFO: &str = "nic.bus_info";
     /// `rx`, `tx`, `rx_mini`, `rx_jumbo`.
-    pub const RING: &str = "nic.ring";
+    pub(crate) const RING: &str = "nic.ring";
     /// `current` or `max`.
-    pub const RING_SETTING: &str = "nic.ring.setting";
+    pub(crate) const RING_SETTING: &str = "nic.ring.setting";
     /// `rx`, `tx`, `other`, `combined`.
-    pub const CHANNEL_TYPE: &str = "nic.channel.type";
+    pub(crate) const CHANNEL_TYPE: &str = "nic.channel.type";
     /// `current` or `max`.
-    pub const CHANNEL_SETTING: &str = "nic.channel.setting";
+    pub(crate) const CHANNEL_SETTING: &str = "nic.channel.setting";
 }
 
-pub static NIC_DRIVER_STAT: Metric = Metric {
+pub(crate) static NIC_DRIVER_STAT: Metric = Metric {
     name: "retina.nic.driver.stat",
     unit: "1",
     description: "A NIC driver statistic (ethtool -S), by interface and statistic name",
     kind: Kind::Counter,
 };
 
-pub static NIC_INFO: Metric = Metric {
+pub(crate) static NIC_INFO: Metric = Metric {
     name: "retina.nic.info",
     unit: "{info}",
     description: "Driver, version, firmware and bus of a NIC (ethtool -i); always 1",
     kind: Kind::Gauge,
 };
 
-pub static NIC_LINK_SPEED: Metric = Metric {
+pub(crate) static NIC_LINK_SPEED: Metric = Metric {
     name: "retina.nic.link.speed",
     unit: "bit/s",
     description: "Negotiated link speed; absent while the driver reports it unknown",
     kind: Kind::Gauge,
 };
 
-pub static NIC_LINK_DUPLEX: Metric = Metric {
+pub(crate) static NIC_LINK_DUPLEX: Metric = Metric {
     name: "retina.nic.link.duplex",
     unit: "{duplex}",
     description: "Link duplex: 1 full, 0 half; absent while unknown",
     kind: Kind::Gauge,
 };
 
-pub static NIC_RING_SIZE: Metric = Metric {
+pub(crate) static NIC_RING_SIZE: Metric = Metric {
     name: "retina.nic.ring.size",
     unit: "{descriptor}",
     description: "NIC ring size (ethtool -g), current setting and maximum",
     kind: Kind::Gauge,
 };
 
-pub static NIC_CHANNEL_COUNT: Metric = Metric {
+pub(crate) static NIC_CHANNEL_COUNT: Metric = Metric {
     name: "retina.nic.channels",
     unit: "{channel}",
     description: "NIC channel count (ethtool -l), current setting and maximum",
@@ -194,12 +194,12 @@ impl Default for EthtoolConfig {
 
 impl EthtoolConfig {
     /// The interface filter.
-    pub fn interface_filter(&self) -> NameFilter {
+    pub(crate) fn interface_filter(&self) -> NameFilter {
         NameFilter::new(&self.interfaces_include, &self.interfaces_exclude)
     }
 
     /// The statistic-name filter.
-    pub fn stat_filter(&self) -> NameFilter {
+    pub(crate) fn stat_filter(&self) -> NameFilter {
         NameFilter::new(&self.stats_include, &self.stats_exclude)
     }
 }
@@ -224,40 +224,4 @@ pub enum EthtoolError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_defaults_and_parsing() {
-        let c: EthtoolConfig = serde_json::from_str("{}").unwrap();
-        assert_eq!(c, EthtoolConfig::default());
-        assert_eq!(c.per_queue, QueueMode::Sum);
-        assert_eq!(c.interfaces_exclude, ["lo"]);
-        let c: EthtoolConfig = serde_json::from_str(
-            r#"{"per_queue": "split", "link_state_interval": "5m", "stats_exclude": ["peer_ifindex"]}"#,
-        )
-        .unwrap();
-        assert_eq!(c.per_queue, QueueMode::Split);
-        assert_eq!(c.link_state_interval, Duration::from_secs(300));
-        let c: EthtoolConfig = serde_json::from_str(r#"{"link_state_interval": 15}"#).unwrap();
-        assert_eq!(c.link_state_interval, Duration::from_secs(15));
-        assert!(serde_json::from_str::<EthtoolConfig>(r#"{"per_queue": "all"}"#).is_err());
-        assert!(serde_json::from_str::<EthtoolConfig>(r#"{"bogus": 1}"#).is_err());
-        assert!(
-            serde_json::from_str::<EthtoolConfig>(r#"{"link_state_interval": "5 parsecs"}"#)
-                .is_err()
-        );
-        assert!(serde_json::from_str::<EthtoolConfig>(r#"{"link_state_interval": "0s"}"#).is_err());
-        let c: EthtoolConfig =
-            serde_json::from_str(r#"{"link_state_interval": "1m 30s"}"#).unwrap();
-        assert_eq!(c.link_state_interval, Duration::from_secs(90));
-    }
-
-    #[test]
-    fn bad_patterns_are_refused_when_read() {
-        let err = serde_json::from_str::<EthtoolConfig>(r#"{"stats_exclude": ["rx["]}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("invalid regular expression \"rx[\""), "{err}");
-    }
-}
+mod tests;

@@ -14,7 +14,7 @@ use crate::kernel::links::Link;
 
 /// What [`Interfaces::track`] did with a link's entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// The entry describes the same device as in the previous cycle.
     Kept,
     /// The ifindex is new: its entry was just built.
@@ -26,7 +26,7 @@ pub enum Change {
 
 /// Per-ifindex state of type `T`, for the interfaces of the last cycle's link table.
 #[derive(Debug)]
-pub struct Interfaces<T> {
+pub(crate) struct Interfaces<T> {
     /// Sorted by ifindex.
     entries: Vec<Entry<T>>,
     cycle: u64,
@@ -54,13 +54,13 @@ impl<T> Default for Interfaces<T> {
 
 impl<T> Interfaces<T> {
     /// No limit on the number of interfaces.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Interfaces::with_limit(usize::MAX)
     }
 
     /// At most `limit` interfaces are tracked; [`Interfaces::track`] returns `None` for
     /// any new one beyond.
-    pub fn with_limit(limit: usize) -> Self {
+    pub(crate) fn with_limit(limit: usize) -> Self {
         Interfaces {
             entries: Vec::new(),
             cycle: 0,
@@ -69,20 +69,20 @@ impl<T> Interfaces<T> {
     }
 
     /// Starts a cycle; returns its number (the first cycle is 1).
-    pub fn begin(&mut self) -> u64 {
+    pub(crate) fn begin(&mut self) -> u64 {
         self.cycle += 1;
         self.cycle
     }
 
     /// The current cycle's number (0 before the first [`Interfaces::begin`]).
-    pub fn cycle(&self) -> u64 {
+    pub(crate) fn cycle(&self) -> u64 {
         self.cycle
     }
 
     /// Marks `link` as seen this cycle and returns its entry, built with `make` if the
     /// ifindex is new or now names another device. `None` (and `make` not called) when
     /// the ifindex is new and the limit is reached.
-    pub fn track(
+    pub(crate) fn track(
         &mut self,
         link: &Link,
         make: impl FnOnce(&Link) -> T,
@@ -113,42 +113,42 @@ impl<T> Interfaces<T> {
     }
 
     /// Ends the cycle: forgets every interface it did not track. Returns how many.
-    pub fn end(&mut self) -> usize {
+    pub(crate) fn end(&mut self) -> usize {
         let (cycle, before) = (self.cycle, self.entries.len());
         self.entries.retain(|e| e.seen == cycle);
         before - self.entries.len()
     }
 
     /// The entry of `ifindex`, if it is tracked.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn get(&self, ifindex: u32) -> Option<&T> {
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn get(&self, ifindex: u32) -> Option<&T> {
         self.index(ifindex).map(|i| &self.entries[i].value)
     }
 
     /// The entry of `ifindex`, if it is tracked.
-    pub fn get_mut(&mut self, ifindex: u32) -> Option<&mut T> {
+    pub(crate) fn get_mut(&mut self, ifindex: u32) -> Option<&mut T> {
         self.index(ifindex).map(|i| &mut self.entries[i].value)
     }
 
     /// Number of interfaces tracked.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn len(&self) -> usize {
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The entries in ifindex order.
-    pub fn values(&self) -> impl Iterator<Item = &T> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
         self.entries.iter().map(|e| &e.value)
     }
 
     /// The tracked ifindexes, in order.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn ifindexes(&self) -> impl Iterator<Item = u32> + '_ {
+    #[cfg(test)]
+    pub(crate) fn ifindexes(&self) -> impl Iterator<Item = u32> + '_ {
         self.entries.iter().map(|e| e.ifindex)
     }
 
@@ -172,92 +172,4 @@ impl<T> Entry<T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernel::links::Links;
-
-    /// Tracks every link of `links` in one cycle, building `name#n` entries; returns what
-    /// happened to each.
-    fn cycle(t: &mut Interfaces<String>, links: &Links, n: u32) -> Vec<(u32, Change)> {
-        t.begin();
-        let out = links
-            .iter()
-            .filter_map(|l| {
-                t.track(l, |l| format!("{}#{n}", l.name))
-                    .map(|(_, c)| (l.ifindex, c))
-            })
-            .collect();
-        t.end();
-        out
-    }
-
-    #[test]
-    fn entries_follow_the_table() {
-        let mut t = Interfaces::new();
-        let mut links = Links::from_links([Link::new(2, "eth0"), Link::new(1, "lo")]);
-        assert_eq!(
-            cycle(&mut t, &links, 1),
-            [(1, Change::Added), (2, Change::Added)]
-        );
-        assert_eq!(t.cycle(), 1);
-        assert_eq!(
-            cycle(&mut t, &links, 2),
-            [(1, Change::Kept), (2, Change::Kept)]
-        );
-        assert_eq!(t.get(2).map(String::as_str), Some("eth0#1"));
-        // Recreated (new instance), renamed in place (same instance), gone, new.
-        links.upsert(Link::new(1, "lo"));
-        let mut renamed = links.get(2).unwrap().clone();
-        renamed.name = Arc::from("wan0");
-        links.upsert(renamed);
-        links.upsert(Link::new(7, "veth0"));
-        assert_eq!(
-            cycle(&mut t, &links, 3),
-            [
-                (1, Change::Replaced),
-                (2, Change::Replaced),
-                (7, Change::Added)
-            ]
-        );
-        assert_eq!(
-            t.values().collect::<Vec<_>>(),
-            ["lo#3", "wan0#3", "veth0#3"]
-        );
-        links.remove(2);
-        t.begin();
-        for l in links.iter() {
-            t.track(l, |_| unreachable!());
-        }
-        assert_eq!(t.end(), 1);
-        assert_eq!(t.ifindexes().collect::<Vec<_>>(), [1, 7]);
-        assert!(t.get(2).is_none() && !t.is_empty());
-        if let Some(v) = t.get_mut(7) {
-            v.push('!');
-        }
-        assert_eq!(t.get(7).map(String::as_str), Some("veth0#3!"));
-    }
-
-    #[test]
-    fn the_limit_ignores_new_interfaces_only() {
-        let mut t = Interfaces::with_limit(2);
-        let mut links = Links::from_links([1, 2, 3].map(|i| Link::new(i, "x")));
-        assert_eq!(
-            cycle(&mut t, &links, 1),
-            [(1, Change::Added), (2, Change::Added)]
-        );
-        // A replaced entry is not a new one: still within the limit.
-        links.upsert(Link::new(2, "y"));
-        assert_eq!(
-            cycle(&mut t, &links, 2),
-            [(1, Change::Kept), (2, Change::Replaced)]
-        );
-        // Room again once one is gone.
-        links.remove(1);
-        cycle(&mut t, &links, 3);
-        assert_eq!(
-            cycle(&mut t, &links, 4),
-            [(2, Change::Kept), (3, Change::Added)]
-        );
-        assert_eq!(t.len(), 2);
-    }
-}
+mod tests;

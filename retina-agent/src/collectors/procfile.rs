@@ -18,12 +18,12 @@ use crate::fsutil::pread_to_end;
 #[derive(Debug, thiserror::Error)]
 #[error("path {} contains a NUL byte", path.display())]
 pub struct NulPath {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 /// One file, opened lazily and kept open while reads succeed.
 #[derive(Debug)]
-pub struct ProcFile {
+pub(crate) struct ProcFile {
     path: PathBuf,
     cpath: CString,
     fd: Option<OwnedFd>,
@@ -31,7 +31,7 @@ pub struct ProcFile {
 }
 
 impl ProcFile {
-    pub fn new(path: PathBuf, capacity: usize) -> Result<ProcFile, NulPath> {
+    pub(crate) fn new(path: PathBuf, capacity: usize) -> Result<ProcFile, NulPath> {
         let cpath = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| NulPath { path: path.clone() })?;
         Ok(ProcFile {
@@ -42,13 +42,13 @@ impl ProcFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The file's whole current contents. Opens it if needed; after a failed read the file
     /// is closed, so the next read opens it again (a module loaded or unloaded meanwhile).
-    pub fn read(&mut self) -> io::Result<&[u8]> {
+    pub(crate) fn read(&mut self) -> io::Result<&[u8]> {
         let fd = match &self.fd {
             Some(fd) => fd,
             None => {
@@ -97,7 +97,7 @@ pub fn parse_cpu_list(text: &[u8], out: &mut Vec<u32>) -> Option<()> {
 }
 
 /// A decimal `u32` (no sign, no spaces).
-pub fn dec_u32(b: &[u8]) -> Option<u32> {
+pub(crate) fn dec_u32(b: &[u8]) -> Option<u32> {
     let v = dec_u64(b)?;
     u32::try_from(v).ok()
 }
@@ -139,17 +139,17 @@ pub fn hex_u64(b: &[u8]) -> Option<u64> {
 /// every change modulo 2^32 added (a collection interval is far shorter than the time
 /// any of these counters takes to wrap). Counters printed wider are taken as they are.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Wide {
+pub(crate) struct Wide {
     raw: u64,
     total: u64,
 }
 
 impl Wide {
-    pub fn new(raw: u64) -> Wide {
+    pub(crate) fn new(raw: u64) -> Wide {
         Wide { raw, total: raw }
     }
 
-    pub fn update(&mut self, raw: u64) {
+    pub(crate) fn update(&mut self, raw: u64) {
         if raw <= u64::from(u32::MAX) && self.raw <= u64::from(u32::MAX) {
             let delta = (raw as u32).wrapping_sub(self.raw as u32);
             self.total = self.total.wrapping_add(u64::from(delta));
@@ -159,52 +159,10 @@ impl Wide {
         self.raw = raw;
     }
 
-    pub fn get(self) -> u64 {
+    pub(crate) fn get(self) -> u64 {
         self.total
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_and_cpu_lists() {
-        assert_eq!(hex_u64(b"0000180a"), Some(0x180a));
-        assert_eq!(hex_u64(b"ffffffff"), Some(u32::MAX as u64));
-        assert_eq!(hex_u64(b"x1"), None);
-        assert_eq!(hex_u64(b""), None);
-        assert_eq!(hex_u64(b"11112222333344445"), None);
-        assert_eq!(dec_u64(b"262144"), Some(262144));
-        assert_eq!(dec_u64(b"-1"), None);
-        assert_eq!(dec_u64(b"99999999999999999999"), None);
-        let mut v = Vec::new();
-        parse_cpu_list(b"0-3,8,10-11\n", &mut v).unwrap();
-        assert_eq!(v, [0, 1, 2, 3, 8, 10, 11]);
-        parse_cpu_list(b"0\n", &mut v).unwrap();
-        assert_eq!(v, [0]);
-        assert!(parse_cpu_list(b"3-1", &mut v).is_none());
-        assert!(parse_cpu_list(b"a", &mut v).is_none());
-    }
-
-    #[test]
-    fn wide_counters_survive_a_wrap() {
-        let mut w = Wide::new(0xffff_fff0);
-        w.update(0xffff_ffff);
-        assert_eq!(w.get(), 0xffff_ffff);
-        w.update(0x10);
-        assert_eq!(w.get(), (1 << 32) + 0x10);
-        w.update(0x10);
-        assert_eq!(w.get(), (1 << 32) + 0x10);
-    }
-
-    #[test]
-    fn reads_a_real_file_twice() {
-        let mut f = ProcFile::new("/proc/self/stat".into(), 16).unwrap();
-        let a = f.read().unwrap().to_vec();
-        assert!(!a.is_empty());
-        assert!(!f.read().unwrap().is_empty());
-        let mut missing = ProcFile::new("/proc/no/such/file".into(), 16).unwrap();
-        assert_eq!(missing.read().unwrap_err().kind(), io::ErrorKind::NotFound);
-    }
-}
+mod tests;

@@ -40,8 +40,6 @@ use std::{
 
 use serde::Deserialize;
 
-#[cfg(feature = "internals")]
-pub use self::msg::{TcMsg, TcStats, classid, parse_tc, qdisc_handle};
 use self::{
     msg::{RTM_GETQDISC, RTM_GETTCLASS, TCMSG_LEN},
     table::{Dump, Step, Table},
@@ -49,49 +47,48 @@ use self::{
 use crate::{
     collectors::{CollectError, Collector},
     kernel::links::{
-        self, INITIAL_BUF, LinkError, Links, MAX_ATTEMPTS, MAX_BUF, Malformed, NLMSG_HDRLEN,
-        RECV_TIMEOUT, read_u32,
+        self, INITIAL_BUF, LinkError, Links, MAX_ATTEMPTS, MAX_BUF, Malformed, RECV_TIMEOUT,
     },
     model::{Kind, Metric, Number, Visitor},
 };
 
-pub const QDISC_PACKETS: Metric = Metric {
+pub(crate) const QDISC_PACKETS: Metric = Metric {
     name: "retina.qdisc.packets",
     unit: "{packet}",
     description: "Packets the qdisc or class sent (tc -s: Sent ... pkt)",
     kind: Kind::Counter,
 };
-pub const QDISC_BYTES: Metric = Metric {
+pub(crate) const QDISC_BYTES: Metric = Metric {
     name: "retina.qdisc.bytes",
     unit: "By",
     description: "Bytes the qdisc or class sent",
     kind: Kind::Counter,
 };
-pub const QDISC_DROPS: Metric = Metric {
+pub(crate) const QDISC_DROPS: Metric = Metric {
     name: "retina.qdisc.drops",
     unit: "{packet}",
     description: "Packets the qdisc or class dropped",
     kind: Kind::Counter,
 };
-pub const QDISC_OVERLIMITS: Metric = Metric {
+pub(crate) const QDISC_OVERLIMITS: Metric = Metric {
     name: "retina.qdisc.overlimits",
     unit: "{packet}",
     description: "Times the qdisc or class was over its limit (rate, queue) for a packet",
     kind: Kind::Counter,
 };
-pub const QDISC_REQUEUES: Metric = Metric {
+pub(crate) const QDISC_REQUEUES: Metric = Metric {
     name: "retina.qdisc.requeues",
     unit: "{packet}",
     description: "Packets put back in the queue because the device could not take them",
     kind: Kind::Counter,
 };
-pub const QDISC_BACKLOG: Metric = Metric {
+pub(crate) const QDISC_BACKLOG: Metric = Metric {
     name: "retina.qdisc.backlog",
     unit: "By",
     description: "Bytes waiting in the qdisc or class",
     kind: Kind::Gauge,
 };
-pub const QDISC_QLEN: Metric = Metric {
+pub(crate) const QDISC_QLEN: Metric = Metric {
     name: "retina.qdisc.qlen",
     unit: "{packet}",
     description: "Packets waiting in the qdisc or class",
@@ -109,14 +106,14 @@ static METRICS: &[&Metric] = &[
 ];
 
 /// Attribute keys.
-pub const ATTR_KIND: &str = "qdisc.kind";
-pub const ATTR_HANDLE: &str = "qdisc.handle";
-pub const ATTR_PARENT: &str = "qdisc.parent";
-pub const ATTR_CLASS: &str = "qdisc.class";
+pub(crate) const ATTR_KIND: &str = "qdisc.kind";
+pub(crate) const ATTR_HANDLE: &str = "qdisc.handle";
+pub(crate) const ATTR_PARENT: &str = "qdisc.parent";
+pub(crate) const ATTR_CLASS: &str = "qdisc.class";
 
 /// Qdisc kinds whose interfaces get no class dump: no classes, flows as classes, or classes
 /// that repeat a child qdisc's statistics.
-pub const NO_CLASSES: &[&str] = &[
+pub(crate) const NO_CLASSES: &[&str] = &[
     "noqueue",
     "noop",
     "pfifo_fast",
@@ -148,9 +145,9 @@ pub const NO_CLASSES: &[&str] = &[
 #[serde(deny_unknown_fields, default)]
 pub struct QdiscConfig {
     /// Whether the collector runs (default `true`).
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Whether classes of classful qdiscs are exported too (default `true`).
-    pub classes: bool,
+    pub(crate) classes: bool,
 }
 
 impl Default for QdiscConfig {
@@ -230,13 +227,13 @@ impl QdiscCollector {
     }
 
     /// Number of qdiscs and classes exported.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn exported(&self) -> usize {
         self.table.series.len()
     }
 
     /// Dumps every qdisc, then the classes of interfaces with classful qdiscs.
-    pub fn update(&mut self, links: &Links) -> Result<(), QdiscError> {
+    pub(crate) fn update(&mut self, links: &Links) -> Result<(), QdiscError> {
         let fd = self.sock.as_raw_fd();
         if self.dirty {
             links::drain(fd, &mut self.buf, None);
@@ -264,7 +261,7 @@ impl QdiscCollector {
     /// `links`; each dump's sequence number and port id are those of its first message.
     /// Returns the number of series exported, or the first dump's error. The entry point
     /// of the fuzz target `rtnetlink` (`fuzz/`) and of tests.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn apply_replies(
         links: &Links,
         qdiscs: &[&[u8]],
@@ -281,8 +278,8 @@ impl QdiscCollector {
         {
             let (seq, portid) = datagrams
                 .iter()
-                .find(|d| d.len() >= NLMSG_HDRLEN)
-                .map_or((0, 0), |d| (read_u32(d, 8), read_u32(d, 12)));
+                .find(|d| d.len() >= links::NLMSG_HDRLEN)
+                .map_or((0, 0), |d| (links::read_u32(d, 8), links::read_u32(d, 12)));
             let mut dump = Dump {
                 op: if class {
                     "RTM_GETTCLASS dump"

@@ -47,41 +47,41 @@ use crate::{
     model::{Kind, Metric, Number, Visitor},
 };
 
-pub const SOFTNET_PROCESSED: Metric = Metric {
+pub(crate) const SOFTNET_PROCESSED: Metric = Metric {
     name: "retina.softnet.processed",
     unit: "{packet}",
     description: "Packets the CPU's receive softirq processed (/proc/net/softnet_stat column 1)",
     kind: Kind::Counter,
 };
-pub const SOFTNET_DROPPED: Metric = Metric {
+pub(crate) const SOFTNET_DROPPED: Metric = Metric {
     name: "retina.softnet.dropped",
     unit: "{packet}",
     description: "Packets dropped because the CPU's input backlog was full \
                   (netdev_max_backlog; softnet_stat column 2)",
     kind: Kind::Counter,
 };
-pub const SOFTNET_TIME_SQUEEZE: Metric = Metric {
+pub(crate) const SOFTNET_TIME_SQUEEZE: Metric = Metric {
     name: "retina.softnet.time_squeeze",
     unit: "{event}",
     description: "Times the receive softirq stopped with work left, out of budget or time \
                   (netdev_budget; softnet_stat column 3)",
     kind: Kind::Counter,
 };
-pub const SOFTNET_RECEIVED_RPS: Metric = Metric {
+pub(crate) const SOFTNET_RECEIVED_RPS: Metric = Metric {
     name: "retina.softnet.received_rps",
     unit: "{packet}",
     description: "Times this CPU was woken to process packets steered to it by RPS/RFS \
                   (softnet_stat column 10; Linux 2.6.35+)",
     kind: Kind::Counter,
 };
-pub const SOFTNET_FLOW_LIMIT: Metric = Metric {
+pub(crate) const SOFTNET_FLOW_LIMIT: Metric = Metric {
     name: "retina.softnet.flow_limit_count",
     unit: "{packet}",
     description: "Packets dropped by the per-flow backlog limit (net.core.flow_limit_*; \
                   softnet_stat column 11; Linux 3.11+)",
     kind: Kind::Counter,
 };
-pub const SOFTNET_BACKLOG: Metric = Metric {
+pub(crate) const SOFTNET_BACKLOG: Metric = Metric {
     name: "retina.softnet.backlog.length",
     unit: "{packet}",
     description: "Packets waiting in the CPU's input and process queues \
@@ -99,7 +99,7 @@ static METRICS: &[&Metric] = &[
 ];
 
 /// Attribute key: the CPU number.
-pub const ATTR_CPU: &str = "cpu";
+pub(crate) const ATTR_CPU: &str = "cpu";
 
 /// Fewest columns any kernel printed.
 const MIN_COLUMNS: usize = 9;
@@ -115,12 +115,12 @@ const COL_CPU: usize = 12;
 #[serde(deny_unknown_fields, default)]
 pub struct SoftnetConfig {
     /// Whether the collector runs (default `true`).
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Where procfs is mounted (default `/proc`); reads `PROC_ROOT/net/softnet_stat`.
-    pub proc_root: PathBuf,
+    pub(crate) proc_root: PathBuf,
     /// Where sysfs is mounted (default `/sys`), for the online CPU list of kernels before
     /// 5.10.
-    pub sys_root: PathBuf,
+    pub(crate) sys_root: PathBuf,
 }
 
 impl Default for SoftnetConfig {
@@ -173,7 +173,7 @@ pub enum SoftnetError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RawRow {
     pub columns: usize,
-    pub values: [u64; MAX_COLUMNS],
+    pub(crate) values: [u64; MAX_COLUMNS],
 }
 
 impl RawRow {
@@ -272,13 +272,13 @@ impl SoftnetCollector {
     }
 
     /// Number of CPUs currently exported.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn cpus(&self) -> usize {
         self.cpus.len()
     }
 
     /// Column count of the file at the last successful read (0 before).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn columns(&self) -> usize {
         self.columns
     }
@@ -291,7 +291,7 @@ impl SoftnetCollector {
         }
     }
 
-    pub fn update(&mut self) -> Result<(), SoftnetError> {
+    pub(crate) fn update(&mut self) -> Result<(), SoftnetError> {
         let text = match self.file.read() {
             Ok(t) => t,
             Err(source) => {

@@ -13,16 +13,16 @@ use std::{ffi::CString, io};
 
 /// Who CMD runs as with `--user`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Account {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
+pub(crate) struct Account {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
     /// Supplementary groups, the primary one included.
-    pub groups: Vec<libc::gid_t>,
+    pub(crate) groups: Vec<libc::gid_t>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum AccountError {
+pub(crate) enum AccountError {
     #[error("--user {0:?}: no such user in the user database")]
     Unknown(String),
     #[error("--user {0:?}: a user name cannot contain a NUL byte")]
@@ -32,7 +32,7 @@ pub enum AccountError {
 }
 
 /// Looks `name` up in the user database.
-pub fn lookup(name: &str) -> Result<Account, AccountError> {
+pub(crate) fn lookup(name: &str) -> Result<Account, AccountError> {
     let cname = CString::new(name).map_err(|_| AccountError::Nul(name.to_string()))?;
     let lookup_err = |source| AccountError::Lookup {
         name: name.to_string(),
@@ -89,7 +89,7 @@ pub fn lookup(name: &str) -> Result<Account, AccountError> {
 
 /// Prepares `cmd` to run as described in the module documentation: as `account` if
 /// given, without the agent's ambient or inheritable capabilities in any case.
-pub fn confine(cmd: &mut tokio::process::Command, account: Option<Account>) {
+pub(crate) fn confine(cmd: &mut tokio::process::Command, account: Option<Account>) {
     // SAFETY: the closure runs in the child between fork and exec. It only makes system
     // calls (prctl, capget, capset, setgroups, setgid, setuid) on memory it owns
     // (`account`'s group list, built before the fork); it does not allocate or lock.
@@ -169,7 +169,7 @@ fn in_child(account: Option<&Account>) -> io::Result<()> {
 
 /// The note for a root caller that came through sudo and gave no `--user`: CMD runs as
 /// root, which may not be what was meant.
-pub fn sudo_note(program: &str) -> Option<String> {
+pub(crate) fn sudo_note(program: &str) -> Option<String> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return None;
@@ -181,16 +181,4 @@ pub fn sudo_note(program: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn root_is_found_and_an_unknown_user_named() {
-        let root = lookup("root").unwrap();
-        assert_eq!((root.uid, root.gid), (0, 0));
-        assert!(root.groups.contains(&0));
-        let err = lookup("no-such-user-retina").unwrap_err().to_string();
-        assert!(err.contains("no-such-user-retina") && err.contains("no such user"), "{err}");
-        assert!(matches!(lookup("a\0b"), Err(AccountError::Nul(_))));
-    }
-}
+mod tests;

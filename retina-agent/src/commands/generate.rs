@@ -19,11 +19,11 @@ use clap_mangen::{
 use crate::cli::Cli;
 
 /// The name of the hidden subcommand.
-pub const SUBCOMMAND: &str = "generate";
+pub(crate) const SUBCOMMAND: &str = "generate";
 const BIN: &str = "retina-agent";
 
 #[derive(Debug, thiserror::Error)]
-pub enum GenerateError {
+pub(crate) enum GenerateError {
     #[error("{path}: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("`{SUBCOMMAND}` needs --out-dir")]
@@ -31,7 +31,7 @@ pub enum GenerateError {
 }
 
 /// The hidden subcommand, for `main` to add to [`Cli::command`].
-pub fn subcommand() -> clap::Command {
+pub(crate) fn subcommand() -> clap::Command {
     clap::Command::new(SUBCOMMAND)
         .hide(true)
         .about("Write the man pages (man/) and shell completions (completions/) into DIR")
@@ -45,7 +45,7 @@ pub fn subcommand() -> clap::Command {
 }
 
 /// Runs the subcommand; returns the files written.
-pub fn run(matches: &ArgMatches) -> Result<Vec<PathBuf>, GenerateError> {
+pub(crate) fn run(matches: &ArgMatches) -> Result<Vec<PathBuf>, GenerateError> {
     let dir = matches
         .get_one::<PathBuf>("out-dir")
         .ok_or(GenerateError::NoOutDir)?;
@@ -54,7 +54,7 @@ pub fn run(matches: &ArgMatches) -> Result<Vec<PathBuf>, GenerateError> {
 
 /// Writes `dir/man/retina-agent.1`, one `dir/man/retina-agent-<command>.1` per subcommand,
 /// and `dir/completions/{retina-agent.bash,_retina-agent,retina-agent.fish}`.
-pub fn write_all(dir: &Path) -> Result<Vec<PathBuf>, GenerateError> {
+pub(crate) fn write_all(dir: &Path) -> Result<Vec<PathBuf>, GenerateError> {
     let mut written = Vec::new();
     let man = dir.join("man");
     create_dir(&man)?;
@@ -208,46 +208,4 @@ fn write_error(path: &Path, source: io::Error) -> GenerateError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn writes_a_page_per_command_and_three_completions() {
-        let dir = std::env::temp_dir().join(format!("retina-generate-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let written = write_all(&dir).unwrap();
-        let names: Vec<String> = written
-            .iter()
-            .map(|p| p.strip_prefix(&dir).unwrap().display().to_string())
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "man/retina-agent.1",
-                "man/retina-agent-run.1",
-                "man/retina-agent-snapshot.1",
-                "man/retina-agent-reasons.1",
-                "man/retina-agent-check.1",
-                "completions/retina-agent.bash",
-                "completions/_retina-agent",
-                "completions/retina-agent.fish",
-            ]
-        );
-        let main = fs::read_to_string(dir.join("man/retina-agent.1")).unwrap();
-        assert!(main.contains("\n.TH retina-agent 1 "), "{main}");
-        assert!(main.contains("retina\\-agent\\-run(1)"), "{main}");
-        assert!(main.contains(".SH FILES"), "{main}");
-        assert!(
-            !main.contains(SUBCOMMAND),
-            "the hidden subcommand leaked: {main}"
-        );
-        let run = fs::read_to_string(dir.join("man/retina-agent-run.1")).unwrap();
-        assert!(run.contains("\\-\\-interval"), "{run}");
-        // Options hidden from `-h` keep their text in the page.
-        assert!(main.contains("Read kernel BTF from this file"), "{main}");
-        let bash = fs::read_to_string(dir.join("completions/retina-agent.bash")).unwrap();
-        assert!(bash.contains("snapshot") && bash.contains("--drop-map-entries"));
-        assert!(!bash.contains(SUBCOMMAND));
-        fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

@@ -9,7 +9,7 @@ use super::emit;
 use crate::{cli::Format, collectors::drops::reasons::DropReasons, kernel::btf::Btf};
 
 /// Lists the reasons of the running kernel, or of the BTF file `btf_path`.
-pub fn command(btf_path: Option<&Path>, format: Format) -> Result<ExitCode> {
+pub(crate) fn command(btf_path: Option<&Path>, format: Format) -> Result<ExitCode> {
     let btf = match btf_path {
         Some(p) => Btf::from_file(p)?,
         None => Btf::from_sys()?,

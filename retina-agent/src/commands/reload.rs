@@ -30,18 +30,18 @@ use crate::{
 
 /// Time a stop of the exporters may take, final OTLP export included: here when they
 /// restart, and in `run` for the final collection and export after a shutdown signal.
-pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(3);
+pub(crate) const SHUTDOWN_BUDGET: Duration = Duration::from_secs(3);
 
 /// How the daemon's configuration is read again.
 #[derive(Clone, Debug)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     path: Option<PathBuf>,
     overrides: Overrides,
 }
 
 impl Reloader {
     /// `path`: `--config` (else the default path); `overrides`: the command line's flags.
-    pub fn new(path: Option<PathBuf>, overrides: Overrides) -> Reloader {
+    pub(crate) fn new(path: Option<PathBuf>, overrides: Overrides) -> Reloader {
         Reloader { path, overrides }
     }
 
@@ -85,15 +85,15 @@ fn effective(old: &Config, mut new: Config) -> Config {
 }
 
 /// What the daemon loop holds that a reload may change.
-pub struct Running<'a> {
-    pub agent: &'a SharedAgent,
-    pub config: &'a mut Config,
-    pub ticker: &'a mut tokio::time::Interval,
+pub(crate) struct Running<'a> {
+    pub(crate) agent: &'a SharedAgent,
+    pub(crate) config: &'a mut Config,
+    pub(crate) ticker: &'a mut tokio::time::Interval,
 }
 
 /// Re-reads the configuration and applies it; returns the exporters to go on with (the
 /// same ones unless they were restarted).
-pub async fn reload(reloader: &Reloader, run: Running<'_>, exporters: Exporters) -> Exporters {
+pub(crate) async fn reload(reloader: &Reloader, run: Running<'_>, exporters: Exporters) -> Exporters {
     let loaded = match reloader.load() {
         Ok(l) => l,
         Err(e) => {
@@ -159,7 +159,7 @@ pub async fn reload(reloader: &Reloader, run: Running<'_>, exporters: Exporters)
 
 /// The collection ticker of the daemon loop: first tick one `interval` from now, late
 /// ticks delayed rather than bunched.
-pub fn ticker(interval: std::time::Duration) -> tokio::time::Interval {
+pub(crate) fn ticker(interval: std::time::Duration) -> tokio::time::Interval {
     let start = tokio::time::Instant::now() + interval;
     let mut t = tokio::time::interval_at(start, interval);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

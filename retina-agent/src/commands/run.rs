@@ -21,7 +21,7 @@ use crate::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
+pub(crate) enum DaemonError {
     #[error("installing the {0} handler: {1}")]
     Signal(&'static str, std::io::Error),
     #[error(transparent)]
@@ -30,7 +30,7 @@ pub enum DaemonError {
 
 /// The SIGHUP handler, installed before anything starts: from then on SIGHUP never kills
 /// the daemon (its default action), even while the probe loads.
-pub fn hangup() -> Result<Signal, DaemonError> {
+pub(crate) fn hangup() -> Result<Signal, DaemonError> {
     signal(SignalKind::hangup()).map_err(|e| DaemonError::Signal("SIGHUP", e))
 }
 
@@ -38,7 +38,7 @@ pub fn hangup() -> Result<Signal, DaemonError> {
 /// until a shutdown signal arrives; on SIGHUP (`hup`), re-reads the configuration with
 /// `reloader` and applies it. `summary`: print what was lost since the previous interval
 /// ("where packets died") to stdout.
-pub async fn run(
+pub(crate) async fn run(
     agent: Agent,
     config: &Config,
     summary: bool,

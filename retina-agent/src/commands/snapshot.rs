@@ -21,7 +21,7 @@ fn number_json(n: Number) -> Json {
     }
 }
 
-pub fn render_json(points: &[Point], window: Option<Duration>, agent: &Agent) -> String {
+pub(crate) fn render_json(points: &[Point], window: Option<Duration>, agent: &Agent) -> String {
     let metrics: Vec<Json> = points
         .iter()
         .map(|p| {
@@ -47,7 +47,7 @@ pub fn render_json(points: &[Point], window: Option<Duration>, agent: &Agent) ->
     doc.to_string()
 }
 
-pub fn render_table(points: &[Point]) -> String {
+pub(crate) fn render_table(points: &[Point]) -> String {
     let value = |n: Number| match n {
         Number::U64(v) => v.to_string(),
         Number::F64(v) => v.to_string(),
@@ -82,7 +82,7 @@ pub fn render_table(points: &[Point]) -> String {
 
 /// Takes two snapshots around `args`' window (a duration, or a command and its settle
 /// time) and prints their difference, or the second one with `--cumulative`.
-pub async fn command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
+pub(crate) async fn command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
     // An unknown user is refused before anything is attached.
     let account = args.user.as_deref().map(super::child::lookup).transpose()?;
     let mut agent = Agent::new(config).context("starting the agent")?;

@@ -42,17 +42,17 @@ use super::{
 
 /// Export interval in milliseconds (OpenTelemetry SDK convention); applies only when
 /// neither the file nor `--interval` sets `interval`.
-pub const METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
+pub(crate) const METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
 /// Log filter (`info`, `retina_agent=debug,warn`); overrides `log.level`.
-pub const RUST_LOG: &str = "RUST_LOG";
+pub(crate) const RUST_LOG: &str = "RUST_LOG";
 /// Log format (`text` or `json`); overrides `log.format`.
-pub const LOG_FORMAT: &str = "RETINA_LOG_FORMAT";
+pub(crate) const LOG_FORMAT: &str = "RETINA_LOG_FORMAT";
 
 /// Reads the environment through `env` (injectable for tests).
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub(crate) type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// The process environment, for [`super::load`] and [`super::resolve`].
-pub fn process_env(name: &str) -> Option<String> {
+pub(crate) fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
@@ -80,7 +80,7 @@ pub fn check_env_utf8(
 }
 
 /// [`check_env_utf8`] over the process environment.
-pub fn check_process_env() -> Result<(), ConfigError> {
+pub(crate) fn check_process_env() -> Result<(), ConfigError> {
     check_env_utf8(std::env::vars_os())
 }
 

@@ -38,8 +38,8 @@ fn shown(value: &Option<String>) -> String {
 
 impl ConfigError {
     /// The problem in the file, if that is what this is.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn invalid(&self) -> Option<&Invalid> {
+    #[cfg(test)]
+    pub(crate) fn invalid(&self) -> Option<&Invalid> {
         match self {
             ConfigError::Invalid(i) => Some(i),
             _ => None,
@@ -51,12 +51,12 @@ impl ConfigError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Invalid {
     /// The file the text came from.
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
     /// Dotted path of the offending key (`netdev.include[1]`), when the problem is a value.
-    pub key: Option<String>,
-    pub reason: String,
+    pub(crate) key: Option<String>,
+    pub(crate) reason: String,
     /// 1-based line and column of the offending text, when known.
-    pub position: Option<(usize, usize)>,
+    pub(crate) position: Option<(usize, usize)>,
 }
 
 impl fmt::Display for Invalid {
@@ -77,17 +77,17 @@ impl fmt::Display for Invalid {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Violation {
     /// The key named in the error, by section (`["export", "endpoint"]`).
-    pub path: &'static [&'static str],
+    pub(crate) path: &'static [&'static str],
     /// The keys whose values make the problem (dotted); empty: the key itself. When the
     /// environment or a flag set one of them, the error says "after environment and
     /// flags" instead of naming the file.
-    pub involves: &'static [&'static str],
-    pub reason: String,
+    pub(crate) involves: &'static [&'static str],
+    pub(crate) reason: String,
 }
 
 impl Violation {
     /// A problem with the value of the key at `path` alone.
-    pub fn at(path: &'static [&'static str], reason: impl Into<String>) -> Violation {
+    pub(crate) fn at(path: &'static [&'static str], reason: impl Into<String>) -> Violation {
         Violation {
             path,
             involves: &[],
@@ -96,7 +96,7 @@ impl Violation {
     }
 
     /// A problem reported at `path` that the values of `keys` make together.
-    pub fn of(
+    pub(crate) fn of(
         path: &'static [&'static str],
         keys: &'static [&'static str],
         reason: impl Into<String>,
@@ -108,12 +108,12 @@ impl Violation {
     }
 
     /// The dotted key (`export.endpoint`).
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         self.path.join(".")
     }
 
     /// Whether a key it involves was set by the environment or a flag.
-    pub fn overridden(&self, set: &super::Overridden) -> bool {
+    pub(crate) fn overridden(&self, set: &super::Overridden) -> bool {
         if self.involves.is_empty() {
             set.contains(&self.key())
         } else {

@@ -17,16 +17,16 @@ use std::{
 use serde::Deserialize;
 
 /// Default gRPC endpoint (OTLP/gRPC).
-pub const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
+pub(crate) const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
 /// Default OTLP/HTTP endpoint, metrics path included.
-pub const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318/v1/metrics";
+pub(crate) const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318/v1/metrics";
 /// Path appended to an OTLP/HTTP base URL.
-pub const HTTP_METRICS_PATH: &str = "/v1/metrics";
+pub(crate) const HTTP_METRICS_PATH: &str = "/v1/metrics";
 /// Default Prometheus listen address: loopback only.
-pub const DEFAULT_PROMETHEUS_LISTEN: SocketAddr =
+pub(crate) const DEFAULT_PROMETHEUS_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9465);
 /// Default `service.name`.
-pub const DEFAULT_SERVICE_NAME: &str = "retina-agent";
+pub(crate) const DEFAULT_SERVICE_NAME: &str = "retina-agent";
 
 /// OTLP transport.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -41,7 +41,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Protocol::Grpc => "grpc",
             Protocol::HttpProtobuf => "http/protobuf",
@@ -321,7 +321,7 @@ impl ExportConfig {
 
     /// The URL the exporter sends to: `endpoint` or the protocol's default, with a scheme
     /// (per `insecure`) and, for HTTP, the metrics path when the URL has none.
-    pub fn resolved_endpoint(&self) -> String {
+    pub(crate) fn resolved_endpoint(&self) -> String {
         let raw = match (&self.endpoint, self.protocol) {
             (Some(e), _) if !e.trim().is_empty() => e.trim(),
             (_, Protocol::Grpc) => DEFAULT_GRPC_ENDPOINT,
@@ -343,7 +343,7 @@ impl ExportConfig {
     }
 
     /// Header names with their values replaced by `<redacted>`, for logs.
-    pub fn redacted_headers(&self) -> String {
+    pub(crate) fn redacted_headers(&self) -> String {
         let names: Vec<String> = self
             .headers
             .keys()
@@ -370,3 +370,6 @@ pub(super) fn has_path(url: &str) -> bool {
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,9 +12,9 @@ use super::{Config, ConfigError, DEFAULT_PATH, Invalid, error::Violation};
 /// with them by [`super::resolve`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct FileConfig {
-    pub config: Config,
+    pub(crate) config: Config,
     /// Whether the file sets `interval` (then `OTEL_METRIC_EXPORT_INTERVAL` does not apply).
-    pub sets_interval: bool,
+    pub(crate) sets_interval: bool,
     /// The file, for errors.
     path: PathBuf,
     /// Its text, for the position of a value the checks refuse.

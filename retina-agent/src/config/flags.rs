@@ -10,19 +10,19 @@ use crate::collectors::drops::probe::Hook;
 /// Values given on the command line; each one that is set wins over file and environment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Overrides {
-    pub interval: Option<Duration>,
-    pub log_format: Option<LogFormat>,
-    pub drop_map_entries: Option<u32>,
+    pub(crate) interval: Option<Duration>,
+    pub(crate) log_format: Option<LogFormat>,
+    pub(crate) drop_map_entries: Option<u32>,
     /// `snapshot --locations`: `drop.location` for this look only.
-    pub drop_locations: bool,
+    pub(crate) drop_locations: bool,
     /// `--drop-hook`.
-    pub drop_hook: Hook,
+    pub(crate) drop_hook: Hook,
     /// `--btf`.
-    pub btf: Option<PathBuf>,
-    pub prometheus_listen: Option<SocketAddr>,
-    pub no_prometheus: bool,
-    pub otlp_endpoint: Option<String>,
-    pub otlp_protocol: Option<Protocol>,
+    pub(crate) btf: Option<PathBuf>,
+    pub(crate) prometheus_listen: Option<SocketAddr>,
+    pub(crate) no_prometheus: bool,
+    pub(crate) otlp_endpoint: Option<String>,
+    pub(crate) otlp_protocol: Option<Protocol>,
 }
 
 impl Overrides {

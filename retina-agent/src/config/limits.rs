@@ -17,19 +17,19 @@ pub const EXPORT_TIMEOUT: (Duration, Duration) =
 pub const LINK_STATE_INTERVAL: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(86_400));
 /// `snapshot --duration`: 1 ms to a day.
-pub const SNAPSHOT_DURATION: (Duration, Duration) =
+pub(crate) const SNAPSHOT_DURATION: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(86_400));
 /// `snapshot --settle`: 1 ms to a minute.
-pub const SNAPSHOT_SETTLE: (Duration, Duration) =
+pub(crate) const SNAPSHOT_SETTLE: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(60));
 /// `drops.map_entries` / `--drop-map-entries`: 1 to 1048576 keys.
 pub const MAP_ENTRIES: (u32, u32) = (1, 1 << 20);
 /// `ethtool.unsupported_retry_cycles`: 1 to 1000000 cycles.
-pub const UNSUPPORTED_RETRY_CYCLES: (u32, u32) = (1, 1_000_000);
+pub(crate) const UNSUPPORTED_RETRY_CYCLES: (u32, u32) = (1, 1_000_000);
 /// `ethtool.max_interfaces`: 1 to 1048576 interfaces.
-pub const MAX_INTERFACES: (usize, usize) = (1, 1 << 20);
+pub(crate) const MAX_INTERFACES: (usize, usize) = (1, 1 << 20);
 /// `export.series_caps.*`: 1 to 1048576 series per metric.
-pub const SERIES_CAP: (usize, usize) = (1, 1 << 20);
+pub(crate) const SERIES_CAP: (usize, usize) = (1, 1 << 20);
 
 /// `Ok` if `d` is within `range`, else why not.
 pub fn duration(d: Duration, (min, max): (Duration, Duration)) -> Result<(), String> {
@@ -53,3 +53,6 @@ pub fn size<T: PartialOrd + std::fmt::Display>(n: T, (min, max): (T, T)) -> Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -20,7 +20,7 @@
 //!   sections;
 //! - [`limits`]: the ranges of durations and sizes.
 
-pub mod env;
+pub(crate) mod env;
 mod error;
 mod export;
 mod file;
@@ -38,13 +38,15 @@ use std::{
 use serde::Deserialize;
 
 pub use self::{
+    export::{ExportConfig, PrometheusConfig, SeriesPolicy},
+    file::parse,
+    flags::{Overrides, endpoint_host_port, parse_endpoint, parse_interval},
+};
+pub(crate) use self::{
     env::{EnvLookup, check_process_env, process_env},
     error::{ConfigError, Invalid},
-    export::{
-        Compression, ExportConfig, PrometheusConfig, Protocol, SeriesPolicy, Temporality,
-    },
-    file::{FileConfig, parse},
-    flags::{Overrides, endpoint_host_port, parse_endpoint, parse_interval},
+    export::{Compression, Protocol, Temporality},
+    file::FileConfig,
 };
 /// Driven directly by the fuzz targets.
 #[cfg(any(test, feature = "internals"))]
@@ -56,7 +58,7 @@ use crate::collectors::{
 
 /// Where the daemon looks for its configuration when `--config` is not given. A missing
 /// file there is not an error: the defaults apply.
-pub const DEFAULT_PATH: &str = "/etc/retina-agent/config.toml";
+pub(crate) const DEFAULT_PATH: &str = "/etc/retina-agent/config.toml";
 
 /// Default collection (and export) interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -111,9 +113,9 @@ impl Default for Config {
 pub struct LogConfig {
     /// A level (`error`, `warn`, `info`, `debug`, `trace`) or `tracing` filter directives
     /// (`info,retina_agent=debug`). `RUST_LOG` overrides it.
-    pub level: String,
+    pub(crate) level: String,
     /// `text` (readable, colored on a terminal) or `json` (one object per line).
-    pub format: LogFormat,
+    pub(crate) format: LogFormat,
 }
 
 impl Default for LogConfig {
@@ -128,7 +130,7 @@ impl Default for LogConfig {
 /// Log line format on stderr.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Readable lines (ANSI colors only when stderr is a terminal).
     #[default]
     Text,
@@ -138,7 +140,7 @@ pub enum LogFormat {
 
 /// Where the configuration came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// Read from this file.
     File(PathBuf),
     /// The default file does not exist: built-in defaults.
@@ -163,9 +165,9 @@ impl fmt::Display for Origin {
 /// A resolved configuration: file, environment and flags applied, everything validated,
 /// and where it came from.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Loaded {
-    pub config: Config,
-    pub origin: Origin,
+pub(crate) struct Loaded {
+    pub(crate) config: Config,
+    pub(crate) origin: Origin,
 }
 
 /// The keys the environment and the flags set (dotted: `export.endpoint`), so that a
@@ -187,7 +189,7 @@ impl Overridden {
 /// every failed export (the agent logs those itself, rate-limited): silenced unless the
 /// filter names them. `opentelemetry` covers `opentelemetry_sdk` and `opentelemetry-otlp`
 /// (a target prefix).
-pub const QUIET_TARGETS: [&str; 7] = [
+pub(crate) const QUIET_TARGETS: [&str; 7] = [
     "h2",
     "hyper",
     "hyper_util",
@@ -244,7 +246,7 @@ pub fn resolve(
 
 /// Reads the file at `path` (or [`DEFAULT_PATH`], which may be missing), then applies the
 /// environment and the flags.
-pub fn load(
+pub(crate) fn load(
     path: Option<&Path>,
     env: EnvLookup<'_>,
     flags: &Overrides,
@@ -266,9 +268,3 @@ pub fn load(
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod export_tests;
-
-#[cfg(test)]
-mod limits_tests;

@@ -59,7 +59,7 @@ const ALWAYS_EXPORTED: &[&str] = &[
 ];
 
 /// The attributes of the SDK's overflow series, which the Prometheus output reproduces.
-pub const OVERFLOW_KEY: &str = "otel.metric.overflow";
+pub(crate) const OVERFLOW_KEY: &str = "otel.metric.overflow";
 
 impl Catalog {
     /// Every metric of `agent`'s collectors, then the self-telemetry (`export_stats`:
@@ -130,29 +130,24 @@ impl Catalog {
         self.entries.get_mut(i)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The exported metrics, by index.
-    pub fn metrics(&self) -> impl ExactSizeIterator<Item = &'static Metric> + '_ {
+    pub(crate) fn metrics(&self) -> impl ExactSizeIterator<Item = &'static Metric> + '_ {
         self.entries.iter().map(|e| e.metric)
     }
 
     /// The series cap of metric `i`, if it has one.
-    pub fn cap(&self, i: usize) -> Option<usize> {
+    pub(crate) fn cap(&self, i: usize) -> Option<usize> {
         self.entries.get(i).and_then(|e| e.cap)
     }
 
     /// Records that metric `i` had `series` series in an export or scrape: how many did not
     /// fit under its cap, for `retina.agent.export.series.capped`, with a log line when
     /// the metric goes over its cap and when it is back under.
-    pub fn record_series(&self, i: usize, series: usize) {
+    pub(crate) fn record_series(&self, i: usize, series: usize) {
         let Some(e) = self.entries.get(i) else { return };
         let Some(cap) = e.cap else { return };
         let over = series.saturating_sub(cap);
@@ -180,7 +175,7 @@ impl Catalog {
     /// first `cap` series, then (past the cap) one series with `otel.metric.overflow=true`
     /// and the value of the last series that did not fit, as the SDK's cardinality limit
     /// does for the OTLP output's observable instruments. Records the count.
-    pub fn visit_capped(
+    pub(crate) fn visit_capped(
         &self,
         i: usize,
         agent: &Agent,
@@ -207,7 +202,7 @@ impl Catalog {
     /// Hands every current point of metric `i` to `f`: from the collectors that list it,
     /// and from the self-telemetry (`export_stats`: the OTLP exporter's counters). Under
     /// the `informative` policy a collector's counter at zero is left out.
-    pub fn visit_metric(
+    pub(crate) fn visit_metric(
         &self,
         i: usize,
         agent: &Agent,
@@ -270,7 +265,7 @@ impl Catalog {
     }
 
     /// How many points each metric exports right now.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn count_points(&self, agent: &Agent, export_stats: Option<&ExportStats>) -> Vec<usize> {
         self.count(agent, export_stats, self.policy)
     }
@@ -278,7 +273,7 @@ impl Catalog {
     /// How many series each metric holds right now, exported or not (zero counters
     /// included): what the SDK's limits are sized from, so that counters starting to count
     /// do not make the pipeline grow (a rebuild restarts the sums' start times).
-    pub fn count_held(&self, agent: &Agent, export_stats: Option<&ExportStats>) -> Vec<usize> {
+    pub(crate) fn count_held(&self, agent: &Agent, export_stats: Option<&ExportStats>) -> Vec<usize> {
         self.count(agent, export_stats, SeriesPolicy::Everything)
     }
 
@@ -303,7 +298,7 @@ fn same_type(a: &Metric, b: &Metric) -> bool {
 }
 
 /// A counter value as `u64`; `None` for a value that cannot be one (negative, NaN).
-pub fn counter_value(n: Number) -> Option<u64> {
+pub(crate) fn counter_value(n: Number) -> Option<u64> {
     match n {
         Number::U64(v) => Some(v),
         Number::F64(v) if v.is_finite() && v >= 0.0 => Some(v as u64),
@@ -312,111 +307,4 @@ pub fn counter_value(n: Number) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        collectors::{CollectError, Collector},
-        kernel::links::Links,
-        model::Visitor,
-    };
-
-    static COUNTER: Metric = Metric {
-        name: "test.counter",
-        unit: "{packet}",
-        description: "",
-        kind: Kind::Counter,
-    };
-    static METRICS: &[&Metric] = &[&COUNTER];
-
-    /// One counter with five series, valued 0 to 4.
-    struct Five;
-
-    impl Collector for Five {
-        fn name(&self) -> &'static str {
-            "five"
-        }
-        fn metrics(&self) -> &'static [&'static Metric] {
-            METRICS
-        }
-        fn collect(&mut self, _: &Links) -> Result<(), CollectError> {
-            Ok(())
-        }
-        fn visit(&self, v: &mut dyn Visitor) {
-            for i in 0..5u64 {
-                v.point(&COUNTER, &[KeyValue::new("i", i as i64)], Number::U64(i));
-            }
-        }
-    }
-
-    fn agent() -> Agent {
-        let mut config = crate::config::Config::default();
-        config.drops.enabled = false;
-        config.ethtool.enabled = false;
-        config.netdev.enabled = false;
-        config.netstat.enabled = false;
-        config.softnet.enabled = false;
-        config.qdisc.enabled = false;
-        config.conntrack.enabled = false;
-        let mut a = Agent::new(&config).unwrap();
-        a.add(Box::new(Five));
-        a
-    }
-
-    /// What `visit_capped` hands out for metric `name`, then the capped gauge's points.
-    fn exported(c: &Catalog, a: &Agent, name: &str) -> (Vec<(String, f64)>, Vec<f64>) {
-        let index = |n: &str| c.metrics().position(|m| m.name == n).unwrap();
-        let mut points = Vec::new();
-        c.visit_capped(index(name), a, None, &mut |attrs, v| {
-            points.push((format!("{}={}", attrs[0].key, attrs[0].value), v.as_f64()));
-        });
-        let mut capped = Vec::new();
-        c.visit_capped(index(SERIES_CAPPED.name), a, None, &mut |attrs, v| {
-            assert_eq!(attrs[0].value.as_str(), name);
-            capped.push(v.as_f64());
-        });
-        (points, capped)
-    }
-
-    #[test]
-    fn policy_and_caps_shape_what_is_exported() {
-        let a = agent();
-        let none = BTreeMap::new();
-        let caps = BTreeMap::from([("test.counter".to_string(), 2)]);
-
-        // Informative, no cap: the zero series is left out; no capped gauge.
-        let c = Catalog::new(&a, false, SeriesPolicy::Informative, &none);
-        let (points, capped) = exported(&c, &a, "test.counter");
-        assert_eq!(points.len(), 4, "{points:?}");
-        assert!(capped.is_empty());
-        assert_eq!(c.count_points(&a, None)[0], 4);
-        assert_eq!(c.count_held(&a, None)[0], 5);
-
-        // Everything, capped at 2: two series, then the overflow one with the last value.
-        let c = Catalog::new(&a, false, SeriesPolicy::Everything, &caps);
-        let (points, capped) = exported(&c, &a, "test.counter");
-        assert_eq!(
-            points,
-            [
-                ("i=0".to_string(), 0.0),
-                ("i=1".to_string(), 1.0),
-                ("otel.metric.overflow=true".to_string(), 4.0)
-            ]
-        );
-        assert_eq!(capped, [3.0]);
-
-        // Informative, capped at 2: series 1 and 2 fit, 3 and 4 do not.
-        let c = Catalog::new(&a, false, SeriesPolicy::Informative, &caps);
-        let (points, capped) = exported(&c, &a, "test.counter");
-        assert_eq!(points.len(), 3, "{points:?}");
-        assert_eq!(points[0], ("i=1".to_string(), 1.0));
-        assert_eq!(capped, [2.0]);
-    }
-
-    #[test]
-    fn counter_values() {
-        assert_eq!(counter_value(Number::U64(7)), Some(7));
-        assert_eq!(counter_value(Number::F64(7.9)), Some(7));
-        assert_eq!(counter_value(Number::F64(-1.0)), None);
-        assert_eq!(counter_value(Number::F64(f64::NAN)), None);
-    }
-}
+mod tests;

@@ -22,7 +22,7 @@ pub mod catalog;
 mod otlp;
 mod prometheus;
 mod resource;
-pub mod selfmetrics;
+pub(crate) mod selfmetrics;
 
 use std::{
     net::SocketAddr,
@@ -36,7 +36,7 @@ use crate::{
     config::{ExportConfig, PrometheusConfig},
 };
 pub use otlp::partial_success_layer;
-pub use resource::check_attributes as check_resource_attributes;
+pub(crate) use resource::check_attributes as check_resource_attributes;
 #[cfg(feature = "internals")]
 pub use otlp::partial_success_totals;
 
@@ -172,7 +172,7 @@ impl Exporters {
     }
 
     /// No output at all (what is left when a reload can start none).
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         Exporters {
             otlp: None,
             prometheus: None,
@@ -181,7 +181,7 @@ impl Exporters {
     }
 
     /// The Prometheus endpoint's bound address (useful with port 0).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn prometheus_addr(&self) -> Option<SocketAddr> {
         self.prometheus.as_ref().map(|s| s.addr())
     }
@@ -202,7 +202,7 @@ impl Exporters {
     }
 
     /// Waits until the OTLP export in flight, if any, has finished.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub async fn flush(&mut self) {
         if let Some(o) = &mut self.otlp {
             o.flush().await;
@@ -210,7 +210,7 @@ impl Exporters {
     }
 
     /// The OTLP exporter's counters (successes, failures, skips), if OTLP is on.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn otlp_stats(&self) -> Option<Arc<selfmetrics::ExportStats>> {
         self.otlp.as_ref().map(|o| o.stats())
     }

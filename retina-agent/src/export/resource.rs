@@ -32,7 +32,7 @@ fn machine_id() -> Option<String> {
 /// `host.arch`, `os.type`, `os.version` (kernel release), the SDK's `telemetry.sdk.*`,
 /// then the configured `resource_attributes` over them (except `service.name`, which is
 /// `service_name`).
-pub fn build(config: &ExportConfig) -> Resource {
+pub(crate) fn build(config: &ExportConfig) -> Resource {
     let mut attrs = vec![
         KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
         KeyValue::new("os.type", "linux"),
@@ -63,7 +63,7 @@ pub fn build(config: &ExportConfig) -> Resource {
 
 /// The resource keys the agent sets itself (the SDK's `telemetry.sdk.*` included). A
 /// configured attribute of the same key replaces the agent's value.
-pub const AGENT_KEYS: [&str; 10] = [
+pub(crate) const AGENT_KEYS: [&str; 10] = [
     "service.name",
     "service.version",
     "os.type",
@@ -82,7 +82,7 @@ pub const AGENT_KEYS: [&str; 10] = [
 /// the agent's own, [`AGENT_KEYS`]) that become the same label (`host_name` and
 /// `host.name`; `a.b` and `a_b`). Prometheus refuses such a scrape whole ("label name is
 /// not unique"), so they are refused at load rather than renamed behind the user's back.
-pub fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), String> {
+pub(crate) fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), String> {
     let mut labels: BTreeMap<String, &str> = AGENT_KEYS
         .iter()
         .map(|k| (super::prometheus::label_name(k), *k))
@@ -121,7 +121,7 @@ pub fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), Str
 }
 
 /// The resource's attributes sorted by key (the Prometheus `target_info` labels).
-pub fn sorted_attributes(resource: &Resource) -> Vec<KeyValue> {
+pub(crate) fn sorted_attributes(resource: &Resource) -> Vec<KeyValue> {
     let mut attrs: Vec<KeyValue> = resource
         .iter()
         .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
@@ -131,58 +131,4 @@ pub fn sorted_attributes(resource: &Resource) -> Vec<KeyValue> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(pairs: &[(&str, &str)]) -> Result<(), String> {
-        check_attributes(
-            &pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn colliding_or_reserved_attributes_are_refused() {
-        check(&[("host.name", "n"), ("k8s.node.name", "n"), ("env", "x")]).unwrap();
-        let e = check(&[("host_name", "node-7")]).unwrap_err();
-        assert!(
-            e.contains("\"host_name\" and the agent's own \"host.name\"") && e.contains("host_name"),
-            "{e}"
-        );
-        let e = check(&[("a.b", "1"), ("a_b", "2")]).unwrap_err();
-        assert!(e.contains("\"a_b\" and the attribute \"a.b\""), "{e}");
-        let e = check(&[("__name__", "x")]).unwrap_err();
-        assert!(e.contains("\"__name__\"") && e.contains("reserved"), "{e}");
-        assert!(check(&[("..x", "x")]).unwrap_err().contains("reserved"));
-        assert!(check(&[("", "x")]).is_err());
-        // Collides only with the agent's key it also replaces: both set by the user.
-        let e = check(&[("host.name", "a"), ("host_name", "b")]).unwrap_err();
-        assert!(e.contains("\"host_name\" and the attribute \"host.name\""), "{e}");
-    }
-
-    #[test]
-    fn has_host_and_service_attributes() {
-        let mut config = ExportConfig::default();
-        config
-            .resource_attributes
-            .insert("deployment.environment.name".into(), "test".into());
-        config
-            .resource_attributes
-            .insert("service.name".into(), "ignored".into());
-        let r = sorted_attributes(&build(&config));
-        let get = |k: &str| {
-            r.iter()
-                .find(|kv| kv.key.as_str() == k)
-                .map(|kv| kv.value.to_string())
-        };
-        assert_eq!(get("service.name").as_deref(), Some("retina-agent"));
-        assert_eq!(get("os.type").as_deref(), Some("linux"));
-        assert!(get("os.version").is_some_and(|v| !v.is_empty()));
-        assert!(get("host.name").is_some());
-        assert_eq!(get("deployment.environment.name").as_deref(), Some("test"));
-        assert_eq!(get("telemetry.sdk.language").as_deref(), Some("rust"));
-        assert_eq!(get("telemetry.sdk.name").as_deref(), Some("opentelemetry"));
-    }
-}
+mod tests;

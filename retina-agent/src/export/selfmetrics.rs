@@ -29,56 +29,56 @@ use crate::{
     model::{Kind, Metric, Number, Visitor},
 };
 
-pub const COLLECT_DURATION: Metric = Metric {
+pub(crate) const COLLECT_DURATION: Metric = Metric {
     name: "retina.agent.collect.duration",
     unit: "s",
     description: "Time the collector's last collection took",
     kind: Kind::Gauge,
 };
-pub const COLLECT_FAILURES: Metric = Metric {
+pub(crate) const COLLECT_FAILURES: Metric = Metric {
     name: "retina.agent.collect.failures",
     unit: "{failure}",
     description: "Collections that failed; the collector keeps its previous values",
     kind: Kind::Counter,
 };
-pub const DESCRIPTOR_SHORTAGES: Metric = Metric {
+pub(crate) const DESCRIPTOR_SHORTAGES: Metric = Metric {
     name: "retina.agent.descriptor.shortages",
     unit: "{lookup}",
     description: "Lookups that failed for want of a file descriptor (EMFILE, ENFILE); the series went out without the attribute named by `lost`",
     kind: Kind::Counter,
 };
-pub const COLLECTOR_DEGRADED: Metric = Metric {
+pub(crate) const COLLECTOR_DEGRADED: Metric = Metric {
     name: "retina.agent.collector.degraded",
     unit: "{collector}",
     description: "1 for each collector that could not start (see the log or `retina-agent snapshot` for why)",
     kind: Kind::Gauge,
 };
-pub const EXPORT_FAILURES: Metric = Metric {
+pub(crate) const EXPORT_FAILURES: Metric = Metric {
     name: "retina.agent.export.failures",
     unit: "{failure}",
     description: "Exports that failed or timed out; with cumulative temporality the next one carries the totals",
     kind: Kind::Counter,
 };
-pub const EXPORT_SKIPPED: Metric = Metric {
+pub(crate) const EXPORT_SKIPPED: Metric = Metric {
     name: "retina.agent.export.skipped",
     unit: "{export}",
     description: "Exports not started because the previous one was still in flight",
     kind: Kind::Counter,
 };
-pub const EXPORT_REJECTED: Metric = Metric {
+pub(crate) const EXPORT_REJECTED: Metric = Metric {
     name: "retina.agent.export.rejected",
     unit: "{data_point}",
     description: "Data points the collector answered it rejected (OTLP partial success)",
     kind: Kind::Counter,
 };
-pub const EXPORT_DURATION: Metric = Metric {
+pub(crate) const EXPORT_DURATION: Metric = Metric {
     name: "retina.agent.export.duration",
     unit: "s",
     description: "Time the last export took (encoding of the data points and send)",
     kind: Kind::Gauge,
 };
 
-pub const SERIES_CAPPED: Metric = Metric {
+pub(crate) const SERIES_CAPPED: Metric = Metric {
     name: "retina.agent.export.series.capped",
     unit: "{series}",
     description: "Series of a metric with a configured cap (export.series_caps) that did not fit in the last export; they were folded into its otel.metric.overflow series",
@@ -86,7 +86,7 @@ pub const SERIES_CAPPED: Metric = Metric {
 };
 
 /// Every self-telemetry metric: those of both outputs first, then the OTLP ones.
-pub static METRICS: &[&Metric] = &[
+pub(crate) static METRICS: &[&Metric] = &[
     &COLLECT_DURATION,
     &COLLECT_FAILURES,
     &DESCRIPTOR_SHORTAGES,
@@ -101,34 +101,34 @@ pub static METRICS: &[&Metric] = &[
 const COLLECT_METRICS: usize = 5;
 
 /// Attribute naming the collector.
-pub const ATTR_COLLECTOR: &str = "collector";
+pub(crate) const ATTR_COLLECTOR: &str = "collector";
 /// Attribute naming what a descriptor shortage cost ([`fdshortage::Lost::as_str`]).
-pub const ATTR_LOST: &str = "lost";
+pub(crate) const ATTR_LOST: &str = "lost";
 /// Attribute naming the metric of [`SERIES_CAPPED`].
-pub const ATTR_METRIC: &str = "metric";
+pub(crate) const ATTR_METRIC: &str = "metric";
 /// Attribute naming the exporter (`otlp`).
-pub const ATTR_EXPORTER: &str = "exporter";
+pub(crate) const ATTR_EXPORTER: &str = "exporter";
 
 /// Counters one exporter updates and the self-telemetry reads.
 #[derive(Debug, Default)]
 pub struct ExportStats {
     pub failures: AtomicU64,
-    pub skipped: AtomicU64,
+    pub(crate) skipped: AtomicU64,
     pub successes: AtomicU64,
     /// Exports not started (nothing collected or encoded) while backing off after a
     /// failure.
-    pub backed_off: AtomicU64,
+    pub(crate) backed_off: AtomicU64,
     /// Data points the collector rejected in exports it otherwise accepted.
-    pub rejected_points: AtomicU64,
+    pub(crate) rejected_points: AtomicU64,
     /// Duration of the last finished export, in nanoseconds.
-    pub last_duration_nanos: AtomicU64,
+    pub(crate) last_duration_nanos: AtomicU64,
     /// Time the SDK's collect (the instruments' callbacks and aggregation) took in the
     /// last export, in nanoseconds.
     pub last_collect_nanos: AtomicU64,
 }
 
 impl ExportStats {
-    pub fn record_duration(&self, d: std::time::Duration) {
+    pub(crate) fn record_duration(&self, d: std::time::Duration) {
         self.last_duration_nanos.store(
             u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -137,7 +137,7 @@ impl ExportStats {
 }
 
 /// The self-telemetry metrics; the export ones only with an OTLP exporter.
-pub fn metrics(export_stats: bool) -> &'static [&'static Metric] {
+pub(crate) fn metrics(export_stats: bool) -> &'static [&'static Metric] {
     if export_stats {
         METRICS
     } else {
@@ -148,7 +148,7 @@ pub fn metrics(export_stats: bool) -> &'static [&'static Metric] {
 /// Hands the self-telemetry's current values to `v`; the export metrics only with
 /// `export` (the OTLP exporter's counters). [`SERIES_CAPPED`] is the catalog's own
 /// (`super::catalog`), not visited here.
-pub fn visit(agent: &Agent, export: Option<&ExportStats>, v: &mut dyn Visitor) {
+pub(crate) fn visit(agent: &Agent, export: Option<&ExportStats>, v: &mut dyn Visitor) {
     for (c, stats) in agent.collectors() {
         let attrs = [KeyValue::new(ATTR_COLLECTOR, c.name())];
         v.point(

@@ -12,7 +12,7 @@ use std::{
 };
 
 /// The BTF file of the running kernel.
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
 
@@ -80,17 +80,17 @@ pub struct Btf {
 /// A member of a struct or union.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
-    pub name: String,
-    pub type_id: u32,
+    pub(crate) name: String,
+    pub(crate) type_id: u32,
     /// Offset from the start of the containing type, in bits.
-    pub bit_offset: u32,
+    pub(crate) bit_offset: u32,
 }
 
 /// One value of an enum.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnumValue {
-    pub name: String,
-    pub value: u64,
+    pub(crate) name: String,
+    pub(crate) value: u64,
 }
 
 fn read_u32(data: &[u8], at: usize) -> Option<u32> {
@@ -104,7 +104,7 @@ impl Btf {
         Self::from_file(VMLINUX_BTF)
     }
 
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BtfError> {
+    pub(crate) fn from_file(path: impl AsRef<Path>) -> Result<Self, BtfError> {
         let path = path.as_ref().to_path_buf();
         let data =
             crate::fsutil::read_regular(&path, crate::fsutil::BTF_MAX_BYTES).map_err(|source| {
@@ -117,7 +117,7 @@ impl Btf {
     }
 
     /// Parses module BTF (split BTF) whose type ids and strings continue `base`'s.
-    pub fn from_split_file(path: impl AsRef<Path>, base: &Btf) -> Result<Self, BtfError> {
+    pub(crate) fn from_split_file(path: impl AsRef<Path>, base: &Btf) -> Result<Self, BtfError> {
         let path = path.as_ref().to_path_buf();
         let data =
             crate::fsutil::read_regular(&path, crate::fsutil::BTF_MAX_BYTES).map_err(|source| {
@@ -210,7 +210,7 @@ impl Btf {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -363,7 +363,7 @@ impl Btf {
     }
 
     /// Size in bytes of `struct NAME`.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn struct_size(&self, name: &str) -> Option<u32> {
         self.find(KIND_STRUCT, name)
             .and_then(|id| self.ty(id))
@@ -371,7 +371,7 @@ impl Btf {
     }
 
     /// Values of `enum NAME` (32- or 64-bit), or `None` when the enum does not exist.
-    pub fn enum_values(&self, name: &str) -> Option<Vec<EnumValue>> {
+    pub(crate) fn enum_values(&self, name: &str) -> Option<Vec<EnumValue>> {
         let (_, t) = self.ids().find(|(_, t)| {
             matches!(t.kind, KIND_ENUM | KIND_ENUM64) && self.string(t.name_off) == name
         })?;

@@ -6,4 +6,4 @@ pub mod btf;
 pub mod links;
 pub mod netns;
 pub mod sys;
-pub mod tasks;
+pub(crate) mod tasks;

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// Where `ip netns` and CNI plugins bind named namespaces.
-pub const NETNS_RUN_DIR: &str = "/run/netns";
+pub(crate) const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// Where other tools bind namespaces that may have no process in them.
 pub(crate) const BIND_DIRS: &[&str] = &[NETNS_RUN_DIR, "/var/run/docker/netns"];
@@ -29,7 +29,7 @@ pub(crate) const BIND_DIRS: &[&str] = &[NETNS_RUN_DIR, "/var/run/docker/netns"];
 /// for occasional housekeeping, not for every cycle; as a non-root user without
 /// CAP_SYS_PTRACE it sees only its own user's processes, so
 /// `workload::Workloads::live_netns_inodes` (the task iterator) is preferred.
-pub fn live_netns_inodes() -> std::collections::HashSet<u32> {
+pub(crate) fn live_netns_inodes() -> std::collections::HashSet<u32> {
     let mut live = std::collections::HashSet::new();
     let mut add = |path: &Path| {
         if let Ok(meta) = std::fs::metadata(path)
@@ -54,7 +54,7 @@ pub fn live_netns_inodes() -> std::collections::HashSet<u32> {
 }
 
 /// Adds the inodes of the namespaces bound in [`BIND_DIRS`] to `live`.
-pub fn add_bound(live: &mut std::collections::HashSet<u32>) {
+pub(crate) fn add_bound(live: &mut std::collections::HashSet<u32>) {
     for dir in BIND_DIRS {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
@@ -88,7 +88,7 @@ const FRESH: Duration = Duration::from_millis(500);
 
 /// Resolves namespace inodes to names, and ifindexes inside them to interface names.
 /// Used only when a new drop series appears, never per cycle.
-pub struct NetnsNames {
+pub(crate) struct NetnsNames {
     dir: PathBuf,
     by_inode: HashMap<u32, Named>,
     /// Inodes a scan did not find, and when: unnamed namespaces (containers) are asked
@@ -108,11 +108,11 @@ const RESCAN: Duration = Duration::from_secs(1);
 const MAX_UNNAMED: usize = 4096;
 
 impl NetnsNames {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_dir(NETNS_RUN_DIR)
     }
 
-    pub fn with_dir(dir: impl AsRef<Path>) -> Self {
+    pub(crate) fn with_dir(dir: impl AsRef<Path>) -> Self {
         NetnsNames {
             dir: dir.as_ref().to_path_buf(),
             by_inode: HashMap::new(),
@@ -159,7 +159,7 @@ impl NetnsNames {
     /// namespace alive, so keeping it would keep a deleted namespace (and its devices)
     /// in the kernel. Runs at most every [`RELEASE_CHECK`]; one `stat` per namespace
     /// held, no allocation. Returns how many were released.
-    pub fn release_deleted(&mut self) -> usize {
+    pub(crate) fn release_deleted(&mut self) -> usize {
         let now = Instant::now();
         if self
             .checked
@@ -198,7 +198,7 @@ impl NetnsNames {
     }
 
     /// The name of the namespace with this inode, if it is a named one.
-    pub fn name(&mut self, inode: u32) -> Option<Arc<str>> {
+    pub(crate) fn name(&mut self, inode: u32) -> Option<Arc<str>> {
         self.named(inode).map(|n| n.name.clone())
     }
 
@@ -241,7 +241,7 @@ impl NetnsNames {
     }
 
     /// The name of interface `ifindex` inside namespace `inode`, as it is now.
-    pub fn interface(&mut self, inode: u32, ifindex: u32) -> Option<Arc<str>> {
+    pub(crate) fn interface(&mut self, inode: u32, ifindex: u32) -> Option<Arc<str>> {
         let links = self.links(inode, Some(ifindex), None)?;
         links.get(ifindex).map(|l| l.name.clone())
     }
@@ -249,7 +249,7 @@ impl NetnsNames {
     /// Whether interface `ifindex` exists in namespace `inode`, from a link dump made
     /// after `since` (one per namespace for all the checks of one housekeeping pass);
     /// `None` when that cannot be told (an unnamed namespace, or no rtnetlink socket in it).
-    pub fn has_interface(&mut self, inode: u32, ifindex: u32, since: Instant) -> Option<bool> {
+    pub(crate) fn has_interface(&mut self, inode: u32, ifindex: u32, since: Instant) -> Option<bool> {
         let links = self.links(inode, None, Some(since))?;
         Some(links.get(ifindex).is_some())
     }

@@ -4,15 +4,15 @@
 use std::{ffi::CStr, io};
 
 /// `bpf(2)` commands (`enum bpf_cmd`, include/uapi/linux/bpf.h) used here and by the bench.
-#[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+#[cfg(feature = "internals")]
 pub const BPF_MAP_CREATE: libc::c_long = 0;
-pub const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+pub(crate) const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 pub const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-pub const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-#[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+pub(crate) const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+#[cfg(feature = "internals")]
 pub const BPF_PROG_LOAD: libc::c_long = 5;
 pub const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-#[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+#[cfg(feature = "internals")]
 pub const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 pub const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
@@ -44,19 +44,19 @@ pub unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long
 }
 
 /// Capability numbers (include/uapi/linux/capability.h).
-pub const CAP_NET_ADMIN: u32 = 12;
-pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_PERFMON: u32 = 38;
-pub const CAP_BPF: u32 = 39;
+pub(crate) const CAP_NET_ADMIN: u32 = 12;
+pub(crate) const CAP_SYS_ADMIN: u32 = 21;
+pub(crate) const CAP_PERFMON: u32 = 38;
+pub(crate) const CAP_BPF: u32 = 39;
 
 /// Effective capability bits of this process, from /proc/self/status; `None` when they
 /// cannot be read.
-pub fn effective_caps() -> Option<u64> {
+pub(crate) fn effective_caps() -> Option<u64> {
     parse_cap_eff(&std::fs::read_to_string("/proc/self/status").ok()?)
 }
 
 /// The `CapEff:` bits of /proc/PID/status text.
-pub fn parse_cap_eff(status: &str) -> Option<u64> {
+pub(crate) fn parse_cap_eff(status: &str) -> Option<u64> {
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
 }
@@ -65,8 +65,8 @@ pub fn parse_cap_eff(status: &str) -> Option<u64> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Uname {
     pub release: String,
-    pub machine: String,
-    pub nodename: String,
+    pub(crate) machine: String,
+    pub(crate) nodename: String,
 }
 
 /// `uname(2)`, or `None` if it fails.
@@ -94,7 +94,7 @@ pub fn uname() -> Option<Uname> {
 /// An error and its causes, `: `-separated, each said once: the agent's error types
 /// already print their source in their own message, so a cause is only added when the text
 /// so far does not contain it.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut next = e.source();
     while let Some(cause) = next {
@@ -109,54 +109,4 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cap_eff_is_read_from_status_text() {
-        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001c000001000\n";
-        let caps = parse_cap_eff(status).unwrap();
-        for cap in [CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF] {
-            assert_ne!(caps & (1 << cap), 0, "{cap}");
-        }
-        assert_eq!(caps & (1 << CAP_SYS_ADMIN), 0);
-        assert_eq!(parse_cap_eff("Name:\tx\n"), None);
-        assert_eq!(parse_cap_eff("CapEff:\tzz\n"), None);
-        // This process can always read its own.
-        assert!(effective_caps().is_some());
-    }
-
-    #[test]
-    fn uname_names_this_kernel() {
-        let u = uname().unwrap();
-        let osrelease = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-        assert_eq!(u.release, osrelease.trim());
-        assert!(!u.machine.is_empty());
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    enum Outer {
-        #[error("outer: {0}")]
-        Repeats(#[source] Inner),
-        #[error("outer")]
-        Hides(#[source] Inner),
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("inner")]
-    struct Inner(#[source] io::Error);
-
-    #[test]
-    fn error_chain_says_each_cause_once() {
-        let io = || io::Error::other("disk on fire");
-        assert_eq!(
-            error_chain(&Outer::Repeats(Inner(io()))),
-            "outer: inner: disk on fire"
-        );
-        assert_eq!(
-            error_chain(&Outer::Hides(Inner(io()))),
-            "outer: inner: disk on fire"
-        );
-        assert_eq!(error_chain(&io()), "disk on fire");
-    }
-}
+mod tests;

@@ -30,7 +30,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("RETINA_TASKS_OBJECT"));
 const MAX_RECORDS: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
-pub enum TasksError {
+pub(crate) enum TasksError {
     #[error(
         "task iterator: missing capabilities {0}: loading it needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"
     )]
@@ -54,7 +54,7 @@ pub enum TasksError {
 }
 
 /// The offsets the iterator reads, from the running kernel's BTF.
-pub fn offsets_from_btf(btf: &Btf) -> Result<TaskOffsets, TasksError> {
+pub(crate) fn offsets_from_btf(btf: &Btf) -> Result<TaskOffsets, TasksError> {
     let field = |s: &str, f: &str| btf.field_offset(s, f).map_err(TasksError::Layout);
     let mut o = TaskOffsets {
         task_pid: field("task_struct", "pid")?,
@@ -83,13 +83,13 @@ const INITIAL_PID_NS: u64 = 0xEFFF_FFFC;
 
 /// Whether this process runs in the initial pid namespace, where the iterator's pids (the
 /// kernel's global ones) are the pids this process sees.
-pub fn in_initial_pid_ns() -> bool {
+pub(crate) fn in_initial_pid_ns() -> bool {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == INITIAL_PID_NS)
 }
 
 /// The loaded iterator program.
-pub struct TaskIter {
+pub(crate) struct TaskIter {
     ebpf: Ebpf,
     buf: Vec<u8>,
     has_cgroup: bool,
@@ -103,7 +103,7 @@ impl std::fmt::Debug for TaskIter {
 
 impl TaskIter {
     /// Loads the iterator for the running kernel.
-    pub fn load() -> Result<TaskIter, TasksError> {
+    pub(crate) fn load() -> Result<TaskIter, TasksError> {
         // Without them aya's feature probes fail quietly and the load fails later with a
         // relocation error that names no cause: say the cause.
         if let Some(caps) = effective_caps() {
@@ -143,12 +143,12 @@ impl TaskIter {
     }
 
     /// Whether records carry cgroup ids (else every `cgroup` is 0).
-    pub fn has_cgroup(&self) -> bool {
+    pub(crate) fn has_cgroup(&self) -> bool {
         self.has_cgroup
     }
 
     /// One walk over every process: replaces `out` with their records.
-    pub fn read(&mut self, out: &mut Vec<TaskRecord>) -> Result<(), TasksError> {
+    pub(crate) fn read(&mut self, out: &mut Vec<TaskRecord>) -> Result<(), TasksError> {
         out.clear();
         let program: &mut Iter = self
             .ebpf
@@ -181,59 +181,4 @@ impl TaskIter {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::os::unix::fs::MetadataExt as _;
-
-    use super::*;
-
-    #[test]
-    fn the_tests_run_in_the_initial_pid_namespace() {
-        // As the agent does under its unit; inside a pid namespace pids are not asked by
-        // pid (`workload::peers`).
-        assert!(in_initial_pid_ns());
-    }
-
-    #[test]
-    fn offsets_on_this_kernel() {
-        let o = offsets_from_btf(&Btf::from_sys().unwrap()).unwrap();
-        assert_eq!(o.flags, TASK_OFFSETS_VALID | TASK_OFFSETS_HAS_CGROUP);
-        // pid and tgid are two adjacent pid_t.
-        assert_eq!(o.task_tgid, o.task_pid + 4);
-        assert!(o.task_nsproxy > 0 && o.task_cgroups > 0);
-    }
-
-    /// Needs root (or CAP_BPF + CAP_PERFMON), as the unit tests run under `cargo xtask test`.
-    #[test]
-    fn the_walk_sees_this_process_in_its_namespace_and_cgroup() {
-        let mut it = TaskIter::load().unwrap();
-        let mut records = Vec::new();
-        it.read(&mut records).unwrap();
-        let me = records
-            .iter()
-            .find(|r| r.tgid == std::process::id())
-            .unwrap_or_else(|| panic!("this process is not among {} records", records.len()));
-        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
-        assert_eq!(u64::from(me.netns), netns);
-        // Our cgroup v2 directory's inode is the cgroup's id.
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-        let root = mounts
-            .lines()
-            .find(|l| l.split(' ').nth(2) == Some("cgroup2"))
-            .and_then(|l| l.split(' ').nth(1))
-            .unwrap();
-        let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let path = cgroup
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .unwrap();
-        let dir = format!("{root}{path}");
-        assert_eq!(me.cgroup, std::fs::metadata(&dir).unwrap().ino(), "{dir}");
-        // One record per process, never per thread: the test harness has several threads.
-        let mine = records.iter().filter(|r| r.tgid == std::process::id()).count();
-        assert_eq!(mine, 1);
-        // A second walk works the same (a new link and iterator each time).
-        let n = records.len();
-        it.read(&mut records).unwrap();
-        assert!(records.len().abs_diff(n) < n / 2 + 10);
-    }
-}
+mod tests;

@@ -30,7 +30,7 @@ use crate::{
 
 /// Where in the path of a packet a counter counts losses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Layer {
+pub(crate) enum Layer {
     /// The NIC, its driver, or the interface (ring full, FIFO overrun, interface drops).
     Nic,
     /// The per-CPU receive backlog (`/proc/net/softnet_stat`).
@@ -46,7 +46,7 @@ pub enum Layer {
 }
 
 impl Layer {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Layer::Nic => "NIC",
             Layer::Backlog => "backlog",
@@ -60,7 +60,7 @@ impl Layer {
 
 /// Which points of a metric a rule takes.
 #[derive(Clone, Copy, Debug)]
-pub enum Filter {
+pub(crate) enum Filter {
     /// Every point.
     Any,
     /// Points that have the attribute.
@@ -75,13 +75,13 @@ pub enum Filter {
 /// points with the same values of the `by` attributes are summed into one row, shown as
 /// `label=value` (the first attribute of each alternative list that the point has).
 #[derive(Clone, Copy, Debug)]
-pub struct Rule {
-    pub metric: &'static Metric,
-    pub filter: Filter,
-    pub layer: Layer,
-    pub by: &'static [(&'static str, &'static [&'static str])],
+pub(crate) struct Rule {
+    pub(crate) metric: &'static Metric,
+    pub(crate) filter: Filter,
+    pub(crate) layer: Layer,
+    pub(crate) by: &'static [(&'static str, &'static [&'static str])],
     /// Shown after the attributes (for counters without any).
-    pub note: &'static str,
+    pub(crate) note: &'static str,
 }
 
 const IFACE: (&str, &[&str]) = ("if", &[attr::INTERFACE_NAME, attr::INTERFACE_INDEX]);
@@ -101,12 +101,12 @@ const QDISC: [(&str, &[&str]); 4] = [
 ];
 
 /// Driver statistics whose names say they count lost packets.
-pub const NIC_LOSS_NAMES: &[&str] = &[
+pub(crate) const NIC_LOSS_NAMES: &[&str] = &[
     "drop", "miss", "fifo", "discard", "nobuf", "no_buf", "overrun",
 ];
 
 /// Every loss counter the view knows, by metric and attribute.
-pub static RULES: &[Rule] = &[
+pub(crate) static RULES: &[Rule] = &[
     Rule {
         metric: &NIC_DRIVER_STAT,
         filter: Filter::Contains(ethtool::attr::STAT_NAME, NIC_LOSS_NAMES),
@@ -212,18 +212,18 @@ pub static RULES: &[Rule] = &[
 ];
 
 /// Whether any rule reads `metric` (to capture only what the view needs).
-pub fn reads(metric: &Metric) -> bool {
+pub(crate) fn reads(metric: &Metric) -> bool {
     RULES.iter().any(|r| r.metric.name == metric.name)
 }
 
 /// One line of the view.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Row {
-    pub packets: u64,
-    pub layer: Layer,
-    pub metric: &'static str,
+pub(crate) struct Row {
+    pub(crate) packets: u64,
+    pub(crate) layer: Layer,
+    pub(crate) metric: &'static str,
     /// `label=value ...`, then the rule's note.
-    pub place: String,
+    pub(crate) place: String,
 }
 
 fn attribute<'a>(p: &'a Point, key: &str) -> Option<&'a Json> {
@@ -253,7 +253,7 @@ fn passes(filter: Filter, p: &Point) -> bool {
 
 /// The non-zero loss counters among `points` (a window's changes, or running totals), by
 /// layer and place, largest first.
-pub fn rows(points: &[Point]) -> Vec<Row> {
+pub(crate) fn rows(points: &[Point]) -> Vec<Row> {
     let mut sums: BTreeMap<(Layer, &'static str, String), u64> = BTreeMap::new();
     for rule in RULES {
         for p in points.iter().filter(|p| p.metric.name == rule.metric.name) {
@@ -291,11 +291,11 @@ fn sep(s: &str) -> &'static str {
     if s.is_empty() { "" } else { " " }
 }
 
-pub const TITLE: &str = "where packets died";
+pub(crate) const TITLE: &str = "where packets died";
 
 /// The section as text: a title line, then one line per row (or a line saying nothing was
 /// lost).
-pub fn render(rows: &[Row]) -> String {
+pub(crate) fn render(rows: &[Row]) -> String {
     if rows.is_empty() {
         return format!("{TITLE}: no loss counter moved\n");
     }
@@ -324,188 +324,4 @@ pub fn render(rows: &[Row]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn metric(name: &'static str, kind: Kind) -> &'static Metric {
-        Box::leak(Box::new(Metric {
-            name,
-            unit: "1",
-            description: "",
-            kind,
-        }))
-    }
-
-    fn point(m: &'static Metric, attrs: &[(&str, &str)], v: u64) -> Point {
-        Point {
-            metric: m,
-            attributes: attrs
-                .iter()
-                .map(|(k, v)| (k.to_string(), Json::from(*v)))
-                .collect(),
-            value: Number::U64(v),
-        }
-    }
-
-    #[test]
-    fn drops_name_the_workload_of_their_namespace() {
-        let drops = metric("retina.drop.count", Kind::Counter);
-        let uid = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
-        let rows = rows(&[
-            point(
-                drops,
-                &[
-                    ("drop.reason", "SOCKET_RCVBUFF"),
-                    ("network.namespace.name", "cni-1"),
-                    ("k8s.pod.uid", uid),
-                    ("container.id", "abc"),
-                ],
-                3,
-            ),
-            point(
-                drops,
-                &[
-                    ("drop.reason", "NO_SOCKET"),
-                    ("systemd.unit", "unbound.service"),
-                ],
-                2,
-            ),
-        ]);
-        assert_eq!(
-            rows.iter().map(|r| r.place.as_str()).collect::<Vec<_>>(),
-            [
-                format!("reason=SOCKET_RCVBUFF netns=cni-1 pod={uid} container=abc"),
-                "reason=NO_SOCKET unit=unbound.service".to_string(),
-            ]
-        );
-    }
-
-    #[test]
-    fn every_layer_sorted_by_count_with_its_place() {
-        let drops = metric("retina.drop.count", Kind::Counter);
-        let nic = metric("retina.nic.driver.stat", Kind::Counter);
-        let qdisc = metric("retina.qdisc.drops", Kind::Counter);
-        let ct = metric("retina.conntrack.stat", Kind::Counter);
-        let softnet = metric("retina.softnet.dropped", Kind::Counter);
-        let netdev = metric("system.network.packet.dropped", Kind::Counter);
-        let gauge = metric("retina.drop.map.entries", Kind::Gauge);
-        let points = vec![
-            point(
-                drops,
-                &[
-                    ("drop.reason", "NO_SOCKET"),
-                    ("network.interface.name", "lo"),
-                    ("network.namespace.name", "a"),
-                    ("drop.location", "__udp4_lib_rcv"),
-                ],
-                1000,
-            ),
-            point(
-                drops,
-                &[
-                    ("drop.reason", "NO_SOCKET"),
-                    ("network.interface.name", "lo"),
-                    ("network.namespace.name", "a"),
-                    ("drop.location", "__udp4_lib_rcv"),
-                    ("network.type", "ipv6"),
-                ],
-                5,
-            ),
-            point(
-                nic,
-                &[
-                    ("network.interface.name", "eth0"),
-                    ("nic.stat.name", "rx_missed_errors"),
-                ],
-                7,
-            ),
-            // Not a loss counter.
-            point(
-                nic,
-                &[
-                    ("network.interface.name", "eth0"),
-                    ("nic.stat.name", "rx_packets"),
-                ],
-                99999,
-            ),
-            point(
-                qdisc,
-                &[
-                    ("network.interface.name", "v0"),
-                    ("qdisc.kind", "tbf"),
-                    ("qdisc.handle", "8001:"),
-                    ("qdisc.parent", "root"),
-                ],
-                770,
-            ),
-            point(ct, &[("conntrack.stat", "insert_failed"), ("cpu", "0")], 3),
-            point(ct, &[("conntrack.stat", "insert_failed"), ("cpu", "1")], 4),
-            point(ct, &[("conntrack.stat", "found"), ("cpu", "1")], 50),
-            point(softnet, &[("cpu", "1")], 2),
-            point(
-                netdev,
-                &[
-                    ("network.interface.name", "v0"),
-                    ("network.io.direction", "receive"),
-                ],
-                0,
-            ),
-            point(gauge, &[], 12),
-        ];
-        let got: Vec<(u64, &str, &str, String)> = rows(&points)
-            .into_iter()
-            .map(|r| (r.packets, r.layer.as_str(), r.metric, r.place))
-            .collect();
-        let want = vec![
-            (
-                1005,
-                "stack reason",
-                "retina.drop.count",
-                "reason=NO_SOCKET if=lo netns=a".to_string(),
-            ),
-            (
-                1005,
-                "stack location",
-                "retina.drop.count",
-                "function=__udp4_lib_rcv reason=NO_SOCKET if=lo netns=a".into(),
-            ),
-            (
-                770,
-                "qdisc",
-                "retina.qdisc.drops",
-                "if=v0 qdisc=tbf handle=8001: parent=root".into(),
-            ),
-            (
-                7,
-                "NIC",
-                "retina.nic.driver.stat",
-                "if=eth0 stat=rx_missed_errors".into(),
-            ),
-            (
-                7,
-                "conntrack",
-                "retina.conntrack.stat",
-                "stat=insert_failed".into(),
-            ),
-            (2, "backlog", "retina.softnet.dropped", "cpu=1".into()),
-        ];
-        assert_eq!(got, want);
-        let text = render(&rows(&points));
-        assert!(
-            text.starts_with("where packets died:\nPACKETS  LAYER"),
-            "{text}"
-        );
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with("   1005  stack location  retina.drop.count")),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn nothing_lost_says_so() {
-        assert_eq!(render(&[]), "where packets died: no loss counter moved\n");
-        let gauge = metric("retina.drop.map.entries", Kind::Gauge);
-        assert!(reads(&QDISC_DROPS) && !reads(gauge));
-    }
-}
+mod tests;

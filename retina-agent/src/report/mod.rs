@@ -3,7 +3,7 @@
 //! of them ([`losses`]). `snapshot` prints both; `run --summary` prints the view every
 //! interval. Nothing here is on the export path, so it may allocate.
 
-pub mod losses;
-pub mod points;
+pub(crate) mod losses;
+pub(crate) mod points;
 
-pub use points::{Point, capture, capture_matching, deltas, sort};
+pub(crate) use points::{Point, capture, capture_matching, deltas, sort};

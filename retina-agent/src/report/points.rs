@@ -13,10 +13,10 @@ use crate::{
 
 /// One data point, owned, with attributes sorted by key.
 #[derive(Clone, Debug)]
-pub struct Point {
-    pub metric: &'static Metric,
-    pub attributes: Vec<(String, Json)>,
-    pub value: Number,
+pub(crate) struct Point {
+    pub(crate) metric: &'static Metric,
+    pub(crate) attributes: Vec<(String, Json)>,
+    pub(crate) value: Number,
 }
 
 fn json_value(v: &Value) -> Json {
@@ -29,12 +29,12 @@ fn json_value(v: &Value) -> Json {
 }
 
 /// Every data point the agent holds right now.
-pub fn capture(agent: &Agent) -> Vec<Point> {
+pub(crate) fn capture(agent: &Agent) -> Vec<Point> {
     capture_matching(agent, |_| true)
 }
 
 /// The data points of the metrics `keep` accepts.
-pub fn capture_matching(agent: &Agent, keep: impl Fn(&Metric) -> bool) -> Vec<Point> {
+pub(crate) fn capture_matching(agent: &Agent, keep: impl Fn(&Metric) -> bool) -> Vec<Point> {
     let mut points = Vec::new();
     agent.visit(
         &mut |metric: &'static Metric, attrs: &[KeyValue], value: Number| {
@@ -66,7 +66,7 @@ fn identity(p: &Point) -> String {
 
 /// The change of every counter between `before` and `after` (series that moved only, a
 /// counter that went backwards is taken as reset), and every gauge as it is in `after`.
-pub fn deltas(before: &[Point], after: Vec<Point>) -> Vec<Point> {
+pub(crate) fn deltas(before: &[Point], after: Vec<Point>) -> Vec<Point> {
     let base: HashMap<String, Number> = before.iter().map(|p| (identity(p), p.value)).collect();
     after
         .into_iter()
@@ -88,7 +88,7 @@ pub fn deltas(before: &[Point], after: Vec<Point>) -> Vec<Point> {
 }
 
 /// Sorts points by metric name, then attributes, for stable output.
-pub fn sort(points: &mut [Point]) {
+pub(crate) fn sort(points: &mut [Point]) {
     points.sort_by(|a, b| {
         a.metric
             .name
@@ -98,61 +98,4 @@ pub fn sort(points: &mut [Point]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    static C: Metric = Metric {
-        name: "c",
-        unit: "1",
-        description: "",
-        kind: Kind::Counter,
-    };
-    static G: Metric = Metric {
-        name: "g",
-        unit: "1",
-        description: "",
-        kind: Kind::Gauge,
-    };
-
-    fn p(metric: &'static Metric, a: &str, v: u64) -> Point {
-        Point {
-            metric,
-            attributes: vec![("k".into(), Json::from(a))],
-            value: Number::U64(v),
-        }
-    }
-
-    #[test]
-    fn deltas_of_counters_gauges_as_they_are() {
-        let before = vec![
-            p(&C, "x", 10),
-            p(&C, "y", 5),
-            p(&C, "r", 100),
-            p(&G, "x", 7),
-        ];
-        let after = vec![
-            p(&C, "x", 15),
-            p(&C, "y", 5),
-            p(&C, "r", 3),
-            p(&C, "new", 4),
-            p(&G, "x", 2),
-        ];
-        let d = deltas(&before, after);
-        let got: Vec<(&str, String, u64)> = d
-            .iter()
-            .map(|p| {
-                let Number::U64(v) = p.value else { panic!() };
-                (p.metric.name, p.attributes[0].1.to_string(), v)
-            })
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("c", "\"x\"".into(), 5),
-                ("c", "\"r\"".into(), 3),
-                ("c", "\"new\"".into(), 4),
-                ("g", "\"x\"".into(), 2)
-            ]
-        );
-    }
-}
+mod tests;

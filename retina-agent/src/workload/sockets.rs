@@ -33,23 +33,23 @@ use super::{cgroup::MAX_DEPTH, delegation};
 use crate::model::Workload;
 
 /// The most cgroups one walk visits (a busy Kubernetes node has a few thousand).
-pub const MAX_CGROUPS: usize = 100_000;
+pub(crate) const MAX_CGROUPS: usize = 100_000;
 /// The largest `/proc/self/mountinfo` read (a busy node has a few hundred mounts, ~100 KiB).
 const MAX_MOUNTINFO: u64 = 16 << 20;
 /// Every owner is `stat`ed this often, whatever inotify said.
-pub const FULL_CHECK: Duration = Duration::from_secs(60);
+pub(crate) const FULL_CHECK: Duration = Duration::from_secs(60);
 /// Room for a few dozen inotify events per read (no names: the watches are on files).
 const EVENT_BUFFER: usize = 4096;
 /// Removed cgroups remembered (a negative cache: their ids are never looked up again).
-pub const MAX_REMOVED: usize = 16_384;
+pub(crate) const MAX_REMOVED: usize = 16_384;
 
 /// A socket-owning cgroup.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Owner {
     /// The cgroup's path below the cgroup v2 root (`/system.slice/unbound.service`).
-    pub path: Arc<str>,
+    pub(crate) path: Arc<str>,
     /// What the path names; empty for a cgroup that names no workload.
-    pub workload: Arc<Workload>,
+    pub(crate) workload: Arc<Workload>,
     /// The directory, to tell whether the cgroup still exists.
     dir: PathBuf,
 }
@@ -93,7 +93,7 @@ impl SocketOwners {
     /// With the cgroup v2 mount of this host (the first `cgroup2` entry of
     /// `/proc/self/mountinfo`: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid
     /// host).
-    pub fn new() -> SocketOwners {
+    pub(crate) fn new() -> SocketOwners {
         SocketOwners::with_root(cgroup2_mount())
     }
 
@@ -122,7 +122,7 @@ impl SocketOwners {
     }
 
     /// Whether `id` has been looked up (so [`SocketOwners::resolve`] need not see it).
-    pub fn knows(&self, id: u64) -> bool {
+    pub(crate) fn knows(&self, id: u64) -> bool {
         id == 0 || self.by_id.contains_key(&id)
     }
 
@@ -255,7 +255,7 @@ impl SocketOwners {
     }
 
     /// Whether cgroup `id` was found gone by the last [`SocketOwners::check`].
-    pub fn is_gone(&self, id: u64) -> bool {
+    pub(crate) fn is_gone(&self, id: u64) -> bool {
         self.by_id.get(&id).is_some_and(|e| e.gone)
     }
 
@@ -288,7 +288,7 @@ impl SocketOwners {
     }
 
     /// How many removed cgroups are remembered (tests, bench).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests and the bench"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn removed_len(&self) -> usize {
         self.removed.len()
     }
@@ -442,5 +442,4 @@ fn unescape(s: &str) -> PathBuf {
 }
 
 #[cfg(test)]
-#[path = "sockets_tests.rs"]
 mod tests;

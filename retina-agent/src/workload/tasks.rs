@@ -34,7 +34,7 @@ pub(super) fn say_once(what: std::fmt::Arguments<'_>) {
 
 /// The iterator, the cgroup resolver, and the last walk's records.
 #[derive(Debug)]
-pub struct Tasks {
+pub(crate) struct Tasks {
     iter: TaskIter,
     owners: SocketOwners,
     records: Vec<TaskRecord>,
@@ -42,7 +42,7 @@ pub struct Tasks {
 
 impl Tasks {
     /// Loads the iterator; `None` (said once in the log) where it cannot be.
-    pub fn load() -> Option<Tasks> {
+    pub(crate) fn load() -> Option<Tasks> {
         match TaskIter::load() {
             Ok(iter) => {
                 if !iter.has_cgroup() {
@@ -67,7 +67,7 @@ impl Tasks {
     }
 
     /// Walks every process; `Err` (said once) leaves the caller to fall back to `/proc`.
-    pub fn walk(&mut self) -> Result<&[TaskRecord], TasksError> {
+    pub(crate) fn walk(&mut self) -> Result<&[TaskRecord], TasksError> {
         self.iter.read(&mut self.records).inspect_err(|e| {
             say_once(format_args!(
                 "{}: namespaces' processes are read from /proc instead",
@@ -78,7 +78,7 @@ impl Tasks {
     }
 
     /// Namespace inodes of every process, from a fresh walk.
-    pub fn live_netns(&mut self) -> Result<HashSet<u32>, TasksError> {
+    pub(crate) fn live_netns(&mut self) -> Result<HashSet<u32>, TasksError> {
         Ok(self.walk()?.iter().map(|r| r.netns).collect())
     }
 
@@ -88,7 +88,7 @@ impl Tasks {
     /// workload is read from `/proc/PID/cgroup` by `from_proc` (which every user may read
     /// where `/proc` shows the process); a process that tells nothing either way is left
     /// out.
-    pub fn scan(
+    pub(crate) fn scan(
         &mut self,
         host: u32,
         found: &mut HashMap<u32, Workload>,
@@ -128,7 +128,7 @@ impl Tasks {
     }
 
     /// The namespace process `pid` was in at the last walk.
-    pub fn netns_of(&self, pid: u32) -> Option<u32> {
+    pub(crate) fn netns_of(&self, pid: u32) -> Option<u32> {
         self.records.iter().find(|r| r.tgid == pid).map(|r| r.netns)
     }
 }

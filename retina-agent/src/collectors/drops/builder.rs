@@ -14,7 +14,7 @@ use crate::kernel::btf::{Btf, BtfError};
 
 /// Why the drop collector could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub(crate) enum BuildError {
     #[error(transparent)]
     Btf(#[from] BtfError),
     #[error(transparent)]
@@ -28,7 +28,7 @@ pub enum BuildError {
 /// The drop collector's parts, gathered in two steps so that a missing symbol table only
 /// turns drop locations off: [`Builder::new`] reads the symbol table (when locations are
 /// asked for), [`Builder::build`] loads the probe.
-pub struct Builder<'a> {
+pub(crate) struct Builder<'a> {
     probe: ProbeOptions,
     locations_capacity: u32,
     btf_path: Option<&'a Path>,
@@ -40,7 +40,7 @@ impl<'a> Builder<'a> {
     /// `probe`: how to load the probe (with `locations`, drop locations are named, up to
     /// `locations_capacity` functions); `btf_path`: a BTF file instead of the running
     /// kernel's (then no module BTF is read either).
-    pub fn new(
+    pub(crate) fn new(
         mut probe: ProbeOptions,
         locations_capacity: u32,
         btf_path: Option<&'a Path>,
@@ -66,13 +66,13 @@ impl<'a> Builder<'a> {
     }
 
     /// Why drop locations are off although they were asked for.
-    pub fn locations_off(&self) -> Option<&KallsymsError> {
+    pub(crate) fn locations_off(&self) -> Option<&KallsymsError> {
         self.locations_off.as_ref()
     }
 
     /// Reads BTF and the reason names, loads and attaches the probe (its log messages go
     /// to the agent's log), and makes the collector.
-    pub fn build(self) -> Result<DropCollector, BuildError> {
+    pub(crate) fn build(self) -> Result<DropCollector, BuildError> {
         let btf = match self.btf_path {
             Some(path) => Btf::from_file(path),
             None => Btf::from_sys(),

@@ -25,13 +25,13 @@ use crate::{
 
 mod prune;
 
-pub const DROP_COUNT: Metric = Metric {
+pub(crate) const DROP_COUNT: Metric = Metric {
     name: "retina.drop.count",
     unit: "{packet}",
     description: "Packets the kernel dropped (kfree_skb), by the kernel's drop reason",
     kind: Kind::Counter,
 };
-pub const DROP_BYTES: Metric = Metric {
+pub(crate) const DROP_BYTES: Metric = Metric {
     name: "retina.drop.bytes",
     unit: "By",
     description: "Bytes of the packets the kernel dropped (skb->len at the drop point)",
@@ -39,56 +39,56 @@ pub const DROP_BYTES: Metric = Metric {
 };
 /// The attribute of the overflow series of the slots reserved for namespaces owned by
 /// non-initial user namespaces: `drop.pool="user_namespace"`.
-pub const POOL: &str = "drop.pool";
-pub const POOL_USER_NAMESPACE: &str = "user_namespace";
+pub(crate) const POOL: &str = "drop.pool";
+pub(crate) const POOL_USER_NAMESPACE: &str = "user_namespace";
 
-pub const OVERFLOW_COUNT: Metric = Metric {
+pub(crate) const OVERFLOW_COUNT: Metric = Metric {
     name: "retina.drop.overflow.count",
     unit: "{packet}",
     description: "Drops counted without attributes because the drop map was full (drop.pool=user_namespace: the part reserved for namespaces of non-initial user namespaces was)",
     kind: Kind::Counter,
 };
-pub const OVERFLOW_BYTES: Metric = Metric {
+pub(crate) const OVERFLOW_BYTES: Metric = Metric {
     name: "retina.drop.overflow.bytes",
     unit: "By",
     description: "Bytes of the drops counted without attributes because the drop map was full",
     kind: Kind::Counter,
 };
-pub const MAP_ENTRIES: Metric = Metric {
+pub(crate) const MAP_ENTRIES: Metric = Metric {
     name: "retina.drop.map.entries",
     unit: "{entry}",
     description: "Distinct drop keys in the kernel map",
     kind: Kind::Gauge,
 };
-pub const MAP_CAPACITY: Metric = Metric {
+pub(crate) const MAP_CAPACITY: Metric = Metric {
     name: "retina.drop.map.capacity",
     unit: "{entry}",
     description: "Capacity of the kernel drop map; at capacity new keys go to the overflow counters",
     kind: Kind::Gauge,
 };
 
-pub const MAP_PRUNED: Metric = Metric {
+pub(crate) const MAP_PRUNED: Metric = Metric {
     name: "retina.drop.map.pruned",
     unit: "{entry}",
     description: "Drop map entries removed because their namespace or interface no longer exists",
     kind: Kind::Counter,
 };
 
-pub const MISSED: Metric = Metric {
+pub(crate) const MISSED: Metric = Metric {
     name: "retina.drop.missed",
     unit: "{packet}",
     description: "Drops the program could not count: the kernel skipped it because it was already running on that CPU (a drop in an interrupt that arrived meanwhile; bpf_prog_info recursion_misses)",
     kind: Kind::Counter,
 };
 
-pub const LOCATION_OVERFLOW: Metric = Metric {
+pub(crate) const LOCATION_OVERFLOW: Metric = Metric {
     name: "retina.drop.location.overflow",
     unit: "{packet}",
     description: "Drops counted without drop.location because drops.locations_capacity distinct functions were already named",
     kind: Kind::Counter,
 };
 
-pub const LOCATIONS_NAMED: Metric = Metric {
+pub(crate) const LOCATIONS_NAMED: Metric = Metric {
     name: "retina.drop.location.named",
     unit: "{function}",
     description: "Distinct kernel functions named in drop.location (at most drops.locations_capacity)",
@@ -102,7 +102,7 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// A series of a removed socket cgroup that kept growing after the removal was seen (a
 /// socket that outlived its cgroup: handed to another process, or its process moved
 /// out) is taken as closed only after this many cycles without a drop.
-pub const ORPHAN_IDLE_CYCLES: u64 = 60;
+pub(crate) const ORPHAN_IDLE_CYCLES: u64 = 60;
 
 static METRICS: &[&Metric] = &[
     &MAP_PRUNED,
@@ -234,7 +234,7 @@ impl DropCollector {
         }
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn probe_mut(&mut self) -> &mut DropProbe {
         &mut self.probe
     }
@@ -318,7 +318,7 @@ impl DropCollector {
 
 #[derive(Debug, thiserror::Error)]
 #[error("drop collector: {0}")]
-pub struct DropCollectError(#[from] super::probe::ProbeError);
+pub(crate) struct DropCollectError(#[from] super::probe::ProbeError);
 
 impl Collector for DropCollector {
     fn name(&self) -> &'static str {

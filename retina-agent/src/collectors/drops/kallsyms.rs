@@ -7,7 +7,7 @@
 
 use std::{io, path::Path};
 
-pub const PROC_KALLSYMS: &str = "/proc/kallsyms";
+pub(crate) const PROC_KALLSYMS: &str = "/proc/kallsyms";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KallsymsError {
@@ -44,7 +44,7 @@ impl Kallsyms {
         Self::from_file(Path::new(PROC_KALLSYMS))
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, KallsymsError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, KallsymsError> {
         let text = std::fs::read_to_string(path).map_err(|source| KallsymsError::Read {
             path: path.display().to_string(),
             source,
@@ -54,7 +54,7 @@ impl Kallsyms {
 
     /// Parses the `ADDRESS TYPE NAME [MODULE]` lines of kallsyms; only text symbols
     /// (type `t`, `T`, `w`, `W`) are kept, since a drop location is always in code.
-    pub fn parse(path: &str, text: &str) -> Result<Self, KallsymsError> {
+    pub(crate) fn parse(path: &str, text: &str) -> Result<Self, KallsymsError> {
         let mut entries: Vec<(u64, &str)> = Vec::new();
         let mut nonzero = false;
         for (i, line) in text.lines().enumerate() {
@@ -100,13 +100,13 @@ impl Kallsyms {
         })
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.addrs.len()
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.addrs.is_empty()
     }
 
@@ -121,7 +121,7 @@ impl Kallsyms {
 
     /// The function `addr` lies in: its start address and name. `None` below the first
     /// symbol.
-    pub fn lookup(&self, addr: u64) -> Option<(u64, &str)> {
+    pub(crate) fn lookup(&self, addr: u64) -> Option<(u64, &str)> {
         let after = self.addrs.partition_point(|&a| a <= addr);
         let last = after.checked_sub(1)?;
         let start = self.addrs[last];
@@ -132,89 +132,4 @@ impl Kallsyms {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SAMPLE: &str = "\
-ffffffff81000000 T srso_alias_untrain_ret
-ffffffff81000000 T _stext
-ffffffff81001000 t helper_a
-ffffffff820a8770 T __udp4_lib_rcv
-ffffffff820a9470 T udp_v4_early_demux
-ffffffff82300000 D some_data
-ffffffffc0000000 t mod_func\t[nf_tables]
-ffffffff820a0000 W weak_func
-";
-
-    #[test]
-    fn names_an_address_by_the_function_it_is_in() {
-        let k = Kallsyms::parse("fixture", SAMPLE).unwrap();
-        assert_eq!(k.len(), 7, "data symbols are left out");
-        // Inside a function, at its start, one byte before the next.
-        assert_eq!(
-            k.lookup(0xffffffff820a8770 + 0x4bc),
-            Some((0xffffffff820a8770, "__udp4_lib_rcv"))
-        );
-        assert_eq!(
-            k.lookup(0xffffffff820a8770),
-            Some((0xffffffff820a8770, "__udp4_lib_rcv"))
-        );
-        assert_eq!(
-            k.lookup(0xffffffff820a946f).map(|l| l.1),
-            Some("__udp4_lib_rcv")
-        );
-        // Aliases: the first listed, as the kernel's %pS picks.
-        assert_eq!(
-            k.lookup(0xffffffff81000010),
-            Some((0xffffffff81000000, "srso_alias_untrain_ret"))
-        );
-        // Out of order in the file (modules come last), a module suffix dropped.
-        assert_eq!(k.lookup(0xffffffff820a0004).map(|l| l.1), Some("weak_func"));
-        assert_eq!(k.lookup(0xffffffffc0000100).map(|l| l.1), Some("mod_func"));
-        assert_eq!(k.lookup(0x1000), None);
-    }
-
-    #[test]
-    fn hidden_addresses_and_bad_lines_are_errors() {
-        let hidden = "0000000000000000 T _stext\n0000000000000000 t foo\n";
-        let err = Kallsyms::parse("/proc/kallsyms", hidden).err().unwrap();
-        assert!(matches!(err, KallsymsError::Hidden { .. }), "{err}");
-        assert!(err.to_string().contains("kptr_restrict"), "{err}");
-        for bad in ["ffffffff81000000 T\n", "zzzz T foo\n", "ffff TT foo\n"] {
-            let err = Kallsyms::parse("f", bad).err().unwrap();
-            assert!(
-                matches!(err, KallsymsError::Malformed { line: 1, .. }),
-                "{bad}: {err}"
-            );
-        }
-        assert!(Kallsyms::parse("f", "").unwrap().is_empty());
-    }
-
-    #[test]
-    #[ignore = "needs root (kallsyms addresses); `cargo xtask test` runs it"]
-    fn this_kernels_table_names_a_known_function() {
-        // As root (`cargo xtask test`); unprivileged, the kernel hides the addresses.
-        let k = Kallsyms::load().unwrap_or_else(|e| panic!("this test needs root: {e}"));
-        assert!(k.len() > 1000, "{} symbols", k.len());
-        let text = std::fs::read_to_string(PROC_KALLSYMS).unwrap();
-        let (addr, name) = text
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let a = u64::from_str_radix(f.next()?, 16).ok()?;
-                (f.next()? == "T").then_some((a, f.next()?))
-            })
-            .nth(500)
-            .unwrap();
-        let (start, found) = k.lookup(addr + 1).unwrap();
-        assert_eq!(start, addr);
-        // Another symbol may share the address; it must be one listed there.
-        assert!(
-            found == name
-                || text
-                    .lines()
-                    .any(|l| l.starts_with(&format!("{addr:016x} ")) && l.ends_with(found)),
-            "{found} vs {name}"
-        );
-    }
-}
+mod tests;

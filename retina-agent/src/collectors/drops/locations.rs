@@ -17,10 +17,10 @@ use super::kallsyms::Kallsyms;
 
 /// The series location of an address whose function could not be named (or a key without
 /// a location): the series carries no `drop.location`.
-pub const UNNAMED: u64 = 0;
+pub(crate) const UNNAMED: u64 = 0;
 /// The series location of addresses below every kernel symbol: `drop.location="unknown"`.
 /// Not a function start (those are kernel addresses, far above).
-pub const UNKNOWN: u64 = 1;
+pub(crate) const UNKNOWN: u64 = 1;
 
 /// Default of `drops.locations_capacity`.
 pub const DEFAULT_CAPACITY: u32 = 256;
@@ -47,7 +47,7 @@ impl Locations {
 
     /// The series location of `addr`, if it has been seen: no allocation, no lookup in
     /// the symbol table.
-    pub fn get(&self, addr: u64) -> Option<u64> {
+    pub(crate) fn get(&self, addr: u64) -> Option<u64> {
         if addr == 0 {
             return Some(UNNAMED);
         }
@@ -55,7 +55,7 @@ impl Locations {
     }
 
     /// The series location of `addr`, naming it from the symbol table the first time.
-    pub fn learn(&mut self, addr: u64) -> u64 {
+    pub(crate) fn learn(&mut self, addr: u64) -> u64 {
         if let Some(l) = self.get(addr) {
             return l;
         }
@@ -77,62 +77,16 @@ impl Locations {
     }
 
     /// The `drop.location` of a series location; `None` for [`UNNAMED`].
-    pub fn name(&self, location: u64) -> Option<&Value> {
+    pub(crate) fn name(&self, location: u64) -> Option<&Value> {
         self.names.get(&location)
     }
 
     /// Functions named so far (at most the capacity).
-    pub fn named(&self) -> usize {
+    pub(crate) fn named(&self) -> usize {
         self.names.len()
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn table() -> Kallsyms {
-        Kallsyms::parse(
-            "fixture",
-            "ffffffff81000000 T a\nffffffff81000100 T b\nffffffff81000200 T c\n",
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn addresses_of_one_function_share_its_location() {
-        let mut l = Locations::new(table(), 8);
-        assert_eq!(l.get(0xffffffff81000010), None);
-        assert_eq!(l.learn(0xffffffff81000010), 0xffffffff81000000);
-        assert_eq!(l.learn(0xffffffff810000f0), 0xffffffff81000000);
-        assert_eq!(l.get(0xffffffff810000f0), Some(0xffffffff81000000));
-        assert_eq!(
-            l.name(0xffffffff81000000).map(|v| v.as_str().into_owned()),
-            Some("a".into())
-        );
-        assert_eq!(l.learn(0x10), UNKNOWN);
-        assert_eq!(
-            l.name(UNKNOWN).map(|v| v.as_str().into_owned()),
-            Some("unknown".into())
-        );
-        assert_eq!(l.get(0), Some(UNNAMED));
-        assert_eq!(l.named(), 2);
-    }
-
-    #[test]
-    fn functions_beyond_the_capacity_go_unnamed() {
-        let mut l = Locations::new(table(), 2);
-        assert_eq!(l.learn(0xffffffff81000001), 0xffffffff81000000);
-        assert_eq!(l.learn(0xffffffff81000101), 0xffffffff81000100);
-        // Full: a third function is not named, a known one still is.
-        assert_eq!(l.learn(0xffffffff81000201), UNNAMED);
-        assert_eq!(l.name(UNNAMED), None);
-        assert_eq!(l.learn(0xffffffff81000102), 0xffffffff81000100);
-        assert_eq!(l.named(), 2);
-    }
-}
+mod tests;

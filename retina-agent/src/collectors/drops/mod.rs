@@ -4,16 +4,16 @@
 //! `snapshot`), [`preflight`] is what `check` asks of the probe, and [`Hook`] is how the
 //! probe attaches. [`DropsConfig`] is the collector's section of the configuration.
 
-pub mod builder;
-pub mod collector;
+pub(crate) mod builder;
+pub(crate) mod collector;
 pub mod kallsyms;
 pub mod locations;
-pub mod preflight;
+pub(crate) mod preflight;
 pub mod probe;
 pub mod protocols;
 pub mod reasons;
 
-pub use builder::Builder;
+pub(crate) use builder::Builder;
 pub use collector::DropCollector;
 pub use probe::Hook;
 

@@ -11,7 +11,7 @@ use crate::kernel::btf::Btf;
 
 /// Which flavour of the program attached to `kfree_skb`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attached {
+pub(crate) enum Attached {
     /// The BTF-enabled tracepoint (`tp_btf`).
     BtfTracepoint,
     /// The raw tracepoint.
@@ -19,7 +19,7 @@ pub enum Attached {
 }
 
 impl Attached {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Attached::BtfTracepoint => "BTF-enabled tracepoint",
             Attached::RawTracepoint => "raw tracepoint",
@@ -29,17 +29,17 @@ impl Attached {
 
 /// The outcome of the preflight.
 #[derive(Debug)]
-pub struct Preflight {
+pub(crate) struct Preflight {
     /// Whether the kernel's `kfree_skb` tracepoint carries the drop reason and BTF has the
     /// `sk_buff`/`net_device` fields the program reads; if so, which socket owners it sees.
-    pub tracepoint: Result<SocketOwnerSupport, ProbeError>,
+    pub(crate) tracepoint: Result<SocketOwnerSupport, ProbeError>,
     /// Loading the probe as the agent would (a drop map of `max_entries` entries) and
     /// attaching it, then detaching it: which flavour attached, or why it did not.
-    pub load: Result<Attached, ProbeError>,
+    pub(crate) load: Result<Attached, ProbeError>,
 }
 
 /// Checks the tracepoint in `btf`, then really loads, attaches and detaches the probe.
-pub fn preflight(btf: &Btf, max_entries: u32, hook: Hook) -> Preflight {
+pub(crate) fn preflight(btf: &Btf, max_entries: u32, hook: Hook) -> Preflight {
     Preflight {
         tracepoint: tracepoint(btf),
         load: load(btf, max_entries, hook),
@@ -47,7 +47,7 @@ pub fn preflight(btf: &Btf, max_entries: u32, hook: Hook) -> Preflight {
 }
 
 /// Whether the probe finds its tracepoint and structure layout in `btf`.
-pub fn tracepoint(btf: &Btf) -> Result<SocketOwnerSupport, ProbeError> {
+pub(crate) fn tracepoint(btf: &Btf) -> Result<SocketOwnerSupport, ProbeError> {
     offsets_from_btf(btf).map(|o| SocketOwnerSupport::of(&o))
 }
 

@@ -118,7 +118,7 @@ pub const NAMED: &[u16] = &[
 
 /// [`NAMED`] as the words of the program's bit set (`DROP_PROTOCOLS`): bit `p % 32` of
 /// word `p / 32` for each EtherType `p` that keeps its own key.
-pub fn words() -> Vec<u32> {
+pub(crate) fn words() -> Vec<u32> {
     let mut words = vec![0u32; PROTOCOL_WORDS as usize];
     for &p in NAMED {
         words[usize::from(p) / 32] |= 1 << (p % 32);
@@ -128,7 +128,7 @@ pub fn words() -> Vec<u32> {
 
 /// The `network.type` of a key's protocol: OpenTelemetry's `ipv4`/`ipv6`, `arp`, `other`
 /// for the folded EtherTypes, else the EtherType in hex; none for 0.
-pub fn network_type(protocol: u32) -> Option<Value> {
+pub(crate) fn network_type(protocol: u32) -> Option<Value> {
     match protocol {
         0 => None,
         0x0800 => Some(Value::from("ipv4")),
@@ -140,31 +140,4 @@ pub fn network_type(protocol: u32) -> Option<Value> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_named_ethertypes_are_set_and_no_other() {
-        let words = words();
-        let set = |p: u32| words[(p / 32) as usize] & (1 << (p % 32)) != 0;
-        for p in [0, 0x0800, 0x86dd, 0x0806, 0x8100, 0x88a8, 0x88cc, 0x8847, 0x0004] {
-            assert!(set(p), "0x{p:04x}");
-        }
-        // The probe's flood used every value: all but the named ones share one key.
-        let kept = (0..=0xffff).filter(|&p| set(p)).count();
-        assert_eq!(kept, NAMED.len());
-        assert!(!set(0x1234) && !set(0xffff) && !set(0x0601));
-        // Every entry is distinct (a duplicate would hide a missing one in the count).
-        let mut sorted = NAMED.to_vec();
-        sorted.dedup();
-        assert_eq!(sorted.len(), NAMED.len());
-    }
-
-    #[test]
-    fn network_types() {
-        assert_eq!(network_type(0), None);
-        assert_eq!(network_type(0x0800), Some(Value::from("ipv4")));
-        assert_eq!(network_type(PROTOCOL_OTHER), Some(Value::from("other")));
-        assert_eq!(network_type(0x88cc), Some(Value::from("0x88cc")));
-    }
-}
+mod tests;

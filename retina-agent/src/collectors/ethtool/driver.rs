@@ -28,7 +28,7 @@ pub struct IoctlCounts {
 
 /// What the collector currently does with one interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+#[cfg(feature = "internals")]
 pub enum InterfaceStatus {
     /// Excluded by `interfaces_include`/`interfaces_exclude`: never queried.
     Excluded,
@@ -152,13 +152,13 @@ impl EthtoolCollector {
 
     /// Interfaces the collector holds state for (every interface of the last link table
     /// up to `max_interfaces`, whatever its status).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn tracked_interfaces(&self) -> usize {
         self.entries.len()
     }
 
     /// What the collector does with interface `ifindex`, if it tracks it.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn status(&self, ifindex: u32) -> Option<InterfaceStatus> {
         self.entries.get(ifindex).map(|e| match &e.state {
             State::Excluded => InterfaceStatus::Excluded,
@@ -180,14 +180,8 @@ impl EthtoolCollector {
         })
     }
 
-    /// Collection cycles run so far.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn cycles(&self) -> u64 {
-        self.entries.cycle()
-    }
-
     /// Ioctls issued so far, by command.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn ioctl_counts(&self) -> IoctlCounts {
         self.counts
     }
@@ -488,8 +482,8 @@ fn fold(slots: &[u32], raw: &[u64], values: &mut [u64]) {
 }
 
 /// One exported driver statistic: `nic.stat.name`, `nic.queue` (split mode) and value.
-#[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-pub type StatPoint = (String, Option<u32>, u64);
+#[cfg(feature = "internals")]
+pub(crate) type StatPoint = (String, Option<u32>, u64);
 
 /// What the collector makes of one interface's replies, without a socket: the
 /// `ETHTOOL_GSTRINGS` reply `gstrings` for `count` statistics (names as in
@@ -498,7 +492,7 @@ pub type StatPoint = (String, Option<u32>, u64);
 /// collector checks each reply's count before: `values` are the ones after its header).
 /// `None` when the names reply does not hold `count` names or `count` exceeds
 /// [`MAX_STATS`]. The entry point of the fuzz target `ethtool` (`fuzz/`) and of tests.
-#[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+#[cfg(feature = "internals")]
 pub fn parse_replies(
     gstrings: &[u8],
     count: u32,

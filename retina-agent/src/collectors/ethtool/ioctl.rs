@@ -40,7 +40,7 @@ const ETHTOOL_GSSET_INFO: u32 = 0x0000_0037;
 /// `ETH_SS_STATS`: the string set of driver statistics.
 const ETH_SS_STATS: u32 = 1;
 /// `ETH_GSTRING_LEN`: every name in a string set takes this many bytes, NUL-padded.
-pub const ETH_GSTRING_LEN: usize = 32;
+pub(crate) const ETH_GSTRING_LEN: usize = 32;
 /// `IFNAMSIZ`.
 const IFNAMSIZ: usize = 16;
 
@@ -95,7 +95,7 @@ pub struct IfName([u8; IFNAMSIZ]);
 impl IfName {
     /// `None` when the name does not fit `IFNAMSIZ` or contains a NUL (the kernel never
     /// reports such a name).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn new(name: &str) -> Option<IfName> {
         Self::from_bytes(name.as_bytes())
     }
@@ -114,14 +114,14 @@ impl IfName {
 
 /// What `ETHTOOL_GDRVINFO` reports, as text.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DrvInfo {
-    pub driver: String,
-    pub version: String,
-    pub fw_version: String,
-    pub bus_info: String,
+pub(crate) struct DrvInfo {
+    pub(crate) driver: String,
+    pub(crate) version: String,
+    pub(crate) fw_version: String,
+    pub(crate) bus_info: String,
     /// The statistics count as of this call (the fallback when `ETHTOOL_GSSET_INFO` is
     /// not supported).
-    pub n_stats: u32,
+    pub(crate) n_stats: u32,
 }
 
 /// The outcome of a reply whose length the kernel decides.
@@ -184,7 +184,7 @@ impl EthtoolSocket {
     }
 
     /// `ETHTOOL_GDRVINFO`: driver name, versions, bus and the statistics count.
-    pub fn drvinfo(&self, name: &IfName) -> io::Result<DrvInfo> {
+    pub(crate) fn drvinfo(&self, name: &IfName) -> io::Result<DrvInfo> {
         // SAFETY: all-zero is a valid value of this plain-integer struct.
         let mut raw: DrvInfoRaw = unsafe { std::mem::zeroed() };
         raw.cmd = ETHTOOL_GDRVINFO;
@@ -202,7 +202,7 @@ impl EthtoolSocket {
 
     /// `ETHTOOL_GSSET_INFO` for `ETH_SS_STATS`: `Ok(None)` when the driver has no such
     /// string set.
-    pub fn stats_count(&self, name: &IfName) -> io::Result<Option<u32>> {
+    pub(crate) fn stats_count(&self, name: &IfName) -> io::Result<Option<u32>> {
         let mut raw = SsetInfoRaw {
             cmd: ETHTOOL_GSSET_INFO,
             reserved: 0,
@@ -289,7 +289,7 @@ impl EthtoolSocket {
 /// `len`, then `len` names of [`ETH_GSTRING_LEN`] bytes) that should hold `count` names;
 /// on [`Reply::Complete`], `names` was called with each raw name in order. A reply whose
 /// count differs, or too short for its count, is [`Reply::CountChanged`].
-pub fn gstrings_reply(reply: &[u8], count: u32, mut names: impl FnMut(&[u8])) -> Reply {
+pub(crate) fn gstrings_reply(reply: &[u8], count: u32, mut names: impl FnMut(&[u8])) -> Reply {
     let Some(header) = reply.get(..GSTRINGS_HEADER) else {
         return Reply::CountChanged { got: None };
     };
@@ -310,7 +310,7 @@ pub fn gstrings_reply(reply: &[u8], count: u32, mut names: impl FnMut(&[u8])) ->
 }
 
 /// Text of a NUL-padded fixed-size C string (the whole array when there is no NUL).
-pub fn c_text(raw: &[u8]) -> String {
+pub(crate) fn c_text(raw: &[u8]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
@@ -376,13 +376,13 @@ impl GuardedBuf {
     }
 
     /// Usable bytes before the guard page.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn capacity(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
         self.usable
     }
 
     /// Makes sure `len` bytes fit, replacing the mapping with a larger one if needed.
-    pub fn reserve(&mut self, len: usize) -> io::Result<()> {
+    pub(crate) fn reserve(&mut self, len: usize) -> io::Result<()> {
         if len > self.usable {
             *self = GuardedBuf::new(len)?;
         }
@@ -407,65 +407,4 @@ impl Drop for GuardedBuf {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ifname_rules() {
-        assert!(IfName::new("eth0").is_some());
-        assert!(IfName::new("").is_none());
-        assert!(IfName::new("0123456789abcdef").is_none());
-        assert!(IfName::new("0123456789abcde").is_some());
-        assert!(IfName::new("a\0b").is_none());
-        assert_eq!(
-            IfName::from_bytes(b"\xff\xfe\x01").map(|n| n.0[..4].to_vec()),
-            Some(vec![0xff, 0xfe, 0x01, 0])
-        );
-    }
-
-    #[test]
-    fn c_text_stops_at_nul_or_end() {
-        assert_eq!(c_text(b"veth\0\0\0"), "veth");
-        assert_eq!(c_text(b"abc"), "abc");
-        assert_eq!(c_text(b"\0abc"), "");
-    }
-
-    #[test]
-    fn guarded_buf_grows_and_tail_ends_at_guard() {
-        let mut b = GuardedBuf::new(10).unwrap();
-        let cap = b.capacity();
-        assert!(cap >= 10);
-        let p = b.tail(16) as usize;
-        assert_eq!((p + 16) % b.page, 0);
-        b.reserve(cap + 1).unwrap();
-        assert!(b.capacity() > cap);
-    }
-
-    #[test]
-    fn kernel_copy_past_the_tail_faults() {
-        // The same copy_to_user path an overlong ethtool reply takes: read(2) from
-        // /dev/zero into the last 64 bytes, asking for more than fits.
-        let mut b = GuardedBuf::new(64).unwrap();
-        let p = b.tail(64);
-        // SAFETY: opening a path with a NUL-terminated literal.
-        let fd = unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: `p` has 64 writable bytes followed by the PROT_NONE guard page; the
-        // kernel stops (partial read or EFAULT) at the guard instead of writing into it.
-        let n = unsafe { libc::read(fd, p.cast(), 64 + 4096) };
-        let err = io::Error::last_os_error();
-        // SAFETY: closing the descriptor opened above.
-        unsafe { libc::close(fd) };
-        assert!(
-            n == 64 || (n < 0 && err.raw_os_error() == Some(libc::EFAULT)),
-            "{n} {err}"
-        );
-    }
-
-    #[test]
-    fn raw_struct_sizes_match_the_kernel() {
-        assert_eq!(std::mem::size_of::<IfReq>(), 40);
-        assert_eq!(std::mem::size_of::<DrvInfoRaw>(), 196);
-        assert_eq!(std::mem::size_of::<SsetInfoRaw>(), 24);
-    }
-}
+mod tests;

@@ -6,7 +6,7 @@
 //! with heap allocations, so this runs in the link-state task, never in a collection
 //! cycle.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use ethtool::{
     EthtoolAttr, EthtoolChannelAttr, EthtoolHeader, EthtoolLinkModeAttr, EthtoolLinkModeDuplex,
@@ -32,24 +32,24 @@ pub enum LinkStateError {
     #[error("ethtool link state: {0}")]
     Worker(String),
     #[error("ethtool link state: no refresh within {0:?}")]
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    Timeout(Duration),
+    #[cfg(any(test, feature = "internals"))]
+    Timeout(std::time::Duration),
 }
 
 /// One interface's link state as the kernel reported it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LinkState {
-    pub name: String,
+    pub(crate) name: String,
     /// Mb/s; `None` when unknown (no carrier, virtual device without a speed).
-    pub speed_mbps: Option<u32>,
+    pub(crate) speed_mbps: Option<u32>,
     /// `Some(true)` full, `Some(false)` half, `None` unknown.
-    pub duplex_full: Option<bool>,
+    pub(crate) duplex_full: Option<bool>,
     /// `(ring, setting, size)`: ring `rx`/`tx`/`rx_mini`/`rx_jumbo`, setting
     /// `current`/`max`. Only rings the driver has.
-    pub rings: Vec<(&'static str, &'static str, u32)>,
+    pub(crate) rings: Vec<(&'static str, &'static str, u32)>,
     /// `(type, setting, count)`: type `rx`/`tx`/`other`/`combined`, setting
     /// `current`/`max`. Only channel types the driver has.
-    pub channels: Vec<(&'static str, &'static str, u32)>,
+    pub(crate) channels: Vec<(&'static str, &'static str, u32)>,
 }
 
 /// Link state by ifindex.
@@ -70,13 +70,13 @@ fn header(h: &[EthtoolHeader]) -> (Option<u32>, Option<String>) {
 
 /// What a refresh could not read, beside the (partial) table it returns.
 #[derive(Debug, Clone, Default)]
-pub struct Partial {
+pub(crate) struct Partial {
     /// The first error that is a real failure.
-    pub error: Option<LinkStateError>,
+    pub(crate) error: Option<LinkStateError>,
     /// The most messages of one dump that named an interface whose name is not UTF-8
     /// (the `ethtool` crate parses names as `String` and refuses those messages). Not a
     /// failure: such an interface simply has no link state.
-    pub odd_names: u32,
+    pub(crate) odd_names: u32,
 }
 
 /// Whether a decode error is the `ethtool` crate refusing an interface name that is not
@@ -91,7 +91,7 @@ fn is_odd_name(e: &ethtool::EthtoolError) -> bool {
 /// A message that does not decode costs only its own interface: the rest of the dump is
 /// still read. One refused for an interface name that is not UTF-8 is counted in
 /// [`Partial::odd_names`]; the first other error is [`Partial::error`].
-pub async fn query_link_state(
+pub(crate) async fn query_link_state(
     filter: &NameFilter,
 ) -> Result<(LinkStateTable, Partial), LinkStateError> {
     let (conn, mut handle, _) =

@@ -60,14 +60,14 @@ use crate::{
     model::{Kind, Metric, Number, Visitor},
 };
 
-pub const NETSTAT_COUNTER: Metric = Metric {
+pub(crate) const NETSTAT_COUNTER: Metric = Metric {
     name: "retina.netstat.stat",
     unit: "1",
     description: "Kernel protocol counters from /proc/net/netstat, /proc/net/snmp and \
                   /proc/net/snmp6, by netstat.group and netstat.field",
     kind: Kind::Counter,
 };
-pub const NETSTAT_GAUGE: Metric = Metric {
+pub(crate) const NETSTAT_GAUGE: Metric = Metric {
     name: "retina.netstat.state",
     unit: "{value}",
     description: "Kernel protocol states and settings from /proc/net/snmp and \
@@ -79,12 +79,12 @@ pub const NETSTAT_GAUGE: Metric = Metric {
 static METRICS: &[&Metric] = &[&NETSTAT_COUNTER, &NETSTAT_GAUGE];
 
 /// Attribute key: the protocol group (`TcpExt`, `Ip6`, ...).
-pub const ATTR_GROUP: &str = "netstat.group";
+pub(crate) const ATTR_GROUP: &str = "netstat.group";
 /// Attribute key: the field within its group (`ListenDrops`, `InReceives`, ...).
-pub const ATTR_FIELD: &str = "netstat.field";
+pub(crate) const ATTR_FIELD: &str = "netstat.field";
 
 /// `(group, field)` pairs that are not monotonic counters.
-pub const GAUGES: &[(&str, &str)] = &[
+pub(crate) const GAUGES: &[(&str, &str)] = &[
     ("Ip", "Forwarding"),
     ("Ip", "DefaultTTL"),
     ("Tcp", "RtoAlgorithm"),
@@ -239,7 +239,7 @@ impl NetstatCollector {
 
     /// Reads and parses the three files. Every file is processed even if another fails;
     /// the first error is returned (later ones are logged).
-    pub fn update(&mut self) -> Result<(), NetstatError> {
+    pub(crate) fn update(&mut self) -> Result<(), NetstatError> {
         let mut first = None;
         for source in &mut self.sources {
             match source.update(&self.filter) {
@@ -264,7 +264,7 @@ impl NetstatCollector {
     }
 
     /// Number of data points currently exported.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn exported(&self) -> usize {
         self.sources
             .iter()
@@ -394,7 +394,7 @@ impl Source {
 /// the `Lines` format of `/proc/net/snmp6`, else the `Pairs` format of `netstat` and
 /// `snmp`); for each cycle, the number of data points the filter selects or the error.
 /// The entry point of the fuzz target `procfs` (`fuzz/`) and of tests.
-#[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+#[cfg(feature = "internals")]
 pub fn parse_cycles(
     snmp6: bool,
     cycles: &[&[u8]],

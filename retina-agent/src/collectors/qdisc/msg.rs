@@ -25,29 +25,29 @@ pub(super) const TC_H_ROOT: u32 = 0xffff_ffff;
 
 /// The statistics of one qdisc or class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcStats {
-    pub bytes: u64,
-    pub packets: u64,
-    pub drops: u64,
-    pub overlimits: u64,
+pub(crate) struct TcStats {
+    pub(crate) bytes: u64,
+    pub(crate) packets: u64,
+    pub(crate) drops: u64,
+    pub(crate) overlimits: u64,
     /// Absent with the legacy `TCA_STATS` only.
-    pub requeues: Option<u64>,
-    pub backlog: u64,
-    pub qlen: u64,
+    pub(crate) requeues: Option<u64>,
+    pub(crate) backlog: u64,
+    pub(crate) qlen: u64,
 }
 
 /// One `RTM_NEWQDISC` / `RTM_NEWTCLASS` message, validated, borrowing the buffer.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TcMsg<'a> {
-    pub ifindex: u32,
-    pub handle: u32,
-    pub parent: u32,
-    pub kind: &'a [u8],
-    pub stats: Option<TcStats>,
+pub(crate) struct TcMsg<'a> {
+    pub(crate) ifindex: u32,
+    pub(crate) handle: u32,
+    pub(crate) parent: u32,
+    pub(crate) kind: &'a [u8],
+    pub(crate) stats: Option<TcStats>,
 }
 
 /// Parses the payload of a qdisc or class message.
-pub fn parse_tc(payload: &[u8]) -> Result<TcMsg<'_>, (Option<u32>, Malformed)> {
+pub(crate) fn parse_tc(payload: &[u8]) -> Result<TcMsg<'_>, (Option<u32>, Malformed)> {
     if payload.len() < TCMSG_LEN {
         return Err((
             None,
@@ -163,12 +163,12 @@ fn parse_stats2(nested: &[u8]) -> Result<Option<TcStats>, Malformed> {
 }
 
 /// A qdisc handle as tc prints it: the major number, `1:`.
-pub fn qdisc_handle(h: u32) -> String {
+pub(crate) fn qdisc_handle(h: u32) -> String {
     format!("{:x}:", h >> 16)
 }
 
 /// A class id or parent as tc prints it: `root`, `none`, `1:`, `:10`, `1:10`.
-pub fn classid(h: u32) -> String {
+pub(crate) fn classid(h: u32) -> String {
     let (maj, min) = (h >> 16, h & 0xffff);
     match h {
         TC_H_ROOT => "root".into(),
@@ -214,132 +214,4 @@ pub(super) mod build {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{build::*, *};
-
-    #[test]
-    fn parses_stats2_and_prefers_it() {
-        let mut p = tcmsg(3, 0x10000, TC_H_ROOT);
-        nla(&mut p, TCA_KIND, b"tbf\0");
-        let mut nested = Vec::new();
-        nla(&mut nested, TCA_STATS_BASIC, &basic(1000, 10));
-        nla(&mut nested, TCA_STATS_QUEUE, &queue([1, 2, 3, 4, 5]));
-        nla(&mut p, TCA_STATS2, &nested);
-        nla(&mut p, TCA_STATS, &[0xff; 36]);
-        let m = parse_tc(&p).unwrap();
-        assert_eq!(m.kind, b"tbf");
-        assert_eq!((m.ifindex, m.handle, m.parent), (3, 0x10000, TC_H_ROOT));
-        assert_eq!(
-            m.stats,
-            Some(TcStats {
-                bytes: 1000,
-                packets: 10,
-                qlen: 1,
-                backlog: 2,
-                drops: 3,
-                requeues: Some(4),
-                overlimits: 5,
-            })
-        );
-        // 64-bit packet count.
-        let mut p = tcmsg(3, 0x10000, TC_H_ROOT);
-        nla(&mut p, TCA_KIND, b"htb\0");
-        let mut nested = Vec::new();
-        nla(&mut nested, TCA_STATS_BASIC, &basic(1, u32::MAX));
-        nla(&mut nested, TCA_STATS_PKT64, &(5u64 << 32).to_ne_bytes());
-        nla(&mut p, TCA_STATS2, &nested);
-        assert_eq!(parse_tc(&p).unwrap().stats.unwrap().packets, 5 << 32);
-    }
-
-    #[test]
-    fn legacy_stats_and_classes_without_stats() {
-        let mut p = tcmsg(2, 0x10000, TC_H_ROOT);
-        nla(&mut p, TCA_KIND, b"pfifo\0");
-        let mut legacy = Vec::new();
-        for v in [
-            7u64.to_ne_bytes().to_vec(),
-            queue([8, 9, 10, 11, 12]),
-            queue([13, 14, 0, 0, 0]),
-        ] {
-            legacy.extend_from_slice(&v);
-        }
-        nla(&mut p, TCA_STATS, &legacy[..36]);
-        let s = parse_tc(&p).unwrap().stats.unwrap();
-        assert_eq!((s.bytes, s.packets, s.drops, s.overlimits), (7, 8, 9, 10));
-        assert_eq!((s.qlen, s.backlog, s.requeues), (13, 14, None));
-        // STATS2 without BASIC (tbf's pseudo class): no statistics.
-        let mut p = tcmsg(2, 0x10001, TC_H_ROOT);
-        nla(&mut p, TCA_KIND, b"tbf\0");
-        nla(&mut p, TCA_STATS2, &[]);
-        nla(&mut p, TCA_STATS, &[0; 36]);
-        assert_eq!(parse_tc(&p).unwrap().stats, None);
-    }
-
-    #[test]
-    fn malformed_messages() {
-        assert!(matches!(
-            parse_tc(&[0; 10]),
-            Err((None, Malformed::ShortPayload { len: 10, need: 20 }))
-        ));
-        assert!(matches!(
-            parse_tc(&tcmsg(0, 0, 0)),
-            Err((None, Malformed::Ifindex(0)))
-        ));
-        assert!(matches!(
-            parse_tc(&tcmsg(4, 0, 0)),
-            Err((Some(4), Malformed::Missing("TCA_KIND")))
-        ));
-        let mut p = tcmsg(4, 0, 0);
-        nla(&mut p, TCA_KIND, b"htb\0");
-        p.extend_from_slice(&[200, 0, 7, 0]);
-        assert!(matches!(
-            parse_tc(&p),
-            Err((Some(4), Malformed::AttributeLength { .. }))
-        ));
-        let mut p = tcmsg(4, 0, 0);
-        nla(&mut p, TCA_KIND, b"htb\0");
-        let mut nested = Vec::new();
-        nla(&mut nested, TCA_STATS_QUEUE, &[0; 8]);
-        nla(&mut p, TCA_STATS2, &nested);
-        let err = parse_tc(&p).unwrap_err();
-        assert!(
-            matches!(
-                err.1,
-                Malformed::AttributeSize {
-                    attr: "TCA_STATS_QUEUE",
-                    len: 8,
-                    want: 20
-                }
-            ),
-            "{err:?}"
-        );
-        let mut p = tcmsg(4, 0, 0);
-        nla(&mut p, TCA_KIND, b"htb\0");
-        nla(&mut p, TCA_STATS, &[0; 20]);
-        assert!(parse_tc(&p).is_err());
-        // Arbitrary bytes never panic.
-        let mut x: u32 = 12345;
-        for len in 0..200 {
-            let junk: Vec<u8> = (0..len)
-                .map(|_| {
-                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                    (x >> 16) as u8
-                })
-                .collect();
-            let _ = parse_tc(&junk);
-        }
-    }
-
-    #[test]
-    fn handles_in_tc_notation() {
-        assert_eq!(qdisc_handle(0x10000), "1:");
-        assert_eq!(qdisc_handle(0), "0:");
-        assert_eq!(qdisc_handle(0xffff0000), "ffff:");
-        assert_eq!(classid(TC_H_ROOT), "root");
-        assert_eq!(classid(0x10010), "1:10");
-        assert_eq!(classid(0x10000), "1:");
-        assert_eq!(classid(0xfffffff1), "ffff:fff1");
-        assert_eq!(classid(0x5), ":5");
-        assert_eq!(classid(0), "none");
-    }
-}
+mod tests;

@@ -4,7 +4,7 @@ use super::{
     },
     *,
 };
-use crate::kernel::links::NLMSG_DONE;
+use crate::kernel::links::{NLMSG_DONE, NLMSG_HDRLEN};
 
 /// One netlink message of type `ty` around `payload`.
 fn nlmsg(out: &mut Vec<u8>, ty: u16, seq: u32, payload: &[u8]) {

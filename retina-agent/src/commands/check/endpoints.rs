@@ -12,7 +12,7 @@ use super::Status;
 use crate::config;
 
 /// How long the collector reachability check waits for a TCP connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The informational mount checks: bpffs and tracefs.
 pub(super) fn mounts() -> [Check; 2] {
@@ -34,7 +34,7 @@ pub(super) fn mounts() -> [Check; 2] {
 }
 
 /// Mount points of file systems of type `fstype` in `/proc/self/mounts` text.
-pub fn mount_points<'a>(mounts: &'a str, fstype: &str) -> Vec<&'a str> {
+pub(crate) fn mount_points<'a>(mounts: &'a str, fstype: &str) -> Vec<&'a str> {
     mounts
         .lines()
         .filter_map(|l| {
@@ -60,7 +60,7 @@ fn mount(mounts: &str, name: &'static str, fstype: &str, hint: &str) -> Check {
 
 /// Whether the OTLP collector accepts TCP connections. The agent retries an unreachable
 /// collector, so this only warns.
-pub fn otlp(endpoint: &str, timeout: Duration) -> Check {
+pub(crate) fn otlp(endpoint: &str, timeout: Duration) -> Check {
     const NAME: &str = "otlp";
     let Some((host, port)) = config::endpoint_host_port(endpoint) else {
         return Check::fail(
@@ -100,7 +100,7 @@ pub fn otlp(endpoint: &str, timeout: Duration) -> Check {
 }
 
 /// Whether the Prometheus endpoint's address can be bound (the listener is closed again).
-pub fn prometheus(listen: SocketAddr) -> Check {
+pub(crate) fn prometheus(listen: SocketAddr) -> Check {
     const NAME: &str = "prometheus";
     match TcpListener::bind(listen) {
         Ok(_) => Check::pass(NAME, format!("{listen} can be bound")),
@@ -125,41 +125,4 @@ pub fn prometheus(listen: SocketAddr) -> Check {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mounts() {
-        let text = "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw,relatime 0 0\n\
-                    none /sys/kernel/tracing tracefs rw 0 0\n";
-        assert_eq!(mount_points(text, "bpf"), vec!["/sys/fs/bpf"]);
-        assert_eq!(mount_points(text, "tracefs"), vec!["/sys/kernel/tracing"]);
-        assert!(mount_points("", "bpf").is_empty());
-        assert_eq!(mount("", "bpffs", "bpf", "h").status, Status::Warn);
-        assert_eq!(mount(text, "bpffs", "bpf", "h").status, Status::Pass);
-    }
-
-    #[test]
-    fn reachability_and_bind() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let ok = otlp(&format!("http://127.0.0.1:{port}"), CONNECT_TIMEOUT);
-        assert_eq!(ok.status, Status::Pass, "{ok:?}");
-        // The port is taken: binding it fails with a hint.
-        let taken = prometheus(listener.local_addr().unwrap());
-        assert_eq!(taken.status, Status::Fail);
-        assert!(taken.hint.unwrap().contains("already running"));
-        drop(listener);
-        // A port bound but not listening refuses connections, and no other process on the
-        // machine can take it between the two steps (as it could a port just closed).
-        let holder = tokio::net::TcpSocket::new_v4().unwrap();
-        holder.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let port = holder.local_addr().unwrap().port();
-        let closed = otlp(&format!("http://127.0.0.1:{port}"), CONNECT_TIMEOUT);
-        assert_eq!(closed.status, Status::Warn, "{closed:?}");
-        assert_eq!(
-            prometheus("127.0.0.1:0".parse().unwrap()).status,
-            Status::Pass
-        );
-    }
-}
+mod tests;

@@ -17,7 +17,7 @@ use std::{fmt, path::Path, process::ExitCode};
 
 use serde_json::json;
 
-pub use self::endpoints::{CONNECT_TIMEOUT, otlp, prometheus};
+pub(crate) use self::endpoints::{CONNECT_TIMEOUT, otlp, prometheus};
 use crate::{
     cli::CheckFormat,
     collectors::drops::Hook,
@@ -25,14 +25,14 @@ use crate::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     Pass,
     Warn,
     Fail,
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Pass => "PASS",
             Status::Warn => "WARN",
@@ -49,12 +49,12 @@ impl fmt::Display for Status {
 
 /// The outcome of one check.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
-    pub name: &'static str,
-    pub status: Status,
-    pub detail: String,
+pub(crate) struct Check {
+    pub(crate) name: &'static str,
+    pub(crate) status: Status,
+    pub(crate) detail: String,
     /// What to do about it (for WARN and FAIL).
-    pub hint: Option<String>,
+    pub(crate) hint: Option<String>,
 }
 
 impl Check {
@@ -87,20 +87,20 @@ impl Check {
 }
 
 /// What `check` checks.
-pub struct Input<'a> {
+pub(crate) struct Input<'a> {
     /// The configuration as loaded (file, environment, flags), or why it could not be.
-    pub config: Result<&'a Loaded, &'a ConfigError>,
+    pub(crate) config: Result<&'a Loaded, &'a ConfigError>,
     /// `--btf`: read BTF from this file instead of the running kernel's.
-    pub btf_path: Option<&'a Path>,
+    pub(crate) btf_path: Option<&'a Path>,
     /// `--drop-hook`: which tracepoint flavour the probe check attaches.
-    pub hook: Hook,
+    pub(crate) hook: Hook,
 }
 /// Exit status for a configuration that cannot be used, as `run` gives it.
 const EXIT_CONFIG: u8 = 2;
 
 /// Runs the checks, prints them in `format` and says how they went: 0 all passed, 1 some
 /// failed, 2 the configuration is refused (the same status `run` gives it).
-pub fn command(input: &Input<'_>, format: CheckFormat) -> ExitCode {
+pub(crate) fn command(input: &Input<'_>, format: CheckFormat) -> ExitCode {
     let checks = run(input);
     let text = match format {
         CheckFormat::Text => render_text(&checks),
@@ -120,7 +120,7 @@ pub fn command(input: &Input<'_>, format: CheckFormat) -> ExitCode {
 }
 
 /// Runs every check, in the order they are printed.
-pub fn run(input: &Input<'_>) -> Vec<Check> {
+pub(crate) fn run(input: &Input<'_>) -> Vec<Check> {
     let mut checks = vec![config_check(input.config)];
     let config = input.config.ok().map(|l| &l.config);
 
@@ -181,12 +181,12 @@ pub fn run(input: &Input<'_>) -> Vec<Check> {
 }
 
 /// Whether no check failed.
-pub fn passed(checks: &[Check]) -> bool {
+pub(crate) fn passed(checks: &[Check]) -> bool {
     !checks.iter().any(|c| c.status == Status::Fail)
 }
 
 /// One line per check, a `hint:` line under those that did not pass, and a summary.
-pub fn render_text(checks: &[Check]) -> String {
+pub(crate) fn render_text(checks: &[Check]) -> String {
     let mut out = String::new();
     for c in checks {
         out.push_str(&format!("{}  {}: {}\n", c.status, c.name, c.detail));
@@ -207,7 +207,7 @@ pub fn render_text(checks: &[Check]) -> String {
 }
 
 /// `{"ok": bool, "checks": [{"name", "status", "detail", "hint"}]}`.
-pub fn render_json(checks: &[Check]) -> serde_json::Value {
+pub(crate) fn render_json(checks: &[Check]) -> serde_json::Value {
     let list: Vec<serde_json::Value> = checks
         .iter()
         .map(|c| {
@@ -243,36 +243,4 @@ fn config_check(config: Result<&Loaded, &ConfigError>) -> Check {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bad_config_fails_the_config_check() {
-        let err = crate::config::parse("intervall = 1", Path::new("/x.toml")).unwrap_err();
-        let c = config_check(Err(&err));
-        assert_eq!(c.status, Status::Fail);
-        assert!(c.detail.contains("/x.toml: key `intervall`"), "{c:?}");
-    }
-
-    #[test]
-    fn text_and_json_output() {
-        let checks = vec![
-            Check::pass("a", "fine"),
-            Check::warn("b", "meh", "do x"),
-            Check::fail("c", "broken", "do y"),
-        ];
-        let text = render_text(&checks);
-        assert_eq!(
-            text,
-            "PASS  a: fine\nWARN  b: meh\n      hint: do x\nFAIL  c: broken\n      hint: do y\n\
-             1 passed, 1 warnings, 1 failed\n"
-        );
-        assert!(!passed(&checks));
-        assert!(passed(&checks[..2]));
-        let j = render_json(&checks);
-        assert_eq!(j["ok"], false);
-        assert_eq!(j["checks"][2]["status"], "FAIL");
-        assert_eq!(j["checks"][1]["hint"], "do x");
-        assert_eq!(j["checks"][0]["hint"], serde_json::Value::Null);
-    }
-}
+mod tests;

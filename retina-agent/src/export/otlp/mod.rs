@@ -310,7 +310,7 @@ impl Otlp {
 
     /// Waits for the export in flight, if any, to finish (the bench measures whole exports
     /// with it).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub(super) async fn flush(&mut self) {
         if let Some(h) = self.in_flight.take()
             && let Ok(rm) = h.await

@@ -75,11 +75,11 @@ impl MetricReader for SharedReader {
 
 /// What every pipeline of one exporter shares.
 pub(super) struct Sources {
-    pub agent: SharedAgent,
-    pub catalog: Arc<Catalog>,
-    pub stats: Arc<ExportStats>,
-    pub resource: Resource,
-    pub temporality: Temporality,
+    pub(crate) agent: SharedAgent,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) stats: Arc<ExportStats>,
+    pub(crate) resource: Resource,
+    pub(crate) temporality: Temporality,
 }
 
 pub(super) struct Pipeline {
@@ -239,16 +239,4 @@ fn register(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limits_follow_the_series() {
-        assert_eq!(limit_for(0), MIN_LIMIT);
-        assert_eq!(limit_for(1000), 2000);
-        assert_eq!(limit_for(usize::MAX), usize::MAX);
-        assert_eq!(capped_limit(1000, None), 2000);
-        assert_eq!(capped_limit(1000, Some(10)), 10);
-        assert_eq!(capped_limit(10, Some(5000)), MIN_LIMIT);
-    }
-}
+mod tests;

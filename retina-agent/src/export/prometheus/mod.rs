@@ -40,7 +40,7 @@ use tokio::{net::TcpListener, sync::Semaphore, task::AbortHandle, task::JoinHand
 
 use super::{ExportError, SharedAgent, catalog::Catalog, selfmetrics::ExportStats};
 
-pub const METRICS_PATH: &str = "/metrics";
+pub(crate) const METRICS_PATH: &str = "/metrics";
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 const MAX_CONNECTIONS: usize = 32;

@@ -9,7 +9,7 @@ pub(crate) struct Builder {
 }
 
 impl Builder {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Builder {
             types: Vec::new(),
             strings: vec![0],
@@ -38,18 +38,18 @@ impl Builder {
         id
     }
 
-    pub fn int(&mut self, name: &str, size: u32) -> u32 {
+    pub(crate) fn int(&mut self, name: &str, size: u32) -> u32 {
         let id = self.header(name, KIND_INT, 0, size);
         self.types.extend_from_slice(&(size * 8).to_le_bytes());
         id
     }
 
-    pub fn ptr(&mut self, to: u32) -> u32 {
+    pub(crate) fn ptr(&mut self, to: u32) -> u32 {
         self.header("", KIND_PTR, 0, to)
     }
 
     /// A struct (or union) with (name, type, byte offset) members.
-    pub fn composite(
+    pub(crate) fn composite(
         &mut self,
         union: bool,
         name: &str,
@@ -67,7 +67,7 @@ impl Builder {
         id
     }
 
-    pub fn enumeration(&mut self, name: &str, values: &[(&str, u32)]) -> u32 {
+    pub(crate) fn enumeration(&mut self, name: &str, values: &[(&str, u32)]) -> u32 {
         let id = self.header(name, KIND_ENUM, values.len() as u32, 4);
         for (v, val) in values {
             let n = self.name(v);
@@ -77,7 +77,7 @@ impl Builder {
         id
     }
 
-    pub fn build(&self) -> Vec<u8> {
+    pub(crate) fn build(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.push(1);

@@ -63,9 +63,9 @@ use std::{
 };
 
 pub(crate) use parse::{Attrs, Messages, nul_terminated};
-use socket::{Dump, DumpKind, Sockets, Step};
+use socket::{Dump, DumpKind, Sockets};
 pub(crate) use socket::{drain, open_socket, recv, send_dump_request, send_request};
-pub use table::Link;
+pub(crate) use table::Link;
 use table::Table;
 pub(crate) use table::{lossy_arc, lossy_eq};
 pub use uapi::LinkStats;
@@ -93,7 +93,7 @@ pub(crate) const MAX_ATTEMPTS: u32 = 4;
 const MAX_DRAIN: usize = 100_000;
 /// Refreshes after which a full `RTM_GETLINK` dump runs even though no notification asked
 /// for one: a safety net against a lost notification the kernel did not report.
-pub const FULL_DUMP_EVERY: u32 = 60;
+pub(crate) const FULL_DUMP_EVERY: u32 = 60;
 
 /// What was wrong with a reply from the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -270,7 +270,7 @@ impl Links {
     /// A fixed table without a kernel socket, for tests and replays:
     /// [`refresh`](Links::refresh) fails with [`LinkError::Detached`]. Links are sorted by
     /// ifindex; of duplicates the last one wins.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn from_links(links: impl IntoIterator<Item = Link>) -> Links {
         let mut l = Links::with(None, 0);
         for link in links {
@@ -296,20 +296,20 @@ impl Links {
     }
 
     /// Inserts or replaces the link with `link.ifindex` (for tests and replays).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn upsert(&mut self, link: Link) {
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn upsert(&mut self, link: Link) {
         self.table.upsert(link);
     }
 
     /// Removes the link with this ifindex (for tests and replays).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn remove(&mut self, ifindex: u32) -> Option<Link> {
+    #[cfg(test)]
+    pub(crate) fn remove(&mut self, ifindex: u32) -> Option<Link> {
         self.table.remove(ifindex)
     }
 
     /// Full `RTM_GETLINK` dumps done so far by [`refresh`](Links::refresh) (the others
     /// only asked for counters); for diagnostics and tests.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn full_dumps(&self) -> u64 {
         self.full_dumps
     }
@@ -317,7 +317,7 @@ impl Links {
     /// Inode number of the network namespace this table describes (what the agent
     /// exports as `network.namespace.inode`); 0 for a table built by
     /// [`from_links`](Links::from_links).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn netns_inode(&self) -> u64 {
         self.netns_inode
     }
@@ -337,7 +337,7 @@ impl Links {
     /// Sets the workload of a link's peer namespace; a change gives the link a new
     /// [`instance`](Link::instance) (collectors rebuild its attribute sets) and the table a
     /// new generation. Returns whether it changed.
-    pub fn set_workload(
+    pub(crate) fn set_workload(
         &mut self,
         ifindex: u32,
         workload: Option<Arc<Workload>>,
@@ -346,7 +346,7 @@ impl Links {
     }
 
     /// The interface with this name, if any (a linear search).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn get_by_name(&self, name: &str) -> Option<&Link> {
         self.iter().find(|l| &*l.name == name)
     }
@@ -357,12 +357,13 @@ impl Links {
     }
 
     /// Number of interfaces.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub fn len(&self) -> usize {
         self.table.entries.len()
     }
 
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    /// Beside `len`, as clippy expects of a public type (`len_without_is_empty`).
+    #[cfg(any(test, feature = "internals"))]
     pub fn is_empty(&self) -> bool {
         self.table.entries.is_empty()
     }
@@ -413,7 +414,7 @@ impl Links {
     /// was complete and consistent (a link dump then prunes the interfaces it did not
     /// report); `Ok(false)`: a refresh would dump again. The entry point of the fuzz target
     /// `rtnetlink` (`fuzz/`) and of tests.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn apply_replies(&mut self, stats: bool, datagrams: &[&[u8]]) -> Result<bool, LinkError> {
         let (seq, portid) = datagrams
             .iter()
@@ -426,17 +427,17 @@ impl Links {
         };
         let mut dump = Dump::new(kind, seq, portid, self.netns_inode);
         self.table.begin_dump();
-        let mut step = Step::More;
+        let mut step = socket::Step::More;
         for data in datagrams {
             step = dump.feed(&mut self.table, data);
-            if step != Step::More {
+            if step != socket::Step::More {
                 break;
             }
         }
         if let Some(e) = dump.error {
             return Err(e);
         }
-        if step != Step::Done || dump.interrupted {
+        if step != socket::Step::Done || dump.interrupted {
             return Ok(false);
         }
         if kind == DumpKind::Links {

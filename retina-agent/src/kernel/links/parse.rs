@@ -301,3 +301,6 @@ fn parse_stats64(data: &[u8]) -> Result<(LinkStats, LinkStatsDetail), Malformed>
     };
     Ok((stats, detail))
 }
+
+#[cfg(test)]
+mod tests;

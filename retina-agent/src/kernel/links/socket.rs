@@ -483,3 +483,6 @@ pub(crate) fn drain(fd: RawFd, buf: &mut [u8], seq: Option<u32>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

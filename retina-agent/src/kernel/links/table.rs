@@ -29,9 +29,9 @@ pub struct Link {
     /// exported attribute has it; [`Link::name_bytes`] has the kernel's bytes.
     pub name: Arc<str>,
     /// The kernel's bytes of a name that is not UTF-8 (`None` when `name` is exact).
-    pub raw_name: Option<Arc<[u8]>>,
+    pub(crate) raw_name: Option<Arc<[u8]>>,
     /// `IFF_*` flags from `ifinfomsg`.
-    pub flags: u32,
+    pub(crate) flags: u32,
     pub stats: LinkStats,
     /// Identity of the device behind this ifindex, unique in the process. It changes when
     /// the ifindex (re)appears, when the interface is renamed or its kind changes, when
@@ -41,8 +41,8 @@ pub struct Link {
     /// state (cumulative sums, cached names) when this changes.
     pub instance: u64,
     /// Detailed counters from the rest of `rtnl_link_stats64`.
-    pub detail: LinkStatsDetail,
-    pub operstate: OperState,
+    pub(crate) detail: LinkStatsDetail,
+    pub(crate) operstate: OperState,
     /// `IFLA_MTU`, if the kernel reported it.
     pub mtu: Option<u32>,
     /// `IFLA_INFO_KIND` (`veth`, `bridge`, ...); `None` for devices without one (physical
@@ -60,8 +60,8 @@ pub struct Link {
 impl Link {
     /// A link with the given identity and zeroed counters, with a fresh
     /// [`instance`](Link::instance) (for tests and replays).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn new(ifindex: u32, name: &str) -> Link {
+    #[cfg(test)]
+    pub(crate) fn new(ifindex: u32, name: &str) -> Link {
         Link {
             ifindex,
             name: Arc::from(name),
@@ -84,14 +84,14 @@ impl Link {
     }
 
     /// `IFF_UP`: administratively up.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(feature = "internals")]
     pub fn is_up(&self) -> bool {
         self.flags & libc::IFF_UP as u32 != 0
     }
 
     /// `IFF_LOOPBACK`.
     #[cfg(test)]
-    pub fn is_loopback(&self) -> bool {
+    pub(crate) fn is_loopback(&self) -> bool {
         self.flags & libc::IFF_LOOPBACK as u32 != 0
     }
 }
@@ -136,7 +136,7 @@ impl Table {
     }
 
     /// Inserts or replaces the link with `link.ifindex`.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(any(test, feature = "internals"))]
     pub(super) fn upsert(&mut self, link: Link) {
         self.generation += 1;
         match self.find(link.ifindex) {
@@ -146,7 +146,7 @@ impl Table {
     }
 
     /// Removes the link with this ifindex.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
+    #[cfg(test)]
     pub(super) fn remove(&mut self, ifindex: u32) -> Option<Link> {
         let i = self.find(ifindex).ok()?;
         self.generation += 1;

@@ -66,9 +66,9 @@ pub struct LinkStats {
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub rx_errors: u64,
-    pub tx_errors: u64,
+    pub(crate) tx_errors: u64,
     pub rx_dropped: u64,
-    pub tx_dropped: u64,
+    pub(crate) tx_dropped: u64,
 }
 
 impl LinkStats {
@@ -89,32 +89,32 @@ impl LinkStats {
 /// The rest of `struct rtnl_link_stats64`: detailed error counters, not exported by the
 /// interface collector but kept for whoever needs them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LinkStatsDetail {
-    pub multicast: u64,
-    pub collisions: u64,
-    pub rx_length_errors: u64,
-    pub rx_over_errors: u64,
-    pub rx_crc_errors: u64,
-    pub rx_frame_errors: u64,
-    pub rx_fifo_errors: u64,
-    pub rx_missed_errors: u64,
-    pub tx_aborted_errors: u64,
-    pub tx_carrier_errors: u64,
-    pub tx_fifo_errors: u64,
-    pub tx_heartbeat_errors: u64,
-    pub tx_window_errors: u64,
-    pub rx_compressed: u64,
-    pub tx_compressed: u64,
+pub(crate) struct LinkStatsDetail {
+    pub(crate) multicast: u64,
+    pub(crate) collisions: u64,
+    pub(crate) rx_length_errors: u64,
+    pub(crate) rx_over_errors: u64,
+    pub(crate) rx_crc_errors: u64,
+    pub(crate) rx_frame_errors: u64,
+    pub(crate) rx_fifo_errors: u64,
+    pub(crate) rx_missed_errors: u64,
+    pub(crate) tx_aborted_errors: u64,
+    pub(crate) tx_carrier_errors: u64,
+    pub(crate) tx_fifo_errors: u64,
+    pub(crate) tx_heartbeat_errors: u64,
+    pub(crate) tx_window_errors: u64,
+    pub(crate) rx_compressed: u64,
+    pub(crate) tx_compressed: u64,
     /// Packets dropped because no protocol handler took them (Linux 4.6+; `None` when the
     /// kernel does not report it).
-    pub rx_nohandler: Option<u64>,
+    pub(crate) rx_nohandler: Option<u64>,
     /// Packets dropped because they were addressed to another host (Linux 5.19+).
-    pub rx_otherhost_dropped: Option<u64>,
+    pub(crate) rx_otherhost_dropped: Option<u64>,
 }
 
 /// RFC 2863 operational state (`IFLA_OPERSTATE`, `IF_OPER_*`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OperState {
+pub(crate) enum OperState {
     /// `IF_OPER_UNKNOWN`, a value this agent does not know, or no attribute at all.
     #[default]
     Unknown,
@@ -139,19 +139,6 @@ impl OperState {
         }
     }
 
-    /// The name `ip link` prints (`UP`, `DOWN`, ...).
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OperState::Unknown => "UNKNOWN",
-            OperState::NotPresent => "NOTPRESENT",
-            OperState::Down => "DOWN",
-            OperState::LowerLayerDown => "LOWERLAYERDOWN",
-            OperState::Testing => "TESTING",
-            OperState::Dormant => "DORMANT",
-            OperState::Up => "UP",
-        }
-    }
 }
 
 /// `NLMSG_ALIGN`/`RTA_ALIGN`: rounds up to a multiple of 4.

@@ -3,7 +3,7 @@
 //! [`layout`] derives what the program needs to know about the kernel from BTF; `maps`
 //! holds the reads and writes of its maps.
 
-pub mod layout;
+pub(crate) mod layout;
 mod maps;
 
 use std::{
@@ -23,10 +23,8 @@ use retina_ebpf_common::{
 };
 
 use self::maps::{Counts, batch_read, map_fd, push_slot, set_epoch, set_protocol_word};
-pub use self::{
-    layout::{SocketOwnerSupport, not_drop_reasons, offsets_from_btf},
-    maps::ReadBuffers,
-};
+pub use self::layout::{not_drop_reasons, offsets_from_btf};
+pub(crate) use self::{layout::SocketOwnerSupport, maps::ReadBuffers};
 use crate::{
     kernel::btf::{Btf, BtfError},
     kernel::sys::{CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, effective_caps},
@@ -84,7 +82,7 @@ pub enum ProbeError {
 
 /// Fails early, with a message naming what is missing, instead of an EPERM from deep
 /// inside the loader.
-pub fn check_capabilities() -> Result<(), ProbeError> {
+pub(crate) fn check_capabilities() -> Result<(), ProbeError> {
     let Some(caps) = effective_caps() else {
         return Ok(()); // Cannot tell: let the kernel decide.
     };
@@ -142,7 +140,7 @@ pub enum Hook {
 /// namespace is one any unprivileged user can make (`unshare -Urn`) and do anything in, so
 /// its keys must not be able to push the host's and root-created namespaces' drops into
 /// overflow (issue 26); a rootless container makes a handful of keys.
-pub fn user_ns_pool(capacity: u32) -> u32 {
+pub(crate) fn user_ns_pool(capacity: u32) -> u32 {
     (capacity / 16).clamp(1, capacity.max(1))
 }
 
@@ -172,8 +170,6 @@ pub struct DropProbe {
     userns_overflow: OwnedFd,
     ncpus: usize,
     max_entries: u32,
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    locations: bool,
     epoch: u32,
     /// Slots of removed keys, freed at the next read.
     pending: Vec<u32>,
@@ -298,7 +294,6 @@ impl DropProbe {
             userns_overflow,
             ncpus,
             max_entries: options.max_entries,
-            locations: options.locations,
             epoch,
             pending: Vec::new(),
             pairs: Vec::with_capacity(options.max_entries as usize),
@@ -309,7 +304,7 @@ impl DropProbe {
 
     /// Name of the attached program in the object: [`BTF_PROGRAM_NAME`] or, where the
     /// kernel refused that, [`PROGRAM_NAME`].
-    pub fn program_name(&self) -> &'static str {
+    pub(crate) fn program_name(&self) -> &'static str {
         self.program
     }
 
@@ -318,26 +313,20 @@ impl DropProbe {
         &mut self.ebpf
     }
 
-    pub fn max_entries(&self) -> u32 {
+    pub(crate) fn max_entries(&self) -> u32 {
         self.max_entries
     }
 
 
-    /// Whether the program puts the drop location into the keys.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the tests, the bench or the fuzz targets"))]
-    pub fn locations(&self) -> bool {
-        self.locations
-    }
-
     /// Every key in the map as of the last [`Self::read`].
-    pub fn keys(&self) -> impl Iterator<Item = &DropKey> {
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &DropKey> {
         self.pairs.iter().map(|(_, k)| k)
     }
 
     /// Drops the program could not count: tracepoint hits the kernel skipped because the
     /// program was already running on that CPU (a drop in an interrupt that arrived while
     /// it ran), `bpf_prog_info.recursion_misses` (Linux 5.12+; 0 before). One syscall.
-    pub fn missed(&self) -> Result<u64, ProbeError> {
+    pub(crate) fn missed(&self) -> Result<u64, ProbeError> {
         maps::recursion_misses(self.program_fd.as_fd()).map_err(|source| ProbeError::ProgramInfo {
             program: self.program,
             source,
@@ -450,7 +439,7 @@ impl DropProbe {
 impl DropProbe {
     /// Drops in namespaces owned by non-initial user namespaces that found their reserved
     /// pool full, summed over CPUs.
-    pub fn user_ns_overflow(&self, buffers: &mut ReadBuffers) -> Result<DropValue, ProbeError> {
+    pub(crate) fn user_ns_overflow(&self, buffers: &mut ReadBuffers) -> Result<DropValue, ProbeError> {
         maps::sum_per_cpu(self.userns_overflow.as_fd(), buffers, self.ncpus).map_err(|source| {
             ProbeError::Read {
                 map: USERNS_OVERFLOW_MAP,
@@ -473,16 +462,4 @@ fn attach_btf(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), ProbeError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::user_ns_pool;
-
-    #[test]
-    fn the_user_namespace_pool_is_a_sixteenth_and_never_empty() {
-        assert_eq!(user_ns_pool(16384), 1024);
-        assert_eq!(user_ns_pool(64), 4);
-        // A tiny map still has a pool (then shared with everyone: nothing else is left).
-        assert_eq!(user_ns_pool(8), 1);
-        assert_eq!(user_ns_pool(1), 1);
-        assert_eq!(user_ns_pool(1 << 20), 1 << 16);
-    }
-}
+mod tests;

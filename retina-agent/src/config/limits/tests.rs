@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, ffi::OsString, os::unix::ffi::OsStringExt, path::Path};
 
-use super::*;
+use crate::config::*;
 
 const FILE: &str = "/etc/retina-agent/hostile.toml";
 

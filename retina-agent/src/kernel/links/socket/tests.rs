@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use super::*;
+use super::Step;
 use crate::kernel::links::{
-    Link, LinkError, Links, Malformed, OperState, lossy_eq, parse::parse_link,
+    Link, LinkError, Links, Malformed, OperState, lossy_eq, parse::parse_link, table::Table,
+    tests::*, uapi::*,
 };
 
 #[test]

@@ -4,7 +4,7 @@ use std::{collections::HashMap, time::Duration};
 
 use serde::Deserialize;
 
-use super::{error::Violation, *};
+use crate::config::{error::Violation, *};
 
 /// One section with the environment applied, as [`resolve`] does.
 trait ApplyEnv {
@@ -13,13 +13,13 @@ trait ApplyEnv {
 
 impl ApplyEnv for ExportConfig {
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        super::env::export(self, &env, &mut Overridden::default())
+        crate::config::env::export(self, &env, &mut Overridden::default())
     }
 }
 
 impl ApplyEnv for PrometheusConfig {
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        super::env::prometheus(self, &env, &mut Overridden::default())
+        crate::config::env::prometheus(self, &env, &mut Overridden::default())
     }
 }
 
@@ -30,7 +30,7 @@ trait Validate {
 
 impl Validate for ExportConfig {
     fn validate(&self) -> Result<(), Violation> {
-        super::validate::export(self)
+        crate::config::validate::export(self)
     }
 }
 

@@ -1,10 +1,7 @@
 //! Message and attribute parsers: valid messages, every kind of malformed one.
 
-use super::*;
-use crate::kernel::links::{
-    Malformed,
-    parse::{is_link_event, parse_link, parse_stats_msg},
-};
+use super::{is_link_event, parse_link, parse_stats_msg};
+use crate::kernel::links::{Malformed, tests::*, uapi::*};
 
 #[test]
 fn parses_a_full_message() {
