@@ -41,6 +41,17 @@ impl Proc {
         })
     }
 
+    /// Waits for the agent's "retina-agent running" line; fails if it exits first.
+    pub fn wait_running(&mut self) -> Result<()> {
+        wait_for("the agent to start", PATIENCE, || {
+            self.ensure_alive()?;
+            Ok(self
+                .log_text()
+                .contains("retina-agent running")
+                .then_some(()))
+        })
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -314,13 +325,7 @@ pub fn start_agent(dir: &TempDir, tag: &str, grpc: u16, env: &[(&str, String)]) 
         cmd.env(k, v);
     }
     let mut proc = Proc::spawn(tag, cmd, dir.join(&format!("{tag}.log")))?;
-    wait_for("the agent to start", PATIENCE, || {
-        proc.ensure_alive()?;
-        Ok(proc
-            .log_text()
-            .contains("retina-agent running")
-            .then_some(()))
-    })?;
+    proc.wait_running()?;
     Ok(proc)
 }
 
