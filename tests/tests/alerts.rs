@@ -33,7 +33,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
 use retina_tests::{
-    rotel::{Proc, rotel_bin, wait_for_port},
+    rotel::{Proc, start_rotel_quiet},
     workload::{cgroup_v2_root, remove_cgroup},
     *,
 };
@@ -418,14 +418,7 @@ fn a_services_full_receive_buffer_fires_its_alert_in_a_real_prometheus() -> Resu
 
     // A real OTLP collector, so that the export is healthy (rotel, discarding).
     let (grpc, http) = (free_port()?, free_port()?);
-    let mut rotel_cmd = Command::new(rotel_bin());
-    rotel_cmd
-        .args(["start", "--exporter", "blackhole", "--otlp-grpc-endpoint"])
-        .arg(format!("127.0.0.1:{grpc}"))
-        .arg("--otlp-http-endpoint")
-        .arg(format!("127.0.0.1:{http}"));
-    let mut rotel = Proc::spawn("rotel", rotel_cmd, dir.join("rotel.log"))?;
-    wait_for_port(grpc)?;
+    let mut rotel = start_rotel_quiet(&dir, grpc, http, "rotel")?;
 
     // The service whose buffer will overflow, in a slice of its own.
     let root = cgroup_v2_root()?;
