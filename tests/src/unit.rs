@@ -226,3 +226,33 @@ pub fn snapshot_as(
     })?;
     Ok((doc, stderr))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one home gives what the copies it replaced hard-coded (`-all,+bpf,+perfmon` for
+    /// uid/gid 65534), read from the unit file.
+    #[test]
+    fn setpriv_gives_the_units_user_and_capabilities() {
+        let caps = unit_capabilities();
+        assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON"]);
+        let args = setpriv_args(&caps);
+        assert_eq!(
+            args,
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all,+bpf,+perfmon",
+                "--ambient-caps=-all,+bpf,+perfmon",
+                "--bounding-set=-all,+bpf,+perfmon",
+                "--no-new-privs",
+            ]
+        );
+        let cmd = setpriv(&caps);
+        assert_eq!(cmd.get_program(), "setpriv");
+        assert_eq!(cmd.get_args().count(), args.len() - 1);
+    }
+}
