@@ -1,8 +1,11 @@
-//! Locates the eBPF object built by `cargo xtask build` so `src/collectors/drops/probe/mod.rs` can embed it, and
-//! records the git commit the agent is built from for `--version` (`RETINA_GIT_COMMIT`).
+//! Finds (or builds) the eBPF objects that `src/collectors/drops/probe/mod.rs` and
+//! `src/kernel/tasks.rs` embed (`build/ebpf.rs` says how), and records the git commit the
+//! agent is built from for `--version` (`RETINA_GIT_COMMIT`).
 
 use std::path::PathBuf;
 
+#[path = "build/ebpf.rs"]
+mod ebpf;
 #[path = "build/git.rs"]
 mod git;
 
@@ -28,31 +31,18 @@ fn main() {
     let source = git::source(&root, BINARY_SOURCES);
     println!("cargo:rustc-env=RETINA_GIT_COMMIT={}", source.describe());
 
-    println!("cargo:rerun-if-env-changed=RETINA_EBPF_OBJECT");
-    let object = match std::env::var_os("RETINA_EBPF_OBJECT") {
-        Some(path) => PathBuf::from(path),
-        None => crate_dir.join("../target/bpfel-unknown-none/release/retina-ebpf"),
-    };
-    if !object.is_file() {
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_else(|| ".".into()));
+    match ebpf::objects(&root, &out_dir) {
+        Ok(objects) => {
+            for (var, path) in [
+                ("RETINA_EBPF_OBJECT", &objects.drops),
+                ("RETINA_TASKS_OBJECT", &objects.tasks),
+            ] {
+                println!("cargo:rerun-if-changed={}", path.display());
+                println!("cargo:rustc-env={var}={}", path.display());
+            }
+        }
         // One clear line instead of an include_bytes! error deep in the crate.
-        println!(
-            "cargo::error=the eBPF object {} does not exist: build the workspace with `cargo xtask build` \
-             (it builds retina-ebpf with nightly and bpf-linker first), or point RETINA_EBPF_OBJECT at a built object",
-            object.display()
-        );
-        return;
+        Err(error) => println!("cargo::error={error}"),
     }
-    println!("cargo:rerun-if-changed={}", object.display());
-    println!("cargo:rustc-env=RETINA_EBPF_OBJECT={}", object.display());
-    // The task iterator (`retina-ebpf/src/tasks.rs`) is built beside it, by the same build.
-    let tasks = object.with_file_name("retina-tasks");
-    if !tasks.is_file() {
-        println!(
-            "cargo::error=the eBPF object {} does not exist: build the workspace with `cargo xtask build`",
-            tasks.display()
-        );
-        return;
-    }
-    println!("cargo:rerun-if-changed={}", tasks.display());
-    println!("cargo:rustc-env=RETINA_TASKS_OBJECT={}", tasks.display());
 }

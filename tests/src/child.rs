@@ -205,25 +205,3 @@ pub fn mkfifo(path: &Path) -> Result<()> {
     );
     Ok(())
 }
-
-/// The agent binary run as the packaged unit runs it: uid/gid 65534, no groups, only
-/// CAP_BPF and CAP_PERFMON (bounding, inheritable and ambient), no_new_privs; `args` after
-/// the binary. (tests/tests/packaging derives the same set from the unit file itself.)
-pub fn agent_as_unit(args: &[&str]) -> Command {
-    let caps = "-all,+bpf,+perfmon";
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--inh-caps={caps}"))
-        .arg(format!("--ambient-caps={caps}"))
-        .arg(format!("--bounding-set={caps}"))
-        .arg("--no-new-privs")
-        .arg(agent_bin())
-        .args(args);
-    for (k, _) in std::env::vars_os() {
-        if k.as_bytes().starts_with(b"OTEL_") || k.as_bytes().starts_with(b"RETINA_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "info");
-    cmd
-}

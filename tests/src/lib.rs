@@ -44,6 +44,17 @@ pub fn agent_bin() -> PathBuf {
     path
 }
 
+/// The first executable file called `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// Path of a helper binary of this crate (e.g. `traffic`).
 pub fn helper_bin(name: &str) -> PathBuf {
     // Integration tests live in target/<profile>/deps; helper binaries one level up.

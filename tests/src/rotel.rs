@@ -41,6 +41,17 @@ impl Proc {
         })
     }
 
+    /// Waits for the agent's "retina-agent running" line; fails if it exits first.
+    pub fn wait_running(&mut self) -> Result<()> {
+        wait_for("the agent to start", PATIENCE, || {
+            self.ensure_alive()?;
+            Ok(self
+                .log_text()
+                .contains("retina-agent running")
+                .then_some(()))
+        })
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -180,19 +191,30 @@ pub fn rotel_bin() -> PathBuf {
 
 /// A collector logging every data point it receives.
 pub fn start_rotel(dir: &TempDir, grpc: u16, http: u16, tag: &str) -> Result<Proc> {
+    spawn_rotel(dir, grpc, http, tag, true)
+}
+
+/// A collector that discards what it receives without logging it: an export that is
+/// healthy, for tests that do not read the points.
+pub fn start_rotel_quiet(dir: &TempDir, grpc: u16, http: u16, tag: &str) -> Result<Proc> {
+    spawn_rotel(dir, grpc, http, tag, false)
+}
+
+fn spawn_rotel(dir: &TempDir, grpc: u16, http: u16, tag: &str, log_points: bool) -> Result<Proc> {
     let mut cmd = Command::new(rotel_bin());
     cmd.args(["start", "--otlp-grpc-endpoint"])
         .arg(format!("127.0.0.1:{grpc}"))
         .arg("--otlp-http-endpoint")
         .arg(format!("127.0.0.1:{http}"))
-        .args([
-            "--exporter",
-            "blackhole",
+        .args(["--exporter", "blackhole"]);
+    if log_points {
+        cmd.args([
             "--debug-log",
             "metrics",
             "--debug-log-verbosity",
             "detailed",
         ]);
+    }
     let p = Proc::spawn(tag, cmd, dir.join(&format!("{tag}.log")))?;
     wait_for_port(grpc)?;
     wait_for_port(http)?;
@@ -314,13 +336,7 @@ pub fn start_agent(dir: &TempDir, tag: &str, grpc: u16, env: &[(&str, String)]) 
         cmd.env(k, v);
     }
     let mut proc = Proc::spawn(tag, cmd, dir.join(&format!("{tag}.log")))?;
-    wait_for("the agent to start", PATIENCE, || {
-        proc.ensure_alive()?;
-        Ok(proc
-            .log_text()
-            .contains("retina-agent running")
-            .then_some(()))
-    })?;
+    proc.wait_running()?;
     Ok(proc)
 }
 

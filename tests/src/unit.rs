@@ -1,11 +1,13 @@
-//! The agent as the packaged unit runs it, for tests outside `tests/packaging/` (which has
-//! its own copy with the unit checks): uid/gid 65534, exactly the capabilities of
-//! `packaging/retina-agent.service` (bounding, inheritable, ambient), no_new_privs; and,
-//! optionally, `ProtectProc=invisible`: a private `/proc` mounted with `hidepid=invisible`
-//! in a mount namespace of its own, which is what systemd gives the service.
+//! The agent as the packaged unit runs it, the one home of that for every test: uid/gid
+//! 65534, exactly the capabilities of `packaging/retina-agent.service` (bounding,
+//! inheritable, ambient), no_new_privs; and, optionally, `ProtectProc=invisible`: a private
+//! `/proc` mounted with `hidepid=invisible` in a mount namespace of its own, which is what
+//! systemd gives the service.
 
 use std::{
+    collections::BTreeSet,
     fs,
+    os::unix::ffi::OsStrExt as _,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -13,22 +15,40 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::{TempDir, agent_bin};
+use crate::{TempDir, agent_bin, which};
 
 /// The unit and the packaged configuration, compiled in: the 6.1 and 6.12 guests run these
 /// tests without the repository.
 const UNIT: &str = include_str!("../../packaging/retina-agent.service");
 const CONFIG: &str = include_str!("../../packaging/config.toml");
 
-/// The capabilities the unit grants (`CAP_BPF`, ...), from `CapabilityBoundingSet=`.
+/// The capabilities the unit grants (`CAP_BPF`, ...). Fails unless the bounding set and
+/// the ambient set are the same: the agent runs as a non-root user, so a capability in only
+/// one of them is either useless or unreachable.
 pub fn unit_capabilities() -> Vec<String> {
-    let caps: Vec<String> = UNIT
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("CapabilityBoundingSet="))
-        .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .collect();
-    assert!(!caps.is_empty(), "the unit sets no CapabilityBoundingSet=");
-    caps
+    let words = |key: &str| -> BTreeSet<String> {
+        UNIT.lines()
+            .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    };
+    let bounding = words("CapabilityBoundingSet");
+    let ambient = words("AmbientCapabilities");
+    assert!(
+        !bounding.is_empty(),
+        "the unit sets no CapabilityBoundingSet="
+    );
+    assert_eq!(
+        bounding, ambient,
+        "CapabilityBoundingSet= and AmbientCapabilities= differ"
+    );
+    for cap in &bounding {
+        assert!(
+            cap.starts_with("CAP_") && cap[4..].chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+            "unexpected capability {cap:?} (systemd ignores unknown names silently)"
+        );
+    }
+    bounding.into_iter().collect()
 }
 
 /// The packaged configuration, written to `dir` (readable by uid 65534).
@@ -59,6 +79,31 @@ pub fn setpriv_args(caps: &[String]) -> Vec<String> {
     ]
 }
 
+/// `setpriv` running a command as uid/gid 65534 with exactly `caps` (`CAP_BPF`, ...) as
+/// bounding, inheritable and ambient capabilities, and no_new_privs: what the unit's
+/// DynamicUser=, CapabilityBoundingSet=, AmbientCapabilities= and NoNewPrivileges= give.
+pub fn setpriv(caps: &[String]) -> Command {
+    let args = setpriv_args(caps);
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..]);
+    cmd
+}
+
+/// The agent binary run as the packaged unit runs it ([`setpriv`] with the unit's
+/// capabilities), `args` after the binary, without inherited `OTEL_*`/`RETINA_*`
+/// variables, `RUST_LOG=info`.
+pub fn agent_as_unit(args: &[&str]) -> Command {
+    let mut cmd = setpriv(&unit_capabilities());
+    cmd.arg(agent_bin()).args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.as_bytes().starts_with(b"OTEL_") || k.as_bytes().starts_with(b"RETINA_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
 /// How `/proc` looks to the agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proc {
@@ -86,6 +131,15 @@ pub fn snapshot_as_unit(
     proc: Proc,
     during: impl FnOnce() -> Result<()>,
 ) -> Result<(Value, String)> {
+    snapshot_as(&unit_capabilities(), proc, during)
+}
+
+/// [`snapshot_as_unit`] with exactly `caps` instead of the unit's.
+pub fn snapshot_as(
+    caps: &[String],
+    proc: Proc,
+    during: impl FnOnce() -> Result<()>,
+) -> Result<(Value, String)> {
     let dir = TempDir::shared("runit")?;
     let ready = dir.path().join("ready");
     let done = dir.path().join("done");
@@ -95,7 +149,7 @@ pub fn snapshot_as_unit(
         done = done.display()
     );
     let config = packaged_config(&dir)?;
-    let mut agent: Vec<String> = setpriv_args(&unit_capabilities());
+    let mut agent: Vec<String> = setpriv_args(caps);
     agent.push(agent_bin().display().to_string());
     agent.extend(
         [
@@ -123,9 +177,7 @@ pub fn snapshot_as_unit(
             // ProtectProc=invisible; then the agent, as the unit's user.
             // `setpriv` by its path: a busybox `sh` (the guests') runs its own applet of
             // that name in preference to util-linux's, which lacks `--reuid`.
-            let setpriv = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                .map(|dir| dir.join(&agent[0]))
-                .find(|p| p.is_file())
+            let setpriv = which(&agent[0])
                 .with_context(|| format!("{} is not on PATH (util-linux)", agent[0]))?;
             let mut c = Command::new("unshare");
             c.args(["-m", "--propagation", "private", "sh", "-c"])
@@ -173,4 +225,34 @@ pub fn snapshot_as_unit(
         )
     })?;
     Ok((doc, stderr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one home gives what the copies it replaced hard-coded (`-all,+bpf,+perfmon` for
+    /// uid/gid 65534), read from the unit file.
+    #[test]
+    fn setpriv_gives_the_units_user_and_capabilities() {
+        let caps = unit_capabilities();
+        assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON"]);
+        let args = setpriv_args(&caps);
+        assert_eq!(
+            args,
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all,+bpf,+perfmon",
+                "--ambient-caps=-all,+bpf,+perfmon",
+                "--bounding-set=-all,+bpf,+perfmon",
+                "--no-new-privs",
+            ]
+        );
+        let cmd = setpriv(&caps);
+        assert_eq!(cmd.get_program(), "setpriv");
+        assert_eq!(cmd.get_args().count(), args.len() - 1);
+    }
 }

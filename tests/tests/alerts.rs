@@ -33,7 +33,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
 use retina_tests::{
-    rotel::{Proc, rotel_bin, wait_for_port},
+    rotel::{Proc, start_rotel_quiet},
     workload::{cgroup_v2_root, remove_cgroup},
     *,
 };
@@ -115,18 +115,9 @@ fn repository_url() -> String {
 
 /// The first executable called `name` on PATH, or a loud failure.
 fn tool(name: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} not found (Debian package `prometheus`, installed by `cargo xtask test`)"
-            )
-        })
+    which(name).unwrap_or_else(|| {
+        panic!("{name} not found (Debian package `prometheus`, installed by `cargo xtask test`)")
+    })
 }
 
 #[test]
@@ -309,39 +300,9 @@ fn rules_for_test(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The capabilities the unit grants (`AmbientCapabilities=`).
-fn unit_capabilities() -> Vec<String> {
-    let unit = fs::read_to_string(repo().join("packaging/retina-agent.service")).expect("unit");
-    let caps: Vec<String> = unit
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("AmbientCapabilities="))
-        .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .collect();
-    assert!(!caps.is_empty(), "the unit grants no capability");
-    caps
-}
-
-/// `setpriv` running a command as uid/gid 65534 with exactly `caps` and no_new_privs:
-/// what the unit's DynamicUser=, CapabilityBoundingSet=, AmbientCapabilities= and
-/// NoNewPrivileges= give (as in tests/packaging).
-fn as_unit_user(caps: &[String]) -> Command {
-    let mut list = String::from("-all");
-    for cap in caps {
-        list.push_str(",+");
-        list.push_str(&cap.trim_start_matches("CAP_").to_ascii_lowercase());
-    }
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--inh-caps={list}"))
-        .arg(format!("--ambient-caps={list}"))
-        .arg(format!("--bounding-set={list}"))
-        .arg("--no-new-privs");
-    cmd
-}
-
 /// The agent (`run`, packaged configuration, 1 s interval) as the unit runs it.
 fn start_agent(dir: &TempDir, caps: &[String], listen: &str, otlp: &str) -> Result<Proc> {
-    let mut cmd = as_unit_user(caps);
+    let mut cmd = unit::setpriv(caps);
     cmd.arg(agent_bin())
         .arg("--config")
         .arg(repo().join("packaging/config.toml"))
@@ -457,14 +418,7 @@ fn a_services_full_receive_buffer_fires_its_alert_in_a_real_prometheus() -> Resu
 
     // A real OTLP collector, so that the export is healthy (rotel, discarding).
     let (grpc, http) = (free_port()?, free_port()?);
-    let mut rotel_cmd = Command::new(rotel_bin());
-    rotel_cmd
-        .args(["start", "--exporter", "blackhole", "--otlp-grpc-endpoint"])
-        .arg(format!("127.0.0.1:{grpc}"))
-        .arg("--otlp-http-endpoint")
-        .arg(format!("127.0.0.1:{http}"));
-    let mut rotel = Proc::spawn("rotel", rotel_cmd, dir.join("rotel.log"))?;
-    wait_for_port(grpc)?;
+    let mut rotel = start_rotel_quiet(&dir, grpc, http, "rotel")?;
 
     // The service whose buffer will overflow, in a slice of its own.
     let root = cgroup_v2_root()?;
@@ -486,7 +440,7 @@ fn a_services_full_receive_buffer_fires_its_alert_in_a_real_prometheus() -> Resu
     let agent_addr = format!("127.0.0.1:{}", free_port()?);
     let mut agent = start_agent(
         &dir,
-        &unit_capabilities(),
+        &unit::unit_capabilities(),
         &agent_addr,
         &format!("http://127.0.0.1:{grpc}"),
     )?;
@@ -620,7 +574,7 @@ fn a_services_full_receive_buffer_fires_its_alert_in_a_real_prometheus() -> Resu
 fn a_collector_that_cannot_start_is_exported_as_degraded() -> Result<()> {
     require_root();
     let dir = TempDir::new("ralerts-degraded")?;
-    let caps = unit_capabilities();
+    let caps = unit::unit_capabilities();
     let without: Vec<String> = caps
         .iter()
         .filter(|c| *c != "CAP_PERFMON")

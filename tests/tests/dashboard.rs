@@ -6,7 +6,6 @@
 use std::{
     collections::BTreeSet,
     fs,
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -144,17 +143,6 @@ impl Drop for Guard {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The first executable called `name` on PATH.
-fn which(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }
 
 /// Percent-encodes a query string value.

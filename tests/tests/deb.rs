@@ -412,12 +412,6 @@ esac
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 /// `dpkg --verify`: the files that differ from what the package unpacked must be exactly
 /// `changed` (its exit status is 0 either way).
 fn verify_files(changed: &[&str]) -> Result<()> {

@@ -13,23 +13,8 @@ use std::{path::Path, process::Command};
 use anyhow::{Context as _, Result, ensure};
 use retina_tests::{
     NetNs, TempDir, agent_bin, child, free_port, helper_bin, http_get, poll, require_root,
-    rotel::{PATIENCE, Proc, wait_for},
+    rotel::Proc, unit,
 };
-
-/// `setpriv` arguments giving what the packaged unit gives (uid 65534, only CAP_BPF and
-/// CAP_PERFMON, ambient), plus `extra` capabilities (`,+sys_admin`).
-fn as_unit(extra: &str) -> Vec<String> {
-    let caps = format!("-all,+bpf,+perfmon{extra}");
-    vec![
-        "--reuid=65534".into(),
-        "--regid=65534".into(),
-        "--clear-groups".into(),
-        format!("--inh-caps={caps}"),
-        format!("--ambient-caps={caps}"),
-        format!("--bounding-set={caps}"),
-        "--no-new-privs".into(),
-    ]
-}
 
 /// The `Prometheus` text lines of the drop counter.
 fn drop_lines(body: &str) -> Vec<&str> {
@@ -67,9 +52,13 @@ fn a_descriptor_shortage_that_costs_interface_names_is_logged_and_counted() -> R
         .map(|_| NetNs::new("rfd"))
         .collect::<Result<Vec<_>>>()?;
 
+    // What the packaged unit gives, plus CAP_SYS_ADMIN (interface names in other
+    // namespaces, which the descriptor shortage then costs).
+    let mut caps = unit::unit_capabilities();
+    caps.push("CAP_SYS_ADMIN".into());
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "ulimit -n 64 && exec \"$@\"", "sh", "setpriv"])
-        .args(as_unit(",+sys_admin"))
+    cmd.args(["-c", "ulimit -n 64 && exec \"$@\"", "sh"])
+        .args(unit::setpriv_args(&caps))
         .arg(agent_bin())
         .arg("--config")
         .arg(&config)
@@ -77,13 +66,7 @@ fn a_descriptor_shortage_that_costs_interface_names_is_logged_and_counted() -> R
         .env("RUST_LOG", "info")
         .env("OTEL_EXPORTER_PROMETHEUS_PORT", port.to_string());
     let mut agent = Proc::spawn("agent", cmd, dir.join("agent.log"))?;
-    wait_for("the agent to start", PATIENCE, || {
-        agent.ensure_alive()?;
-        Ok(agent
-            .log_text()
-            .contains("retina-agent running")
-            .then_some(()))
-    })?;
+    agent.wait_running()?;
 
     let traffic = helper_bin("traffic");
     for ns in &namespaces {
@@ -218,8 +201,7 @@ fn assert_no_capabilities(status: &str) {
 #[test]
 fn snapshot_cmd_under_the_units_capabilities_has_none_and_the_units_uid() -> Result<()> {
     require_root();
-    let mut prefix = vec!["setpriv".to_string()];
-    prefix.extend(as_unit(""));
+    let prefix = unit::setpriv_args(&unit::unit_capabilities());
     let (stdout, stderr, code) = snapshot_cmd(&prefix, &[], &[])?;
     assert_eq!(code, 0, "{stderr}");
     // The snapshot itself ran with its capabilities: the drop probe attached.

@@ -52,14 +52,8 @@ fn agent_as_unit(dir: &TempDir, config: &str) -> Result<(Running, String)> {
         &path,
         format!("{config}\n[export]\nenabled = false\n[prometheus]\nlisten = \"{addr}\"\n"),
     )?;
-    let caps = "-all,+bpf,+perfmon";
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--inh-caps={caps}"))
-        .arg(format!("--ambient-caps={caps}"))
-        .arg(format!("--bounding-set={caps}"))
-        .arg("--no-new-privs")
-        .arg(agent_bin())
+    let mut cmd = unit::setpriv(&unit::unit_capabilities());
+    cmd.arg(agent_bin())
         .args(["run", "--interval", "500ms", "--config"])
         .arg(&path)
         .env_remove("RUST_LOG")

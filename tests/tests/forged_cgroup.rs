@@ -175,17 +175,10 @@ fn nothing_claimed(doc: &serde_json::Value) {
 
 /// The agent as the unit runs it: uid 65534, only CAP_BPF and CAP_PERFMON.
 fn snapshot_as_unit(cmd: &str) -> Result<serde_json::Value> {
-    let caps = "-all,+bpf,+perfmon";
+    let setpriv = unit::setpriv_args(&unit::unit_capabilities());
     let out = run(
-        "setpriv",
-        [
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-            &format!("--inh-caps={caps}"),
-            &format!("--ambient-caps={caps}"),
-            &format!("--bounding-set={caps}"),
-            "--no-new-privs",
+        &setpriv[0],
+        setpriv[1..].iter().map(String::as_str).chain([
             agent_bin().to_str().context("agent path")?,
             "snapshot",
             "--format",
@@ -194,7 +187,7 @@ fn snapshot_as_unit(cmd: &str) -> Result<serde_json::Value> {
             "sh",
             "-c",
             cmd,
-        ],
+        ]),
     )?;
     serde_json::from_slice(&out.stdout).context("parsing the snapshot")
 }

@@ -29,6 +29,7 @@ use retina_agent::{
 use retina_tests::{
     child::*,
     rotel::{PATIENCE, Proc, wait_for},
+    unit::agent_as_unit,
     *,
 };
 

@@ -27,10 +27,7 @@ use retina_agent::{
 };
 use retina_tests::*;
 
-// ---- Allocation counting (this test binary only) ----
-
-#[global_allocator]
-static GLOBAL: retina_tests::alloc::Counting = retina_tests::alloc::Counting;
+// ---- Allocation counting (the suite's allocator: tests/tests/main.rs) ----
 
 /// Heap allocations `f` makes on this thread.
 fn allocations_in(f: impl FnOnce()) -> usize {

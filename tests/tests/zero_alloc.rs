@@ -31,9 +31,6 @@ use retina_agent::{
 };
 use retina_tests::*;
 
-#[global_allocator]
-static GLOBAL: retina_tests::alloc::Counting = retina_tests::alloc::Counting;
-
 /// Allocations made on this thread while `f` runs.
 fn count_allocs<T>(f: impl FnOnce() -> T) -> (u64, T) {
     retina_tests::alloc::count(f)

@@ -1,9 +1,10 @@
 #!/bin/busybox sh
 # /init of the QEMU guests that `cargo xtask test-kernel` boots (xtask/src/test_kernel/).
 #
-# Boots, reports what this kernel differs in, runs the integration test binaries listed in
-# /etc/retina-guest/suite (the ones `cargo xtask test` runs on the host; the xtask decides
-# which, and with which libtest arguments), reports each, and powers off. No test logic
+# Boots, reports what this kernel differs in, runs the integration test modules listed in
+# /etc/retina-guest/suite (the modules of the test binary `cargo xtask test` runs on the
+# host; the xtask decides which, and with which libtest arguments: `--exact` and the
+# module's test names), reports each, and powers off. No test logic
 # lives here. Protocol with the xtask on the serial console (xtask/src/test_kernel/report.rs):
 #   RETINA-GUEST: FACT KEY VALUE...
 #   RETINA-GUEST: RUN FILE          then the binary's output as `FILE| ...`

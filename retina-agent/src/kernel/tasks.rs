@@ -32,6 +32,10 @@ const MAX_RECORDS: usize = 4 << 20;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum TasksError {
     #[error(
+        "task iterator: this retina-agent was built without its eBPF programs (no nightly rust-src or bpf-linker at build time): build it with `cargo xtask build`"
+    )]
+    NotEmbedded,
+    #[error(
         "task iterator: missing capabilities {0}: loading it needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"
     )]
     Capabilities(String),
@@ -121,6 +125,9 @@ impl TaskIter {
             let btf = Btf::from_sys().map_err(TasksError::Layout)?;
             offsets_from_btf(&btf)?
         };
+        if OBJECT.is_empty() {
+            return Err(TasksError::NotEmbedded);
+        }
         // The program has no CO-RE relocations: the loader need not parse the kernel's BTF.
         let mut ebpf = EbpfLoader::new()
             .btf(None)

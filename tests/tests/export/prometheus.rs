@@ -317,7 +317,7 @@ fn colliding_resource_attributes_are_refused_at_load() -> Result<()> {
             if command == "run" {
                 args.push("--no-summary");
             }
-            let mut cmd = retina_tests::child::agent_as_unit(&args);
+            let mut cmd = retina_tests::unit::agent_as_unit(&args);
             if let Some(a) = attrs {
                 cmd.env("OTEL_RESOURCE_ATTRIBUTES", a);
             }
@@ -384,7 +384,7 @@ fn promtool_and_prometheus_accept_the_endpoint() -> Result<()> {
             "interval = \"1s\"\n[export]\nenabled = false\n[prometheus]\nlisten = \"127.0.0.1:{port}\"\n"
         ),
     )?;
-    let mut cmd = retina_tests::child::agent_as_unit(&[
+    let mut cmd = retina_tests::unit::agent_as_unit(&[
         "--config",
         config.to_str().context("utf-8")?,
         "run",
@@ -395,13 +395,7 @@ fn promtool_and_prometheus_accept_the_endpoint() -> Result<()> {
         "host.name=node-7,deployment.environment.name=prod,k8s.node.name=node-7",
     );
     let mut agent = Proc::spawn("agent", cmd, dir.join("agent.log"))?;
-    wait_for("the agent to start", PATIENCE, || {
-        agent.ensure_alive()?;
-        Ok(agent
-            .log_text()
-            .contains("retina-agent running")
-            .then_some(()))
-    })?;
+    agent.wait_running()?;
     let ns = NetNs::new("rptool")?;
     make_drops(&ns)?;
     wait_for("the drop series on /metrics", PATIENCE, || {

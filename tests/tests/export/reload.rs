@@ -2,7 +2,7 @@
 //! packaged unit runs it (uid 65534, only CAP_BPF and CAP_PERFMON), exporting to real
 //! collectors (rotel) and counting real drops.
 
-use retina_tests::child::agent_as_unit;
+use retina_tests::unit::agent_as_unit;
 
 use super::*;
 
@@ -72,13 +72,7 @@ fn sighup_applies_a_valid_config_and_refuses_a_bad_one() -> Result<()> {
     let config_arg = config.to_str().context("utf-8 path")?;
     let cmd = agent_as_unit(&["--config", config_arg, "run", "--no-summary"]);
     let mut agent = Proc::spawn("agent", cmd, dir.join("agent.log"))?;
-    wait_for("the agent to start", PATIENCE, || {
-        agent.ensure_alive()?;
-        Ok(agent
-            .log_text()
-            .contains("retina-agent running")
-            .then_some(()))
-    })?;
+    agent.wait_running()?;
     let ns = NetNs::new("rrld")?;
     let inode = ns.inode()?.to_string();
     make_drops(&ns)?;
@@ -208,13 +202,7 @@ fn repeated_sighup_never_kills_the_daemon() -> Result<()> {
     let config_arg = config.to_str().context("utf-8 path")?;
     let cmd = agent_as_unit(&["--config", config_arg, "run", "--no-summary"]);
     let mut agent = Proc::spawn("agent", cmd, dir.join("agent.log"))?;
-    wait_for("the agent to start", PATIENCE, || {
-        agent.ensure_alive()?;
-        Ok(agent
-            .log_text()
-            .contains("retina-agent running")
-            .then_some(()))
-    })?;
+    agent.wait_running()?;
     for _ in 0..5 {
         signal(agent.pid(), libc::SIGHUP)?;
     }

@@ -236,7 +236,7 @@ fn kernel_needs_exactly_the_unit_capabilities() -> Result<()> {
             .arg(&exe)
             .args([
                 "--exact",
-                "kernel::kernel_needs_exactly_the_unit_capabilities",
+                "packaging::kernel::kernel_needs_exactly_the_unit_capabilities",
                 "--nocapture",
             ])
             .args(["--test-threads", "1"])

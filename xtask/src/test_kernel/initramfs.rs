@@ -4,12 +4,12 @@
 //! modules the guest loads, `rotel-agent` (the OTLP collector of the export tests, from the
 //! `rotel` wheel in the tools venv) and `xtask/guest/init.sh` as `/init`.
 //!
-//! Layout: the test binaries in `/opt/retina/deps/NAME`, `traffic` in `/opt/retina/` (a test
+//! Layout: the test binary in `/opt/retina/deps/` (once, however many modules run it), `traffic` in `/opt/retina/` (a test
 //! binary finds its helpers one directory above its own, as in `target/debug/deps`), the
 //! agent in `/usr/bin/retina-agent`, the collector in `/usr/bin/rotel-agent` (`/init` names
 //! it to the tests in `RETINA_ROTEL_AGENT`); `/etc/retina-guest/` holds what `/init` reads: the
 //! kernel package, the modules in load order, `test-timeout` (seconds per test binary) and
-//! `suite` (one line per test file:
+//! `suite` (one line per test module, a file of `tests/tests/`:
 //! `NAME PATH LIBTEST-ARGS...`).
 
 use std::{
@@ -328,10 +328,20 @@ pub fn assemble(kernel: &Kernel, payload: &Payload, strip_dir: &Path, out: &Path
     }
 
     let mut suite = String::new();
+    // The modules of the one test binary share it: copied once.
+    let mut copied = Vec::new();
     for planned in payload.plan.iter().filter(|p| p.not_run.is_none()) {
         let name = &planned.file.name;
-        let guest = format!("{GUEST_DEPS}/{name}");
-        tree.binary(&guest, &stripped(&planned.file.exe, &strip_dir.join(name))?)?;
+        let exe = &planned.file.exe;
+        let base = exe
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("test binary without a name: {}", exe.display()))?;
+        let guest = format!("{GUEST_DEPS}/{base}");
+        if !copied.contains(exe) {
+            tree.binary(&guest, &stripped(exe, &strip_dir.join(base))?)?;
+            copied.push(exe.clone());
+        }
         let _ = writeln!(suite, "{name} {guest} {}", planned.args().join(" "));
     }
     data(&mut tree, "etc/retina-guest/suite", suite);

@@ -172,7 +172,8 @@ fn file_cell(planned: &Planned, log: &FileLog) -> Cell {
         if planned.skipped.iter().any(|(t, _)| t == test) {
             continue;
         }
-        match log.tests.iter().find(|(_, t)| t == test) {
+        let full = planned.file.full_name(test);
+        match log.tests.iter().find(|(_, t)| *t == full) {
             Some((status, _)) if status == "ok" => passed += 1,
             Some((status, _)) => problems.push(format!("{test} {status}")),
             None => problems.push(format!("{test}: no result")),
@@ -332,6 +333,7 @@ mod tests {
         let file = |name: &str, tests: &[&str]| TestFile {
             name: name.to_string(),
             exe: name.into(),
+            prefix: String::new(),
             tests: tests.iter().map(|t| t.to_string()).collect(),
             ignored: Vec::new(),
         };

@@ -1,10 +1,13 @@
-//! What the guests run: the integration test binaries of `retina-tests`, the very ones
-//! `cargo xtask test` runs on the host, found through cargo's JSON messages.
+//! What the guests run: the integration test binary of `retina-tests` (one binary, a module
+//! per file of `tests/tests/`), the very one `cargo xtask test` runs on the host, found
+//! through cargo's JSON messages. The guest runs it module by module (`--exact` with the
+//! module's test names), so each file of `tests/tests/` keeps its own line in the report
+//! and its own timeout.
 //!
-//! Every test file runs in every guest unless [`EXCLUSIONS`] says why it cannot: this
-//! table is the one place that names test files or tests. A new test file is picked up
-//! without a change here; if it needs something the guest lacks, it fails in the guest
-//! until a line is added below (with the reason, which the harness reports as "not run").
+//! Every module runs in every guest unless [`EXCLUSIONS`] says why it cannot: this table
+//! is the one place that names modules or tests. A new test module is picked up without a
+//! change here; if it needs something the guest lacks, it fails in the guest until a line
+//! is added below (with the reason, which the harness reports as "not run").
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -32,11 +35,14 @@ pub enum Needs {
     Kernel(&'static str),
 }
 
-/// A test file, or some of its tests, that a guest does not run, and why.
+/// A test module (a file of `tests/tests/`), or some of its tests, that a guest does not
+/// run, and why.
 pub struct Exclusion {
-    /// The integration test target (the file name without `.rs`).
-    pub file: &'static str,
-    /// Tests in it; empty: the whole file.
+    /// The module: the file name without `.rs` (`drops` for tests/tests/drops.rs), the
+    /// first part of its tests' names.
+    pub module: &'static str,
+    /// Tests in it, by their name within the module (`tls::otlp_…` for
+    /// `export::tls::otlp_…`); empty: the whole module.
     pub tests: &'static [&'static str],
     /// Kernel package name prefixes it applies to; empty: every guest kernel.
     pub kernels: &'static [&'static str],
@@ -47,7 +53,7 @@ pub struct Exclusion {
 /// guest gets later lifts the exclusion by itself.
 pub const EXCLUSIONS: &[Exclusion] = &[
     Exclusion {
-        file: "notify",
+        module: "notify",
         tests: &["the_unit_uses_notify_with_a_watchdog_the_pings_fit_in"],
         kernels: &[],
         needs: Needs::Workspace,
@@ -55,7 +61,7 @@ pub const EXCLUSIONS: &[Exclusion] = &[
     // The TLS terminator in front of the collector is a Python script (with `openssl` for
     // the certificates); the guest has no Python standard library.
     Exclusion {
-        file: "export",
+        module: "export",
         tests: &[
             "tls::otlp_grpc_over_mutual_tls_with_a_custom_ca",
             "tls::otlp_http_over_mutual_tls_with_a_custom_ca",
@@ -65,7 +71,7 @@ pub const EXCLUSIONS: &[Exclusion] = &[
     },
     // The test fails loudly where the kernel cannot give receive drops an owner.
     Exclusion {
-        file: "socket_owner",
+        module: "socket_owner",
         tests: &[
             "a_stopped_services_series_leave_the_export_within_two_intervals",
             "a_socket_that_outlives_its_cgroup_keeps_one_rising_series",
@@ -79,7 +85,7 @@ pub const EXCLUSIONS: &[Exclusion] = &[
     // Its drops are receive-buffer overflows, counted under the socket's cgroup: the same
     // kernel limit. (The other test of the file, NO_SOCKET drops in a user namespace, runs.)
     Exclusion {
-        file: "forged_cgroup",
+        module: "forged_cgroup",
         tests: &["forged_cgroups_in_a_delegated_subtree_name_only_their_user"],
         kernels: &["linux-image-6.1."],
         needs: Needs::Kernel(
@@ -88,7 +94,7 @@ pub const EXCLUSIONS: &[Exclusion] = &[
         ),
     },
     Exclusion {
-        file: "container_runtime",
+        module: "container_runtime",
         tests: &[],
         kernels: &[],
         needs: Needs::Tool("podman"),
@@ -96,7 +102,7 @@ pub const EXCLUSIONS: &[Exclusion] = &[
     // Both read dashboards/*.json from the repository (the second also runs Prometheus,
     // which the guest has).
     Exclusion {
-        file: "dashboard",
+        module: "dashboard",
         tests: &[
             "dashboard_is_well_formed",
             "every_dashboard_query_returns_data_from_a_real_prometheus",
@@ -108,19 +114,19 @@ pub const EXCLUSIONS: &[Exclusion] = &[
     // configuration from the repository; the end-to-end one needs nothing of the kernel
     // that the host run does not already show.
     Exclusion {
-        file: "alerts",
+        module: "alerts",
         tests: &[],
         kernels: &[],
         needs: Needs::Workspace,
     },
     Exclusion {
-        file: "packaging",
+        module: "packaging",
         tests: &[],
         kernels: &[],
         needs: Needs::Tool("systemd-analyze"),
     },
     Exclusion {
-        file: "deb",
+        module: "deb",
         tests: &[],
         kernels: &[],
         needs: Needs::Tool("lintian"),
@@ -139,15 +145,26 @@ impl Needs {
     }
 }
 
-/// One integration test binary.
+/// One module of the integration test binary (a file of `tests/tests/`), or a test binary
+/// of its own (a file a branch added without declaring it in tests/tests/main.rs).
 pub struct TestFile {
-    /// The target name (`drops` for tests/tests/drops.rs).
+    /// The module (`drops` for tests/tests/drops.rs), or the binary's target name.
     pub name: String,
     pub exe: PathBuf,
-    /// Its tests, as `--list` prints them.
+    /// What the binary puts before the names in [`TestFile::tests`]: `drops::`, or nothing
+    /// for a binary of its own.
+    pub prefix: String,
+    /// Its tests, as `--list` prints them, without [`TestFile::prefix`].
     pub tests: Vec<String>,
-    /// The tests marked `#[ignore]` (not run on the host either).
+    /// The tests marked `#[ignore]` (not run on the host either), without the prefix.
     pub ignored: Vec<String>,
+}
+
+impl TestFile {
+    /// The name libtest gives `test` (one of [`TestFile::tests`]).
+    pub fn full_name(&self, test: &str) -> String {
+        format!("{}{test}", self.prefix)
+    }
 }
 
 pub struct Suite {
@@ -158,7 +175,7 @@ pub struct Suite {
     pub rotel: PathBuf,
 }
 
-/// What one guest runs of one test file.
+/// What one guest runs of one test module.
 pub struct Planned<'a> {
     pub file: &'a TestFile,
     /// Why the whole file does not run, if it does not.
@@ -170,6 +187,7 @@ pub struct Planned<'a> {
 /// Builds (or finds up to date) the test binaries as `cargo xtask test` does and lists
 /// their tests.
 pub fn build(ws: &Workspace, profile: Profile, built: &Built, rotel: PathBuf) -> Result<Suite> {
+    crate::test::check_test_modules(&ws.root)?;
     let mut cmd = util::cargo();
     cmd.current_dir(&ws.root)
         .env("RETINA_EBPF_OBJECT", &built.ebpf_object)
@@ -201,10 +219,11 @@ pub fn build(ws: &Workspace, profile: Profile, built: &Built, rotel: PathBuf) ->
     }
     let traffic = traffic.context("cargo built no `traffic` helper")?;
     files.sort();
-    let files = files
-        .into_iter()
-        .map(|(name, exe)| list(name, exe))
-        .collect::<Result<Vec<_>>>()?;
+    let mut modules = Vec::new();
+    for (name, exe) in files {
+        modules.extend(list(&name, &exe)?);
+    }
+    let files = modules;
     if files.is_empty() {
         bail!("cargo reported no integration test binaries of {TESTS_PACKAGE}");
     }
@@ -257,30 +276,69 @@ fn list_names(exe: &Path, ignored: bool) -> Result<Vec<String>> {
         .collect())
 }
 
-fn list(name: String, exe: PathBuf) -> Result<TestFile> {
-    let ignored = list_names(&exe, true)?;
-    let tests = list_names(&exe, false)?
+/// The modules of the test binary `exe` (target `name`) with their tests.
+fn list(name: &str, exe: &Path) -> Result<Vec<TestFile>> {
+    let ignored = list_names(exe, true)?;
+    let tests: Vec<String> = list_names(exe, false)?
         .into_iter()
         .filter(|t| !ignored.contains(t))
         .collect();
-    Ok(TestFile {
-        name,
-        exe,
-        tests,
-        ignored,
-    })
+    Ok(modules(name, exe, &tests, &ignored))
+}
+
+/// Groups the tests of one binary by their first path segment, the module of
+/// tests/tests/main.rs they belong to. A test outside any module (a binary of its own) goes
+/// under the binary's name, unprefixed.
+fn modules(name: &str, exe: &Path, tests: &[String], ignored: &[String]) -> Vec<TestFile> {
+    let mut out: Vec<TestFile> = Vec::new();
+    let mut place = |test: &str, is_ignored: bool| {
+        let (module, prefix, rest) = match test.split_once("::") {
+            Some((module, rest)) => (module, format!("{module}::"), rest),
+            None => (name, String::new(), test),
+        };
+        let at = match out
+            .iter()
+            .position(|f| f.name == module && f.prefix == prefix)
+        {
+            Some(at) => at,
+            None => {
+                out.push(TestFile {
+                    name: module.to_string(),
+                    exe: exe.to_path_buf(),
+                    prefix,
+                    tests: Vec::new(),
+                    ignored: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        let file = &mut out[at];
+        if is_ignored {
+            file.ignored.push(rest.to_string());
+        } else {
+            file.tests.push(rest.to_string());
+        }
+    };
+    for test in tests {
+        place(test, false);
+    }
+    for test in ignored {
+        place(test, true);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// An exclusion naming a test that does not exist is an error: the table must follow
-/// renames, or it would hide nothing and still read as if it did. One naming a whole file
+/// renames, or it would hide nothing and still read as if it did. One naming a whole module
 /// this tree does not have is only a warning (a file on its way in from another branch).
 fn check_exclusions(files: &[TestFile]) -> Result<()> {
     for ex in EXCLUSIONS {
-        let Some(file) = files.iter().find(|f| f.name == ex.file) else {
+        let Some(file) = files.iter().find(|f| f.name == ex.module) else {
             eprintln!(
-                "warning: xtask/src/test_kernel/suite.rs excludes the test file `{}`, which \
+                "warning: xtask/src/test_kernel/suite.rs excludes the test module `{}`, which \
                  this tree does not have",
-                ex.file
+                ex.module
             );
             continue;
         };
@@ -289,7 +347,7 @@ fn check_exclusions(files: &[TestFile]) -> Result<()> {
                 bail!(
                     "xtask/src/test_kernel/suite.rs excludes `{}::{test}`, which does not exist \
                      (any more): update EXCLUSIONS",
-                    ex.file
+                    ex.module
                 );
             }
         }
@@ -323,7 +381,7 @@ fn plan_with<'a>(
             };
             for ex in exclusions
                 .iter()
-                .filter(|ex| ex.file == file.name && applies(ex))
+                .filter(|ex| ex.module == file.name && applies(ex))
             {
                 if ex.tests.is_empty() {
                     planned.not_run = Some(ex.needs.reason());
@@ -353,10 +411,22 @@ fn plan_with<'a>(
 }
 
 impl Planned<'_> {
-    /// The libtest arguments that leave out [`Planned::skipped`].
+    /// The libtest arguments that run this module's tests but [`Planned::skipped`]: a
+    /// module of the one binary names each test it runs (`--exact`); a binary of its own
+    /// runs everything but the skipped ones.
     pub fn args(&self) -> Vec<String> {
+        let file = self.file;
+        let skipped = |t: &String| self.skipped.iter().any(|(s, _)| s == t);
         let mut args = Vec::new();
-        if !self.skipped.is_empty() {
+        if !file.prefix.is_empty() {
+            args.push("--exact".to_string());
+            args.extend(
+                file.tests
+                    .iter()
+                    .filter(|t| !skipped(t))
+                    .map(|t| file.full_name(t)),
+            );
+        } else if !self.skipped.is_empty() {
             args.push("--exact".to_string());
             for (test, _) in &self.skipped {
                 args.push("--skip".to_string());
@@ -371,13 +441,49 @@ impl Planned<'_> {
 mod tests {
     use super::*;
 
+    /// A module of the one test binary.
     fn file(name: &str, tests: &[&str]) -> TestFile {
         TestFile {
             name: name.to_string(),
-            exe: PathBuf::from(name),
+            exe: PathBuf::from("integration"),
+            prefix: format!("{name}::"),
             tests: tests.iter().map(|t| t.to_string()).collect(),
             ignored: Vec::new(),
         }
+    }
+
+    fn strings(names: &[&str]) -> Vec<String> {
+        names.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn one_binary_is_split_into_its_modules() {
+        let tests = strings(&["drops::a", "export::tls::t", "export::otlp::o", "drops::b"]);
+        let ignored = strings(&["drops::slow"]);
+        let files = modules(
+            "integration",
+            Path::new("/x/integration-1"),
+            &tests,
+            &ignored,
+        );
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["drops", "export"]);
+        assert_eq!(files[0].tests, ["a", "b"]);
+        assert_eq!(files[0].ignored, ["slow"]);
+        assert_eq!(files[1].tests, ["tls::t", "otlp::o"]);
+        assert_eq!(files[1].full_name("tls::t"), "export::tls::t");
+        // A binary of its own (an undeclared file): its tests under its name, unprefixed.
+        let own = modules("stray", Path::new("/x/stray-2"), &strings(&["a"]), &[]);
+        assert_eq!(
+            (own[0].name.as_str(), own[0].prefix.as_str()),
+            ("stray", "")
+        );
+        let planned = Planned {
+            file: &own[0],
+            not_run: None,
+            skipped: Vec::new(),
+        };
+        assert!(planned.args().is_empty());
     }
 
     #[test]
@@ -406,13 +512,11 @@ mod tests {
         let guest = ["ip", "rotel-agent", "prometheus"];
         let plan = plan(&suite, "linux-image-6.1.0-57-cloud-amd64-unsigned", &guest);
         assert!(plan[0].not_run.is_none() && plan[0].skipped.is_empty());
-        assert!(plan[0].args().is_empty());
+        // Each module runs exactly its own tests.
+        assert_eq!(plan[0].args(), ["--exact", "drops::a", "drops::b"]);
         // The export tests run, but for the two that need Python.
         assert!(plan[1].not_run.is_none());
-        assert_eq!(
-            plan[1].args(),
-            ["--exact", "--skip", tls[0], "--skip", tls[1]]
-        );
+        assert_eq!(plan[1].args(), ["--exact", "export::otlp::x"]);
         assert!(plan[1].skipped.iter().all(|(_, r)| r.contains("python3")));
         // Every test of the file is out: the file does not run.
         let dash = plan[2].not_run.as_deref().unwrap();
@@ -426,10 +530,11 @@ mod tests {
         );
         // With the tool in the guest, its exclusion no longer applies.
         let plan = super::plan(&suite, "k", &["python3"]);
-        assert!(plan[1].not_run.is_none() && plan[1].args().is_empty());
+        assert!(plan[1].not_run.is_none() && plan[1].skipped.is_empty());
+        assert_eq!(plan[1].args().len(), 4);
         // A kernel-specific exclusion applies to that kernel's packages only.
         let only_61 = [Exclusion {
-            file: "drops",
+            module: "drops",
             tests: &["a"],
             kernels: &["linux-image-6.1."],
             needs: Needs::Workspace,
@@ -440,7 +545,7 @@ mod tests {
             "linux-image-6.1.0-57-cloud-amd64-unsigned",
             &[],
         );
-        assert_eq!(on_61[0].args(), ["--exact", "--skip", "a"]);
+        assert_eq!(on_61[0].args(), ["--exact", "drops::b"]);
         let on_612 = plan_with(
             &only_61,
             &suite,

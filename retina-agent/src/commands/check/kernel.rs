@@ -224,6 +224,9 @@ fn probe(preflight: &Preflight, map_entries: u32) -> Check {
                 ProbeError::NoTracepoint | ProbeError::NoReasonArgument { .. } => {
                     "drop reasons need Linux 5.17 or newer"
                 }
+                ProbeError::NotEmbedded => {
+                    "`cargo xtask build` provisions the eBPF toolchain and builds the agent with its programs"
+                }
                 _ => {
                     "the kernel refused the program: `dmesg` and `bpftool prog` may say more; a lower drops.map_entries helps if memory is short"
                 }

@@ -36,6 +36,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("RETINA_EBPF_OBJECT"));
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
+        "this retina-agent was built without its eBPF programs (no nightly rust-src or bpf-linker at build time): build it with `cargo xtask build`"
+    )]
+    NotEmbedded,
+    #[error(
         "kernel structure layout: {0} (the drop probe derives sk_buff/net_device offsets from BTF)"
     )]
     Layout(#[source] BtfError),
@@ -205,6 +209,9 @@ impl DropProbe {
         // The loader parses the kernel's BTF for its relocations (EbpfLoader::new) and
         // drops it with itself at the end of this statement; the attach point's copy is
         // parsed after that, so the two (~9 MiB each) are never alive together.
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NotEmbedded);
+        }
         let mut ebpf = EbpfLoader::new()
             .override_global(OFFSETS_GLOBAL, &offsets, true)
             .override_global(NOT_DROP_REASONS_GLOBAL, &not_drops, true)

@@ -165,13 +165,7 @@ fn start_agent_with(
         cmd.env(k, v);
     }
     let mut proc = Proc::spawn(tag, cmd, dir.join(&format!("{tag}.log")))?;
-    wait_for("the agent to start", PATIENCE, || {
-        proc.ensure_alive()?;
-        Ok(proc
-            .log_text()
-            .contains("retina-agent running")
-            .then_some(()))
-    })?;
+    proc.wait_running()?;
     Ok(Agent {
         proc,
         prometheus_port,

@@ -26,11 +26,10 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use retina_tests::*;
-
-/// The uid/gid the capability tests run the agent as (`nobody`): the unit's DynamicUser
-/// is an unprivileged uid of the same kind.
-const NOBODY: &str = "65534";
+use retina_tests::{
+    unit::{setpriv, unit_capabilities},
+    *,
+};
 
 mod capabilities;
 mod install;
@@ -66,56 +65,6 @@ fn service_values(unit: &str, key: &str) -> Vec<String> {
         }
     }
     out
-}
-
-/// The capabilities the unit grants (`CAP_BPF`, ...). Fails unless the bounding set and
-/// the ambient set are the same: the agent runs as a non-root user, so a capability in only
-/// one of them is either useless or unreachable.
-fn unit_capabilities() -> Vec<String> {
-    let unit = unit_text();
-    let words = |key: &str| -> BTreeSet<String> {
-        service_values(&unit, key)
-            .iter()
-            .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-            .collect()
-    };
-    let bounding = words("CapabilityBoundingSet");
-    let ambient = words("AmbientCapabilities");
-    assert!(
-        !bounding.is_empty(),
-        "the unit sets no CapabilityBoundingSet="
-    );
-    assert_eq!(
-        bounding, ambient,
-        "CapabilityBoundingSet= and AmbientCapabilities= differ"
-    );
-    for cap in &bounding {
-        assert!(
-            cap.starts_with("CAP_") && cap[4..].chars().all(|c| c.is_ascii_uppercase() || c == '_'),
-            "unexpected capability {cap:?} (systemd ignores unknown names silently)"
-        );
-    }
-    bounding.into_iter().collect()
-}
-
-/// `setpriv` running a command as uid/gid 65534 with exactly `caps` (`CAP_BPF`, ...) as
-/// bounding, inheritable and ambient capabilities, and no_new_privs: what the unit's
-/// DynamicUser=, CapabilityBoundingSet=, AmbientCapabilities= and NoNewPrivileges= give.
-fn setpriv(caps: &[String]) -> Command {
-    let mut list = String::from("-all");
-    for cap in caps {
-        list.push_str(",+");
-        list.push_str(&cap.trim_start_matches("CAP_").to_ascii_lowercase());
-    }
-    let mut cmd = Command::new("setpriv");
-    cmd.arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups")
-        .arg(format!("--inh-caps={list}"))
-        .arg(format!("--ambient-caps={list}"))
-        .arg(format!("--bounding-set={list}"))
-        .arg("--no-new-privs");
-    cmd
 }
 
 // ---------------------------------------------------------------------------------------
@@ -190,59 +139,11 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> Result<boo
 // ---------------------------------------------------------------------------------------
 // The agent as the unit runs it.
 
-/// `retina-agent --config packaging/config.toml snapshot --cumulative --format json` as
-/// uid 65534 with exactly `caps`, watching while `during` runs (as root, in this process:
-/// the agent's own child command could not enter a network namespace without
-/// CAP_SYS_ADMIN). Returns the snapshot document and the agent's stderr.
+/// `retina-agent snapshot --cumulative --format json` with the packaged configuration as
+/// uid 65534 with exactly `caps`, watching while `during` runs (`retina_tests::unit`).
+/// Returns the snapshot document and the agent's stderr.
 fn snapshot_as(caps: &[String], during: impl FnOnce() -> Result<()>) -> Result<(Value, String)> {
-    let dir = TempDir::shared("rpkg")?;
-    let ready = dir.path().join("ready");
-    let done = dir.path().join("done");
-    let script = format!(
-        "touch {ready}; while [ ! -e {done} ]; do sleep 0.02; done",
-        ready = ready.display(),
-        done = done.display()
-    );
-    let config = repo().join("packaging/config.toml");
-    let mut cmd = setpriv(caps);
-    cmd.arg(agent_bin())
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "snapshot",
-            "--cumulative",
-            "--format",
-            "json",
-            "--",
-            "sh",
-            "-c",
-        ])
-        .arg(&script)
-        .stdin(Stdio::null())
-        // Files, not pipes: nobody reads a pipe until the agent exits.
-        .stdout(fs::File::create(dir.path().join("stdout"))?)
-        .stderr(fs::File::create(dir.path().join("stderr"))?);
-    let mut agent = Guard::spawn(&mut cmd)?;
-    wait_for("the agent to attach", Duration::from_secs(60), || {
-        if let Some(status) = agent.child().try_wait()? {
-            bail!("the agent exited early ({status})");
-        }
-        Ok(ready.exists())
-    })?;
-    during()?;
-    fs::write(&done, b"")?;
-    let status = agent.finish(Duration::from_secs(30));
-    let stdout = fs::read(dir.path().join("stdout"))?;
-    let stderr = fs::read_to_string(dir.path().join("stderr"))?;
-    let status = status.with_context(|| format!("stderr: {stderr}"))?;
-    ensure!(status.success(), "agent failed ({status}): {stderr}");
-    let doc = serde_json::from_slice(&stdout).with_context(|| {
-        format!(
-            "parsing the snapshot: {}\nstderr: {stderr}",
-            String::from_utf8_lossy(&stdout)
-        )
-    })?;
-    Ok((doc, stderr))
+    unit::snapshot_as(caps, unit::Proc::Host, during)
 }
 
 fn metric_names(doc: &Value) -> BTreeSet<String> {
