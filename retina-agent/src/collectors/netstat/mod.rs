@@ -47,6 +47,7 @@
 mod parse;
 #[cfg(test)]
 mod tests;
+pub mod workloads;
 
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::PathBuf};
 
@@ -109,6 +110,8 @@ pub struct NetstatConfig {
     pub include: Vec<Pattern>,
     /// Fields never exported (same syntax); wins over `include`.
     pub exclude: Vec<Pattern>,
+    /// `[netstat.workloads]`: the same counters per workload namespace.
+    pub workloads: workloads::WorkloadNetstatConfig,
 }
 
 impl Default for NetstatConfig {
@@ -118,6 +121,7 @@ impl Default for NetstatConfig {
             proc_root: PathBuf::from("/proc"),
             include: Vec::new(),
             exclude: Vec::new(),
+            workloads: workloads::WorkloadNetstatConfig::default(),
         }
     }
 }
@@ -214,6 +218,9 @@ struct Source {
     absent: bool,
     /// Logging of this file's errors when another file's error is the one returned.
     streak: crate::ratelimit::Streak,
+    /// Bumped whenever `slots` is replaced (a new layout), for readers that keep
+    /// something per slot (`workloads`).
+    generation: u64,
 }
 
 /// Protocol statistics from procfs.
@@ -316,6 +323,7 @@ impl Source {
             scratch: Vec::new(),
             absent: false,
             streak: crate::ratelimit::Streak::default(),
+            generation: 0,
         })
     }
 
@@ -341,6 +349,7 @@ impl Source {
                 }
                 self.layout.clear();
                 self.slots.clear();
+                self.generation += 1;
                 return Ok(());
             }
             Err(source) => {
@@ -391,6 +400,7 @@ impl Source {
         }
         self.layout = layout;
         self.slots = slots;
+        self.generation += 1;
         Ok(())
     }
 }
