@@ -10,6 +10,7 @@ pub mod reasons;
 pub mod reload;
 pub mod run;
 pub mod snapshot;
+pub mod tcphealth;
 
 use std::io::{self, Write as _};
 

@@ -171,14 +171,18 @@ fn cycle(agent: &SharedAgent, summary: bool, last: &mut Option<Vec<Point>>) -> O
 /// is the human view for a terminal, not the export path, so it may allocate.
 fn print_summary(agent: &Agent, last: &mut Option<Vec<Point>>) -> std::io::Result<()> {
     use std::io::Write;
-    let now = snapshot::capture_matching(agent, |m| losses::reads(m.name));
+    let now = snapshot::capture_matching(agent, |m| {
+        losses::reads(m.name) || super::tcphealth::reads(m.name)
+    });
     let Some(before) = last.replace(now.clone()) else {
         return Ok(());
     };
-    let rows = losses::rows(&snapshot::deltas(&before, now));
-    if rows.is_empty() {
+    let window = snapshot::deltas(&before, now);
+    let rows = losses::rows(&window);
+    let tcp = super::tcphealth::render(super::tcphealth::netns_rows(&window));
+    if rows.is_empty() && tcp.is_empty() {
         return Ok(());
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", losses::render(&rows)).and_then(|()| out.flush())
+    writeln!(out, "{}{tcp}", losses::render(&rows)).and_then(|()| out.flush())
 }

@@ -232,9 +232,10 @@ pub async fn command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
             render_json(&points, (!args.cumulative).then_some(window), &agent)
         ))?,
         Format::Table => emit(&format!(
-            "{}\n{}",
+            "{}\n{}{}",
             render_table(&points),
-            super::losses::render(&super::losses::rows(&points))
+            super::losses::render(&super::losses::rows(&points)),
+            super::tcphealth::render(super::tcphealth::netns_rows(&points))
         ))?,
     }
     Ok(code)

@@ -400,3 +400,7 @@ impl Collector for WorkloadNetstatCollector {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "workloads_tests.rs"]
+mod tests;
