@@ -84,7 +84,7 @@ fn build_other(name: &str, config: &Config) -> Result<Option<Box<dyn Collector>>
         }
         "netdev" if config.netdev.enabled => Box::new(NetdevCollector::new(&config.netdev)),
         "netstat" if config.netstat.enabled => Box::new(NetstatCollector::new(&config.netstat)?),
-        "netstat_workloads" if config.netstat.workloads.enabled => {
+        "netstat_workloads" if config.netstat.enabled && config.netstat.workloads.enabled => {
             match netns::current_netns_inode() {
                 Ok(host) => Box::new(WorkloadNetstatCollector::new(
                     &config.netstat.workloads,

@@ -24,7 +24,12 @@ pub struct Outcomes {
 
 /// `count` connects to `addr` from inside `ns`, all at once (one thread each, each in the
 /// namespace), each given up after `timeout`.
-pub fn connect_from(ns: &NetNs, addr: SocketAddr, count: u64, timeout: Duration) -> Result<Outcomes> {
+pub fn connect_from(
+    ns: &NetNs,
+    addr: SocketAddr,
+    count: u64,
+    timeout: Duration,
+) -> Result<Outcomes> {
     let path = format!("/run/netns/{}", ns.name);
     let threads: Vec<_> = (0..count)
         .map(|_| {
@@ -41,7 +46,9 @@ pub fn connect_from(ns: &NetNs, addr: SocketAddr, count: u64, timeout: Duration)
         .collect();
     let mut out = Outcomes::default();
     for t in threads {
-        let r = t.join().map_err(|_| anyhow::anyhow!("connect thread panicked"))??;
+        let r = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("connect thread panicked"))??;
         match r {
             Ok(_) => out.connected += 1,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => out.refused += 1,

@@ -45,7 +45,11 @@ impl Pod {
         let uid = uid(case);
         let ns = NetNs::new("rwn")?;
         let w = Workload::start(&ns.name, &pod_path(&uid))?;
-        Ok(Pod { uid, w: Some(w), ns })
+        Ok(Pod {
+            uid,
+            w: Some(w),
+            ns,
+        })
     }
 }
 
@@ -78,12 +82,7 @@ fn failed_connects_of_a_pod_equal_its_namespaces_own_count() -> Result<()> {
     let host_before = counter(None, "Tcp", "AttemptFails")?;
     let (doc, stderr) = snapshot_as_unit(Proc::Host, || {
         // Nothing listens in a fresh namespace: each SYN is answered with a RST.
-        let out = connect_from(
-            &pod.ns,
-            "127.0.0.1:9".parse()?,
-            20,
-            Duration::from_secs(5),
-        )?;
+        let out = connect_from(&pod.ns, "127.0.0.1:9".parse()?, 20, Duration::from_secs(5))?;
         ensure!(out.refused == 20, "20 refused connects expected: {out:?}");
         Ok(())
     })?;
@@ -112,8 +111,8 @@ fn failed_connects_of_a_pod_equal_its_namespaces_own_count() -> Result<()> {
     );
     ensure!(host.len() == 1, "one host series expected: {host:#?}");
     assert_eq!(host[0]["value"].as_u64(), Some(host_after));
-    let host_inode = std::fs::metadata("/proc/self/ns/net")
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
+    let host_inode =
+        std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
     let all = points(&doc, STAT, &[]);
     assert!(
         all.iter()
@@ -165,7 +164,10 @@ fn syn_retransmits_of_a_pod_equal_its_namespaces_own_count() -> Result<()> {
     let (doc, stderr) = snapshot_as_unit(Proc::Host, || {
         let addr: SocketAddr = format!("{host_ip}:{port}").parse()?;
         let out = connect_from(&pod.ns, addr, ATTEMPTS, Duration::from_millis(2500))?;
-        ensure!(out.timed_out == ATTEMPTS, "every connect must time out: {out:?}");
+        ensure!(
+            out.timed_out == ATTEMPTS,
+            "every connect must time out: {out:?}"
+        );
         Ok(())
     })?;
     let after = counter(Some(&pod.ns), "TcpExt", "TCPSynRetrans")?;
@@ -220,7 +222,10 @@ fn agent_as_unit(dir: &TempDir, grpc: u16) -> Result<RProc> {
         }
     }
     cmd.env("RUST_LOG", "info")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{grpc}"))
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{grpc}"),
+        )
         .env("OTEL_EXPORTER_PROMETHEUS_PORT", free_port()?.to_string());
     let mut p = RProc::spawn("agent", cmd, dir.join("agent.log"))?;
     wait_for("the agent to start", Duration::from_secs(40), || {
@@ -261,15 +266,19 @@ fn churned_namespaces_leave_the_export_within_two_intervals_and_rss_stays_flat()
             p.ns.exec(&traffic(), &["udp", "127.0.0.1:9", "1", "8"])?;
         }
         let uids: Vec<String> = pods.iter().map(|p| p.uid.clone()).collect();
-        wait_for("every pod's series in one export", Duration::from_secs(60), || {
-            rotel.ensure_alive()?;
-            agent.ensure_alive()?;
-            let exports = rotel_exports(&rotel.log_text());
-            Ok(exports
-                .last()
-                .filter(|e| pods_in(e, &uids) == PODS as usize)
-                .map(|_| ()))
-        })?;
+        wait_for(
+            "every pod's series in one export",
+            Duration::from_secs(60),
+            || {
+                rotel.ensure_alive()?;
+                agent.ensure_alive()?;
+                let exports = rotel_exports(&rotel.log_text());
+                Ok(exports
+                    .last()
+                    .filter(|e| pods_in(e, &uids) == PODS as usize)
+                    .map(|_| ()))
+            },
+        )?;
         drop(pods);
         // Exports logged from now on: the first may have been collected before the pods
         // went; the second was collected at least one interval after, and must not have

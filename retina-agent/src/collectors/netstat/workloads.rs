@@ -81,7 +81,8 @@ pub const RESCAN: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkloadNetstatConfig {
-    /// Whether the collector runs (default `true`).
+    /// Whether the collector runs (default `true`; `netstat.enabled = false` turns it off
+    /// too).
     pub enabled: bool,
     /// Fields to export, anchored regular expressions over `GROUP:FIELD`; default
     /// [`DEFAULT_FIELDS`]; an empty list exports every field (about 300 per namespace).

@@ -148,7 +148,7 @@ pub fn run(input: &Input<'_>) -> Vec<Check> {
     // Pod, container and unit attribution: the task iterator, or what /proc shows.
     checks.push(workloads::workloads());
     checks.push(workload_netstat::workload_netstat(
-        config.is_none_or(|c| c.netstat.workloads.enabled),
+        config.is_none_or(|c| c.netstat.enabled && c.netstat.workloads.enabled),
     ));
 
     // Informational: the agent needs neither.

@@ -13,7 +13,7 @@ const NAME: &str = "workload_netstat";
 
 pub(super) fn workload_netstat(enabled: bool) -> Check {
     if !enabled {
-        return Check::pass(NAME, "off (netstat.workloads.enabled = false)");
+        return Check::pass(NAME, "off (netstat.enabled or netstat.workloads.enabled = false)");
     }
     let own = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino() as u32);
     let walked = TaskIter::load().and_then(|mut it| {
