@@ -279,7 +279,11 @@ fn churned_namespaces_leave_the_export_within_two_intervals_and_rss_stays_flat()
                     .map(|_| ()))
             },
         )?;
-        drop(pods);
+        // In reverse creation order: the first pod made the shared parent cgroups.
+        let mut pods = pods;
+        while let Some(p) = pods.pop() {
+            drop(p);
+        }
         // Exports logged from now on: the first may have been collected before the pods
         // went; the second was collected at least one interval after, and must not have
         // any of them.

@@ -230,14 +230,14 @@ impl WorkloadNetstatCollector {
             if e.hidden {
                 continue;
             }
-            if let Err(source) = e.read(&self.filter) {
-                if first.is_none() {
-                    first = Some(WorkloadNetstatError::Namespace {
-                        netns,
-                        pid: e.pid,
-                        source,
-                    });
-                }
+            if let Err(source) = e.read(&self.filter)
+                && first.is_none()
+            {
+                first = Some(WorkloadNetstatError::Namespace {
+                    netns,
+                    pid: e.pid,
+                    source,
+                });
             }
         }
         // Which processes exited, in one system call; a read that raced an exit (and may
