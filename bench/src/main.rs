@@ -19,7 +19,9 @@
 //!     (`--only flood`);
 //! 9. the workload mapping at `--pods` pods (namespace, veth, process in a kubelet cgroup):
 //!    the /proc scan and the veth-peer resolution, the steady per-cycle check, and the
-//!    series per workload (`--only workload`).
+//!    series per workload (`--only workload`);
+//! 11. per-workload protocol counters at `--pods` pods: the `netstat_workloads` collector's
+//!     cycle, CPU and allocations, and each file's read alone (`--only netns`).
 //!
 //! Every veth, namespace, child process and sysctl it changes is restored by an RAII guard,
 //! also on failure and on Ctrl-C (SIGINT/SIGTERM stop the run at the next check).
@@ -37,6 +39,7 @@ mod export;
 mod flood;
 mod floors;
 mod net;
+mod netns_stat;
 mod node_exporter;
 mod opts;
 mod removed_owners;

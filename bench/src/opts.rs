@@ -30,8 +30,8 @@ pub struct Opts {
     /// A shorter run (under 3 minutes).
     #[arg(long)]
     pub quick: bool,
-    /// Sections to run: cycle, node-exporter, export, ebpf, soak, agent, workload, flood
-    /// [default: all].
+    /// Sections to run: cycle, node-exporter, export, ebpf, soak, agent, workload, flood,
+    /// netns [default: all].
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// The release agent binary, for section 7 [default: next to this binary].
@@ -55,7 +55,7 @@ pub struct Opts {
     pub out: Option<PathBuf>,
 }
 
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     "cycle",
     "node-exporter",
     "export",
@@ -64,6 +64,7 @@ pub const SECTIONS: [&str; 8] = [
     "agent",
     "workload",
     "flood",
+    "netns",
 ];
 
 impl Opts {

@@ -171,6 +171,18 @@ pub fn run(
         doc.insert("workload".into(), r.json);
     }
 
+    if opts.runs("netns") {
+        let pods = opts.pods;
+        let cycles = opts.pick(opts.cycles, 500, 100);
+        banner(&format!(
+            "[11] per-workload protocol counters, {pods} pods, {cycles} cycles"
+        ));
+        let r = super::netns_stat::run(pods, cycles)?;
+        super::netns_stat::add(table, &r);
+        table.flush_new();
+        doc.insert("netns".into(), r.json);
+    }
+
     if opts.runs("soak") {
         let max = counts.last().copied().unwrap_or(256);
         if net.hosts.len() < max {

@@ -85,6 +85,11 @@ impl Pods {
         Ok(pods)
     }
 
+    /// Each pod's process.
+    pub fn pids(&self) -> Vec<u32> {
+        self.workloads.iter().map(Workload::pid).collect()
+    }
+
     /// One datagram to a closed port on each pod's loopback (brought up): one NO_SOCKET
     /// drop key per namespace.
     pub fn drop_one_each(&self) -> Result<()> {

@@ -9,7 +9,7 @@ use crate::{
         conntrack::{ConntrackCollector, ConntrackError},
         ethtool::{EthtoolCollector, EthtoolError, LinkStateCollector},
         netdev::NetdevCollector,
-        netstat::{NetstatCollector, NetstatError},
+        netstat::{NetstatCollector, NetstatError, workloads::WorkloadNetstatCollector},
         qdisc::{QdiscCollector, QdiscError},
         softnet::{SoftnetCollector, SoftnetError},
     },
@@ -64,11 +64,12 @@ pub enum AgentError {
 }
 
 /// The collectors besides `drops`, in the order the agent runs them.
-const OTHERS: [&str; 7] = [
+const OTHERS: [&str; 8] = [
     "ethtool",
     "ethtool_link",
     "netdev",
     "netstat",
+    "netstat_workloads",
     "softnet",
     "qdisc",
     "conntrack",
@@ -83,6 +84,20 @@ fn build_other(name: &str, config: &Config) -> Result<Option<Box<dyn Collector>>
         }
         "netdev" if config.netdev.enabled => Box::new(NetdevCollector::new(&config.netdev)),
         "netstat" if config.netstat.enabled => Box::new(NetstatCollector::new(&config.netstat)?),
+        "netstat_workloads" if config.netstat.enabled && config.netstat.workloads.enabled => {
+            match netns::current_netns_inode() {
+                Ok(host) => Box::new(WorkloadNetstatCollector::new(
+                    &config.netstat.workloads,
+                    host,
+                )),
+                Err(e) => {
+                    tracing::warn!(
+                        "netstat_workloads collector not started: /proc/self/ns/net: {e}"
+                    );
+                    return Ok(None);
+                }
+            }
+        }
         "softnet" if config.softnet.enabled => Box::new(SoftnetCollector::new(&config.softnet)?),
         "qdisc" if config.qdisc.enabled => Box::new(QdiscCollector::new(&config.qdisc)?),
         "conntrack" if config.conntrack.enabled => {
@@ -99,6 +114,7 @@ fn section_changed(name: &str, a: &Config, b: &Config) -> bool {
         "ethtool" | "ethtool_link" => a.ethtool != b.ethtool,
         "netdev" => a.netdev != b.netdev,
         "netstat" => a.netstat != b.netstat,
+        "netstat_workloads" => a.netstat.workloads != b.netstat.workloads,
         "softnet" => a.softnet != b.softnet,
         "qdisc" => a.qdisc != b.qdisc,
         "conntrack" => a.conntrack != b.conntrack,

@@ -21,6 +21,7 @@ use std::{
 pub mod alloc;
 pub mod child;
 pub mod flood;
+pub mod nstcp;
 pub mod poll;
 pub mod rotel;
 pub mod unit;

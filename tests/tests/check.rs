@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use retina_tests::*;
 
 /// Every check, in output order.
-const CHECKS: [&str; 11] = [
+const CHECKS: [&str; 12] = [
     "config",
     "kernel",
     "btf",
@@ -27,6 +27,7 @@ const CHECKS: [&str; 11] = [
     "tracepoint",
     "probe",
     "workloads",
+    "workload_netstat",
     "bpffs",
     "tracefs",
     "otlp",

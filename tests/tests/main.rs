@@ -37,5 +37,6 @@ mod qdisc;
 mod socket_owner;
 mod softnet;
 mod workload;
+mod workload_netstat;
 mod workload_unit;
 mod zero_alloc;

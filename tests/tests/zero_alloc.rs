@@ -22,6 +22,7 @@ use retina_agent::{
         Collector,
         conntrack::{ConntrackCollector, ConntrackConfig},
         ethtool::{EthtoolCollector, EthtoolConfig, LinkStateCollector},
+        netstat::workloads::{WorkloadNetstatCollector, WorkloadNetstatConfig},
         qdisc::{QdiscCollector, QdiscConfig},
         softnet::{SoftnetCollector, SoftnetConfig},
     },
@@ -45,8 +46,40 @@ fn collectors() -> Result<Vec<Box<dyn Collector>>> {
         Box::new(SoftnetCollector::new(&SoftnetConfig::default())?),
         Box::new(QdiscCollector::new(&QdiscConfig::default())?),
         Box::new(ConntrackCollector::new(&ConntrackConfig::default())?),
+        Box::new(NetnsCounted(WorkloadNetstatCollector::new(
+            &WorkloadNetstatConfig::default(),
+            retina_agent::kernel::netns::current_netns_inode()?,
+        ))),
         Box::new(drops_with_locations()?),
     ])
+}
+
+/// Process walks of the per-workload netstat collector (they legitimately allocate:
+/// every few seconds, and after a namespace's process exits).
+static NETNS_SCANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The per-workload netstat collector, publishing its walks to [`NETNS_SCANS`].
+struct NetnsCounted(WorkloadNetstatCollector);
+
+impl Collector for NetnsCounted {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn metrics(&self) -> &'static [&'static Metric] {
+        self.0.metrics()
+    }
+    fn collect(&mut self, links: &Links) -> Result<(), retina_agent::collectors::CollectError> {
+        let r = self.0.collect(links);
+        NETNS_SCANS.store(self.0.scans(), std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+    fn visit(&self, visitor: &mut dyn retina_agent::model::Visitor) {
+        self.0.visit(visitor)
+    }
+}
+
+fn netns_scans() -> u64 {
+    NETNS_SCANS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The drop collector as `drops.locations = true` builds it.
@@ -169,6 +202,12 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
     let mut collectors = collectors()?;
     // Datagrams to a closed port, one drop key, for the whole test.
     let ns = NetNs::new("rzal")?;
+    // A process of a systemd service in it: a workload namespace, whose protocol counters
+    // (Udp:NoPorts moves every cycle) the per-workload netstat collector reads.
+    let _service = retina_tests::workload::Workload::start(
+        &ns.name,
+        &format!("system.slice/retina-zal-{}.service", std::process::id()),
+    )?;
     // One veth's peer in that namespace: a host link with IFLA_LINK_NETNSID, resolved to
     // the namespace's (sender) process.
     veths[1].move_peer(&ns)?;
@@ -226,6 +265,7 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
         let before = identity(&links);
         let points_before = cycle(&mut links, &mut collectors).0;
         let runs_before = peer_runs();
+        let scans_before = netns_scans();
         let drops_before = drops_of_ns(&collectors);
         let (allocs, (points, _)) = count_allocs(|| {
             let mut points = 0;
@@ -238,8 +278,10 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
         // allocate; the sender's key must have kept counting.
         // A rescan of the peers' namespaces (every few seconds while one is unresolved,
         // every minute otherwise) reads /proc and allocates.
-        let changed =
-            identity(&links) != before || points != points_before || peer_runs() != runs_before;
+        let changed = identity(&links) != before
+            || points != points_before
+            || peer_runs() != runs_before
+            || netns_scans() != scans_before;
         assert!(
             drops_of_ns(&collectors) > drops_before,
             "the sender's drop series did not move during the measurement"
@@ -269,6 +311,8 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
             assert!(classes >= 1, "no htb class read: {per_metric:?}");
             assert!(n("retina.softnet.processed") >= 1, "{per_metric:?}");
             assert!(n("retina.conntrack.stat") >= 1, "{per_metric:?}");
+            // The service's namespace, the default field set.
+            assert!(n("retina.workload.netstat.stat") >= 17, "{per_metric:?}");
             assert!(peer_runs() >= 1, "the veth peer was never resolved");
             drop(veths);
             drop(ns);

@@ -20,7 +20,7 @@ use crate::{
 
 /// The error a collection cycle can end with. Each collector returns its own typed error
 /// (with the interface, path or program it concerns) behind this box.
-pub(crate) type CollectError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub type CollectError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 pub trait Collector: Send {
     /// Short stable name (`drops`, `ethtool`, `ethtool_link`, `netdev`, `netstat`, ...),

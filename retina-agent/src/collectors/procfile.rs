@@ -23,7 +23,7 @@ pub struct NulPath {
 
 /// One file, opened lazily and kept open while reads succeed.
 #[derive(Debug)]
-pub(crate) struct ProcFile {
+pub struct ProcFile {
     path: PathBuf,
     cpath: CString,
     fd: Option<OwnedFd>,
@@ -31,7 +31,7 @@ pub(crate) struct ProcFile {
 }
 
 impl ProcFile {
-    pub(crate) fn new(path: PathBuf, capacity: usize) -> Result<ProcFile, NulPath> {
+    pub fn new(path: PathBuf, capacity: usize) -> Result<ProcFile, NulPath> {
         let cpath = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| NulPath { path: path.clone() })?;
         Ok(ProcFile {
@@ -48,7 +48,7 @@ impl ProcFile {
 
     /// The file's whole current contents. Opens it if needed; after a failed read the file
     /// is closed, so the next read opens it again (a module loaded or unloaded meanwhile).
-    pub(crate) fn read(&mut self) -> io::Result<&[u8]> {
+    pub fn read(&mut self) -> io::Result<&[u8]> {
         let fd = match &self.fd {
             Some(fd) => fd,
             None => {

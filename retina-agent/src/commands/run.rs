@@ -17,7 +17,7 @@ use crate::{
     commands::reload::{self, Reloader, SHUTDOWN_BUDGET},
     config::Config,
     export::{ExportError, Exporters, SharedAgent},
-    report::{self, Point, losses},
+    report::{self, Point, losses, tcphealth},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -167,14 +167,18 @@ fn cycle(agent: &SharedAgent, summary: bool, last: &mut Option<Vec<Point>>) -> O
 /// is the human view for a terminal, not the export path, so it may allocate.
 fn print_summary(agent: &Agent, last: &mut Option<Vec<Point>>) -> std::io::Result<()> {
     use std::io::Write;
-    let now = report::capture_matching(agent, losses::reads);
+    let now = report::capture_matching(agent, |m| {
+        losses::reads(m) || tcphealth::reads(m)
+    });
     let Some(before) = last.replace(now.clone()) else {
         return Ok(());
     };
-    let rows = losses::rows(&report::deltas(&before, now));
-    if rows.is_empty() {
+    let window = report::deltas(&before, now);
+    let rows = losses::rows(&window);
+    let tcp = tcphealth::render(tcphealth::netns_rows(&window));
+    if rows.is_empty() && tcp.is_empty() {
         return Ok(());
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", losses::render(&rows)).and_then(|()| out.flush())
+    writeln!(out, "{}{tcp}", losses::render(&rows)).and_then(|()| out.flush())
 }

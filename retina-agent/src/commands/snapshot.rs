@@ -11,7 +11,7 @@ use crate::{
     cli::{Format, SnapshotArgs},
     config::Config,
     model::Number,
-    report::{self, Point, capture, deltas, losses},
+    report::{self, Point, capture, deltas, losses, tcphealth},
 };
 
 fn number_json(n: Number) -> Json {
@@ -139,9 +139,10 @@ pub(crate) async fn command(config: &Config, args: &SnapshotArgs) -> Result<Exit
             render_json(&points, (!args.cumulative).then_some(window), &agent)
         ))?,
         Format::Table => emit(&format!(
-            "{}\n{}",
+            "{}\n{}{}",
             render_table(&points),
-            losses::render(&losses::rows(&points))
+            losses::render(&losses::rows(&points)),
+            tcphealth::render(tcphealth::netns_rows(&points))
         ))?,
     }
     Ok(code)

@@ -140,6 +140,15 @@ fn bad_regex() {
         "[netstat]\nexclude = [\"(Tcp\"]\n",
         "netstat.exclude[0]",
         "invalid regular expression \"(Tcp\"",
+    );    assert_invalid(
+        "[netstat.workloads]\ninclude = [\"Tcp:.*\", \"Udp:(NoPorts\"]\n",
+        "netstat.workloads.include[1]",
+        "invalid regular expression \"Udp:(NoPorts\"",
+    );
+    assert_invalid(
+        "[netstat.workloads]\nfields = []\n",
+        "netstat.workloads.fields",
+        "unknown field `fields`",
     );
 }
 

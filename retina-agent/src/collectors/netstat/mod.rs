@@ -47,6 +47,7 @@
 mod parse;
 #[cfg(test)]
 mod tests;
+pub mod workloads;
 
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::PathBuf};
 
@@ -108,6 +109,8 @@ pub struct NetstatConfig {
     pub include: Vec<Pattern>,
     /// Fields never exported (same syntax); wins over `include`.
     pub exclude: Vec<Pattern>,
+    /// `[netstat.workloads]`: the same counters per workload namespace.
+    pub workloads: workloads::WorkloadNetstatConfig,
 }
 
 impl Default for NetstatConfig {
@@ -117,6 +120,7 @@ impl Default for NetstatConfig {
             proc_root: PathBuf::from("/proc"),
             include: Vec::new(),
             exclude: Vec::new(),
+            workloads: workloads::WorkloadNetstatConfig::default(),
         }
     }
 }
@@ -213,6 +217,9 @@ struct Source {
     absent: bool,
     /// Logging of this file's errors when another file's error is the one returned.
     streak: crate::ratelimit::Streak,
+    /// Bumped whenever `slots` is replaced (a new layout), for readers that keep
+    /// something per slot (`workloads`).
+    generation: u64,
 }
 
 /// Protocol statistics from procfs.
@@ -311,6 +318,7 @@ impl Source {
             scratch: Vec::new(),
             absent: false,
             streak: crate::ratelimit::Streak::default(),
+            generation: 0,
         })
     }
 
@@ -336,6 +344,7 @@ impl Source {
                 }
                 self.layout.clear();
                 self.slots.clear();
+                self.generation += 1;
                 return Ok(());
             }
             Err(source) => {
@@ -386,6 +395,7 @@ impl Source {
         }
         self.layout = layout;
         self.slots = slots;
+        self.generation += 1;
         Ok(())
     }
 }

@@ -11,6 +11,7 @@
 
 mod endpoints;
 mod kernel;
+mod workload_netstat;
 mod workloads;
 
 use std::{fmt, path::Path, process::ExitCode};
@@ -146,6 +147,9 @@ pub(crate) fn run(input: &Input<'_>) -> Vec<Check> {
 
     // Pod, container and unit attribution: the task iterator, or what /proc shows.
     checks.push(workloads::workloads());
+    checks.push(workload_netstat::workload_netstat(
+        config.is_none_or(|c| c.netstat.enabled && c.netstat.workloads.enabled),
+    ));
 
     // Informational: the agent needs neither.
     checks.extend(endpoints::mounts());
