@@ -55,4 +55,15 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", tasks.display());
     println!("cargo:rustc-env=RETINA_TASKS_OBJECT={}", tasks.display());
+    // The TCP event programs (`retina-ebpf/src/tcp.rs`), built beside it too.
+    let tcp = object.with_file_name("retina-tcp");
+    if !tcp.is_file() {
+        println!(
+            "cargo::error=the eBPF object {} does not exist: build the workspace with `cargo xtask build`",
+            tcp.display()
+        );
+        return;
+    }
+    println!("cargo:rerun-if-changed={}", tcp.display());
+    println!("cargo:rustc-env=RETINA_TCP_OBJECT={}", tcp.display());
 }
