@@ -19,7 +19,9 @@
 //!     (`--only flood`);
 //! 9. the workload mapping at `--pods` pods (namespace, veth, process in a kubelet cgroup):
 //!    the /proc scan and the veth-peer resolution, the steady per-cycle check, and the
-//!    series per workload (`--only workload`).
+//!    series per workload (`--only workload`);
+//! 11. the TCP event programs' run time per event next to an empty program on each hook,
+//!     and exact counts, under refused loopback connects (`--only tcp`).
 //!
 //! Every veth, namespace, child process and sysctl it changes is restored by an RAII guard,
 //! also on failure and on Ctrl-C (SIGINT/SIGTERM stop the run at the next check).
@@ -45,6 +47,7 @@ mod rows;
 mod run;
 mod soak;
 mod sys;
+mod tcp_events;
 mod workload;
 
 use std::{

@@ -17,7 +17,7 @@ use retina_ebpf_common::tcp::{
     CONNECT_FAILURES, RESETS_RECEIVED, RESETS_SENT, RETRANSMITS, TCP_EVENTS, TcpCounts,
 };
 
-pub use self::probe::{Support, TcpProbe, TcpProbeError, support};
+pub use self::probe::{TcpProbe, TcpProbeError};
 use crate::{
     collectors::{CollectError, Collector},
     kernel::{
@@ -82,6 +82,7 @@ pub struct TcpCollectError(#[from] TcpProbeError);
 
 /// One socket cgroup's counts, with what it names: the narrow entry point for views
 /// (the "where packets died" TCP section).
+#[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "the entry point of the per-workload TCP section of the loss view, and the bench"))]
 #[derive(Clone, Debug)]
 pub struct TcpRow {
     /// The cgroup v2 id (never reused: a key for deltas between two reads).
@@ -103,7 +104,9 @@ struct Series {
     attrs: Box<[KeyValue]>,
     sent: Box<[KeyValue]>,
     received: Box<[KeyValue]>,
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "read by `rows`"))]
     cgroup: Option<Arc<str>>,
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "read by `rows`"))]
     workload: Arc<Workload>,
     /// Whether the counts changed in the last read.
     grew: bool,
@@ -171,6 +174,12 @@ impl TcpEventCollector {
         }
     }
 
+    /// The probe (bench: its programs' run statistics).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the bench"))]
+    pub fn probe(&self) -> &TcpProbe {
+        &self.probe
+    }
+
     /// The tracepoints this kernel lacks.
     pub fn missing(&self) -> &[&'static str] {
         self.probe.missing()
@@ -178,6 +187,7 @@ impl TcpEventCollector {
 
     /// Every socket cgroup's counts (running totals since the agent started), as of the
     /// last `collect`.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "the entry point of the per-workload TCP section of the loss view, and the bench"))]
     pub fn rows(&self) -> impl Iterator<Item = TcpRow> + '_ {
         self.series.iter().map(|(&id, s)| TcpRow {
             cgroup_id: id,
@@ -191,6 +201,7 @@ impl TcpEventCollector {
     }
 
     /// Events that found the map full, by kind (`TcpCounts::events`).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "the entry point of the per-workload TCP section of the loss view, and the bench"))]
     pub fn overflow(&self) -> TcpCounts {
         self.overflow
     }

@@ -100,10 +100,7 @@ pub fn support(btf: &Btf, host_netns: u32) -> Result<Support, TcpProbeError> {
     if btf.tracepoint_args("tcp_retransmit_skb").is_some_and(|n| n >= 3) {
         offsets.flags |= TCP_OFFSETS_RETRANSMIT_ERR;
     }
-    let (present, missing) = TCP_PROGRAMS
-        .iter()
-        .map(|(_, tp)| *tp)
-        .partition(|tp| btf.tracepoint_args(tp).is_some());
+    let (present, missing) = split(|tp| btf.tracepoint_args(tp).is_some());
     let support = Support {
         offsets,
         present,
@@ -115,9 +112,14 @@ pub fn support(btf: &Btf, host_netns: u32) -> Result<Support, TcpProbeError> {
     Ok(support)
 }
 
+/// The tracepoints of [`TCP_PROGRAMS`] that `has` says the kernel has, and those it lacks.
+fn split(has: impl Fn(&str) -> bool) -> (Vec<&'static str>, Vec<&'static str>) {
+    TCP_PROGRAMS.iter().map(|(_, tp)| *tp).partition(|tp| has(tp))
+}
+
 /// The loaded, attached programs. Dropping it detaches them and frees the maps.
 pub struct TcpProbe {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     counts: OwnedFd,
     overflow: OwnedFd,
     ncpus: usize,
@@ -171,7 +173,7 @@ impl TcpProbe {
         let counts = map_fd(&ebpf, TCP_COUNTS_MAP)?;
         let overflow = map_fd(&ebpf, TCP_OVERFLOW_MAP)?;
         Ok(TcpProbe {
-            _ebpf: ebpf,
+            ebpf,
             counts,
             overflow,
             ncpus,
@@ -179,6 +181,12 @@ impl TcpProbe {
             values: vec![TcpCounts::default(); ncpus],
             missing: support.missing,
         })
+    }
+
+    /// The loaded program `name` (one of [`TCP_PROGRAMS`]), for its run statistics (bench).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the bench"))]
+    pub fn program_fd(&self, name: &str) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.ebpf.program(name)?.fd().ok().map(|fd| fd.as_fd())
     }
 
     /// The tracepoints this kernel lacks (their events are not counted).
@@ -308,3 +316,42 @@ fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, TcpProbeError> {
 
 /// Default capacity of the per-cgroup map.
 pub const DEFAULT_MAX_ENTRIES: u32 = DEFAULT_TCP_MAX_ENTRIES;
+
+#[cfg(test)]
+mod tests {
+    use retina_ebpf_common::tcp::TCP_OFFSETS_RETRANSMIT_ERR;
+
+    use super::*;
+
+    #[test]
+    fn this_kernel_has_every_tracepoint_and_the_fields() {
+        let btf = Btf::from_sys().unwrap();
+        let s = support(&btf, 42).unwrap();
+        assert!(s.missing.is_empty(), "{:?}", s.missing);
+        assert_eq!(s.present.len(), TCP_PROGRAMS.len());
+        let o = s.offsets;
+        assert_eq!(o.host_netns, 42);
+        assert!(o.flags & TCP_OFFSETS_VALID != 0);
+        // 6.18's tcp_retransmit_skb(sk, skb, err); 6.1 and 6.12 have (sk, skb).
+        let args = btf.tracepoint_args("tcp_retransmit_skb").unwrap();
+        assert_eq!(o.flags & TCP_OFFSETS_RETRANSMIT_ERR != 0, args >= 3);
+        // skc_state is in struct sock_common, at the start of struct sock; sk_protocol and
+        // the cgroup pointer come after it.
+        assert!(o.sk_state < o.sk_protocol && o.sk_state < o.sk_cgroup);
+        assert!(o.cgroup_kn > 0 && o.kn_id > 0 && o.net_inum > 0);
+    }
+
+    #[test]
+    fn missing_tracepoints_are_named() {
+        let (present, missing) = split(|tp| tp != "tcp_receive_reset");
+        assert_eq!(missing, ["tcp_receive_reset"]);
+        assert_eq!(present.len(), 3);
+        let (present, missing) = split(|_| false);
+        assert!(present.is_empty() && missing.len() == 4);
+        let e = TcpProbeError::NoTracepoint.to_string();
+        assert!(
+            e.contains("tcp_retransmit_skb, inet_sock_set_state, tcp_send_reset, tcp_receive_reset"),
+            "{e}"
+        );
+    }
+}

@@ -11,6 +11,7 @@
 
 mod endpoints;
 mod kernel;
+mod tcp_events;
 mod workloads;
 
 use std::{fmt, path::Path, process::ExitCode};
@@ -142,6 +143,13 @@ pub fn run(input: &Input<'_>) -> Vec<Check> {
                 c.detail.push_str(" (drops.enabled = false: not needed)");
             }
         }
+    }
+
+    // TCP events per socket cgroup (they come with the drop counter).
+    let tcp = checks.len();
+    checks.push(tcp_events::tcp_events(input.btf_path));
+    if config.is_some_and(|c| !c.drops.enabled) {
+        checks[tcp].detail.push_str(" (drops.enabled = false: not started)");
     }
 
     // Pod, container and unit attribution: the task iterator, or what /proc shows.
