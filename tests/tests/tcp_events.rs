@@ -296,3 +296,61 @@ fn resets_sent_and_received_are_counted_under_the_units_owning_the_sockets() -> 
     );
     Ok(())
 }
+
+/// The per-cgroup map is bounded: with room for one cgroup, the events of a second are
+/// counted in the overflow, by kind, and none is lost.
+#[test]
+fn a_full_map_counts_the_overflow_by_kind() -> Result<()> {
+    use retina_agent::collectors::{Collector, tcp_events::TcpEventCollector};
+    use retina_ebpf_common::tcp::{CONNECT_FAILURES, RESETS_RECEIVED};
+    require_root();
+    let root = cgroup_v2_root()?;
+    let slice = Slice::new(&root, "tcpfull")?;
+    let mut c = TcpEventCollector::load(None, 1)?;
+    let links = retina_agent::kernel::links::Links::new()?;
+    let closed = free_port()?;
+    let dst = format!("127.0.0.1:{closed}");
+    // This process's cgroup takes the one entry...
+    for _ in 0..2 {
+        let r = std::net::TcpStream::connect(&dst);
+        ensure!(r.is_err(), "port {closed} accepted a connection");
+    }
+    c.collect(&links).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rows: Vec<_> = c.rows().collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].connect_failures, 2, "{rows:?}");
+    // ...so a service's refused connects find the map full.
+    let mut s = Service::start(
+        &slice,
+        "retina-test-full.service",
+        &["connect", &dst, "3", "1000"],
+    )?;
+    assert_eq!(s.finish()?, "connected 0 failed 3");
+    c.collect(&links).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rows: Vec<_> = c.rows().collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].connect_failures, 2, "{rows:?}");
+    let overflow = c.overflow().events;
+    assert_eq!(overflow[CONNECT_FAILURES], 3, "{overflow:?}");
+    assert_eq!(overflow[RESETS_RECEIVED], 3, "{overflow:?}");
+    // And it is exported, by kind.
+    let mut exported = Vec::new();
+    c.visit(&mut |m: &'static retina_agent::model::Metric,
+                  attrs: &[opentelemetry::KeyValue],
+                  v: retina_agent::model::Number| {
+        if m.name == "retina.tcp.event.overflow" {
+            exported.push((attrs[0].value.as_str().into_owned(), v.as_f64()));
+        }
+    });
+    exported.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        exported,
+        [
+            ("connect_failure".to_string(), 3.0),
+            ("reset_received".to_string(), 3.0),
+            ("reset_sent".to_string(), 0.0),
+            ("retransmit".to_string(), 0.0),
+        ]
+    );
+    Ok(())
+}
