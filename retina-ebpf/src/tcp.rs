@@ -84,11 +84,11 @@ fn count(sk: u64, kind: usize) {
     if cgroup == 0 {
         return;
     }
-    let value = match TCP_COUNTS.get_ptr_mut(&cgroup) {
+    let value = match TCP_COUNTS.get_ptr_mut(cgroup) {
         Some(v) => Some(v),
-        None => match TCP_COUNTS.insert(&cgroup, &TcpCounts::default(), BPF_NOEXIST) {
-            Ok(()) => TCP_COUNTS.get_ptr_mut(&cgroup),
-            Err(e) if e == -EEXIST => TCP_COUNTS.get_ptr_mut(&cgroup),
+        None => match TCP_COUNTS.insert(cgroup, TcpCounts::default(), BPF_NOEXIST) {
+            Ok(()) => TCP_COUNTS.get_ptr_mut(cgroup),
+            Err(e) if e == -EEXIST => TCP_COUNTS.get_ptr_mut(cgroup),
             Err(_) => None,
         },
     };
