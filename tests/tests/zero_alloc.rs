@@ -49,6 +49,12 @@ fn collectors() -> Result<Vec<Box<dyn Collector>>> {
         Box::new(QdiscCollector::new(&QdiscConfig::default())?),
         Box::new(ConntrackCollector::new(&ConntrackConfig::default())?),
         Box::new(drops_with_locations()?),
+        Box::new(
+            retina_agent::collectors::tcp_events::TcpEventCollector::load(
+                None,
+                retina_agent::collectors::tcp_events::probe::DEFAULT_MAX_ENTRIES,
+            )?,
+        ),
     ])
 }
 
