@@ -52,9 +52,10 @@ pub fn run(connects: u64) -> Result<TcpReport> {
     let stats = BpfStats::enable()?;
     let mut links = Links::new()?;
     links.refresh()?;
-    let mut c = TcpEventCollector::load(
+    let mut c = TcpEventCollector::load_with(
         None,
         retina_agent::collectors::tcp_events::probe::DEFAULT_MAX_ENTRIES,
+        true,
     )
     .context("loading the TCP event programs")?;
     let hooks = [

@@ -139,12 +139,21 @@ impl TcpEventCollector {
     /// Loads the programs for the running kernel (offsets from `btf_path` when given) and
     /// attaches them; a tracepoint the kernel lacks is logged and left out.
     pub fn load(btf_path: Option<&Path>, max_entries: u32) -> Result<Self, BuildError> {
+        Self::load_with(btf_path, max_entries, false)
+    }
+
+    /// [`Self::load`], keeping the programs' descriptors (the bench).
+    pub fn load_with(
+        btf_path: Option<&Path>,
+        max_entries: u32,
+        keep_programs: bool,
+    ) -> Result<Self, BuildError> {
         let btf = match btf_path {
             Some(p) => Btf::from_file(p),
             None => Btf::from_sys(),
         }?;
         let host = crate::kernel::netns::current_netns_inode().map_err(BuildError::HostNetns)?;
-        let probe = TcpProbe::load(&btf, host, max_entries)?;
+        let probe = TcpProbe::load_with(&btf, host, max_entries, keep_programs)?;
         drop(btf);
         if probe.missing().is_empty() {
             tracing::info!(

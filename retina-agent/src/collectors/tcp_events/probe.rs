@@ -4,10 +4,14 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, RawFd},
 };
 
-use aya::{Ebpf, EbpfLoader, maps::Map, programs::BtfTracePoint};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData},
+    programs::{BtfTracePoint, tp_btf::BtfTracePointLink},
+};
 use retina_ebpf_common::tcp::{
     DEFAULT_TCP_MAX_ENTRIES, TCP_COUNTS_MAP, TCP_OFFSETS_GLOBAL, TCP_OFFSETS_RETRANSMIT_ERR,
     TCP_OFFSETS_VALID, TCP_OVERFLOW_MAP, TCP_PROGRAMS, TcpCounts, TcpOffsets,
@@ -117,11 +121,18 @@ fn split(has: impl Fn(&str) -> bool) -> (Vec<&'static str>, Vec<&'static str>) {
     TCP_PROGRAMS.iter().map(|(_, tp)| *tp).partition(|tp| has(tp))
 }
 
-/// The loaded, attached programs. Dropping it detaches them and frees the maps.
+/// The attached programs. Dropping it detaches them and frees the maps.
+///
+/// It keeps one descriptor per attachment (the link, which holds its program in the
+/// kernel) and one per map it reads: six. The object, its programs' descriptors, its
+/// read-only data and its BTF are closed once the programs are attached, so that the
+/// agent under a low `LimitNOFILE=` is not short of descriptors for its other work.
 pub struct TcpProbe {
-    ebpf: Ebpf,
-    counts: OwnedFd,
-    overflow: OwnedFd,
+    /// Only for the bench (its programs' run statistics).
+    ebpf: Option<Ebpf>,
+    _links: Vec<BtfTracePointLink>,
+    counts: MapData,
+    overflow: MapData,
     ncpus: usize,
     max_entries: u32,
     /// One value per possible CPU, for lookups.
@@ -140,6 +151,17 @@ impl std::fmt::Debug for TcpProbe {
 impl TcpProbe {
     /// Loads the programs of the tracepoints `btf` has and attaches them.
     pub fn load(btf: &Btf, host_netns: u32, max_entries: u32) -> Result<TcpProbe, TcpProbeError> {
+        Self::load_with(btf, host_netns, max_entries, false)
+    }
+
+    /// [`Self::load`], keeping the programs' descriptors when `keep_programs` (the bench
+    /// reads their run statistics).
+    pub fn load_with(
+        btf: &Btf,
+        host_netns: u32,
+        max_entries: u32,
+        keep_programs: bool,
+    ) -> Result<TcpProbe, TcpProbeError> {
         crate::collectors::drops::probe::check_capabilities()
             .map_err(|e| TcpProbeError::Capabilities(e.to_string()))?;
         let support = support(btf, host_netns)?;
@@ -152,6 +174,7 @@ impl TcpProbe {
             .load(OBJECT)
             .map_err(|e| TcpProbeError::Load(Box::new(e)))?;
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|_| TcpProbeError::NoKernelBtf)?;
+        let mut links = Vec::with_capacity(TCP_PROGRAMS.len());
         for (program, tracepoint) in TCP_PROGRAMS {
             if !support.present.contains(&tracepoint) {
                 continue;
@@ -167,13 +190,16 @@ impl TcpProbe {
                 .try_into()
                 .map_err(err)?;
             p.load(tracepoint, &kernel_btf).map_err(err)?;
-            p.attach().map_err(err)?;
+            let id = p.attach().map_err(err)?;
+            // An owned link stays attached when the program's descriptor is closed.
+            links.push(p.take_link(id).map_err(err)?);
         }
         drop(kernel_btf);
-        let counts = map_fd(&ebpf, TCP_COUNTS_MAP)?;
-        let overflow = map_fd(&ebpf, TCP_OVERFLOW_MAP)?;
+        let counts = take_map(&mut ebpf, TCP_COUNTS_MAP)?;
+        let overflow = take_map(&mut ebpf, TCP_OVERFLOW_MAP)?;
         Ok(TcpProbe {
-            ebpf,
+            ebpf: keep_programs.then_some(ebpf),
+            _links: links,
             counts,
             overflow,
             ncpus,
@@ -186,7 +212,7 @@ impl TcpProbe {
     /// The loaded program `name` (one of [`TCP_PROGRAMS`]), for its run statistics (bench).
     #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "used by the bench"))]
     pub fn program_fd(&self, name: &str) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.ebpf.program(name)?.fd().ok().map(|fd| fd.as_fd())
+        self.ebpf.as_ref()?.program(name)?.fd().ok().map(|fd| fd.as_fd())
     }
 
     /// The tracepoints this kernel lacks (their events are not counted).
@@ -211,7 +237,7 @@ impl TcpProbe {
         // changing map from looping forever.
         for _ in 0..=self.max_entries {
             let mut attr = ElemAttr {
-                map_fd: self.counts.as_raw_fd() as u32,
+                map_fd: self.counts.fd().as_fd().as_raw_fd() as u32,
                 _pad: 0,
                 key: key.as_ref().map_or(0, |k| k as *const u64 as u64),
                 value: &mut next as *mut u64 as u64,
@@ -225,7 +251,7 @@ impl TcpProbe {
                 Err(e) => return Err(err(e)),
             }
             key = Some(next);
-            match self.lookup(self.counts.as_raw_fd(), &next).map_err(err)? {
+            match self.lookup(self.counts.fd().as_fd().as_raw_fd(), &next).map_err(err)? {
                 Some(counts) => f(next, counts),
                 None => continue, // Deleted in between.
             }
@@ -235,7 +261,7 @@ impl TcpProbe {
 
     /// Events that found the map full, summed over CPUs.
     pub fn overflow(&mut self) -> Result<TcpCounts, TcpProbeError> {
-        let fd = self.overflow.as_raw_fd();
+        let fd = self.overflow.fd().as_fd().as_raw_fd();
         let counts = self
             .lookup(fd, &0u32)
             .map_err(|source| TcpProbeError::Map {
@@ -248,7 +274,7 @@ impl TcpProbe {
     /// Removes cgroup `id` from the map (its cgroup is gone); false when it was not there.
     pub fn remove(&mut self, id: u64) -> Result<bool, TcpProbeError> {
         let mut attr = ElemAttr {
-            map_fd: self.counts.as_raw_fd() as u32,
+            map_fd: self.counts.fd().as_fd().as_raw_fd() as u32,
             _pad: 0,
             key: &id as *const u64 as u64,
             value: 0,
@@ -303,15 +329,12 @@ struct ElemAttr {
     flags: u64,
 }
 
-fn map_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, TcpProbeError> {
-    let data = match ebpf.map(name) {
-        Some(Map::PerCpuHashMap(data) | Map::PerCpuArray(data)) => data,
-        _ => return Err(TcpProbeError::Missing(name, "map")),
-    };
-    data.fd()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| TcpProbeError::Map { map: name, source })
+/// Takes map `name` out of `ebpf` (its descriptor then lives as long as the probe).
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, TcpProbeError> {
+    match ebpf.take_map(name) {
+        Some(Map::PerCpuHashMap(data) | Map::PerCpuArray(data)) => Ok(data),
+        _ => Err(TcpProbeError::Missing(name, "map")),
+    }
 }
 
 /// Default capacity of the per-cgroup map.
