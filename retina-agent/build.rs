@@ -1,5 +1,5 @@
 //! Finds (or builds) the eBPF objects that `src/collectors/drops/probe/mod.rs` and
-//! `src/kernel/tasks.rs` embed (`build/ebpf.rs` says how), and records the git commit the
+//! `src/kernel/tasks.rs` and `src/collectors/tcp_events` embed (`build/ebpf.rs` says how), and records the git commit the
 //! agent is built from for `--version` (`RETINA_GIT_COMMIT`).
 
 use std::path::PathBuf;
@@ -37,6 +37,7 @@ fn main() {
             for (var, path) in [
                 ("RETINA_EBPF_OBJECT", &objects.drops),
                 ("RETINA_TASKS_OBJECT", &objects.tasks),
+                ("RETINA_TCP_OBJECT", &objects.tcp),
             ] {
                 println!("cargo:rerun-if-changed={}", path.display());
                 println!("cargo:rustc-env={var}={}", path.display());

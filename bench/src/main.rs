@@ -22,6 +22,8 @@
 //!    series per workload (`--only workload`);
 //! 11. per-workload protocol counters at `--pods` pods: the `netstat_workloads` collector's
 //!     cycle, CPU and allocations, and each file's read alone (`--only netns`).
+//! 12. the TCP event programs' run time per event next to an empty program on each hook,
+//!     and exact counts, under refused loopback connects (`--only tcp`).
 //!
 //! Every veth, namespace, child process and sysctl it changes is restored by an RAII guard,
 //! also on failure and on Ctrl-C (SIGINT/SIGTERM stop the run at the next check).
@@ -48,6 +50,7 @@ mod rows;
 mod run;
 mod soak;
 mod sys;
+mod tcp_events;
 mod workload;
 
 use std::{

@@ -24,13 +24,16 @@ pub struct Opts {
     /// Datagrams dropped for the eBPF measurement [default: 2000000, --quick 1000000].
     #[arg(long)]
     pub flood: Option<u64>,
+    /// TCP connects refused for the TCP event measurement [default: 50000, --quick 20000].
+    #[arg(long)]
+    pub connects: Option<u64>,
     /// Seconds the real daemon and node_exporter run side by side [default: 120, --quick 30].
     #[arg(long)]
     pub agent_seconds: Option<u64>,
     /// A shorter run (under 3 minutes).
     #[arg(long)]
     pub quick: bool,
-    /// Sections to run: cycle, node-exporter, export, ebpf, soak, agent, workload, flood,
+    /// Sections to run: cycle, node-exporter, export, ebpf, tcp, soak, agent, workload, flood,
     /// netns [default: all].
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -55,11 +58,12 @@ pub struct Opts {
     pub out: Option<PathBuf>,
 }
 
-pub const SECTIONS: [&str; 9] = [
+pub const SECTIONS: [&str; 10] = [
     "cycle",
     "node-exporter",
     "export",
     "ebpf",
+    "tcp",
     "soak",
     "agent",
     "workload",

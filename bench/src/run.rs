@@ -13,7 +13,7 @@ use crate::{
     node_exporter,
     opts::{Opts, SECTIONS},
     report::Table,
-    rows, soak, sys, workload,
+    rows, soak, sys, tcp_events, workload,
 };
 
 /// A section's start on stderr, with the load average (the figures depend on it).
@@ -160,6 +160,17 @@ pub fn run(
         doc.insert("ebpf".into(), r.json);
     }
     drop(parts.take());
+
+    if opts.runs("tcp") {
+        let connects = opts.pick(opts.connects, 50_000, 20_000);
+        banner(&format!(
+            "[11] TCP event programs: {connects} refused connects"
+        ));
+        let r = tcp_events::run(connects)?;
+        rows::tcp_events::add(table, &r);
+        table.flush_new();
+        doc.insert("tcp_events".into(), r.json);
+    }
 
     if opts.runs("workload") {
         let pods = opts.pods;

@@ -1,8 +1,8 @@
-//! Which eBPF objects the agent embeds (`RETINA_EBPF_OBJECT`, `RETINA_TASKS_OBJECT`), for
-//! the build script. In order:
+//! Which eBPF objects the agent embeds (`RETINA_EBPF_OBJECT`, `RETINA_TASKS_OBJECT`,
+//! `RETINA_TCP_OBJECT`), for the build script. In order:
 //!
 //! 1. `RETINA_EBPF_OBJECT` set (as `cargo xtask build` does): that object, and
-//!    `retina-tasks` beside it. Missing: an error.
+//!    `retina-tasks` and `retina-tcp` beside it. Missing: an error.
 //! 2. The objects `cargo xtask build` leaves in `target/bpfel-unknown-none/release/`.
 //! 3. Neither, but the eBPF toolchain is here (nightly with rust-src, a working
 //!    bpf-linker on PATH or in `.tools/bin`): built now with aya-build, into `OUT_DIR`, the
@@ -17,15 +17,17 @@ use std::{
     process::{Command, Stdio},
 };
 
-/// The eBPF crate and its two programs (its binary targets).
+/// The eBPF crate and its three objects (its binary targets).
 const EBPF_PACKAGE: &str = "retina-ebpf";
 const DROPS: &str = "retina-ebpf";
 const TASKS: &str = "retina-tasks";
+const TCP: &str = "retina-tcp";
 
-/// The two objects to embed.
+/// The three objects to embed.
 pub struct Objects {
     pub drops: PathBuf,
     pub tasks: PathBuf,
+    pub tcp: PathBuf,
 }
 
 /// Finds or builds the objects; `Err` is the text of a `cargo::error`.
@@ -35,7 +37,7 @@ pub fn objects(root: &Path, out_dir: &Path) -> Result<Objects, String> {
         let path = PathBuf::from(path);
         return existing(&path).ok_or_else(|| {
             format!(
-                "RETINA_EBPF_OBJECT={}: no such object, or no {TASKS} beside it: build the \
+                "RETINA_EBPF_OBJECT={}: no such object, or no {TASKS} or {TCP} beside it: build the \
                  workspace with `cargo xtask build`",
                 path.display()
             )
@@ -57,18 +59,21 @@ pub fn objects(root: &Path, out_dir: &Path) -> Result<Objects, String> {
             fs::write(&empty, b"").map_err(|e| format!("cannot write {}: {e}", empty.display()))?;
             Ok(Objects {
                 drops: empty.clone(),
-                tasks: empty,
+                tasks: empty.clone(),
+                tcp: empty,
             })
         }
     }
 }
 
-/// `drops` and the task iterator beside it, if both exist.
+/// `drops` and the task iterator and TCP programs beside it, if all three exist.
 fn existing(drops: &Path) -> Option<Objects> {
     let tasks = drops.with_file_name(TASKS);
-    (drops.is_file() && tasks.is_file()).then(|| Objects {
+    let tcp = drops.with_file_name(TCP);
+    (drops.is_file() && tasks.is_file() && tcp.is_file()).then(|| Objects {
         drops: drops.to_path_buf(),
         tasks,
+        tcp,
     })
 }
 
@@ -125,7 +130,7 @@ fn build(root: &Path, out_dir: &Path, linker_dir: &Path) -> Result<Objects, Stri
     .map_err(|e| format!("building the eBPF programs (aya-build): {e:#}"))?;
     existing(&out_dir.join(DROPS)).ok_or_else(|| {
         format!(
-            "aya-build built {EBPF_PACKAGE} but {} has no {DROPS} and {TASKS}",
+            "aya-build built {EBPF_PACKAGE} but {} lacks {DROPS}, {TASKS} or {TCP}",
             out_dir.display()
         )
     })

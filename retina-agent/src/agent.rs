@@ -12,6 +12,7 @@ use crate::{
         netstat::{NetstatCollector, NetstatError, workloads::WorkloadNetstatCollector},
         qdisc::{QdiscCollector, QdiscError},
         softnet::{SoftnetCollector, SoftnetError},
+        tcp_events::{TcpEventCollector, probe::DEFAULT_MAX_ENTRIES as DEFAULT_TCP_MAX_ENTRIES},
     },
     config::Config,
     kernel::links::{LinkError, Links},
@@ -169,6 +170,25 @@ impl Agent {
                     reason: error_chain(&e),
                 }),
             }
+            // The TCP events per socket cgroup come with the drop probe (`drops.enabled`).
+            match TcpEventCollector::load(config.btf.as_deref(), DEFAULT_TCP_MAX_ENTRIES) {
+                Ok(c) => {
+                    if !c.missing().is_empty() {
+                        agent.degraded.push(Degraded {
+                            collector: "tcp_events",
+                            reason: format!(
+                                "this kernel lacks the tracepoints {}: their TCP events are not counted",
+                                c.missing().join(", ")
+                            ),
+                        });
+                    }
+                    agent.push(Box::new(c));
+                }
+                Err(e) => agent.degraded.push(Degraded {
+                    collector: "tcp_events",
+                    reason: error_chain(&e),
+                }),
+            }
         }
         for &name in &OTHERS {
             if let Some(c) = build_other(name, config)? {
@@ -205,8 +225,10 @@ impl Agent {
                 .find(|p| p.as_ref().is_some_and(|(c, _)| c.name() == name))
                 .and_then(Option::take)
         };
-        if let Some((c, s)) = take_previous("drops") {
-            self.push_with(c, s);
+        for kept in ["drops", "tcp_events"] {
+            if let Some((c, s)) = take_previous(kept) {
+                self.push_with(c, s);
+            }
         }
         let mut changed = Vec::new();
         for &name in &OTHERS {

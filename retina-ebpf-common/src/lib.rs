@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod tasks;
+pub mod tcp;
 
 /// Name of the eBPF program (and of the raw tracepoint it attaches to).
 pub const PROGRAM_NAME: &str = "kfree_skb";

@@ -19,13 +19,14 @@ use anyhow::{Context, Result};
 use retina_tests::*;
 
 /// Every check, in output order.
-const CHECKS: [&str; 12] = [
+const CHECKS: [&str; 13] = [
     "config",
     "kernel",
     "btf",
     "capabilities",
     "tracepoint",
     "probe",
+    "tcp_events",
     "workloads",
     "workload_netstat",
     "bpffs",
@@ -173,6 +174,7 @@ fn as_root_every_check_that_can_fail_passes() -> Result<()> {
         "capabilities",
         "tracepoint",
         "probe",
+        "tcp_events",
         "otlp",
         "prometheus",
     ] {
@@ -237,6 +239,10 @@ fn without_capabilities_the_capability_check_fails_with_a_hint() -> Result<()> {
     assert!(hint.contains("CAP_BPF") && hint.contains("root"), "{hint}");
     // The real load is refused too, and says why.
     assert_eq!(status_of(&checks, "probe"), "FAIL", "{stdout}");
+    // The TCP event programs likewise; the agent runs without them, so a warning.
+    assert_eq!(status_of(&checks, "tcp_events"), "WARN", "{stdout}");
+    let detail = &find(&checks, "tcp_events").detail;
+    assert!(detail.contains("CAP_BPF"), "{detail}");
     // So is the task iterator: pod attribution falls back to /proc, which refuses other
     // users' namespaces, and the check says so (issue 26, item 1).
     assert_eq!(status_of(&checks, "workloads"), "WARN", "{stdout}");

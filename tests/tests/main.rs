@@ -36,6 +36,7 @@ mod packaging;
 mod qdisc;
 mod socket_owner;
 mod softnet;
+mod tcp_events;
 mod workload;
 mod workload_netstat;
 mod workload_unit;

@@ -51,6 +51,12 @@ fn collectors() -> Result<Vec<Box<dyn Collector>>> {
             retina_agent::kernel::netns::current_netns_inode()?,
         ))),
         Box::new(drops_with_locations()?),
+        Box::new(
+            retina_agent::collectors::tcp_events::TcpEventCollector::load(
+                None,
+                retina_agent::collectors::tcp_events::probe::DEFAULT_MAX_ENTRIES,
+            )?,
+        ),
     ])
 }
 

@@ -8,6 +8,7 @@ pub mod export;
 pub mod flood;
 pub mod node_exporter;
 pub mod soak;
+pub mod tcp_events;
 pub mod workload;
 
 /// Microseconds, in ms from 1000 µs on.

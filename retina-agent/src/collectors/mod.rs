@@ -12,6 +12,7 @@ pub mod netstat;
 pub mod procfile;
 pub mod qdisc;
 pub mod softnet;
+pub mod tcp_events;
 
 use crate::{
     kernel::links::Links,

@@ -175,7 +175,7 @@ fn print_summary(agent: &Agent, last: &mut Option<Vec<Point>>) -> std::io::Resul
     };
     let window = report::deltas(&before, now);
     let rows = losses::rows(&window);
-    let tcp = tcphealth::render(tcphealth::netns_rows(&window));
+    let tcp = tcphealth::render(tcphealth::rows(&window));
     if rows.is_empty() && tcp.is_empty() {
         return Ok(());
     }

@@ -142,7 +142,7 @@ pub(crate) async fn command(config: &Config, args: &SnapshotArgs) -> Result<Exit
             "{}\n{}{}",
             render_table(&points),
             losses::render(&losses::rows(&points)),
-            tcphealth::render(tcphealth::netns_rows(&points))
+            tcphealth::render(tcphealth::rows(&points))
         ))?,
     }
     Ok(code)

@@ -56,6 +56,7 @@ const ALWAYS_EXPORTED: &[&str] = &[
     "retina.drop.missed",
     "retina.drop.map.pruned",
     "retina.drop.location.overflow",
+    "retina.tcp.event.overflow",
 ];
 
 /// The attributes of the SDK's overflow series, which the Prometheus output reproduces.

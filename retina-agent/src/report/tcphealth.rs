@@ -4,19 +4,23 @@
 //! connects at the sender.
 //!
 //! Rows come from sources, each a function from the window's points to [`Row`]s:
-//! [`netns_rows`] reads the per-namespace counters (`retina.workload.netstat.stat`). Another
-//! source (e.g. eBPF TCP events per socket cgroup, for services in the host's namespace)
-//! adds its own function and its metric to [`reads`]; [`render`] takes the rows of every
-//! source, merges rows of the same workload and source, and sorts them.
+//! [`netns_rows`] reads the per-namespace counters (`retina.workload.netstat.stat`),
+//! [`cgroup_rows`] the eBPF TCP events per socket cgroup (`retina.tcp.*`, for services in
+//! the host's namespace); [`rows`] is both, and [`reads`] names their metrics. [`render`]
+//! takes the rows, merges rows of the same workload and source, and sorts them.
 
 use std::{cmp::Reverse, collections::BTreeMap, fmt::Write as _};
 
 use serde_json::Value as Json;
 
 use crate::{
-    collectors::netstat::workloads::WORKLOAD_NETSTAT_COUNTER,
+    collectors::{
+        netstat::workloads::WORKLOAD_NETSTAT_COUNTER,
+        tcp_events::{TCP_CONNECT_FAILURES, TCP_RETRANSMITS},
+    },
     model::{Metric, Number, attr},
     report::Point,
+    workload::attr as wattr,
 };
 
 /// One workload's TCP trouble in the window, from one source.
@@ -34,7 +38,12 @@ pub(crate) struct Row {
 
 /// Whether a source of this section reads `metric` (to capture only what is needed).
 pub(crate) fn reads(metric: &Metric) -> bool {
-    metric.name == WORKLOAD_NETSTAT_COUNTER.name
+    [
+        WORKLOAD_NETSTAT_COUNTER.name,
+        TCP_RETRANSMITS.name,
+        TCP_CONNECT_FAILURES.name,
+    ]
+    .contains(&metric.name)
 }
 
 fn attribute<'a>(p: &'a Point, key: &str) -> Option<&'a Json> {
@@ -94,6 +103,53 @@ pub(crate) fn netns_rows(points: &[Point]) -> Vec<Row> {
             source: "netns",
         })
         .collect()
+}
+
+/// Rows from the eBPF TCP events per socket cgroup (`retina.tcp.*`, sockets in the host's
+/// namespace): the unit, pod or container that owns the socket, else its cgroup path.
+pub(crate) fn cgroup_rows(points: &[Point]) -> Vec<Row> {
+    const KEYS: [(&str, &str); 3] = [
+        ("pod", attr::POD_UID),
+        ("container", attr::CONTAINER_ID),
+        ("unit", attr::SYSTEMD_UNIT),
+    ];
+    const CGROUP: [(&str, &str); 1] = [("cgroup", wattr::SOCKET_CGROUP)];
+    let mut by: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for p in points {
+        let retransmit = p.metric.name == TCP_RETRANSMITS.name;
+        if !retransmit && p.metric.name != TCP_CONNECT_FAILURES.name {
+            continue;
+        }
+        let Number::U64(n) = p.value else { continue };
+        let mut label = workload_label(p, &KEYS);
+        if label.is_empty() {
+            label = workload_label(p, &CGROUP);
+        }
+        if label.is_empty() {
+            continue;
+        }
+        let e = by.entry(label).or_default();
+        if retransmit {
+            e.0 += n;
+        } else {
+            e.1 += n;
+        }
+    }
+    by.into_iter()
+        .map(|(workload, (retransmits, failed_connects))| Row {
+            workload,
+            retransmits,
+            failed_connects,
+            source: "cgroup",
+        })
+        .collect()
+}
+
+/// The rows of every source of the section.
+pub(crate) fn rows(points: &[Point]) -> Vec<Row> {
+    let mut rows = netns_rows(points);
+    rows.extend(cgroup_rows(points));
+    rows
 }
 
 pub(crate) const TITLE: &str = "TCP trouble per workload";

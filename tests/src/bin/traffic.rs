@@ -7,6 +7,12 @@
 //! `traffic flood [PASSES]`, run as an unprivileged user: the EtherType flood of issue 26
 //! (`retina_tests::flood`) from a user and network namespace of its own; prints
 //! `netns <inode>` after the first pass, then goes on (forever without PASSES).
+//! `traffic connect ADDR:PORT COUNT TIMEOUT_MS` makes COUNT TCP connects one after the
+//! other, each given up (the socket closed) after TIMEOUT_MS; prints `connected N failed M`.
+//! `traffic reset-server ADDR:PORT COUNT` listens, prints its port on a line, and answers
+//! each of COUNT connections with a reset (SO_LINGER 0, then close).
+//! `traffic reset-client ADDR:PORT COUNT` connects COUNT times and reads each connection
+//! until it ends; prints `reset N` (how many ended with ECONNRESET).
 
 #![allow(
     clippy::unwrap_used,
@@ -32,6 +38,22 @@ fn main() {
     }
     if args.len() == 4 && args[1] == "sink" {
         sink(&args[2], args[3].parse().expect("RCVBUF"));
+    }
+    if args.len() == 5 && args[1] == "connect" {
+        tcp_connect(
+            &args[2],
+            args[3].parse().expect("COUNT"),
+            args[4].parse().expect("TIMEOUT_MS"),
+        );
+        return;
+    }
+    if args.len() == 4 && args[1] == "reset-server" {
+        reset_server(&args[2], args[3].parse().expect("COUNT"));
+        return;
+    }
+    if args.len() == 4 && args[1] == "reset-client" {
+        reset_client(&args[2], args[3].parse().expect("COUNT"));
+        return;
     }
     if args.len() < 4 || args[1] != "udp" {
         eprintln!("usage: traffic udp ADDR:PORT COUNT [PAYLOAD_BYTES]");
@@ -125,4 +147,68 @@ fn sink(addr: &str, rcvbuf: i32) -> ! {
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
     }
+}
+
+fn tcp_connect(addr: &str, count: u32, timeout_ms: u64) {
+    let dst: SocketAddr = addr.parse().expect("ADDR:PORT");
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..count {
+        // On a timeout the socket (still SYN_SENT) is closed when dropped.
+        match std::net::TcpStream::connect_timeout(&dst, timeout) {
+            Ok(_) => ok += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    println!("connected {ok} failed {failed}");
+}
+
+fn reset_server(addr: &str, count: u32) {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
+    let listener = std::net::TcpListener::bind(addr).expect("bind");
+    println!("{}", listener.local_addr().expect("local address").port());
+    std::io::stdout().flush().expect("stdout");
+    for _ in 0..count {
+        let (stream, _) = listener.accept().expect("accept");
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on a live socket with a `struct linger` of the right size.
+        let r = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+        // Closing with a zero linger time sends a reset instead of a FIN.
+        drop(stream);
+    }
+}
+
+fn reset_client(addr: &str, count: u32) {
+    use std::io::Read as _;
+    let dst: SocketAddr = addr.parse().expect("ADDR:PORT");
+    let mut reset = 0;
+    for _ in 0..count {
+        let mut stream = std::net::TcpStream::connect(dst).expect("connect");
+        let mut buf = [0u8; 64];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    reset += 1;
+                    break;
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+    println!("reset {reset}");
 }

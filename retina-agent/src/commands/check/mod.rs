@@ -12,6 +12,7 @@
 mod endpoints;
 mod kernel;
 mod workload_netstat;
+mod tcp_events;
 mod workloads;
 
 use std::{fmt, path::Path, process::ExitCode};
@@ -143,6 +144,13 @@ pub(crate) fn run(input: &Input<'_>) -> Vec<Check> {
                 c.detail.push_str(" (drops.enabled = false: not needed)");
             }
         }
+    }
+
+    // TCP events per socket cgroup (they come with the drop counter).
+    let tcp = checks.len();
+    checks.push(tcp_events::tcp_events(input.btf_path));
+    if config.is_some_and(|c| !c.drops.enabled) {
+        checks[tcp].detail.push_str(" (drops.enabled = false: not started)");
     }
 
     // Pod, container and unit attribution: the task iterator, or what /proc shows.
