@@ -28,8 +28,9 @@ pub struct Options<'a> {
 /// One process's figures over the window.
 struct Proc {
     pid: u32,
-    ticks0: u64,
-    /// Ticks at each 10 s mark, to show the CPU of every interval.
+    /// CPU time (ns, the process's CPU clock: every thread) at the start of the window.
+    ns0: u64,
+    /// CPU time at each 10 s mark, to show the CPU of every interval.
     marks: Vec<u64>,
     rss_max: u64,
     rss_sum: u64,
@@ -40,7 +41,7 @@ impl Proc {
     fn new(pid: u32) -> Result<Proc> {
         Ok(Proc {
             pid,
-            ticks0: sys::cpu_ticks(pid)?,
+            ns0: sys::cpu_ns(pid)?,
             marks: Vec::new(),
             rss_max: 0,
             rss_sum: 0,
@@ -57,20 +58,18 @@ impl Proc {
     }
 
     fn mark(&mut self) {
-        if let Ok(t) = sys::cpu_ticks(self.pid) {
+        if let Ok(t) = sys::cpu_ns(self.pid) {
             self.marks.push(t);
         }
     }
 
     fn finish(&self, elapsed: Duration) -> Result<Value> {
-        let now = sys::cpu_ticks(self.pid)?;
-        let ticks = now - self.ticks0;
-        let cpu_s = ticks as f64 / sys::clk_tck() as f64;
-        let ms = 1000 / sys::clk_tck();
+        let now = sys::cpu_ns(self.pid)?;
+        let cpu_s = now.saturating_sub(self.ns0) as f64 / 1e9;
         let mut per_interval = Vec::new();
-        let mut prev = self.ticks0;
+        let mut prev = self.ns0;
         for &m in self.marks.iter().skip(1).chain(std::iter::once(&now)) {
-            per_interval.push((m - prev) * ms);
+            per_interval.push(sys::round3(m.saturating_sub(prev) as f64 / 1e6));
             prev = m;
         }
         Ok(json!({
