@@ -4,8 +4,10 @@
 
 pub mod check;
 pub mod child;
+pub mod flows;
 pub mod generate;
 pub mod losses;
+pub mod pcap;
 pub mod reasons;
 pub mod reload;
 pub mod run;

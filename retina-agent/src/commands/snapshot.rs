@@ -114,7 +114,8 @@ pub fn sort(points: &mut [Point]) {
     });
 }
 
-pub fn render_json(points: &[Point], window: Option<Duration>, agent: &Agent) -> String {
+/// The snapshot as JSON: its data points, what is degraded, and the window.
+pub fn document(points: &[Point], window: Option<Duration>, agent: &Agent) -> Json {
     let metrics: Vec<Json> = points
         .iter()
         .map(|p| {
@@ -137,7 +138,7 @@ pub fn render_json(points: &[Point], window: Option<Duration>, agent: &Agent) ->
     if let Some(w) = window {
         doc["window_seconds"] = Json::from(w.as_secs_f64());
     }
-    doc.to_string()
+    doc
 }
 
 pub fn render_table(points: &[Point]) -> String {
@@ -182,6 +183,10 @@ pub async fn command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
     for d in agent.degraded() {
         tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);
     }
+    let flows = match config.drops.flows {
+        true => Some(super::flows::Look::start(&mut agent)?),
+        false => None,
+    };
     agent.cycle();
     let before = capture(&agent);
     let started = std::time::Instant::now();
@@ -226,15 +231,26 @@ pub async fn command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
         deltas(&before, after)
     };
     sort(&mut points);
+    let flows = match flows {
+        Some(look) => Some(
+            look.finish(&agent, args.pcap.as_deref(), config.drops.locations)
+                .await?,
+        ),
+        None => None,
+    };
     match args.format {
-        Format::Json => emit(&format!(
-            "{}\n",
-            render_json(&points, (!args.cumulative).then_some(window), &agent)
-        ))?,
+        Format::Json => {
+            let mut doc = document(&points, (!args.cumulative).then_some(window), &agent);
+            if let Some(f) = &flows {
+                doc["flows"] = f.json.clone();
+            }
+            emit(&format!("{doc}\n"))?
+        }
         Format::Table => emit(&format!(
-            "{}\n{}",
+            "{}\n{}{}",
             render_table(&points),
-            super::losses::render(&super::losses::rows(&points))
+            super::losses::render(&super::losses::rows(&points)),
+            flows.as_ref().map_or("", |f| f.table.as_str()).to_string()
         ))?,
     }
     Ok(code)

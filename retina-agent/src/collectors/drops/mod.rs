@@ -6,6 +6,7 @@
 
 pub mod builder;
 pub mod collector;
+pub mod flows;
 pub mod kallsyms;
 pub mod locations;
 pub mod preflight;
