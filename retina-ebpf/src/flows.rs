@@ -254,7 +254,7 @@ fn count(key: &FlowKey, len: u64, tcp_flags: u32) {
             seq,
             ..FlowValue::default()
         };
-        if DROP_FLOWS.insert(key, &new, BPF_NOEXIST).is_err() {
+        if DROP_FLOWS.insert(key, new, BPF_NOEXIST).is_err() {
             // Another CPU created it first (or the insert failed): the number is unused.
             stat(FLOW_STAT_SEQ_LOST);
         }

@@ -205,7 +205,10 @@ fn evicted_flows_are_counted_and_never_shown_exact() -> Result<()> {
     // Every flow left was created again after its first self was evicted.
     for f in &ours {
         assert_eq!(f["exact"], false, "an evicted flow shown as exact: {f:#}");
-        assert_eq!(f["packets"], 1, "{f:#}");
+        // One datagram per round: a flow can at most have survived the second round's
+        // evictions with both (the kernel's LRU is approximate).
+        let n = f["packets"].as_u64().unwrap_or(0);
+        assert!((1..=2).contains(&n), "{f:#}");
     }
     Ok(())
 }

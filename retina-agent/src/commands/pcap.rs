@@ -68,7 +68,7 @@ impl Clock {
 }
 
 /// Writes `events` to `out` as pcapng; `names(event)` gives its reason and location.
-pub fn write<'a, W: Write>(
+pub fn write<W: Write>(
     out: W,
     events: &[FlowEvent],
     mut names: impl FnMut(&FlowEvent) -> (std::sync::Arc<str>, Option<std::sync::Arc<str>>),

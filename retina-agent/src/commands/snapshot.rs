@@ -250,7 +250,7 @@ pub async fn command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
             "{}\n{}{}",
             render_table(&points),
             super::losses::render(&super::losses::rows(&points)),
-            flows.as_ref().map_or("", |f| f.table.as_str()).to_string()
+            flows.as_ref().map_or("", |f| f.table.as_str())
         ))?,
     }
     Ok(code)
