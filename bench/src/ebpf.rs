@@ -52,6 +52,8 @@ pub struct EbpfReport {
     pub locations_ns: f64,
     pub locations_empty_ns: f64,
     pub locations_counted: u64,
+    /// Fourth flood: the agent's program with drop flows on.
+    pub flows: super::ebpf_flows::FlowsPhase,
 }
 
 /// The agent's drop collector with drop locations on, as `drops.locations = true` loads it.
@@ -115,7 +117,7 @@ fn per_run(before: &ProgInfo, after: &ProgInfo) -> (u64, f64) {
 
 /// The agent's program in a collector's probe (the BTF-typed one where the kernel allows
 /// it, else the raw tracepoint one) and a descriptor for its statistics.
-fn agent_program(drops: &mut DropCollector) -> Result<(&'static str, OwnedFd)> {
+pub(crate) fn agent_program(drops: &mut DropCollector) -> Result<(&'static str, OwnedFd)> {
     let ebpf = drops.probe_mut().ebpf_mut();
     [
         retina_ebpf_common::BTF_PROGRAM_NAME,
@@ -136,12 +138,12 @@ fn agent_program(drops: &mut DropCollector) -> Result<(&'static str, OwnedFd)> {
 }
 
 /// Run-time statistics of several programs over one flood.
-struct Measured {
+pub(crate) struct Measured {
     before: Vec<ProgInfo>,
 }
 
 impl Measured {
-    fn start(progs: &[BorrowedFd<'_>]) -> Result<Measured> {
+    pub(crate) fn start(progs: &[BorrowedFd<'_>]) -> Result<Measured> {
         Ok(Measured {
             before: progs
                 .iter()
@@ -151,7 +153,7 @@ impl Measured {
     }
 
     /// (runs, ns per run, info at the end) for each program, in order.
-    fn end(self, progs: &[BorrowedFd<'_>]) -> Result<Vec<(u64, f64, ProgInfo)>> {
+    pub(crate) fn end(self, progs: &[BorrowedFd<'_>]) -> Result<Vec<(u64, f64, ProgInfo)>> {
         self.before
             .iter()
             .zip(progs)
@@ -164,7 +166,7 @@ impl Measured {
     }
 }
 
-fn program_json(r: &(u64, f64, ProgInfo)) -> Value {
+pub(crate) fn program_json(r: &(u64, f64, ProgInfo)) -> Value {
     json!({ "info": r.2.json(), "runs": r.0, "ns_per_run": sys::round3(r.1) })
 }
 
@@ -282,6 +284,9 @@ pub fn run(packets: u64) -> Result<EbpfReport> {
         (r[0].1, r[1].1, counted, json)
     };
 
+    // ---- phase 4: the agent's program with drop flows, then the empty program ----
+    let flows = super::ebpf_flows::run(&path, inode, packets).context("drops with flows")?;
+
     let delta: BTreeMap<String, u64> = counts1
         .iter()
         .map(|((reason, ty), v)| {
@@ -332,6 +337,7 @@ pub fn run(packets: u64) -> Result<EbpfReport> {
             "error": direct_first_error,
         },
         "with_locations": phase3,
+        "with_flows": flows.json.clone(),
         "target_max_ns": 40,
         "accuracy": {
             "netns_inode": inode,
@@ -357,5 +363,6 @@ pub fn run(packets: u64) -> Result<EbpfReport> {
         locations_ns,
         locations_empty_ns,
         locations_counted,
+        flows,
     })
 }

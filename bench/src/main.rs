@@ -37,6 +37,7 @@ mod agent_run;
 mod bpf;
 mod cycle;
 mod ebpf;
+mod ebpf_flows;
 mod export;
 mod flood;
 mod floors;

@@ -46,6 +46,8 @@ pub struct Agent {
     collectors: Vec<Box<dyn Collector>>,
     stats: Vec<CollectorStats>,
     degraded: Vec<Degraded>,
+    /// With `drops.flows`: the flow maps, until taken ([`Agent::take_flows`]).
+    flows: Option<drops::flows::FlowSource>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +137,7 @@ impl Agent {
             collectors: Vec::new(),
             stats: Vec::new(),
             degraded: Vec::new(),
+            flows: None,
         };
         match netns::current_netns_inode()
             .map_err(|e| format!("/proc/self/ns/net: {e}"))
@@ -151,6 +154,11 @@ impl Agent {
                 max_entries: config.drops.map_entries,
                 hook: config.drops.hook,
                 locations: config.drops.locations,
+                flows: config.drops.flows.then_some(drops::flows::FlowOptions {
+                    capacity: config.drops.flows_capacity,
+                    events_per_second: config.drops.flow_events_per_second,
+                    snaplen: config.drops.flow_snaplen,
+                }),
             };
             let builder = drops::Builder::new(
                 probe,
@@ -164,7 +172,10 @@ impl Agent {
                 });
             }
             match builder.build() {
-                Ok(c) => agent.push(Box::new(c)),
+                Ok(mut c) => {
+                    agent.flows = c.take_flows();
+                    agent.push(Box::new(c));
+                }
                 Err(e) => agent.degraded.push(Degraded {
                     collector: "drops",
                     reason: error_chain(&e),
@@ -265,6 +276,11 @@ impl Agent {
     #[cfg(any(test, feature = "internals"))]
     pub fn add(&mut self, collector: Box<dyn Collector>) {
         self.push(collector);
+    }
+
+    /// With `drops.flows`: the kernel's flow maps (once).
+    pub fn take_flows(&mut self) -> Option<drops::flows::FlowSource> {
+        self.flows.take()
     }
 
     pub fn degraded(&self) -> &[Degraded] {

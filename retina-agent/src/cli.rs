@@ -183,6 +183,15 @@ pub(crate) struct SnapshotArgs {
     /// look only [config: drops.locations].
     #[arg(long)]
     pub(crate) locations: bool,
+    /// Count the dropped packets per flow in the kernel for this look and print the top
+    /// flows (exact counts, or "≥ N" for a flow the LRU map evicted before) [config:
+    /// drops.flows].
+    #[arg(long)]
+    pub(crate) flows: bool,
+    /// Write the sampled dropped packets to FILE as pcapng, each with its drop reason (and
+    /// location) in the packet comment; implies --flows.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pcap: Option<PathBuf>,
     /// After CMD exits, wait this long for packets it sent to be processed (softirq).
     #[arg(long, value_parser = parse_settle, default_value = "200ms")]
     pub(crate) settle: Duration,
@@ -217,6 +226,7 @@ impl Cli {
             Command::Check(args) => Some(&args.export),
             Command::Snapshot(args) => {
                 o.drop_locations = args.locations;
+                o.drop_flows = args.flows || args.pcap.is_some();
                 None
             }
             Command::Reasons { .. } => None,

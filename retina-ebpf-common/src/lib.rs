@@ -5,6 +5,7 @@
 //! `aya::Pod` impls the agent needs; the eBPF side builds without it.
 #![no_std]
 
+pub mod flows;
 pub mod tasks;
 pub mod tcp;
 

@@ -16,6 +16,11 @@
 //! the running kernel's BTF and writes them into [`OFFSETS`] before the program is loaded.
 #![no_std]
 #![no_main]
+// Atomic fetch-and-add for the flow counts: the BPF target's `core` has no atomic types.
+#![feature(core_intrinsics, asm_experimental_arch)]
+#![allow(internal_features)]
+
+mod flows;
 
 use aya_ebpf::{
     EbpfContext,
@@ -289,6 +294,10 @@ fn try_kfree_skb<K: Kernel, C: EbpfContext>(
             }
         }
         Err(spill) => overflow(ctx, spill, len),
+    }
+    // Off by default: a read-only 0, so the verifier removes the flow path entirely.
+    if flows::enabled() {
+        flows::record::<K>(skb, &key, len);
     }
 }
 

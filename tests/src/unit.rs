@@ -20,7 +20,7 @@ use crate::{TempDir, agent_bin, which};
 /// The unit and the packaged configuration, compiled in: the 6.1 and 6.12 guests run these
 /// tests without the repository.
 const UNIT: &str = include_str!("../../packaging/retina-agent.service");
-const CONFIG: &str = include_str!("../../packaging/config.toml");
+pub const CONFIG: &str = include_str!("../../packaging/config.toml");
 
 /// The capabilities the unit grants (`CAP_BPF`, ...). Fails unless the bounding set and
 /// the ambient set are the same: the agent runs as a non-root user, so a capability in only
@@ -53,9 +53,14 @@ pub fn unit_capabilities() -> Vec<String> {
 
 /// The packaged configuration, written to `dir` (readable by uid 65534).
 pub fn packaged_config(dir: &TempDir) -> Result<std::path::PathBuf> {
+    config_file(dir, CONFIG)
+}
+
+/// `text` as the configuration file, written to `dir` (readable by uid 65534).
+pub fn config_file(dir: &TempDir, text: &str) -> Result<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     let path = dir.path().join("config.toml");
-    fs::write(&path, CONFIG)?;
+    fs::write(&path, text)?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
     Ok(path)
 }
@@ -131,13 +136,36 @@ pub fn snapshot_as_unit(
     proc: Proc,
     during: impl FnOnce() -> Result<()>,
 ) -> Result<(Value, String)> {
-    snapshot_as(&unit_capabilities(), proc, during)
+    snapshot_with(&unit_capabilities(), proc, CONFIG, &[], during)
 }
 
 /// [`snapshot_as_unit`] with exactly `caps` instead of the unit's.
 pub fn snapshot_as(
     caps: &[String],
     proc: Proc,
+    during: impl FnOnce() -> Result<()>,
+) -> Result<(Value, String)> {
+    snapshot_with(caps, proc, CONFIG, &[], during)
+}
+
+/// [`snapshot_as_unit`] with the configuration `config` and more `snapshot` arguments
+/// (`--flows`, `--pcap FILE`, ...).
+pub fn snapshot_as_unit_with(
+    proc: Proc,
+    config: &str,
+    extra: &[&str],
+    during: impl FnOnce() -> Result<()>,
+) -> Result<(Value, String)> {
+    snapshot_with(&unit_capabilities(), proc, config, extra, during)
+}
+
+/// The agent's `snapshot` with exactly `caps`, the configuration `config` and `extra`
+/// arguments, as uid 65534.
+fn snapshot_with(
+    caps: &[String],
+    proc: Proc,
+    config: &str,
+    extra: &[&str],
     during: impl FnOnce() -> Result<()>,
 ) -> Result<(Value, String)> {
     let dir = TempDir::shared("runit")?;
@@ -148,7 +176,7 @@ pub fn snapshot_as(
         ready = ready.display(),
         done = done.display()
     );
-    let config = packaged_config(&dir)?;
+    let config = config_file(&dir, config)?;
     let mut agent: Vec<String> = setpriv_args(caps);
     agent.push(agent_bin().display().to_string());
     agent.extend(
@@ -159,13 +187,11 @@ pub fn snapshot_as(
             "--cumulative",
             "--format",
             "json",
-            "--",
-            "sh",
-            "-c",
-            &script,
         ]
         .map(String::from),
     );
+    agent.extend(extra.iter().map(|a| a.to_string()));
+    agent.extend(["--", "sh", "-c", &script].map(String::from));
     let mut cmd = match proc {
         Proc::Host => {
             let mut c = Command::new(&agent[0]);

@@ -22,6 +22,7 @@ mod dashboard;
 mod deb;
 mod degradations;
 mod drop_flood;
+mod drop_flows;
 mod drop_location;
 mod drop_trace;
 mod drops;

@@ -34,6 +34,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "busybox-static",
+    // Reads the pcapng `snapshot --pcap` writes (tests/tests/drop_flows.rs).
+    "tshark",
 ];
 
 /// PyPI requirements (pip syntax, e.g. `name==1.2.3`) installed into `.tools/venv`, whose

@@ -85,4 +85,30 @@ pub fn add(table: &mut Table, r: &EbpfReport) {
         "exact",
         Status::check(r.locations_counted == r.sent),
     );
+    let f = &r.flows;
+    table.info(
+        s,
+        "4th flood: agent with drop flows / empty program, per drop",
+        format!("{:.1} / {:.1} ns", f.ns, f.empty_ns),
+    );
+    let more = (f.ns - f.empty_ns) - over;
+    table.push(
+        s,
+        "drop flows on: above flows off (1st flood), per drop",
+        format!("{more:.1} ns"),
+        "<= 30 ns",
+        Status::check(more <= 30.0),
+    );
+    table.push(
+        s,
+        "4th flood (drop flows): flow's exact count for drops made",
+        format!(
+            "{} / {}{}",
+            f.counted,
+            f.sent,
+            if f.exact { "" } else { " (not exact)" }
+        ),
+        "exact",
+        Status::check(f.exact && f.counted == f.sent),
+    );
 }

@@ -51,6 +51,11 @@ pub(crate) async fn run(
     for d in agent.degraded() {
         tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);
     }
+    if config.drops.flows {
+        tracing::warn!(
+            "drops.flows: the kernel counts drop flows, but `run` does not export them yet; `retina-agent snapshot --flows` shows them"
+        );
+    }
     let mut config = config.clone();
     let interval = config.interval;
     let agent = SharedAgent::new(agent);

@@ -6,6 +6,9 @@ use anyhow::{Context as _, Result};
 use serde_json::{Map, Value as Json, json};
 
 use super::emit;
+
+mod flows;
+mod pcap;
 use crate::{
     agent::Agent,
     cli::{Format, SnapshotArgs},
@@ -21,7 +24,8 @@ fn number_json(n: Number) -> Json {
     }
 }
 
-pub(crate) fn render_json(points: &[Point], window: Option<Duration>, agent: &Agent) -> String {
+/// The snapshot as JSON: its data points, what is degraded, and the window.
+pub(crate) fn document(points: &[Point], window: Option<Duration>, agent: &Agent) -> Json {
     let metrics: Vec<Json> = points
         .iter()
         .map(|p| {
@@ -44,7 +48,7 @@ pub(crate) fn render_json(points: &[Point], window: Option<Duration>, agent: &Ag
     if let Some(w) = window {
         doc["window_seconds"] = Json::from(w.as_secs_f64());
     }
-    doc.to_string()
+    doc
 }
 
 pub(crate) fn render_table(points: &[Point]) -> String {
@@ -89,6 +93,10 @@ pub(crate) async fn command(config: &Config, args: &SnapshotArgs) -> Result<Exit
     for d in agent.degraded() {
         tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);
     }
+    let flows = match config.drops.flows {
+        true => Some(flows::Look::start(&mut agent)?),
+        false => None,
+    };
     agent.cycle();
     let before = capture(&agent);
     let started = std::time::Instant::now();
@@ -133,16 +141,27 @@ pub(crate) async fn command(config: &Config, args: &SnapshotArgs) -> Result<Exit
         deltas(&before, after)
     };
     report::sort(&mut points);
+    let flows = match flows {
+        Some(look) => Some(
+            look.finish(&agent, args.pcap.as_deref(), config.drops.locations)
+                .await?,
+        ),
+        None => None,
+    };
     match args.format {
-        Format::Json => emit(&format!(
-            "{}\n",
-            render_json(&points, (!args.cumulative).then_some(window), &agent)
-        ))?,
+        Format::Json => {
+            let mut doc = document(&points, (!args.cumulative).then_some(window), &agent);
+            if let Some(f) = &flows {
+                doc["flows"] = f.json.clone();
+            }
+            emit(&format!("{doc}\n"))?
+        }
         Format::Table => emit(&format!(
-            "{}\n{}{}",
+            "{}\n{}{}{}",
             render_table(&points),
             losses::render(&losses::rows(&points)),
-            tcphealth::render(tcphealth::rows(&points))
+            tcphealth::render(tcphealth::rows(&points)),
+            flows.as_ref().map_or("", |f| f.table.as_str())
         ))?,
     }
     Ok(code)

@@ -15,6 +15,8 @@ pub struct Overrides {
     pub(crate) drop_map_entries: Option<u32>,
     /// `snapshot --locations`: `drop.location` for this look only.
     pub(crate) drop_locations: bool,
+    /// `snapshot --flows`: drop flows for this look only.
+    pub(crate) drop_flows: bool,
     /// `--drop-hook`.
     pub(crate) drop_hook: Hook,
     /// `--btf`.
@@ -43,6 +45,10 @@ impl Overrides {
         if self.drop_locations {
             config.drops.locations = true;
             set.insert("drops.locations");
+        }
+        if self.drop_flows {
+            config.drops.flows = true;
+            set.insert("drops.flows");
         }
         config.drops.hook = self.drop_hook;
         config.btf = self.btf.clone();

@@ -24,6 +24,13 @@ pub(crate) const SNAPSHOT_SETTLE: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(60));
 /// `drops.map_entries` / `--drop-map-entries`: 1 to 1048576 keys.
 pub const MAP_ENTRIES: (u32, u32) = (1, 1 << 20);
+/// `drops.flows_capacity`: 1 to 1048576 flows.
+pub const FLOWS_CAPACITY: (u32, u32) = (1, 1 << 20);
+/// `drops.flow_events_per_second`: 1 to 1000000 (the program's token arithmetic relies
+/// on this bound).
+pub const FLOW_EVENTS_PER_SECOND: (u32, u32) = (1, 1_000_000);
+/// `drops.flow_snaplen`: 0 to 128 bytes.
+pub const FLOW_SNAPLEN: (u32, u32) = (0, 128);
 /// `ethtool.unsupported_retry_cycles`: 1 to 1000000 cycles.
 pub(crate) const UNSUPPORTED_RETRY_CYCLES: (u32, u32) = (1, 1_000_000);
 /// `ethtool.max_interfaces`: 1 to 1048576 interfaces.

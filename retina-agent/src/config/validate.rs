@@ -51,6 +51,15 @@ pub(super) fn config(config: &Config) -> Result<(), Violation> {
     }
     limits::size(config.drops.map_entries, limits::MAP_ENTRIES)
         .map_err(|r| Violation::at(&["drops", "map_entries"], r))?;
+    limits::size(config.drops.flows_capacity, limits::FLOWS_CAPACITY)
+        .map_err(|r| Violation::at(&["drops", "flows_capacity"], r))?;
+    limits::size(
+        config.drops.flow_events_per_second,
+        limits::FLOW_EVENTS_PER_SECOND,
+    )
+    .map_err(|r| Violation::at(&["drops", "flow_events_per_second"], r))?;
+    limits::size(config.drops.flow_snaplen, limits::FLOW_SNAPLEN)
+        .map_err(|r| Violation::at(&["drops", "flow_snaplen"], r))?;
     let e = &config.ethtool;
     limits::duration(e.link_state_interval, limits::LINK_STATE_INTERVAL)
         .map_err(|r| Violation::at(&["ethtool", "link_state_interval"], r))?;

@@ -1,5 +1,9 @@
 //! Test traffic generator: `traffic udp ADDR:PORT COUNT [PAYLOAD_BYTES]` sends COUNT UDP
 //! datagrams of PAYLOAD_BYTES (default 32) and exits 0 once all were handed to the kernel.
+//! `traffic udp ADDR:PORT COUNT PAYLOAD_BYTES SRC_PORT` sends them from source port
+//! SRC_PORT. `traffic tcp ADDR:PORT COUNT SRC_PORT` makes COUNT connection attempts
+//! (one SYN each, to a closed port) from source port SRC_PORT. `traffic icmp ADDR COUNT`
+//! sends COUNT ICMP (IPv4) echo requests through a raw socket (needs CAP_NET_RAW).
 //! `traffic raw IFACE COUNT ETHERTYPE` sends COUNT minimal Ethernet frames (broadcast,
 //! 46 zero bytes of payload) with the hexadecimal ETHERTYPE out of IFACE (AF_PACKET).
 //! `traffic sink ADDR:PORT RCVBUF` binds a UDP socket with SO_RCVBUF set to RCVBUF, prints
@@ -55,6 +59,18 @@ fn main() {
         reset_client(&args[2], args[3].parse().expect("COUNT"));
         return;
     }
+    if args.len() == 5 && args[1] == "tcp" {
+        tcp(
+            &args[2],
+            args[3].parse().expect("COUNT"),
+            args[4].parse().expect("SRC_PORT"),
+        );
+        return;
+    }
+    if args.len() == 4 && args[1] == "icmp" {
+        icmp(&args[2], args[3].parse().expect("COUNT"));
+        return;
+    }
     if args.len() < 4 || args[1] != "udp" {
         eprintln!("usage: traffic udp ADDR:PORT COUNT [PAYLOAD_BYTES]");
         std::process::exit(2);
@@ -64,10 +80,11 @@ fn main() {
     let size: usize = args
         .get(4)
         .map_or(32, |s| s.parse().expect("PAYLOAD_BYTES"));
+    let src_port: u16 = args.get(5).map_or(0, |s| s.parse().expect("SRC_PORT"));
     let bind = if dst.is_ipv4() {
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, src_port))
     } else {
-        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, src_port))
     };
     let socket = UdpSocket::bind(bind).expect("bind");
     let payload = vec![0x5a_u8; size];
@@ -211,4 +228,47 @@ fn reset_client(addr: &str, count: u32) {
         }
     }
     println!("reset {reset}");
+}
+
+/// COUNT connection attempts to ADDR from SRC_PORT; each must be refused (a closed port).
+fn tcp(addr: &str, count: u64, src_port: u16) {
+    use socket2::{Domain, Socket, Type};
+    let dst: SocketAddr = addr.parse().expect("ADDR:PORT");
+    let src = match dst {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, src_port)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, src_port)),
+    };
+    for i in 0..count {
+        let s = Socket::new(Domain::for_address(dst), Type::STREAM, None).expect("socket");
+        s.set_reuse_address(true).expect("SO_REUSEADDR");
+        s.bind(&src.into()).expect("bind");
+        match s.connect(&dst.into()) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            other => {
+                eprintln!("connect {i}: expected a refusal, got {other:?}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// COUNT ICMP echo requests to ADDR (IPv4) through a raw socket.
+fn icmp(addr: &str, count: u64) {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let dst: Ipv4Addr = addr.parse().expect("ADDR");
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).expect("raw socket");
+    for seq in 0..count {
+        // Echo request: type 8, code 0, checksum, id, sequence, 8 bytes of payload.
+        let mut p = [8u8, 0, 0, 0, 0x12, 0x34, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        p[6..8].copy_from_slice(&(seq as u16).to_be_bytes());
+        let sum = p
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum::<u32>();
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+        p[2..4].copy_from_slice(&sum.to_be_bytes());
+        s.send_to(&p, &SocketAddr::from((dst, 0)).into())
+            .expect("send");
+    }
 }

@@ -239,6 +239,16 @@ impl DropCollector {
         &mut self.probe
     }
 
+    /// With flows on: what `snapshot --flows` reads them with (once).
+    pub fn take_flows(&mut self) -> Option<super::flows::FlowSource> {
+        let maps = self.probe.take_flows()?;
+        Some(super::flows::FlowSource {
+            maps,
+            reasons: self.reasons.clone(),
+            host_netns: self.host_netns,
+        })
+    }
+
     fn in_host(&self, key: &DropKey) -> bool {
         key.netns == self.host_netns || key.netns == 0
     }

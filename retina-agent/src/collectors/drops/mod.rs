@@ -6,6 +6,7 @@
 
 pub(crate) mod builder;
 pub(crate) mod collector;
+pub mod flows;
 pub mod kallsyms;
 pub mod locations;
 pub(crate) mod preflight;
@@ -33,6 +34,17 @@ pub struct DropsConfig {
     /// With `locations`: distinct functions named; drops elsewhere go without
     /// `drop.location` and are counted in `retina.drop.location.overflow`.
     pub locations_capacity: u32,
+    /// Count drops per flow (5-tuple, reason, namespace, interface) in the kernel and
+    /// sample them (`snapshot --flows` turns it on for one look). Off by default.
+    pub flows: bool,
+    /// With `flows`: capacity of the kernel's LRU flow map; the least recently dropped
+    /// flow is evicted beyond it (and counted).
+    pub flows_capacity: u32,
+    /// With `flows`: sampled drops per second for the node, at most (each CPU gets its
+    /// share); the rest are counted, not sent.
+    pub flow_events_per_second: u32,
+    /// With `flows`: bytes of each sampled packet kept, from its IP header (0 to 128).
+    pub flow_snaplen: u32,
     /// `--drop-hook`: how the probe attaches to `kfree_skb` (not a file key).
     #[serde(skip)]
     pub hook: Hook,
@@ -45,6 +57,10 @@ impl Default for DropsConfig {
             map_entries: retina_ebpf_common::DEFAULT_DROPS_MAX_ENTRIES,
             locations: false,
             locations_capacity: locations::DEFAULT_CAPACITY,
+            flows: false,
+            flows_capacity: flows::DEFAULT_CAPACITY,
+            flow_events_per_second: flows::DEFAULT_EVENTS_PER_SECOND,
+            flow_snaplen: flows::DEFAULT_SNAPLEN,
             hook: Hook::Auto,
         }
     }

@@ -72,6 +72,14 @@ fn durations_and_sizes_out_of_range_are_refused() {
             "ethtool.max_interfaces",
         ),
         ("[drops]\nmap_entries = 1048577", "drops.map_entries"),
+        ("[drops]\nflows_capacity = 0", "drops.flows_capacity"),
+        ("[drops]\nflows_capacity = 1048577", "drops.flows_capacity"),
+        ("[drops]\nflow_events_per_second = 0", "drops.flow_events_per_second"),
+        (
+            "[drops]\nflow_events_per_second = 1000001",
+            "drops.flow_events_per_second",
+        ),
+        ("[drops]\nflow_snaplen = 129", "drops.flow_snaplen"),
         (
             "[export]\nseries_caps = { \"retina.nic.driver.stat\" = 0 }",
             "export.series_caps",
@@ -104,6 +112,8 @@ fn durations_and_sizes_out_of_range_are_refused() {
         "[export]\ntimeout = \"10m\"",
         "[ethtool]\nlink_state_interval = \"1s\"\nmax_interfaces = 1048576",
         "[drops]\nmap_entries = 1048576",
+        "[drops]\nflows = true\nflows_capacity = 1048576\nflow_events_per_second = 1000000\nflow_snaplen = 128",
+        "[drops]\nflows_capacity = 1\nflow_events_per_second = 1\nflow_snaplen = 0",
         "[export]\nseries = \"everything\"\nseries_caps = { \"system.network.io\" = 1 }",
     ] {
         check(text).unwrap_or_else(|e| panic!("{text}: {e}"));

@@ -22,6 +22,11 @@ use retina_ebpf_common::{
     USERNS_OVERFLOW_MAP,
 };
 
+use retina_ebpf_common::flows::{
+    FLOW_EVENTS_MAP, FLOW_OFFSETS_GLOBAL, FLOW_RATE_GLOBAL, FLOW_SNAPLEN_GLOBAL,
+    FLOW_SNAPLEN_MAX, FLOWS_GLOBAL, FLOWS_MAP,
+};
+
 use self::maps::{Counts, batch_read, map_fd, push_slot, set_epoch, set_protocol_word};
 pub use self::layout::{not_drop_reasons, offsets_from_btf};
 pub(crate) use self::{layout::SocketOwnerSupport, maps::ReadBuffers};
@@ -114,6 +119,8 @@ pub struct ProbeOptions {
     /// Put the drop location (the tracepoint's `location` address) into every key
     /// (`drops.locations`). Off by default: it multiplies the keys.
     pub locations: bool,
+    /// Count drops per flow and sample them (`drops.flows`); off by default.
+    pub flows: Option<super::flows::FlowOptions>,
 }
 
 impl Default for ProbeOptions {
@@ -122,6 +129,7 @@ impl Default for ProbeOptions {
             max_entries: DEFAULT_DROPS_MAX_ENTRIES,
             hook: Hook::Auto,
             locations: false,
+            flows: None,
         }
     }
 }
@@ -184,6 +192,8 @@ pub struct DropProbe {
     /// Re-read the hash map at the next read (also the read after one that found new keys:
     /// the count of created keys may become visible a moment before the key does).
     reread: bool,
+    /// With flows on: their maps, until taken.
+    flows: Option<super::flows::FlowMaps>,
 }
 
 impl DropProbe {
@@ -206,6 +216,17 @@ impl DropProbe {
             .ok()
             .and_then(|n| n.checked_mul(stride))
             .ok_or_else(too_big)?;
+        let flows = options.flows.unwrap_or_default();
+        let flow_globals = (
+            u32::from(options.flows.is_some()),
+            super::flows::offsets_from_btf(btf),
+            flows.per_cpu_rate(ncpus),
+            flows.snaplen.min(FLOW_SNAPLEN_MAX),
+        );
+        let (flow_capacity, ring_bytes) = match options.flows {
+            Some(f) => (f.capacity, super::flows::RING_BYTES),
+            None => (1, 4096),
+        };
         // The loader parses the kernel's BTF for its relocations (EbpfLoader::new) and
         // drops it with itself at the end of this statement; the attach point's copy is
         // parsed after that, so the two (~9 MiB each) are never alive together.
@@ -217,6 +238,12 @@ impl DropProbe {
             .override_global(NOT_DROP_REASONS_GLOBAL, &not_drops, true)
             .override_global(COUNTS_STRIDE_GLOBAL, &stride, true)
             .override_global(LOCATIONS_GLOBAL, &u32::from(options.locations), true)
+            .override_global(FLOWS_GLOBAL, &flow_globals.0, true)
+            .override_global(FLOW_OFFSETS_GLOBAL, &flow_globals.1, true)
+            .override_global(FLOW_RATE_GLOBAL, &flow_globals.2, true)
+            .override_global(FLOW_SNAPLEN_GLOBAL, &flow_globals.3, true)
+            .map_max_entries(FLOWS_MAP, flow_capacity)
+            .map_max_entries(FLOW_EVENTS_MAP, ring_bytes)
             .map_max_entries(DROPS_MAP, options.max_entries)
             .map_max_entries(COUNTS_MAP, counts_entries)
             .map_max_entries(FREE_SLOTS_MAP, shared.max(1))
@@ -287,7 +314,12 @@ impl DropProbe {
         let counts = Counts::map(map_fd(&ebpf, COUNTS_MAP)?.as_fd(), ncpus, stride as usize)?;
         let overflow = map_fd(&ebpf, OVERFLOW_MAP)?;
         let userns_overflow = map_fd(&ebpf, USERNS_OVERFLOW_MAP)?;
+        let flows = match options.flows {
+            Some(_) => Some(super::flows::FlowMaps::take(&mut ebpf)?),
+            None => None,
+        };
         Ok(DropProbe {
+            flows,
             ebpf,
             program,
             program_fd,
@@ -322,6 +354,11 @@ impl DropProbe {
 
     pub(crate) fn max_entries(&self) -> u32 {
         self.max_entries
+    }
+
+    /// With flows on, their maps (once).
+    pub fn take_flows(&mut self) -> Option<super::flows::FlowMaps> {
+        self.flows.take()
     }
 
 

@@ -1,0 +1,341 @@
+//! Drop flows (`drops.flows`, off by default): the dropped packet's L3/L4 headers, counted
+//! exactly per flow in an LRU map, and a rate-limited sample sent through a ring buffer.
+//! See `retina_ebpf_common::flows` for the maps and how evictions are told apart.
+//!
+//! Packet bytes are read with `bpf_probe_read_kernel` in both program flavours (`skb->head`
+//! is a plain byte pointer the verifier does not let a `tp_btf` program dereference), and
+//! only where the headers lie within the linear data (`skb->tail`): a drop whose headers
+//! are not there is counted as unparsed, never read out of bounds.
+
+use core::intrinsics::{AtomicOrdering::Relaxed, atomic_or, atomic_xadd};
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use retina_ebpf_common::{
+    DropKey,
+    flows::{
+        FAMILY_IPV4, FAMILY_IPV6, FLOW_OFFSETS_VALID, FLOW_SNAPLEN_MAX, FLOW_STAT_RING_FULL,
+        FLOW_STAT_SENT, FLOW_STAT_SEQ_LOST, FLOW_STAT_SUPPRESSED, FLOW_STAT_UNCOUNTED,
+        FLOW_STAT_UNPARSED, FLOW_STATS, FlowEvent, FlowKey, FlowOffsets, FlowValue, TokenBucket,
+    },
+};
+
+use crate::Kernel;
+
+/// 1: flows on. Read-only data set by the loader; 0 makes the verifier drop the flow path.
+#[unsafe(no_mangle)]
+static FLOWS: u32 = 0;
+
+#[unsafe(no_mangle)]
+static FLOW_OFFSETS: FlowOffsets = FlowOffsets::zeroed();
+
+/// Events per second per CPU.
+#[unsafe(no_mangle)]
+static FLOW_RATE: u64 = 0;
+
+#[unsafe(no_mangle)]
+static FLOW_SNAPLEN: u32 = 0;
+
+/// The loader sizes it (`drops.flows_capacity`; 1 with flows off).
+#[map]
+static DROP_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1, 0);
+
+#[map]
+static DROP_FLOW_SEQ: Array<u64> = Array::with_max_entries(1, 0);
+
+#[map]
+static DROP_FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_STATS, 0);
+
+#[map]
+static DROP_FLOW_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// The loader sizes it (a page with flows off).
+#[map]
+static DROP_FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+const BPF_NOEXIST: u64 = 1;
+const NS: u64 = 1_000_000_000;
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86dd;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+
+macro_rules! ro {
+    ($e:expr) => {
+        // SAFETY: read-only data written by the loader before load.
+        unsafe { core::ptr::read_volatile(&raw const $e) }
+    };
+}
+
+/// Whether flows are on: checked once, before anything else of the flow path.
+#[inline(always)]
+pub fn enabled() -> bool {
+    ro!(FLOWS) != 0
+}
+
+/// `*ptr += value`, atomically, returning the old value. The compiler emits the BPF
+/// atomic fetch-add (Linux 5.12+) only for `-mcpu=v3`; the rest of the program keeps its
+/// instruction set, so this one instruction is written out.
+#[inline(always)]
+unsafe fn fetch_add(ptr: *mut u64, value: u64) -> u64 {
+    let mut v = value;
+    // SAFETY: the caller passes a valid, 8-byte aligned pointer into a map value.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+            v = inout(reg) v,
+            p = in(reg) ptr,
+        );
+    }
+    v
+}
+
+#[inline(always)]
+fn stat(index: u32) {
+    if let Some(c) = DROP_FLOW_STATS.get_ptr_mut(index) {
+        // SAFETY: this CPU's counter; the program does not nest on a CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Reads `N` bytes at `addr` (a kernel address; a failed read gives `None`).
+#[inline(always)]
+fn bytes<const N: usize>(addr: u64) -> Option<[u8; N]> {
+    // SAFETY: bpf_probe_read_kernel copes with any address and reports failure.
+    unsafe { bpf_probe_read_kernel(addr as *const [u8; N]).ok() }
+}
+
+#[inline(always)]
+fn be16(b: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([b[i], b[i + 1]])
+}
+
+/// The parsed headers of a dropped packet.
+struct Parsed {
+    key: FlowKey,
+    tcp_flags: u32,
+    /// Address of the network header, and the linear bytes from there.
+    l3: u64,
+    linear: u32,
+}
+
+/// Parses the headers at `skb->head + skb->network_header`, within `skb->tail`.
+#[inline(always)]
+fn parse<K: Kernel>(skb: u64, protocol: u32) -> Option<Parsed> {
+    let head: u64 = K::read(skb, ro!(FLOW_OFFSETS.skb_head))?;
+    let nh = K::read::<u16>(skb, ro!(FLOW_OFFSETS.skb_network_header))? as u32;
+    let tail = K::read::<u32>(skb, ro!(FLOW_OFFSETS.skb_tail))?;
+    if head == 0 || nh == 0xffff || nh >= tail {
+        return None;
+    }
+    let linear = tail - nh;
+    let l3 = head + nh as u64;
+    // Enough for IPv4 without options or IPv6, and the first 14 bytes of TCP/UDP/ICMP.
+    let buf = bytes::<64>(l3)?;
+    let mut key = FlowKey::default();
+    let (l4_off, l4): (u32, [u8; 16]);
+    match protocol {
+        ETH_P_IP if buf[0] >> 4 == 4 => {
+            let ihl = (buf[0] & 0x0f) as u32 * 4;
+            if ihl < 20 || linear < ihl {
+                return None;
+            }
+            key.family = FAMILY_IPV4;
+            key.protocol = buf[9];
+            key.saddr[..4].copy_from_slice(&buf[12..16]);
+            key.daddr[..4].copy_from_slice(&buf[16..20]);
+            if be16(&buf, 6) & 0x1fff != 0 {
+                key.fragment = 1;
+                return Some(Parsed {
+                    key,
+                    tcp_flags: 0,
+                    l3,
+                    linear,
+                });
+            }
+            l4_off = ihl;
+            l4 = if ihl == 20 {
+                let mut l4 = [0u8; 16];
+                l4.copy_from_slice(&buf[20..36]);
+                l4
+            } else {
+                bytes::<16>(l3 + ihl as u64)?
+            };
+        }
+        ETH_P_IPV6 if buf[0] >> 4 == 6 => {
+            if linear < 40 {
+                return None;
+            }
+            key.family = FAMILY_IPV6;
+            key.protocol = buf[6];
+            key.saddr.copy_from_slice(&buf[8..24]);
+            key.daddr.copy_from_slice(&buf[24..40]);
+            l4_off = 40;
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&buf[40..56]);
+            l4 = b;
+        }
+        _ => return None,
+    }
+    // The part of the L4 header that is read must be in the linear data.
+    let need = match key.protocol {
+        IPPROTO_TCP => 14,
+        IPPROTO_UDP => 4,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => 2,
+        // Another protocol, or an IPv6 extension header: the flow has no ports.
+        _ => {
+            return Some(Parsed {
+                key,
+                tcp_flags: 0,
+                l3,
+                linear,
+            });
+        }
+    };
+    if linear < l4_off + need {
+        return None;
+    }
+    let mut tcp_flags = 0;
+    match key.protocol {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            key.sport = be16(&l4, 0);
+            key.dport = be16(&l4, 2);
+            if key.protocol == IPPROTO_TCP {
+                tcp_flags = l4[13] as u32;
+            }
+        }
+        _ => {
+            key.sport = l4[0] as u16;
+            key.dport = l4[1] as u16;
+        }
+    }
+    Some(Parsed {
+        key,
+        tcp_flags,
+        l3,
+        linear,
+    })
+}
+
+/// Counts the drop in its flow and maybe samples it. `drop`: the drop's counting key (its
+/// reason, interface, netns, cgroup, location and EtherType as read); `len`: `skb->len`.
+#[inline(always)]
+pub fn record<K: Kernel>(skb: u64, drop: &DropKey, len: u64) {
+    if ro!(FLOW_OFFSETS.flags) & FLOW_OFFSETS_VALID == 0 {
+        return;
+    }
+    let Some(mut p) = parse::<K>(skb, drop.protocol) else {
+        stat(FLOW_STAT_UNPARSED);
+        return;
+    };
+    p.key.reason = drop.reason;
+    p.key.netns = drop.netns;
+    p.key.ifindex = drop.ifindex;
+    count(&p.key, len, p.tcp_flags);
+    sample(&p, drop, len);
+}
+
+#[inline(always)]
+fn count(key: &FlowKey, len: u64, tcp_flags: u32) {
+    let mut value = DROP_FLOWS.get_ptr_mut(key);
+    if value.is_none() {
+        let Some(seq) = DROP_FLOW_SEQ.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: the array's only element, valid while the program runs; atomic because
+        // every CPU takes numbers from it.
+        let seq = unsafe { fetch_add(seq, 1) };
+        let new = FlowValue {
+            seq,
+            ..FlowValue::default()
+        };
+        if DROP_FLOWS.insert(key, new, BPF_NOEXIST).is_err() {
+            // Another CPU created it first (or the insert failed): the number is unused.
+            stat(FLOW_STAT_SEQ_LOST);
+        }
+        value = DROP_FLOWS.get_ptr_mut(key);
+    }
+    let Some(v) = value else {
+        stat(FLOW_STAT_UNCOUNTED);
+        return;
+    };
+    // SAFETY: a value of the map, valid while the program runs; other CPUs update it too,
+    // so atomically.
+    unsafe {
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).packets, 1);
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).bytes, len);
+        if tcp_flags != 0 {
+            atomic_or::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, tcp_flags as u64);
+        }
+    }
+}
+
+/// Takes a token from this CPU's bucket: whether the drop may be sent.
+#[inline(always)]
+fn take_token() -> bool {
+    let Some(b) = DROP_FLOW_BUCKET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's bucket; the program does not nest on a CPU.
+    let b = unsafe { &mut *b };
+    let rate = ro!(FLOW_RATE);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let elapsed = now.wrapping_sub(b.last_ns).min(NS);
+    b.last_ns = now;
+    // `rate` is at most 10^6 (the configuration's limit) and `elapsed` at most 10^9, so
+    // neither product nor sum comes near 2^64.
+    b.tokens = (b.tokens + elapsed * rate).min(rate * NS);
+    if b.tokens >= NS {
+        b.tokens -= NS;
+        true
+    } else {
+        false
+    }
+}
+
+#[inline(always)]
+fn sample(p: &Parsed, drop: &DropKey, len: u64) {
+    if !take_token() {
+        stat(FLOW_STAT_SUPPRESSED);
+        return;
+    }
+    let Some(mut entry) = DROP_FLOW_EVENTS.reserve::<FlowEvent>(0) else {
+        stat(FLOW_STAT_SUPPRESSED);
+        stat(FLOW_STAT_RING_FULL);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    let snaplen = ro!(FLOW_SNAPLEN);
+    let mut cap = if p.linear < snaplen {
+        p.linear
+    } else {
+        snaplen
+    };
+    if cap > FLOW_SNAPLEN_MAX {
+        cap = FLOW_SNAPLEN_MAX;
+    }
+    // SAFETY: `e` is the reserved record, ours until submitted; the copy writes `cap` ≤ 128
+    // bytes into its 128-byte `data`, from kernel memory bpf_probe_read_kernel checks.
+    unsafe {
+        (*e).key = p.key;
+        (*e).tcp_flags = p.tcp_flags;
+        (*e).time_ns = bpf_ktime_get_ns();
+        (*e).cgroup = drop.cgroup;
+        (*e).location = drop.location;
+        (*e).len = len as u32;
+        let ok = generated::bpf_probe_read_kernel(
+            (&raw mut (*e).data).cast(),
+            cap,
+            p.l3 as *const core::ffi::c_void,
+        ) == 0;
+        (*e).cap_len = if ok { cap } else { 0 };
+    }
+    entry.submit(0);
+    stat(FLOW_STAT_SENT);
+}
