@@ -287,7 +287,7 @@ impl Agent {
         &self.degraded
     }
 
-    #[cfg(feature = "internals")]
+    /// The interface table (the snapshot's flows name interfaces by it).
     pub fn links(&self) -> &Links {
         &self.links
     }
