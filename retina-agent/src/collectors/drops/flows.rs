@@ -1,7 +1,10 @@
 //! Drop flows (`drops.flows`): what the probe is loaded with, and reading the flow map, its
 //! counters and the sampled events back. See `retina_ebpf_common::flows` for the design.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use aya::{
     Ebpf,
@@ -13,7 +16,6 @@ use retina_ebpf_common::flows::{
     FLOW_STAT_UNPARSED, FLOW_STATS_MAP, FLOWS_MAP, FlowEvent, FlowKey, FlowOffsets, FlowValue,
 };
 
-use super::probe::ProbeError;
 use crate::kernel::btf::Btf;
 
 /// Default capacity of the flow map (`drops.flows_capacity`).
@@ -111,19 +113,26 @@ pub struct FlowMaps {
     events: Option<RingBuf<MapData>>,
 }
 
-fn read_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
-    move |e| ProbeError::Read {
-        map,
-        source: std::io::Error::other(e),
-    }
+/// A flow map missing from the object, or failing to read.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowMapError {
+    #[error("eBPF object has no `{0}` map")]
+    Missing(&'static str),
+    #[error("reading eBPF map `{map}`: {source}")]
+    Read {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+fn read_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> FlowMapError {
+    move |source| FlowMapError::Read { map, source }
 }
 
 impl FlowMaps {
-    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<FlowMaps, ProbeError> {
-        let mut take = |name: &'static str| {
-            ebpf.take_map(name)
-                .ok_or(ProbeError::Missing(name, "map"))
-        };
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<FlowMaps, FlowMapError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(FlowMapError::Missing(name));
         Ok(FlowMaps {
             flows: HashMap::try_from(take(FLOWS_MAP)?).map_err(read_err(FLOWS_MAP))?,
             seq: Array::try_from(take(FLOW_SEQ_MAP)?).map_err(read_err(FLOW_SEQ_MAP))?,
@@ -140,7 +149,7 @@ impl FlowMaps {
         self.events.take()
     }
 
-    fn stat(&self, index: u32) -> Result<u64, ProbeError> {
+    fn stat(&self, index: u32) -> Result<u64, FlowMapError> {
         Ok(self
             .stats
             .get(&index, 0)
@@ -150,7 +159,7 @@ impl FlowMaps {
     }
 
     /// Every flow in the map, largest first, and the counters.
-    pub fn read(&self) -> Result<(Vec<Flow>, FlowStats), ProbeError> {
+    pub fn read(&self) -> Result<(Vec<Flow>, FlowStats), FlowMapError> {
         // The number of entries created so far, read before the entries: any entry created
         // later has a higher number and is left out of the search for missing ones.
         let issued = self.seq.get(&0, 0).map_err(read_err(FLOW_SEQ_MAP))?;
@@ -228,6 +237,42 @@ pub(crate) fn transport(protocol: u8) -> std::borrow::Cow<'static, str> {
         132 => "sctp".into(),
         p => format!("ip-proto-{p}").into(),
     }
+}
+
+fn endpoint(family: u8, addr: &[u8; 16], port: Option<u16>) -> String {
+    let a = address(family, addr);
+    match (port, family == FAMILY_IPV4) {
+        (Some(p), true) => format!("{a}:{p}"),
+        (Some(p), false) => format!("[{a}]:{p}"),
+        (None, _) => a.to_string(),
+    }
+}
+
+pub(crate) fn has_ports(protocol: u8) -> bool {
+    matches!(protocol, 6 | 17 | 132)
+}
+
+pub(crate) fn is_icmp(protocol: u8) -> bool {
+    matches!(protocol, 1 | 58)
+}
+
+/// One line naming a flow: `udp 10.0.0.1:40000 > 10.0.0.2:9`, `icmp 10.0.0.1 > 10.0.0.2
+/// type 8 code 0`.
+pub(crate) fn describe(key: &FlowKey) -> String {
+    let ports = has_ports(key.protocol) && key.fragment == 0;
+    let mut s = format!(
+        "{} {} > {}",
+        transport(key.protocol),
+        endpoint(key.family, &key.saddr, ports.then_some(key.sport)),
+        endpoint(key.family, &key.daddr, ports.then_some(key.dport)),
+    );
+    if is_icmp(key.protocol) && key.fragment == 0 {
+        let _ = write!(s, " type {} code {}", key.sport, key.dport);
+    }
+    if key.fragment != 0 {
+        s.push_str(" (fragment)");
+    }
+    s
 }
 
 /// A sampled event from the ring buffer's bytes; `None` for a record of another size.

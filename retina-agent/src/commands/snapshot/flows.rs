@@ -17,7 +17,9 @@ use tokio::{
 use crate::{
     agent::Agent,
     collectors::drops::{
-        flows::{Flow, FlowSource, FlowStats, address, event, transport},
+        flows::{
+            Flow, FlowSource, FlowStats, address, describe, event, has_ports, is_icmp, transport,
+        },
         kallsyms::Kallsyms,
         reasons::DropReasons,
     },
@@ -104,23 +106,6 @@ impl Names<'_> {
     }
 }
 
-fn endpoint(family: u8, addr: &[u8; 16], port: Option<u16>) -> String {
-    let a = address(family, addr);
-    match (port, family == FAMILY_IPV4) {
-        (Some(p), true) => format!("{a}:{p}"),
-        (Some(p), false) => format!("[{a}]:{p}"),
-        (None, _) => a.to_string(),
-    }
-}
-
-fn has_ports(protocol: u8) -> bool {
-    matches!(protocol, 6 | 17 | 132)
-}
-
-fn is_icmp(protocol: u8) -> bool {
-    matches!(protocol, 1 | 58)
-}
-
 /// TCP flags as tcpdump names them (`SYN`, `ACK|RST`, ...).
 pub(crate) fn tcp_flags(flags: u64) -> String {
     const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
@@ -129,25 +114,6 @@ pub(crate) fn tcp_flags(flags: u64) -> String {
         .map(|b| NAMES[b])
         .collect();
     set.join("|")
-}
-
-/// One line naming a flow: `udp 10.0.0.1:40000 > 10.0.0.2:9`, `icmp 10.0.0.1 > 10.0.0.2
-/// type 8 code 0`.
-pub(crate) fn describe(key: &retina_ebpf_common::flows::FlowKey) -> String {
-    let ports = has_ports(key.protocol) && key.fragment == 0;
-    let mut s = format!(
-        "{} {} > {}",
-        transport(key.protocol),
-        endpoint(key.family, &key.saddr, ports.then_some(key.sport)),
-        endpoint(key.family, &key.daddr, ports.then_some(key.dport)),
-    );
-    if is_icmp(key.protocol) && key.fragment == 0 {
-        let _ = write!(s, " type {} code {}", key.sport, key.dport);
-    }
-    if key.fragment != 0 {
-        s.push_str(" (fragment)");
-    }
-    s
 }
 
 /// The flows as JSON objects (semantic-convention keys), and the counters.

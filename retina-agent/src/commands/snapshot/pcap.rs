@@ -25,7 +25,7 @@ use retina_ebpf_common::flows::{FLOW_SNAPLEN_MAX, FlowEvent};
 pub(crate) fn comment(e: &FlowEvent, reason: &str, location: Option<&str>) -> String {
     let mut s = format!(
         "drop.reason={reason} flow=\"{}\"",
-        super::flows::describe(&e.key)
+        crate::collectors::drops::flows::describe(&e.key)
     );
     if let Some(l) = location {
         s.push_str(&format!(" drop.location={l}"));

@@ -68,6 +68,8 @@ pub enum ProbeError {
         "the BTF-enabled tracepoint was required, but the kernel's BTF (/sys/kernel/btf/vmlinux) cannot be read"
     )]
     NoKernelBtf,
+    #[error(transparent)]
+    Flows(#[from] super::flows::FlowMapError),
     #[error("reading eBPF map `{map}`: {source}")]
     Read {
         map: &'static str,
