@@ -138,7 +138,7 @@ impl MemCgroup {
         } else {
             "/sys/fs/cgroup/memory"
         };
-        let dir = Path::new(root).join(unique_name("rhostile"));
+        let dir = Path::new(root).join(unique_name("rmemcg"));
         std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         let cg = MemCgroup { dir, v2 };
         let limit_file = if v2 {

@@ -597,14 +597,19 @@ fn a_collector_that_cannot_start_is_exported_as_degraded() -> Result<()> {
             ensure!(Instant::now() < deadline, "no scrape: {}", agent.log_text());
             std::thread::sleep(Duration::from_millis(100));
         };
-        let degraded: Vec<&str> = body
+        let mut degraded: Vec<&str> = body
             .lines()
             .filter(|l| l.starts_with("retina_agent_collector_degraded"))
             .collect();
+        degraded.sort_unstable();
         if want {
+            // Both eBPF collectors need CAP_PERFMON: the drop probe and the TCP events.
             assert_eq!(
                 degraded,
-                ["retina_agent_collector_degraded{collector=\"drops\"} 1"],
+                [
+                    "retina_agent_collector_degraded{collector=\"drops\"} 1",
+                    "retina_agent_collector_degraded{collector=\"tcp_events\"} 1",
+                ],
                 "caps {caps:?}"
             );
             assert!(body.contains("# TYPE retina_agent_collector_degraded gauge"));

@@ -97,6 +97,7 @@ const HEALTH: &[&str] = &[
     "retina_drop_overflow_bytes_total",
     "retina_drop_missed_total",
     "retina_drop_location_overflow_total",
+    "retina_tcp_event_overflow_total",
 ];
 
 /// Counter samples at zero, other than the agent's own and the health counters.

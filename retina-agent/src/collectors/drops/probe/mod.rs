@@ -16,14 +16,14 @@ use aya::{
     programs::{BtfTracePoint, RawTracePoint},
 };
 use retina_ebpf_common::{
-    BTF_PROGRAM_NAME, COUNTS_MAP, COUNTS_STRIDE_GLOBAL, DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP,
+    BTF_PROGRAM_NAME, CACHE_MAP, COUNTS_MAP, COUNTS_STRIDE_GLOBAL, DEFAULT_DROPS_MAX_ENTRIES, DROPS_MAP,
     DropKey, DropValue, EPOCH_MAP, FREE_SLOTS_MAP, LOCATIONS_GLOBAL, NOT_DROP_REASONS_GLOBAL,
     OFFSETS_GLOBAL, OVERFLOW_MAP, PROGRAM_NAME, PROTOCOLS_MAP, TRACEPOINT, USERNS_FREE_SLOTS_MAP,
     USERNS_OVERFLOW_MAP,
 };
 
 use retina_ebpf_common::flows::{
-    FLOW_EVENTS_MAP, FLOW_OFFSETS_GLOBAL, FLOW_RATE_GLOBAL, FLOW_SNAPLEN_GLOBAL,
+    FLOW_BUCKET_MAP, FLOW_EVENTS_MAP, FLOW_OFFSETS_GLOBAL, FLOW_SEQ_MAP, FLOW_STATS_MAP, FLOW_RATE_GLOBAL, FLOW_SNAPLEN_GLOBAL,
     FLOW_SNAPLEN_MAX, FLOWS_GLOBAL, FLOWS_MAP,
 };
 
@@ -320,6 +320,27 @@ impl DropProbe {
             Some(_) => Some(super::flows::FlowMaps::take(&mut ebpf)?),
             None => None,
         };
+        // The program is loaded and holds every map it uses: the object's own descriptors
+        // of the maps user space reads through its copies above, or never reads, are
+        // closed (an agent under a low `LimitNOFILE=` needs them for its other work). The
+        // drop map stays (tests and the bench look it up by name).
+        for name in [
+            FREE_SLOTS_MAP,
+            USERNS_FREE_SLOTS_MAP,
+            PROTOCOLS_MAP,
+            EPOCH_MAP,
+            COUNTS_MAP,
+            OVERFLOW_MAP,
+            USERNS_OVERFLOW_MAP,
+            CACHE_MAP,
+            FLOWS_MAP,
+            FLOW_SEQ_MAP,
+            FLOW_STATS_MAP,
+            FLOW_BUCKET_MAP,
+            FLOW_EVENTS_MAP,
+        ] {
+            drop(ebpf.take_map(name));
+        }
         Ok(DropProbe {
             flows,
             ebpf,
