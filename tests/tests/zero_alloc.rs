@@ -263,6 +263,29 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
         seen > 0,
         "the sender's drops never showed up with a location"
     );
+    // Until the per-workload netstat collector has found the service's namespace: it walks
+    // the processes at most every few seconds, and the namespace is newer than its last
+    // walk.
+    let workload_points = |collectors: &[Box<dyn Collector>]| {
+        let mut n = 0usize;
+        for c in collectors {
+            c.visit(
+                &mut |m: &'static Metric, _: &[opentelemetry::KeyValue], _| {
+                    n += usize::from(m.name == "retina.workload.netstat.stat");
+                },
+            );
+        }
+        n
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while workload_points(&collectors) < 17 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service's namespace never showed up in the per-workload netstat collector"
+        );
+        cycle(&mut links, &mut collectors);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // A new interface appearing in another process's test allocates (legitimately): in
     // that case measure again.
