@@ -134,12 +134,31 @@ pub fn run(args: &Args) -> Result<()> {
     );
 
     let accel = args.accel.resolve();
-    let mut runs = Vec::new();
+    // Each guest is prepared in turn (kernel package, initramfs), then all boot side by
+    // side: a guest runs one test at a time, so it keeps about one host core busy, and the
+    // guests together take about as long as the slowest instead of their sum.
+    let mut prepared = Vec::new();
     for package in &packages {
-        let run = run_kernel(&ws, args, &built, &suite, package, accel, privilege)
-            .with_context(|| format!("cannot run the tests on {package}"))?;
-        runs.push(run);
+        prepared.push(
+            prepare(&ws, args, &built, &suite, package, privilege)
+                .with_context(|| format!("cannot prepare the guest of {package}"))?,
+        );
     }
+    let runs = std::thread::scope(|scope| {
+        let handles: Vec<_> = prepared
+            .iter()
+            .map(|guest| scope.spawn(move || boot_and_judge(args, guest, accel)))
+            .collect();
+        handles
+            .into_iter()
+            .zip(&packages)
+            .map(|(h, package)| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("the thread of {package}'s guest panicked"))?
+                    .with_context(|| format!("cannot run the tests on {package}"))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
 
     let out = ws.target_dir.join("test-kernel");
     let when = util::capture(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
@@ -181,15 +200,23 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn run_kernel(
+/// A guest ready to boot: its kernel, what runs in it, and its initramfs.
+struct Guest<'a> {
+    kernel: packages::Kernel,
+    plan: Vec<suite::Planned<'a>>,
+    work: std::path::PathBuf,
+    image: std::path::PathBuf,
+}
+
+/// Fetches the kernel package and writes the guest's initramfs.
+fn prepare<'a>(
     ws: &Workspace,
     args: &Args,
     built: &build::Built,
-    suite: &suite::Suite,
+    suite: &'a suite::Suite,
     package: &str,
-    accel: Accel,
     privilege: Privilege,
-) -> Result<KernelRun> {
+) -> Result<Guest<'a>> {
     let kernel = packages::fetch(ws, package, privilege)?;
     eprintln!(
         "kernel: {} {} ({}), BTF: {}",
@@ -234,7 +261,22 @@ fn run_kernel(
         image.display(),
         size as f64 / (1 << 20) as f64
     );
+    Ok(Guest {
+        kernel,
+        plan,
+        work,
+        image,
+    })
+}
 
+/// Boots a prepared guest and judges what its console reported.
+fn boot_and_judge(args: &Args, guest: &Guest<'_>, accel: Accel) -> Result<KernelRun> {
+    let Guest {
+        kernel,
+        plan,
+        work,
+        image,
+    } = guest;
     util::banner(&format!(
         "booting {} under QEMU ({}); timeout {} s",
         kernel.package,
@@ -244,12 +286,13 @@ fn run_kernel(
     let log_path = work.join("console.log");
     let mut console = Console::default();
     let ending = qemu::boot(
-        &kernel,
-        &image,
+        kernel,
+        image,
         accel,
         args.append.as_deref(),
         Duration::from_secs(args.timeout),
         &log_path,
+        &kernel.release,
         |line| console.feed(line),
     )?;
     let error = match (&ending.killed, console.finished) {
@@ -261,7 +304,7 @@ fn run_kernel(
         )),
         (None, true) => None,
     };
-    let files = report::judge(&plan, &console);
+    let files = report::judge(plan, &console);
     let run = KernelRun {
         package: kernel.package.clone(),
         version: kernel.version.clone(),

@@ -1,5 +1,5 @@
 //! Booting a guest under `qemu-system-x86_64`: KVM when it works, TCG otherwise; the serial
-//! console streamed line by line to the caller, to stderr (`guest|`) and to a log file.
+//! console streamed line by line to the caller, to stderr (`guest RELEASE|`) and to a log file.
 
 use std::{
     fs::{self, File},
@@ -101,7 +101,8 @@ pub struct Ending {
 }
 
 /// Boots `kernel` with `initramfs` and hands every console line to `on_line` (also written
-/// to `log_path` and, unless empty, to stderr); stops QEMU after `timeout`.
+/// to `log_path` and, unless empty, to stderr after `guest TAG|`); stops QEMU after
+/// `timeout`.
 pub fn boot(
     kernel: &Kernel,
     initramfs: &Path,
@@ -109,6 +110,7 @@ pub fn boot(
     append: Option<&str>,
     timeout: Duration,
     log_path: &Path,
+    tag: &str,
     mut on_line: impl FnMut(&str),
 ) -> Result<Ending> {
     let mut cmdline = String::from("console=ttyS0 panic=-1 quiet");
@@ -185,7 +187,7 @@ pub fn boot(
                 if line.trim().is_empty() {
                     continue;
                 }
-                eprintln!("guest| {line}");
+                eprintln!("guest {tag}| {line}");
                 panicked |= line.contains("Kernel panic");
                 on_line(&line);
             }
