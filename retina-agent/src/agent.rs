@@ -283,6 +283,12 @@ impl Agent {
         self.flows.take()
     }
 
+    /// Adds the `drop_flows` collector (`run` with `drops.flows`), before the exporters
+    /// start.
+    pub(crate) fn add_flow_collector(&mut self, collector: drops::flow_metrics::FlowCollector) {
+        self.push(Box::new(collector));
+    }
+
     pub fn degraded(&self) -> &[Degraded] {
         &self.degraded
     }
