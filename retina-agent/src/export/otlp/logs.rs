@@ -198,3 +198,6 @@ impl LogOutput {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
