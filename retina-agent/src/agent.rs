@@ -236,7 +236,8 @@ impl Agent {
                 .find(|p| p.as_ref().is_some_and(|(c, _)| c.name() == name))
                 .and_then(Option::take)
         };
-        for kept in ["drops", "tcp_events"] {
+        // In the order they were added (the exporters index the collectors by position).
+        for kept in ["drops", "drop_flows", "tcp_events"] {
             if let Some((c, s)) = take_previous(kept) {
                 self.push_with(c, s);
             }
@@ -281,6 +282,18 @@ impl Agent {
     /// With `drops.flows`: the kernel's flow maps (once).
     pub fn take_flows(&mut self) -> Option<drops::flows::FlowSource> {
         self.flows.take()
+    }
+
+    /// Adds the `drop_flows` collector (`run` with `drops.flows`), before the exporters
+    /// start: right after `drops`, where [`Agent::reconfigure`] keeps it.
+    pub(crate) fn add_flow_collector(&mut self, collector: drops::flow_metrics::FlowCollector) {
+        let at = self
+            .collectors
+            .iter()
+            .position(|c| c.name() == "drops")
+            .map_or(self.collectors.len(), |i| i + 1);
+        self.collectors.insert(at, Box::new(collector));
+        self.stats.insert(at, CollectorStats::default());
     }
 
     pub fn degraded(&self) -> &[Degraded] {
@@ -342,3 +355,6 @@ impl Agent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

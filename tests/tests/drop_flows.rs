@@ -259,3 +259,5 @@ fn pcap_of_the_sampled_drops_reads_in_tshark() -> Result<()> {
     }
     Ok(())
 }
+
+mod export;

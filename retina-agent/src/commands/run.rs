@@ -7,14 +7,25 @@
 //! (`run --summary | head -2`: EPIPE on stdout): one last cycle and export, bounded by
 //! [`SHUTDOWN_BUDGET`], then the agent is dropped (the eBPF program detached) and `run`
 //! returns. On SIGHUP the configuration is read again and applied ([`reload`]).
+//!
+//! With `drops.flows` a task drains the kernel's sampled drop events and, with OTLP on,
+//! exports them as log records ([`flows`]); the `drop_flows` collector counts them. The
+//! log output keeps the settings it started with across reloads. At shutdown it is
+//! flushed after the final metric export, within the same budget.
 
-use std::time::{Duration, Instant};
+mod flows;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     agent::Agent,
     commands::reload::{self, Reloader, SHUTDOWN_BUDGET},
+    collectors::drops::flow_metrics::{FlowCollector, FlowCounters},
     config::Config,
     export::{ExportError, Exporters, SharedAgent},
     report::{self, Point, losses, tcphealth},
@@ -39,7 +50,7 @@ pub(crate) fn hangup() -> Result<Signal, DaemonError> {
 /// `reloader` and applies it. `summary`: print what was lost since the previous interval
 /// ("where packets died") to stdout.
 pub(crate) async fn run(
-    agent: Agent,
+    mut agent: Agent,
     config: &Config,
     summary: bool,
     mut hup: Signal,
@@ -51,14 +62,51 @@ pub(crate) async fn run(
     for d in agent.degraded() {
         tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);
     }
-    if config.drops.flows {
-        tracing::warn!(
-            "drops.flows: the kernel counts drop flows, but `run` does not export them yet; `retina-agent snapshot --flows` shows them"
-        );
-    }
+    let flow_parts = match agent.take_flows() {
+        Some(source) => {
+            let logs = match crate::export::log_output(&config.export) {
+                Ok(l) => l,
+                Err(e) => {
+                    drop(agent);
+                    return Err(e.into());
+                }
+            };
+            let counters = Arc::new(FlowCounters::default());
+            agent.add_flow_collector(FlowCollector::new(
+                counters.clone(),
+                logs.as_ref().map(|l| l.stats()),
+            ));
+            Some((source, logs, counters))
+        }
+        None => None,
+    };
     let mut config = config.clone();
     let interval = config.interval;
     let agent = SharedAgent::new(agent);
+    let mut flow_export = match flow_parts {
+        Some((mut source, logs, counters)) => {
+            if let Some(l) = &logs {
+                tracing::info!(endpoint = l.endpoint(), "exporting drop events as OTLP log records");
+            }
+            let ring = source.maps.take_events();
+            match flows::FlowExport::start(
+                source,
+                ring,
+                agent.clone(),
+                logs,
+                counters,
+                interval,
+                config.drops.locations,
+            ) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!("drop flows: polling the sampled events: {e}; they are not exported");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Vec<Point>> = None;
@@ -69,6 +117,12 @@ pub(crate) async fn run(
     let mut exporters = match Exporters::start(&agent, &config.export, &config.prometheus).await {
         Ok(e) => e,
         Err(e) => {
+            if let Some(f) = flow_export.take()
+                && let Some(l) = f.stop().await
+            {
+                let now = Instant::now();
+                l.shutdown(now.checked_add(SHUTDOWN_BUDGET).unwrap_or(now)).await;
+            }
             drop(agent.take());
             return Err(e.into());
         }
@@ -123,7 +177,15 @@ pub(crate) async fn run(
     let now = Instant::now();
     let deadline = now.checked_add(SHUTDOWN_BUDGET).unwrap_or(now);
     let _ = cycle(&agent, false, &mut last);
+    // The last events and counters, before the final metric export.
+    let logs = match flow_export.take() {
+        Some(f) => f.stop().await,
+        None => None,
+    };
     exporters.shutdown(deadline).await;
+    if let Some(l) = logs {
+        l.shutdown(deadline).await;
+    }
     // Dropping the agent detaches the eBPF program and frees its maps.
     drop(agent.take());
     tracing::info!("stopped");

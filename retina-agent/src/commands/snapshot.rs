@@ -7,7 +7,7 @@ use serde_json::{Map, Value as Json, json};
 
 use super::emit;
 
-mod flows;
+pub(crate) mod flows;
 mod pcap;
 use crate::{
     agent::Agent,

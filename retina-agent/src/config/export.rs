@@ -22,6 +22,8 @@ pub(crate) const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
 pub(crate) const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318/v1/metrics";
 /// Path appended to an OTLP/HTTP base URL.
 pub(crate) const HTTP_METRICS_PATH: &str = "/v1/metrics";
+/// The OTLP/HTTP path of logs, in place of [`HTTP_METRICS_PATH`] for the drop events.
+pub(crate) const HTTP_LOGS_PATH: &str = "/v1/logs";
 /// Default Prometheus listen address: loopback only.
 pub(crate) const DEFAULT_PROMETHEUS_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9465);
@@ -339,6 +341,20 @@ impl ExportConfig {
                 format!("{}{HTTP_METRICS_PATH}", with_scheme.trim_end_matches('/'))
             }
             _ => with_scheme,
+        }
+    }
+
+    /// The URL the log exporter sends to: that of the metrics ([`Self::resolved_endpoint`]),
+    /// for HTTP with the logs path in place of the metrics path (a URL with another path
+    /// is taken as it is).
+    pub(crate) fn resolved_logs_endpoint(&self) -> String {
+        let metrics = self.resolved_endpoint();
+        match self.protocol {
+            Protocol::HttpProtobuf => match metrics.strip_suffix(HTTP_METRICS_PATH) {
+                Some(base) => format!("{base}{HTTP_LOGS_PATH}"),
+                None => metrics,
+            },
+            Protocol::Grpc => metrics,
         }
     }
 

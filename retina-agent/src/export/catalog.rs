@@ -57,6 +57,12 @@ const ALWAYS_EXPORTED: &[&str] = &[
     "retina.drop.map.pruned",
     "retina.drop.location.overflow",
     "retina.tcp.event.overflow",
+    "retina.drop.sample.sent",
+    "retina.drop.sample.suppressed",
+    "retina.drop.flow.evicted",
+    "retina.agent.export.logs.exported",
+    "retina.agent.export.logs.failed",
+    "retina.agent.export.logs.dropped",
 ];
 
 /// The attributes of the SDK's overflow series, which the Prometheus output reproduces.

@@ -35,6 +35,7 @@ use crate::{
     agent::Agent,
     config::{ExportConfig, PrometheusConfig},
 };
+pub(crate) use otlp::LogOutput;
 pub use otlp::partial_success_layer;
 pub(crate) use resource::check_attributes as check_resource_attributes;
 #[cfg(feature = "internals")]
@@ -90,6 +91,16 @@ pub enum ExportError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// The OTLP log output of the drop events (`drops.flows`), when OTLP export is on: the
+/// metric export's endpoint (with the logs path over HTTP), transport and resource. Must
+/// run inside the Tokio runtime.
+pub(crate) fn log_output(export: &ExportConfig) -> Result<Option<LogOutput>, ExportError> {
+    if !export.enabled {
+        return Ok(None);
+    }
+    LogOutput::new(export, resource::build(export)).map(Some)
 }
 
 /// Without OTLP, free heap pages are handed back to the kernel every this many exports

@@ -10,6 +10,9 @@
 //! | `retina.agent.export.skipped` | sum | `{export}` | `exporter` (`otlp`) | exports not started because the previous one was still in flight |
 //! | `retina.agent.export.rejected` | sum | `{data_point}` | `exporter` (`otlp`) | data points the collector said it rejected (OTLP partial success) |
 //! | `retina.agent.export.duration` | gauge | `s` | `exporter` (`otlp`) | time the last OTLP export took, encoding and send |
+//! | `retina.agent.export.logs.exported` | sum | `{log_record}` | `exporter` (`otlp`) | drop events (`drops.flows`) the collector accepted |
+//! | `retina.agent.export.logs.failed` | sum | `{log_record}` | `exporter` (`otlp`) | drop events in log exports that failed or timed out (not retried) |
+//! | `retina.agent.export.logs.dropped` | sum | `{log_record}` | `exporter` (`otlp`) | drop events not queued because the log export queue was full |
 //! | `retina.agent.export.series.capped` | gauge | `{series}` | `metric` | series of a metric with a configured cap (`export.series_caps`) that did not fit in the last export or scrape; one series per capped metric, `0` while under the cap |
 //!
 //! A collector's own health counters (the drop map's overflow, interfaces an ethtool
@@ -77,6 +80,47 @@ pub(crate) const EXPORT_DURATION: Metric = Metric {
     description: "Time the last export took (encoding of the data points and send)",
     kind: Kind::Gauge,
 };
+pub(crate) const LOGS_EXPORTED: Metric = Metric {
+    name: "retina.agent.export.logs.exported",
+    unit: "{log_record}",
+    description: "Drop events (drops.flows) exported as OTLP log records that the collector accepted",
+    kind: Kind::Counter,
+};
+pub(crate) const LOGS_FAILED: Metric = Metric {
+    name: "retina.agent.export.logs.failed",
+    unit: "{log_record}",
+    description: "Drop events in OTLP log exports that failed or timed out; they are not retried",
+    kind: Kind::Counter,
+};
+pub(crate) const LOGS_DROPPED: Metric = Metric {
+    name: "retina.agent.export.logs.dropped",
+    unit: "{log_record}",
+    description: "Drop events not queued for OTLP log export because the queue was full",
+    kind: Kind::Counter,
+};
+// The log export's self-metrics (with `drops.flows` and OTLP) are listed and visited by the
+// `drop_flows` collector (`collectors::drops::flow_metrics`), which exists only then.
+
+/// Counters of the OTLP log output.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub exported: AtomicU64,
+    pub failed: AtomicU64,
+    pub dropped: AtomicU64,
+    /// Records handed to the batch processor and not yet exported or failed.
+    pub(crate) queued: AtomicU64,
+}
+
+impl LogStats {
+    /// Hands the counters to `v`.
+    pub(crate) fn visit(&self, v: &mut dyn Visitor) {
+        let otlp = [KeyValue::new(ATTR_EXPORTER, "otlp")];
+        let load = |a: &AtomicU64| Number::U64(a.load(Ordering::Relaxed));
+        v.point(&LOGS_EXPORTED, &otlp, load(&self.exported));
+        v.point(&LOGS_FAILED, &otlp, load(&self.failed));
+        v.point(&LOGS_DROPPED, &otlp, load(&self.dropped));
+    }
+}
 
 pub(crate) const SERIES_CAPPED: Metric = Metric {
     name: "retina.agent.export.series.capped",

@@ -6,6 +6,7 @@
 
 pub(crate) mod builder;
 pub(crate) mod collector;
+pub(crate) mod flow_metrics;
 pub mod flows;
 pub mod kallsyms;
 pub mod locations;

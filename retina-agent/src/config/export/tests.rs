@@ -71,6 +71,34 @@ fn defaults() {
 }
 
 #[test]
+fn logs_endpoint_follows_the_metrics_one() {
+    let grpc = ExportConfig {
+        endpoint: Some("collector:4317".into()),
+        insecure: true,
+        ..ExportConfig::default()
+    };
+    assert_eq!(grpc.resolved_logs_endpoint(), "http://collector:4317");
+    let http = |endpoint: &str| ExportConfig {
+        protocol: Protocol::HttpProtobuf,
+        endpoint: Some(endpoint.into()),
+        ..ExportConfig::default()
+    };
+    assert_eq!(
+        http("https://otel.example:4318").resolved_logs_endpoint(),
+        "https://otel.example:4318/v1/logs"
+    );
+    assert_eq!(
+        http("https://otel.example:4318/v1/metrics").resolved_logs_endpoint(),
+        "https://otel.example:4318/v1/logs"
+    );
+    // Another path is the user's choice: taken as it is.
+    assert_eq!(
+        http("https://otel.example/ingest").resolved_logs_endpoint(),
+        "https://otel.example/ingest"
+    );
+}
+
+#[test]
 fn deserializes_with_humantime_and_protocol_names() {
     #[derive(Deserialize)]
     struct File {

@@ -19,6 +19,7 @@
 //! anonymous RSS 10.2 → 7.0 MiB, the trim 0.14-0.25 ms per export; docs/performance.md).
 
 mod backoff;
+mod logs;
 mod partial;
 mod pipeline;
 mod transport;
@@ -34,6 +35,7 @@ use opentelemetry_sdk::{
 };
 use tokio::task::JoinHandle;
 
+pub(crate) use logs::LogOutput;
 pub use partial::layer as partial_success_layer;
 #[cfg(feature = "internals")]
 pub use partial::totals as partial_success_totals;

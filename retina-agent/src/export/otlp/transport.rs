@@ -1,4 +1,5 @@
-//! Builds `opentelemetry-otlp`'s `MetricExporter` from the agent's settings.
+//! Builds `opentelemetry-otlp`'s `MetricExporter` and `LogExporter` from the agent's
+//! settings.
 //!
 //! The exporter's own builders do not read `OTEL_EXPORTER_OTLP_CERTIFICATE` or the
 //! client certificate and key, so the agent builds the transport itself and hands it over:
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 
 use opentelemetry_otlp::{
-    MetricExporter, RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig,
+    LogExporter, MetricExporter, RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
 use opentelemetry_sdk::metrics::Temporality as SdkTemporality;
 
@@ -132,57 +133,96 @@ impl HttpClient for Client {
     }
 }
 
-/// The exporter for `config`, sending to `endpoint` (already resolved), and where the HTTP
-/// transport leaves the reason of a failure.
+/// The metric exporter for `config`, sending to `endpoint` (already resolved), and where
+/// the HTTP transport leaves the reason of a failure.
 pub(super) fn exporter(
     config: &ExportConfig,
     endpoint: &str,
 ) -> Result<(MetricExporter, Arc<LastError>), ExportError> {
     let last_error = Arc::new(LastError::default());
+    let temporality = sdk_temporality(config.temporality);
     let built = match config.protocol {
-        Protocol::Grpc => {
-            let mut b = MetricExporter::builder()
-                .with_tonic()
-                .with_channel(grpc_channel(config, endpoint)?)
-                .with_timeout(config.timeout)
-                .with_metadata(tonic::metadata::MetadataMap::from_headers(header_map(
-                    config, endpoint,
-                )?))
-                .with_retry_policy(retry_policy());
-            if let Some(c) = compression(config.compression) {
-                b = b.with_compression(c);
-            }
-            b.with_temporality(sdk_temporality(config.temporality))
-                .build()
-        }
+        Protocol::Grpc => tonic_config(MetricExporter::builder().with_tonic(), config, endpoint)?
+            .with_temporality(temporality)
+            .build(),
         Protocol::HttpProtobuf => {
-            // Checked here for a clear error; the exporter takes them as strings.
-            header_map(config, endpoint)?;
-            let headers: HashMap<String, String> = config
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect();
-            let mut b = MetricExporter::builder()
-                .with_http()
-                .with_endpoint(endpoint)
-                .with_http_client(Client {
-                    inner: http_client(config)?,
-                    last_error: last_error.clone(),
-                })
-                .with_timeout(config.timeout)
-                .with_headers(headers)
-                .with_retry_policy(retry_policy());
-            if let Some(c) = compression(config.compression) {
-                b = b.with_compression(c);
-            }
-            b.with_temporality(sdk_temporality(config.temporality))
+            http_config(MetricExporter::builder().with_http(), config, endpoint, &last_error)?
+                .with_temporality(temporality)
                 .build()
         }
     };
     built
         .map(|e| (e, last_error))
         .map_err(|e| build_err(endpoint, error_chain(&e)))
+}
+
+/// The log exporter for `config`: the same transport, headers, TLS, timeout and
+/// compression as the metric exporter's ([`exporter`]).
+pub(super) fn log_exporter(
+    config: &ExportConfig,
+    endpoint: &str,
+) -> Result<(LogExporter, Arc<LastError>), ExportError> {
+    let last_error = Arc::new(LastError::default());
+    let built = match config.protocol {
+        Protocol::Grpc => tonic_config(LogExporter::builder().with_tonic(), config, endpoint)?.build(),
+        Protocol::HttpProtobuf => {
+            http_config(LogExporter::builder().with_http(), config, endpoint, &last_error)?.build()
+        }
+    };
+    built
+        .map(|e| (e, last_error))
+        .map_err(|e| build_err(endpoint, error_chain(&e)))
+}
+
+/// A gRPC exporter builder with the agent's channel (TLS), timeout, headers as metadata,
+/// one attempt per export and compression.
+fn tonic_config<B: WithTonicConfig + WithExportConfig>(
+    builder: B,
+    config: &ExportConfig,
+    endpoint: &str,
+) -> Result<B, ExportError> {
+    let mut b = builder
+        .with_channel(grpc_channel(config, endpoint)?)
+        .with_timeout(config.timeout)
+        .with_metadata(tonic::metadata::MetadataMap::from_headers(header_map(
+            config, endpoint,
+        )?))
+        .with_retry_policy(retry_policy());
+    if let Some(c) = compression(config.compression) {
+        b = b.with_compression(c);
+    }
+    Ok(b)
+}
+
+/// An HTTP/protobuf exporter builder with the agent's client (TLS), endpoint, timeout,
+/// headers, one attempt per export and compression; the client leaves the reason of a
+/// failure in `last_error`.
+fn http_config<B: WithHttpConfig + WithExportConfig>(
+    builder: B,
+    config: &ExportConfig,
+    endpoint: &str,
+    last_error: &Arc<LastError>,
+) -> Result<B, ExportError> {
+    // Checked here for a clear error; the exporter takes them as strings.
+    header_map(config, endpoint)?;
+    let headers: HashMap<String, String> = config
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    let mut b = builder
+        .with_endpoint(endpoint)
+        .with_http_client(Client {
+            inner: http_client(config)?,
+            last_error: last_error.clone(),
+        })
+        .with_timeout(config.timeout)
+        .with_headers(headers)
+        .with_retry_policy(retry_policy());
+    if let Some(c) = compression(config.compression) {
+        b = b.with_compression(c);
+    }
+    Ok(b)
 }
 
 /// A lazily connecting gRPC channel: bounded by the timeout, kept alive by HTTP/2 pings,
