@@ -292,7 +292,6 @@ fn boot_and_judge(args: &Args, guest: &Guest<'_>, accel: Accel) -> Result<Kernel
         args.append.as_deref(),
         Duration::from_secs(args.timeout),
         &log_path,
-        &kernel.release,
         |line| console.feed(line),
     )?;
     let error = match (&ending.killed, console.finished) {

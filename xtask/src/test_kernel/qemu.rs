@@ -101,7 +101,7 @@ pub struct Ending {
 }
 
 /// Boots `kernel` with `initramfs` and hands every console line to `on_line` (also written
-/// to `log_path` and, unless empty, to stderr after `guest TAG|`); stops QEMU after
+/// to `log_path` and, unless empty, to stderr after `guest RELEASE|`); stops QEMU after
 /// `timeout`.
 pub fn boot(
     kernel: &Kernel,
@@ -110,7 +110,6 @@ pub fn boot(
     append: Option<&str>,
     timeout: Duration,
     log_path: &Path,
-    tag: &str,
     mut on_line: impl FnMut(&str),
 ) -> Result<Ending> {
     let mut cmdline = String::from("console=ttyS0 panic=-1 quiet");
@@ -187,7 +186,7 @@ pub fn boot(
                 if line.trim().is_empty() {
                     continue;
                 }
-                eprintln!("guest {tag}| {line}");
+                eprintln!("guest {}| {line}", kernel.release);
                 panicked |= line.contains("Kernel panic");
                 on_line(&line);
             }
