@@ -1,9 +1,9 @@
 //! `cargo xtask test`: everything the tests need on a fresh Debian machine, then the unit
 //! tests and the privileged integration tests (`retina-tests`, one test at a time).
 
-use std::{ffi::OsString, fs, path::Path};
+use std::{ffi::OsString, path::Path};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::{
     build::{self, Profile},
@@ -38,7 +38,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let ws = Workspace::locate()?;
     let profile = Profile::from_release(args.release);
-    check_test_modules(&ws.root)?;
+    crate::test_kernel::suite::check_test_modules(&ws.root)?;
 
     util::banner("provisioning: Debian packages, Python venv");
     provision::apt_packages(&provision::test_apt_packages(), privilege)?;
@@ -122,59 +122,6 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The crate root of the one integration test binary, relative to the workspace.
-const TESTS_MAIN: &str = "tests/tests/main.rs";
-
-/// Every file of `tests/tests/` (and every directory with a `mod.rs`) must be a `mod` of
-/// [`TESTS_MAIN`]: with `autotests = false`, cargo would otherwise never build it, and its
-/// tests would silently not run.
-pub fn check_test_modules(root: &Path) -> Result<()> {
-    let main = root.join(TESTS_MAIN);
-    let text =
-        fs::read_to_string(&main).with_context(|| format!("cannot read {}", main.display()))?;
-    let dir = root.join("tests/tests");
-    let mut missing = Vec::new();
-    for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let path = entry?.path();
-        let module = if path.is_dir() && path.join("mod.rs").is_file() {
-            path.file_name()
-        } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("main.rs") {
-            path.file_stem()
-        } else {
-            continue;
-        };
-        let Some(module) = module.and_then(|m| m.to_str()) else {
-            continue;
-        };
-        if !declares(&text, module) {
-            missing.push(module.to_string());
-        }
-    }
-    if !missing.is_empty() {
-        missing.sort();
-        bail!(
-            "{TESTS_MAIN} does not declare {}: add `mod NAME;` for each, or its tests never \
-             build nor run",
-            missing
-                .iter()
-                .map(|m| format!("`{m}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// Whether `main` has a `mod NAME;` line.
-fn declares(main: &str, module: &str) -> bool {
-    main.lines().any(|l| {
-        l.trim()
-            .strip_prefix("mod ")
-            .and_then(|r| r.strip_suffix(';'))
-            == Some(module)
-    })
-}
-
 /// `target.'cfg(all())'.runner = ["sudo", "-E", "env", "PATH=<path>"]` for `--config`.
 fn sudo_runner(path: &OsString) -> Result<String> {
     let Some(path) = path.to_str() else {
@@ -190,14 +137,6 @@ fn sudo_runner(path: &OsString) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_test_file_is_a_module_of_the_one_binary() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        check_test_modules(&root).unwrap();
-        assert!(declares("//! x\nmod drops;\nmod export;\n", "export"));
-        assert!(!declares("// mod drops;\nmod drops_x;\n", "drops"));
-    }
 
     #[test]
     fn sudo_runner_is_a_toml_assignment() {

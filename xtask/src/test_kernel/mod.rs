@@ -23,7 +23,7 @@ mod modules;
 mod packages;
 mod qemu;
 mod report;
-mod suite;
+pub mod suite;
 
 use std::{fs, process::Command, time::Duration, time::Instant};
 

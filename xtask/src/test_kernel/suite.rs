@@ -10,6 +10,7 @@
 //! is added below (with the reason, which the harness reports as "not run").
 
 use std::{
+    fs,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -195,7 +196,7 @@ pub struct Planned<'a> {
 /// Builds (or finds up to date) the test binaries as `cargo xtask test` does and lists
 /// their tests.
 pub fn build(ws: &Workspace, profile: Profile, built: &Built, rotel: PathBuf) -> Result<Suite> {
-    crate::test::check_test_modules(&ws.root)?;
+    check_test_modules(&ws.root)?;
     let mut cmd = util::cargo();
     cmd.current_dir(&ws.root)
         .env("RETINA_EBPF_OBJECT", &built.ebpf_object)
@@ -445,9 +446,70 @@ impl Planned<'_> {
     }
 }
 
+/// The crate root of the one integration test binary, relative to the workspace.
+const TESTS_MAIN: &str = "tests/tests/main.rs";
+
+/// Every file of `tests/tests/` (and every directory with a `mod.rs`) must be a `mod` of
+/// [`TESTS_MAIN`]: with `autotests = false`, cargo would otherwise never build it, and its
+/// tests would silently not run.
+pub fn check_test_modules(root: &Path) -> Result<()> {
+    let main = root.join(TESTS_MAIN);
+    let text =
+        fs::read_to_string(&main).with_context(|| format!("cannot read {}", main.display()))?;
+    let dir = root.join("tests/tests");
+    let mut missing = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        let module = if path.is_dir() && path.join("mod.rs").is_file() {
+            path.file_name()
+        } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("main.rs") {
+            path.file_stem()
+        } else {
+            continue;
+        };
+        let Some(module) = module.and_then(|m| m.to_str()) else {
+            continue;
+        };
+        if !declares(&text, module) {
+            missing.push(module.to_string());
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        bail!(
+            "{TESTS_MAIN} does not declare {}: add `mod NAME;` for each, or its tests never \
+             build nor run",
+            missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether `main` has a `mod NAME;` line.
+fn declares(main: &str, module: &str) -> bool {
+    main.lines().any(|l| {
+        l.trim()
+            .strip_prefix("mod ")
+            .and_then(|r| r.strip_suffix(';'))
+            == Some(module)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_test_file_is_a_module_of_the_one_binary() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        check_test_modules(&root).unwrap();
+        assert!(declares("//! x\nmod drops;\nmod export;\n", "export"));
+        assert!(!declares("// mod drops;\nmod drops_x;\n", "drops"));
+    }
 
     /// A module of the one test binary.
     fn file(name: &str, tests: &[&str]) -> TestFile {
