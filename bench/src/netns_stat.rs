@@ -45,13 +45,21 @@ fn measure(
 ) -> Result<(Summary, f64, usize, usize, usize)> {
     let host = retina_agent::kernel::netns::current_netns_inode()?;
     let mut c = WorkloadNetstatCollector::new(config, host);
-    // Until every namespace has been read once (the budget spreads the reads).
-    for _ in 0..100 {
+    // Until every namespace has been read once (the budget spreads the reads over cycles,
+    // and a namespace's first read builds its points, which allocates): the points stop
+    // growing for two whole rounds of the namespaces.
+    let (mut last, mut still) = (0usize, 0usize);
+    for _ in 0..1000 {
         c.update()?;
         let mut n = 0;
         c.visit(&mut |_: &'static _, _: &[opentelemetry::KeyValue], _| n += 1);
-        if n >= pods * 13 {
-            break;
+        if n == last {
+            still += 1;
+            if still >= 2 * pods.div_ceil(c.read_last_cycle().max(1)) {
+                break;
+            }
+        } else {
+            (last, still) = (n, 0);
         }
     }
     ensure!(
