@@ -579,3 +579,66 @@ impl Drop for BpfStats {
         }
     }
 }
+
+fn per_run(before: &ProgInfo, after: &ProgInfo) -> (u64, f64) {
+    let runs = after.run_cnt - before.run_cnt;
+    let ns = (after.run_time_ns - before.run_time_ns) as f64 / runs.max(1) as f64;
+    (runs, ns)
+}
+
+/// The agent's program in a collector's probe (the BTF-typed one where the kernel allows
+/// it, else the raw tracepoint one) and a descriptor for its statistics.
+pub(crate) fn agent_program(
+    drops: &mut retina_agent::collectors::drops::DropCollector,
+) -> Result<(&'static str, OwnedFd)> {
+    let ebpf = drops.probe_mut().ebpf_mut();
+    [
+        retina_ebpf_common::BTF_PROGRAM_NAME,
+        retina_ebpf_common::PROGRAM_NAME,
+    ]
+    .into_iter()
+    .find_map(|name| {
+        let fd = ebpf
+            .program(name)?
+            .fd()
+            .ok()?
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()?;
+        Some((name, fd))
+    })
+    .context("the agent's drop program is not loaded")
+}
+
+/// Run-time statistics of several programs over one flood.
+pub(crate) struct Measured {
+    before: Vec<ProgInfo>,
+}
+
+impl Measured {
+    pub(crate) fn start(progs: &[BorrowedFd<'_>]) -> Result<Measured> {
+        Ok(Measured {
+            before: progs
+                .iter()
+                .map(|fd| ProgInfo::of(*fd))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// (runs, ns per run, info at the end) for each program, in order.
+    pub(crate) fn end(self, progs: &[BorrowedFd<'_>]) -> Result<Vec<(u64, f64, ProgInfo)>> {
+        self.before
+            .iter()
+            .zip(progs)
+            .map(|(b, fd)| {
+                let a = ProgInfo::of(*fd)?;
+                let (runs, ns) = per_run(b, &a);
+                Ok((runs, ns, a))
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn program_json(r: &(u64, f64, ProgInfo)) -> Value {
+    json!({ "info": r.2.json(), "runs": r.0, "ns_per_run": super::sys::round3(r.1) })
+}

@@ -16,8 +16,7 @@ use retina_agent::{
 use serde_json::{Value, json};
 
 use super::{
-    bpf::EmptyProgram,
-    ebpf::{Measured, agent_program, program_json},
+    bpf::{EmptyProgram, Measured, agent_program, program_json},
     net, sys,
 };
 
