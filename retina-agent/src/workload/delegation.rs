@@ -82,8 +82,8 @@ impl Cgroups {
         )
         .unwrap_or_default();
         Cgroups::with_mounts(
-            super::sockets::mount_with(&text, "cgroup2", None),
-            super::sockets::mount_with(&text, "cgroup", Some("name=systemd")),
+            super::mountinfo::mount_with(&text, "cgroup2", None),
+            super::mountinfo::mount_with(&text, "cgroup", Some("name=systemd")),
         )
     }
 

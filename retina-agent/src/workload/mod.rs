@@ -15,6 +15,7 @@
 
 pub(crate) mod cgroup;
 pub(crate) mod delegation;
+pub(crate) mod mountinfo;
 pub mod peers;
 pub mod sockets;
 pub(crate) mod tasks;
