@@ -262,8 +262,28 @@ fn churned_namespaces_leave_the_export_within_two_intervals_and_rss_stays_flat()
             .collect::<Result<_>>()?;
         // A counter that moves, so that every pod has exported series under the default
         // series policy (counters at zero since they appeared are left out).
+        // From inside each pod's cgroup, as the pod's own process: a namespace whose
+        // processes are in different cgroups names no workload, so a sender from the
+        // test's cgroup would hide the pod from a process walk that saw it.
+        let root = retina_tests::workload::cgroup_v2_root()?;
+        // By its path: a busybox `sh` (the guests') runs its own `ip` applet, which knows
+        // no netns.
+        let ip = which("ip").ok_or_else(|| anyhow::anyhow!("no ip on PATH"))?;
         for p in &pods {
-            p.ns.exec(&traffic(), &["udp", "127.0.0.1:9", "1", "8"])?;
+            let procs = root.join(pod_path(&p.uid)).join("cgroup.procs");
+            run(
+                "sh",
+                [
+                    "-c".to_string(),
+                    format!(
+                        "echo $$ > {} && exec {ip} netns exec {} {} udp 127.0.0.1:9 1 8",
+                        procs.display(),
+                        p.ns.name,
+                        traffic(),
+                        ip = ip.display()
+                    ),
+                ],
+            )?;
         }
         let uids: Vec<String> = pods.iter().map(|p| p.uid.clone()).collect();
         wait_for(

@@ -63,6 +63,8 @@ fn collectors() -> Result<Vec<Box<dyn Collector>>> {
 /// Process walks of the per-workload netstat collector (they legitimately allocate:
 /// every few seconds, and after a namespace's process exits).
 static NETNS_SCANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The namespaces it reads, as of its last cycle.
+static NETNS_READ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The per-workload netstat collector, publishing its walks to [`NETNS_SCANS`].
 struct NetnsCounted(WorkloadNetstatCollector);
@@ -77,6 +79,7 @@ impl Collector for NetnsCounted {
     fn collect(&mut self, links: &Links) -> Result<(), retina_agent::collectors::CollectError> {
         let r = self.0.collect(links);
         NETNS_SCANS.store(self.0.scans(), std::sync::atomic::Ordering::Relaxed);
+        NETNS_READ.store(self.0.namespaces(), std::sync::atomic::Ordering::Relaxed);
         r
     }
     fn visit(&self, visitor: &mut dyn retina_agent::model::Visitor) {
@@ -210,20 +213,32 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
     let ns = NetNs::new("rzal")?;
     // A process of a systemd service in it: a workload namespace, whose protocol counters
     // (Udp:NoPorts moves every cycle) the per-workload netstat collector reads.
-    let _service = retina_tests::workload::Workload::start(
-        &ns.name,
-        &format!("system.slice/retina-zal-{}.service", std::process::id()),
-    )?;
+    let unit = format!("system.slice/retina-zal-{}.service", std::process::id());
+    let service = retina_tests::workload::Workload::start(&ns.name, &unit)?;
     // One veth's peer in that namespace: a host link with IFLA_LINK_NETNSID, resolved to
     // the namespace's (sender) process.
     veths[1].move_peer(&ns)?;
     *peers().lock().expect("peers") = Some(PeerOwners::new(
         retina_agent::kernel::netns::current_netns_inode()?,
     )?);
+    // The sender is one of the service's processes: a namespace whose processes are in
+    // different cgroups names no workload.
+    let procs = retina_tests::workload::cgroup_v2_root()?
+        .join(&unit)
+        .join("cgroup.procs");
+    // By its path: a busybox `sh` (the guests') runs its own `ip` applet, which knows
+    // no netns.
+    let ip = which("ip").ok_or_else(|| anyhow::anyhow!("no ip on PATH"))?;
     let _sender = Child(
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &ns.name, &traffic(), "udp", "127.0.0.1:9"])
-            .args(["1000000000", "32"])
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec {ip} netns exec {} {} udp 127.0.0.1:9 1000000000 32",
+                procs.display(),
+                ns.name,
+                traffic(),
+                ip = ip.display()
+            ))
             .stdout(std::process::Stdio::null())
             .spawn()?,
     );
@@ -279,9 +294,28 @@ fn steady_state_cycles_allocate_nothing() -> Result<()> {
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while workload_points(&collectors) < 17 {
+        if std::time::Instant::now() >= deadline {
+            // What a fresh walk of the processes sees, with the task iterator.
+            let mut w = retina_agent::workload::Workloads::new(
+                retina_agent::kernel::netns::current_netns_inode()?,
+            );
+            w.scan();
+            let seen: Vec<String> = w
+                .namespaces()
+                .map(|(ns, pid, wl)| format!("{ns} pid {pid}: {wl:?}"))
+                .collect();
+            eprintln!("a fresh walk sees: {seen:?}");
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "the service's namespace never showed up in the per-workload netstat collector"
+            "the service's namespace {} never showed up in the per-workload netstat \
+             collector ({} process walks, {} namespaces read; the service's process {} has \
+             cgroup {:?})",
+            ns.inode().unwrap_or(0),
+            netns_scans(),
+            NETNS_READ.load(std::sync::atomic::Ordering::Relaxed),
+            service.pid(),
+            std::fs::read_to_string(format!("/proc/{}/cgroup", service.pid())),
         );
         cycle(&mut links, &mut collectors);
         std::thread::sleep(std::time::Duration::from_millis(100));

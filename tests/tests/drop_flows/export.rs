@@ -161,11 +161,15 @@ fn run_exports_sampled_drops_as_log_records_with_the_pod() -> Result<()> {
         pod.uid.replace('-', "_"),
         super::ID
     ));
+    // By its path: a busybox `sh` (the guests') runs its own `ip` applet, which knows
+    // no netns.
+    let ip = which("ip").ok_or_else(|| anyhow::anyhow!("no ip on PATH"))?;
     let script = format!(
-        "echo $$ > {} && exec ip netns exec {} {} udp 127.0.0.1:9 {count} 32 {sport}",
+        "echo $$ > {} && exec {ip} netns exec {} {} udp 127.0.0.1:9 {count} 32 {sport}",
         cgroup.display(),
         pod.ns.name,
-        traffic()
+        traffic(),
+        ip = ip.display()
     );
     run("sh", ["-c", &script])?;
     let after = settled_counters(&prometheus, Duration::from_secs(2))?;

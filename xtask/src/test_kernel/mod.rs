@@ -71,7 +71,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     accel: Accel,
     /// Give up on a guest after this many seconds.
-    #[arg(long, default_value_t = 2400, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     timeout: u64,
     /// Inside the guest, kill a test binary after this many seconds.
     #[arg(long, default_value_t = 900, value_name = "SECONDS")]
@@ -85,6 +85,10 @@ pub struct Args {
     /// Also write the kernel matrix into docs/kernels.md (between its markers).
     #[arg(long)]
     write_docs: bool,
+    /// Run only these modules of the test binary (e.g. `--only drops,zero_alloc`), for a
+    /// quick look at a few; the others are reported as not run.
+    #[arg(long, value_delimiter = ',', value_name = "MODULE")]
+    only: Vec<String>,
 }
 
 impl Default for Args {
@@ -93,11 +97,12 @@ impl Default for Args {
         Args {
             kernel: Vec::new(),
             accel: Accel::Auto,
-            timeout: 2400,
+            timeout: 3600,
             test_timeout: 900,
             release: false,
             append: None,
             write_docs: false,
+            only: Vec::new(),
         }
     }
 }
@@ -227,7 +232,14 @@ fn prepare<'a>(
             .config_value("CONFIG_DEBUG_INFO_BTF")
             .unwrap_or("not set")
     );
-    let plan = suite::plan(suite, &kernel.package, &initramfs::guest_programs());
+    let mut plan = suite::plan(suite, &kernel.package, &initramfs::guest_programs());
+    if !args.only.is_empty() {
+        for planned in &mut plan {
+            if !args.only.iter().any(|m| *m == planned.file.name) {
+                planned.not_run = Some("not asked for (--only)".to_string());
+            }
+        }
+    }
     for planned in &plan {
         if let Some(reason) = &planned.not_run {
             eprintln!(
