@@ -235,7 +235,7 @@ fn prepare<'a>(
     let mut plan = suite::plan(suite, &kernel.package, &initramfs::guest_programs());
     if !args.only.is_empty() {
         for planned in &mut plan {
-            if !args.only.iter().any(|m| *m == planned.file.name) {
+            if !args.only.contains(&planned.file.name) {
                 planned.not_run = Some("not asked for (--only)".to_string());
             }
         }
