@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use retina_tests::{
+    nstcp::counter,
     unit::{Proc, snapshot_as_unit},
     workload::{cgroup_v2_root, remove_cgroup},
     *,
@@ -131,25 +132,6 @@ impl Drop for DropSyns {
     }
 }
 
-/// `SECTION:FIELD` of a `/proc/net/{snmp,netstat}`-style file (a header line of names,
-/// then a line of values, per section).
-fn counter(file: &str, section: &str, field: &str) -> Result<u64> {
-    let text = std::fs::read_to_string(file)?;
-    let prefix = format!("{section}:");
-    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
-    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
-        if let Some(i) = names.split_whitespace().position(|n| n == field) {
-            return values
-                .split_whitespace()
-                .nth(i)
-                .context("short line")?
-                .parse()
-                .with_context(|| format!("{file} {section}:{field}"));
-        }
-    }
-    bail!("{file} has no {section}:{field}")
-}
-
 fn under(doc: &serde_json::Value, metric: &str, unit: &str, extra: &[(&str, &str)]) -> u64 {
     let mut want = vec![("systemd.unit", unit)];
     want.extend_from_slice(extra);
@@ -190,7 +172,7 @@ fn a_services_syn_retransmits_and_failed_connects_are_counted_under_its_unit() -
     // collection after the window, and a removed cgroup has no name any more.
     let mut keep = Vec::new();
     let (doc, _) = snapshot_as_unit(Proc::Host, || {
-        before = counter("/proc/net/netstat", "TcpExt", "TCPSynRetrans")?;
+        before = counter(None, "TcpExt", "TCPSynRetrans")?;
         // 1.5 s per attempt: the first SYN and, after the initial RTO of 1 s, one
         // retransmit, then the socket is closed in SYN_SENT.
         let dst = format!("127.0.0.1:{dead}");
@@ -211,7 +193,7 @@ fn a_services_syn_retransmits_and_failed_connects_are_counted_under_its_unit() -
         b_out = b.finish()?;
         b_unit = b.unit.clone();
         keep.push(b);
-        after = counter("/proc/net/netstat", "TcpExt", "TCPSynRetrans")?;
+        after = counter(None, "TcpExt", "TCPSynRetrans")?;
         Ok(())
     })?;
     server
@@ -266,7 +248,7 @@ fn resets_sent_and_received_are_counted_under_the_units_owning_the_sockets() -> 
     let mut client_unit = String::new();
     let mut keep = Vec::new();
     let (doc, _) = snapshot_as_unit(Proc::Host, || {
-        before = counter("/proc/net/snmp", "Tcp", "OutRsts")?;
+        before = counter(None, "Tcp", "OutRsts")?;
         let dst = format!("127.0.0.1:{port}");
         let mut c = Service::start(
             &slice,
@@ -277,7 +259,7 @@ fn resets_sent_and_received_are_counted_under_the_units_owning_the_sockets() -> 
         client_unit = c.unit.clone();
         keep.push(c);
         server.child.wait()?;
-        after = counter("/proc/net/snmp", "Tcp", "OutRsts")?;
+        after = counter(None, "Tcp", "OutRsts")?;
         Ok(())
     })?;
     assert_eq!(client_out, format!("reset {N}"));

@@ -205,33 +205,23 @@ fn protect_proc_invisible_hides_other_users_namespaces_and_the_agent_says_so() -
 
 /// The agent as the unit runs it (`run --interval 1s`), exporting to rotel.
 fn agent_as_unit(dir: &TempDir, grpc: u16) -> Result<RProc> {
-    let config = dir.path().join("agent.toml");
-    std::fs::write(&config, "# empty: defaults\n")?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644))?;
-    let args = unit::setpriv_args(&unit::unit_capabilities());
-    let mut cmd = std::process::Command::new(&args[0]);
-    cmd.args(&args[1..])
-        .arg(agent_bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--interval", "1s", "--no-summary"]);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "info")
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{grpc}"),
-        )
-        .env("OTEL_EXPORTER_PROMETHEUS_PORT", free_port()?.to_string());
+    let config = unit::config_file(dir, "# empty: defaults\n")?;
+    let config = config.to_str().context("config path")?;
+    let mut cmd = unit::agent_as_unit(&[
+        "--config",
+        config,
+        "run",
+        "--interval",
+        "1s",
+        "--no-summary",
+    ]);
+    cmd.env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        format!("http://127.0.0.1:{grpc}"),
+    )
+    .env("OTEL_EXPORTER_PROMETHEUS_PORT", free_port()?.to_string());
     let mut p = RProc::spawn("agent", cmd, dir.join("agent.log"))?;
-    wait_for("the agent to start", Duration::from_secs(40), || {
-        p.ensure_alive()?;
-        Ok(p.log_text().contains("retina-agent running").then_some(()))
-    })?;
+    p.wait_running()?;
     Ok(p)
 }
 
