@@ -83,7 +83,11 @@ fn build_other(name: &str, config: &Config) -> Result<Option<Box<dyn Collector>>
     let c: Box<dyn Collector> = match name {
         "ethtool" if config.ethtool.enabled => Box::new(EthtoolCollector::new(&config.ethtool)?),
         "ethtool_link" if config.ethtool.enabled && config.ethtool.link_state => {
-            Box::new(LinkStateCollector::new(&config.ethtool)?)
+            Box::new(
+                LinkStateCollector::new(&config.ethtool)?.hiding_driver_constants(
+                    config.export.series == crate::config::SeriesPolicy::Informative,
+                ),
+            )
         }
         "netdev" if config.netdev.enabled => Box::new(NetdevCollector::new(&config.netdev)),
         "netstat" if config.netstat.enabled => Box::new(NetstatCollector::new(&config.netstat)?),
@@ -114,7 +118,9 @@ fn build_other(name: &str, config: &Config) -> Result<Option<Box<dyn Collector>>
 /// Whether the configuration section of collector `name` differs between `a` and `b`.
 fn section_changed(name: &str, a: &Config, b: &Config) -> bool {
     match name {
-        "ethtool" | "ethtool_link" => a.ethtool != b.ethtool,
+        "ethtool" => a.ethtool != b.ethtool,
+        // It leaves out the drivers' constants under the `informative` series policy.
+        "ethtool_link" => a.ethtool != b.ethtool || a.export.series != b.export.series,
         "netdev" => a.netdev != b.netdev,
         "netstat" => a.netstat != b.netstat,
         "netstat_workloads" => a.netstat.workloads != b.netstat.workloads,

@@ -119,6 +119,17 @@ enum Setup {
     Failed(EthtoolError, Option<Box<[KeyValue]>>),
 }
 
+/// The statistics a driver reports through `ethtool -S` that are not counts: exported as
+/// counters, `rate()` over them would mean nothing, and they do not move. veth's
+/// `peer_ifindex` is the other end's interface index (the agent already follows the peer
+/// to its namespace for the pod's attributes).
+fn not_counts(driver: Option<&str>) -> &'static [&'static str] {
+    match driver {
+        Some("veth") => &["peer_ifindex"],
+        _ => &[],
+    }
+}
+
 fn is_errno(e: &io::Error, errno: i32) -> bool {
     e.raw_os_error() == Some(errno)
 }
@@ -258,7 +269,10 @@ impl EthtoolCollector {
             return Setup::Failed(EthtoolError::Buffer(e), info);
         }
         let stats = &self.stats;
-        let plan = queue::plan(&names, self.mode, |n| stats.matches(n));
+        let not_counts = not_counts(drv.as_ref().map(|d| d.driver.as_str()));
+        let plan = queue::plan(&names, self.mode, |n| {
+            stats.matches(n) && !not_counts.contains(&n)
+        });
         let attrs = plan
             .series
             .iter()

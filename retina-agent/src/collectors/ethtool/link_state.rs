@@ -49,10 +49,37 @@ const MIN_GAP: Duration = Duration::from_secs(1);
 struct Prepared {
     name: Arc<str>,
     points: Box<[Point]>,
+    /// The settings this interface's driver hard-codes ([`driver_constants`]), set from
+    /// the link table's kind each cycle: not exported.
+    constants: &'static [Setting],
 }
 
-/// A metric, its attributes and its value.
-type Point = (&'static Metric, Box<[KeyValue]>, u64);
+/// A metric, its attributes, its value, and which setting it is.
+type Point = (&'static Metric, Box<[KeyValue]>, u64, Setting);
+
+/// What a point reports, as far as [`driver_constants`] tells them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setting {
+    Speed,
+    Duplex,
+    /// A channel count's `max`.
+    ChannelsMax,
+    Other,
+}
+
+/// The link settings a virtual device's driver reports as constants, by the interface's
+/// kind (`IFLA_INFO_KIND`): exported, they would be series that can never move, one set
+/// per pod on a Kubernetes node. `veth` answers every query with 10 Gb/s, full duplex
+/// (`veth_get_link_ksettings`), and its channel maximums are the queue counts fixed when
+/// the pair was made (`veth_get_channels`; the current counts can change with
+/// `ethtool -L`, and stay). `tun` answers 10 Mb/s, full duplex (`tun_get_link_ksettings`).
+fn driver_constants(kind: Option<&str>) -> &'static [Setting] {
+    match kind {
+        Some("veth") => &[Setting::Speed, Setting::Duplex, Setting::ChannelsMax],
+        Some("tun") => &[Setting::Speed, Setting::Duplex],
+        _ => &[],
+    }
+}
 
 fn prepare(table: LinkStateTable) -> BTreeMap<u32, Prepared> {
     table
@@ -66,10 +93,16 @@ fn prepare(table: LinkStateTable) -> BTreeMap<u32, Prepared> {
                     &NIC_LINK_SPEED,
                     Box::from([iface()]),
                     u64::from(mbps) * 1_000_000,
+                    Setting::Speed,
                 ));
             }
             if let Some(full) = s.duplex_full {
-                points.push((&NIC_LINK_DUPLEX, Box::from([iface()]), u64::from(full)));
+                points.push((
+                    &NIC_LINK_DUPLEX,
+                    Box::from([iface()]),
+                    u64::from(full),
+                    Setting::Duplex,
+                ));
             }
             for (ring, setting, v) in s.rings {
                 let attrs = Box::from([
@@ -77,7 +110,7 @@ fn prepare(table: LinkStateTable) -> BTreeMap<u32, Prepared> {
                     KeyValue::new(attr::RING, ring),
                     KeyValue::new(attr::RING_SETTING, setting),
                 ]);
-                points.push((&NIC_RING_SIZE, attrs, u64::from(v)));
+                points.push((&NIC_RING_SIZE, attrs, u64::from(v), Setting::Other));
             }
             for (kind, setting, v) in s.channels {
                 let attrs = Box::from([
@@ -85,13 +118,18 @@ fn prepare(table: LinkStateTable) -> BTreeMap<u32, Prepared> {
                     KeyValue::new(attr::CHANNEL_TYPE, kind),
                     KeyValue::new(attr::CHANNEL_SETTING, setting),
                 ]);
-                points.push((&NIC_CHANNEL_COUNT, attrs, u64::from(v)));
+                let setting = match setting {
+                    "max" => Setting::ChannelsMax,
+                    _ => Setting::Other,
+                };
+                points.push((&NIC_CHANNEL_COUNT, attrs, u64::from(v), setting));
             }
             (
                 index,
                 Prepared {
                     name,
                     points: points.into_boxed_slice(),
+                    constants: &[],
                 },
             )
         })
@@ -156,6 +194,8 @@ pub struct LinkStateCollector {
     /// Interfaces (by [`Link::instance`](crate::kernel::links::Link)) already named in
     /// the log for having no link state because their name is not UTF-8.
     odd_logged: Vec<u64>,
+    /// Leave out what virtual drivers hard-code ([`driver_constants`]).
+    hide_constants: bool,
 }
 
 impl LinkStateCollector {
@@ -198,7 +238,16 @@ impl LinkStateCollector {
             installed: 0,
             exit_logged: false,
             odd_logged: Vec::new(),
+            hide_constants: false,
         }
+    }
+
+    /// Leaves out the settings virtual drivers hard-code (`veth`'s and `tun`'s speed and
+    /// duplex, `veth`'s channel maximums: [`driver_constants`]), as the `informative`
+    /// series policy wants; `everything` keeps them.
+    pub(crate) fn hiding_driver_constants(mut self, hide: bool) -> LinkStateCollector {
+        self.hide_constants = hide;
+        self
     }
 
     /// Triggers a refresh now and waits (up to `timeout`) for it to finish, then installs
@@ -297,8 +346,16 @@ impl LinkStateCollector {
         }
         // Entries of interfaces gone from the link table, or whose ifindex now names
         // another device, are dropped right away; the device's successor gets a refresh.
-        self.table
-            .retain(|index, p| links.get(*index).is_some_and(|l| *l.name == *p.name));
+        self.table.retain(|index, p| match links.get(*index) {
+            Some(l) if *l.name == *p.name => {
+                p.constants = match self.hide_constants {
+                    true => driver_constants(l.kind.as_deref()),
+                    false => &[],
+                };
+                true
+            }
+            _ => false,
+        });
         error
     }
 }
@@ -408,8 +465,10 @@ impl Collector for LinkStateCollector {
 
     fn visit(&self, visitor: &mut dyn Visitor) {
         for p in self.table.values() {
-            for (metric, attrs, v) in p.points.iter() {
-                visitor.point(metric, attrs, Number::U64(*v));
+            for (metric, attrs, v, setting) in p.points.iter() {
+                if !p.constants.contains(setting) {
+                    visitor.point(metric, attrs, Number::U64(*v));
+                }
             }
         }
     }

@@ -124,3 +124,80 @@ fn prepare_builds_points() {
     assert_eq!(v[3].1[2], KeyValue::new(attr::RING_SETTING, "max"));
     assert!(p[&4].points.is_empty());
 }
+
+/// The link state of a veth named `name` at `index`: what `veth_get_link_ksettings` and
+/// `veth_get_channels` answer.
+fn veth_state(name: &str) -> LinkState {
+    LinkState {
+        name: name.into(),
+        speed_mbps: Some(10_000),
+        duplex_full: Some(true),
+        rings: Vec::new(),
+        channels: vec![
+            ("rx", "max", 2),
+            ("rx", "current", 1),
+            ("tx", "max", 2),
+            ("tx", "current", 1),
+        ],
+    }
+}
+
+/// (interface, metric, channel setting) of every point `c` exports.
+fn exported(c: &LinkStateCollector) -> Vec<(String, &'static str, String)> {
+    let mut out = Vec::new();
+    c.visit(&mut |m: &'static Metric, attrs: &[KeyValue], _: Number| {
+        let get = |key: &str| {
+            attrs
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map_or(String::new(), |kv| kv.value.to_string())
+        };
+        out.push((get(INTERFACE_NAME), m.name, get(attr::CHANNEL_SETTING)));
+    });
+    out
+}
+
+#[test]
+fn a_veths_driver_constants_are_left_out_only_when_asked() {
+    let rt = runtime();
+    for hide in [true, false] {
+        let mut c = {
+            let _rt = rt.enter();
+            LinkStateCollector::new(&EthtoolConfig::default())
+                .unwrap()
+                .hiding_driver_constants(hide)
+        };
+        {
+            let mut s = c.shared.lock();
+            s.published = Some(prepare(LinkStateTable::from([
+                (5, veth_state("veth5")),
+                (6, veth_state("eth6")),
+            ])));
+            s.generation = 1;
+        }
+        let mut veth = crate::kernel::links::Link::new(5, "veth5");
+        veth.kind = Some("veth".into());
+        // No kind: a physical NIC, whose settings are the hardware's.
+        let nic = crate::kernel::links::Link::new(6, "eth6");
+        assert!(c.install(&Links::from_links([veth, nic])).is_none());
+        let all = exported(&c);
+        let of = |name: &str| -> Vec<(&'static str, String)> {
+            all.iter()
+                .filter(|p| p.0 == name)
+                .map(|p| (p.1, p.2.clone()))
+                .collect()
+        };
+        assert_eq!(of("eth6").len(), 6, "{all:?}");
+        if hide {
+            // Speed, duplex and the channel maximums go; the current counts can change
+            // (`ethtool -L`) and stay.
+            assert_eq!(
+                of("veth5"),
+                vec![("retina.nic.channels", "current".to_string()); 2],
+                "{all:?}"
+            );
+        } else {
+            assert_eq!(of("veth5").len(), 6, "{all:?}");
+        }
+    }
+}
