@@ -219,7 +219,11 @@ fn agent_as_unit(dir: &TempDir, grpc: u16) -> Result<RProc> {
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         format!("http://127.0.0.1:{grpc}"),
     )
-    .env("OTEL_EXPORTER_PROMETHEUS_PORT", free_port()?.to_string());
+    .env("OTEL_EXPORTER_PROMETHEUS_PORT", free_port()?.to_string())
+    .env(
+        "RUST_LOG",
+        "info,retina_agent::collectors::netstat::workloads=debug",
+    );
     let mut p = RProc::spawn("agent", cmd, dir.join("agent.log"))?;
     p.wait_running()?;
     Ok(p)
@@ -276,10 +280,11 @@ fn churned_namespaces_leave_the_export_within_two_intervals_and_rss_stays_flat()
             )?;
         }
         let uids: Vec<String> = pods.iter().map(|p| p.uid.clone()).collect();
-        // A new namespace is found by the next process walk (every 10 s) and read in the
-        // next cycle within the collector's CPU budget (new ones first): on a slow machine
-        // (a QEMU guest) a cycle reads one or two, so 50 take about 50 intervals.
-        wait_for(
+        // A new namespace is found by the next process walk (every 10 s) and read within
+        // the collector's CPU budget, new ones first, then the least recently read: on a
+        // slow machine (a QEMU guest) a cycle reads one or two, so a pod read before its
+        // sender ran is read again within about 50 intervals.
+        let all_seen = wait_for(
             "every pod's series in one export",
             Duration::from_secs(180),
             || {
@@ -291,7 +296,36 @@ fn churned_namespaces_leave_the_export_within_two_intervals_and_rss_stays_flat()
                     .filter(|e| pods_in(e, &uids) == PODS as usize)
                     .map(|_| ()))
             },
-        )?;
+        );
+        if let Err(e) = all_seen {
+            // What the exports held, and what the collector did, for the failure's report.
+            let exports = rotel_exports(&rotel.log_text());
+            let seen: Vec<usize> = exports.iter().map(|e| pods_in(e, &uids)).collect();
+            let last: Vec<String> = exports
+                .last()
+                .map(|e| {
+                    e.iter()
+                        .filter(|p| {
+                            p.metric == STAT || p.attrs.contains_key("otel.metric.overflow")
+                        })
+                        .map(|p| format!("{} {:?} {}", p.metric, p.attrs, p.value))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let log = agent.log_text();
+            let notable: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    !l.contains("DEBUG") || l.contains("rescanned") || l.contains("new namespace")
+                })
+                .collect();
+            anyhow::bail!(
+                "round {round}: {e:#}\nour uids: {uids:?}\npods per export: {seen:?}\nlast export's {STAT} points ({}):\n{}\nagent log (info and up, rescans):\n{}",
+                last.len(),
+                last.join("\n"),
+                notable.join("\n")
+            );
+        }
         // In reverse creation order: the first pod made the shared parent cgroups.
         let mut pods = pods;
         while let Some(p) = pods.pop() {

@@ -89,6 +89,11 @@ pub(crate) fn render_table(points: &[Point]) -> String {
 pub(crate) async fn command(config: &Config, args: &SnapshotArgs) -> Result<ExitCode> {
     // An unknown user is refused before anything is attached.
     let account = args.user.as_deref().map(super::child::lookup).transpose()?;
+    // Both looks read every workload namespace: a one-shot look has no steady cycles to
+    // spread the reads over.
+    let mut config = config.clone();
+    config.netstat.workloads.whole_cycles = true;
+    let config = &config;
     let mut agent = Agent::new(config).context("starting the agent")?;
     for d in agent.degraded() {
         tracing::warn!(collector = d.collector, "not collecting: {}", d.reason);

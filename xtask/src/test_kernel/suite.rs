@@ -34,9 +34,6 @@ pub enum Needs {
     Workspace,
     /// Something the kernel lacks (with [`Exclusion::kernels`]): the reason, as a phrase.
     Kernel(&'static str),
-    /// A failure in the guests that is not understood yet: what fails, and the open issue
-    /// that tracks it. Printed with every run, so that it is not forgotten.
-    Open(&'static str),
 }
 
 /// A test module (a file of `tests/tests/`), or some of its tests, that a guest does not
@@ -56,17 +53,6 @@ pub struct Exclusion {
 /// Everything the guests do not run. Keep the reasons true: a tool named here that the
 /// guest gets later lifts the exclusion by itself.
 pub const EXCLUSIONS: &[Exclusion] = &[
-    // Passes on the host; in both guests the 50 new pods' series never all appear in one
-    // export within 180 s, while the module's other tests (pods made before the agent
-    // starts) pass there. Tracked in issue 23.
-    Exclusion {
-        module: "workload_netstat",
-        tests: &["churned_namespaces_leave_the_export_within_two_intervals_and_rss_stays_flat"],
-        kernels: &[],
-        needs: Needs::Open(
-            "50 pods made while the daemon runs never all show up in one export (issue 23)",
-        ),
-    },
     Exclusion {
         module: "notify",
         tests: &["the_unit_uses_notify_with_a_watchdog_the_pings_fit_in"],
@@ -164,7 +150,6 @@ impl Needs {
                 "reads the repository's files, which the guest does not have".to_string()
             }
             Needs::Kernel(why) => (*why).to_string(),
-            Needs::Open(what) => format!("KNOWN FAILURE in the guests, not understood yet: {what}"),
         }
     }
 }

@@ -24,9 +24,10 @@
 //! namespace and one `poll` over all pidfds, and allocates nothing. Reading one namespace
 //! costs tens of µs (the kernel sums every counter over the CPUs), so a cycle reads
 //! namespaces in turn until it has spent [`BUDGET_NS`] of CPU, and the next goes on where it
-//! stopped: with many pods each namespace is read every few cycles (new ones first), while
-//! exits are seen every cycle. A namespace whose
-//! process has exited is dropped at once (its open files would keep it alive): its series
+//! stopped: with many pods each namespace is read every few cycles (new ones first, then
+//! the least recently read, so that none waits more than a turn), while exits are seen
+//! every cycle (`snapshot` reads every namespace in each of its two looks). A namespace
+//! whose process has exited is dropped at once (its open files would keep it alive): its series
 //! leave the next export. Under `ProtectProc=invisible` another user's `/proc/PID` does
 //! not exist for the agent: such namespaces are counted ([`WorkloadNetstatCollector::hidden`]),
 //! logged once and reported by `check`.
@@ -112,6 +113,11 @@ pub struct WorkloadNetstatConfig {
     pub include: Vec<Pattern>,
     /// Fields never exported; wins over `include`.
     pub exclude: Vec<Pattern>,
+    /// Every namespace is read every cycle, with no CPU budget: set by `snapshot`, whose
+    /// two looks must each hold every namespace's values of that moment (the budget is
+    /// for the daemon's steady cycles). Not a configuration key.
+    #[serde(skip)]
+    pub whole_cycles: bool,
 }
 
 impl Default for WorkloadNetstatConfig {
@@ -121,6 +127,7 @@ impl Default for WorkloadNetstatConfig {
             // Constant patterns (a unit test compiles them).
             include: Pattern::list(DEFAULT_FIELDS).unwrap_or_default(),
             exclude: Vec::new(),
+            whole_cycles: false,
         }
     }
 }
@@ -147,6 +154,8 @@ struct Entry {
     points: Vec<(usize, usize, Vec<KeyValue>)>,
     /// `sources[i].generation` the points were built for.
     built: [u64; 3],
+    /// When it was last read, in the collector's count of reads (0: never).
+    last_read: u64,
     /// `/proc/PID` is not visible to the agent (`ProtectProc=invisible`).
     hidden: bool,
     /// Its process exited (seen by the last poll).
@@ -163,6 +172,10 @@ pub struct WorkloadNetstatCollector {
     entries: Vec<Entry>,
     /// Where the next cycle's reads start.
     cursor: usize,
+    /// Namespace reads so far (each entry's `last_read` is one of them).
+    reads: u64,
+    /// CPU time a cycle spends reading, at most ([`BUDGET_NS`]; `u64::MAX`: no budget).
+    budget_ns: u64,
     /// Namespaces read in the last cycle.
     read_last: usize,
     last_scan: Option<Instant>,
@@ -200,6 +213,11 @@ impl WorkloadNetstatCollector {
             workloads,
             entries: Vec::new(),
             cursor: 0,
+            reads: 0,
+            budget_ns: match config.whole_cycles {
+                true => u64::MAX,
+                false => BUDGET_NS,
+            },
             read_last: 0,
             last_scan: None,
             rescan_now: false,
@@ -250,8 +268,16 @@ impl WorkloadNetstatCollector {
                 _ => keep.extend(Entry::new(&self.proc_root, netns, pid, w)),
             }
         }
-        // Namespaces never read yet first, so that they are read at the next cycle.
-        keep.sort_by_key(|e| e.built != [u64::MAX; 3]);
+        // The least recently read first (never read: first of all), and the next cycle
+        // starts there: when a cycle's budget covers only part of the namespaces, each is
+        // still read in turn, none is left behind by the walks' order.
+        keep.sort_by_key(|e| e.last_read);
+        tracing::debug!(
+            namespaces = keep.len(),
+            unread = keep.iter().filter(|e| e.last_read == 0).count(),
+            dropped = old.len(),
+            "workload namespaces rescanned"
+        );
         self.entries = keep;
         self.cursor = 0;
     }
@@ -273,6 +299,8 @@ impl WorkloadNetstatCollector {
             if e.hidden {
                 continue;
             }
+            self.reads += 1;
+            e.last_read = self.reads;
             if let Err(source) = e.read(&self.filter)
                 && first.is_none()
             {
@@ -282,11 +310,17 @@ impl WorkloadNetstatCollector {
                     source,
                 });
             }
-            if thread_cpu_ns().saturating_sub(start) >= BUDGET_NS {
+            if thread_cpu_ns().saturating_sub(start) >= self.budget_ns {
                 break;
             }
         }
         self.read_last = done;
+        tracing::debug!(
+            namespaces = n,
+            read = done,
+            cpu_us = thread_cpu_ns().saturating_sub(start) / 1000,
+            "workload namespaces read"
+        );
         self.cursor = if n == 0 { 0 } else { (self.cursor + done) % n };
         // Which processes exited, in one system call; a read that raced an exit (and may
         // have opened another process's files under a reused pid) is thrown away with it.
@@ -350,6 +384,7 @@ impl Entry {
         let mut base = Vec::new();
         w.push_attributes(&mut base);
         base.push(KeyValue::new(attr::NETNS_INODE, i64::from(netns)));
+        tracing::debug!(netns, pid, attributes = ?base, "workload new namespace");
         Some(Entry {
             netns,
             pid,
@@ -360,6 +395,7 @@ impl Entry {
             base,
             points: Vec::new(),
             built: [u64::MAX; 3],
+            last_read: 0,
             hidden: false,
             exited: false,
         })

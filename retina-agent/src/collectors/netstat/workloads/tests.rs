@@ -131,3 +131,70 @@ fn a_malformed_file_names_the_namespace_the_process_and_the_line() {
     // The other files were read.
     assert!(value_of(&points(&c), "Tcp", "AttemptFails").is_some());
 }
+
+/// Child processes (`sleep`), killed and reaped on drop.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn with_a_budget_for_one_namespace_a_cycle_every_namespace_is_read_in_turn() {
+    // Five pods, each a real child process (for its pidfd) with a namespace of its own in
+    // a fake /proc.
+    let root = std::env::temp_dir().join(format!("retina-wns-turn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let guard = FakeProc(root.clone());
+    let mut children = Children(Vec::new());
+    for i in 0..5 {
+        let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let dir = root.join(child.id().to_string());
+        children.0.push(child);
+        std::fs::create_dir_all(dir.join("ns")).unwrap();
+        std::fs::create_dir_all(dir.join("net")).unwrap();
+        let ns = root.join(format!("podns{i}"));
+        std::fs::write(&ns, "").unwrap();
+        std::os::unix::fs::symlink(&ns, dir.join("ns/net")).unwrap();
+        std::fs::write(
+            dir.join("cgroup"),
+            format!("0::/kubepods/besteffort/pod0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f{i}/abc\n"),
+        )
+        .unwrap();
+        for f in ["snmp", "netstat", "snmp6"] {
+            let text = std::fs::read(format!("/proc/self/net/{f}")).unwrap();
+            std::fs::write(dir.join("net").join(f), text).unwrap();
+        }
+    }
+    let mut c = WorkloadNetstatCollector::with_workloads(
+        &WorkloadNetstatConfig::default(),
+        Workloads::with_proc(1, &guard.0),
+    );
+    // Every cycle spends its budget on its first namespace; a walk of the processes every
+    // other cycle (the daemon's come every 10 s) must not start the turn over.
+    c.budget_ns = 1;
+    let mut last = vec![0u64; 0];
+    for cycle in 0..20 {
+        if cycle % 2 == 0 {
+            c.rescan_now = true;
+        }
+        c.update().unwrap();
+        assert_eq!(c.read_last, 1);
+        last = c.entries.iter().map(|e| e.last_read).collect();
+        if cycle >= 4 {
+            // Each of the five was read within the last five cycles.
+            let newest = c.reads;
+            assert!(
+                last.iter().all(|&r| r + 5 > newest),
+                "cycle {cycle}: reads {last:?} of {newest}"
+            );
+        }
+    }
+    assert_eq!(last.len(), 5);
+    drop(children);
+}
