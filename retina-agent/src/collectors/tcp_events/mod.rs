@@ -294,8 +294,6 @@ impl Collector for TcpEventCollector {
                 self.probe.remove(id).map_err(TcpCollectError)?;
                 self.series.remove(&id);
             }
-            // Their slots are free again before the next events (one wait for all).
-            self.probe.release_pending().map_err(TcpCollectError)?;
             let series = &self.series;
             self.owners.forget_gone(|id| series.contains_key(&id));
         }

@@ -309,7 +309,7 @@ impl TcpProbe {
     }
 
     /// Removes cgroup `id` from the map (its cgroup is gone); false when it was not there.
-    /// Its slot is freed by [`Self::release_pending`] (or the next [`Self::read`]).
+    /// Its slot is freed by the next [`Self::read`].
     pub(crate) fn remove(&mut self, id: u64) -> Result<bool, TcpProbeError> {
         let err = |source| TcpProbeError::Map {
             map: TCP_SLOTS_MAP,
@@ -328,11 +328,11 @@ impl TcpProbe {
         Ok(true)
     }
 
-    /// Frees the slots of ids removed since the last read or release: once every program run that
+    /// Frees the slots of ids removed since the last read: once every program run that
     /// could have found one in its cache has ended (an RCU grace period: the programs run
     /// with migration disabled under RCU, and `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for
     /// one), zeroes their counts and pushes them on the free stack.
-    pub(crate) fn release_pending(&mut self) -> Result<(), TcpProbeError> {
+    fn release_pending(&mut self) -> Result<(), TcpProbeError> {
         if self.pending.is_empty() {
             return Ok(());
         }
