@@ -10,17 +10,8 @@ pub const TCP_PROGRAMS: [(&str, &str); 4] = [
     ("tcp_reset_sent", "tcp_send_reset"),
     ("tcp_reset_received", "tcp_receive_reset"),
 ];
-/// Hash map of cgroup v2 id (`u64`) to its slot (`u32`) in [`TCP_COUNTS_MAP`].
-pub const TCP_SLOTS_MAP: &str = "TCP_SLOTS";
-/// Per-CPU array of [`TcpCounts`], one per slot (as many as [`TCP_SLOTS_MAP`] holds ids).
+/// Per-CPU hash map of cgroup v2 id (`u64`) to [`TcpCounts`].
 pub const TCP_COUNTS_MAP: &str = "TCP_COUNTS";
-/// Stack of the free slots (`u32`); the loader pushes every slot.
-pub const TCP_FREE_SLOTS_MAP: &str = "TCP_FREE_SLOTS";
-/// Array with one `u32`, the epoch of the programs' per-CPU id-to-slot cache: 1 from the
-/// loader, incremented by user space each time it removes an id.
-pub const TCP_EPOCH_MAP: &str = "TCP_EPOCH";
-/// Entries per CPU of the programs' id-to-slot cache (a power of two).
-pub const TCP_CACHE_ENTRIES: u32 = 64;
 /// Per-CPU array with one [`TcpCounts`]: events whose cgroup found [`TCP_COUNTS_MAP`] full.
 pub const TCP_OVERFLOW_MAP: &str = "TCP_OVERFLOW";
 /// The read-only global holding [`TcpOffsets`].
@@ -88,17 +79,6 @@ impl TcpOffsets {
     }
 }
 
-/// One entry of the programs' per-CPU id-to-slot cache (only the programs read it).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcpCacheEntry {
-    /// The cgroup v2 id; 0: empty.
-    pub id: u64,
-    pub slot: u32,
-    /// The epoch the answer was found under.
-    pub epoch: u32,
-}
-
 /// The counts of one socket cgroup on one CPU, by kind ([`RETRANSMITS`], ...).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,4 +96,3 @@ mod user {
 
 const _: () = assert!(core::mem::size_of::<TcpOffsets>() == 10 * 4);
 const _: () = assert!(core::mem::size_of::<TcpCounts>() == TCP_EVENTS * 8);
-const _: () = assert!(core::mem::size_of::<TcpCacheEntry>() == 16);

@@ -8,56 +8,28 @@
 //! kernel's BTF (and turns into fault-tolerant `PROBE_MEM` loads). Structure offsets are not
 //! compiled in: the loader reads them from the running kernel's BTF into [`TCP_OFFSETS`].
 //!
-//! The counts live in a per-CPU array ([`TCP_COUNTS`]), one slot per socket cgroup; the
-//! hash map [`TCP_SLOTS`] says which slot a cgroup v2 id has (bounded; an event whose
-//! cgroup finds no free slot is counted in [`TCP_OVERFLOW`]). A per-CPU direct-mapped
-//! cache ([`TCP_CACHE`]) keeps recent id-to-slot answers, so the common event costs array
-//! lookups instead of a hash table lookup (a jhash, a bucket walk and a helper call: about
-//! two thirds of the program's cost per event, measured). A slot changes hands only after
-//! user space removed its id, bumped [`TCP_EPOCH`] (which voids every cached answer),
-//! waited for every program run that could still use the old answer, and zeroed the slot:
-//! the mechanism of the drop program's cache (`main.rs`), with maps of its own.
+//! The counts live in a per-CPU hash map keyed by the socket's cgroup v2 id (bounded; an
+//! event whose cgroup finds it full is counted in [`TCP_OVERFLOW`]).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray, Stack},
+    maps::{PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
 use retina_ebpf_common::tcp::{
     CONNECT_FAILURES, DEFAULT_TCP_MAX_ENTRIES, RESETS_RECEIVED, RESETS_SENT, RETRANSMITS,
-    TCP_CACHE_ENTRIES, TCP_OFFSETS_RETRANSMIT_ERR, TCP_OFFSETS_VALID, TcpCacheEntry, TcpCounts,
-    TcpOffsets,
+    TCP_OFFSETS_RETRANSMIT_ERR, TCP_OFFSETS_VALID, TcpCounts, TcpOffsets,
 };
 
 /// Filled in by the loader from kernel BTF (read-only data, constant once loaded).
 #[unsafe(no_mangle)]
 static TCP_OFFSETS: TcpOffsets = TcpOffsets::zeroed();
 
-/// Cgroup v2 id to its slot in [`TCP_COUNTS`]; looked up only when [`TCP_CACHE`] misses.
 #[map]
-static TCP_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(DEFAULT_TCP_MAX_ENTRIES, 0);
-
-/// The counts, per slot and CPU. The loader sizes it like [`TCP_SLOTS`].
-#[map]
-static TCP_COUNTS: PerCpuArray<TcpCounts> =
-    PerCpuArray::with_max_entries(DEFAULT_TCP_MAX_ENTRIES, 0);
-
-/// Slots not in use; filled by the loader before the programs are attached.
-#[map]
-static TCP_FREE_SLOTS: Stack<u32> = Stack::with_max_entries(DEFAULT_TCP_MAX_ENTRIES, 0);
-
-/// Epoch of the [`TCP_CACHE`] entries (index 0); set to 1 by the loader, incremented by
-/// user space when it removes an id.
-#[map]
-static TCP_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
-
-/// Per-CPU direct-mapped id-to-slot cache, indexed by the low bits of the id (kernfs
-/// hands ids out in sequence, so recent cgroups fall in different entries). Per CPU: a
-/// fill never races with another CPU and the entries stay in this CPU's cache.
-#[map]
-static TCP_CACHE: PerCpuArray<TcpCacheEntry> = PerCpuArray::with_max_entries(TCP_CACHE_ENTRIES, 0);
+static TCP_COUNTS: PerCpuHashMap<u64, TcpCounts> =
+    PerCpuHashMap::with_max_entries(DEFAULT_TCP_MAX_ENTRIES, 0);
 
 #[map]
 static TCP_OVERFLOW: PerCpuArray<TcpCounts> = PerCpuArray::with_max_entries(1, 0);
@@ -112,9 +84,13 @@ fn count(sk: u64, kind: usize) {
     if cgroup == 0 {
         return;
     }
-    let value = match slot(cgroup) {
-        Some(slot) => TCP_COUNTS.get_ptr_mut(slot),
-        None => None,
+    let value = match TCP_COUNTS.get_ptr_mut(cgroup) {
+        Some(v) => Some(v),
+        None => match TCP_COUNTS.insert(cgroup, TcpCounts::default(), BPF_NOEXIST) {
+            Ok(()) => TCP_COUNTS.get_ptr_mut(cgroup),
+            Err(e) if e == -EEXIST => TCP_COUNTS.get_ptr_mut(cgroup),
+            Err(_) => None,
+        },
     };
     let value = match value {
         Some(v) => v,
@@ -127,50 +103,6 @@ fn count(sk: u64, kind: usize) {
         // SAFETY: this CPU's value, valid while the program runs; only programs on this
         // CPU write it, one at a time, with aligned 8-byte stores user space reads whole.
         unsafe { (*value).events[kind] += 1 };
-    }
-}
-
-/// The slot of cgroup `id` (not 0) in [`TCP_COUNTS`]: from this CPU's cache when it holds
-/// `id` for the current epoch, else from [`TCP_SLOTS`] (creating the id with a free slot),
-/// caching the answer. `None` when no slot is free or the map is full.
-#[inline(always)]
-fn slot(id: u64) -> Option<u32> {
-    // Read before `TCP_SLOTS`, so that an answer from a lookup that raced with a removal by
-    // user space carries the old epoch and is never used.
-    let epoch = TCP_EPOCH.get(0).copied().unwrap_or(0);
-    let entry = TCP_CACHE.get_ptr_mut((id as u32) & (TCP_CACHE_ENTRIES - 1))?;
-    // SAFETY: this CPU's entry, valid while the program runs; only programs on this CPU
-    // use it, one at a time. An empty entry has id 0, which never matches.
-    let entry = unsafe { &mut *entry };
-    if entry.id == id && entry.epoch == epoch {
-        return Some(entry.slot);
-    }
-    let slot = lookup_or_create(id)?;
-    *entry = TcpCacheEntry { id, slot, epoch };
-    Some(slot)
-}
-
-#[inline(always)]
-fn lookup_or_create(id: u64) -> Option<u32> {
-    if let Some(slot) = TCP_SLOTS.get_ptr(id) {
-        // SAFETY: a value pointer of the hash map, valid while the program runs.
-        return Some(unsafe { *slot });
-    }
-    // A never-used slot holds zeros, and user space zeroes a slot before freeing it.
-    let slot = TCP_FREE_SLOTS.pop().ok().flatten()?;
-    match TCP_SLOTS.insert(id, slot, BPF_NOEXIST) {
-        Ok(()) => Some(slot),
-        Err(e) => {
-            // Another CPU created the id between our lookup and insert (use its slot), or
-            // the map is full: our slot was never counted into, so it is still free.
-            let _ = TCP_FREE_SLOTS.push(slot, 0);
-            if e == -EEXIST {
-                // SAFETY: as above.
-                TCP_SLOTS.get_ptr(id).map(|s| unsafe { *s })
-            } else {
-                None
-            }
-        }
     }
 }
 

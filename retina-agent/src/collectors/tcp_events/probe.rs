@@ -1,5 +1,6 @@
 //! Loads the TCP event programs (`retina-ebpf/src/tcp.rs`), attaches each to its
-//! BTF-enabled tracepoint (no tracefs needed), and reads their counts without allocating.
+//! BTF-enabled tracepoint (no tracefs needed), and reads their per-CPU map without
+//! allocating.
 
 use std::{
     io,
@@ -12,14 +13,13 @@ use aya::{
     programs::{BtfTracePoint, tp_btf::BtfTracePointLink},
 };
 use retina_ebpf_common::tcp::{
-    DEFAULT_TCP_MAX_ENTRIES, TCP_COUNTS_MAP, TCP_EPOCH_MAP, TCP_FREE_SLOTS_MAP,
-    TCP_OFFSETS_GLOBAL, TCP_OFFSETS_RETRANSMIT_ERR, TCP_OFFSETS_VALID, TCP_OVERFLOW_MAP,
-    TCP_PROGRAMS, TCP_SLOTS_MAP, TcpCounts, TcpOffsets,
+    DEFAULT_TCP_MAX_ENTRIES, TCP_COUNTS_MAP, TCP_OFFSETS_GLOBAL, TCP_OFFSETS_RETRANSMIT_ERR,
+    TCP_OFFSETS_VALID, TCP_OVERFLOW_MAP, TCP_PROGRAMS, TcpCounts, TcpOffsets,
 };
 
 use crate::kernel::{
     btf::{Btf, BtfError},
-    sys::{BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, bpf},
+    sys::{BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_ELEM, bpf},
 };
 
 /// The TCP event programs, embedded like the drop program.
@@ -123,14 +123,8 @@ fn split(has: impl Fn(&str) -> bool) -> (Vec<&'static str>, Vec<&'static str>) {
 
 /// The attached programs. Dropping it detaches them and frees the maps.
 ///
-/// The programs keep each cgroup's counts in a slot of a per-CPU array and the id-to-slot
-/// mapping in a hash map (see retina-ebpf's `tcp.rs`). Removing an id frees its slot in
-/// two steps: [`Self::remove`] deletes the mapping and invalidates the programs' per-CPU
-/// caches (a new epoch); the next [`Self::read`] waits for an RCU grace period, after which
-/// no program run can still count into the slot, zeroes the slot and makes it free again.
-///
 /// It keeps one descriptor per attachment (the link, which holds its program in the
-/// kernel) and one per map it uses: nine. The object, its programs' descriptors, its
+/// kernel) and one per map it reads: six. The object, its programs' descriptors, its
 /// read-only data and its BTF are closed once the programs are attached, so that the
 /// agent under a low `LimitNOFILE=` is not short of descriptors for its other work.
 pub struct TcpProbe {
@@ -138,15 +132,8 @@ pub struct TcpProbe {
     #[cfg_attr(not(feature = "internals"), allow(dead_code, reason = "read by `program_fd`, for the bench"))]
     ebpf: Option<Ebpf>,
     _links: Vec<BtfTracePointLink>,
-    slots: MapData,
     counts: MapData,
-    free_slots: MapData,
-    epoch_map: MapData,
     overflow: MapData,
-    /// The last epoch published in `TCP_EPOCH` (never 0).
-    epoch: u32,
-    /// Slots of ids removed since the last read: freed by the next one.
-    pending: Vec<u32>,
     ncpus: usize,
     max_entries: u32,
     /// One value per possible CPU, for lookups.
@@ -184,22 +171,9 @@ impl TcpProbe {
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .override_global(TCP_OFFSETS_GLOBAL, &support.offsets, true)
-            .map_max_entries(TCP_SLOTS_MAP, max_entries.max(1))
             .map_max_entries(TCP_COUNTS_MAP, max_entries.max(1))
-            .map_max_entries(TCP_FREE_SLOTS_MAP, max_entries.max(1))
             .load(OBJECT)
             .map_err(|e| TcpProbeError::Load(Box::new(e)))?;
-        // Every slot free and the cache's epoch 1 (its zeroed entries carry 0), before any
-        // program runs.
-        let slots = take_map(&mut ebpf, TCP_SLOTS_MAP)?;
-        let counts = take_map(&mut ebpf, TCP_COUNTS_MAP)?;
-        let free_slots = take_map(&mut ebpf, TCP_FREE_SLOTS_MAP)?;
-        let epoch_map = take_map(&mut ebpf, TCP_EPOCH_MAP)?;
-        let overflow = take_map(&mut ebpf, TCP_OVERFLOW_MAP)?;
-        for slot in (0..max_entries.max(1)).rev() {
-            push_slot(&free_slots, slot)?;
-        }
-        set_epoch(&epoch_map, 1)?;
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|_| TcpProbeError::NoKernelBtf)?;
         let mut links = Vec::with_capacity(TCP_PROGRAMS.len());
         for (program, tracepoint) in TCP_PROGRAMS {
@@ -222,16 +196,13 @@ impl TcpProbe {
             links.push(p.take_link(id).map_err(err)?);
         }
         drop(kernel_btf);
+        let counts = take_map(&mut ebpf, TCP_COUNTS_MAP)?;
+        let overflow = take_map(&mut ebpf, TCP_OVERFLOW_MAP)?;
         Ok(TcpProbe {
             ebpf: keep_programs.then_some(ebpf),
             _links: links,
-            slots,
             counts,
-            free_slots,
-            epoch_map,
             overflow,
-            epoch: 1,
-            pending: Vec::new(),
             ncpus,
             max_entries: max_entries.max(1),
             values: vec![TcpCounts::default(); ncpus],
@@ -255,12 +226,10 @@ impl TcpProbe {
     }
 
     /// Calls `f` with every cgroup id in the map and its counts summed over CPUs: one
-    /// `bpf(2)` call per id to find it, one for its slot and one to read the slot; no
-    /// allocation (once the slots of removed ids were freed).
+    /// `bpf(2)` call per id to find it and one to read it; no allocation.
     pub(crate) fn read(&mut self, mut f: impl FnMut(u64, TcpCounts)) -> Result<(), TcpProbeError> {
-        self.release_pending()?;
         let err = |source| TcpProbeError::Map {
-            map: TCP_SLOTS_MAP,
+            map: TCP_COUNTS_MAP,
             source,
         };
         let mut key: Option<u64> = None;
@@ -269,7 +238,7 @@ impl TcpProbe {
         // changing map from looping forever.
         for _ in 0..=self.max_entries {
             let mut attr = ElemAttr {
-                map_fd: self.slots.fd().as_fd().as_raw_fd() as u32,
+                map_fd: self.counts.fd().as_fd().as_raw_fd() as u32,
                 _pad: 0,
                 key: key.as_ref().map_or(0, |k| k as *const u64 as u64),
                 value: &mut next as *mut u64 as u64,
@@ -283,15 +252,10 @@ impl TcpProbe {
                 Err(e) => return Err(err(e)),
             }
             key = Some(next);
-            let Some(slot) = lookup_slot(&self.slots, next).map_err(err)? else {
-                continue; // Deleted in between.
-            };
-            let fd = self.counts.fd().as_fd().as_raw_fd();
-            let counts = self.lookup(fd, &slot).map_err(|source| TcpProbeError::Map {
-                map: TCP_COUNTS_MAP,
-                source,
-            })?;
-            f(next, counts.unwrap_or_default());
+            match self.lookup(self.counts.fd().as_fd().as_raw_fd(), &next).map_err(err)? {
+                Some(counts) => f(next, counts),
+                None => continue, // Deleted in between.
+            }
         }
         Ok(())
     }
@@ -309,69 +273,9 @@ impl TcpProbe {
     }
 
     /// Removes cgroup `id` from the map (its cgroup is gone); false when it was not there.
-    /// Its slot is freed by the next [`Self::read`].
     pub(crate) fn remove(&mut self, id: u64) -> Result<bool, TcpProbeError> {
-        let err = |source| TcpProbeError::Map {
-            map: TCP_SLOTS_MAP,
-            source,
-        };
-        let Some(slot) = lookup_slot(&self.slots, id).map_err(err)? else {
-            return Ok(false);
-        };
-        if !self.delete(id)? {
-            return Ok(false);
-        }
-        // The programs must stop using cached answers that lead to the slot.
-        self.epoch = self.epoch.wrapping_add(1).max(1);
-        set_epoch(&self.epoch_map, self.epoch)?;
-        self.pending.push(slot);
-        Ok(true)
-    }
-
-    /// Frees the slots of ids removed since the last read: once every program run that
-    /// could have found one in its cache has ended (an RCU grace period: the programs run
-    /// with migration disabled under RCU, and `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for
-    /// one), zeroes their counts and pushes them on the free stack.
-    fn release_pending(&mut self) -> Result<(), TcpProbeError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        // SAFETY: membarrier takes no pointers.
-        let r = unsafe { libc::syscall(libc::SYS_membarrier, 1 /* MEMBARRIER_CMD_GLOBAL */, 0, 0) };
-        if r != 0 {
-            // nohz_full kernels refuse it: the removal was at least one collection interval
-            // ago, far longer than any program run.
-            tracing::debug!(
-                "membarrier: {}; freeing TCP event slots without it",
-                io::Error::last_os_error()
-            );
-        }
-        while let Some(slot) = self.pending.pop() {
-            self.values.iter_mut().for_each(|v| *v = TcpCounts::default());
-            let mut attr = ElemAttr {
-                map_fd: self.counts.fd().as_fd().as_raw_fd() as u32,
-                _pad: 0,
-                key: &slot as *const u32 as u64,
-                value: self.values.as_ptr() as u64,
-                flags: 0,
-            };
-            // SAFETY: a BPF_MAP_UPDATE_ELEM attr for a per-CPU array of `TcpCounts`, pointing
-            // at a live `u32` index and at one zeroed value per possible CPU.
-            unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map_err(|source| {
-                TcpProbeError::Map {
-                    map: TCP_COUNTS_MAP,
-                    source,
-                }
-            })?;
-            push_slot(&self.free_slots, slot)?;
-        }
-        Ok(())
-    }
-
-    /// Deletes `id` from the id-to-slot map; false when it was not there.
-    fn delete(&mut self, id: u64) -> Result<bool, TcpProbeError> {
         let mut attr = ElemAttr {
-            map_fd: self.slots.fd().as_fd().as_raw_fd() as u32,
+            map_fd: self.counts.fd().as_fd().as_raw_fd() as u32,
             _pad: 0,
             key: &id as *const u64 as u64,
             value: 0,
@@ -382,7 +286,7 @@ impl TcpProbe {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(source) => Err(TcpProbeError::Map {
-                map: TCP_SLOTS_MAP,
+                map: TCP_COUNTS_MAP,
                 source,
             }),
         }
@@ -429,60 +333,9 @@ struct ElemAttr {
 /// Takes map `name` out of `ebpf` (its descriptor then lives as long as the probe).
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, TcpProbeError> {
     match ebpf.take_map(name) {
-        Some(
-            Map::HashMap(data) | Map::PerCpuArray(data) | Map::Stack(data) | Map::Array(data),
-        ) => Ok(data),
+        Some(Map::PerCpuHashMap(data) | Map::PerCpuArray(data)) => Ok(data),
         _ => Err(TcpProbeError::Missing(name, "map")),
     }
-}
-
-/// The slot of cgroup `id` in the id-to-slot map, if there.
-fn lookup_slot(slots: &MapData, id: u64) -> io::Result<Option<u32>> {
-    let mut slot = 0u32;
-    let mut attr = ElemAttr {
-        map_fd: slots.fd().as_fd().as_raw_fd() as u32,
-        _pad: 0,
-        key: &id as *const u64 as u64,
-        value: &mut slot as *mut u32 as u64,
-        flags: 0,
-    };
-    // SAFETY: a BPF_MAP_LOOKUP_ELEM attr for a map of `u64` keys and `u32` values, pointing
-    // at a live key and a live `u32`.
-    match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
-        Ok(_) => Ok(Some(slot)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Writes `value` into the `u32` map `map` at `key` (none: a push on a stack).
-fn update_u32(map: &MapData, key: Option<&u32>, value: u32) -> io::Result<()> {
-    let mut attr = ElemAttr {
-        map_fd: map.fd().as_fd().as_raw_fd() as u32,
-        _pad: 0,
-        key: key.map_or(0, |k| k as *const u32 as u64),
-        value: &value as *const u32 as u64,
-        flags: 0,
-    };
-    // SAFETY: a BPF_MAP_UPDATE_ELEM attr pointing at a live `u32` key (or none, for a stack)
-    // and a live `u32` value, the maps' value size.
-    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
-}
-
-/// Makes `slot` free for the programs.
-fn push_slot(free_slots: &MapData, slot: u32) -> Result<(), TcpProbeError> {
-    update_u32(free_slots, None, slot).map_err(|source| TcpProbeError::Map {
-        map: TCP_FREE_SLOTS_MAP,
-        source,
-    })
-}
-
-/// Publishes a new epoch: the programs stop using the slots cached under the old one.
-fn set_epoch(epoch_map: &MapData, epoch: u32) -> Result<(), TcpProbeError> {
-    update_u32(epoch_map, Some(&0), epoch).map_err(|source| TcpProbeError::Map {
-        map: TCP_EPOCH_MAP,
-        source,
-    })
 }
 
 /// Default capacity of the per-cgroup map.
