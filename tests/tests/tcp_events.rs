@@ -336,3 +336,56 @@ fn a_full_map_counts_the_overflow_by_kind() -> Result<()> {
     );
     Ok(())
 }
+
+/// A removed cgroup's room in the bounded map goes to the next cgroup, which starts from
+/// zero: with room for one cgroup, a second service's refused connects are counted exactly,
+/// under its own id, once the first service's cgroup is gone and its series went.
+#[test]
+fn a_removed_cgroups_room_serves_the_next_cgroup_from_zero() -> Result<()> {
+    use retina_agent::collectors::{Collector, tcp_events::TcpEventCollector};
+    require_root();
+    let root = cgroup_v2_root()?;
+    let slice = Slice::new(&root, "tcpreuse")?;
+    let mut c = TcpEventCollector::load(None, 1)?;
+    let links = retina_agent::kernel::links::Links::new()?;
+    let collect = |c: &mut TcpEventCollector| c.collect(&links).map_err(|e| anyhow::anyhow!("{e}"));
+    let closed = free_port()?;
+    let dst = format!("127.0.0.1:{closed}");
+    let mut first = Service::start(
+        &slice,
+        "retina-test-reuse-first.service",
+        &["connect", &dst, "3", "1000"],
+    )?;
+    assert_eq!(first.finish()?, "connected 0 failed 3");
+    collect(&mut c)?;
+    let rows: Vec<_> = c.rows().collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].connect_failures, 3, "{rows:?}");
+    let first_id = rows[0].cgroup_id;
+    // Its cgroup goes; the series (and the id's entry) go once it is found gone and
+    // stopped growing.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while c.rows().count() > 0 {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the removed cgroup's series is still there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        collect(&mut c)?;
+    }
+    let mut second = Service::start(
+        &slice,
+        "retina-test-reuse-second.service",
+        &["connect", &dst, "2", "1000"],
+    )?;
+    assert_eq!(second.finish()?, "connected 0 failed 2");
+    collect(&mut c)?;
+    let rows: Vec<_> = c.rows().collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_ne!(rows[0].cgroup_id, first_id, "{rows:?}");
+    assert_eq!(rows[0].connect_failures, 2, "{rows:?}");
+    assert_eq!(rows[0].resets_received, 2, "{rows:?}");
+    assert_eq!(c.overflow().events, [0; 4]);
+    Ok(())
+}
