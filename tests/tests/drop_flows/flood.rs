@@ -101,7 +101,11 @@ fn quiet(prometheus: &str) -> Result<Totals> {
         std::thread::sleep(Duration::from_millis(2500));
         let b = totals(prometheus)?;
         let (exported, failed, dropped) = b.records;
-        Ok((a == b && exported + failed + dropped == b.sent).then_some(b))
+        let quiet = a == b && exported + failed + dropped == b.sent;
+        if !quiet {
+            eprintln!("not quiet: {a:?} -> {b:?}");
+        }
+        Ok(quiet.then_some(b))
     })
 }
 
