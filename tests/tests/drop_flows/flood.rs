@@ -15,15 +15,15 @@
 //!   a window, growth of drops counted == growth of sent + suppressed + unparsed, exactly.
 //!   The counters are the node's (any drop on the machine adds to both), and the two are
 //!   read by different tasks once an interval each: they are compared at quiet moments,
-//!   two reads an interval and more apart that agree on every counter. A drop-map entry
+//!   three exports in a row that agree on every counter. A drop-map entry
 //!   pruned in the window (its namespace or interface gone) takes its count out of the
 //!   sum: the test says so rather than compare then.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use retina_tests::{
-    rotel::{PATIENCE, wait_for},
+    rotel::{self, DataPoint, PATIENCE, Proc as RProc, parse_rotel, total, wait_for},
     *,
 };
 
@@ -49,63 +49,58 @@ struct Totals {
     records: (u64, u64, u64),
 }
 
-fn totals(prometheus: &str) -> Result<Totals> {
-    let (status, body) = http_get(prometheus, "/metrics")?;
-    ensure!(status == 200, "GET /metrics: {status}");
+/// The counters of one export, as rotel logged it.
+fn totals(points: &[DataPoint]) -> Result<Totals> {
     let sum = |name: &str| -> Result<u64> {
-        let mut found = false;
-        let mut total = 0u64;
-        for l in body.lines().filter(|l| !l.starts_with('#')) {
-            let Some(rest) = l.strip_prefix(name) else {
-                continue;
-            };
-            if !rest.starts_with([' ', '{']) {
-                continue;
-            }
-            let v: f64 = l
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("value of {l:?}"))?;
-            total += v as u64;
-            found = true;
-        }
+        let found = points.iter().any(|p| p.metric == name);
         // Every counter here is exported at zero, but the drop count's series only with
         // their first drop.
         ensure!(
-            found || name == "retina_drop_count_total",
-            "{name} missing from the scrape:\n{body}"
+            found || name == "retina.drop.count",
+            "{name} missing from an export"
         );
-        Ok(total)
+        Ok(total(points, name, &[]) as u64)
     };
     Ok(Totals {
-        drops: sum("retina_drop_count_total")? + sum("retina_drop_overflow_count_total")?,
-        sent: sum("retina_drop_sample_sent_total")?,
-        suppressed: sum("retina_drop_sample_suppressed_total")?,
-        unparsed: sum("retina_drop_sample_unparsed_total")?,
-        pruned: sum("retina_drop_map_pruned_total")?,
+        drops: sum("retina.drop.count")? + sum("retina.drop.overflow.count")?,
+        sent: sum("retina.drop.sample.sent")?,
+        suppressed: sum("retina.drop.sample.suppressed")?,
+        unparsed: sum("retina.drop.sample.unparsed")?,
+        pruned: sum("retina.drop.map.pruned")?,
         records: (
-            sum("retina_agent_export_logs_exported_total")?,
-            sum("retina_agent_export_logs_failed_total")?,
-            sum("retina_agent_export_logs_dropped_total")?,
+            sum("retina.agent.export.logs.exported")?,
+            sum("retina.agent.export.logs.failed")?,
+            sum("retina.agent.export.logs.dropped")?,
         ),
     })
 }
 
-/// The counters at a quiet moment: two reads 2.5 intervals apart that agree (each task
-/// has read its counters since the first, and found nothing new), every event sent
-/// handed over as a record.
-fn quiet(prometheus: &str) -> Result<Totals> {
+/// The counters at a quiet moment: three exports in a row (one a second, so that each
+/// reading task has read its counters since the first) that agree, every event sent
+/// handed over as a record. They are read from the collector's log, not the agent's
+/// scrape endpoint: a scrape is a TCP connection, and its teardown is a drop on the node.
+fn quiet(rotel: &mut RProc, agent: &mut RProc) -> Result<Totals> {
+    let mut last = None;
     wait_for("a quiet moment on the node", PATIENCE * 3, || {
-        let a = totals(prometheus)?;
-        std::thread::sleep(Duration::from_millis(2500));
-        let b = totals(prometheus)?;
-        let (exported, failed, dropped) = b.records;
-        let quiet = a == b && exported + failed + dropped == b.sent;
-        if !quiet {
-            eprintln!("not quiet: {a:?} -> {b:?}");
+        rotel.ensure_alive()?;
+        agent.ensure_alive()?;
+        let text = rotel.log_text();
+        // The last four blocks: the last may be incomplete.
+        let blocks: Vec<&str> = text.rsplitn(5, "ResourceMetrics #0").collect();
+        if blocks.len() < 5 {
+            return Ok(None);
         }
-        Ok(quiet.then_some(b))
+        let t: Vec<Totals> = blocks[1..4]
+            .iter()
+            .map(|b| totals(&parse_rotel(b)))
+            .collect::<Result<_>>()?;
+        let (exported, failed, dropped) = t[0].records;
+        let quiet = t[0] == t[1] && t[1] == t[2] && exported + failed + dropped == t[0].sent;
+        if !quiet && last != Some(t[0]) {
+            eprintln!("not quiet: {:?} -> {:?}", t[2], t[0]);
+            last = Some(t[0]);
+        }
+        Ok(quiet.then_some(t[0]))
     })
 }
 
@@ -128,17 +123,27 @@ fn a_million_drop_flood_stays_within_the_budget_and_every_drop_has_one_outcome()
     require_root();
     let ns = NetNs::new("rflf")?;
     let dir = TempDir::shared("rflflood")?;
-    let (mut rotel, grpc, _) = start_rotel(&dir, "rotel", &[])?;
+    // The metrics to one collector, which logs them; the records to another, which logs
+    // those.
+    let (grpc, http) = (free_port()?, free_port()?);
+    let mut metrics = rotel::start_rotel(&dir, grpc, http, "rotel-metrics")?;
+    let (mut rotel, logs_grpc, _) = start_rotel(&dir, "rotel-logs", &[])?;
     let budget_line = format!("flow_events_per_second = {BUDGET}");
-    let (mut agent, prometheus) = start_agent(
+    let (mut agent, _prometheus) = start_agent(
         &dir,
         &[("flow_events_per_second = 100", budget_line.as_str())],
-        &[(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{grpc}"),
-        )],
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{grpc}"),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                format!("http://127.0.0.1:{logs_grpc}"),
+            ),
+        ],
     )?;
-    let before = quiet(&prometheus)?;
+    let before = quiet(&mut metrics, &mut agent)?;
     let start = Instant::now();
     ns.exec(
         &traffic(),
@@ -152,7 +157,7 @@ fn a_million_drop_flood_stays_within_the_budget_and_every_drop_has_one_outcome()
     )?;
     let seconds = start.elapsed().as_secs_f64();
     agent.ensure_alive()?;
-    let after = quiet(&prometheus)?;
+    let after = quiet(&mut metrics, &mut agent)?;
     let drops = after.drops - before.drops;
     eprintln!(
         "{FLOOD} datagrams in {seconds:.1} s; {before:?} -> {after:?}: {drops} drops counted"
