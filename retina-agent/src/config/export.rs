@@ -167,6 +167,7 @@ impl FromStr for SeriesPolicy {
 /// | `OTEL_EXPORTER_OTLP_CLIENT_KEY`, `..._METRICS_CLIENT_KEY` | `client_key_file` |
 /// | `OTEL_EXPORTER_OTLP_INSECURE`, `..._METRICS_INSECURE` | `insecure` |
 /// | `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` | `temporality` (`lowmemory` = cumulative here) |
+/// | `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`, `..._LOGS_HEADERS`, `..._LOGS_TIMEOUT` | `logs` (the drop events' log export only; the endpoint used as is) |
 /// | `OTEL_SERVICE_NAME` | `service_name` |
 /// | `OTEL_RESOURCE_ATTRIBUTES` | `resource_attributes` (merged; its `service.name` sets `service_name` unless `OTEL_SERVICE_NAME` is set) |
 ///
