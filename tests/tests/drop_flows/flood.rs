@@ -78,7 +78,9 @@ fn totals(points: &[DataPoint]) -> Result<Totals> {
 /// The counters at a quiet moment: three exports in a row (one a second, so that each
 /// reading task has read its counters since the first) that agree, every event sent
 /// handed over as a record. They are read from the collector's log, not the agent's
-/// scrape endpoint: a scrape is a TCP connection, and its teardown is a drop on the node.
+/// scrape endpoint: read that way, each scrape added one drop on the node (a new TCP
+/// connection each time; which drop it is was not looked into), so the node never looked
+/// quiet.
 fn quiet(rotel: &mut RProc, agent: &mut RProc) -> Result<Totals> {
     let mut last = None;
     wait_for("a quiet moment on the node", PATIENCE * 3, || {
