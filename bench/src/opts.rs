@@ -58,7 +58,7 @@ pub struct Opts {
     pub out: Option<PathBuf>,
 }
 
-pub const SECTIONS: [&str; 10] = [
+pub const SECTIONS: [&str; 11] = [
     "cycle",
     "node-exporter",
     "export",
@@ -69,6 +69,7 @@ pub const SECTIONS: [&str; 10] = [
     "workload",
     "flood",
     "netns",
+    "flows-flood",
 ];
 
 impl Opts {

@@ -8,7 +8,7 @@ use retina_agent::config::SeriesPolicy;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    agent_run, cycle, ebpf, export, flood,
+    agent_run, cycle, ebpf, export, flood, flows_flood,
     net::BenchNet,
     node_exporter,
     opts::{Opts, SECTIONS},
@@ -272,6 +272,36 @@ pub fn run(
                 doc.insert("flood".into(), r);
             }
             None => eprintln!("warning: no retina-agent binary (--agent-bin): skipping section 10"),
+        }
+    }
+    if opts.runs("flows-flood") {
+        let agent_bin = opts.agent_bin.clone().or_else(|| {
+            let p = std::env::current_exe().ok()?.parent()?.join("retina-agent");
+            p.is_file().then_some(p)
+        });
+        match (agent_bin, opts.rotel.as_deref()) {
+            (Some(bin), Some(rotel)) => {
+                let seconds = opts.pick(None, 20, 10);
+                banner(&format!(
+                    "[13] retina-agent with drop flows on, {} datagrams to a closed port, {seconds} s windows",
+                    flows_flood::FLOOD
+                ));
+                let r = flows_flood::run(&flows_flood::Options {
+                    agent_bin: &bin,
+                    rotel,
+                    window: Duration::from_secs(seconds),
+                    log: out_dir.join("flows-flood-agent.log"),
+                })?;
+                rows::flows_flood::add(table, &r);
+                table.flush_new();
+                doc.insert("flows_flood".into(), r);
+            }
+            (None, _) => {
+                eprintln!("warning: no retina-agent binary (--agent-bin): skipping section 13")
+            }
+            (_, None) => eprintln!(
+                "warning: section 13 needs rotel-agent (--rotel or RETINA_ROTEL_AGENT): skipped"
+            ),
         }
     }
     drop(net);

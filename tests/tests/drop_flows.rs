@@ -261,3 +261,5 @@ fn pcap_of_the_sampled_drops_reads_in_tshark() -> Result<()> {
 }
 
 mod export;
+mod flood;
+mod logs;

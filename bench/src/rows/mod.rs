@@ -6,6 +6,7 @@ pub mod cycle;
 pub mod ebpf;
 pub mod export;
 pub mod flood;
+pub mod flows_flood;
 pub mod node_exporter;
 pub mod soak;
 pub mod tcp_events;

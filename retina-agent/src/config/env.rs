@@ -18,12 +18,16 @@
 //! | `OTEL_EXPORTER_OTLP_CLIENT_KEY`, `..._METRICS_CLIENT_KEY` | `export.client_key_file` |
 //! | `OTEL_EXPORTER_OTLP_INSECURE`, `..._METRICS_INSECURE` | `export.insecure` |
 //! | `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` | `export.temporality` (`lowmemory` = cumulative here) |
+//! | `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` | the URL of the log export of `drops.flows` (used as is: no `/v1/logs` appended) |
+//! | `OTEL_EXPORTER_OTLP_LOGS_HEADERS` | headers of the log export only (merged over `export.headers`) |
+//! | `OTEL_EXPORTER_OTLP_LOGS_TIMEOUT` | the log export's timeout (milliseconds; default `export.timeout`) |
 //! | `OTEL_SERVICE_NAME` | `export.service_name` |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | `export.resource_attributes` (merged; its `service.name` sets `service_name` unless `OTEL_SERVICE_NAME` is set) |
 //! | `OTEL_EXPORTER_PROMETHEUS_HOST`, `OTEL_EXPORTER_PROMETHEUS_PORT` | the host or the port of `prometheus.listen` |
 //!
 //! A `OTEL_EXPORTER_OTLP_METRICS_*` variable wins over its `OTEL_EXPORTER_OTLP_*`
-//! counterpart. Empty values count as unset. A value that does not parse is an error
+//! counterpart. The log export shares the metric export's settings (the `..._METRICS_*`
+//! ones included) except where a `OTEL_EXPORTER_OTLP_LOGS_*` variable says otherwise. Empty values count as unset. A value that does not parse is an error
 //! naming the variable; the value itself is shown only for variables that never hold
 //! secrets.
 
@@ -339,6 +343,7 @@ pub(super) fn export(
             .map_err(|e: String| env_err("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", e))?;
         set.insert("export.temporality");
     }
+    logs(c, env, set)?;
     if let Some(v) = env("OTEL_RESOURCE_ATTRIBUTES").filter(|v| !v.trim().is_empty()) {
         for (k, v) in parse_pairs("OTEL_RESOURCE_ATTRIBUTES", &v, false)? {
             if k == "service.name" {
@@ -356,6 +361,70 @@ pub(super) fn export(
     }
     Ok(())
 }
+/// The `OTEL_EXPORTER_OTLP_LOGS_*` variables: the log export's own endpoint, headers and
+/// timeout, checked here (the file has no keys for them).
+fn logs(c: &mut ExportConfig, env: EnvLookup<'_>, set: &mut Overridden) -> Result<(), ConfigError> {
+    const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT";
+    const HEADERS: &str = "OTEL_EXPORTER_OTLP_LOGS_HEADERS";
+    const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT";
+    let get = |var: &str| env(var).filter(|v| !v.trim().is_empty());
+    if let Some(v) = get(ENDPOINT) {
+        let url = v.trim();
+        // The URL is shown: like the metrics' endpoint it must not hold credentials.
+        let bad = |reason: &str| env_err(ENDPOINT, format!("{url:?}: {reason}"));
+        let full = if url.contains("://") {
+            url.to_string()
+        } else {
+            format!("http://{url}")
+        };
+        let uri: http::Uri = full.parse().map_err(|_| bad("not a URL"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(bad("the scheme is not http or https"));
+        }
+        match uri.authority() {
+            None => return Err(bad("no host")),
+            Some(a) if a.host().is_empty() => return Err(bad("no host")),
+            Some(a) if a.as_str().contains('@') => {
+                return Err(env_err(
+                    ENDPOINT,
+                    "credentials in the URL are not supported; send them in a header",
+                ));
+            }
+            Some(_) => {}
+        }
+        if uri.query().is_some() || url.contains('#') {
+            return Err(bad("a query string or fragment is not allowed"));
+        }
+        c.logs.endpoint = Some(url.to_string());
+        set.insert("export.logs.endpoint");
+    }
+    if let Some(v) = get(HEADERS) {
+        for (k, v) in parse_pairs(HEADERS, &v, true)? {
+            let k = k.to_ascii_lowercase();
+            http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| env_err(HEADERS, format!("{k:?} is not a valid header name")))?;
+            http::HeaderValue::from_str(&v).map_err(|_| {
+                env_err(
+                    HEADERS,
+                    format!("the value of {k:?} is not a valid header value"),
+                )
+            })?;
+            c.logs.headers.insert(k, v);
+            set.insert("export.logs.headers");
+        }
+    }
+    if let Some(v) = get(TIMEOUT) {
+        let d = parse_millis(TIMEOUT, &v)?;
+        if d.is_zero() {
+            return Err(env_err(TIMEOUT, "must be greater than zero"));
+        }
+        limits::duration(d, limits::EXPORT_TIMEOUT).map_err(|reason| env_err(TIMEOUT, reason))?;
+        c.logs.timeout = Some(d);
+        set.insert("export.logs.timeout");
+    }
+    Ok(())
+}
+
 /// Applies `OTEL_EXPORTER_PROMETHEUS_HOST` (an IP address) and
 /// `OTEL_EXPORTER_PROMETHEUS_PORT` to `prometheus.listen`.
 pub(super) fn prometheus(

@@ -167,6 +167,7 @@ impl FromStr for SeriesPolicy {
 /// | `OTEL_EXPORTER_OTLP_CLIENT_KEY`, `..._METRICS_CLIENT_KEY` | `client_key_file` |
 /// | `OTEL_EXPORTER_OTLP_INSECURE`, `..._METRICS_INSECURE` | `insecure` |
 /// | `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` | `temporality` (`lowmemory` = cumulative here) |
+/// | `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`, `..._LOGS_HEADERS`, `..._LOGS_TIMEOUT` | `logs` (the drop events' log export only; the endpoint used as is) |
 /// | `OTEL_SERVICE_NAME` | `service_name` |
 /// | `OTEL_RESOURCE_ATTRIBUTES` | `resource_attributes` (merged; its `service.name` sets `service_name` unless `OTEL_SERVICE_NAME` is set) |
 ///
@@ -219,6 +220,34 @@ pub struct ExportConfig {
     /// with `otel.metric.overflow = true` (the SDK's cardinality limit), logged, and
     /// counted by `retina.agent.export.series.capped`. Applies to Prometheus too.
     pub series_caps: BTreeMap<String, usize>,
+    /// The log export's own settings (`drops.flows`), from the `OTEL_EXPORTER_OTLP_LOGS_*`
+    /// variables only (the file has no keys for them).
+    #[serde(skip)]
+    pub logs: LogsSettings,
+}
+
+/// What the `OTEL_EXPORTER_OTLP_LOGS_*` variables set for the log export, over the
+/// settings it shares with the metric export (see [`ExportConfig::for_logs`]).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct LogsSettings {
+    /// `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`: the full URL, used as is (no path appended).
+    pub endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_LOGS_HEADERS`: override the shared headers key by key.
+    pub headers: BTreeMap<String, String>,
+    /// `OTEL_EXPORTER_OTLP_LOGS_TIMEOUT`.
+    pub timeout: Option<Duration>,
+}
+
+/// Header values replaced by `<redacted>`.
+impl fmt::Debug for LogsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<&str> = self.headers.keys().map(String::as_str).collect();
+        f.debug_struct("LogsSettings")
+            .field("endpoint", &self.endpoint)
+            .field("headers (values redacted)", &headers)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Default for ExportConfig {
@@ -239,6 +268,7 @@ impl Default for ExportConfig {
             resource_attributes: BTreeMap::new(),
             series: SeriesPolicy::Informative,
             series_caps: BTreeMap::new(),
+            logs: LogsSettings::default(),
         }
     }
 }
@@ -267,6 +297,7 @@ impl fmt::Debug for ExportConfig {
             .field("resource_attributes", &self.resource_attributes)
             .field("series", &self.series)
             .field("series_caps", &self.series_caps)
+            .field("logs", &self.logs)
             .finish()
     }
 }
@@ -329,13 +360,7 @@ impl ExportConfig {
             (_, Protocol::Grpc) => DEFAULT_GRPC_ENDPOINT,
             (_, Protocol::HttpProtobuf) => DEFAULT_HTTP_ENDPOINT,
         };
-        let with_scheme = if has_scheme(raw) {
-            raw.to_string()
-        } else if self.insecure {
-            format!("http://{raw}")
-        } else {
-            format!("https://{raw}")
-        };
+        let with_scheme = self.with_scheme(raw);
         match self.protocol {
             Protocol::HttpProtobuf if !has_path(&with_scheme) => {
                 format!("{}{HTTP_METRICS_PATH}", with_scheme.trim_end_matches('/'))
@@ -344,10 +369,27 @@ impl ExportConfig {
         }
     }
 
-    /// The URL the log exporter sends to: that of the metrics ([`Self::resolved_endpoint`]),
-    /// for HTTP with the logs path in place of the metrics path (a URL with another path
-    /// is taken as it is).
+    /// `raw` with a scheme: its own, else `http://` with `insecure` and `https://` without.
+    fn with_scheme(&self, raw: &str) -> String {
+        if has_scheme(raw) {
+            raw.to_string()
+        } else if self.insecure {
+            format!("http://{raw}")
+        } else {
+            format!("https://{raw}")
+        }
+    }
+
+    /// The URL the log exporter sends to: `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` as it is (a
+    /// scheme added as for the metrics' URL), else that of the metrics
+    /// ([`Self::resolved_endpoint`]), for HTTP with the logs path in place of the metrics
+    /// path (a URL with another path is taken as it is).
     pub(crate) fn resolved_logs_endpoint(&self) -> String {
+        if let Some(e) = self.logs.endpoint.as_deref().map(str::trim)
+            && !e.is_empty()
+        {
+            return self.with_scheme(e);
+        }
         let metrics = self.resolved_endpoint();
         match self.protocol {
             Protocol::HttpProtobuf => match metrics.strip_suffix(HTTP_METRICS_PATH) {
@@ -356,6 +398,21 @@ impl ExportConfig {
             },
             Protocol::Grpc => metrics,
         }
+    }
+
+    /// The settings of the log export: these, with the `OTEL_EXPORTER_OTLP_LOGS_*`
+    /// headers merged over the shared ones and the logs' timeout in place of the shared
+    /// one. The URL is [`Self::resolved_logs_endpoint`].
+    pub(crate) fn for_logs(&self) -> ExportConfig {
+        let mut c = self.clone();
+        for (k, v) in &self.logs.headers {
+            c.headers.retain(|old, _| !old.eq_ignore_ascii_case(k));
+            c.headers.insert(k.clone(), v.clone());
+        }
+        if let Some(t) = self.logs.timeout {
+            c.timeout = t;
+        }
+        c
     }
 
     /// Header names with their values replaced by `<redacted>`, for logs.

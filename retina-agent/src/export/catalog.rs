@@ -59,6 +59,7 @@ const ALWAYS_EXPORTED: &[&str] = &[
     "retina.tcp.event.overflow",
     "retina.drop.sample.sent",
     "retina.drop.sample.suppressed",
+    "retina.drop.sample.unparsed",
     "retina.drop.flow.evicted",
     "retina.agent.export.logs.exported",
     "retina.agent.export.logs.failed",

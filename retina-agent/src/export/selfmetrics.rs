@@ -11,7 +11,7 @@
 //! | `retina.agent.export.rejected` | sum | `{data_point}` | `exporter` (`otlp`) | data points the collector said it rejected (OTLP partial success) |
 //! | `retina.agent.export.duration` | gauge | `s` | `exporter` (`otlp`) | time the last OTLP export took, encoding and send |
 //! | `retina.agent.export.logs.exported` | sum | `{log_record}` | `exporter` (`otlp`) | drop events (`drops.flows`) the collector accepted |
-//! | `retina.agent.export.logs.failed` | sum | `{log_record}` | `exporter` (`otlp`) | drop events in log exports that failed or timed out (not retried) |
+//! | `retina.agent.export.logs.failed` | sum | `{log_record}` | `exporter` (`otlp`) | drop events in log exports that failed or timed out, or handed over during the backoff after failures (not retried) |
 //! | `retina.agent.export.logs.dropped` | sum | `{log_record}` | `exporter` (`otlp`) | drop events not queued because the log export queue was full |
 //! | `retina.agent.export.series.capped` | gauge | `{series}` | `metric` | series of a metric with a configured cap (`export.series_caps`) that did not fit in the last export or scrape; one series per capped metric, `0` while under the cap |
 //!
@@ -89,7 +89,7 @@ pub(crate) const LOGS_EXPORTED: Metric = Metric {
 pub(crate) const LOGS_FAILED: Metric = Metric {
     name: "retina.agent.export.logs.failed",
     unit: "{log_record}",
-    description: "Drop events in OTLP log exports that failed or timed out; they are not retried",
+    description: "Drop events in OTLP log exports that failed or timed out, or handed over during the backoff after failures; they are not retried",
     kind: Kind::Counter,
 };
 pub(crate) const LOGS_DROPPED: Metric = Metric {

@@ -20,15 +20,15 @@ const SPORT: u16 = 40003;
 
 /// One log record from rotel's detailed debug log.
 #[derive(Debug, Default)]
-struct Record {
-    event: String,
-    body: String,
-    attrs: BTreeMap<String, String>,
+pub(super) struct Record {
+    pub(super) event: String,
+    pub(super) body: String,
+    pub(super) attrs: BTreeMap<String, String>,
 }
 
 /// Parses rotel's `--debug-log logs --debug-log-verbosity detailed` output: `LogRecord #n`,
 /// `EventName: …`, `Body: Str(…)`, `-> key: Str(v)` / `Int(v)`.
-fn parse_records(text: &str) -> Vec<Record> {
+pub(super) fn parse_records(text: &str) -> Vec<Record> {
     let inner = |v: &str| -> String {
         match (v.find('('), v.rfind(')')) {
             (Some(a), Some(b)) if a < b => v[a + 1..b].to_string(),
@@ -65,15 +65,15 @@ fn parse_records(text: &str) -> Vec<Record> {
 
 /// The agent's counters from its Prometheus endpoint.
 #[derive(Clone, Copy, Debug, Default)]
-struct Counters {
-    sent: u64,
-    suppressed: u64,
-    exported: u64,
-    failed: u64,
-    dropped: u64,
+pub(super) struct Counters {
+    pub(super) sent: u64,
+    pub(super) suppressed: u64,
+    pub(super) exported: u64,
+    pub(super) failed: u64,
+    pub(super) dropped: u64,
 }
 
-fn counters(prometheus: &str) -> Result<Counters> {
+pub(super) fn counters(prometheus: &str) -> Result<Counters> {
     let (status, body) = http_get(prometheus, "/metrics")?;
     ensure!(status == 200, "GET /metrics: {status}");
     let value = |name: &str| -> Result<u64> {
@@ -95,7 +95,7 @@ fn counters(prometheus: &str) -> Result<Counters> {
 
 /// The counters once the log export has caught up with what the kernel had sent `settle`
 /// from now (the flow counters are read once a second).
-fn settled_counters(prometheus: &str, settle: Duration) -> Result<Counters> {
+pub(super) fn settled_counters(prometheus: &str, settle: Duration) -> Result<Counters> {
     std::thread::sleep(settle);
     let then = counters(prometheus)?;
     wait_for("the log export to catch up", PATIENCE, || {
@@ -104,30 +104,41 @@ fn settled_counters(prometheus: &str, settle: Duration) -> Result<Counters> {
     })
 }
 
-#[test]
-fn run_exports_sampled_drops_as_log_records_with_the_pod() -> Result<()> {
-    let pod = Pod::new(0x27)?;
-    let dir = TempDir::shared("rflrun")?;
-    let (grpc, http, prom) = (free_port()?, free_port()?, free_port()?);
-    let mut rotel_cmd = Command::new(rotel_bin());
-    rotel_cmd
-        .args(["start", "--otlp-grpc-endpoint"])
+/// rotel with OTLP/gRPC and OTLP/HTTP receivers on free ports (`extra`: more arguments),
+/// printing every log record it receives; its ports `(grpc, http)`.
+pub(super) fn start_rotel(dir: &TempDir, name: &str, extra: &[&str]) -> Result<(RProc, u16, u16)> {
+    let (grpc, http) = (free_port()?, free_port()?);
+    let mut cmd = Command::new(rotel_bin());
+    cmd.args(["start", "--otlp-grpc-endpoint"])
         .arg(format!("127.0.0.1:{grpc}"))
         .arg("--otlp-http-endpoint")
         .arg(format!("127.0.0.1:{http}"))
         .args(["--exporter", "blackhole", "--debug-log", "logs"])
-        .args(["--debug-log-verbosity", "detailed"]);
-    let mut rotel = RProc::spawn("rotel", rotel_cmd, dir.join("rotel.log"))?;
+        .args(["--debug-log-verbosity", "detailed"])
+        .args(extra);
+    let rotel = RProc::spawn(name, cmd, dir.join(format!("{name}.log").as_str()))?;
     wait_for_port(grpc)?;
     wait_for_port(http)?;
+    Ok((rotel, grpc, http))
+}
 
-    let config = CONFIG.replace("\nflows = false\n", "\nflows = true\n");
-    ensure!(
-        config != CONFIG,
-        "the packaged config has no `flows = false` line"
-    );
-    let config = config_file(&dir, &config)?;
+/// `run` as the packaged unit runs it, with the packaged configuration but `drops.flows`
+/// on and the `[drops]` lines `edits` (`(old, new)`) replaced, interval 1 s, with `env`;
+/// the address of its Prometheus endpoint.
+pub(super) fn start_agent(
+    dir: &TempDir,
+    edits: &[(&str, &str)],
+    env: &[(&str, String)],
+) -> Result<(RProc, String)> {
+    let mut config = CONFIG.to_string();
+    for (old, new) in [("flows = false", "flows = true")].iter().chain(edits) {
+        let edited = config.replace(&format!("\n{old}\n"), &format!("\n{new}\n"));
+        ensure!(edited != config, "the packaged config has no `{old}` line");
+        config = edited;
+    }
+    let config = config_file(dir, &config)?;
     let config = config.to_str().context("config path")?;
+    let prom = free_port()?;
     let mut cmd = agent_as_unit(&[
         "--config",
         config,
@@ -136,11 +147,10 @@ fn run_exports_sampled_drops_as_log_records_with_the_pod() -> Result<()> {
         "1s",
         "--no-summary",
     ]);
-    cmd.env(
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        format!("http://127.0.0.1:{grpc}"),
-    )
-    .env("OTEL_EXPORTER_PROMETHEUS_PORT", prom.to_string());
+    cmd.env("OTEL_EXPORTER_PROMETHEUS_PORT", prom.to_string());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let mut agent = RProc::spawn("agent", cmd, dir.join("agent.log"))?;
     agent.wait_running()?;
     ensure!(
@@ -150,7 +160,22 @@ fn run_exports_sampled_drops_as_log_records_with_the_pod() -> Result<()> {
         "the agent does not export drop events:\n{}",
         agent.log_text()
     );
-    let prometheus = format!("127.0.0.1:{prom}");
+    Ok((agent, format!("127.0.0.1:{prom}")))
+}
+
+#[test]
+fn run_exports_sampled_drops_as_log_records_with_the_pod() -> Result<()> {
+    let pod = Pod::new(0x27)?;
+    let dir = TempDir::shared("rflrun")?;
+    let (mut rotel, grpc, _) = start_rotel(&dir, "rotel", &[])?;
+    let (mut agent, prometheus) = start_agent(
+        &dir,
+        &[],
+        &[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{grpc}"),
+        )],
+    )?;
 
     let before = settled_counters(&prometheus, Duration::from_secs(2))?;
     let (count, sport) = (SENT.to_string(), SPORT.to_string());

@@ -31,6 +31,12 @@ pub(crate) const SAMPLE_SUPPRESSED: Metric = Metric {
     description: "Parsed drops not sent as sampled events: over the per-CPU budget (drops.flow_events_per_second) or the ring buffer was full",
     kind: Kind::Counter,
 };
+pub(crate) const SAMPLE_UNPARSED: Metric = Metric {
+    name: "retina.drop.sample.unparsed",
+    unit: "{packet}",
+    description: "Drops whose headers could not be parsed (not IP, or a truncated linear head): neither sent nor suppressed",
+    kind: Kind::Counter,
+};
 pub(crate) const FLOW_EVICTED: Metric = Metric {
     name: "retina.drop.flow.evicted",
     unit: "{flow}",
@@ -38,10 +44,16 @@ pub(crate) const FLOW_EVICTED: Metric = Metric {
     kind: Kind::Counter,
 };
 
-static METRICS: &[&Metric] = &[&SAMPLE_SENT, &SAMPLE_SUPPRESSED, &FLOW_EVICTED];
+static METRICS: &[&Metric] = &[
+    &SAMPLE_SENT,
+    &SAMPLE_SUPPRESSED,
+    &SAMPLE_UNPARSED,
+    &FLOW_EVICTED,
+];
 static METRICS_WITH_LOGS: &[&Metric] = &[
     &SAMPLE_SENT,
     &SAMPLE_SUPPRESSED,
+    &SAMPLE_UNPARSED,
     &FLOW_EVICTED,
     &LOGS_EXPORTED,
     &LOGS_FAILED,
@@ -53,6 +65,7 @@ static METRICS_WITH_LOGS: &[&Metric] = &[
 pub(crate) struct FlowCounters {
     sent: AtomicU64,
     suppressed: AtomicU64,
+    unparsed: AtomicU64,
     evicted: AtomicU64,
 }
 
@@ -62,6 +75,7 @@ impl FlowCounters {
     pub(crate) fn store(&self, stats: &FlowStats) {
         self.sent.store(stats.sent, Ordering::Relaxed);
         self.suppressed.store(stats.suppressed, Ordering::Relaxed);
+        self.unparsed.store(stats.unparsed, Ordering::Relaxed);
         self.evicted.fetch_max(stats.evicted, Ordering::Relaxed);
     }
 }
@@ -98,6 +112,7 @@ impl Collector for FlowCollector {
         let load = |a: &AtomicU64| Number::U64(a.load(Ordering::Relaxed));
         v.point(&SAMPLE_SENT, &[], load(&self.counters.sent));
         v.point(&SAMPLE_SUPPRESSED, &[], load(&self.counters.suppressed));
+        v.point(&SAMPLE_UNPARSED, &[], load(&self.counters.unparsed));
         v.point(&FLOW_EVICTED, &[], load(&self.counters.evicted));
         if let Some(l) = &self.logs {
             l.visit(v);

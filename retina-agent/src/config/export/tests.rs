@@ -302,3 +302,63 @@ fn prometheus_env() {
             .is_err()
     );
 }
+
+#[test]
+fn logs_variables_set_the_log_export_only() {
+    let c = applied(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "a=1,b=2"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "1500"),
+        // Used as is: no `/v1/logs` after it, even without a path.
+        ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://logs:4318"),
+        ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "B=3,x-logs=s3cret"),
+        ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "700"),
+    ]);
+    assert_eq!(c.resolved_endpoint(), "http://c:4318/v1/metrics");
+    assert_eq!(c.resolved_logs_endpoint(), "http://logs:4318");
+    assert_eq!(c.timeout, Duration::from_millis(1500));
+    assert_eq!(c.headers.len(), 2, "{c:?}");
+    let logs = c.for_logs();
+    assert_eq!(logs.timeout, Duration::from_millis(700));
+    assert_eq!(logs.headers["a"], "1");
+    assert_eq!(logs.headers["b"], "3");
+    assert_eq!(logs.headers["x-logs"], "s3cret");
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("s3cret") && dbg.contains("x-logs"), "{dbg}");
+    // A path of its own is kept, gRPC too; without a scheme, `insecure` decides.
+    let c = applied(&[(
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+        "https://gw.example/ingest/logs",
+    )]);
+    assert_eq!(c.resolved_logs_endpoint(), "https://gw.example/ingest/logs");
+    let c = applied(&[
+        ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "logs:4317"),
+        ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+    ]);
+    assert_eq!(c.resolved_logs_endpoint(), "http://logs:4317");
+    // Without it, the logs go where the metrics go.
+    let c = applied(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]);
+    assert_eq!(c.resolved_logs_endpoint(), "http://c:4317");
+    assert_eq!(c.for_logs(), c);
+}
+
+#[test]
+fn bad_logs_variables_name_the_variable() {
+    for (var, value, want) in [
+        ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "ftp://c:21", "not http or https"),
+        ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://u:pw@c:4318", "credentials"),
+        ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4318/?a=b", "query"),
+        ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "0", "greater than zero"),
+        ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "10s", "milliseconds"),
+        ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "bad name=s3cret", "header name"),
+        ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "k=%zzs3cret", "%-escape"),
+    ] {
+        let e = ExportConfig::default()
+            .apply_env(env(&[(var, value)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(var) && e.contains(want), "{var}={value}: {e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+}

@@ -7,6 +7,13 @@
 //! queued), each export is one attempt bounded by the configured timeout (failed records are
 //! counted, not retried), and nothing here blocks collection: the processor exports on its
 //! own thread, driving the transport on the daemon's runtime.
+//!
+//! The SDK's batch processor bounds the queue and batches, but it exports every batch it
+//! has, however often the last ones failed, and under a flood it has a full batch every
+//! few milliseconds. While the collector is down the exporter therefore backs off as the
+//! metric export does ([`super::backoff`]: 1, 2, 4, … up to 30 s after failures in a row,
+//! ended by the first success): a batch handed over during the wait is counted failed at
+//! once, without being encoded or sent.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -24,7 +31,7 @@ use opentelemetry_sdk::{
 };
 use tokio::runtime::Handle;
 
-use super::{HARD_STOP_MARGIN, transport};
+use super::{HARD_STOP_MARGIN, backoff::Backoff, transport};
 use crate::{
     config::ExportConfig,
     export::{ExportError, selfmetrics::LogStats},
@@ -50,11 +57,21 @@ struct Counted {
     deadline: Duration,
     endpoint: String,
     failures: std::sync::Mutex<Streak>,
+    backoff: std::sync::Mutex<Backoff>,
 }
 
 impl Counted {
     fn failed(&self, records: u64, reason: String) {
         self.stats.failed.fetch_add(records, Ordering::Relaxed);
+        let wait = self
+            .backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failed(Instant::now());
+        let reason = format!(
+            "{reason} (next attempt in {})",
+            humantime::format_duration(wait)
+        );
         let reason = match self.last_error.take() {
             Some(d) => format!("{reason}: {d}"),
             None => reason,
@@ -78,6 +95,19 @@ impl Counted {
 impl LogExporter for Counted {
     async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
         let records = batch.iter().count() as u64;
+        if self
+            .backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .holds(Instant::now())
+        {
+            // Backing off: the batch is lost, as a failed export's would be.
+            self.stats.queued.fetch_sub(records, Ordering::Relaxed);
+            self.stats.failed.fetch_add(records, Ordering::Relaxed);
+            return Err(OTelSdkError::InternalFailure(
+                "backing off after failed exports".into(),
+            ));
+        }
         // Built inside the runtime: the timer and the transport need its context.
         let result = self.runtime.block_on(async {
             tokio::time::timeout(self.deadline, self.inner.export(batch)).await
@@ -86,6 +116,10 @@ impl LogExporter for Counted {
         match result {
             Ok(Ok(())) => {
                 self.stats.exported.fetch_add(records, Ordering::Relaxed);
+                self.backoff
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .succeeded();
                 let mut streak = self.failures.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some((count, _)) = streak.end() {
                     tracing::info!(endpoint = %self.endpoint, "OTLP log export recovered after {count} failures");
@@ -126,6 +160,8 @@ impl LogOutput {
     /// runtime (its handle drives the transport).
     pub(crate) fn new(config: &ExportConfig, resource: Resource) -> Result<Self, ExportError> {
         let endpoint = config.resolved_logs_endpoint();
+        // The shared settings with the `OTEL_EXPORTER_OTLP_LOGS_*` ones over them.
+        let config = &config.for_logs();
         let (inner, last_error) = transport::log_exporter(config, &endpoint)?;
         let stats = Arc::new(LogStats::default());
         let deadline = config.timeout.saturating_add(HARD_STOP_MARGIN);
@@ -137,6 +173,7 @@ impl LogOutput {
             deadline,
             endpoint: endpoint.clone(),
             failures: std::sync::Mutex::new(Streak::default()),
+            backoff: std::sync::Mutex::new(Backoff::default()),
         };
         let batch = BatchConfigBuilder::default()
             .with_max_queue_size(MAX_QUEUE)

@@ -16,11 +16,12 @@ impl Visitor for Points {
 fn counters_are_visited_and_evictions_never_go_back() {
     let counters = Arc::new(FlowCounters::default());
     let c = FlowCollector::new(counters.clone(), None);
-    assert_eq!(c.metrics().len(), 3);
+    assert_eq!(c.metrics().len(), 4);
     counters.store(&FlowStats {
         evicted: 5,
         sent: 100,
         suppressed: 900,
+        unparsed: 3,
         ..FlowStats::default()
     });
     // A later walk that saw fewer (an entry counted twice as missing before) keeps 5.
@@ -28,6 +29,7 @@ fn counters_are_visited_and_evictions_never_go_back() {
         evicted: 4,
         sent: 101,
         suppressed: 901,
+        unparsed: 4,
         ..FlowStats::default()
     });
     let mut p = Points::default();
@@ -37,6 +39,7 @@ fn counters_are_visited_and_evictions_never_go_back() {
         vec![
             ("retina.drop.sample.sent", 101),
             ("retina.drop.sample.suppressed", 901),
+            ("retina.drop.sample.unparsed", 4),
             ("retina.drop.flow.evicted", 5),
         ]
     );
