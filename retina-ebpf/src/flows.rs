@@ -17,9 +17,10 @@ use aya_ebpf::{
 use retina_ebpf_common::{
     DropKey,
     flows::{
-        FAMILY_IPV4, FAMILY_IPV6, FLOW_OFFSETS_VALID, FLOW_SNAPLEN_MAX, FLOW_STAT_RING_FULL,
-        FLOW_STAT_SENT, FLOW_STAT_SEQ_LOST, FLOW_STAT_SUPPRESSED, FLOW_STAT_UNCOUNTED,
-        FLOW_STAT_UNPARSED, FLOW_STATS, FlowEvent, FlowKey, FlowOffsets, FlowValue, TokenBucket,
+        FAMILY_IPV4, FAMILY_IPV6, FLOW_FRONT_MAX, FLOW_OFFSETS_VALID, FLOW_SNAPLEN_MAX,
+        FLOW_STAT_RING_FULL, FLOW_STAT_SENT, FLOW_STAT_SEQ_LOST, FLOW_STAT_SUPPRESSED,
+        FLOW_STAT_UNCOUNTED, FLOW_STAT_UNPARSED, FLOW_STATS, FlowEvent, FlowFront, FlowKey,
+        FlowOffsets, FlowValue, TokenBucket,
     },
 };
 
@@ -48,6 +49,10 @@ static DROP_FLOW_SEQ: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 static DROP_FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_STATS, 0);
+
+/// This CPU's last flow and its drops not yet in [`DROP_FLOWS`] (see `FlowFront`).
+#[map]
+static DROP_FLOW_FRONT: PerCpuArray<FlowFront> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static DROP_FLOW_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
@@ -96,10 +101,10 @@ unsafe fn fetch_add(ptr: *mut u64, value: u64) -> u64 {
 }
 
 #[inline(always)]
-fn stat(index: u32) {
+fn stat(index: u32, n: u64) {
     if let Some(c) = DROP_FLOW_STATS.get_ptr_mut(index) {
         // SAFETY: this CPU's counter; the program does not nest on a CPU.
-        unsafe { *c += 1 };
+        unsafe { *c += n };
     }
 }
 
@@ -230,7 +235,7 @@ pub fn record<K: Kernel>(skb: u64, drop: &DropKey, len: u64) {
         return;
     }
     let Some(mut p) = parse::<K>(skb, drop.protocol) else {
-        stat(FLOW_STAT_UNPARSED);
+        stat(FLOW_STAT_UNPARSED, 1);
         return;
     };
     p.key.reason = drop.reason;
@@ -240,8 +245,69 @@ pub fn record<K: Kernel>(skb: u64, drop: &DropKey, len: u64) {
     sample(&p, drop, len);
 }
 
+/// Counts the drop: in this CPU's front entry when it holds the same flow (the common case
+/// in a flood: no hash, no shared cache line), else in the LRU map, after moving what the
+/// front entry held there. Under the front entry's seqlock whenever the LRU map is touched
+/// for a flow the entry holds counts of, or the entry changes flow.
 #[inline(always)]
 fn count(key: &FlowKey, len: u64, tcp_flags: u32) {
+    let tcp_flags = tcp_flags as u64;
+    let Some(f) = DROP_FLOW_FRONT.get_ptr_mut(0) else {
+        add(key, 1, len, tcp_flags);
+        return;
+    };
+    // SAFETY: this CPU's entry; the program does not nest on a CPU. User space only reads.
+    let f = unsafe { &mut *f };
+    let same = same_flow(&f.key, key);
+    if same && f.packets < FLOW_FRONT_MAX {
+        f.packets += 1;
+        f.bytes += len;
+        f.tcp_flags |= tcp_flags;
+        return;
+    }
+    // SAFETY: a field of this CPU's entry. The fetch-add is a full barrier, so user space
+    // never sees the new key or the moved counts without the odd number.
+    unsafe { fetch_add(&raw mut f.generation, 1) };
+    if same {
+        // The bound reached: the held drops and this one go to the flow's entry.
+        add(key, f.packets + 1, f.bytes + len, f.tcp_flags | tcp_flags);
+    } else {
+        if f.packets != 0 {
+            add(&f.key, f.packets, f.bytes, f.tcp_flags);
+        }
+        // A flow's first drop on this CPU always reaches the LRU map, so its entry (and
+        // sequence number) exists from its first drop, as without the front entry.
+        add(key, 1, len, tcp_flags);
+        f.key = *key;
+    }
+    f.packets = 0;
+    f.bytes = 0;
+    f.tcp_flags = 0;
+    // SAFETY: as above.
+    unsafe { fetch_add(&raw mut f.generation, 1) };
+}
+
+/// Whether two keys are equal, compared as 13 words without branches between them.
+#[inline(always)]
+fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
+    // SAFETY: FlowKey is 52 bytes of integers with 4-byte alignment (asserted in common).
+    let (a, b) = unsafe {
+        (
+            &*(a as *const FlowKey).cast::<[u32; 13]>(),
+            &*(b as *const FlowKey).cast::<[u32; 13]>(),
+        )
+    };
+    let mut diff = 0;
+    for i in 0..13 {
+        diff |= a[i] ^ b[i];
+    }
+    diff == 0
+}
+
+/// Adds `packets` drops (`bytes`, `tcp_flags`) to the flow's LRU entry, creating it (with
+/// the next sequence number) when missing.
+#[inline(always)]
+fn add(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u64) {
     let mut value = DROP_FLOWS.get_ptr_mut(key);
     if value.is_none() {
         let Some(seq) = DROP_FLOW_SEQ.get_ptr_mut(0) else {
@@ -256,21 +322,21 @@ fn count(key: &FlowKey, len: u64, tcp_flags: u32) {
         };
         if DROP_FLOWS.insert(key, new, BPF_NOEXIST).is_err() {
             // Another CPU created it first (or the insert failed): the number is unused.
-            stat(FLOW_STAT_SEQ_LOST);
+            stat(FLOW_STAT_SEQ_LOST, 1);
         }
         value = DROP_FLOWS.get_ptr_mut(key);
     }
     let Some(v) = value else {
-        stat(FLOW_STAT_UNCOUNTED);
+        stat(FLOW_STAT_UNCOUNTED, packets);
         return;
     };
     // SAFETY: a value of the map, valid while the program runs; other CPUs update it too,
     // so atomically.
     unsafe {
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).packets, 1);
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).bytes, len);
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).packets, packets);
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*v).bytes, bytes);
         if tcp_flags != 0 {
-            atomic_or::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, tcp_flags as u64);
+            atomic_or::<u64, u64, { Relaxed }>(&raw mut (*v).tcp_flags, tcp_flags);
         }
     }
 }
@@ -302,12 +368,12 @@ fn take_token() -> bool {
 #[inline(always)]
 fn sample(p: &Parsed, drop: &DropKey, len: u64) {
     if !take_token() {
-        stat(FLOW_STAT_SUPPRESSED);
+        stat(FLOW_STAT_SUPPRESSED, 1);
         return;
     }
     let Some(mut entry) = DROP_FLOW_EVENTS.reserve::<FlowEvent>(0) else {
-        stat(FLOW_STAT_SUPPRESSED);
-        stat(FLOW_STAT_RING_FULL);
+        stat(FLOW_STAT_SUPPRESSED, 1);
+        stat(FLOW_STAT_RING_FULL, 1);
         return;
     };
     let e = entry.as_mut_ptr();
@@ -337,5 +403,5 @@ fn sample(p: &Parsed, drop: &DropKey, len: u64) {
         (*e).cap_len = if ok { cap } else { 0 };
     }
     entry.submit(0);
-    stat(FLOW_STAT_SENT);
+    stat(FLOW_STAT_SENT, 1);
 }
