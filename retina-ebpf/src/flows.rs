@@ -108,11 +108,18 @@ fn stat(index: u32, n: u64) {
     }
 }
 
+/// Packet bytes on the stack, 8-byte aligned: with `[u8; N]` alone (alignment 1) LLVM moves
+/// and assembles every header field byte by byte (a 64-byte copy was 64 loads and stores),
+/// with the alignment it uses word loads.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Bytes<const N: usize>([u8; N]);
+
 /// Reads `N` bytes at `addr` (a kernel address; a failed read gives `None`).
 #[inline(always)]
-fn bytes<const N: usize>(addr: u64) -> Option<[u8; N]> {
+fn bytes<const N: usize>(addr: u64) -> Option<Bytes<N>> {
     // SAFETY: bpf_probe_read_kernel copes with any address and reports failure.
-    unsafe { bpf_probe_read_kernel(addr as *const [u8; N]).ok() }
+    unsafe { bpf_probe_read_kernel(addr as *const Bytes<N>).ok() }
 }
 
 #[inline(always)]
@@ -142,6 +149,7 @@ fn parse<K: Kernel>(skb: u64, protocol: u32) -> Option<Parsed> {
     let l3 = head + nh as u64;
     // Enough for IPv4 without options or IPv6, and the first 14 bytes of TCP/UDP/ICMP.
     let buf = bytes::<64>(l3)?;
+    let buf = &buf.0;
     let mut key = FlowKey::default();
     let (l4_off, l4): (u32, [u8; 16]);
     match protocol {
@@ -154,7 +162,7 @@ fn parse<K: Kernel>(skb: u64, protocol: u32) -> Option<Parsed> {
             key.protocol = buf[9];
             key.saddr[..4].copy_from_slice(&buf[12..16]);
             key.daddr[..4].copy_from_slice(&buf[16..20]);
-            if be16(&buf, 6) & 0x1fff != 0 {
+            if be16(buf, 6) & 0x1fff != 0 {
                 key.fragment = 1;
                 return Some(Parsed {
                     key,
@@ -169,7 +177,7 @@ fn parse<K: Kernel>(skb: u64, protocol: u32) -> Option<Parsed> {
                 l4.copy_from_slice(&buf[20..36]);
                 l4
             } else {
-                bytes::<16>(l3 + ihl as u64)?
+                bytes::<16>(l3 + ihl as u64)?.0
             };
         }
         ETH_P_IPV6 if buf[0] >> 4 == 6 => {
