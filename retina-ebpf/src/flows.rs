@@ -249,21 +249,20 @@ pub fn record<K: Kernel>(skb: u64, drop: &DropKey, len: u64) {
     p.key.reason = drop.reason;
     p.key.netns = drop.netns;
     p.key.ifindex = drop.ifindex;
-    let repeat = count(&p.key, len, p.tcp_flags);
-    sample(&p, drop, len, repeat);
+    count(&p.key, len, p.tcp_flags);
+    sample(&p, drop, len);
 }
 
 /// Counts the drop: in this CPU's front entry when it holds the same flow (the common case
 /// in a flood: no hash, no shared cache line), else in the LRU map, after moving what the
 /// front entry held there. Under the front entry's seqlock whenever the LRU map is touched
-/// for a flow the entry holds counts of, or the entry changes flow. Returns whether the
-/// drop is of the entry's flow (the CPU's previous counted drop was of the same flow).
+/// for a flow the entry holds counts of, or the entry changes flow.
 #[inline(always)]
-fn count(key: &FlowKey, len: u64, tcp_flags: u32) -> bool {
+fn count(key: &FlowKey, len: u64, tcp_flags: u32) {
     let tcp_flags = tcp_flags as u64;
     let Some(f) = DROP_FLOW_FRONT.get_ptr_mut(0) else {
         add(key, 1, len, tcp_flags);
-        return false;
+        return;
     };
     // SAFETY: this CPU's entry; the program does not nest on a CPU. User space only reads.
     let f = unsafe { &mut *f };
@@ -272,7 +271,7 @@ fn count(key: &FlowKey, len: u64, tcp_flags: u32) -> bool {
         f.packets += 1;
         f.bytes += len;
         f.tcp_flags |= tcp_flags;
-        return true;
+        return;
     }
     // SAFETY: a field of this CPU's entry. The fetch-add is a full barrier, so user space
     // never sees the new key or the moved counts without the odd number.
@@ -294,7 +293,6 @@ fn count(key: &FlowKey, len: u64, tcp_flags: u32) -> bool {
     f.tcp_flags = 0;
     // SAFETY: as above.
     unsafe { fetch_add(&raw mut f.generation, 1) };
-    same
 }
 
 /// Whether two keys are equal, compared as 13 words without branches between them.
@@ -351,8 +349,7 @@ fn add(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u64) {
     }
 }
 
-/// Takes a token from this CPU's bucket: whether the drop may be sent. `repeat`: the drop
-/// is of the flow this CPU's previous drop was of (a front entry hit).
+/// Takes a token from this CPU's bucket: whether the drop may be sent.
 ///
 /// `bpf_ktime_get_ns` is the dearest part of a drop with flows on (measured ~30-40 ns of
 /// the ~70, 2026-12-06), so the clock is read only when needed: a bucket holding a token
@@ -362,7 +359,7 @@ fn add(key: &FlowKey, packets: u64, bytes: u64, tcp_flags: u64) {
 /// never exceeded; what is lost is at most that many samples of a flow that was just
 /// over the rate, and a drop of another flow always reads the clock.
 #[inline(always)]
-fn take_token(repeat: bool) -> bool {
+fn take_token() -> bool {
     let Some(b) = DROP_FLOW_BUCKET.get_ptr_mut(0) else {
         return false;
     };
@@ -372,6 +369,11 @@ fn take_token(repeat: bool) -> bool {
         b.tokens -= NS;
         return true;
     }
+    // The drop was a front entry hit (the same flow as the CPU's previous drop) when the
+    // entry now holds counts. Read from the map rather than passed from `count`: a flag
+    // carried in a register multiplied the verifier's paths (11 k to 418 k instructions
+    // processed on 6.18, too near the 1 M limit for older verifiers).
+    let repeat = DROP_FLOW_FRONT.get(0).is_some_and(|f| f.packets != 0);
     if repeat && b.skip != 0 {
         b.skip -= 1;
         return false;
@@ -395,8 +397,8 @@ fn take_token(repeat: bool) -> bool {
 }
 
 #[inline(always)]
-fn sample(p: &Parsed, drop: &DropKey, len: u64, repeat: bool) {
-    if !take_token(repeat) {
+fn sample(p: &Parsed, drop: &DropKey, len: u64) {
+    if !take_token() {
         stat(FLOW_STAT_SUPPRESSED, 1);
         return;
     }
