@@ -11,6 +11,14 @@
 //! [`FLOW_STAT_SEQ_LOST`]). A flow whose number is above the lowest missing one may have
 //! been evicted before and come back, so its count is only a lower bound; one below it
 //! cannot have been (its earlier self would be missing with a lower number).
+//!
+//! Front cache: a flood is one flow, so each CPU keeps the last flow it counted in
+//! [`FLOW_FRONT_MAP`] and adds that flow's next drops there, touching the LRU map only when
+//! the flow changes or [`FLOW_FRONT_MAX`] drops are held. The first drop of a flow on a CPU
+//! always goes to the LRU map (creating the entry, with its sequence number, as before), so
+//! a flow held in a front entry has an LRU entry or had one that was evicted: eviction
+//! detection is unchanged. User space adds the held drops to what it reads from the map
+//! (see [`FlowFront::generation`] for how it avoids counting them twice).
 
 /// Name of the read-only global (`u32`): 1 with flows on, 0 (default) off. The program
 /// reads it first, so with 0 the verifier removes the whole flow path.
@@ -33,6 +41,13 @@ pub const FLOW_STATS_MAP: &str = "DROP_FLOW_STATS";
 pub const FLOW_BUCKET_MAP: &str = "DROP_FLOW_BUCKET";
 /// Ring buffer of [`FlowEvent`]s.
 pub const FLOW_EVENTS_MAP: &str = "DROP_FLOW_EVENTS";
+/// Per-CPU array with one [`FlowFront`].
+pub const FLOW_FRONT_MAP: &str = "DROP_FLOW_FRONT";
+
+/// Most drops a front entry holds before they are added to the LRU map: the flow's entry is
+/// then looked up at least once per this many drops, which keeps it recent in the LRU map
+/// while a flood goes on (and costs a lookup per 256 drops).
+pub const FLOW_FRONT_MAX: u64 = 256;
 
 /// Most bytes of a packet an event carries.
 pub const FLOW_SNAPLEN_MAX: u32 = 128;
@@ -118,6 +133,24 @@ pub struct FlowEvent {
     pub data: [u8; FLOW_SNAPLEN_MAX as usize],
 }
 
+/// A CPU's last counted flow and its drops not yet added to the LRU map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowFront {
+    /// Odd while the program changes `key` or moves the held counts into the LRU map,
+    /// incremented before and after (a seqlock). User space reads the entries, then the
+    /// LRU map, then the entries again: where the number did not change and is even, the
+    /// held counts were in neither map twice nor half-written, so they add exactly.
+    pub generation: u64,
+    /// All zeros (family 0, never a parsed flow) until the CPU counts its first flow.
+    pub key: FlowKey,
+    pub _pad: u32,
+    /// Drops of `key` counted here and not in the LRU map, their bytes and TCP flags.
+    pub packets: u64,
+    pub bytes: u64,
+    pub tcp_flags: u64,
+}
+
 /// A per-CPU token bucket, in nanosecond-tokens: one event costs `1e9`, and `rate` per
 /// second are added, up to `rate * 1e9` (one second of burst).
 #[repr(C)]
@@ -125,7 +158,15 @@ pub struct FlowEvent {
 pub struct TokenBucket {
     pub tokens: u64,
     pub last_ns: u64,
+    /// Drops of the same flow still to suppress without reading the clock (see
+    /// [`FLOW_BUCKET_SKIP`]).
+    pub skip: u64,
 }
+
+/// After the clock found a CPU's bucket empty, how many next drops of the same flow are
+/// suppressed without reading it again (`bpf_ktime_get_ns` costs more than the rest of
+/// the sampling): the clock is read once per 16 drops of a flood.
+pub const FLOW_BUCKET_SKIP: u64 = 15;
 
 /// The `FlowOffsets::flags` bit saying the loader filled the offsets in.
 pub const FLOW_OFFSETS_VALID: u32 = 1;
@@ -164,10 +205,13 @@ mod user {
     unsafe impl aya::Pod for super::FlowOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowFront {}
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 32 + 4 + 4 + 12);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowOffsets>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowEvent>() == 52 + 4 + 24 + 8 + 128);
-const _: () = assert!(core::mem::size_of::<TokenBucket>() == 16);
+const _: () = assert!(core::mem::size_of::<TokenBucket>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowFront>() == 8 + 52 + 4 + 24);

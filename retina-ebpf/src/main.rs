@@ -282,7 +282,13 @@ fn try_kfree_skb<K: Kernel, C: EbpfContext>(
         cgroup,
     };
     // Whether the namespace is an unprivileged user's is asked only when a key is created.
-    match slot(&key, || owned_by_user_ns::<K>(net)).and_then(|s| count_of(s).ok_or(Spill::Full)) {
+    let slot = slot(&key, || owned_by_user_ns::<K>(net));
+    let counts = match slot {
+        NO_SLOT_USER_NS => Err(Spill::UserNs),
+        NO_SLOT => Err(Spill::Full),
+        s => count_of(s).ok_or(Spill::Full),
+    };
+    match counts {
         Ok(value) => {
             // SAFETY: the pointer is this CPU's element of the array, valid for the duration
             // of the program; only programs on this CPU write it, one at a time (the
@@ -300,6 +306,16 @@ fn try_kfree_skb<K: Kernel, C: EbpfContext>(
         flows::record::<K>(skb, &key, len);
     }
 }
+
+/// What [`slot`] returns for a drop that found no slot: the map is full (or a slot was out
+/// of range), or the slots reserved for namespaces owned by a non-initial user namespace
+/// are taken. A plain `u32` rather than a `Result<u32, Spill>` or `Option<u32>`: LLVM
+/// leaves the slot bits of an `Err`/`None` undefined and may fill them from any register,
+/// and when that register holds a BTF pointer (`struct net` in the `tp_btf` flavour) the
+/// verifier rejects the shift that packs it ("pointer arithmetic with <<= operator
+/// prohibited"), which a change elsewhere in the program (the drop flows) made happen.
+const NO_SLOT: u32 = u32::MAX;
+const NO_SLOT_USER_NS: u32 = u32::MAX - 1;
 
 /// Why a drop found no slot.
 #[derive(Clone, Copy)]
@@ -330,7 +346,7 @@ fn count_of(slot: u32) -> Option<*mut DropValue> {
 /// slot), caching the answer. The cache holds the key as read (its protocol not folded),
 /// so a cache hit costs no fold.
 #[inline(always)]
-fn slot(key: &DropKey, owned_by_user_ns: impl FnOnce() -> bool) -> Result<u32, Spill> {
+fn slot(key: &DropKey, owned_by_user_ns: impl FnOnce() -> bool) -> u32 {
     // Read before `DROPS`, so a mapping cached from a lookup that raced with a removal by
     // user space carries the old epoch and is never used.
     let epoch = DROP_EPOCH.get(0).copied().unwrap_or(0);
@@ -343,53 +359,56 @@ fn slot(key: &DropKey, owned_by_user_ns: impl FnOnce() -> bool) -> Result<u32, S
         ^ location.rotate_left(24)
         ^ cgroup.rotate_left(4))
     .wrapping_mul(0x9e37_79b1);
-    let entry = DROP_CACHE
-        .get_ptr_mut(h >> (32 - CACHE_ENTRIES.trailing_zeros()))
-        .ok_or(Spill::Full)?;
+    let Some(entry) = DROP_CACHE.get_ptr_mut(h >> (32 - CACHE_ENTRIES.trailing_zeros())) else {
+        return NO_SLOT;
+    };
     // SAFETY: this CPU's cache entry, as in `try_kfree_skb`.
     let entry = unsafe { &mut *entry };
     if entry.epoch == epoch && entry.key == *key {
-        return Ok(entry.slot);
+        return entry.slot;
     }
     let folded = DropKey {
         protocol: fold_protocol(key.protocol),
         ..*key
     };
-    let slot = lookup_or_create(&folded, owned_by_user_ns)?;
+    let slot = lookup_or_create(&folded, owned_by_user_ns);
+    if slot == NO_SLOT || slot == NO_SLOT_USER_NS {
+        return slot;
+    }
     *entry = CacheEntry {
         key: *key,
         slot,
         epoch,
     };
-    Ok(slot)
+    slot
 }
 
 #[inline(always)]
-fn lookup_or_create(key: &DropKey, owned_by_user_ns: impl FnOnce() -> bool) -> Result<u32, Spill> {
+fn lookup_or_create(key: &DropKey, owned_by_user_ns: impl FnOnce() -> bool) -> u32 {
     if let Some(slot) = DROPS.get_ptr(key) {
         // SAFETY: a value pointer of the hash map, valid while the program runs.
-        return Ok(unsafe { *slot });
+        return unsafe { *slot };
     }
     // A never-used slot holds zeros, and user space zeroes a slot before freeing it. A
     // namespace an unprivileged user owns takes only from its reserved pool; others take
     // from the shared slots first.
     let spill = if owned_by_user_ns() {
-        Spill::UserNs
+        NO_SLOT_USER_NS
     } else if let Some(slot) = DROP_FREE_SLOTS.pop().ok().flatten() {
-        return insert(key, slot, &DROP_FREE_SLOTS).ok_or(Spill::Full);
+        return insert(key, slot, &DROP_FREE_SLOTS);
     } else {
-        Spill::Full
+        NO_SLOT
     };
     match DROP_USERNS_SLOTS.pop().ok().flatten() {
-        Some(slot) => insert(key, slot, &DROP_USERNS_SLOTS).ok_or(Spill::Full),
-        None => Err(spill),
+        Some(slot) => insert(key, slot, &DROP_USERNS_SLOTS),
+        None => spill,
     }
 }
 
 /// Creates `key` with `slot` (taken from `from`, where it goes back if the key cannot be
-/// created).
+/// created); [`NO_SLOT`] when it cannot.
 #[inline(always)]
-fn insert(key: &DropKey, slot: u32, from: &Stack<u32>) -> Option<u32> {
+fn insert(key: &DropKey, slot: u32, from: &Stack<u32>) -> u32 {
     match DROPS.insert(key, slot, BPF_NOEXIST) {
         Ok(()) => {
             // Tell user space there is a new key (after inserting it).
@@ -399,17 +418,16 @@ fn insert(key: &DropKey, slot: u32, from: &Stack<u32>) -> Option<u32> {
                 // SAFETY: as in `try_kfree_skb`.
                 unsafe { (*created).packets += 1 };
             }
-            Some(slot)
+            slot
         }
         Err(e) => {
             // Another CPU created the key between our lookup and insert (use its slot), or
             // the map is full: our slot was never counted into, so it is still free.
             let _ = from.push(slot, 0);
-            if e == -EEXIST {
+            match DROPS.get_ptr(key) {
                 // SAFETY: as above.
-                DROPS.get_ptr(key).map(|s| unsafe { *s })
-            } else {
-                None
+                Some(s) if e == -EEXIST => unsafe { *s },
+                _ => NO_SLOT,
             }
         }
     }

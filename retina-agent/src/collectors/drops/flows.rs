@@ -11,9 +11,9 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
 };
 use retina_ebpf_common::flows::{
-    FAMILY_IPV4, FLOW_EVENTS_MAP, FLOW_OFFSETS_VALID, FLOW_SEQ_MAP, FLOW_STAT_RING_FULL,
+    FAMILY_IPV4, FLOW_EVENTS_MAP, FLOW_FRONT_MAP, FLOW_OFFSETS_VALID, FLOW_SEQ_MAP, FLOW_STAT_RING_FULL,
     FLOW_STAT_SENT, FLOW_STAT_SEQ_LOST, FLOW_STAT_SUPPRESSED, FLOW_STAT_UNCOUNTED,
-    FLOW_STAT_UNPARSED, FLOW_STATS_MAP, FLOWS_MAP, FlowEvent, FlowKey, FlowOffsets, FlowValue,
+    FLOW_STAT_UNPARSED, FLOW_STATS_MAP, FLOWS_MAP, FlowEvent, FlowFront, FlowKey, FlowOffsets, FlowValue,
 };
 
 use crate::kernel::btf::Btf;
@@ -110,8 +110,14 @@ pub struct FlowMaps {
     flows: HashMap<MapData, FlowKey, FlowValue>,
     seq: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
+    /// Each CPU's last flow and the drops of it not yet in `flows`.
+    front: PerCpuArray<MapData, FlowFront>,
     events: Option<RingBuf<MapData>>,
 }
+
+/// Reads of the flow map a front entry may change under before the held counts are taken
+/// as a lower bound (see [`held`]).
+const FRONT_READS: usize = 3;
 
 /// A flow map missing from the object, or failing to read.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +144,8 @@ impl FlowMaps {
             seq: Array::try_from(take(FLOW_SEQ_MAP)?).map_err(read_err(FLOW_SEQ_MAP))?,
             stats: PerCpuArray::try_from(take(FLOW_STATS_MAP)?)
                 .map_err(read_err(FLOW_STATS_MAP))?,
+            front: PerCpuArray::try_from(take(FLOW_FRONT_MAP)?)
+                .map_err(read_err(FLOW_FRONT_MAP))?,
             events: Some(
                 RingBuf::try_from(take(FLOW_EVENTS_MAP)?).map_err(read_err(FLOW_EVENTS_MAP))?,
             ),
@@ -158,20 +166,40 @@ impl FlowMaps {
             .sum())
     }
 
+    fn fronts(&self) -> Result<Vec<FlowFront>, FlowMapError> {
+        Ok(self
+            .front
+            .get(&0, 0)
+            .map_err(read_err(FLOW_FRONT_MAP))?
+            .iter()
+            .copied()
+            .collect())
+    }
+
     /// Every flow in the map, largest first, and the counters.
     pub fn read(&self) -> Result<(Vec<Flow>, FlowStats), FlowMapError> {
-        // The number of entries created so far, read before the entries: any entry created
-        // later has a higher number and is left out of the search for missing ones.
-        let issued = self.seq.get(&0, 0).map_err(read_err(FLOW_SEQ_MAP))?;
-        let mut raw = Vec::new();
-        for item in self.flows.iter() {
-            match item {
-                Ok(kv) => raw.push(kv),
-                // An entry evicted while the map was walked: it is missing, as it should be.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(read_err(FLOWS_MAP)(e)),
+        let mut attempt = 0;
+        let (issued, mut raw, held) = loop {
+            attempt += 1;
+            let before = self.fronts()?;
+            // The number of entries created so far, read before the entries: any entry
+            // created later has a higher number and is left out of the search for missing
+            // ones.
+            let issued = self.seq.get(&0, 0).map_err(read_err(FLOW_SEQ_MAP))?;
+            let mut raw = Vec::new();
+            for item in self.flows.iter() {
+                match item {
+                    Ok(kv) => raw.push(kv),
+                    // An entry evicted while the map was walked: it is missing, as it should.
+                    Err(aya::maps::MapError::KeyNotFound) => continue,
+                    Err(e) => return Err(read_err(FLOWS_MAP)(e)),
+                }
             }
-        }
+            let after = self.fronts()?;
+            if let Some(held) = held(&before, &after, attempt == FRONT_READS) {
+                break (issued, raw, held);
+            }
+        };
         let mut seqs: Vec<u64> = raw.iter().map(|(_, v)| v.seq).collect();
         let first_missing = first_missing(&mut seqs, issued);
         let lost = self.stat(FLOW_STAT_SEQ_LOST)?;
@@ -184,11 +212,14 @@ impl FlowMaps {
             ring_full: self.stat(FLOW_STAT_RING_FULL)?,
             uncounted: self.stat(FLOW_STAT_UNCOUNTED)?,
         };
+        add_held(&mut raw, &held);
         let mut flows: Vec<Flow> = raw
             .into_iter()
             .map(|(key, value)| Flow {
                 key,
                 value,
+                // A flow only held in front entries (its LRU entry evicted since) has
+                // `seq` u64::MAX: not exact.
                 exact: value.seq < first_missing,
             })
             .collect();
@@ -199,6 +230,53 @@ impl FlowMaps {
                 .then_with(|| a.key.cmp(&b.key))
         });
         Ok((flows, stats))
+    }
+}
+
+/// The counts the CPUs' front entries hold, from their reads before and after a read of the
+/// flow map. A CPU whose entry kept the same even generation moved nothing into the map in
+/// between: its held counts are in neither read of the map twice. Otherwise `None` (read
+/// again), or with `last` the counts held after, which the map read lacks at most the
+/// last move of: a lower bound, never counted twice.
+pub(crate) fn held(before: &[FlowFront], after: &[FlowFront], last: bool) -> Option<Vec<FlowFront>> {
+    let mut out = Vec::new();
+    for (b, a) in before.iter().zip(after) {
+        let f = if b.generation == a.generation && b.generation % 2 == 0 {
+            b
+        } else if last && a.generation % 2 == 0 {
+            a
+        } else if last {
+            continue;
+        } else {
+            return None;
+        };
+        if f.packets != 0 {
+            out.push(*f);
+        }
+    }
+    Some(out)
+}
+
+/// Adds the held counts to their flows; a flow held but not in the map (its entry was
+/// evicted and comes back when the CPU moves the counts) is added with `seq` u64::MAX.
+pub(crate) fn add_held(raw: &mut Vec<(FlowKey, FlowValue)>, held: &[FlowFront]) {
+    for h in held {
+        match raw.iter_mut().find(|(k, _)| *k == h.key) {
+            Some((_, v)) => {
+                v.packets += h.packets;
+                v.bytes += h.bytes;
+                v.tcp_flags |= h.tcp_flags;
+            }
+            None => raw.push((
+                h.key,
+                FlowValue {
+                    packets: h.packets,
+                    bytes: h.bytes,
+                    seq: u64::MAX,
+                    tcp_flags: h.tcp_flags,
+                },
+            )),
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use retina_ebpf_common::{
 };
 
 use retina_ebpf_common::flows::{
-    FLOW_BUCKET_MAP, FLOW_EVENTS_MAP, FLOW_OFFSETS_GLOBAL, FLOW_SEQ_MAP, FLOW_STATS_MAP, FLOW_RATE_GLOBAL, FLOW_SNAPLEN_GLOBAL,
+    FLOW_BUCKET_MAP, FLOW_EVENTS_MAP, FLOW_FRONT_MAP, FLOW_OFFSETS_GLOBAL, FLOW_SEQ_MAP, FLOW_STATS_MAP, FLOW_RATE_GLOBAL, FLOW_SNAPLEN_GLOBAL,
     FLOW_SNAPLEN_MAX, FLOWS_GLOBAL, FLOWS_MAP,
 };
 
@@ -337,6 +337,7 @@ impl DropProbe {
             FLOW_SEQ_MAP,
             FLOW_STATS_MAP,
             FLOW_BUCKET_MAP,
+            FLOW_FRONT_MAP,
             FLOW_EVENTS_MAP,
         ] {
             drop(ebpf.take_map(name));
