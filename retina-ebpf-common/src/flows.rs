@@ -65,8 +65,8 @@ pub const FLOW_STAT_SENT: u32 = 2;
 pub const FLOW_STAT_SUPPRESSED: u32 = 3;
 /// Events lost because the ring buffer was full (user space did not read in time).
 pub const FLOW_STAT_RING_FULL: u32 = 4;
-/// Parsed drops not counted in the flow map (its entry was evicted between creation and
-/// counting, under eviction pressure).
+/// Parsed drops not counted in the flow map: its entry was evicted between creation and
+/// counting, or could not be created (the LRU map found no free entry for this CPU).
 pub const FLOW_STAT_UNCOUNTED: u32 = 5;
 /// Counters in [`FLOW_STATS_MAP`].
 pub const FLOW_STATS: u32 = 6;

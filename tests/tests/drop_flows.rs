@@ -179,9 +179,14 @@ fn evicted_flows_are_counted_and_never_shown_exact() -> Result<()> {
     })?;
     let stats = &doc["flows"]["stats"];
     let evicted = stats["evicted"].as_u64().context("stats.evicted")?;
+    // A flow whose creation failed in the kernel's LRU map (an insert can fail there
+    // under load: the map hands out its free entries through per-CPU lists) is no
+    // eviction; its drop is counted in `uncounted` (seen once on a loaded host: 70
+    // evictions and 2 such drops).
+    let uncounted = stats["uncounted"].as_u64().context("stats.uncounted")?;
     ensure!(
-        evicted >= u64::from(2 * FLOWS - CAPACITY),
-        "at least {} evictions expected: {stats:#}",
+        evicted + uncounted >= u64::from(2 * FLOWS - CAPACITY),
+        "at least {} evictions or uncreated flows expected: {stats:#}",
         2 * FLOWS - CAPACITY
     );
     let ours: Vec<&Value> = pod
