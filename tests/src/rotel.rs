@@ -112,6 +112,19 @@ impl Proc {
         )
     }
 
+    /// Sends SIGTERM and fails unless the process exits with success within 20 s (its
+    /// output in the error).
+    pub fn stop_cleanly(&mut self) -> Result<()> {
+        let (status, _) = self.terminate(Duration::from_secs(20))?;
+        anyhow::ensure!(
+            status.success(),
+            "{} exit: {status}\n{}",
+            self.name,
+            self.log_text()
+        );
+        Ok(())
+    }
+
     pub fn kill(&mut self) {
         if self.exited().is_none() {
             let _ = self.child.kill();

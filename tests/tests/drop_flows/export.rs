@@ -280,11 +280,6 @@ fn run_exports_sampled_drops_as_log_records_with_the_pod() -> Result<()> {
             assert_eq!(r.attrs.get(k).map(String::as_str), Some(v), "{k} of {r:#?}");
         }
     }
-    let (status, _) = agent.terminate(Duration::from_secs(20))?;
-    ensure!(
-        status.success(),
-        "agent exit: {status}\n{}",
-        agent.log_text()
-    );
+    agent.stop_cleanly()?;
     Ok(())
 }

@@ -217,11 +217,6 @@ fn a_million_drop_flood_stays_within_the_budget_and_every_drop_has_one_outcome()
         ours <= allowed,
         "{ours} records of the flood: more than the budget allows ({allowed})"
     );
-    let (status, _) = agent.terminate(Duration::from_secs(20))?;
-    ensure!(
-        status.success(),
-        "agent exit: {status}\n{}",
-        agent.log_text()
-    );
+    agent.stop_cleanly()?;
     Ok(())
 }

@@ -93,12 +93,7 @@ fn the_logs_endpoint_variable_sends_the_records_to_their_own_collector_as_is() -
         stray == 0,
         "{stray} log records went to the metrics collector"
     );
-    let (status, _) = agent.terminate(Duration::from_secs(20))?;
-    ensure!(
-        status.success(),
-        "agent exit: {status}\n{}",
-        agent.log_text()
-    );
+    agent.stop_cleanly()?;
     Ok(())
 }
 
