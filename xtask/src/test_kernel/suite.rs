@@ -119,6 +119,20 @@ pub const EXCLUSIONS: &[Exclusion] = &[
              TCG emulation",
         ),
     },
+    // The log export's outage test floods 300 000 datagrams up to eleven times; in the
+    // 6.1 guest its first flood's drops were not all counted within 40 s (TCG, two guests
+    // side by side). Nothing in it depends on the kernel: the export side is user space.
+    Exclusion {
+        module: "drop_flows",
+        tests: &[
+            "logs::with_the_logs_collector_down_collection_goes_on_and_the_loss_is_counted_in_bounded_memory",
+        ],
+        kernels: &[],
+        needs: Needs::Time(
+            "up to eleven floods of 300 000 datagrams, each a fraction of a second on the \
+             host and many times that under TCG emulation",
+        ),
+    },
     Exclusion {
         module: "container_runtime",
         tests: &[],
