@@ -94,14 +94,7 @@ pub fn run(o: &Options) -> Result<Value> {
     let otlp_port = sys::free_port()?;
     let _rotel = match o.rotel {
         Some(bin) => {
-            let mut cmd = Command::new(bin);
-            cmd.args(["start", "--exporter", "blackhole", "--otlp-grpc-endpoint"])
-                .arg(format!("127.0.0.1:{otlp_port}"))
-                .arg("--otlp-http-endpoint")
-                .arg(format!("127.0.0.1:{}", sys::free_port()?))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+            let mut cmd = sys::blackhole_rotel(bin, otlp_port, sys::free_port()?);
             Some(ChildGuard::spawn("rotel-agent", &mut cmd)?)
         }
         None => None,

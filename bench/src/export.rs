@@ -15,11 +15,10 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use retina_agent::{
     config::{ExportConfig, PrometheusConfig, SeriesPolicy},
     export::{Exporters, SharedAgent, catalog::Catalog},
@@ -62,17 +61,6 @@ pub struct Figures {
     pub json: Value,
 }
 
-fn wait_for_port(port: u16) -> Result<()> {
-    let end = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < end {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        sys::sleep(Duration::from_millis(50))?;
-    }
-    bail!("rotel-agent did not listen on 127.0.0.1:{port} within 20 s")
-}
-
 /// `GET /metrics`; returns the body's length.
 async fn scrape(addr: SocketAddr) -> Result<usize> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -113,16 +101,9 @@ pub fn measure(
     let exported_points: usize = catalog.count_points(&agent, None).iter().sum();
     let shared = SharedAgent::new(agent);
     let (grpc, http) = (sys::free_port()?, sys::free_port()?);
-    let mut cmd = Command::new(rotel);
-    cmd.args(["start", "--exporter", "blackhole", "--otlp-grpc-endpoint"])
-        .arg(format!("127.0.0.1:{grpc}"))
-        .arg("--otlp-http-endpoint")
-        .arg(format!("127.0.0.1:{http}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut cmd = sys::blackhole_rotel(rotel, grpc, http);
     let mut rotel_guard = Some(ChildGuard::spawn("rotel-agent", &mut cmd)?);
-    wait_for_port(grpc)?;
+    sys::wait_for_port(grpc, "rotel-agent")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -107,15 +107,8 @@ pub fn run(o: &Options) -> Result<Value> {
         format!("[export]\nenabled = false\n[prometheus]\nlisten = \"{prom}\"\n"),
     )?;
     let log = File::create(&o.log).with_context(|| format!("creating {}", o.log.display()))?;
-    let caps = "-all,+bpf,+perfmon";
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--inh-caps={caps}"))
-        .arg(format!("--ambient-caps={caps}"))
-        .arg(format!("--bounding-set={caps}"))
-        .arg("--no-new-privs")
-        .arg(o.agent_bin)
-        .args(["run", "--interval", "1s", "--config"])
+    let mut cmd = sys::agent_as_unit(o.agent_bin);
+    cmd.args(["run", "--interval", "1s", "--config"])
         .arg(&config)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

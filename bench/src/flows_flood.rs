@@ -48,17 +48,6 @@ pub struct Options<'a> {
     pub log: PathBuf,
 }
 
-fn wait_for_port(port: u16) -> Result<()> {
-    let end = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > end {
-            bail!("nothing listens on 127.0.0.1:{port} after 20 s");
-        }
-        sys::sleep(Duration::from_millis(50))?;
-    }
-    Ok(())
-}
-
 /// A counter of the agent's scrape (the sum of its series).
 fn counter(prom: SocketAddr, name: &str) -> Result<u64> {
     let body = node_exporter::scrape(prom)?;
@@ -106,17 +95,11 @@ pub fn run(o: &Options) -> Result<Value> {
     let exe = std::env::current_exe().context("current_exe")?;
     let ns = retina_tests::NetNs::new("bflows")?;
     let (grpc, http) = (sys::free_port()?, sys::free_port()?);
-    let mut rotel = Command::new(o.rotel);
-    rotel
-        .args(["start", "--exporter", "blackhole", "--otlp-grpc-endpoint"])
-        .arg(format!("127.0.0.1:{grpc}"))
-        .arg("--otlp-http-endpoint")
-        .arg(format!("127.0.0.1:{http}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _rotel = ChildGuard::spawn("rotel-agent", &mut rotel)?;
-    wait_for_port(grpc)?;
+    let _rotel = ChildGuard::spawn(
+        "rotel-agent",
+        &mut sys::blackhole_rotel(o.rotel, grpc, http),
+    )?;
+    sys::wait_for_port(grpc, "rotel-agent")?;
     let prom: SocketAddr = ([127, 0, 0, 1], sys::free_port()?).into();
     let config = o.log.with_file_name("flows-flood-agent.toml");
     std::fs::write(
@@ -127,15 +110,8 @@ pub fn run(o: &Options) -> Result<Value> {
         ),
     )?;
     let log = File::create(&o.log).with_context(|| format!("creating {}", o.log.display()))?;
-    let caps = "-all,+bpf,+perfmon";
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--inh-caps={caps}"))
-        .arg(format!("--ambient-caps={caps}"))
-        .arg(format!("--bounding-set={caps}"))
-        .arg("--no-new-privs")
-        .arg(o.agent_bin)
-        .args(["run", "--interval", "1s", "--no-summary", "--config"])
+    let mut cmd = sys::agent_as_unit(o.agent_bin);
+    cmd.args(["run", "--interval", "1s", "--no-summary", "--config"])
         .arg(&config)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

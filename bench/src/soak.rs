@@ -190,14 +190,7 @@ impl Sink {
                 http,
                 proc,
             } => {
-                let mut cmd = Command::new(&*bin);
-                cmd.args(["start", "--exporter", "blackhole", "--otlp-grpc-endpoint"])
-                    .arg(format!("127.0.0.1:{grpc}"))
-                    .arg("--otlp-http-endpoint")
-                    .arg(format!("127.0.0.1:{http}"))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null());
+                let mut cmd = sys::blackhole_rotel(bin, *grpc, *http);
                 *proc = Some(ChildGuard::spawn("rotel-agent", &mut cmd)?);
             }
             Sink::Tcp { port, up, thread } => {

@@ -222,6 +222,47 @@ pub fn sleep(d: Duration) -> Result<()> {
 
 // ---- Children ----
 
+/// `rotel-agent` (the PyPI collector at `bin`) discarding what it receives, OTLP/gRPC on
+/// `grpc` and OTLP/HTTP on `http` (127.0.0.1), its output discarded.
+pub fn blackhole_rotel(bin: &std::path::Path, grpc: u16, http: u16) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["start", "--exporter", "blackhole", "--otlp-grpc-endpoint"])
+        .arg(format!("127.0.0.1:{grpc}"))
+        .arg("--otlp-http-endpoint")
+        .arg(format!("127.0.0.1:{http}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd
+}
+
+/// Waits up to 20 s for something (`what`) to listen on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, what: &str) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > end {
+            bail!("{what} did not listen on 127.0.0.1:{port} within 20 s");
+        }
+        sleep(Duration::from_millis(50))?;
+    }
+    Ok(())
+}
+
+/// The agent at `agent_bin` as the packaged unit runs it: uid and gid 65534, only
+/// CAP_BPF and CAP_PERFMON (inheritable, ambient and bounding), no new privileges; its
+/// arguments are the caller's to add.
+pub fn agent_as_unit(agent_bin: &std::path::Path) -> Command {
+    let caps = "-all,+bpf,+perfmon";
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(format!("--bounding-set={caps}"))
+        .arg("--no-new-privs")
+        .arg(agent_bin);
+    cmd
+}
+
 /// A child process, terminated (SIGTERM, then SIGKILL after 2 s) and reaped on drop.
 pub struct ChildGuard {
     pub child: Child,
