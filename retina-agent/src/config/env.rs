@@ -39,9 +39,9 @@ use std::{
 
 use super::{
     Config, ConfigError, LogFormat, Overridden,
-    export::{ExportConfig, HTTP_METRICS_PATH, PrometheusConfig, Protocol, has_path},
+    export::{self, ExportConfig, HTTP_METRICS_PATH, PrometheusConfig, Protocol, has_path},
     limits,
-    validate::check_log_level,
+    validate::{UrlProblem, check_log_level, endpoint_url},
 };
 
 /// Export interval in milliseconds (OpenTelemetry SDK convention); applies only when
@@ -370,30 +370,20 @@ fn logs(c: &mut ExportConfig, env: EnvLookup<'_>, set: &mut Overridden) -> Resul
     let get = |var: &str| env(var).filter(|v| !v.trim().is_empty());
     if let Some(v) = get(ENDPOINT) {
         let url = v.trim();
-        // The URL is shown: like the metrics' endpoint it must not hold credentials.
-        let bad = |reason: &str| env_err(ENDPOINT, format!("{url:?}: {reason}"));
-        let full = if url.contains("://") {
-            url.to_string()
-        } else {
-            format!("http://{url}")
-        };
-        let uri: http::Uri = full.parse().map_err(|_| bad("not a URL"))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) {
-            return Err(bad("the scheme is not http or https"));
-        }
-        match uri.authority() {
-            None => return Err(bad("no host")),
-            Some(a) if a.host().is_empty() => return Err(bad("no host")),
-            Some(a) if a.as_str().contains('@') => {
+        match endpoint_url(&c.with_scheme(url)) {
+            Ok(_) => {}
+            // Not echoed: the userinfo may be a password.
+            Err(UrlProblem::Credentials) => {
                 return Err(env_err(
                     ENDPOINT,
-                    "credentials in the URL are not supported; send them in a header",
+                    "credentials in the URL are not supported; send them in a header \
+                     (OTEL_EXPORTER_OTLP_LOGS_HEADERS)",
                 ));
             }
-            Some(_) => {}
-        }
-        if uri.query().is_some() || url.contains('#') {
-            return Err(bad("a query string or fragment is not allowed"));
+            // The URL is shown: like the metrics' endpoint it must not hold credentials.
+            Err(UrlProblem::Other(reason)) => {
+                return Err(env_err(ENDPOINT, format!("{url:?}: {reason}")));
+            }
         }
         c.logs.endpoint = Some(url.to_string());
         set.insert("export.logs.endpoint");
@@ -401,14 +391,7 @@ fn logs(c: &mut ExportConfig, env: EnvLookup<'_>, set: &mut Overridden) -> Resul
     if let Some(v) = get(HEADERS) {
         for (k, v) in parse_pairs(HEADERS, &v, true)? {
             let k = k.to_ascii_lowercase();
-            http::HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| env_err(HEADERS, format!("{k:?} is not a valid header name")))?;
-            http::HeaderValue::from_str(&v).map_err(|_| {
-                env_err(
-                    HEADERS,
-                    format!("the value of {k:?} is not a valid header value"),
-                )
-            })?;
+            export::header(&k, &v).map_err(|e| env_err(HEADERS, e.to_string()))?;
             c.logs.headers.insert(k, v);
             set.insert("export.logs.headers");
         }

@@ -335,6 +335,17 @@ pub enum BadHeader {
     Value(String),
 }
 
+/// One header as it is sent: the name lowercased, the value marked sensitive (never
+/// logged). The one check of header names and values (`export.headers`, the
+/// `OTEL_EXPORTER_OTLP_*HEADERS` variables).
+pub(crate) fn header(k: &str, v: &str) -> Result<(http::HeaderName, http::HeaderValue), BadHeader> {
+    let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+        .map_err(|_| BadHeader::Name(k.to_string()))?;
+    let mut value = http::HeaderValue::from_str(v).map_err(|_| BadHeader::Value(k.to_string()))?;
+    value.set_sensitive(true);
+    Ok((name, value))
+}
+
 impl ExportConfig {
     /// `headers` as request headers (gRPC metadata), the one check of their names and
     /// values: the configuration's checks and the exporters both use it. Names are
@@ -342,11 +353,7 @@ impl ExportConfig {
     pub fn header_map(&self) -> Result<http::HeaderMap, BadHeader> {
         let mut map = http::HeaderMap::new();
         for (k, v) in &self.headers {
-            let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
-                .map_err(|_| BadHeader::Name(k.clone()))?;
-            let mut value =
-                http::HeaderValue::from_str(v).map_err(|_| BadHeader::Value(k.clone()))?;
-            value.set_sensitive(true);
+            let (name, value) = header(k, v)?;
             map.insert(name, value);
         }
         Ok(map)
@@ -370,7 +377,7 @@ impl ExportConfig {
     }
 
     /// `raw` with a scheme: its own, else `http://` with `insecure` and `https://` without.
-    fn with_scheme(&self, raw: &str) -> String {
+    pub(super) fn with_scheme(&self, raw: &str) -> String {
         if has_scheme(raw) {
             raw.to_string()
         } else if self.insecure {

@@ -106,6 +106,66 @@ pub(super) fn check_log_level(level: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Why a URL cannot be an OTLP endpoint ([`endpoint_url`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum UrlProblem {
+    /// It holds a userinfo (`user:password@`): the reason must not echo the URL.
+    Credentials,
+    /// Anything else, as a phrase (the caller adds the URL).
+    Other(String),
+}
+
+/// `url` (with its scheme) as an OTLP endpoint of any signal and protocol: http or https,
+/// a host, a port from 1 to 65535 if any, no credentials, query or fragment. The one check
+/// of `export.endpoint` and of `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`.
+pub(super) fn endpoint_url(url: &str) -> Result<http::Uri, UrlProblem> {
+    let bad = |reason: &str| UrlProblem::Other(reason.to_string());
+    if url.contains('#') {
+        return Err(bad("a fragment (#...) is not allowed"));
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| UrlProblem::Other(e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(UrlProblem::Other(format!(
+                "scheme {other:?} is not http or https"
+            )));
+        }
+        None => return Err(bad("no scheme (http:// or https://)")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(bad("no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(UrlProblem::Credentials);
+    }
+    if authority.host().is_empty() {
+        return Err(bad("no host"));
+    }
+    if authority.port_u16() == Some(0) {
+        return Err(bad("port 0"));
+    }
+    // `http` drops a port that does not fit 16 bits (the URL would then go to the
+    // scheme's port): read it from the text.
+    let port_text = authority
+        .as_str()
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.starts_with('[') || host.ends_with(']'))
+        .map(|(_, port)| port);
+    if let Some(p) = port_text
+        && !p.is_empty()
+        && p.parse::<u16>().is_err()
+    {
+        return Err(bad("the port is not a number from 1 to 65535"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("a query string is not allowed"));
+    }
+    Ok(uri)
+}
+
 /// `[export]`: everything that can be checked without connecting: the endpoint's syntax
 /// and scheme, header names and values, the timeout, and that TLS files are readable.
 pub(super) fn export(c: &ExportConfig) -> Result<(), Violation> {
@@ -120,51 +180,18 @@ pub(super) fn export(c: &ExportConfig) -> Result<(), Violation> {
     }
     let url = c.resolved_endpoint();
     let bad = |reason: String| Violation::of(ENDPOINT, URL, format!("{url:?}: {reason}"));
-    if url.contains('#') {
-        return Err(bad("a fragment (#...) is not allowed".into()));
-    }
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        Some(other) => return Err(bad(format!("scheme {other:?} is not http or https"))),
-        None => return Err(bad("no scheme (http:// or https://)".into())),
-    }
-    let Some(authority) = uri.authority() else {
-        return Err(bad("no host".into()));
+    let uri = match endpoint_url(&url) {
+        Ok(uri) => uri,
+        Err(UrlProblem::Credentials) => {
+            return Err(Violation::of(
+                ENDPOINT,
+                URL,
+                "credentials in the URL are not supported; send them in a header \
+                 (export.headers or OTEL_EXPORTER_OTLP_HEADERS)",
+            ));
+        }
+        Err(UrlProblem::Other(reason)) => return Err(bad(reason)),
     };
-    if authority.as_str().contains('@') {
-        // Not echoed: the userinfo may be a password.
-        return Err(Violation::of(
-            ENDPOINT,
-            URL,
-            "credentials in the URL are not supported; send them in a header \
-             (export.headers or OTEL_EXPORTER_OTLP_HEADERS)",
-        ));
-    }
-    if authority.host().is_empty() {
-        return Err(bad("no host".into()));
-    }
-    if authority.port_u16() == Some(0) {
-        return Err(bad("port 0".into()));
-    }
-    // `http` drops a port that does not fit 16 bits (the URL would then go to the
-    // scheme's port): read it from the text.
-    let port_text = authority
-        .as_str()
-        .rsplit_once(':')
-        .filter(|(host, _)| !host.starts_with('[') || host.ends_with(']'))
-        .map(|(_, port)| port);
-    if let Some(p) = port_text
-        && !p.is_empty()
-        && p.parse::<u16>().is_err()
-    {
-        return Err(bad("the port is not a number from 1 to 65535".into()));
-    }
-    if uri.query().is_some() {
-        return Err(bad("a query string is not allowed".into()));
-    }
     if c.protocol == Protocol::Grpc && uri.path() != "/" && !uri.path().is_empty() {
         return Err(bad(format!(
             "a gRPC endpoint has no path (got {:?}); for OTLP/HTTP set protocol = \"http/protobuf\"",
