@@ -204,30 +204,46 @@ pub fn rotel_bin() -> PathBuf {
 
 /// A collector logging every data point it receives.
 pub fn start_rotel(dir: &TempDir, grpc: u16, http: u16, tag: &str) -> Result<Proc> {
-    spawn_rotel(dir, grpc, http, tag, true)
+    spawn_rotel(dir, grpc, http, tag, Some("metrics"), &[])
 }
 
 /// A collector that discards what it receives without logging it: an export that is
 /// healthy, for tests that do not read the points.
 pub fn start_rotel_quiet(dir: &TempDir, grpc: u16, http: u16, tag: &str) -> Result<Proc> {
-    spawn_rotel(dir, grpc, http, tag, false)
+    spawn_rotel(dir, grpc, http, tag, None, &[])
 }
 
-fn spawn_rotel(dir: &TempDir, grpc: u16, http: u16, tag: &str, log_points: bool) -> Result<Proc> {
+/// A collector logging every log record it receives (`extra`: more arguments of
+/// `rotel-agent start`).
+pub fn start_rotel_logs(
+    dir: &TempDir,
+    grpc: u16,
+    http: u16,
+    tag: &str,
+    extra: &[&str],
+) -> Result<Proc> {
+    spawn_rotel(dir, grpc, http, tag, Some("logs"), extra)
+}
+
+/// `debug_log`: the signal rotel prints in detail (`metrics`, `logs`), if any.
+fn spawn_rotel(
+    dir: &TempDir,
+    grpc: u16,
+    http: u16,
+    tag: &str,
+    debug_log: Option<&str>,
+    extra: &[&str],
+) -> Result<Proc> {
     let mut cmd = Command::new(rotel_bin());
     cmd.args(["start", "--otlp-grpc-endpoint"])
         .arg(format!("127.0.0.1:{grpc}"))
         .arg("--otlp-http-endpoint")
         .arg(format!("127.0.0.1:{http}"))
         .args(["--exporter", "blackhole"]);
-    if log_points {
-        cmd.args([
-            "--debug-log",
-            "metrics",
-            "--debug-log-verbosity",
-            "detailed",
-        ]);
+    if let Some(signal) = debug_log {
+        cmd.args(["--debug-log", signal, "--debug-log-verbosity", "detailed"]);
     }
+    cmd.args(extra);
     let p = Proc::spawn(tag, cmd, dir.join(&format!("{tag}.log")))?;
     wait_for_port(grpc)?;
     wait_for_port(http)?;

@@ -1,11 +1,11 @@
 //! `run` with `drops.flows`: the daemon, as the packaged unit runs it, exports the sampled
 //! drop events to rotel as OTLP log records, and counts them (`retina.drop.sample.*`).
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use retina_tests::{
-    rotel::{PATIENCE, Proc as RProc, rotel_bin, wait_for, wait_for_port},
+    rotel::{self, PATIENCE, Proc as RProc, wait_for},
     unit::{CONFIG, agent_as_unit, config_file},
     workload, *,
 };
@@ -104,21 +104,11 @@ pub(super) fn settled_counters(prometheus: &str, settle: Duration) -> Result<Cou
     })
 }
 
-/// rotel with OTLP/gRPC and OTLP/HTTP receivers on free ports (`extra`: more arguments),
-/// printing every log record it receives; its ports `(grpc, http)`.
+/// rotel logging every log record it receives, on free ports (`extra`: more arguments);
+/// its ports `(grpc, http)`.
 pub(super) fn start_rotel(dir: &TempDir, name: &str, extra: &[&str]) -> Result<(RProc, u16, u16)> {
     let (grpc, http) = (free_port()?, free_port()?);
-    let mut cmd = Command::new(rotel_bin());
-    cmd.args(["start", "--otlp-grpc-endpoint"])
-        .arg(format!("127.0.0.1:{grpc}"))
-        .arg("--otlp-http-endpoint")
-        .arg(format!("127.0.0.1:{http}"))
-        .args(["--exporter", "blackhole", "--debug-log", "logs"])
-        .args(["--debug-log-verbosity", "detailed"])
-        .args(extra);
-    let rotel = RProc::spawn(name, cmd, dir.join(format!("{name}.log").as_str()))?;
-    wait_for_port(grpc)?;
-    wait_for_port(http)?;
+    let rotel = rotel::start_rotel_logs(dir, grpc, http, name, extra)?;
     Ok((rotel, grpc, http))
 }
 
