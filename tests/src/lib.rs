@@ -322,6 +322,12 @@ pub struct TracefsMount {
     mounted_here: bool,
 }
 
+/// How long an agent started by a test may take to answer (its first scrape, its first
+/// summary, its endpoint listening): a few seconds on a host, 20-40 s in a QEMU guest
+/// under TCG that shares the machine's cores with another guest (BTF parsing and program
+/// loads are slow there).
+pub const STARTUP: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 impl TracefsMount {

@@ -422,7 +422,7 @@ fn run_flags_win_over_environment_and_file() -> Result<()> {
         .spawn()?;
     let daemon = Daemon(child);
     let flag_addr = SocketAddr::from(([127, 0, 0, 1], flag_port));
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + STARTUP;
     while !listening(flag_addr) {
         ensure!(
             Instant::now() < deadline,

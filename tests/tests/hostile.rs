@@ -235,11 +235,6 @@ fn collect_failures(scrape: &str, collector: &str) -> Option<u64> {
         .map(|v| v as u64)
 }
 
-/// How long an agent started by a test may take to answer (its first scrape, its first
-/// summary): a few seconds on a host, 20-40 s in a QEMU guest under TCG that shares the
-/// machine's cores with another guest (BTF parsing and program loads are slow there).
-const STARTUP: Duration = Duration::from_secs(120);
-
 #[test]
 fn a_fifo_in_proc_root_neither_hangs_nor_blocks_sigterm() -> Result<()> {
     require_root();
