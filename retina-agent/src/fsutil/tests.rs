@@ -2,16 +2,15 @@ use std::ffi::CString;
 
 use super::*;
 
-fn temp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("retina-fsutil-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A scratch directory, removed when the test ends (also when it fails).
+fn temp() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("retina-fsutil-").tempdir().unwrap()
 }
 
 #[test]
 fn special_files_are_refused_at_once() {
-    let fifo = temp("fifo");
-    let _ = std::fs::remove_file(&fifo);
+    let dir = temp();
+    let fifo = dir.path().join("fifo");
     let c = CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: `c` is a valid C string.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
@@ -26,12 +25,12 @@ fn special_files_are_refused_at_once() {
         let e = read_regular_into(&cpath, &mut Vec::new(), 1 << 20).unwrap_err();
         assert_eq!(e.to_string(), format!("not a regular file ({what})"));
     }
-    std::fs::remove_file(&fifo).unwrap();
 }
 
 #[test]
 fn size_cap() {
-    let f = temp("big");
+    let dir = temp();
+    let f = dir.path().join("big");
     std::fs::write(&f, vec![b'x'; 1001]).unwrap();
     assert_eq!(read_regular(&f, 1001).unwrap().len(), 1001);
     let e = read_regular(&f, 1000).unwrap_err();

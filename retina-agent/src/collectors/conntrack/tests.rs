@@ -11,10 +11,12 @@ const NEW: &str = "entries  clashres found new invalid ignore delete chainlength
 const OLD: &str = "entries  searched found new invalid ignore delete delete_list insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart\n\
         0000000a  00000100 00000020 00000030 00000000 00000001 00000002 00000002 00000030 00000000 00000000 00000000 00000000  00000000 00000000 00000000 00000000\n";
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("retina-ct-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A scratch directory, removed when the test ends (also when it fails).
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("retina-ct-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn setup(d: &std::path::Path, stats: Option<&str>, possible: &str) -> ConntrackCollector {
@@ -65,7 +67,8 @@ fn stat(p: &BTreeMap<(String, String, i64), u64>, name: &str, cpu: i64) -> Optio
 
 #[test]
 fn new_and_old_layouts_by_header_name() {
-    let d = tmp("new");
+    let dir = tmp("new");
+    let d = dir.path();
     let mut c = setup(&d, Some(NEW), "0-1\n");
     c.update().unwrap();
     assert!(c.present());
@@ -89,7 +92,8 @@ fn new_and_old_layouts_by_header_name() {
     // 16 columns besides entries, 2 CPUs, plus the two gauges.
     assert_eq!(p.len(), 16 * 2 + 2);
 
-    let d = tmp("old");
+    let dir = tmp("old");
+    let d = dir.path();
     // One possible CPU numbered 4 (a sparse possible mask).
     let mut c = setup(&d, Some(OLD), "4\n");
     c.update().unwrap();
@@ -107,7 +111,8 @@ fn new_and_old_layouts_by_header_name() {
 
 #[test]
 fn absent_conntrack_is_reported_not_an_error() {
-    let d = tmp("absent");
+    let dir = tmp("absent");
+    let d = dir.path();
     let mut c = setup(&d, None, "0\n");
     c.update().unwrap();
     assert!(!c.present());
@@ -123,7 +128,8 @@ fn absent_conntrack_is_reported_not_an_error() {
 
 #[test]
 fn malformed_files() {
-    let d = tmp("bad");
+    let dir = tmp("bad");
+    let d = dir.path();
     let mut c = setup(&d, Some(NEW), "0-1\n");
     c.update().unwrap();
     let before = points(&c);

@@ -30,10 +30,12 @@ fn collector(dir: &std::path::Path, text: &str, online: Option<&str>) -> Softnet
     .unwrap()
 }
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("retina-softnet-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A scratch directory, removed when the test ends (also when it fails).
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("retina-softnet-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// (metric, cpu) -> value.
@@ -51,7 +53,8 @@ fn points(c: &SoftnetCollector) -> BTreeMap<(&'static str, i64), u64> {
 
 #[test]
 fn every_layout() {
-    let d = tmp("layouts");
+    let dir = tmp("layouts");
+    let d = dir.path();
     // 10 columns, CPUs 0 and 2 online (1 offline): rows map to the online list.
     let mut c = collector(&d, V2_6, Some("0,2\n"));
     c.update().unwrap();
@@ -65,14 +68,16 @@ fn every_layout() {
     assert!(!p.contains_key(&("retina.softnet.backlog.length", 0)));
     assert_eq!(p.len(), 8);
 
-    let d = tmp("v311");
+    let dir = tmp("v311");
+    let d = dir.path();
     let mut c = collector(&d, V3_11, None);
     c.update().unwrap();
     let p = points(&c);
     assert_eq!(p[&("retina.softnet.flow_limit_count", 0)], 6);
     assert_eq!(p.len(), 5);
 
-    let d = tmp("v510");
+    let dir = tmp("v510");
+    let d = dir.path();
     let mut c = collector(&d, V5_10, Some("0-1\n"));
     c.update().unwrap();
     let p = points(&c);
@@ -82,7 +87,8 @@ fn every_layout() {
     assert_eq!(p.len(), 12);
     assert_eq!(c.columns(), 13);
 
-    let d = tmp("v618");
+    let dir = tmp("v618");
+    let d = dir.path();
     let mut c = collector(&d, V6_18, None);
     c.update().unwrap();
     let p = points(&c);
@@ -93,7 +99,8 @@ fn every_layout() {
 
     // Nine columns (2.6 before RPS).
     let nine = "00000001 00000002 00000003 00000000 00000000 00000000 00000000 00000000 00000000\n";
-    let d = tmp("v9");
+    let dir = tmp("v9");
+    let d = dir.path();
     let mut c = collector(&d, nine, Some("0"));
     c.update().unwrap();
     assert_eq!(points(&c).len(), 3);
@@ -101,7 +108,8 @@ fn every_layout() {
 
 #[test]
 fn malformed_lines_are_errors_and_keep_the_last_values() {
-    let d = tmp("bad");
+    let dir = tmp("bad");
+    let d = dir.path();
     let mut c = collector(&d, V6_18, None);
     c.update().unwrap();
     let before = points(&c);
@@ -149,7 +157,8 @@ fn malformed_lines_are_errors_and_keep_the_last_values() {
 
 #[test]
 fn counters_widen_and_layout_changes_rebuild() {
-    let d = tmp("wrap");
+    let dir = tmp("wrap");
+    let d = dir.path();
     let row = |processed: u32| {
         format!(
             "{processed:08x} 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000\n"
