@@ -69,7 +69,7 @@ fn stat(p: &BTreeMap<(String, String, i64), u64>, name: &str, cpu: i64) -> Optio
 fn new_and_old_layouts_by_header_name() {
     let dir = tmp("new");
     let d = dir.path();
-    let mut c = setup(&d, Some(NEW), "0-1\n");
+    let mut c = setup(d, Some(NEW), "0-1\n");
     c.update().unwrap();
     assert!(c.present());
     let p = points(&c);
@@ -95,7 +95,7 @@ fn new_and_old_layouts_by_header_name() {
     let dir = tmp("old");
     let d = dir.path();
     // One possible CPU numbered 4 (a sparse possible mask).
-    let mut c = setup(&d, Some(OLD), "4\n");
+    let mut c = setup(d, Some(OLD), "4\n");
     c.update().unwrap();
     let p = points(&c);
     assert_eq!(stat(&p, "searched", 4), Some(0x100));
@@ -113,7 +113,7 @@ fn new_and_old_layouts_by_header_name() {
 fn absent_conntrack_is_reported_not_an_error() {
     let dir = tmp("absent");
     let d = dir.path();
-    let mut c = setup(&d, None, "0\n");
+    let mut c = setup(d, None, "0\n");
     c.update().unwrap();
     assert!(!c.present());
     assert!(points(&c).is_empty());
@@ -130,7 +130,7 @@ fn absent_conntrack_is_reported_not_an_error() {
 fn malformed_files() {
     let dir = tmp("bad");
     let d = dir.path();
-    let mut c = setup(&d, Some(NEW), "0-1\n");
+    let mut c = setup(d, Some(NEW), "0-1\n");
     c.update().unwrap();
     let before = points(&c);
     let path = d.join("proc/net/stat/nf_conntrack");

@@ -42,24 +42,24 @@ fn gauge(p: &BTreeMap<String, (&'static str, Number)>, k: &str) -> f64 {
 }
 
 /// A scratch proc root with the given files (`None` = absent).
-struct TempRoot(PathBuf);
+struct TempRoot(tempfile::TempDir);
 
 impl TempRoot {
     fn new(tag: &str) -> TempRoot {
-        let dir = std::env::temp_dir().join(format!("retina-netstat-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("net")).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("retina-netstat-{tag}-"))
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("net")).unwrap();
         TempRoot(dir)
     }
 
-    fn write(&self, file: &str, content: &str) {
-        std::fs::write(self.0.join("net").join(file), content).unwrap();
+    fn path(&self) -> &Path {
+        self.0.path()
     }
-}
 
-impl Drop for TempRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    fn write(&self, file: &str, content: &str) {
+        std::fs::write(self.path().join("net").join(file), content).unwrap();
     }
 }
 
@@ -119,7 +119,7 @@ fn steady_state_updates_in_place_and_layout_changes_rebuild() {
     root.write("netstat", "TcpExt: A B\nTcpExt: 1 2\n");
     root.write("snmp", "Tcp: MaxConn CurrEstab\nTcp: -1 3\n");
     root.write("snmp6", "Ip6InReceives   \t5\nIcmp6InMsgs\t6\n");
-    let mut c = collector(&root.0);
+    let mut c = collector(root.path());
     c.update().unwrap();
     let p = points(&c);
     assert_eq!(counter(&p, "TcpExt:A"), 1);
@@ -156,7 +156,7 @@ fn steady_state_updates_in_place_and_layout_changes_rebuild() {
     assert!(!points(&c).contains_key("IcmpMsg:InType3"));
 
     // snmp6 disappears (IPv6 disabled): no data from it, no error.
-    std::fs::remove_file(root.0.join("net/snmp6")).unwrap();
+    std::fs::remove_file(root.path().join("net/snmp6")).unwrap();
     c.update().unwrap();
     let p = points(&c);
     assert!(!p.contains_key("Ip6:InReceives"));
@@ -338,7 +338,7 @@ fn a_malformed_cycle_updates_nothing_from_that_file() {
     let root = TempRoot::new("keep");
     root.write("netstat", "TcpExt: A B\nTcpExt: 1 2\n");
     root.write("snmp", "Udp: X\nUdp: 5\n");
-    let mut c = collector(&root.0);
+    let mut c = collector(root.path());
     c.update().unwrap();
     // The second value is bad: the first must not be updated either.
     root.write("netstat", "TcpExt: A B\nTcpExt: 100 x\n");
@@ -357,7 +357,7 @@ fn a_malformed_cycle_updates_nothing_from_that_file() {
     assert_eq!(counter(&p, "TcpExt:A"), 1);
     assert!(!p.contains_key("TcpExt:C"));
     // A missing mandatory file keeps the last values and reports the path.
-    std::fs::remove_file(root.0.join("net/netstat")).unwrap();
+    std::fs::remove_file(root.path().join("net/netstat")).unwrap();
     let err = c.update().unwrap_err();
     assert!(err.to_string().contains("net/netstat"), "{err}");
     assert_eq!(counter(&points(&c), "TcpExt:A"), 1);

@@ -56,7 +56,7 @@ fn every_layout() {
     let dir = tmp("layouts");
     let d = dir.path();
     // 10 columns, CPUs 0 and 2 online (1 offline): rows map to the online list.
-    let mut c = collector(&d, V2_6, Some("0,2\n"));
+    let mut c = collector(d, V2_6, Some("0,2\n"));
     c.update().unwrap();
     let p = points(&c);
     assert_eq!(p[&("retina.softnet.processed", 0)], 0xa1b2);
@@ -70,7 +70,7 @@ fn every_layout() {
 
     let dir = tmp("v311");
     let d = dir.path();
-    let mut c = collector(&d, V3_11, None);
+    let mut c = collector(d, V3_11, None);
     c.update().unwrap();
     let p = points(&c);
     assert_eq!(p[&("retina.softnet.flow_limit_count", 0)], 6);
@@ -78,7 +78,7 @@ fn every_layout() {
 
     let dir = tmp("v510");
     let d = dir.path();
-    let mut c = collector(&d, V5_10, Some("0-1\n"));
+    let mut c = collector(d, V5_10, Some("0-1\n"));
     c.update().unwrap();
     let p = points(&c);
     // CPU numbers come from the file, not the online list.
@@ -89,7 +89,7 @@ fn every_layout() {
 
     let dir = tmp("v618");
     let d = dir.path();
-    let mut c = collector(&d, V6_18, None);
+    let mut c = collector(d, V6_18, None);
     c.update().unwrap();
     let p = points(&c);
     assert_eq!(p[&("retina.softnet.processed", 1)], 0x1806);
@@ -101,7 +101,7 @@ fn every_layout() {
     let nine = "00000001 00000002 00000003 00000000 00000000 00000000 00000000 00000000 00000000\n";
     let dir = tmp("v9");
     let d = dir.path();
-    let mut c = collector(&d, nine, Some("0"));
+    let mut c = collector(d, nine, Some("0"));
     c.update().unwrap();
     assert_eq!(points(&c).len(), 3);
 }
@@ -110,7 +110,7 @@ fn every_layout() {
 fn malformed_lines_are_errors_and_keep_the_last_values() {
     let dir = tmp("bad");
     let d = dir.path();
-    let mut c = collector(&d, V6_18, None);
+    let mut c = collector(d, V6_18, None);
     c.update().unwrap();
     let before = points(&c);
     let path = d.join("proc/net/softnet_stat");
@@ -164,7 +164,7 @@ fn counters_widen_and_layout_changes_rebuild() {
             "{processed:08x} 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000\n"
         )
     };
-    let mut c = collector(&d, &row(0xffff_fff0), None);
+    let mut c = collector(d, &row(0xffff_fff0), None);
     c.update().unwrap();
     std::fs::write(d.join("proc/net/softnet_stat"), row(0x20)).unwrap();
     c.update().unwrap();

@@ -5,26 +5,25 @@ const UID: &str = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
 
 /// A directory tree standing for a hierarchy, owned by whoever runs the test; the
 /// subtree `d` is chowned to another uid (needs root).
-struct Tree(PathBuf);
+struct Tree(tempfile::TempDir);
 
 impl Tree {
     fn new(tag: &str) -> Tree {
-        let dir = std::env::temp_dir().join(format!("retina-deleg-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("retina-deleg-{tag}-"))
+            .tempdir()
+            .unwrap();
         Tree(dir)
     }
 
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
     fn mkdir(&self, rel: &str) -> PathBuf {
-        let d = self.0.join(rel.trim_start_matches('/'));
+        let d = self.path().join(rel.trim_start_matches('/'));
         std::fs::create_dir_all(&d).unwrap();
         d
-    }
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -53,8 +52,8 @@ fn a_subtree_owned_by_another_uid_is_that_users_whatever_it_is_named() {
     ];
     for p in &forged {
         t.mkdir(p);
-        assert_eq!(delegated_to(&t.0, p).unwrap(), Some((65534, 2)), "{p}");
-        let w = workload_at(&t.0, p).unwrap();
+        assert_eq!(delegated_to(t.path(), p).unwrap(), Some((65534, 2)), "{p}");
+        let w = workload_at(t.path(), p).unwrap();
         assert_eq!(
             w,
             Workload {
@@ -67,14 +66,14 @@ fn a_subtree_owned_by_another_uid_is_that_users_whatever_it_is_named() {
     // Root's own cgroups beside it keep their names.
     let svc = "/system.slice/sshd.service";
     t.mkdir(svc);
-    assert_eq!(delegated_to(&t.0, svc).unwrap(), None);
-    assert_eq!(workload_at(&t.0, svc).unwrap().unit.as_deref(), Some("sshd.service"));
+    assert_eq!(delegated_to(t.path(), svc).unwrap(), None);
+    assert_eq!(workload_at(t.path(), svc).unwrap().unit.as_deref(), Some("sshd.service"));
     // A user's manager: delegated at user@1000.service, which root named.
     let mgr = t.mkdir("/user.slice/user-1000.slice/user@1000.service");
     std::os::unix::fs::chown(&mgr, Some(1000), Some(1000)).unwrap();
     let inner = format!("/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ID}.scope");
     t.mkdir(&inner);
-    let w = workload_at(&t.0, &inner).unwrap();
+    let w = workload_at(t.path(), &inner).unwrap();
     assert_eq!(w.unit.as_deref(), Some("user@1000.service"));
     assert_eq!((w.user_id, w.container_id), (Some(1000), None));
     // A container root hands to its user namespace: its id stays, the uid is added.
@@ -82,10 +81,10 @@ fn a_subtree_owned_by_another_uid_is_that_users_whatever_it_is_named() {
     let c = t.mkdir(&scope);
     std::os::unix::fs::chown(&c, Some(100_000), None).unwrap();
     t.mkdir(&format!("{scope}/sshd.service"));
-    let w = workload_at(&t.0, &format!("{scope}/sshd.service")).unwrap();
+    let w = workload_at(t.path(), &format!("{scope}/sshd.service")).unwrap();
     assert_eq!((w.container_id.as_deref(), w.user_id, w.unit), (Some(ID), Some(100_000), None));
     // A cgroup that is gone gives nothing.
-    assert!(workload_at(&t.0, "/gone.service").is_none());
+    assert!(workload_at(t.path(), "/gone.service").is_none());
 }
 
 #[test]
@@ -96,7 +95,7 @@ fn processes_are_judged_in_their_hierarchy_and_cached_by_id() {
     std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
     v2.mkdir("/d/sshd.service");
     v1.mkdir("/system.slice/sshd.service");
-    let mut c = Cgroups::with_mounts(Some(v2.0.clone()), Some(v1.0.clone()));
+    let mut c = Cgroups::with_mounts(Some(v2.path().to_path_buf()), Some(v1.path().to_path_buf()));
     let w = c.of_process("0::/d/sshd.service\n");
     assert_eq!((w.unit, w.user_id), (None, Some(65534)));
     // Hybrid: v2 at its root, the name=systemd path is checked in that hierarchy.

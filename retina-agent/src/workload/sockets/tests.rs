@@ -5,29 +5,28 @@ use super::*;
 const ID: &str = "4f1e2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 
 /// A directory tree standing for a cgroup v2 mount: a directory's inode is its "id".
-struct FakeTree(PathBuf);
+struct FakeTree(tempfile::TempDir);
 
 impl FakeTree {
     fn new(tag: &str) -> FakeTree {
-        let dir = std::env::temp_dir().join(format!("retina-owners-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("retina-owners-{tag}-"))
+            .tempdir()
+            .unwrap();
         FakeTree(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     /// Creates cgroup `rel` (with an interface file beside it, as cgroupfs has) and returns
     /// its id.
     fn add(&self, rel: &str) -> u64 {
-        let dir = self.0.join(rel.trim_start_matches('/'));
+        let dir = self.path().join(rel.trim_start_matches('/'));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("cgroup.procs"), "").unwrap();
         std::fs::metadata(&dir).unwrap().ino()
-    }
-}
-
-impl Drop for FakeTree {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -39,8 +38,8 @@ fn ids_resolve_to_paths_and_the_workloads_they_name() {
         "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0b1c2d3e_4f50_6172_8394_a5b6c7d8e9f0.slice/cri-containerd-{ID}.scope"
     ));
     let session = t.add("/user.slice/user-0.slice/session-1.scope");
-    let root = std::fs::metadata(&t.0).unwrap().ino();
-    let mut o = SocketOwners::with_root(Some(t.0.clone()));
+    let root = std::fs::metadata(t.path()).unwrap().ino();
+    let mut o = SocketOwners::with_root(Some(t.path().to_path_buf()));
     o.resolve([unit, pod, session, root, 0]);
     let got = |id| o.get(id).map(|o| (o.path.to_string(), (*o.workload).clone()));
     let (path, w) = got(unit).unwrap();
@@ -65,7 +64,7 @@ fn removed_and_never_found_cgroups_are_gone_and_forgotten() {
     let t = FakeTree::new("gone");
     let a = t.add("/system.slice/a.service");
     let b = t.add("/system.slice/b.service");
-    let mut o = SocketOwners::with_root(Some(t.0.clone()));
+    let mut o = SocketOwners::with_root(Some(t.path().to_path_buf()));
     let unknown = u64::MAX;
     o.resolve([a, b, unknown]);
     assert!(o.get(unknown).is_none() && o.knows(unknown));
@@ -73,7 +72,7 @@ fn removed_and_never_found_cgroups_are_gone_and_forgotten() {
     assert!(o.is_gone(unknown) && !o.is_gone(a) && !o.is_gone(b));
     o.forget_gone(|_| false);
     assert!(!o.check());
-    std::fs::remove_dir_all(t.0.join("system.slice/b.service")).unwrap();
+    std::fs::remove_dir_all(t.path().join("system.slice/b.service")).unwrap();
     assert!(o.check());
     assert!(o.is_gone(b) && !o.is_gone(a));
     // Still needed (a series too young to remove): kept, and gone again next check.
@@ -104,7 +103,7 @@ fn hostile_names_give_no_attribute_and_deep_trees_are_bounded() {
         deep.push_str(&format!("/d{i}"));
     }
     let too_deep = t.add(&deep);
-    let mut o = SocketOwners::with_root(Some(t.0.clone()));
+    let mut o = SocketOwners::with_root(Some(t.path().to_path_buf()));
     o.resolve([short, upper, odd, too_deep]);
     for id in [short, upper, odd] {
         let owner = o.get(id).unwrap();
@@ -124,27 +123,27 @@ fn owners_are_checked_when_they_empty_and_once_a_minute() {
     let a = t.add("/system.slice/a.service");
     let b = t.add("/system.slice/b.service");
     for s in ["a", "b"] {
-        let f = t.0.join(format!("system.slice/{s}.service/cgroup.events"));
+        let f = t.path().join(format!("system.slice/{s}.service/cgroup.events"));
         std::fs::write(f, "populated 1\nfrozen 0\n").unwrap();
     }
-    let away = t.0.join("away");
+    let away = t.path().join("away");
     std::fs::create_dir_all(&away).unwrap();
-    let mut o = SocketOwners::with_root(Some(t.0.clone()));
+    let mut o = SocketOwners::with_root(Some(t.path().to_path_buf()));
     assert!(o.notify.is_some(), "inotify is needed by this test");
     o.resolve([a, b]);
     assert!(!o.check());
     // a goes without emptying first (impossible for a real cgroup): no event, no stat, so
     // it is only found by the check once a minute.
-    std::fs::rename(t.0.join("system.slice/a.service"), away.join("a")).unwrap();
+    std::fs::rename(t.path().join("system.slice/a.service"), away.join("a")).unwrap();
     assert!(!o.check() && !o.is_gone(a), "a populated owner is not stat'ed each cycle");
     o.last_full = Instant::now().checked_sub(FULL_CHECK).unwrap();
     assert!(o.check() && o.is_gone(a));
     o.forget_gone(|_| false);
     // b empties: from then on it is stat'ed every cycle, and found gone as soon as it is.
-    let events = t.0.join("system.slice/b.service/cgroup.events");
+    let events = t.path().join("system.slice/b.service/cgroup.events");
     std::fs::write(&events, "populated 0\nfrozen 0\n").unwrap();
     assert!(!o.check() && !o.is_gone(b));
-    std::fs::rename(t.0.join("system.slice/b.service"), away.join("b")).unwrap();
+    std::fs::rename(t.path().join("system.slice/b.service"), away.join("b")).unwrap();
     assert!(o.check() && o.is_gone(b));
     o.forget_gone(|_| false);
     assert!(!o.knows(a) && !o.knows(b) && o.watched.is_empty());
@@ -154,15 +153,15 @@ fn owners_are_checked_when_they_empty_and_once_a_minute() {
 fn removed_cgroups_are_remembered_and_never_walked_for_again() {
     let t = FakeTree::new("negative");
     let a = t.add("/system.slice/a.service");
-    let mut o = SocketOwners::with_root(Some(t.0.clone()));
+    let mut o = SocketOwners::with_root(Some(t.path().to_path_buf()));
     o.resolve([a]);
-    std::fs::remove_dir_all(t.0.join("system.slice/a.service")).unwrap();
+    std::fs::remove_dir_all(t.path().join("system.slice/a.service")).unwrap();
     assert!(o.check() && o.is_gone(a));
     o.forget_gone(|_| false);
     assert!(!o.knows(a) && o.removed_len() == 1);
     // A socket still in it drops again: its key comes back. A walk could not find it (the
     // root is elsewhere now); the negative cache answers, with what the cgroup was.
-    o.root = Some(t.0.join("nowhere"));
+    o.root = Some(t.path().join("nowhere"));
     o.resolve([a]);
     let owner = o.get(a).expect("remembered");
     assert_eq!(&*owner.path, "/system.slice/a.service");
@@ -184,12 +183,12 @@ fn a_socket_cgroup_delegated_to_a_user_is_that_users() {
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "chowns a directory: run as root");
     let t = FakeTree::new("delegated");
-    let d = t.0.join("d");
+    let d = t.path().join("d");
     std::fs::create_dir(&d).unwrap();
     std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
     let forged = t.add(&format!("/d/docker-{ID}.scope"));
     let real = t.add(&format!("/system.slice/docker-{ID}.scope"));
-    let mut o = SocketOwners::with_root(Some(t.0.clone()));
+    let mut o = SocketOwners::with_root(Some(t.path().to_path_buf()));
     o.resolve([forged, real]);
     let w = o.get(forged).map(|o| (*o.workload).clone()).unwrap();
     assert_eq!(w.user_id, Some(65534));
