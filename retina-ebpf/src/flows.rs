@@ -108,23 +108,30 @@ fn stat(index: u32, n: u64) {
     }
 }
 
-/// Packet bytes on the stack, 8-byte aligned: with `[u8; N]` alone (alignment 1) LLVM moves
-/// and assembles every header field byte by byte (a 64-byte copy was 64 loads and stores),
-/// with the alignment it uses word loads.
+/// Packet bytes on the stack as little-endian 32-bit words, 8-byte aligned. The key is
+/// assembled from whole words (an address is one or four of them): read as bytes, LLVM
+/// split every field into single bytes and moved each through the stack.
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
-struct Bytes<const N: usize>([u8; N]);
+struct Words<const W: usize>([u32; W]);
 
-/// Reads `N` bytes at `addr` (a kernel address; a failed read gives `None`).
+/// Reads `W` words at `addr` (a kernel address; a failed read gives `None`).
 #[inline(always)]
-fn bytes<const N: usize>(addr: u64) -> Option<Bytes<N>> {
+fn words<const W: usize>(addr: u64) -> Option<Words<W>> {
     // SAFETY: bpf_probe_read_kernel copes with any address and reports failure.
-    unsafe { bpf_probe_read_kernel(addr as *const Bytes<N>).ok() }
+    unsafe { bpf_probe_read_kernel(addr as *const Words<W>).ok() }
 }
 
+/// The key's word of ports from the first word of the L4 header: TCP/UDP ports in host
+/// order (source in the low half), or the ICMP type and code.
 #[inline(always)]
-fn be16(b: &[u8], i: usize) -> u16 {
-    u16::from_be_bytes([b[i], b[i + 1]])
+fn key_ports(protocol: u32, l4: u32) -> u32 {
+    if protocol == IPPROTO_TCP as u32 || protocol == IPPROTO_UDP as u32 {
+        // Each big-endian half byte-swapped in place.
+        ((l4 & 0x00ff_00ff) << 8) | ((l4 >> 8) & 0x00ff_00ff)
+    } else {
+        (l4 & 0xff) | ((l4 >> 8) & 0xff) << 16
+    }
 }
 
 /// The parsed headers of a dropped packet.
@@ -136,7 +143,11 @@ struct Parsed {
     linear: u32,
 }
 
-/// Parses the headers at `skb->head + skb->network_header`, within `skb->tail`.
+const KEY_WORDS: usize = 13;
+
+/// Parses the headers at `skb->head + skb->network_header`, within `skb->tail`. Reads 40
+/// bytes for IPv4 (a header without options and the first 14 bytes of TCP/UDP/ICMP need
+/// 34) and 56 for IPv6 (40 and 14); an IPv4 header with options takes a second read.
 #[inline(always)]
 fn parse<K: Kernel>(skb: u64, protocol: u32) -> Option<Parsed> {
     let head: u64 = K::read(skb, ro!(FLOW_OFFSETS.skb_head))?;
@@ -147,86 +158,94 @@ fn parse<K: Kernel>(skb: u64, protocol: u32) -> Option<Parsed> {
     }
     let linear = tail - nh;
     let l3 = head + nh as u64;
-    // Enough for IPv4 without options or IPv6, and the first 14 bytes of TCP/UDP/ICMP.
-    let buf = bytes::<64>(l3)?;
-    let buf = &buf.0;
-    let mut key = FlowKey::default();
-    let (l4_off, l4): (u32, [u8; 16]);
+    // The addresses as words (IPv4: the first of each), the key's word of family,
+    // protocol and fragment, the IP protocol, whether an L4 header follows, its offset,
+    // its first word and its word 3 (TCP flags in bits 8-15). Kept as scalars: an array
+    // filled in parts was split by LLVM into pieces moved through the stack.
+    let (s0, s1, s2, s3, d0, d1, d2, d3);
+    let (fam, proto, has_l4, l4_off, l4, l4_w3): (u32, u32, bool, u32, u32, u32);
     match protocol {
-        ETH_P_IP if buf[0] >> 4 == 4 => {
-            let ihl = (buf[0] & 0x0f) as u32 * 4;
+        ETH_P_IP => {
+            let b = words::<10>(l3)?.0;
+            if b[0] & 0xf0 != 0x40 {
+                return None;
+            }
+            let ihl = (b[0] & 0x0f) * 4;
             if ihl < 20 || linear < ihl {
                 return None;
             }
-            key.family = FAMILY_IPV4;
-            key.protocol = buf[9];
-            key.saddr[..4].copy_from_slice(&buf[12..16]);
-            key.daddr[..4].copy_from_slice(&buf[16..20]);
-            if be16(buf, 6) & 0x1fff != 0 {
-                key.fragment = 1;
-                return Some(Parsed {
-                    key,
-                    tcp_flags: 0,
-                    l3,
-                    linear,
-                });
-            }
+            proto = (b[2] >> 8) & 0xff;
+            (s0, s1, s2, s3) = (b[3], 0, 0, 0);
+            (d0, d1, d2, d3) = (b[4], 0, 0, 0);
+            // Fragment offset: the low 13 bits of the big-endian half-word at byte 6.
+            let fragment = (b[1] >> 16) & 0xff1f != 0;
+            fam = FAMILY_IPV4 as u32 | (fragment as u32) << 16;
+            has_l4 = !fragment;
             l4_off = ihl;
-            l4 = if ihl == 20 {
-                let mut l4 = [0u8; 16];
-                l4.copy_from_slice(&buf[20..36]);
-                l4
+            (l4, l4_w3) = if fragment {
+                (0, 0)
+            } else if ihl == 20 {
+                (b[5], b[8])
             } else {
-                bytes::<16>(l3 + ihl as u64)?.0
+                let o = words::<4>(l3 + ihl as u64)?.0;
+                (o[0], o[3])
             };
         }
-        ETH_P_IPV6 if buf[0] >> 4 == 6 => {
-            if linear < 40 {
+        ETH_P_IPV6 => {
+            let b = words::<14>(l3)?.0;
+            if b[0] & 0xf0 != 0x60 || linear < 40 {
                 return None;
             }
-            key.family = FAMILY_IPV6;
-            key.protocol = buf[6];
-            key.saddr.copy_from_slice(&buf[8..24]);
-            key.daddr.copy_from_slice(&buf[24..40]);
+            proto = (b[1] >> 16) & 0xff;
+            (s0, s1, s2, s3) = (b[2], b[3], b[4], b[5]);
+            (d0, d1, d2, d3) = (b[6], b[7], b[8], b[9]);
+            fam = FAMILY_IPV6 as u32;
+            has_l4 = true;
             l4_off = 40;
-            let mut b = [0u8; 16];
-            b.copy_from_slice(&buf[40..56]);
-            l4 = b;
+            (l4, l4_w3) = (b[10], b[13]);
         }
         _ => return None,
     }
-    // The part of the L4 header that is read must be in the linear data.
-    let need = match key.protocol {
-        IPPROTO_TCP => 14,
-        IPPROTO_UDP => 4,
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => 2,
-        // Another protocol, or an IPv6 extension header: the flow has no ports.
-        _ => {
-            return Some(Parsed {
-                key,
-                tcp_flags: 0,
-                l3,
-                linear,
-            });
-        }
-    };
-    if linear < l4_off + need {
-        return None;
-    }
+    let mut ports = 0;
     let mut tcp_flags = 0;
-    match key.protocol {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            key.sport = be16(&l4, 0);
-            key.dport = be16(&l4, 2);
-            if key.protocol == IPPROTO_TCP {
-                tcp_flags = l4[13] as u32;
-            }
+    if has_l4 {
+        // The part of the L4 header that is read must be in the linear data. Another
+        // protocol, or an IPv6 extension header: the flow has no ports.
+        let need = match proto as u8 {
+            IPPROTO_TCP => 14,
+            IPPROTO_UDP => 4,
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => 2,
+            _ => 0,
+        };
+        if linear < l4_off + need {
+            return None;
         }
-        _ => {
-            key.sport = l4[0] as u16;
-            key.dport = l4[1] as u16;
+        if need != 0 {
+            ports = key_ports(proto, l4);
+        }
+        if proto == IPPROTO_TCP as u32 {
+            tcp_flags = (l4_w3 >> 8) & 0xff;
         }
     }
+    let k: [u32; KEY_WORDS] = [
+        s0,
+        s1,
+        s2,
+        s3,
+        d0,
+        d1,
+        d2,
+        d3,
+        ports,
+        fam | proto << 8,
+        0,
+        0,
+        0,
+    ];
+    // SAFETY: FlowKey is 52 bytes of integers, 4-byte aligned (asserted in common), with
+    // every bit pattern valid; word 8 holds the ports, word 9 family, protocol, fragment
+    // and padding, words 10-12 reason, netns and ifindex (set by the caller).
+    let key = unsafe { core::mem::transmute::<[u32; KEY_WORDS], FlowKey>(k) };
     Some(Parsed {
         key,
         tcp_flags,
