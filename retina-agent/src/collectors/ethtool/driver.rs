@@ -14,7 +14,7 @@ use crate::{
     collectors::{CollectError, Collector, interfaces::Interfaces},
     filter::NameFilter,
     kernel::links::{Link, Links},
-    model::{Metric, Number, Visitor, attr::INTERFACE_NAME},
+    model::{Metric, Number, Visitor, attr::INTERFACE_NAME, in_key_order},
 };
 
 /// Ioctls issued since the collector was created, by command (self-telemetry and tests).
@@ -228,7 +228,7 @@ impl EthtoolCollector {
             if let Some(w) = workload {
                 w.push_attributes(&mut kv);
             }
-            kv.into_boxed_slice()
+            in_key_order(kv).into_boxed_slice()
         });
         self.counts.gsset_info += 1;
         let count = match self.sock.stats_count(&ifname) {
@@ -287,7 +287,7 @@ impl EthtoolCollector {
                 if let Some(w) = workload {
                     w.push_attributes(&mut kv);
                 }
-                kv.into_boxed_slice()
+                in_key_order(kv).into_boxed_slice()
             })
             .collect::<Box<[_]>>();
         tracing::debug!(
