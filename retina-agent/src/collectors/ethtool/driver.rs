@@ -220,10 +220,10 @@ impl EthtoolCollector {
         let info = drv.as_ref().map(|d| {
             let mut kv = vec![
                 KeyValue::new(INTERFACE_NAME, name.clone()),
-                KeyValue::new(attr::DRIVER, d.driver.clone()),
-                KeyValue::new(attr::DRIVER_VERSION, d.version.clone()),
-                KeyValue::new(attr::FIRMWARE_VERSION, d.fw_version.clone()),
-                KeyValue::new(attr::BUS_INFO, d.bus_info.clone()),
+                KeyValue::new(attr::DRIVER, Arc::<str>::from(d.driver.as_str())),
+                KeyValue::new(attr::DRIVER_VERSION, Arc::<str>::from(d.version.as_str())),
+                KeyValue::new(attr::FIRMWARE_VERSION, Arc::<str>::from(d.fw_version.as_str())),
+                KeyValue::new(attr::BUS_INFO, Arc::<str>::from(d.bus_info.as_str())),
             ];
             if let Some(w) = workload {
                 w.push_attributes(&mut kv);

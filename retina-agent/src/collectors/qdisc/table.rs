@@ -186,8 +186,8 @@ impl Table {
             attrs: in_key_order([
                 KeyValue::new(attr::INTERFACE_NAME, link.name.clone()),
                 KeyValue::new(ATTR_KIND, kind.clone()),
-                KeyValue::new(ATTR_HANDLE, handle),
-                KeyValue::new(ATTR_PARENT, classid(m.parent)),
+                KeyValue::new(ATTR_HANDLE, Arc::<str>::from(handle)),
+                KeyValue::new(ATTR_PARENT, Arc::<str>::from(classid(m.parent))),
                 KeyValue::new(ATTR_CLASS, if class { "class" } else { "qdisc" }),
             ]),
             kind,
