@@ -14,6 +14,18 @@ use std::sync::Arc;
 
 use opentelemetry::{KeyValue, Value};
 
+/// Puts a series' attribute set in key order, once, when the series is made (sorting a set
+/// of a few attributes in place allocates nothing). String values are best shared
+/// (`Arc<str>`) or static: the SDK clones a set twice per observation on every collect of an
+/// observable instrument, and an owned string is copied each time. The OpenTelemetry SDK looks every
+/// observation up as given and then sorted by key, and an observable instrument's map is
+/// rebuilt from empty on every collect: a set given out of order is stored under both
+/// forms, which doubles the series' entries in that map and the work of draining it.
+pub(crate) fn in_key_order<A: AsMut<[KeyValue]>>(mut attrs: A) -> A {
+    attrs.as_mut().sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    attrs
+}
+
 /// How a metric's values behave over time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -124,7 +136,7 @@ impl Workload {
         push(attr::POD_UID, &self.pod_uid);
         push(attr::SYSTEMD_UNIT, &self.unit);
         if let Some(uid) = self.user_id {
-            out.push(KeyValue::new(attr::USER_ID, uid.to_string()));
+            out.push(KeyValue::new(attr::USER_ID, Arc::<str>::from(uid.to_string())));
         }
     }
 }

@@ -5,7 +5,11 @@
 //! collects. N = 120 is the agent's host-level series at 256 veths (netstat/snmp, softnet,
 //! its own counters: the series that could be bound because they never leave the export);
 //! N = 4250 is every point the default policy exports there. CPU of `collect` alone (the
-//! process CPU clock), median of 200 collects after 5 warm-up ones.
+//! process CPU clock), median of 200 collects after 5 warm-up ones. `unsorted` is the
+//! observable counter with each series' two attributes given out of key order: the SDK
+//! then stores every series under both orders (issue 21, session 11). `owned` is the
+//! observable counter with its string value an owned `String` instead of an `Arc<str>`: the
+//! SDK clones each set twice per observation, so an owned value is copied each time.
 use opentelemetry::{KeyValue, metrics::MeterProvider as _};
 use opentelemetry_sdk::metrics::{
     ManualReader, SdkMeterProvider, Temporality, data::ResourceMetrics, reader::MetricReader,
@@ -45,13 +49,21 @@ fn cpu_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
-fn attrs(n: usize) -> Vec<Vec<KeyValue>> {
+fn attrs(n: usize, sorted: bool, owned: bool) -> Vec<Vec<KeyValue>> {
     (0..n)
         .map(|i| {
-            vec![
-                KeyValue::new("name", format!("TcpExtStat{i}")),
-                KeyValue::new("protocol", "tcp"),
-            ]
+            let value = format!("TcpExtStat{i}");
+            let name = if owned {
+                KeyValue::new("name", value)
+            } else {
+                KeyValue::new("name", Arc::<str>::from(value))
+            };
+            let protocol = KeyValue::new("protocol", "tcp");
+            if sorted {
+                vec![name, protocol]
+            } else {
+                vec![protocol, name]
+            }
         })
         .collect()
 }
@@ -79,11 +91,11 @@ fn run(kind: &str, temp: Temporality, n: usize, moving: usize, iters: usize) {
         })
         .build();
     let meter = provider.meter("b");
-    let a = Arc::new(attrs(n));
+    let a = Arc::new(attrs(n, kind != "unsorted", kind == "owned"));
     let vals: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|i| AtomicU64::new(i as u64)).collect());
     let mut bound = Vec::new();
     let _obs;
-    if kind == "observable" {
+    if kind != "bound" {
         let (a, v) = (a.clone(), vals.clone());
         _obs = Some(
             meter
@@ -137,7 +149,7 @@ fn run(kind: &str, temp: Temporality, n: usize, moving: usize, iters: usize) {
 fn main() {
     for &(n, moving) in &[(120usize, 6usize), (4250, 212)] {
         for temp in [Temporality::Cumulative, Temporality::Delta] {
-            for kind in ["observable", "bound"] {
+            for kind in ["observable", "unsorted", "owned", "bound"] {
                 run(kind, temp, n, moving, 205);
             }
         }

@@ -23,7 +23,7 @@ use crate::{
     collectors::{CollectError, Collector, interfaces::Interfaces},
     filter::{NameFilter, Pattern},
     kernel::links::{Link, LinkStats, Links},
-    model::{Kind, Metric, Number, Visitor, attr},
+    model::{Kind, Metric, Number, Visitor, attr, in_key_order},
 };
 
 pub(crate) const NETWORK_IO: Metric = Metric {
@@ -146,7 +146,7 @@ fn series(filter: &NameFilter, link: &Link) -> Option<Series> {
             if let Some(w) = &link.workload {
                 w.push_attributes(&mut kv);
             }
-            kv.into_boxed_slice()
+            in_key_order(kv).into_boxed_slice()
         };
         Series {
             receive: set("receive"),

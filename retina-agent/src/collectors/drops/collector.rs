@@ -19,7 +19,7 @@ use crate::{
     collectors::{CollectError, Collector},
     kernel::links::Links,
     kernel::netns::NetnsNames,
-    model::{Kind, Metric, Number, Visitor, Workload, attr},
+    model::{Kind, Metric, Number, Visitor, Workload, attr, in_key_order},
     workload::{Workloads, attr as workload_attr, sockets::SocketOwners},
 };
 
@@ -322,7 +322,7 @@ impl DropCollector {
         if let Some(name) = self.locations.as_ref().and_then(|l| l.name(key.location)) {
             attrs.push(KeyValue::new(attr::DROP_LOCATION, name.clone()));
         }
-        attrs.into_boxed_slice()
+        in_key_order(attrs).into_boxed_slice()
     }
 }
 

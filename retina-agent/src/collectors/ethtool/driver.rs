@@ -14,7 +14,7 @@ use crate::{
     collectors::{CollectError, Collector, interfaces::Interfaces},
     filter::NameFilter,
     kernel::links::{Link, Links},
-    model::{Metric, Number, Visitor, attr::INTERFACE_NAME},
+    model::{Metric, Number, Visitor, attr::INTERFACE_NAME, in_key_order},
 };
 
 /// Ioctls issued since the collector was created, by command (self-telemetry and tests).
@@ -220,15 +220,15 @@ impl EthtoolCollector {
         let info = drv.as_ref().map(|d| {
             let mut kv = vec![
                 KeyValue::new(INTERFACE_NAME, name.clone()),
-                KeyValue::new(attr::DRIVER, d.driver.clone()),
-                KeyValue::new(attr::DRIVER_VERSION, d.version.clone()),
-                KeyValue::new(attr::FIRMWARE_VERSION, d.fw_version.clone()),
-                KeyValue::new(attr::BUS_INFO, d.bus_info.clone()),
+                KeyValue::new(attr::DRIVER, Arc::<str>::from(d.driver.as_str())),
+                KeyValue::new(attr::DRIVER_VERSION, Arc::<str>::from(d.version.as_str())),
+                KeyValue::new(attr::FIRMWARE_VERSION, Arc::<str>::from(d.fw_version.as_str())),
+                KeyValue::new(attr::BUS_INFO, Arc::<str>::from(d.bus_info.as_str())),
             ];
             if let Some(w) = workload {
                 w.push_attributes(&mut kv);
             }
-            kv.into_boxed_slice()
+            in_key_order(kv).into_boxed_slice()
         });
         self.counts.gsset_info += 1;
         let count = match self.sock.stats_count(&ifname) {
@@ -287,7 +287,7 @@ impl EthtoolCollector {
                 if let Some(w) = workload {
                     w.push_attributes(&mut kv);
                 }
-                kv.into_boxed_slice()
+                in_key_order(kv).into_boxed_slice()
             })
             .collect::<Box<[_]>>();
         tracing::debug!(

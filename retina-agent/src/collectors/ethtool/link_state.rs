@@ -32,7 +32,7 @@ use crate::{
     },
     filter::NameFilter,
     kernel::links::Links,
-    model::{Metric, Number, Visitor, attr::INTERFACE_NAME},
+    model::{Metric, Number, Visitor, attr::INTERFACE_NAME, in_key_order},
 };
 
 static LINK_METRICS: [&Metric; 4] = [
@@ -105,19 +105,19 @@ fn prepare(table: LinkStateTable) -> BTreeMap<u32, Prepared> {
                 ));
             }
             for (ring, setting, v) in s.rings {
-                let attrs = Box::from([
+                let attrs = Box::from(in_key_order([
                     iface(),
                     KeyValue::new(attr::RING, ring),
                     KeyValue::new(attr::RING_SETTING, setting),
-                ]);
+                ]));
                 points.push((&NIC_RING_SIZE, attrs, u64::from(v), Setting::Other));
             }
             for (kind, setting, v) in s.channels {
-                let attrs = Box::from([
+                let attrs = Box::from(in_key_order([
                     iface(),
                     KeyValue::new(attr::CHANNEL_TYPE, kind),
                     KeyValue::new(attr::CHANNEL_SETTING, setting),
-                ]);
+                ]));
                 let setting = match setting {
                     "max" => Setting::ChannelsMax,
                     _ => Setting::Other,

@@ -19,9 +19,9 @@
 //! - `netstat.field`: the field name without its group, e.g. `ListenDrops` (from
 //!   `TcpExt: ... ListenDrops ...`) or `InReceives` (from `Ip6InReceives`).
 //!
-//! So `TcpExt: ListenDrops` is `retina.netstat.stat{netstat.group="TcpExt",
-//! netstat.field="ListenDrops"}` (Prometheus: `retina_netstat_stat_total{netstat_group=
-//! "TcpExt",netstat_field="ListenDrops"}`).
+//! So `TcpExt: ListenDrops` is `retina.netstat.stat{netstat.field="ListenDrops",
+//! netstat.group="TcpExt"}` (Prometheus: `retina_netstat_stat_total{netstat_field=
+//! "ListenDrops",netstat_group="TcpExt"}`; attributes in key order, `model::in_key_order`).
 //!
 //! Gauges (see [`GAUGES`]): `Ip:Forwarding`, `Ip:DefaultTTL`, `Tcp:RtoAlgorithm`,
 //! `Tcp:RtoMin`, `Tcp:RtoMax`, `Tcp:MaxConn` (`-1`: no limit), `Tcp:CurrEstab`,

@@ -9,7 +9,7 @@ use opentelemetry::KeyValue;
 use super::{ATTR_FIELD, ATTR_GROUP, GAUGES, Problem, Raw, Slot};
 use crate::{
     filter::NameFilter,
-    model::{Kind, Number},
+    model::{Kind, Number, in_key_order},
 };
 
 /// Non-empty lines with their 1-based numbers.
@@ -288,10 +288,10 @@ impl<'f> Builder<'f> {
         self.slots.push(Slot {
             name,
             attrs: selected.then(|| {
-                [
+                in_key_order([
                     KeyValue::new(ATTR_GROUP, group.clone()),
                     KeyValue::new(ATTR_FIELD, field),
-                ]
+                ])
             }),
             kind,
             value: Number::U64(0),

@@ -19,9 +19,10 @@ fn collector(root: &Path) -> NetstatCollector {
 fn points(c: &NetstatCollector) -> BTreeMap<String, (&'static str, Number)> {
     let mut out = BTreeMap::new();
     c.visit(&mut |m: &'static Metric, a: &[KeyValue], v: Number| {
-        assert_eq!(a[0].key.as_str(), ATTR_GROUP);
-        assert_eq!(a[1].key.as_str(), ATTR_FIELD);
-        let k = format!("{}:{}", a[0].value, a[1].value);
+        // In key order (`model::in_key_order`): the field, then the group.
+        assert_eq!(a[0].key.as_str(), ATTR_FIELD);
+        assert_eq!(a[1].key.as_str(), ATTR_GROUP);
+        let k = format!("{}:{}", a[1].value, a[0].value);
         assert!(out.insert(k, (m.name, v)).is_none(), "duplicate");
     });
     out

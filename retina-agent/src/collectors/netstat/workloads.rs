@@ -49,7 +49,7 @@ use crate::{
     collectors::{CollectError, Collector, procfile::ProcFile},
     filter::{NameFilter, Pattern},
     kernel::links::Links,
-    model::{Kind, Metric, Visitor, Workload, attr},
+    model::{Kind, Metric, Visitor, Workload, attr, in_key_order},
     workload::Workloads,
 };
 
@@ -450,7 +450,7 @@ impl Entry {
                     let mut all = Vec::with_capacity(2 + self.base.len());
                     all.extend_from_slice(a);
                     all.extend_from_slice(&self.base);
-                    self.points.push((i, j, all));
+                    self.points.push((i, j, in_key_order(all)));
                 }
             }
         }

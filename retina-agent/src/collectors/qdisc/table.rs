@@ -15,7 +15,7 @@ use crate::{
         Links, Malformed, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP,
         NLMSG_OVERRUN, align4, lossy_arc, lossy_eq, read_i32, read_u16, read_u32,
     },
-    model::attr,
+    model::{attr, in_key_order},
 };
 
 /// One exported qdisc or class.
@@ -183,13 +183,13 @@ impl Table {
             key,
             instance: link.instance,
             generation: links.generation(),
-            attrs: [
+            attrs: in_key_order([
                 KeyValue::new(attr::INTERFACE_NAME, link.name.clone()),
                 KeyValue::new(ATTR_KIND, kind.clone()),
-                KeyValue::new(ATTR_HANDLE, handle),
-                KeyValue::new(ATTR_PARENT, classid(m.parent)),
+                KeyValue::new(ATTR_HANDLE, Arc::<str>::from(handle)),
+                KeyValue::new(ATTR_PARENT, Arc::<str>::from(classid(m.parent))),
                 KeyValue::new(ATTR_CLASS, if class { "class" } else { "qdisc" }),
-            ],
+            ]),
             kind,
             classful,
             stats,

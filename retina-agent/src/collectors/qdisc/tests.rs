@@ -20,6 +20,15 @@ fn nlmsg(out: &mut Vec<u8>, ty: u16, seq: u32, payload: &[u8]) {
     }
 }
 
+/// The value of attribute `key` (the sets are in key order, not in the order built).
+fn value(attrs: &[opentelemetry::KeyValue], key: &str) -> String {
+    attrs
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
+        .unwrap_or_default()
+}
+
 fn qdisc_msg(ifindex: i32, handle: u32, parent: u32, kind: &[u8], drops: u32) -> Vec<u8> {
     let mut p = tcmsg(ifindex, handle, parent);
     nla(&mut p, TCA_KIND, kind);
@@ -74,9 +83,9 @@ fn series_are_updated_in_place_and_rebuilt_on_change() {
     assert_eq!(t.series.len(), 3);
     assert_eq!(t.classful, [2]);
     let attrs_ptr = t.series[0].attrs.as_ptr();
-    let handle = t.series[1].attrs[2].value.to_string();
+    let handle = value(&t.series[1].attrs, ATTR_HANDLE);
     assert_eq!(handle, "10:");
-    assert_eq!(t.series[1].attrs[3].value.to_string(), "1:10");
+    assert_eq!(value(&t.series[1].attrs, ATTR_PARENT), "1:10");
     assert!(feed(&mut t, &links, 2, &msgs(5)));
     assert_eq!(t.series[0].stats.drops, 5);
     assert_eq!(
@@ -90,9 +99,9 @@ fn series_are_updated_in_place_and_rebuilt_on_change() {
     let mut m = msgs(0);
     m[0] = qdisc_msg(2, 0x10000, TC_H_ROOT, b"prio\0", 0);
     assert!(feed(&mut t, &links, 3, &m));
-    assert_eq!(t.series[0].attrs[1].value.to_string(), "prio");
-    assert_eq!(t.series[0].attrs[0].value.to_string(), "wan0");
-    assert_eq!(t.series[1].attrs[0].value.to_string(), "wan0");
+    assert_eq!(value(&t.series[0].attrs, ATTR_KIND), "prio");
+    assert_eq!(value(&t.series[0].attrs, crate::model::attr::INTERFACE_NAME), "wan0");
+    assert_eq!(value(&t.series[1].attrs, crate::model::attr::INTERFACE_NAME), "wan0");
     // A reply to another request is ignored; a malformed message is an error.
     let mut data = Vec::new();
     nlmsg(

@@ -24,7 +24,7 @@ use crate::{
         btf::{Btf, BtfError},
         links::Links,
     },
-    model::{Kind, Metric, Number, Visitor, Workload, attr},
+    model::{Kind, Metric, Number, Visitor, Workload, attr, in_key_order},
     workload::{attr as workload_attr, sockets::SocketOwners},
 };
 
@@ -231,7 +231,7 @@ impl TcpEventCollector {
         let with_direction = |d: &'static str| {
             let mut a = attrs.clone();
             a.push(KeyValue::new(attr::IO_DIRECTION, d));
-            a.into_boxed_slice()
+            in_key_order(a).into_boxed_slice()
         };
         Series {
             counts,
@@ -239,7 +239,7 @@ impl TcpEventCollector {
             received: with_direction("receive"),
             cgroup: owner.as_ref().map(|o| o.path.clone()),
             workload: owner.map_or_else(|| Arc::new(Workload::default()), |o| o.workload.clone()),
-            attrs: attrs.into_boxed_slice(),
+            attrs: in_key_order(attrs).into_boxed_slice(),
             grew: true,
             gone: false,
         }
