@@ -75,13 +75,20 @@ fn totals(points: &[DataPoint]) -> Result<Totals> {
     })
 }
 
+/// Exports rotel has logged so far.
+fn exports(rotel: &RProc) -> usize {
+    rotel.log_text().matches("ResourceMetrics #0").count()
+}
+
 /// The counters at a quiet moment: three exports in a row (one a second, so that each
 /// reading task has read its counters since the first) that agree, every event sent
-/// handed over as a record. They are read from the collector's log, not the agent's
+/// handed over as a record, all three begun after the first `since` exports (so after
+/// what the caller waits for: blocks logged before a fast flood ended would look quiet
+/// with the counts from before it). They are read from the collector's log, not the agent's
 /// scrape endpoint: read that way, each scrape added one drop on the node (a new TCP
 /// connection each time; which drop it is was not looked into), so the node never looked
 /// quiet.
-fn quiet(rotel: &mut RProc, agent: &mut RProc) -> Result<Totals> {
+fn quiet(rotel: &mut RProc, agent: &mut RProc, since: usize) -> Result<Totals> {
     let mut last = None;
     wait_for("a quiet moment on the node", PATIENCE * 3, || {
         rotel.ensure_alive()?;
@@ -89,7 +96,9 @@ fn quiet(rotel: &mut RProc, agent: &mut RProc) -> Result<Totals> {
         let text = rotel.log_text();
         // The last four blocks: the last may be incomplete.
         let blocks: Vec<&str> = text.rsplitn(5, "ResourceMetrics #0").collect();
-        if blocks.len() < 5 {
+        // The export in flight when `since` was counted may hold counts from before: the
+        // three compared begin after it.
+        if blocks.len() < 5 || text.matches("ResourceMetrics #0").count() < since + 5 {
             return Ok(None);
         }
         let t: Vec<Totals> = blocks[1..4]
@@ -145,7 +154,7 @@ fn a_million_drop_flood_stays_within_the_budget_and_every_drop_has_one_outcome()
             ),
         ],
     )?;
-    let before = quiet(&mut metrics, &mut agent)?;
+    let before = quiet(&mut metrics, &mut agent, 0)?;
     let start = Instant::now();
     ns.exec(
         &traffic(),
@@ -159,7 +168,8 @@ fn a_million_drop_flood_stays_within_the_budget_and_every_drop_has_one_outcome()
     )?;
     let seconds = start.elapsed().as_secs_f64();
     agent.ensure_alive()?;
-    let after = quiet(&mut metrics, &mut agent)?;
+    let since = exports(&metrics);
+    let after = quiet(&mut metrics, &mut agent, since)?;
     let drops = after.drops - before.drops;
     eprintln!(
         "{FLOOD} datagrams in {seconds:.1} s; {before:?} -> {after:?}: {drops} drops counted"
