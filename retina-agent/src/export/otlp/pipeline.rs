@@ -207,7 +207,7 @@ fn register(
                     let Some(a) = guard.as_ref() else { return };
                     let mut n = 0;
                     catalog.visit_metric(i, a, Some(&stats), &mut |attrs, value| {
-                        debug_assert!(in_key_order(attrs), "{attrs:?}");
+                        debug_assert!(is_in_key_order(attrs), "{attrs:?}");
                         if let Some(v) = counter_value(value) {
                             o.observe(v, attrs);
                             n += 1;
@@ -228,7 +228,7 @@ fn register(
                     let Some(a) = guard.as_ref() else { return };
                     let mut n = 0;
                     catalog.visit_metric(i, a, Some(&stats), &mut |attrs, value| {
-                        debug_assert!(in_key_order(attrs), "{attrs:?}");
+                        debug_assert!(is_in_key_order(attrs), "{attrs:?}");
                         o.observe(value.as_f64(), attrs);
                         n += 1;
                     });
@@ -242,7 +242,7 @@ fn register(
 
 /// Whether `attrs` is in key order, as every collector builds its attribute sets
 /// ([`crate::model::in_key_order`]): a set out of order costs the SDK two map entries.
-fn in_key_order(attrs: &[opentelemetry::KeyValue]) -> bool {
+fn is_in_key_order(attrs: &[opentelemetry::KeyValue]) -> bool {
     attrs.is_sorted_by(|a, b| a.key <= b.key)
 }
 
