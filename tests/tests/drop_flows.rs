@@ -181,13 +181,17 @@ fn evicted_flows_are_counted_and_never_shown_exact() -> Result<()> {
     let evicted = stats["evicted"].as_u64().context("stats.evicted")?;
     // A flow whose creation failed in the kernel's LRU map (an insert can fail there
     // under load: the map hands out its free entries through per-CPU lists) is no
-    // eviction; its drop is counted in `uncounted` (a loaded host once counted 70
-    // evictions of the 72 this test expected).
+    // eviction; its drop is counted in `uncounted`.
     let uncounted = stats["uncounted"].as_u64().context("stats.uncounted")?;
+    // The bound follows from the map's size alone, not from which entries its
+    // (approximate) LRU picks: the first round creates 40 flows; when the second begins
+    // at most 8 of them are still in the map, so it creates at least 32 again; at most 8
+    // entries are left at the end. So at least 40 + 32 - 8 = 64 creations were evicted
+    // (or failed). A strict LRU would make it 72; a loaded host once counted 70.
+    let bound = u64::from(2 * (FLOWS - CAPACITY));
     ensure!(
-        evicted + uncounted >= u64::from(2 * FLOWS - CAPACITY),
-        "at least {} evictions or uncreated flows expected: {stats:#}",
-        2 * FLOWS - CAPACITY
+        evicted + uncounted >= bound,
+        "at least {bound} evictions or uncreated flows expected: {stats:#}"
     );
     let ours: Vec<&Value> = pod
         .flows(&doc)?
@@ -207,14 +211,21 @@ fn evicted_flows_are_counted_and_never_shown_exact() -> Result<()> {
         "{} flows in a map of {CAPACITY}",
         ours.len()
     );
-    // Every flow left was created again after its first self was evicted.
+    // One datagram per round. A flow left with one was evicted after the first and
+    // created again: its count misses a datagram, so it must not be shown exact. One left
+    // with two was never evicted (the kernel's LRU is approximate and may keep a flow
+    // through both rounds); exact or not, its count is whole.
     for f in &ours {
-        assert_eq!(f["exact"], false, "an evicted flow shown as exact: {f:#}");
-        // One datagram per round: a flow can at most have survived the second round's
-        // evictions with both (the kernel's LRU is approximate).
         let n = f["packets"].as_u64().unwrap_or(0);
         assert!((1..=2).contains(&n), "{f:#}");
+        if n == 1 {
+            assert_eq!(f["exact"], false, "an evicted flow shown as exact: {f:#}");
+        }
     }
+    ensure!(
+        ours.iter().any(|f| f["packets"] == 1),
+        "no flow left was created again in the second round: {ours:#?}"
+    );
     Ok(())
 }
 
