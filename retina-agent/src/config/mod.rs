@@ -38,14 +38,14 @@ use std::{
 use serde::Deserialize;
 
 pub use self::{
-    export::{ExportConfig, PrometheusConfig, SeriesPolicy},
+    export::{ExportConfig, PrometheusConfig, SeriesPolicy, Temporality},
     file::parse,
     flags::{Overrides, endpoint_host_port, parse_endpoint, parse_interval},
 };
 pub(crate) use self::{
     env::{EnvLookup, check_process_env, process_env},
     error::{ConfigError, Invalid},
-    export::{Compression, Protocol, Temporality},
+    export::{Compression, Protocol},
     file::FileConfig,
 };
 /// Driven directly by the fuzz targets.

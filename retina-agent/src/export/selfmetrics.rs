@@ -169,6 +169,9 @@ pub struct ExportStats {
     /// Time the SDK's collect (the instruments' callbacks and aggregation) took in the
     /// last export, in nanoseconds.
     pub last_collect_nanos: AtomicU64,
+    /// Data points in the last export's request (under delta temporality, the counters
+    /// that moved and the gauges).
+    pub last_points: AtomicU64,
 }
 
 impl ExportStats {

@@ -224,9 +224,10 @@ fn otlp_delta_temporality_reports_changes() -> Result<()> {
             && p.attrs.get("drop.reason").map(String::as_str) == Some("NO_SOCKET")
             && p.attrs.get("network.namespace.inode") == Some(&inode)
     };
-    // Each export carries the change since the previous one: they add up to the drops,
-    // and once the traffic is over the series reports zero.
-    let total = wait_for("the deltas to add up and settle", PATIENCE, || {
+    // Each export carries the change since the previous one: they add up to the drops.
+    // Once the traffic is over the series sends no point at all (a series that did not
+    // move is not exported under delta), while every export still carries the gauges.
+    let (total, points_of_ours) = wait_for("the deltas to add up and settle", PATIENCE, || {
         rotel.ensure_alive()?;
         let points = parse_rotel(&rotel.log_text());
         let ours: Vec<f64> = points
@@ -234,10 +235,21 @@ fn otlp_delta_temporality_reports_changes() -> Result<()> {
             .filter(|p| is_ours(p))
             .map(|p| p.value)
             .collect();
+        let last = points.iter().rposition(&is_ours);
+        let exports_since = last.map_or(0, |l| {
+            points[l..]
+                .iter()
+                .filter(|p| p.metric == "retina.drop.map.capacity")
+                .count()
+        });
         let total: f64 = ours.iter().sum();
-        Ok((total >= DROPS as f64 && ours.last() == Some(&0.0)).then_some(total))
+        Ok((total >= DROPS as f64 && exports_since >= 3).then_some((total, ours)))
     })?;
-    assert_eq!(total, DROPS as f64);
+    assert_eq!(total, DROPS as f64, "deltas: {points_of_ours:?}");
+    assert!(
+        points_of_ours.iter().all(|&v| v > 0.0),
+        "a point of an unmoved series was exported: {points_of_ours:?}"
+    );
     let log = rotel.log_text();
     assert!(
         log.contains("AGGREGATION_TEMPORALITY_DELTA"),

@@ -97,17 +97,35 @@ fn collector_down_at_start_then_up() -> Result<()> {
 
 #[test]
 fn collector_killed_and_restarted() -> Result<()> {
+    killed_and_restarted(false)
+}
+
+/// Under delta temporality the SDK forgets the change an export carried once it is
+/// collected: the agent feeds the changes of a failed export again, so the deltas that
+/// reach the collector after the outage still add up to every drop.
+#[test]
+fn collector_killed_and_restarted_delta_loses_nothing() -> Result<()> {
+    killed_and_restarted(true)
+}
+
+fn killed_and_restarted(delta: bool) -> Result<()> {
     require_root();
     let dir = TempDir::new("restart")?;
     let (grpc, http) = (free_port()?, free_port()?);
     let mut rotel = start_rotel(&dir, grpc, http, "rotel1")?;
-    let agent_env = [
+    let mut agent_env = vec![
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             format!("http://127.0.0.1:{grpc}"),
         ),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000".to_string()),
     ];
+    if delta {
+        agent_env.push((
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            "delta".to_string(),
+        ));
+    }
     let mut agent = start_agent(&dir, "agent", &agent_env)?;
     wait_for_metric(&mut rotel, "retina.drop.map.capacity")?;
     rotel.kill();
@@ -125,8 +143,36 @@ fn collector_killed_and_restarted() -> Result<()> {
     let failed = agent.export_failures()?;
     agent.wait_for_export_failures(failed + 2.0, PATIENCE)?;
     let mut rotel = start_rotel(&dir, grpc, http, "rotel2")?;
-    let points = wait_for_drops(&mut rotel, ns.inode()?, DROPS)?;
-    check_delivery(&points, ns.inode()?, &rotel.log_text())?;
+    if delta {
+        let inode = ns.inode()?.to_string();
+        let ours = |p: &&DataPoint| {
+            p.metric == "retina.drop.count"
+                && p.attrs.get("drop.reason").map(String::as_str) == Some("NO_SOCKET")
+                && p.attrs.get("network.namespace.inode") == Some(&inode)
+        };
+        // The sum of the deltas, once three more exports have come after its last point.
+        let deltas = wait_for("the deltas of the drops after the outage", PATIENCE, || {
+            rotel.ensure_alive()?;
+            let points = parse_rotel(&rotel.log_text());
+            let last = points.iter().rposition(|p| ours(&p));
+            let exports_since = last.map_or(0, |l| {
+                points[l..]
+                    .iter()
+                    .filter(|p| p.metric == "retina.drop.map.capacity")
+                    .count()
+            });
+            let deltas: Vec<f64> = points.iter().filter(ours).map(|p| p.value).collect();
+            Ok((exports_since >= 3).then_some(deltas))
+        })?;
+        assert_eq!(
+            deltas.iter().sum::<f64>(),
+            DROPS as f64,
+            "the deltas after the outage: {deltas:?}"
+        );
+    } else {
+        let points = wait_for_drops(&mut rotel, ns.inode()?, DROPS)?;
+        check_delivery(&points, ns.inode()?, &rotel.log_text())?;
+    }
     wait_for("the recovery message", PATIENCE, || {
         Ok(agent.log().contains("OTLP export recovered").then_some(()))
     })?;

@@ -1,6 +1,8 @@
 //! The OpenTelemetry SDK pipeline: one `SdkMeterProvider` with one `ManualReader`, and one
-//! observable instrument per exported metric whose callback reads the collectors' current
-//! values through [`Catalog::visit_metric`].
+//! instrument per exported metric reading the collectors' current values through
+//! [`Catalog::visit_metric`]: an observable instrument whose callback reads them, except for
+//! counters under delta temporality, which are synchronous counters fed with each series'
+//! change before every collect ([`super::delta`]: a series that did not move sends no point).
 //!
 //! The cardinality limit of each instrument (the SDK reserves it up front, per instrument)
 //! is sized from the series that exist: twice the points seen, at least [`MIN_LIMIT`], at
@@ -20,7 +22,7 @@ use std::{
 
 use opentelemetry::{
     InstrumentationScope,
-    metrics::{AsyncInstrument, Meter, MeterProvider as _},
+    metrics::{AsyncInstrument, Counter, Meter, MeterProvider as _},
 };
 use opentelemetry_sdk::{
     Resource,
@@ -31,10 +33,13 @@ use opentelemetry_sdk::{
     },
 };
 
-use super::super::{
-    SharedAgent,
-    catalog::{Catalog, counter_value},
-    selfmetrics::ExportStats,
+use super::{
+    super::{
+        SharedAgent,
+        catalog::{Catalog, counter_value},
+        selfmetrics::ExportStats,
+    },
+    delta::Changes,
 };
 use crate::model::Kind;
 
@@ -89,14 +94,21 @@ pub(super) struct Pipeline {
     limits: Vec<usize>,
     /// Per instrument, its configured cap.
     caps: Vec<Option<usize>>,
-    /// Points each instrument's callback observed in the last collect.
+    /// Points each instrument's callback observed (or each counter was fed) in the last
+    /// collect.
     observed: Arc<[AtomicUsize]>,
+    /// Under delta temporality, the counters' series, fed before every collect.
+    changes: Option<Changes>,
+    agent: SharedAgent,
+    catalog: Arc<Catalog>,
+    stats: Arc<ExportStats>,
 }
 
 impl Pipeline {
     /// A provider, its reader and one instrument per metric of `sources.catalog`, with the
-    /// cardinality limits `limits` (one per metric).
-    pub(super) fn new(sources: &Sources, limits: Vec<usize>) -> Pipeline {
+    /// cardinality limits `limits` (one per metric). Under delta temporality the counters'
+    /// last values come from `carried` (the pipeline this one replaces), if any.
+    pub(super) fn new(sources: &Sources, limits: Vec<usize>, carried: Option<Changes>) -> Pipeline {
         let reader = SharedReader(Arc::new(
             ManualReader::builder()
                 .with_temporality(sources.temporality)
@@ -124,9 +136,18 @@ impl Pipeline {
         let observed: Arc<[AtomicUsize]> = (0..sources.catalog.len())
             .map(|_| AtomicUsize::new(0))
             .collect();
-        for (i, m) in sources.catalog.metrics().enumerate() {
-            register(&meter, sources, &observed, i, m);
-        }
+        let delta = sources.temporality == Temporality::Delta;
+        let counters: Vec<Option<Counter<u64>>> = sources
+            .catalog
+            .metrics()
+            .enumerate()
+            .map(|(i, m)| register(&meter, sources, &observed, i, m, delta))
+            .collect();
+        let changes = delta.then(|| {
+            let mut c = carried.unwrap_or_else(|| Changes::new(sources.catalog.len()));
+            c.attach(counters);
+            c
+        });
         let caps = (0..sources.catalog.len())
             .map(|i| sources.catalog.cap(i))
             .collect();
@@ -136,12 +157,59 @@ impl Pipeline {
             limits,
             caps,
             observed,
+            changes,
+            agent: sources.agent.clone(),
+            catalog: sources.catalog.clone(),
+            stats: sources.stats.clone(),
         }
     }
 
-    /// Runs every instrument's callback and aggregates into `rm`.
-    pub(super) fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+    /// Feeds the synchronous counters (delta temporality), then runs every observable
+    /// instrument's callback and aggregates into `rm`.
+    pub(super) fn collect(&mut self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.feed();
         self.reader.collect(rm)
+    }
+
+    /// Adds each counter series' change since the last collect to its counter.
+    fn feed(&mut self) {
+        let Some(changes) = &mut self.changes else {
+            return;
+        };
+        let guard = self.agent.lock();
+        let Some(a) = guard.as_ref() else { return };
+        changes.begin();
+        for (i, m) in self.catalog.metrics().enumerate() {
+            if m.kind != Kind::Counter {
+                continue;
+            }
+            let n = changes.feed(i, |f| {
+                self.catalog.visit_metric(i, a, Some(&self.stats), &mut |attrs, value| {
+                    debug_assert!(is_in_key_order(attrs), "{attrs:?}");
+                    f(attrs, value)
+                })
+            });
+            self.observed[i].store(n, Ordering::Relaxed);
+            self.catalog.record_series(i, n);
+        }
+    }
+
+    /// Takes the last feed of the counters back (delta temporality): its export was not
+    /// sent, and the next feed adds its changes again.
+    pub(super) fn rewind(&mut self) {
+        if let Some(c) = &mut self.changes {
+            c.rewind();
+        }
+    }
+
+    /// The counters' last values, for the pipeline that replaces this one. With `rewind`,
+    /// the last feed is taken back: its export was thrown away.
+    pub(super) fn take_changes(&mut self, rewind: bool) -> Option<Changes> {
+        let mut c = self.changes.take()?;
+        if rewind {
+            c.rewind();
+        }
+        Some(c)
     }
 
     /// New limits if a metric below its cap came within a quarter of its limit in the
@@ -182,14 +250,16 @@ impl Pipeline {
     }
 }
 
-/// Registers the observable instrument of metric `i`.
+/// Registers the instrument of metric `i`: observable, or with `sync_counters` a
+/// synchronous counter for a counter metric, which it returns.
 fn register(
     meter: &Meter,
     sources: &Sources,
     observed: &Arc<[AtomicUsize]>,
     i: usize,
     m: &'static crate::model::Metric,
-) {
+    sync_counters: bool,
+) -> Option<Counter<u64>> {
     let (agent, catalog, stats, observed) = (
         sources.agent.clone(),
         sources.catalog.clone(),
@@ -197,6 +267,15 @@ fn register(
         observed.clone(),
     );
     match m.kind {
+        Kind::Counter if sync_counters => {
+            return Some(
+                meter
+                    .u64_counter(m.name)
+                    .with_unit(m.unit)
+                    .with_description(m.description)
+                    .build(),
+            );
+        }
         Kind::Counter => {
             meter
                 .u64_observable_counter(m.name)
@@ -238,6 +317,7 @@ fn register(
                 .build();
         }
     }
+    None
 }
 
 /// Whether `attrs` is in key order, as every collector builds its attribute sets
