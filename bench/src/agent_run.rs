@@ -108,10 +108,15 @@ pub fn run(o: &Options) -> Result<Value> {
     let everything = o.log.with_file_name("everything.toml");
     std::fs::write(&everything, "[export]\nseries = \"everything\"\n")
         .with_context(|| format!("writing {}", everything.display()))?;
+    // The agent under delta temporality (only the counters that moved are exported).
+    let delta = o.log.with_file_name("delta.toml");
+    std::fs::write(&delta, "[export]\ntemporality = \"delta\"\n")
+        .with_context(|| format!("writing {}", delta.display()))?;
     let mut agents = Vec::new();
     for (name, outputs, config) in [
         ("agent", true, None),
         ("agent_everything", true, Some(&everything)),
+        ("agent_delta", true, Some(&delta)),
         ("agent_collection_only", false, Some(&collect_only)),
     ] {
         let prom: SocketAddr = ([127, 0, 0, 1], sys::free_port()?).into();

@@ -7,8 +7,10 @@
 //! the blocking thread a scrape runs on is counted too. Collection cycles run between
 //! exports but are not in the figures.
 //!
-//! It runs once per series policy (`informative`, the default, and `everything`). With the
-//! default policy it then measures a collector outage: [`PACED`] cycles paced at [`PACE`]
+//! It runs once per series policy (`informative`, the default, and `everything`), and once
+//! more with the default policy under delta temporality (`export.temporality = "delta"`:
+//! only the counters that moved are exported). With the default policy it then measures a
+//! collector outage: [`PACED`] cycles paced at [`PACE`]
 //! with the collector up (collection plus export), then as many with it killed, and
 //! compares the CPU per cycle.
 
@@ -20,7 +22,7 @@ use std::{
 
 use anyhow::{Context, Result, ensure};
 use retina_agent::{
-    config::{ExportConfig, PrometheusConfig, SeriesPolicy},
+    config::{ExportConfig, PrometheusConfig, SeriesPolicy, Temporality},
     export::{Exporters, SharedAgent, catalog::Catalog},
 };
 use serde_json::{Value, json};
@@ -50,6 +52,10 @@ pub struct Outage {
 
 pub struct Figures {
     pub policy: &'static str,
+    pub temporality: &'static str,
+    /// Data points per export sent (median): under delta, the counters that moved and the
+    /// gauges.
+    pub sent_points: u64,
     /// Points the outputs carry under the policy; `points` is every series held.
     pub exported_points: usize,
     pub outage: Option<Outage>,
@@ -83,12 +89,20 @@ pub fn policy_name(p: SeriesPolicy) -> &'static str {
     }
 }
 
-/// `exports` measured OTLP exports and as many scrapes under `policy`; with `outage`, the
-/// collector-down measurement after them.
+pub fn temporality_name(t: Temporality) -> &'static str {
+    match t {
+        Temporality::Cumulative => "cumulative",
+        Temporality::Delta => "delta",
+    }
+}
+
+/// `exports` measured OTLP exports and as many scrapes under `policy` and `temporality`;
+/// with `outage`, the collector-down measurement after them.
 pub fn measure(
     rotel: &Path,
     exports: usize,
     policy: SeriesPolicy,
+    temporality: Temporality,
     outage: bool,
 ) -> Result<Figures> {
     let mut agent = cycle::full_agent()?;
@@ -114,6 +128,7 @@ pub fn measure(
             timeout: Duration::from_secs(5),
             insecure: true,
             series: policy,
+            temporality,
             ..ExportConfig::default()
         };
         let prometheus = PrometheusConfig {
@@ -130,6 +145,7 @@ pub fn measure(
         let stats = ex.otlp_stats().context("no OTLP exporter")?;
         let mut otlp = Vec::with_capacity(exports);
         let mut collect = Vec::with_capacity(exports);
+        let mut sent = Vec::with_capacity(exports);
         for i in 0..WARM + exports {
             sys::check_stop()?;
             cycle();
@@ -145,6 +161,7 @@ pub fn measure(
                         .last_collect_nanos
                         .load(std::sync::atomic::Ordering::Relaxed),
                 );
+                sent.push(stats.last_points.load(std::sync::atomic::Ordering::Relaxed));
             }
         }
         let failures = stats.failures.load(std::sync::atomic::Ordering::Relaxed);
@@ -219,8 +236,12 @@ pub fn measure(
                 "first_failed_export_cpu_us": o.first_failure_us,
             })
         });
+        sent.sort_unstable();
+        let sent_points = sent.get(sent.len() / 2).copied().unwrap_or(0);
         let json = json!({
             "policy": policy_name(policy),
+            "temporality": temporality_name(temporality),
+            "points_per_export_sent_median": sent_points,
             "exported_points": exported_points,
             "collector_outage": outage_json,
             "data_points": points,
@@ -233,6 +254,8 @@ pub fn measure(
         });
         Ok(Figures {
             policy: policy_name(policy),
+            temporality: temporality_name(temporality),
+            sent_points,
             exported_points,
             outage,
             points,

@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use retina_agent::config::SeriesPolicy;
+use retina_agent::config::{SeriesPolicy, Temporality};
 use serde_json::{Map, Value, json};
 
 use crate::{
@@ -132,14 +132,36 @@ pub fn run(
             banner(&format!(
                 "[8] export cost, {n} veths, {exports} exports and scrapes"
             ));
-            let f = export::measure(rotel, exports, SeriesPolicy::Informative, true)?;
+            let f = export::measure(
+                rotel,
+                exports,
+                SeriesPolicy::Informative,
+                Temporality::Cumulative,
+                true,
+            )?;
             rows::export::add(table, &section, n, &f);
             table.flush_new();
             entry.insert("export".into(), f.json);
-            let f = export::measure(rotel, exports, SeriesPolicy::Everything, false)?;
+            let f = export::measure(
+                rotel,
+                exports,
+                SeriesPolicy::Everything,
+                Temporality::Cumulative,
+                false,
+            )?;
             rows::export::add(table, &section, n, &f);
             table.flush_new();
             entry.insert("export_everything".into(), f.json);
+            let f = export::measure(
+                rotel,
+                exports,
+                SeriesPolicy::Informative,
+                Temporality::Delta,
+                false,
+            )?;
+            rows::export::add(table, &section, n, &f);
+            table.flush_new();
+            entry.insert("export_delta".into(), f.json);
         }
         per_count.insert(n.to_string(), Value::Object(entry));
         doc.insert(

@@ -18,6 +18,7 @@ pub fn add(table: &mut Table, r: &Value) {
     for (who, label) in [
         ("agent", "retina-agent"),
         ("agent_everything", "retina-agent, series = everything"),
+        ("agent_delta", "retina-agent, temporality = delta"),
         ("agent_collection_only", "retina-agent, export off"),
         ("node_exporter", "node_exporter"),
     ] {
@@ -72,6 +73,12 @@ pub fn add(table: &mut Table, r: &Value) {
         format!("{ratio:.1}x"),
         ">= 8x",
         Status::check(ratio >= 8.0),
+    );
+    let ratio = f("node_exporter", "cpu_ms_per_10s") / f("agent_delta", "cpu_ms_per_10s");
+    table.info(
+        s,
+        "CPU: node_exporter / retina-agent, temporality = delta",
+        format!("{ratio:.1}x"),
     );
     let ratio = f("node_exporter", "cpu_ms_per_10s") / f("agent_collection_only", "cpu_ms_per_10s");
     table.info(
