@@ -132,36 +132,33 @@ pub fn run(
             banner(&format!(
                 "[8] export cost, {n} veths, {exports} exports and scrapes"
             ));
-            let f = export::measure(
-                rotel,
-                exports,
-                SeriesPolicy::Informative,
-                Temporality::Cumulative,
-                true,
-            )?;
-            rows::export::add(table, &section, n, &f);
-            table.flush_new();
-            entry.insert("export".into(), f.json);
-            let f = export::measure(
-                rotel,
-                exports,
-                SeriesPolicy::Everything,
-                Temporality::Cumulative,
-                false,
-            )?;
-            rows::export::add(table, &section, n, &f);
-            table.flush_new();
-            entry.insert("export_everything".into(), f.json);
-            let f = export::measure(
-                rotel,
-                exports,
-                SeriesPolicy::Informative,
-                Temporality::Delta,
-                false,
-            )?;
-            rows::export::add(table, &section, n, &f);
-            table.flush_new();
-            entry.insert("export_delta".into(), f.json);
+            // The default, every series, and the default under delta temporality; the
+            // collector outage with the default only.
+            for (key, policy, temporality, outage) in [
+                (
+                    "export",
+                    SeriesPolicy::Informative,
+                    Temporality::Cumulative,
+                    true,
+                ),
+                (
+                    "export_everything",
+                    SeriesPolicy::Everything,
+                    Temporality::Cumulative,
+                    false,
+                ),
+                (
+                    "export_delta",
+                    SeriesPolicy::Informative,
+                    Temporality::Delta,
+                    false,
+                ),
+            ] {
+                let f = export::measure(rotel, exports, policy, temporality, outage)?;
+                rows::export::add(table, &section, n, &f);
+                table.flush_new();
+                entry.insert(key.into(), f.json);
+            }
         }
         per_count.insert(n.to_string(), Value::Object(entry));
         doc.insert(

@@ -58,7 +58,7 @@ pub(super) fn capped_limit(points: usize, cap: Option<usize>) -> usize {
 
 /// The SDK takes its reader by value; the exporter keeps a handle to collect from it.
 #[derive(Debug, Clone)]
-struct SharedReader(Arc<ManualReader>);
+pub(super) struct SharedReader(pub(super) Arc<ManualReader>);
 
 impl MetricReader for SharedReader {
     fn register_pipeline(&self, pipeline: std::sync::Weak<SdkPipeline>) {

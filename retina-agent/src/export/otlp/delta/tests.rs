@@ -4,40 +4,16 @@ use opentelemetry::{KeyValue, metrics::MeterProvider as _};
 use opentelemetry_sdk::metrics::{
     ManualReader, SdkMeterProvider, Temporality,
     data::{AggregatedMetrics, MetricData, ResourceMetrics},
-    reader::MetricReader,
+    reader::MetricReader as _,
 };
 
-use super::*;
+use super::{super::pipeline::SharedReader, *};
 
 /// A delta pipeline with one synchronous counter, as the exporter builds it.
 struct Sdk {
     _provider: SdkMeterProvider,
     reader: Arc<ManualReader>,
     counter: Counter<u64>,
-}
-
-#[derive(Debug, Clone)]
-struct Shared(Arc<ManualReader>);
-
-impl MetricReader for Shared {
-    fn register_pipeline(&self, p: std::sync::Weak<opentelemetry_sdk::metrics::Pipeline>) {
-        self.0.register_pipeline(p)
-    }
-    fn collect(&self, rm: &mut ResourceMetrics) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.0.collect(rm)
-    }
-    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.0.force_flush()
-    }
-    fn shutdown_with_timeout(
-        &self,
-        t: std::time::Duration,
-    ) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.0.shutdown_with_timeout(t)
-    }
-    fn temporality(&self, k: opentelemetry_sdk::metrics::InstrumentKind) -> Temporality {
-        self.0.temporality(k)
-    }
 }
 
 impl Sdk {
@@ -48,7 +24,7 @@ impl Sdk {
                 .build(),
         );
         let provider = SdkMeterProvider::builder()
-            .with_reader(Shared(reader.clone()))
+            .with_reader(SharedReader(reader.clone()))
             .build();
         let counter = provider.meter("test").u64_counter("c").build();
         Sdk {
