@@ -148,10 +148,10 @@ impl Changes {
         n
     }
 
-    /// Takes the last feed back, when the export it fed is thrown away (a pipeline
-    /// rebuilt after its cardinality limit folded series into the overflow series): the
-    /// next feed, into the new pipeline's counters, adds those changes again. Series the
-    /// last feed did not see (gone) stay forgotten.
+    /// Takes the last feed back, when the export it fed did not reach the collector (the
+    /// send failed, or the collect was thrown away because the pipeline outgrew its
+    /// cardinality limits and was rebuilt): the next feed adds those changes again. Series
+    /// the last feed did not see (gone) stay forgotten.
     pub(super) fn rewind(&mut self) {
         let feed = self.feed;
         for m in &mut self.metrics {
