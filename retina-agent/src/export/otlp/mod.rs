@@ -272,10 +272,10 @@ impl Otlp {
             self.pipeline.rewind();
         }
         if let Some(limits) = self.pipeline.outgrown() {
-            self.regrow(limits, false);
+            self.regrow(limits);
         }
         let mut rm = ResourceMetrics::default();
-        if let Err(e) = self.pipeline.collect(&mut rm) {
+        if let Err(e) = self.pipeline.collect(&self.sources, &mut rm) {
             tracing::warn!("OTLP: collecting the metrics failed: {e}");
             self.pipeline.rewind();
             return None;
@@ -287,8 +287,9 @@ impl Otlp {
             // folded into the SDK's overflow series. Grow and collect again, so this
             // export carries every series. The collect just made is thrown away, so the
             // delta counters' feed is taken back and done again into the new pipeline.
-            self.regrow(limits, true);
-            if let Err(e) = self.pipeline.collect(&mut rm) {
+            self.pipeline.rewind();
+            self.regrow(limits);
+            if let Err(e) = self.pipeline.collect(&self.sources, &mut rm) {
                 tracing::warn!("OTLP: collecting the metrics failed: {e}");
                 return None;
             }
@@ -297,12 +298,11 @@ impl Otlp {
     }
 
     /// Replaces the pipeline by one with `limits`. Under delta temporality the counters'
-    /// last values go over to the new one (with `rewind`, as they were before the last
-    /// collect, whose result is thrown away), so its first export carries the changes since
+    /// last values go over to the new one, so its first export carries the changes since
     /// the last export sent: nothing is lost or counted twice. Under cumulative temporality
     /// the observed totals carry on (the new instruments' start time is now).
-    fn regrow(&mut self, limits: Vec<usize>, rewind: bool) {
-        let carried = self.pipeline.take_changes(rewind);
+    fn regrow(&mut self, limits: Vec<usize>) {
+        let carried = self.pipeline.take_changes();
         let next = Pipeline::new(&self.sources, limits, carried);
         tracing::info!(
             series_limit = next.total_limit(),

@@ -99,9 +99,6 @@ pub(super) struct Pipeline {
     observed: Arc<[AtomicUsize]>,
     /// Under delta temporality, the counters' series, fed before every collect.
     changes: Option<Changes>,
-    agent: SharedAgent,
-    catalog: Arc<Catalog>,
-    stats: Arc<ExportStats>,
 }
 
 impl Pipeline {
@@ -158,39 +155,43 @@ impl Pipeline {
             caps,
             observed,
             changes,
-            agent: sources.agent.clone(),
-            catalog: sources.catalog.clone(),
-            stats: sources.stats.clone(),
         }
     }
 
-    /// Feeds the synchronous counters (delta temporality), then runs every observable
-    /// instrument's callback and aggregates into `rm`.
-    pub(super) fn collect(&mut self, rm: &mut ResourceMetrics) -> OTelSdkResult {
-        self.feed();
+    /// Feeds the synchronous counters (delta temporality) from `sources` (the ones this
+    /// pipeline was made with), then runs every observable instrument's callback and
+    /// aggregates into `rm`.
+    pub(super) fn collect(&mut self, sources: &Sources, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.feed(sources);
         self.reader.collect(rm)
     }
 
     /// Adds each counter series' change since the last collect to its counter.
-    fn feed(&mut self) {
+    fn feed(&mut self, sources: &Sources) {
         let Some(changes) = &mut self.changes else {
             return;
         };
-        let guard = self.agent.lock();
+        let Sources {
+            agent,
+            catalog,
+            stats,
+            ..
+        } = sources;
+        let guard = agent.lock();
         let Some(a) = guard.as_ref() else { return };
         changes.begin();
-        for (i, m) in self.catalog.metrics().enumerate() {
+        for (i, m) in catalog.metrics().enumerate() {
             if m.kind != Kind::Counter {
                 continue;
             }
             let n = changes.feed(i, |f| {
-                self.catalog.visit_metric(i, a, Some(&self.stats), &mut |attrs, value| {
+                catalog.visit_metric(i, a, Some(stats), &mut |attrs, value| {
                     debug_assert!(is_in_key_order(attrs), "{attrs:?}");
                     f(attrs, value)
                 })
             });
             self.observed[i].store(n, Ordering::Relaxed);
-            self.catalog.record_series(i, n);
+            catalog.record_series(i, n);
         }
     }
 
@@ -202,14 +203,9 @@ impl Pipeline {
         }
     }
 
-    /// The counters' last values, for the pipeline that replaces this one. With `rewind`,
-    /// the last feed is taken back: its export was thrown away.
-    pub(super) fn take_changes(&mut self, rewind: bool) -> Option<Changes> {
-        let mut c = self.changes.take()?;
-        if rewind {
-            c.rewind();
-        }
-        Some(c)
+    /// The counters' last values, for the pipeline that replaces this one.
+    pub(super) fn take_changes(&mut self) -> Option<Changes> {
+        self.changes.take()
     }
 
     /// New limits if a metric below its cap came within a quarter of its limit in the
