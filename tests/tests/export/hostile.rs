@@ -179,7 +179,13 @@ fn a_collector_answering_a_gigabyte_cannot_exhaust_memory() -> Result<()> {
         ),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000".to_string()),
     ];
-    let mut agent = start_agent_in(&dir, "agent", &env, Some(&cgroup.procs()))?;
+    let mut agent = start_agent_with(
+        &dir,
+        "agent",
+        &env,
+        Launch::InCgroup(&cgroup.procs()),
+        "# empty: defaults\n",
+    )?;
     let failures = agent.wait_for_export_failures(5.0, Duration::from_secs(90))?;
     agent.proc.ensure_alive()?;
     let rss = agent.proc.rss_kib()?;

@@ -107,28 +107,35 @@ struct Agent {
     _config: PathBuf,
 }
 
+/// How a test starts the agent.
+#[derive(Clone, Copy)]
+enum Launch<'a> {
+    /// As root, with every capability.
+    Root,
+    /// As root, inside the cgroup whose `cgroup.procs` is this.
+    InCgroup(&'a std::path::Path),
+    /// As the packaged unit runs it: uid 65534 with the unit's capabilities.
+    AsUnit,
+}
+
 /// Starts `retina-agent run --interval 1s` with an empty configuration file, the
 /// Prometheus endpoint on a fresh port, no inherited `OTEL_*` variables, plus `env`.
 fn start_agent(dir: &TempDir, tag: &str, env: &[(&str, String)]) -> Result<Agent> {
-    start_agent_in(dir, tag, env, None)
+    start_agent_with(dir, tag, env, Launch::Root, "# empty: defaults\n")
 }
 
-/// [`start_agent`], the agent started inside the cgroup whose `cgroup.procs` is `procs`.
-fn start_agent_in(
-    dir: &TempDir,
-    tag: &str,
-    env: &[(&str, String)],
-    procs: Option<&std::path::Path>,
-) -> Result<Agent> {
-    start_agent_with(dir, tag, env, procs, "# empty: defaults\n")
+/// [`start_agent`], the agent run as the packaged unit runs it.
+fn start_agent_as_unit(dir: &TempDir, tag: &str, env: &[(&str, String)]) -> Result<Agent> {
+    start_agent_with(dir, tag, env, Launch::AsUnit, "# empty: defaults\n")
 }
 
-/// [`start_agent_in`] with `config` as the configuration file's text.
+/// [`start_agent`], launched as `launch` says, with `config` as the configuration file's
+/// text.
 fn start_agent_with(
     dir: &TempDir,
     tag: &str,
     env: &[(&str, String)],
-    procs: Option<&std::path::Path>,
+    launch: Launch,
     config_text: &str,
 ) -> Result<Agent> {
     let config = dir.join(&format!("{tag}.toml"));
@@ -140,9 +147,9 @@ fn start_agent_with(
         Some((_, v)) => v.parse()?,
         None => free_port()?,
     };
-    let mut cmd = match procs {
-        None => Command::new(agent_bin()),
-        Some(procs) => {
+    let mut cmd = match launch {
+        Launch::Root => Command::new(agent_bin()),
+        Launch::InCgroup(procs) => {
             // The shell moves itself into the cgroup, then becomes the agent.
             let mut c = Command::new("sh");
             c.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
@@ -150,6 +157,7 @@ fn start_agent_with(
                 .arg(agent_bin());
             c
         }
+        Launch::AsUnit => unit::agent_as_unit(&[]),
     };
     cmd.arg("--config")
         .arg(&config)
