@@ -3,7 +3,7 @@
 //! collector down, the daemon keeps collecting while the records are counted as lost,
 //! within a bounded memory.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use retina_tests::{
@@ -12,6 +12,9 @@ use retina_tests::{
 };
 
 use super::export::{Counters, counters, parse_records, start_agent, start_rotel};
+
+/// The agent's interval in [`start_agent`]: the flow counters are read once an interval.
+const INTERVAL: Duration = Duration::from_secs(1);
 
 /// `traffic udp` of `count` datagrams from `sport` to a closed port of `ns`'s loopback.
 fn udp_to_a_closed_port(ns: &NetNs, count: u64, sport: u16) -> Result<()> {
@@ -159,23 +162,32 @@ fn with_the_logs_collector_down_collection_goes_on_and_the_loss_is_counted_in_bo
             Ok((n == want).then_some(()))
         })?;
         // Every event the kernel sent becomes a record that is failed or dropped, once
-        // the processor has handed over what it queued (at least once a second).
-        let now = wait_for("every record to be counted lost", PATIENCE, || {
+        // the processor has handed over what it queued (at least once a second). Events
+        // keep coming meanwhile: each scrape of the endpoint ends in a drop of its own (the
+        // FIN a closed server socket still queued, QUEUE_PURGE), so `sent` and the records
+        // lost are compared at different times. `sent` is read once an interval: two
+        // intervals on, it holds every event of the flood.
+        std::thread::sleep(2 * INTERVAL);
+        let (then, at) = (counters(&prometheus)?, Instant::now());
+        let later = wait_for("every record to be counted lost", PATIENCE, || {
             agent.ensure_alive()?;
             let c = counters(&prometheus)?;
             ensure!(
                 c.exported == 0,
                 "records exported with nothing listening: {c:?}"
             );
-            ensure!(
-                c.failed + c.dropped <= c.sent,
-                "more records lost than events sent: {c:?}"
-            );
-            Ok((c.failed + c.dropped == c.sent).then_some(c))
+            let caught_up = at.elapsed() >= 2 * INTERVAL && c.failed + c.dropped >= then.sent;
+            Ok(caught_up.then_some(c))
         })?;
+        // No record is lost twice, none comes from nowhere: those lost by `then` are events
+        // the kernel had sent by then, which `later` (two intervals on) has all counted.
+        ensure!(
+            then.failed + then.dropped <= later.sent,
+            "more records lost than events sent: {then:?}, then {later:?}"
+        );
         let rss = agent.rss_kib()?;
-        eprintln!("flood {floods}: {now:?}, rss {rss} KiB");
-        Ok((now, rss))
+        eprintln!("flood {floods}: {then:?}, rss {rss} KiB");
+        Ok((then, rss))
     };
     let (start, first) = flood()?;
     ensure!(start.failed > 0, "no failed export counted: {start:?}");
