@@ -17,7 +17,7 @@
 //! | metric | kind | unit | attributes |
 //! |---|---|---|---|
 //! | `retina.nic.driver.stat` | counter | `1` | `network.interface.name`, `nic.stat.name`, `nic.queue` (split mode only) |
-//! | `retina.nic.info` | gauge (always 1) | `1` | `network.interface.name`, `nic.driver`, `nic.driver.version`, `nic.firmware.version`, `nic.bus_info` |
+//! | `retina.nic.info` | gauge (always 1) | `1` | `network.interface.name`, `nic.driver`, `nic.driver.version`, `nic.firmware.version`, `nic.bus_info` (each left out when the driver answers it empty) |
 //! | `retina.nic.link.speed` | gauge | `bit/s` | `network.interface.name` |
 //! | `retina.nic.link.duplex` | gauge (1 full, 0 half) | `1` | `network.interface.name` |
 //! | `retina.nic.ring.size` | gauge | `{descriptor}` | `network.interface.name`, `nic.ring` (`rx`, `tx`, `rx_mini`, `rx_jumbo`), `nic.ring.setting` (`current`, `max`) |

@@ -217,19 +217,7 @@ impl EthtoolCollector {
             Err(e) if unsupported(&e) => None,
             Err(e) => return Setup::Failed(err("ETHTOOL_GDRVINFO", e), None),
         };
-        let info = drv.as_ref().map(|d| {
-            let mut kv = vec![
-                KeyValue::new(INTERFACE_NAME, name.clone()),
-                KeyValue::new(attr::DRIVER, Arc::<str>::from(d.driver.as_str())),
-                KeyValue::new(attr::DRIVER_VERSION, Arc::<str>::from(d.version.as_str())),
-                KeyValue::new(attr::FIRMWARE_VERSION, Arc::<str>::from(d.fw_version.as_str())),
-                KeyValue::new(attr::BUS_INFO, Arc::<str>::from(d.bus_info.as_str())),
-            ];
-            if let Some(w) = workload {
-                w.push_attributes(&mut kv);
-            }
-            in_key_order(kv).into_boxed_slice()
-        });
+        let info = drv.as_ref().map(|d| info_attributes(name, d, workload));
         self.counts.gsset_info += 1;
         let count = match self.sock.stats_count(&ifname) {
             Ok(Some(n)) => n,
@@ -578,4 +566,30 @@ impl Collector for EthtoolCollector {
             }
         }
     }
+}
+
+/// The attributes of a `retina.nic.info` series. A value the driver leaves empty is left
+/// out: `veth` and `tun` answer no firmware version and no bus, and an empty attribute
+/// would be hashed, encoded and stored on every export for nothing (a Prometheus label
+/// with an empty value is absent anyway).
+pub(crate) fn info_attributes(
+    name: &Arc<str>,
+    d: &ioctl::DrvInfo,
+    workload: Option<&crate::model::Workload>,
+) -> Box<[KeyValue]> {
+    let mut kv = vec![KeyValue::new(INTERFACE_NAME, name.clone())];
+    for (key, value) in [
+        (attr::DRIVER, &d.driver),
+        (attr::DRIVER_VERSION, &d.version),
+        (attr::FIRMWARE_VERSION, &d.fw_version),
+        (attr::BUS_INFO, &d.bus_info),
+    ] {
+        if !value.is_empty() {
+            kv.push(KeyValue::new(key, Arc::<str>::from(value.as_str())));
+        }
+    }
+    if let Some(w) = workload {
+        w.push_attributes(&mut kv);
+    }
+    in_key_order(kv).into_boxed_slice()
 }
