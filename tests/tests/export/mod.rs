@@ -107,25 +107,19 @@ struct Agent {
     _config: PathBuf,
 }
 
-/// How a test starts the agent.
+/// How a test starts the agent: always as the packaged unit runs it (uid 65534 with the
+/// unit's capabilities, `unit::agent_as_unit`); nothing the export does needs more.
 #[derive(Clone, Copy)]
 enum Launch<'a> {
-    /// As root, with every capability.
-    Root,
-    /// As root, inside the cgroup whose `cgroup.procs` is this.
-    InCgroup(&'a std::path::Path),
-    /// As the packaged unit runs it: uid 65534 with the unit's capabilities.
+    /// As the unit.
     AsUnit,
+    /// As the unit, inside the cgroup whose `cgroup.procs` is this.
+    InCgroup(&'a std::path::Path),
 }
 
-/// Starts `retina-agent run --interval 1s` with an empty configuration file, the
-/// Prometheus endpoint on a fresh port, no inherited `OTEL_*` variables, plus `env`.
+/// Starts `retina-agent run --interval 1s` as the unit with an empty configuration file,
+/// the Prometheus endpoint on a fresh port, no inherited `OTEL_*` variables, plus `env`.
 fn start_agent(dir: &TempDir, tag: &str, env: &[(&str, String)]) -> Result<Agent> {
-    start_agent_with(dir, tag, env, Launch::Root, "# empty: defaults\n")
-}
-
-/// [`start_agent`], the agent run as the packaged unit runs it.
-fn start_agent_as_unit(dir: &TempDir, tag: &str, env: &[(&str, String)]) -> Result<Agent> {
     start_agent_with(dir, tag, env, Launch::AsUnit, "# empty: defaults\n")
 }
 
@@ -147,17 +141,25 @@ fn start_agent_with(
         Some((_, v)) => v.parse()?,
         None => free_port()?,
     };
+    let unit = unit::agent_as_unit(&[]);
     let mut cmd = match launch {
-        Launch::Root => Command::new(agent_bin()),
+        Launch::AsUnit => unit,
         Launch::InCgroup(procs) => {
-            // The shell moves itself into the cgroup, then becomes the agent.
+            // The shell (root) moves itself into the cgroup, then becomes the unit's
+            // command: `setpriv` dropping to the unit's user and capabilities.
             let mut c = Command::new("sh");
             c.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
                 .arg(procs)
-                .arg(agent_bin());
+                .arg(unit.get_program())
+                .args(unit.get_args());
+            for (k, v) in unit.get_envs() {
+                match v {
+                    Some(v) => c.env(k, v),
+                    None => c.env_remove(k),
+                };
+            }
             c
         }
-        Launch::AsUnit => unit::agent_as_unit(&[]),
     };
     cmd.arg("--config")
         .arg(&config)

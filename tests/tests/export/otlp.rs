@@ -215,7 +215,7 @@ fn otlp_delta_temporality_reports_changes() -> Result<()> {
         ),
     ];
     // As the packaged unit runs it: delta export needs no privilege of its own.
-    let mut agent = start_agent_as_unit(&dir, "agent", &env)?;
+    let mut agent = start_agent(&dir, "agent", &env)?;
     let ns = NetNs::new("rdelta")?;
     wait_for_metric(&mut rotel, "retina.drop.map.capacity")?;
     make_drops(&ns)?;

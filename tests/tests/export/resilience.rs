@@ -126,13 +126,7 @@ fn killed_and_restarted(delta: bool) -> Result<()> {
             "delta".to_string(),
         ));
     }
-    // The delta run as the packaged unit runs the agent (its bookkeeping needs no
-    // privilege); the cumulative twin as root, as the other outage tests.
-    let mut agent = if delta {
-        start_agent_as_unit(&dir, "agent", &agent_env)?
-    } else {
-        start_agent(&dir, "agent", &agent_env)?
-    };
+    let mut agent = start_agent(&dir, "agent", &agent_env)?;
     wait_for_metric(&mut rotel, "retina.drop.map.capacity")?;
     rotel.kill();
     wait_for(

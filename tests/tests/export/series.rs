@@ -34,7 +34,7 @@ fn series_caps_fold_the_rest_into_the_overflow_series() -> Result<()> {
         format!("http://127.0.0.1:{grpc}"),
     )];
     let config = format!("[export]\nseries_caps = {{ \"{CAPPED}\" = {CAP} }}\n");
-    let mut agent = start_agent_with(&dir, "agent", &env, Launch::Root, &config)?;
+    let mut agent = start_agent_with(&dir, "agent", &env, Launch::AsUnit, &config)?;
 
     // Prometheus: CAP series, then the overflow series; the self-metric says how many
     // did not fit.
@@ -120,12 +120,12 @@ fn informative_policy_leaves_out_idle_counters_and_everything_keeps_them() -> Re
     let veth = Veth::new("rpol")?;
     ip(&["link", "set", &veth.host, "up"])?;
     let off = [("OTEL_SDK_DISABLED", "true".to_string())];
-    let mut informative = start_agent_with(&dir, "informative", &off, Launch::Root, "")?;
+    let mut informative = start_agent_with(&dir, "informative", &off, Launch::AsUnit, "")?;
     let mut everything = start_agent_with(
         &dir,
         "everything",
         &off,
-        Launch::Root,
+        Launch::AsUnit,
         "[export]\nseries = \"everything\"\n",
     )?;
     let scrape = |a: &Agent| -> Result<String> {

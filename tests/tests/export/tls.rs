@@ -113,6 +113,9 @@ fn make_pki(dir: &TempDir) -> Result<Pki> {
             &extfile,
         ])?;
     }
+    // The agent runs as the unit's user (65534): its key is its own, as `LoadCredential=`
+    // or an administrator's chown would make it; the other keys stay root's (0600).
+    std::os::unix::fs::chown(dir.join("client.key"), Some(65534), Some(65534))?;
     Ok(Pki {
         ca: dir.join("ca.pem"),
         server_cert: dir.join("server.pem"),
