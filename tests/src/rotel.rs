@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{TempDir, agent_bin};
+use crate::TempDir;
 
 /// How long a wait lasts for something that should happen within a few intervals.
 pub const PATIENCE: Duration = Duration::from_secs(40);
@@ -337,30 +337,30 @@ pub fn rotel_exports(text: &str) -> Vec<Vec<DataPoint>> {
         .collect()
 }
 
-/// `retina-agent run --interval 1s --no-summary` with an empty configuration file,
-/// exporting OTLP/gRPC to `127.0.0.1:grpc`, no inherited `OTEL_*` variables, plus `env`.
-/// Waits for "retina-agent running".
+/// `retina-agent run --interval 1s --no-summary` as the packaged unit runs it (uid 65534,
+/// the unit's capabilities) with an empty configuration file, exporting OTLP/gRPC to
+/// `127.0.0.1:grpc`, no inherited `OTEL_*` variables, plus `env`. Waits for "retina-agent
+/// running".
 pub fn start_agent(dir: &TempDir, tag: &str, grpc: u16, env: &[(&str, String)]) -> Result<Proc> {
     let config = dir.join(&format!("{tag}.toml"));
     std::fs::write(&config, "# empty: defaults\n")?;
-    let mut cmd = Command::new(agent_bin());
-    cmd.arg("--config")
-        .arg(&config)
-        .args(["run", "--interval", "1s", "--no-summary"]);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OTEL_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("RUST_LOG", "info")
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{grpc}"),
-        )
-        .env(
-            "OTEL_EXPORTER_PROMETHEUS_PORT",
-            crate::free_port()?.to_string(),
-        );
+    let config = config.to_str().context("config path")?;
+    let mut cmd = crate::unit::agent_as_unit(&[
+        "--config",
+        config,
+        "run",
+        "--interval",
+        "1s",
+        "--no-summary",
+    ]);
+    cmd.env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        format!("http://127.0.0.1:{grpc}"),
+    )
+    .env(
+        "OTEL_EXPORTER_PROMETHEUS_PORT",
+        crate::free_port()?.to_string(),
+    );
     for (k, v) in env {
         cmd.env(k, v);
     }

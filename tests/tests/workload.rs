@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use retina_tests::{
     rotel::{Export, total},
     workload::Workload,
@@ -216,13 +216,23 @@ fn a_pods_host_veth_carries_the_pod_on_interface_driver_and_drop_series() -> Res
     })?;
     // Every series of the pod is about one of the pair's two ends (never another interface),
     // and the host veth's series carry the pod on all three sources. The pod's own protocol
-    // counters (per namespace, not per interface) are the one exception.
+    // counters (per namespace, not per interface) are the one exception. The agent runs as
+    // the unit: a series of the peer, inside the pod's namespace, names its interface by
+    // index (its name would need CAP_SYS_ADMIN, which the unit does not have).
+    let ns = pod.ns.as_ref().context("the pod's namespace")?;
+    let (peer_index, pod_inode) = (
+        ns.ifindex(&pod.veth.peer)?.to_string(),
+        ns.inode()?.to_string(),
+    );
     for p in first.iter().filter(|p| {
         p.attrs.get("k8s.pod.uid") == Some(&uid) && p.metric != "retina.workload.netstat.stat"
     }) {
         let name = p.attrs.get("network.interface.name").map(String::as_str);
+        let peer_by_index = name.is_none()
+            && p.attrs.get("network.interface.index") == Some(&peer_index)
+            && p.attrs.get("network.namespace.inode") == Some(&pod_inode);
         assert!(
-            name == Some(&host) || name == Some(&pod.veth.peer),
+            name == Some(&host) || name == Some(&pod.veth.peer) || peer_by_index,
             "pod attributes on {p:?}"
         );
         assert_eq!(p.attrs.get("container.id").map(String::as_str), Some(ID));
