@@ -410,16 +410,23 @@ fn run_flags_win_over_environment_and_file() -> Result<()> {
         ),
     )?;
     let stderr_path = dir.0.join("stderr");
-    let child = Command::new(agent_bin())
-        .args(["run", "--config", path.to_str().unwrap(), "--no-summary"])
-        .args(["--prometheus-listen", &format!("127.0.0.1:{flag_port}")])
-        .env("OTEL_EXPORTER_PROMETHEUS_PORT", env_port.to_string())
-        .env_remove("RUST_LOG")
-        .env_remove("RETINA_LOG_FORMAT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path)?)
-        .spawn()?;
+    let flag_listen = format!("127.0.0.1:{flag_port}");
+    // As the packaged unit runs it (uid 65534, the unit's capabilities).
+    let child = retina_tests::unit::agent_as_unit(&[
+        "run",
+        "--config",
+        path.to_str().context("config path")?,
+        "--no-summary",
+        "--prometheus-listen",
+        &flag_listen,
+    ])
+    .env("OTEL_EXPORTER_PROMETHEUS_PORT", env_port.to_string())
+    .env_remove("RUST_LOG")
+    .env_remove("RETINA_LOG_FORMAT")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&stderr_path)?)
+    .spawn()?;
     let daemon = Daemon(child);
     let flag_addr = SocketAddr::from(([127, 0, 0, 1], flag_port));
     let deadline = Instant::now() + STARTUP;

@@ -230,23 +230,24 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() -> Result<()> {
         &agent_config,
         packaged.replace("series = \"informative\"", "series = \"everything\""),
     )?;
+    // As the packaged unit runs it (uid 65534, the unit's capabilities).
     let mut agent = Guard::spawn(
         "retina-agent",
-        Command::new(agent_bin())
-            .arg("--config")
-            .arg(&agent_config)
-            .args([
-                "run",
-                "--interval",
-                "1s",
-                "--no-summary",
-                "--prometheus-listen",
-                &agent_addr,
-            ])
-            .args(["--otlp-endpoint", &otlp])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.0.join("agent.log"))?),
+        retina_tests::unit::agent_as_unit(&[
+            "--config",
+            agent_config.to_str().context("config path")?,
+            "run",
+            "--interval",
+            "1s",
+            "--no-summary",
+            "--prometheus-listen",
+            &agent_addr,
+            "--otlp-endpoint",
+            &otlp,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(dir.0.join("agent.log"))?),
     )?;
 
     let config = dir.0.join("prometheus.yml");
@@ -310,9 +311,10 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() -> Result<()> {
     ns.exec(&traffic, &["udp", "127.0.0.1:9", "300", "32"])?;
     run(&traffic, ["udp", "10.231.77.2:9", "200", "64"])?;
 
-    // The drops arrive in Prometheus with their labels.
+    // The drops arrive in Prometheus with their labels: the namespace's `lo` by its index
+    // (always 1), as the unit cannot name interfaces of other namespaces (CAP_SYS_ADMIN).
     let ns_drops = format!(
-        "sum(retina_drop_count_total{{drop_reason=\"NO_SOCKET\", network_namespace_name=\"{}\", network_interface_name=\"lo\"}})",
+        "sum(retina_drop_count_total{{drop_reason=\"NO_SOCKET\", network_namespace_name=\"{}\", network_interface_index=\"1\"}})",
         ns.name
     );
     let exprs = expressions(&dash);
