@@ -12,10 +12,12 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::{agent_bin, unique_name};
 
-/// The agent with a clean environment (the test's own must not decide the outcome).
+/// The agent as the packaged unit runs it (uid 65534, the unit's capabilities) with a clean
+/// environment (the test's own must not decide the outcome).
 pub fn agent(args: &[&str]) -> Command {
-    let mut cmd = Command::new(agent_bin());
-    cmd.args(args)
+    let mut cmd = crate::unit::setpriv(&crate::unit::unit_capabilities());
+    cmd.arg(agent_bin())
+        .args(args)
         .env_remove("RUST_LOG")
         .env_remove("OTEL_METRIC_EXPORT_INTERVAL")
         .env_remove("RETINA_LOG_FORMAT")
@@ -193,10 +195,12 @@ impl Drop for MemCgroup {
     }
 }
 
+/// A FIFO at `path` that anyone may read (0644), so the agent, run as the unit's user,
+/// meets the FIFO itself rather than a permission error.
 pub fn mkfifo(path: &Path) -> Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: `c` is a valid C string.
-    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
     ensure!(
         rc == 0,
         "mkfifo {}: {}",
