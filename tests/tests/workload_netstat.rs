@@ -9,8 +9,8 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{Context, Result, ensure};
 use retina_tests::{
     nstcp::{connect_from, counter},
-    rotel::{DataPoint, Proc as RProc, rotel_exports, start_rotel, wait_for},
-    unit::{self, Proc, snapshot_as_unit},
+    rotel::{DataPoint, rotel_exports, start_agent, start_rotel, wait_for},
+    unit::{Proc, snapshot_as_unit},
     workload::Workload,
     *,
 };
@@ -203,32 +203,6 @@ fn protect_proc_invisible_hides_other_users_namespaces_and_the_agent_says_so() -
     Ok(())
 }
 
-/// The agent as the unit runs it (`run --interval 1s`), exporting to rotel.
-fn agent_as_unit(dir: &TempDir, grpc: u16) -> Result<RProc> {
-    let config = unit::config_file(dir, "# empty: defaults\n")?;
-    let config = config.to_str().context("config path")?;
-    let mut cmd = unit::agent_as_unit(&[
-        "--config",
-        config,
-        "run",
-        "--interval",
-        "1s",
-        "--no-summary",
-    ]);
-    cmd.env(
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        format!("http://127.0.0.1:{grpc}"),
-    )
-    .env("OTEL_EXPORTER_PROMETHEUS_PORT", free_port()?.to_string())
-    .env(
-        "RUST_LOG",
-        "info,retina_agent::collectors::netstat::workloads=debug",
-    );
-    let mut p = RProc::spawn("agent", cmd, dir.join("agent.log"))?;
-    p.wait_running()?;
-    Ok(p)
-}
-
 /// Pods whose series appear in `export`.
 fn pods_in(export: &[DataPoint], uids: &[String]) -> usize {
     uids.iter()
@@ -248,7 +222,15 @@ fn churned_namespaces_leave_the_export_within_two_intervals_and_rss_stays_flat()
     let dir = TempDir::shared("rwnc")?;
     let (grpc, http) = (free_port()?, free_port()?);
     let mut rotel = start_rotel(&dir, grpc, http, "rotel")?;
-    let mut agent = agent_as_unit(&dir, grpc)?;
+    let mut agent = start_agent(
+        &dir,
+        "agent",
+        grpc,
+        &[(
+            "RUST_LOG",
+            "info,retina_agent::collectors::netstat::workloads=debug".into(),
+        )],
+    )?;
     let mut rss = Vec::new();
     for round in 0..ROUNDS {
         let pods: Vec<Pod> = (0..PODS)
