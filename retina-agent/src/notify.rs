@@ -13,7 +13,10 @@
 //! The crate builds each message on the heap, so pings are rate-limited rather than sent
 //! every cycle (with the unit's 60 s and the default 10 s interval: every third cycle).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
 use sd_notify::NotifyState;
 
@@ -24,6 +27,8 @@ pub(crate) struct Notifier {
     /// `WATCHDOG_USEC` when it is meant for this process.
     watchdog: Option<Duration>,
     last_ping: Option<Instant>,
+    /// The last message could not be sent: a new failure is only logged at debug level.
+    failing: AtomicBool,
 }
 
 impl Notifier {
@@ -33,6 +38,7 @@ impl Notifier {
             enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
             watchdog: sd_notify::watchdog_enabled().filter(|d| !d.is_zero()),
             last_ping: None,
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -45,8 +51,16 @@ impl Notifier {
         if !self.enabled {
             return;
         }
-        if let Err(e) = sd_notify::notify(states) {
-            tracing::debug!("sd_notify: {e}");
+        match sd_notify::notify(states) {
+            // The first failure of a streak is a warning: under `Type=notify` a lost
+            // `READY=1` or watchdog ping gets the service killed, and this says why.
+            Err(e) if !self.failing.swap(true, Ordering::Relaxed) => tracing::warn!(
+                socket = ?std::env::var_os("NOTIFY_SOCKET").unwrap_or_default(),
+                "sending to systemd's notify socket failed: {e} (readiness and watchdog pings \
+                 are lost until it works again)"
+            ),
+            Err(e) => tracing::debug!("sd_notify: {e}"),
+            Ok(()) => self.failing.store(false, Ordering::Relaxed),
         }
     }
 

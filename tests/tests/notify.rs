@@ -5,8 +5,8 @@
 //! of the installed unit is in tests/tests/packaging/.
 
 use std::{
-    os::unix::{net::UnixDatagram, process::CommandExt},
-    process::{Command, Stdio},
+    os::unix::{fs::PermissionsExt, net::UnixDatagram, process::CommandExt},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -20,26 +20,28 @@ fn ready_status_watchdog_and_stopping_reach_notify_socket() -> Result<()> {
     let path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&path)?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let mut child = Command::new(agent_bin())
-        .args([
-            "run",
-            "--no-summary",
-            "--no-prometheus",
-            "--interval",
-            "200ms",
-        ])
-        .env_remove("RUST_LOG")
-        .env_remove("OTEL_METRIC_EXPORT_INTERVAL")
-        .env("OTEL_SDK_DISABLED", "true")
-        .env("NOTIFY_SOCKET", &path)
-        // A 1 s watchdog: pings at most every 0.5 s, from the 200 ms loop.
-        .env("WATCHDOG_USEC", "1000000")
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning the agent")?;
+    // The agent runs as the unit's user; systemd's own notify socket is writable by every
+    // service (0777), this one by everyone too.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    let mut child = retina_tests::unit::agent_as_unit(&[
+        "run",
+        "--no-summary",
+        "--no-prometheus",
+        "--interval",
+        "200ms",
+    ])
+    .env_remove("RUST_LOG")
+    .env_remove("OTEL_METRIC_EXPORT_INTERVAL")
+    .env("OTEL_SDK_DISABLED", "true")
+    .env("NOTIFY_SOCKET", &path)
+    // A 1 s watchdog: pings at most every 0.5 s, from the 200 ms loop.
+    .env("WATCHDOG_USEC", "1000000")
+    .process_group(0)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .context("spawning the agent")?;
     struct Kill(u32);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -84,6 +86,69 @@ fn ready_status_watchdog_and_stopping_reach_notify_socket() -> Result<()> {
     let status = child.wait()?;
     assert!(status.success(), "{status}");
     eprintln!("notify messages: {messages:?}");
+    Ok(())
+}
+
+/// A notify socket the agent cannot write to (root's, 0755): collection goes on, and the
+/// log says once, with the socket, that readiness and pings are lost, where a debug line
+/// used to be all there was while systemd killed the service for never being ready.
+#[test]
+fn an_unwritable_notify_socket_is_one_warning_naming_it() -> Result<()> {
+    require_root();
+    let dir = TempDir::new("notify-denied")?;
+    let path = dir.join("notify.sock");
+    let _sock = UnixDatagram::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    let log = dir.join("agent.log");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(
+        retina_tests::unit::agent_as_unit(&[
+            "run",
+            "--no-summary",
+            "--no-prometheus",
+            "--interval",
+            "200ms",
+        ])
+        .env("OTEL_SDK_DISABLED", "true")
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("spawning the agent")?,
+    );
+    let warning = "sending to systemd's notify socket failed";
+    let limit = Instant::now() + Duration::from_secs(60);
+    // READY=1 refused: the warning.
+    loop {
+        let text = std::fs::read_to_string(&log)?;
+        ensure!(child.0.try_wait()?.is_none(), "the agent exited:\n{text}");
+        if text.contains(warning) {
+            break;
+        }
+        ensure!(Instant::now() < limit, "no warning after 60 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Then several watchdog pings (one every 0.5 s at most) and STOPPING=1, all refused
+    // too, without another warning.
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait()?;
+    let text = std::fs::read_to_string(&log)?;
+    assert!(status.success(), "{status}\n{text}");
+    assert_eq!(text.matches(warning).count(), 1, "{text}");
+    assert!(
+        text.contains("Permission denied") && text.contains("notify.sock"),
+        "{text}"
+    );
     Ok(())
 }
 

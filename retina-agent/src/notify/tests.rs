@@ -16,6 +16,7 @@ fn messages_reach_the_socket_and_pings_are_rate_limited() {
         enabled: true,
         watchdog: Some(Duration::from_secs(3600)),
         last_ping: None,
+        failing: AtomicBool::new(false),
     };
     // SAFETY: no other test reads or writes NOTIFY_SOCKET.
     unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
