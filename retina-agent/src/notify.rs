@@ -23,7 +23,8 @@ use sd_notify::NotifyState;
 /// The agent's side of the notify protocol.
 #[derive(Debug)]
 pub(crate) struct Notifier {
-    enabled: bool,
+    /// `NOTIFY_SOCKET`: nothing is sent without it (not under systemd).
+    socket: Option<std::ffi::OsString>,
     /// `WATCHDOG_USEC` when it is meant for this process.
     watchdog: Option<Duration>,
     last_ping: Option<Instant>,
@@ -35,7 +36,7 @@ impl Notifier {
     /// From the environment systemd sets (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`).
     pub(crate) fn from_env() -> Notifier {
         Notifier {
-            enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            socket: std::env::var_os("NOTIFY_SOCKET"),
             watchdog: sd_notify::watchdog_enabled().filter(|d| !d.is_zero()),
             last_ping: None,
             failing: AtomicBool::new(false),
@@ -48,14 +49,12 @@ impl Notifier {
     }
 
     fn send(&self, states: &[NotifyState<'_>]) {
-        if !self.enabled {
-            return;
-        }
+        let Some(socket) = &self.socket else { return };
         match sd_notify::notify(states) {
             // The first failure of a streak is a warning: under `Type=notify` a lost
             // `READY=1` or watchdog ping gets the service killed, and this says why.
             Err(e) if !self.failing.swap(true, Ordering::Relaxed) => tracing::warn!(
-                socket = ?std::env::var_os("NOTIFY_SOCKET").unwrap_or_default(),
+                socket = ?socket,
                 "sending to systemd's notify socket failed: {e} (readiness and watchdog pings \
                  are lost until it works again)"
             ),
@@ -91,7 +90,7 @@ impl Notifier {
     /// `RELOADING=1` and the monotonic clock, as `Type=notify-reload` expects; `ready`
     /// ends the reload.
     pub(crate) fn reloading(&self) {
-        if !self.enabled {
+        if self.socket.is_none() {
             return;
         }
         match NotifyState::monotonic_usec_now() {

@@ -13,7 +13,7 @@ fn messages_reach_the_socket_and_pings_are_rate_limited() {
     // The crate reads NOTIFY_SOCKET itself; the notifier is built by hand so the
     // test's own environment is not changed for other tests.
     let mut n = Notifier {
-        enabled: true,
+        socket: Some(path.clone().into()),
         watchdog: Some(Duration::from_secs(3600)),
         last_ping: None,
         failing: AtomicBool::new(false),
