@@ -344,15 +344,7 @@ pub fn rotel_exports(text: &str) -> Vec<Vec<DataPoint>> {
 pub fn start_agent(dir: &TempDir, tag: &str, grpc: u16, env: &[(&str, String)]) -> Result<Proc> {
     let config = dir.join(&format!("{tag}.toml"));
     std::fs::write(&config, "# empty: defaults\n")?;
-    let config = config.to_str().context("config path")?;
-    let mut cmd = crate::unit::agent_as_unit(&[
-        "--config",
-        config,
-        "run",
-        "--interval",
-        "1s",
-        "--no-summary",
-    ]);
+    let mut cmd = crate::unit::run_as_unit(&config, "1s");
     cmd.env(
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         format!("http://127.0.0.1:{grpc}"),

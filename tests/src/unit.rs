@@ -109,6 +109,16 @@ pub fn agent_as_unit(args: &[&str]) -> Command {
     cmd
 }
 
+/// `run --interval INTERVAL --no-summary` with the configuration file `config`, as the
+/// packaged unit runs it ([`agent_as_unit`]).
+pub fn run_as_unit(config: &std::path::Path, interval: &str) -> Command {
+    let mut cmd = agent_as_unit(&[]);
+    cmd.arg("--config")
+        .arg(config)
+        .args(["run", "--interval", interval, "--no-summary"]);
+    cmd
+}
+
 /// How `/proc` looks to the agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proc {

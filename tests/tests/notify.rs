@@ -13,6 +13,24 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use retina_tests::*;
 
+/// `run` every 200 ms as the unit, OTLP off, with `NOTIFY_SOCKET` at `socket` and a 1 s
+/// watchdog (pings at most every 0.5 s, from the 200 ms loop).
+fn notifying_agent(socket: &std::path::Path) -> std::process::Command {
+    let mut cmd = retina_tests::unit::agent_as_unit(&[
+        "run",
+        "--no-summary",
+        "--no-prometheus",
+        "--interval",
+        "200ms",
+    ]);
+    cmd.env_remove("OTEL_METRIC_EXPORT_INTERVAL")
+        .env("OTEL_SDK_DISABLED", "true")
+        .env("NOTIFY_SOCKET", socket)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdin(Stdio::null());
+    cmd
+}
+
 #[test]
 fn ready_status_watchdog_and_stopping_reach_notify_socket() -> Result<()> {
     require_root();
@@ -23,25 +41,14 @@ fn ready_status_watchdog_and_stopping_reach_notify_socket() -> Result<()> {
     // The agent runs as the unit's user; systemd's own notify socket is writable by every
     // service (0777), this one by everyone too.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
-    let mut child = retina_tests::unit::agent_as_unit(&[
-        "run",
-        "--no-summary",
-        "--no-prometheus",
-        "--interval",
-        "200ms",
-    ])
-    .env_remove("RUST_LOG")
-    .env_remove("OTEL_METRIC_EXPORT_INTERVAL")
-    .env("OTEL_SDK_DISABLED", "true")
-    .env("NOTIFY_SOCKET", &path)
-    // A 1 s watchdog: pings at most every 0.5 s, from the 200 ms loop.
-    .env("WATCHDOG_USEC", "1000000")
-    .process_group(0)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .context("spawning the agent")?;
+    let mut child = notifying_agent(&path)
+        .env_remove("RUST_LOG")
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning the agent")?;
     struct Kill(u32);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -100,36 +107,16 @@ fn an_unwritable_notify_socket_is_one_warning_naming_it() -> Result<()> {
     let _sock = UnixDatagram::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
     let log = dir.join("agent.log");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Kill(
-        retina_tests::unit::agent_as_unit(&[
-            "run",
-            "--no-summary",
-            "--no-prometheus",
-            "--interval",
-            "200ms",
-        ])
-        .env("OTEL_SDK_DISABLED", "true")
-        .env("NOTIFY_SOCKET", &path)
-        .env("WATCHDOG_USEC", "1000000")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .context("spawning the agent")?,
-    );
+    let mut cmd = notifying_agent(&path);
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    let running = child::Running::spawn(cmd)?;
     let warning = "sending to systemd's notify socket failed";
     let limit = Instant::now() + Duration::from_secs(60);
     // READY=1 refused: the warning.
     loop {
         let text = std::fs::read_to_string(&log)?;
-        ensure!(child.0.try_wait()?.is_none(), "the agent exited:\n{text}");
+        ensure!(!running.exited(), "the agent exited:\n{text}");
         if text.contains(warning) {
             break;
         }
@@ -140,8 +127,9 @@ fn an_unwritable_notify_socket_is_one_warning_naming_it() -> Result<()> {
     // too, without another warning.
     std::thread::sleep(Duration::from_secs(2));
     // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    let status = child.0.wait()?;
+    unsafe { libc::kill(running.pid(), libc::SIGTERM) };
+    let (out, _) = running.wait(Duration::from_secs(15))?;
+    let status = out.status;
     let text = std::fs::read_to_string(&log)?;
     assert!(status.success(), "{status}\n{text}");
     assert_eq!(text.matches(warning).count(), 1, "{text}");

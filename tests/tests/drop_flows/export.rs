@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context as _, Result, ensure};
 use retina_tests::{
     rotel::{self, PATIENCE, Proc as RProc, wait_for},
-    unit::{CONFIG, agent_as_unit, config_file},
+    unit::{CONFIG, config_file, run_as_unit},
     workload, *,
 };
 
@@ -127,16 +127,8 @@ pub(super) fn start_agent(
         config = edited;
     }
     let config = config_file(dir, &config)?;
-    let config = config.to_str().context("config path")?;
     let prom = free_port()?;
-    let mut cmd = agent_as_unit(&[
-        "--config",
-        config,
-        "run",
-        "--interval",
-        "1s",
-        "--no-summary",
-    ]);
+    let mut cmd = run_as_unit(&config, "1s");
     cmd.env("OTEL_EXPORTER_PROMETHEUS_PORT", prom.to_string());
     for (k, v) in env {
         cmd.env(k, v);

@@ -108,7 +108,7 @@ struct Agent {
 }
 
 /// How a test starts the agent: always as the packaged unit runs it (uid 65534 with the
-/// unit's capabilities, `unit::agent_as_unit`); nothing the export does needs more.
+/// unit's capabilities, `unit::run_as_unit`); nothing the export does needs more.
 #[derive(Clone, Copy)]
 enum Launch<'a> {
     /// As the unit.
@@ -141,7 +141,7 @@ fn start_agent_with(
         Some((_, v)) => v.parse()?,
         None => free_port()?,
     };
-    let unit = unit::agent_as_unit(&[]);
+    let unit = unit::run_as_unit(&config, "1s");
     let mut cmd = match launch {
         Launch::AsUnit => unit,
         Launch::InCgroup(procs) => {
@@ -161,9 +161,6 @@ fn start_agent_with(
             c
         }
     };
-    cmd.arg("--config")
-        .arg(&config)
-        .args(["run", "--interval", "1s", "--no-summary"]);
     for (k, _) in std::env::vars() {
         if k.starts_with("OTEL_") {
             cmd.env_remove(k);

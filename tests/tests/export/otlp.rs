@@ -214,7 +214,6 @@ fn otlp_delta_temporality_reports_changes() -> Result<()> {
             "delta".to_string(),
         ),
     ];
-    // As the packaged unit runs it: delta export needs no privilege of its own.
     let mut agent = start_agent(&dir, "agent", &env)?;
     let ns = NetNs::new("rdelta")?;
     wait_for_metric(&mut rotel, "retina.drop.map.capacity")?;

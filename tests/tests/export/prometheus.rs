@@ -202,19 +202,11 @@ fn prometheus_port_in_use_is_a_clear_startup_error() -> Result<()> {
     let port = taken.local_addr()?.port();
     let config = dir.join("agent.toml");
     std::fs::write(&config, "")?;
-    let config = config.to_str().context("config path")?;
-    let out = retina_tests::unit::agent_as_unit(&[
-        "--config",
-        config,
-        "run",
-        "--interval",
-        "1s",
-        "--no-summary",
-    ])
-    .env("OTEL_SDK_DISABLED", "true")
-    .env("OTEL_EXPORTER_PROMETHEUS_PORT", port.to_string())
-    .stdin(Stdio::null())
-    .output()?;
+    let out = unit::run_as_unit(&config, "1s")
+        .env("OTEL_SDK_DISABLED", "true")
+        .env("OTEL_EXPORTER_PROMETHEUS_PORT", port.to_string())
+        .stdin(Stdio::null())
+        .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
