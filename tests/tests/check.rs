@@ -1,5 +1,7 @@
-//! `retina-agent check` end to end: as root on this machine every check that can FAIL
-//! passes (the probe is really loaded, attached and detached); without capabilities the
+//! `retina-agent check` end to end: as root on this machine, and as the packaged unit (uid
+//! 65534 with `CAP_BPF` and `CAP_PERFMON`), every check that can FAIL passes (the probe is
+//! really loaded, attached and detached), and as the unit what only more privilege gives is
+//! said (interface names in other namespaces, drop locations); without capabilities the
 //! capability check fails with a hint and exit status 1; a bad configuration (status 2), a taken
 //! Prometheus port and an unreachable collector are reported for what they are.
 
@@ -16,16 +18,20 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use retina_tests::*;
+use retina_tests::{
+    unit::{setpriv_args, unit_capabilities},
+    *,
+};
 
 /// Every check, in output order.
-const CHECKS: [&str; 13] = [
+const CHECKS: [&str; 14] = [
     "config",
     "kernel",
     "btf",
     "capabilities",
     "tracepoint",
     "probe",
+    "drop_locations",
     "tcp_events",
     "workloads",
     "workload_netstat",
@@ -206,6 +212,108 @@ fn as_root_every_check_that_can_fail_passes() -> Result<()> {
     let list = doc["checks"].as_array().context("checks")?;
     assert_eq!(list.len(), CHECKS.len());
     assert!(list.iter().all(|c| c["status"] != "FAIL"), "{doc:#}");
+    Ok(())
+}
+
+/// The packaged unit's user and capabilities, with `extra` capabilities (`CAP_SYSLOG`).
+fn as_unit_with(extra: &[&str]) -> Vec<String> {
+    let mut caps = unit_capabilities();
+    caps.extend(extra.iter().map(|c| c.to_string()));
+    setpriv_args(&caps)
+}
+
+#[test]
+fn as_the_unit_every_check_passes_and_what_needs_more_is_said() -> Result<()> {
+    require_root();
+    let dir = Dir::new("unit")?;
+    let collector = TcpListener::bind("127.0.0.1:0")?;
+    let endpoint = format!("http://{}", collector.local_addr()?);
+    let plain = dir.file("ok.toml", &config_text(&endpoint))?;
+    let unit = as_unit_with(&[]);
+    let unit: Vec<&str> = unit.iter().map(String::as_str).collect();
+
+    let out = check(&unit, &["--config", plain.to_str().unwrap()])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let (checks, _) = parse(&stdout);
+    let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, CHECKS, "{stdout}");
+    for name in [
+        "config",
+        "kernel",
+        "btf",
+        "capabilities",
+        "tracepoint",
+        "probe",
+        "drop_locations",
+        "tcp_events",
+        "workloads",
+        "otlp",
+        "prometheus",
+    ] {
+        assert_eq!(status_of(&checks, name), "PASS", "{name}: {stdout}");
+    }
+    // The capabilities it runs with, and what it cannot do with only these.
+    let caps = &find(&checks, "capabilities").detail;
+    assert!(
+        caps.contains("effective: CAP_BPF, CAP_PERFMON")
+            && caps.contains(
+                "without CAP_SYS_ADMIN, drops in other named namespaces carry no interface name"
+            ),
+        "{caps}"
+    );
+    assert_eq!(
+        find(&checks, "drop_locations").detail,
+        "off (drops.locations = false)"
+    );
+
+    // Drop locations name kernel functions from /proc/kallsyms, whose addresses the kernel
+    // hides from a process without CAP_SYSLOG: the unit as shipped runs without them and
+    // `check` says so, with the fix.
+    let hidden = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict")?;
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")?;
+    anyhow::ensure!(
+        hidden.trim() != "0" || paranoid.trim().parse::<i32>()? > 1,
+        "this kernel shows kallsyms addresses to every process (kptr_restrict 0, \
+         perf_event_paranoid {}): nothing to check",
+        paranoid.trim()
+    );
+    let locations = dir.file(
+        "locations.toml",
+        &format!("{}[drops]\nlocations = true\n", config_text(&endpoint)),
+    )?;
+    let out = check(&unit, &["--config", locations.to_str().unwrap()])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // A warning: the agent runs, without locations.
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let (checks, hints) = parse(&stdout);
+    assert_eq!(status_of(&checks, "drop_locations"), "WARN", "{stdout}");
+    let detail = &find(&checks, "drop_locations").detail;
+    assert!(
+        detail.contains("CAP_SYSLOG") && detail.contains("drop locations off"),
+        "{detail}"
+    );
+    assert!(
+        hints
+            .iter()
+            .any(|(o, h)| o == "drop_locations" && h.contains("CAP_SYSLOG")),
+        "{stdout}"
+    );
+    // The drop-in's fix: with CAP_SYSLOG the same check passes.
+    let syslog = as_unit_with(&["CAP_SYSLOG"]);
+    let syslog: Vec<&str> = syslog.iter().map(String::as_str).collect();
+    let out = check(&syslog, &["--config", locations.to_str().unwrap()])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let (checks, _) = parse(&stdout);
+    assert_eq!(status_of(&checks, "drop_locations"), "PASS", "{stdout}");
+    assert!(
+        find(&checks, "drop_locations")
+            .detail
+            .contains("kernel functions"),
+        "{stdout}"
+    );
     Ok(())
 }
 

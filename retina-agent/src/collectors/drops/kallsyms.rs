@@ -100,7 +100,7 @@ impl Kallsyms {
         })
     }
 
-    #[cfg(test)]
+    /// How many function symbols the table holds.
     pub(crate) fn len(&self) -> usize {
         self.addrs.len()
     }

@@ -11,6 +11,7 @@
 
 mod endpoints;
 mod kernel;
+mod locations;
 mod workload_netstat;
 mod tcp_events;
 mod workloads;
@@ -145,6 +146,11 @@ pub(crate) fn run(input: &Input<'_>) -> Vec<Check> {
             }
         }
     }
+
+    // Drop locations name kernel functions from /proc/kallsyms (CAP_SYSLOG).
+    checks.push(locations::drop_locations(
+        config.is_some_and(|c| c.drops.enabled && c.drops.locations),
+    ));
 
     // TCP events per socket cgroup (they come with the drop counter).
     let tcp = checks.len();
