@@ -146,7 +146,7 @@ pub fn snapshot_as_unit(
     proc: Proc,
     during: impl FnOnce() -> Result<()>,
 ) -> Result<(Value, String)> {
-    snapshot_with(&unit_capabilities(), proc, CONFIG, &[], during)
+    snapshot_as_with(&unit_capabilities(), proc, CONFIG, &[], during)
 }
 
 /// [`snapshot_as_unit`] with exactly `caps` instead of the unit's.
@@ -155,7 +155,7 @@ pub fn snapshot_as(
     proc: Proc,
     during: impl FnOnce() -> Result<()>,
 ) -> Result<(Value, String)> {
-    snapshot_with(caps, proc, CONFIG, &[], during)
+    snapshot_as_with(caps, proc, CONFIG, &[], during)
 }
 
 /// [`snapshot_as_unit`] with the configuration `config` and more `snapshot` arguments
@@ -166,12 +166,12 @@ pub fn snapshot_as_unit_with(
     extra: &[&str],
     during: impl FnOnce() -> Result<()>,
 ) -> Result<(Value, String)> {
-    snapshot_with(&unit_capabilities(), proc, config, extra, during)
+    snapshot_as_with(&unit_capabilities(), proc, config, extra, during)
 }
 
 /// The agent's `snapshot` with exactly `caps`, the configuration `config` and `extra`
-/// arguments, as uid 65534.
-fn snapshot_with(
+/// arguments, as uid 65534 (the unit with a drop-in's capabilities, for one).
+pub fn snapshot_as_with(
     caps: &[String],
     proc: Proc,
     config: &str,

@@ -1,9 +1,36 @@
 //! `drop.location`: the kernel function that freed a dropped packet, checked against the
 //! name the kernel itself prints for the same drops (tracefs `skb:kfree_skb`, `%pS`).
+//!
+//! The agent runs as the packaged unit (uid 65534, `CAP_BPF`, `CAP_PERFMON`) with the
+//! drop-in locations need: `CAP_SYSLOG` added, for the addresses in `/proc/kallsyms`. As the
+//! unit is shipped, without it, locations are off and the agent says so.
 
 use std::collections::BTreeMap;
 
-use retina_tests::*;
+use retina_tests::{
+    unit::{CONFIG, Proc, snapshot_as_unit_with, snapshot_as_with, unit_capabilities},
+    *,
+};
+
+/// `snapshot --cumulative` as the packaged unit with the drop-in that locations need
+/// (`CAP_SYSLOG` added), the configuration `config` and `extra` arguments, while `during`
+/// makes the test's drops (as root).
+fn snapshot_with_syslog(
+    config: &str,
+    extra: &[&str],
+    during: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut caps = unit_capabilities();
+    caps.push("CAP_SYSLOG".to_string());
+    let (doc, _stderr) = snapshot_as_with(&caps, Proc::Host, config, extra, during)?;
+    Ok(doc)
+}
+
+/// `count` datagrams of 32 bytes from inside `ns` to `dst`.
+fn udp_in(ns: &NetNs, dst: &str, count: u64) -> anyhow::Result<()> {
+    ns.exec(&traffic(), &["udp", dst, &count.to_string(), "32"])
+        .map(|_| ())
+}
 
 /// The `skb:kfree_skb` event enabled in a trace instance of its own (so the global buffer
 /// and whatever else traces are untouched); disabled and removed on drop.
@@ -107,19 +134,9 @@ fn no_socket_drop_is_located_where_the_kernel_says() -> anyhow::Result<()> {
     let ns = NetNs::new("rloc")?;
     let inode = ns.inode()?.to_string();
     let trace = KfreeSkbTrace::start()?;
-    let doc = snapshot_json(&[
-        "--locations",
-        "--",
-        "ip",
-        "netns",
-        "exec",
-        &ns.name,
-        &traffic(),
-        "udp",
-        "127.0.0.1:9",
-        &SENT.to_string(),
-        "32",
-    ])?;
+    let doc = snapshot_with_syslog(CONFIG, &["--locations"], || {
+        udp_in(&ns, "127.0.0.1:9", SENT)
+    })?;
     let text = trace.read()?;
     let hist = trace.hist()?;
     drop(trace);
@@ -181,18 +198,8 @@ fn locations_are_off_by_default() -> anyhow::Result<()> {
     require_root();
     let ns = NetNs::new("rlof")?;
     let inode = ns.inode()?.to_string();
-    let doc = snapshot_json(&[
-        "--",
-        "ip",
-        "netns",
-        "exec",
-        &ns.name,
-        &traffic(),
-        "udp",
-        "127.0.0.1:9",
-        "100",
-        "32",
-    ])?;
+    let (doc, _) =
+        snapshot_as_unit_with(Proc::Host, CONFIG, &[], || udp_in(&ns, "127.0.0.1:9", 100))?;
     let want = [
         ("drop.reason", "NO_SOCKET"),
         ("network.namespace.inode", inode.as_str()),
@@ -212,12 +219,6 @@ fn locations_are_off_by_default() -> anyhow::Result<()> {
 #[test]
 fn functions_beyond_the_capacity_are_counted_as_overflow() -> anyhow::Result<()> {
     require_root();
-    let dir = TempDir::new("rlocap")?;
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        "[drops]\nlocations = true\nlocations_capacity = 1\n",
-    )?;
     let a = NetNs::new("rlca")?;
     a.exec(
         "nft",
@@ -229,26 +230,11 @@ fn functions_beyond_the_capacity_are_counted_as_overflow() -> anyhow::Result<()>
         "{t} udp 127.0.0.1:9 200 32 && {t} udp 127.0.0.1:9999 300 32",
         t = traffic()
     );
-    let bin = agent_bin();
-    let out = run(
-        bin.to_str().unwrap(),
-        [
-            "--config",
-            config.to_str().unwrap(),
-            "snapshot",
-            "--format",
-            "json",
-            "--",
-            "ip",
-            "netns",
-            "exec",
-            &a.name,
-            "sh",
-            "-c",
-            &script,
-        ],
+    let doc = snapshot_with_syslog(
+        "[drops]\nlocations = true\nlocations_capacity = 1\n",
+        &[],
+        || a.exec("sh", &["-c", &script]).map(|_| ()),
     )?;
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let ns = ("network.namespace.inode", inode.as_str());
     assert_eq!(
         sum(
@@ -298,6 +284,44 @@ fn functions_beyond_the_capacity_are_counted_as_overflow() -> anyhow::Result<()>
     assert_eq!(
         sum(&doc, "retina.drop.location.overflow", &[]),
         all_unnamed,
+        "{doc:#}"
+    );
+    Ok(())
+}
+
+/// As the unit is shipped (no `CAP_SYSLOG`) the kernel hides its symbol addresses: the
+/// agent says so (log and `degraded`; `check` in tests/tests/check.rs) and counts every
+/// drop, without a location.
+#[test]
+fn as_the_unit_without_cap_syslog_locations_are_off_and_said_so() -> anyhow::Result<()> {
+    require_root();
+    let ns = NetNs::new("rlns")?;
+    let inode = ns.inode()?.to_string();
+    let (doc, stderr) = snapshot_as_unit_with(Proc::Host, CONFIG, &["--locations"], || {
+        udp_in(&ns, "127.0.0.1:9", 150)
+    })?;
+    let degraded = doc["degraded"].as_array().cloned().unwrap_or_default();
+    let off = degraded
+        .iter()
+        .find(|d| d["collector"] == "drops.locations")
+        .unwrap_or_else(|| panic!("drops.locations is not degraded: {doc:#}"));
+    let reason = off["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("CAP_SYSLOG"), "{reason}");
+    assert!(
+        stderr.lines().any(|l| l.contains("WARN")
+            && l.contains("drop locations off")
+            && l.contains("CAP_SYSLOG")),
+        "{stderr}"
+    );
+    let want = [
+        ("drop.reason", "NO_SOCKET"),
+        ("network.namespace.inode", inode.as_str()),
+    ];
+    assert_eq!(sum(&doc, "retina.drop.count", &want), 150, "{doc:#}");
+    assert!(
+        points(&doc, "retina.drop.count", &[])
+            .iter()
+            .all(|p| attr_str(p, "drop.location").is_none()),
         "{doc:#}"
     );
     Ok(())
