@@ -7,7 +7,8 @@
 //! never evicted) TCP connections, and sends UDP datagrams to new ports: each needs a new
 //! entry, finds the table full and nothing to evict, and is dropped (`drop`, sendto
 //! fails with EPERM). The agent runs inside the namespace (`ip netns exec ...
-//! snapshot`), reading that namespace's table, and must equal
+//! snapshot`), as the packaged unit runs it (uid 65534, `CAP_BPF`, `CAP_PERFMON`), reading
+//! that namespace's table, and must equal
 //! `/proc/net/stat/nf_conntrack` read there before and after it.
 
 use std::{
@@ -17,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use retina_tests::*;
+use retina_tests::{unit, *};
 use serde_json::Value;
 
 const MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
@@ -113,21 +114,21 @@ fn sysctl(ns: &NetNs, name: &str) -> Result<u64> {
     Ok(String::from_utf8(out.stdout)?.trim().parse()?)
 }
 
-/// `retina-agent snapshot --cumulative` inside `ns`.
+/// `retina-agent snapshot --cumulative` inside `ns`, as the unit runs the agent.
 fn snapshot_in(ns: &NetNs) -> Result<Value> {
     let bin = agent_bin();
-    let bin = bin.to_str().context("agent path")?;
-    let out = ns.exec(
-        bin,
-        &[
-            "snapshot",
-            "--format",
-            "json",
-            "--cumulative",
-            "--duration",
-            "100ms",
-        ],
-    )?;
+    let setpriv = unit::setpriv_args(&unit::unit_capabilities());
+    let mut args: Vec<&str> = setpriv[1..].iter().map(String::as_str).collect();
+    args.extend([
+        bin.to_str().context("agent path")?,
+        "snapshot",
+        "--format",
+        "json",
+        "--cumulative",
+        "--duration",
+        "100ms",
+    ]);
+    let out = ns.exec(&setpriv[0], &args)?;
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 

@@ -5,12 +5,16 @@
 //! `NOT_SPECIFIED`). For every reason the trace shows, the agent must count at least as many
 //! drops (more only from drops outside the trace's shorter window). This catches reasons the
 //! probe filters out or misreads on a kernel, as it once did 6.1's `NOT_SPECIFIED` (value 1
-//! there, 2 from 6.2 on).
+//! there, 2 from 6.2 on). The agent runs as the packaged unit runs it (uid 65534,
+//! `CAP_BPF`, `CAP_PERFMON`); the workload runs as root.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{Context, Result, ensure};
-use retina_tests::*;
+use retina_tests::{
+    unit::{CONFIG, Proc, snapshot_as_unit_with},
+    *,
+};
 
 /// A tracefs instance (its own ring buffer and event switches), removed on drop.
 struct Instance(PathBuf);
@@ -115,7 +119,9 @@ fn every_drop_the_kernel_traces_is_counted() -> Result<()> {
         peer = peer_ns.name,
         host_if = veth.host,
     );
-    let doc = snapshot_json(&["--settle", "500ms", "--", "sh", "-c", &script])?;
+    let (doc, _) = snapshot_as_unit_with(Proc::Host, CONFIG, &["--settle", "500ms"], || {
+        run("sh", ["-c", &script]).map(|_| ())
+    })?;
     let traced = inst.reasons()?;
 
     // The workload's own drops must be in the trace, or the comparison proves nothing

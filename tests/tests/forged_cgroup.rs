@@ -265,7 +265,7 @@ fn a_user_namespace_inside_a_forged_pod_slice_is_not_the_pod() -> Result<()> {
         "the tenant has no namespace of its own"
     );
     let cmd = format!("echo go > '{}' && cat '{}'", go.display(), done.display());
-    let doc = snapshot_json(&["--", "sh", "-c", &cmd])?;
+    let doc = snapshot_as_unit(&cmd)?;
     nothing_claimed(&doc);
     let ns = netns.to_string();
     let want = [

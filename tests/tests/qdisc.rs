@@ -1,12 +1,16 @@
 //! The qdisc collector against the kernel's own numbers: a `tbf` qdisc with a tiny rate
 //! and an `htb` tree (classes and a child qdisc) on veths, flooded with UDP until they
 //! drop; the agent's packets, bytes, drops, overlimits and requeues must equal what
-//! `tc -s` prints in the same test, once the queues have drained.
+//! `tc -s` prints in the same test, once the queues have drained. The agent runs as the
+//! packaged unit runs it (uid 65534, `CAP_BPF`, `CAP_PERFMON`).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use retina_tests::*;
+use retina_tests::{
+    unit::{Proc, snapshot_as_unit},
+    *,
+};
 use serde_json::Value;
 
 /// A veth whose host end (IPv4 only, static neighbour) sends to its peer in a namespace.
@@ -248,7 +252,7 @@ fn flood_and_compare(l: &Link, datagrams: &str) -> Result<Vec<TcEntry>> {
     run(&traffic(), ["udp", dst.as_str(), datagrams, "200"])?;
     for _attempt in 0..3 {
         let mut before = settled(dev)?;
-        let doc = snapshot_json(&["--cumulative", "--duration", "100ms"])?;
+        let (doc, _) = snapshot_as_unit(Proc::Host, || Ok(()))?;
         let mut after = tc_all(dev)?;
         if before != after {
             eprintln!("tc moved while the agent read it; again: {before:?} -> {after:?}");

@@ -5,6 +5,8 @@
 //! Linux 6.11+ passes that socket to the tracepoint (`rx_sk`); older kernels only have
 //! `skb->sk`, which the receive path has cleared by then. There the same drops are counted
 //! exactly without a socket owner, and the test checks that instead (and says so).
+//!
+//! The agent runs as the packaged unit runs it (uid 65534, `CAP_BPF`, `CAP_PERFMON`).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -15,6 +17,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use retina_tests::{
     rotel::{self, Export, total},
+    unit::{CONFIG, Proc, snapshot_as_unit_with},
     workload::{cgroup_v2_root, remove_cgroup},
     *,
 };
@@ -150,7 +153,9 @@ fn overflow_under_unit(hook: &str) -> Result<()> {
         pa = a.port,
         pb = b.port
     );
-    let doc = snapshot_json(&["--drop-hook", hook, "--", "sh", "-c", &script])?;
+    let (doc, _) = snapshot_as_unit_with(Proc::Host, CONFIG, &["--drop-hook", hook], || {
+        run("sh", ["-c", &script]).map(|_| ())
+    })?;
     let dropped = a.kernel_drops()?;
     ensure!(dropped > 100, "only {dropped} of 400 datagrams overflowed");
     assert_eq!(b.kernel_drops()?, 0, "B's buffer must not overflow");
