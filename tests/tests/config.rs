@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use retina_tests::*;
+use retina_tests::{unit, *};
 
 /// A temporary directory with config files, removed on drop.
 struct Dir(PathBuf);
@@ -329,20 +329,18 @@ fn missing_files_and_bad_environment() -> Result<()> {
 }
 
 /// `snapshot` builds its collectors from the file (filters, drop map size), and the flag
-/// wins over the file.
+/// wins over the file; the agent as the unit runs it.
 #[test]
 fn snapshot_honours_the_file_and_the_flag_wins() -> Result<()> {
     require_root();
-    let dir = Dir::new("snap")?;
-    let path = dir.file(
-        "snap.toml",
-        "[drops]\nmap_entries = 321\n\
+    let config = "[drops]\nmap_entries = 321\n\
          [netdev]\ninclude = [\"lo\"]\n\
          [netstat]\ninclude = [\"Tcp:.*\"]\n\
-         [ethtool]\nenabled = false\n",
-    )?;
-    let config = path.to_str().unwrap();
-    let doc = snapshot_json(&["--config", config, "--cumulative", "--duration", "100ms"])?;
+         [ethtool]\nenabled = false\n";
+    let snapshot = |extra: &[&str]| {
+        unit::snapshot_as_unit_with(unit::Proc::Host, config, extra, || Ok(())).map(|(d, _)| d)
+    };
+    let doc = snapshot(&[])?;
     assert_eq!(sum(&doc, "retina.drop.map.capacity", &[]), 321, "{doc:#}");
     let io = points(&doc, "system.network.io", &[]);
     ensure!(!io.is_empty(), "no netdev points: {doc:#}");
@@ -363,15 +361,7 @@ fn snapshot_honours_the_file_and_the_flag_wins() -> Result<()> {
         "ethtool.enabled = false: {doc:#}"
     );
 
-    let doc = snapshot_json(&[
-        "--config",
-        config,
-        "--drop-map-entries",
-        "77",
-        "--cumulative",
-        "--duration",
-        "100ms",
-    ])?;
+    let doc = snapshot(&["--drop-map-entries", "77"])?;
     assert_eq!(sum(&doc, "retina.drop.map.capacity", &[]), 77, "{doc:#}");
     Ok(())
 }

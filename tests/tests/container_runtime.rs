@@ -1,12 +1,17 @@
 //! One run through a real container runtime: podman (with runc) starts a container from a
 //! busybox root file system imported locally (no registry), and drops made by a program
 //! inside the container, in the container's own network namespace, carry the container's
-//! id as podman reports it.
+//! id as podman reports it. The agent runs as the packaged unit runs it: uid 65534 with
+//! `CAP_BPF` and `CAP_PERFMON`, under `ProtectProc=invisible` (the container's processes
+//! are root's, which that hides from it).
 
 use std::{os::unix::fs::MetadataExt as _, process::Command};
 
 use anyhow::{Context, Result, ensure};
-use retina_tests::*;
+use retina_tests::{
+    unit::{Proc, snapshot_as_unit},
+    *,
+};
 
 /// A value from `podman`'s stdout; fails with its stderr.
 fn podman(args: &[&str]) -> Result<String> {
@@ -132,15 +137,16 @@ fn drops_inside_a_podman_container_carry_its_container_id() -> Result<()> {
     let before = c.no_ports()?;
     // busybox's tftp asks 127.0.0.1:69, where nothing listens, and retries: each datagram
     // is a NO_SOCKET drop inside the container's namespace.
-    let doc = snapshot_json(&[
-        "--",
-        "podman",
-        "exec",
-        &c.name,
-        "sh",
-        "-c",
-        "tftp -g -r x -l /tmp/x 127.0.0.1; true",
-    ])?;
+    let (doc, _) = snapshot_as_unit(Proc::Invisible, || {
+        podman(&[
+            "exec",
+            &c.name,
+            "sh",
+            "-c",
+            "tftp -g -r x -l /tmp/x 127.0.0.1; true",
+        ])
+        .map(|_| ())
+    })?;
     let sent = c.no_ports()? - before;
     ensure!(sent > 0, "tftp sent nothing to a closed port");
     let inode = netns.to_string();

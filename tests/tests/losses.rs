@@ -1,6 +1,12 @@
 //! The "where packets died" section of `retina-agent snapshot`: one scripted mix of losses
 //! at several layers, and the section must list each of them, with exact counts, and
 //! nothing else for the test's interfaces and namespaces.
+//!
+//! `snapshot` runs as root here: the section names interfaces inside the test's namespaces
+//! (rtnetlink asked from inside them: CAP_SYS_ADMIN) and the functions that freed packets
+//! (`--locations`: CAP_SYSLOG), neither of which the packaged unit has. What the unit
+//! counts and how it says what it cannot name are in drops.rs, drop_location.rs and
+//! check.rs.
 
 use retina_tests::*;
 
