@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::OpenOptionsExt as _},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -180,11 +180,15 @@ pub fn snapshot_as_with(
 ) -> Result<(Value, String)> {
     let dir = TempDir::shared("runit")?;
     let ready = dir.path().join("ready");
+    // The agent's child waits on a FIFO, not in a loop of `sleep`s: under TCG every fork
+    // and exec of a polling loop costs the guest's one CPU what the test's traffic and the
+    // agent need.
     let done = dir.path().join("done");
+    let fifo = done.to_str().context("FIFO path")?;
+    crate::run("mkfifo", ["-m", "0666", fifo])?;
     let script = format!(
-        "touch {ready}; while [ ! -e {done} ]; do sleep 0.02; done",
+        "touch {ready}; read _ < {fifo} || true",
         ready = ready.display(),
-        done = done.display()
     );
     let config = config_file(&dir, config)?;
     let mut agent: Vec<String> = setpriv_args(caps);
@@ -242,8 +246,29 @@ pub fn snapshot_as_with(
         std::thread::sleep(Duration::from_millis(20));
     }
     during()?;
-    fs::write(&done, b"")?;
+    // Opening the FIFO for writing and closing it ends the child's `read` (end of file).
+    // Without blocking: the child may not have opened it yet, or be gone.
     let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        match fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&done)
+        {
+            Ok(_) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if child.0.try_wait()?.is_some() {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < end,
+                    "the agent's child never read its FIFO"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {fifo}")),
+        }
+    }
     let status = loop {
         if let Some(status) = child.0.try_wait()? {
             break status;

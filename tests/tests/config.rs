@@ -19,7 +19,7 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
-    os::unix::process::CommandExt,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
@@ -56,9 +56,10 @@ fn listening(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
-/// Runs the agent under `strace -f`, recording the system calls that would mean something
-/// started; returns its output and the recorded calls. Fails if it does not exit by itself
-/// within 20 s (a bad configuration must not leave a daemon running).
+/// Runs the agent as the packaged unit runs it (uid 65534, `CAP_BPF`, `CAP_PERFMON`) under
+/// `strace -f`, recording the system calls that would mean something started; returns its
+/// output and the recorded calls. Fails if it does not exit by itself within 20 s (a bad
+/// configuration must not leave a daemon running).
 fn agent_traced(args: &[&str], env: &[(&str, &str)], trace: &Path) -> Result<(Output, String)> {
     let bin = agent_bin();
     let mut cmd = Command::new("strace");
@@ -66,10 +67,11 @@ fn agent_traced(args: &[&str], env: &[(&str, &str)], trace: &Path) -> Result<(Ou
         "-f",
         "-qq",
         "-e",
-        "trace=bpf,socket,bind,listen,connect",
+        "trace=execve,bpf,socket,bind,listen,connect",
         "-o",
     ])
     .arg(trace)
+    .args(unit::setpriv_args(&unit::unit_capabilities()))
     .arg(&bin)
     .args(args)
     // The test's own environment must not decide the outcome (removed before the case's
@@ -101,7 +103,16 @@ fn agent_traced(args: &[&str], env: &[(&str, &str)], trace: &Path) -> Result<(Ou
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output()?;
-    let calls = std::fs::read_to_string(trace).context("reading the strace log")?;
+    let log = std::fs::read_to_string(trace).context("reading the strace log")?;
+    // The agent's calls: those after setpriv's exec of it (setpriv itself asks nscd).
+    let exec = format!("execve(\"{}\"", bin.display());
+    let (_, calls) = log
+        .split_once(&exec)
+        .with_context(|| format!("the agent was never executed:\n{log}"))?;
+    let calls = calls
+        .split_once('\n')
+        .map_or("", |(_, rest)| rest)
+        .to_string();
     Ok((out, calls))
 }
 
@@ -280,6 +291,29 @@ fn missing_files_and_bad_environment() -> Result<()> {
         "{stderr}"
     );
     assert!(!calls.contains("bpf("), "{calls}");
+
+    // So is one the unit's user may not read (a root-only file, as an editor or a
+    // configuration manager may leave it): the file and the reason, nothing started.
+    let private = dir.file("private.toml", "[drops]\nmap_entries = 100\n")?;
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))?;
+    let (out, calls) = agent_traced(
+        &["run", "--config", private.to_str().unwrap()],
+        &[],
+        &dir.0.join("private.strace"),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: cannot read the configuration file: Permission denied",
+            private.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !calls.contains("bpf(") && !calls.contains("bind("),
+        "{calls}"
+    );
 
     // Environment values are checked as strictly as the file's.
     let ok = dir.file("ok.toml", "")?;
