@@ -72,7 +72,9 @@ fn udp_to_closed_port_counts_no_socket() -> anyhow::Result<()> {
     require_root();
     let ns = NetNs::new("rdrop")?;
     let inode = ns.inode()?;
-    let doc = snapshot(&[], || udp_in(&ns, "127.0.0.1:9", "1000"))?;
+    let (doc, stderr) = snapshot_as_unit_with(Proc::Host, CONFIG, &[], || {
+        udp_in(&ns, "127.0.0.1:9", "1000")
+    })?;
     let inode_s = inode.to_string();
     let want = [
         ("drop.reason", NO_SOCKET),
@@ -96,6 +98,16 @@ fn udp_to_closed_port_counts_no_socket() -> anyhow::Result<()> {
     // `drops_on_one_side_of_a_veth_pair_between_namespaces`.
     assert_eq!(attr_str(p, "network.interface.index").as_deref(), Some("1"));
     assert_eq!(attr_str(p, "network.interface.name"), None, "{p:#}");
+    // ... and the log says so, once, naming the capability.
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("interface names inside other network namespaces"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(
+        said[0].contains("INFO") && said[0].contains("CAP_SYS_ADMIN"),
+        "{stderr}"
+    );
     assert_eq!(
         attr_str(p, "network.namespace.name").as_deref(),
         Some(ns.name.as_str())

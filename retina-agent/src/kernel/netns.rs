@@ -9,14 +9,28 @@ use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use crate::{
     fdshortage::{self, Lost},
-    kernel::links::Links,
+    kernel::links::{LinkError, Links},
 };
+
+/// Whether the process has said that it may not enter other network namespaces (once, for
+/// every [`NetnsNames`] in it: the drop collector's and the flows').
+static ENTER_DENIED_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Whether `e` says this process may not enter a network namespace at all: `setns` needs
+/// CAP_SYS_ADMIN, which the packaged unit does not grant, and capabilities do not change
+/// while the agent runs, so every other namespace would answer the same.
+fn enter_denied(e: &LinkError) -> bool {
+    matches!(e, LinkError::EnterNetns { source, .. } if source.raw_os_error() == Some(libc::EPERM))
+}
 
 /// Where `ip netns` and CNI plugins bind named namespaces.
 pub(crate) const NETNS_RUN_DIR: &str = "/run/netns";
@@ -97,6 +111,9 @@ pub(crate) struct NetnsNames {
     unnamed: HashMap<u32, Instant>,
     /// When [`NetnsNames::release_deleted`] last looked.
     checked: Option<Instant>,
+    /// Entering a namespace was refused ([`enter_denied`]): interface names inside other
+    /// namespaces are not looked up again.
+    denied: bool,
 }
 
 /// Check that the named namespaces we hold sockets in still exist at most this often.
@@ -118,6 +135,7 @@ impl NetnsNames {
             by_inode: HashMap::new(),
             unnamed: HashMap::new(),
             checked: None,
+            denied: false,
         }
     }
 
@@ -210,21 +228,44 @@ impl NetnsNames {
         ifindex: Option<u32>,
         since: Option<Instant>,
     ) -> Option<&Links> {
-        let named = self.named(inode)?;
-        if named.links.is_none() {
-            match Links::open_in_netns(&named.path) {
-                Ok(links) => {
-                    fdshortage::succeeded(Lost::InterfaceName);
-                    named.links = Some(links);
+        if self.denied {
+            return None;
+        }
+        // The rtnetlink socket inside the namespace, opened on its first lookup.
+        let opened = match self.named(inode) {
+            None => return None,
+            Some(named) if named.links.is_some() => None,
+            Some(named) => {
+                Some(Links::open_in_netns(&named.path).map_err(|e| (e, named.name.clone())))
+            }
+        };
+        match opened {
+            None => {}
+            Some(Ok(links)) => {
+                fdshortage::succeeded(Lost::InterfaceName);
+                self.by_inode.get_mut(&inode)?.links = Some(links);
+            }
+            Some(Err((e, netns))) if enter_denied(&e) => {
+                if !ENTER_DENIED_LOGGED.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        %netns,
+                        "interface names inside other network namespaces are not \
+                         available: {e} (entering one needs CAP_SYS_ADMIN, which the agent \
+                         does not have); drops there carry network.interface.index without \
+                         network.interface.name"
+                    );
                 }
-                Err(e) => {
-                    if !fdshortage::failed(Lost::InterfaceName, &e) {
-                        tracing::debug!(netns = %named.name, "cannot open rtnetlink in namespace: {e}");
-                    }
-                    return None;
+                self.denied = true;
+                return None;
+            }
+            Some(Err((e, netns))) => {
+                if !fdshortage::failed(Lost::InterfaceName, &e) {
+                    tracing::debug!(%netns, "cannot open rtnetlink in namespace: {e}");
                 }
+                return None;
             }
         }
+        let named = self.by_inode.get_mut(&inode)?;
         let links = named.links.as_mut()?;
         let fresh = match since {
             Some(since) => named.refreshed.is_some_and(|t| t >= since),
@@ -258,5 +299,32 @@ impl NetnsNames {
 impl Default for NetnsNames {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io, path::PathBuf};
+
+    use super::*;
+
+    fn enter_error(errno: i32) -> LinkError {
+        LinkError::EnterNetns {
+            path: PathBuf::from("/run/netns/pod"),
+            source: io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    /// Only a refused `setns` stops the lookups: a descriptor shortage or a file that is
+    /// not a namespace is about that one attempt.
+    #[test]
+    fn only_a_refused_setns_means_no_namespace_can_be_entered() {
+        assert!(enter_denied(&enter_error(libc::EPERM)));
+        assert!(!enter_denied(&enter_error(libc::EMFILE)));
+        assert!(!enter_denied(&enter_error(libc::EINVAL)));
+        assert!(!enter_denied(&LinkError::OpenNetns {
+            path: PathBuf::from("/run/netns/pod"),
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        }));
     }
 }
