@@ -322,14 +322,8 @@ fn without_capabilities_the_capability_check_fails_with_a_hint() -> Result<()> {
     require_root();
     let dir = Dir::new("nocaps")?;
     let config = dir.file("ok.toml", &config_text("http://127.0.0.1:1"))?;
-    let setpriv = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-        "--bounding-set=-all",
-    ];
+    let setpriv = setpriv_args(&[]);
+    let setpriv: Vec<&str> = setpriv.iter().map(String::as_str).collect();
     let out = check(&setpriv, &["--config", config.to_str().unwrap()])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -424,14 +418,8 @@ fn bad_config_taken_port_and_disabled_drops() -> Result<()> {
             config_text("http://127.0.0.1:1")
         ),
     )?;
-    let setpriv = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--inh-caps=-all",
-        "--bounding-set=-all",
-    ];
+    let setpriv = setpriv_args(&[]);
+    let setpriv: Vec<&str> = setpriv.iter().map(String::as_str).collect();
     let out = check(&setpriv, &["--config", off.to_str().unwrap()])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use retina_tests::{
-    unit::{CONFIG, Proc, agent_as_unit, snapshot_as_unit_with},
+    unit::{self, CONFIG, Proc, agent_as_unit, snapshot_as_unit_with},
     *,
 };
 
@@ -414,17 +414,10 @@ fn reason_names_from_btf_match_the_tracepoint_format() -> anyhow::Result<()> {
 #[test]
 fn without_capabilities_drops_are_reported_unavailable_not_a_panic() -> anyhow::Result<()> {
     require_root();
-    let bin = agent_bin();
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(&bin)
+    let out = unit::setpriv(&[])
+        .arg(agent_bin())
         .args(["snapshot", "--format", "json", "--duration", "100ms"])
+        .stdin(std::process::Stdio::null())
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
