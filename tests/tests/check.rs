@@ -73,7 +73,7 @@ fn config_text(endpoint: &str) -> String {
     format!("[export]\nendpoint = \"{endpoint}\"\n[prometheus]\nlisten = \"127.0.0.1:0\"\n")
 }
 
-fn check(prefix: &[&str], args: &[&str]) -> Result<Output> {
+fn check(prefix: &[String], args: &[&str]) -> Result<Output> {
     let bin = agent_bin();
     let (program, pre) = match prefix.split_first() {
         Some((p, rest)) => (PathBuf::from(p), rest.to_vec()),
@@ -230,7 +230,6 @@ fn as_the_unit_every_check_passes_and_what_needs_more_is_said() -> Result<()> {
     let endpoint = format!("http://{}", collector.local_addr()?);
     let plain = dir.file("ok.toml", &config_text(&endpoint))?;
     let unit = as_unit_with(&[]);
-    let unit: Vec<&str> = unit.iter().map(String::as_str).collect();
 
     let out = check(&unit, &["--config", plain.to_str().unwrap()])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -302,7 +301,6 @@ fn as_the_unit_every_check_passes_and_what_needs_more_is_said() -> Result<()> {
     );
     // The drop-in's fix: with CAP_SYSLOG the same check passes.
     let syslog = as_unit_with(&["CAP_SYSLOG"]);
-    let syslog: Vec<&str> = syslog.iter().map(String::as_str).collect();
     let out = check(&syslog, &["--config", locations.to_str().unwrap()])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
@@ -323,7 +321,6 @@ fn without_capabilities_the_capability_check_fails_with_a_hint() -> Result<()> {
     let dir = Dir::new("nocaps")?;
     let config = dir.file("ok.toml", &config_text("http://127.0.0.1:1"))?;
     let setpriv = setpriv_args(&[]);
-    let setpriv: Vec<&str> = setpriv.iter().map(String::as_str).collect();
     let out = check(&setpriv, &["--config", config.to_str().unwrap()])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -419,7 +416,6 @@ fn bad_config_taken_port_and_disabled_drops() -> Result<()> {
         ),
     )?;
     let setpriv = setpriv_args(&[]);
-    let setpriv: Vec<&str> = setpriv.iter().map(String::as_str).collect();
     let out = check(&setpriv, &["--config", off.to_str().unwrap()])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
