@@ -161,10 +161,17 @@ impl NetNs {
         run("ip", all)
     }
 
+    /// `/sys/class/net/IFNAME/ATTR` of an interface inside the namespace, trimmed: its
+    /// `address`, `ifindex`, `statistics/tx_dropped`... (sysfs shows the namespace of the
+    /// process that mounted it, so it is read through `ip netns exec`).
+    pub fn link_attr(&self, ifname: &str, attr: &str) -> Result<String> {
+        let out = self.exec("cat", &[&format!("/sys/class/net/{ifname}/{attr}")])?;
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    }
+
     /// `ifindex` of an interface inside the namespace.
     pub fn ifindex(&self, ifname: &str) -> Result<u32> {
-        let out = self.exec("cat", &[&format!("/sys/class/net/{ifname}/ifindex")])?;
-        Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+        Ok(self.link_attr(ifname, "ifindex")?.parse()?)
     }
 }
 
@@ -480,8 +487,7 @@ pub fn wire_host_to(veth: &mut Veth, ns: &NetNs, subnet: u8) -> Result<(String, 
     ip(&["link", "set", &h, "up"])?;
     ns.exec("ip", &["link", "set", &p, "up"])?;
     let host_mac = std::fs::read_to_string(format!("/sys/class/net/{h}/address"))?;
-    let peer_mac = ns.exec("cat", &[&format!("/sys/class/net/{p}/address")])?;
-    let peer_mac = String::from_utf8(peer_mac.stdout)?;
+    let peer_mac = ns.link_attr(&p, "address")?;
     let perm = |addr: &str, mac: &str, dev: &str| {
         [
             "neigh",

@@ -133,17 +133,6 @@ fn cycle(links: &mut Links, c: &mut dyn Collector) -> Result<()> {
     Ok(())
 }
 
-/// Disables IPv6 on `iface` (before it comes up, so it sends no router solicitation,
-/// MLD or DAD packets).
-fn no_ipv6(ns: Option<&NetNs>, iface: &str) -> Result<()> {
-    let key = format!("net.ipv6.conf.{iface}.disable_ipv6=1");
-    match ns {
-        Some(ns) => ns.exec("sysctl", &["-qw", &key])?,
-        None => run("sysctl", ["-qw", &key])?,
-    };
-    Ok(())
-}
-
 #[test]
 fn idle_veth_stats_equal_ethtool_exactly() -> Result<()> {
     require_root();
@@ -245,74 +234,36 @@ fn eth0_stats_bracket_ethtool() -> Result<()> {
     Ok(())
 }
 
-/// A veth pair with the host end in the host namespace (10.x.0.1) and the peer in a
-/// namespace (10.x.0.2), no IPv6 and permanent neighbour entries: the only packets the
-/// host end receives are the ones the test sends.
+/// A veth pair with the host end in the host namespace and the peer in a namespace
+/// ([`wire_host_to`]: no IPv6, permanent neighbour entries), so the only packets the host end
+/// receives are the ones the test sends.
 struct Wire {
     veth: Veth,
     ns: NetNs,
+    host_ip: String,
 }
 
 impl Wire {
     fn new(subnet: u8) -> Result<Wire> {
         let ns = NetNs::new("retn")?;
         let mut veth = Veth::new("retw")?;
-        no_ipv6(None, &veth.host)?;
-        veth.move_peer(&ns)?;
-        no_ipv6(Some(&ns), &veth.peer)?;
-        let host_ip = format!("10.{subnet}.0.1");
-        let peer_ip = format!("10.{subnet}.0.2");
-        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &veth.host])?;
-        ns.exec(
-            "ip",
-            &["addr", "add", &format!("{peer_ip}/30"), "dev", &veth.peer],
-        )?;
+        let (host_ip, _) = wire_host_to(&mut veth, &ns, subnet)?;
         // veth counts received packets in its ethtool stats on the NAPI path only: GRO on
         // the receiving end enables NAPI, TSO off on the sender makes every UDP skb
         // eligible for it.
         run("ethtool", ["-K", &veth.host, "gro", "on"])?;
         ns.exec("ethtool", &["-K", &veth.peer, "tso", "off"])?;
-        ip(&["link", "set", &veth.host, "up"])?;
-        ns.exec("ip", &["link", "set", &veth.peer, "up"])?;
-        let host_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", veth.host))?;
-        let peer_mac = ns.exec("cat", &[&format!("/sys/class/net/{}/address", veth.peer)])?;
-        let peer_mac = String::from_utf8(peer_mac.stdout)?;
-        ip(&[
-            "neigh",
-            "replace",
-            &peer_ip,
-            "lladdr",
-            peer_mac.trim(),
-            "dev",
-            &veth.host,
-            "nud",
-            "permanent",
-        ])?;
-        ns.exec(
-            "ip",
-            &[
-                "neigh",
-                "replace",
-                &host_ip,
-                "lladdr",
-                host_mac.trim(),
-                "dev",
-                &veth.peer,
-                "nud",
-                "permanent",
-            ],
-        )?;
-        Ok(Wire { veth, ns })
+        Ok(Wire { veth, ns, host_ip })
     }
 
     /// Sends `count` UDP datagrams from the namespace to the host end.
-    fn send(&self, subnet: u8, count: u64) -> Result<()> {
+    fn send(&self, count: u64) -> Result<()> {
         let traffic = helper_bin("traffic").display().to_string();
         self.ns.exec(
             &traffic,
             &[
                 "udp",
-                &format!("10.{subnet}.0.1:9"),
+                &format!("{}:9", self.host_ip),
                 &count.to_string(),
                 "32",
             ],
@@ -325,9 +276,10 @@ impl Wire {
     /// outrunning the receiver's NAPI poll causes (an emulated 6.1 guest beside another
     /// lost 424 of 1 000).
     fn peer_tx_dropped(&self) -> Result<u64> {
-        let path = format!("/sys/class/net/{}/statistics/tx_dropped", self.veth.peer);
-        let out = self.ns.exec("cat", &[&path])?;
-        Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+        let dropped = self
+            .ns
+            .link_attr(&self.veth.peer, "statistics/tx_dropped")?;
+        Ok(dropped.parse()?)
     }
 }
 
@@ -348,7 +300,7 @@ fn udp_datagrams_move_veth_stats_by_exactly_n() -> Result<()> {
     }
     let before: Vec<_> = all.iter().map(|c| stats_of(&capture(*c), &host)).collect();
     let dropped_before = wire.peer_tx_dropped()?;
-    wire.send(251, N)?;
+    wire.send(N)?;
     // Every datagram is either received by the host end or counted as dropped by the
     // sending end when the host end's ring is full: the kernel's own count of what arrived
     // is N minus those. The host end counts a datagram in its NAPI poll, which can run after

@@ -51,12 +51,14 @@ fn netns_path(ns: &NetNs) -> PathBuf {
 }
 
 fn mac(ns: Option<&NetNs>, ifname: &str) -> Result<String> {
-    let path = format!("/sys/class/net/{ifname}/address");
-    let out = match ns {
-        Some(ns) => ns.exec("cat", &[&path])?,
-        None => run("cat", [&path])?,
-    };
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    match ns {
+        Some(ns) => ns.link_attr(ifname, "address"),
+        None => Ok(
+            std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))?
+                .trim()
+                .to_string(),
+        ),
+    }
 }
 
 /// Host end `veth.host` = 10.232.S.1/24 in the host namespace, `veth.peer` = .2 in `ns`;

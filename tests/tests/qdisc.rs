@@ -39,8 +39,7 @@ fn link(subnet: u8) -> Result<Link> {
         &["addr", "add", &format!("{peer_ip}/24"), "dev", &veth.peer],
     )?;
     ns.exec("ip", &["link", "set", &veth.peer, "up"])?;
-    let mac = ns.exec("cat", &[&format!("/sys/class/net/{}/address", veth.peer)])?;
-    let mac = String::from_utf8(mac.stdout)?.trim().to_string();
+    let mac = ns.link_attr(&veth.peer, "address")?;
     // No ARP either way (the peer's ICMP errors would make the host answer an ARP
     // request through the qdisc).
     let neigh = [
